@@ -1,0 +1,109 @@
+//! Configuration errors: every one names the file and, where it can, the line and column.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A position in the YAML file, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// Why a value that parsed as YAML is still not acceptable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reason {
+    #[error("must be between {min} and {max}, got {got}")]
+    OutOfRange { min: f64, max: f64, got: f64 },
+    #[error("must be a multiple of 0.0001 (parts per million), got {0}")]
+    PercentStep(f64),
+    #[error("not a socket address like 127.0.0.1:8080: {0:?}")]
+    ListenAddress(String),
+    #[error("not an upstream address like 127.0.0.1:9101 or host:port: {0:?}")]
+    UpstreamAddress(String),
+    #[error("listed twice in this pool: {0:?}")]
+    DuplicateUpstream(String),
+    #[error("not a duration like 500ms, 30s, 10m or 365d: {0}")]
+    Duration(String),
+    #[error("must be longer than zero")]
+    ZeroDuration,
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {max} bytes, got {got}")]
+    TooLong { max: usize, got: usize },
+    #[error("not a valid HTTP header name: {0:?}")]
+    HeaderName(String),
+    #[error("not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~): {0:?}")]
+    CookieName(String),
+    #[error("must not contain control characters or whitespace: {0:?}")]
+    Printable(String),
+    #[error("give either `percent` or `steps`, not both")]
+    PercentAndSteps,
+    #[error("give `percent` or `steps`")]
+    NoPercent,
+    #[error("step percents must rise: {prev} then {next}")]
+    StepsNotRising { prev: f64, next: f64 },
+    #[error("every step but the last needs a `hold`")]
+    MissingHold,
+    #[error("a file mode in octal like 0600 or 0660: {0:?}")]
+    Mode(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// One problem found while validating, with where it is and which field it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub at: Position,
+    pub field: String,
+    pub reason: Reason,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.at, self.field, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The text is not YAML of the expected shape (unknown key, wrong type, syntax).
+    #[error("{path}:{at}: {message}")]
+    Parse {
+        path: PathBuf,
+        at: Position,
+        message: String,
+    },
+    /// The YAML has the right shape but some values are not acceptable.
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(path: &std::path::Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{p}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    /// Every problem as its own line, `path:line:column field: reason`.
+    pub fn lines(&self) -> Vec<String> {
+        self.to_string().lines().map(str::to_owned).collect()
+    }
+}

@@ -1,0 +1,76 @@
+//! The serde mirror of the YAML file: shapes only, every key known, positions kept.
+//! `validate` turns this into the checked [`crate::config::Config`].
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub listen: S<String>,
+    #[serde(default)]
+    pub workers: Option<S<u64>>,
+    #[serde(default)]
+    pub sticky: Option<StickyFile>,
+    pub pools: PoolsFile,
+    pub rollout: S<RolloutFile>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamFile>,
+    #[serde(default)]
+    pub hide_response_headers: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    #[serde(default)]
+    pub header: Option<S<String>>,
+    #[serde(default)]
+    pub cookie: Option<S<String>>,
+    #[serde(default)]
+    pub assign: Option<bool>,
+    #[serde(default)]
+    pub cookie_max_age: Option<S<String>>,
+    #[serde(default)]
+    pub cookie_secure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolsFile {
+    pub stable: S<Vec<S<String>>>,
+    pub canary: S<Vec<S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    pub id: S<String>,
+    #[serde(default)]
+    pub percent: Option<S<f64>>,
+    #[serde(default)]
+    pub steps: Option<S<Vec<StepFile>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    pub percent: S<f64>,
+    #[serde(default)]
+    pub hold: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    #[serde(default)]
+    pub connect_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub response_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub idle_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub max_idle_per_upstream: Option<S<u64>>,
+}

@@ -1,0 +1,166 @@
+//! The YAML configuration: read, parse (shape), validate (values), with positions for every error.
+
+mod error;
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use error::{ConfigError, Position, Problem, Reason};
+pub use validate::{parse_duration, rollout_id, upstream_addr};
+
+/// A validated configuration. Everything in it has been checked; building a snapshot cannot fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub sticky: Sticky,
+    pub pools: Pools,
+    pub rollout: RolloutPlan,
+    pub upstream: UpstreamSettings,
+    pub hide_response_headers: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sticky {
+    /// A request header carrying the user id; a non-empty value wins over the cookie.
+    pub header: Option<HeaderName>,
+    pub cookie: String,
+    /// Mint an id for users that bring none.
+    pub assign: bool,
+    pub cookie_max_age: Duration,
+    pub cookie_secure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pools {
+    pub stable: Vec<UpstreamAddr>,
+    pub canary: Vec<UpstreamAddr>,
+}
+
+/// `host:port` of one upstream server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutPlan {
+    pub id: String,
+    pub plan: Plan,
+}
+
+/// How the canary share is set: one fixed percent, or a schedule of steps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Parts per million on canary.
+    Percent(u32),
+    Steps(Vec<Step>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// Parts per million on canary during this step.
+    pub ppm: u32,
+    /// How long the step lasts before the next one; `None` (or ignored) on the last step.
+    pub hold: Option<Duration>,
+}
+
+impl Plan {
+    /// The share the plan starts at.
+    pub fn first_ppm(&self) -> u32 {
+        match self {
+            Plan::Percent(ppm) => *ppm,
+            Plan::Steps(steps) => steps.first().map_or(0, |s| s.ppm),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// A pooled keep-alive connection idle longer than this is closed instead of reused.
+    pub idle_timeout: Duration,
+    pub max_idle_per_upstream: usize,
+}
+
+/// Parts per million (the unit of the percent everywhere inside ramp) from a percent value,
+/// or the reason it is not an acceptable percent (0 to 100 in steps of 0.0001).
+pub fn percent_to_ppm(percent: f64) -> Result<u32, Reason> {
+    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+        return Err(Reason::OutOfRange {
+            min: 0.0,
+            max: 100.0,
+            got: percent,
+        });
+    }
+    let scaled = percent * 10_000.0;
+    let ppm = scaled.round();
+    if (scaled - ppm).abs() > 1e-6 {
+        return Err(Reason::PercentStep(percent));
+    }
+    Ok(ppm as u32)
+}
+
+/// The percent a ppm value stands for (exact to 4 decimals).
+pub fn ppm_to_percent(ppm: u32) -> f64 {
+    f64::from(ppm) / 10_000.0
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates YAML text; `path` only names the source in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: file::File = serde_saphyr::from_str(text).map_err(|e| parse_error(e, path))?;
+    validate::validate(file).map_err(|problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
+    let at = e.location().map_or(Position::default(), |l| Position {
+        line: l.line(),
+        column: l.column(),
+    });
+    // The crate's message reads "error: line L column C: what"; we print the position ourselves.
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    let what = match first.strip_prefix("error: line ") {
+        Some(rest) => rest.split_once(": ").map_or(rest, |(_, what)| what),
+        None => first,
+    };
+    let what = what
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(what);
+    let message = what.trim().to_owned();
+    ConfigError::Parse {
+        path: path.to_owned(),
+        at,
+        message,
+    }
+}

@@ -1,0 +1,332 @@
+//! Shape -> checked values. Collects every problem instead of stopping at the first.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::error::{Position, Problem, Reason};
+use super::file::{File, S, StepFile};
+use super::{
+    Config, Plan, Pools, RolloutPlan, Step, Sticky, UpstreamAddr, UpstreamSettings, percent_to_ppm,
+};
+
+/// The longest rollout id: it is hashed on every request and shown in status.
+pub const MAX_ROLLOUT_ID: usize = 256;
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+fn at<T>(s: &S<T>) -> Position {
+    Position {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    }
+}
+
+impl Checker {
+    fn fail(&mut self, at: Position, field: &str, reason: Reason) {
+        self.problems.push(Problem {
+            at,
+            field: field.to_owned(),
+            reason,
+        });
+    }
+
+    /// Runs `check` on the value; on failure records the problem and gives `None`.
+    fn check<T, U>(
+        &mut self,
+        s: &S<T>,
+        field: &str,
+        check: impl FnOnce(&T) -> Result<U, Reason>,
+    ) -> Option<U> {
+        match check(&s.value) {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.fail(at(s), field, reason);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: Option<&S<String>>, field: &str, default: Duration) -> Duration {
+        s.and_then(|s| self.check(s, field, |text| parse_duration(text)))
+            .unwrap_or(default)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, Reason> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| Reason::Duration(format!("{text:?} ({e})")))?;
+    if d.is_zero() {
+        return Err(Reason::ZeroDuration);
+    }
+    Ok(d)
+}
+
+pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    let listen = c.check(&file.listen, "listen", |s| {
+        s.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| Reason::ListenAddress(s.clone()))
+    });
+    let workers = match &file.workers {
+        Some(w) => c.check(w, "workers", |&n| {
+            if (1..=1024).contains(&n) {
+                Ok(n as usize)
+            } else {
+                Err(Reason::OutOfRange {
+                    min: 1.0,
+                    max: 1024.0,
+                    got: n as f64,
+                })
+            }
+        }),
+        None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let sticky = sticky(&mut c, &file);
+    let stable = pool(&mut c, &file.pools.stable, "pools.stable");
+    let canary = pool(&mut c, &file.pools.canary, "pools.canary");
+    let rollout = rollout(&mut c, &file);
+    let upstream = file.upstream.as_ref();
+    let upstream = UpstreamSettings {
+        connect_timeout: c.duration(
+            upstream.and_then(|u| u.connect_timeout.as_ref()),
+            "upstream.connect_timeout",
+            Duration::from_secs(1),
+        ),
+        response_timeout: c.duration(
+            upstream.and_then(|u| u.response_timeout.as_ref()),
+            "upstream.response_timeout",
+            Duration::from_secs(30),
+        ),
+        idle_timeout: c.duration(
+            upstream.and_then(|u| u.idle_timeout.as_ref()),
+            "upstream.idle_timeout",
+            Duration::from_secs(60),
+        ),
+        max_idle_per_upstream: upstream
+            .and_then(|u| u.max_idle_per_upstream.as_ref())
+            .and_then(|m| {
+                c.check(m, "upstream.max_idle_per_upstream", |&n| {
+                    if n <= 100_000 {
+                        Ok(n as usize)
+                    } else {
+                        Err(Reason::OutOfRange {
+                            min: 0.0,
+                            max: 100_000.0,
+                            got: n as f64,
+                        })
+                    }
+                })
+            })
+            .unwrap_or(1024),
+    };
+    let hide: Vec<HeaderName> = file
+        .hide_response_headers
+        .iter()
+        .filter_map(|h| c.check(h, "hide_response_headers", |s| header_name(s)))
+        .collect();
+
+    match (listen, workers, sticky, stable, canary, rollout) {
+        (Some(listen), Some(workers), Some(sticky), Some(stable), Some(canary), Some(rollout))
+            if c.problems.is_empty() =>
+        {
+            Ok(Config {
+                listen,
+                workers,
+                sticky,
+                pools: Pools { stable, canary },
+                rollout,
+                upstream,
+                hide_response_headers: hide,
+            })
+        }
+        _ => Err(c.problems),
+    }
+}
+
+fn header_name(s: &str) -> Result<HeaderName, Reason> {
+    HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| Reason::HeaderName(s.to_owned()))
+}
+
+fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
+    let s = file.sticky.as_ref();
+    let header = s.and_then(|s| s.header.as_ref());
+    let header = match header {
+        Some(h) => c.check(h, "sticky.header", |s| header_name(s)).map(Some),
+        None => Some(None),
+    };
+    let cookie = match s.and_then(|s| s.cookie.as_ref()) {
+        Some(name) => c.check(name, "sticky.cookie", |n| cookie_name(n)),
+        None => Some("uid".to_owned()),
+    };
+    let max_age = c.duration(
+        s.and_then(|s| s.cookie_max_age.as_ref()),
+        "sticky.cookie_max_age",
+        Duration::from_secs(365 * 86_400),
+    );
+    Some(Sticky {
+        header: header?,
+        cookie: cookie?,
+        assign: s.and_then(|s| s.assign).unwrap_or(true),
+        cookie_max_age: max_age,
+        cookie_secure: s.and_then(|s| s.cookie_secure).unwrap_or(false),
+    })
+}
+
+/// RFC 6265 cookie-name: an RFC 9110 token.
+fn cookie_name(n: &str) -> Result<String, Reason> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if n.is_empty() {
+        return Err(Reason::Empty);
+    }
+    if n.bytes().all(token) {
+        Ok(n.to_owned())
+    } else {
+        Err(Reason::CookieName(n.to_owned()))
+    }
+}
+
+fn pool(c: &mut Checker, list: &S<Vec<S<String>>>, field: &str) -> Option<Vec<UpstreamAddr>> {
+    if list.value.is_empty() {
+        c.fail(at(list), field, Reason::Empty);
+        return None;
+    }
+    let mut out: Vec<UpstreamAddr> = Vec::with_capacity(list.value.len());
+    let mut ok = true;
+    for item in &list.value {
+        match c.check(item, field, |s| upstream_addr(s)) {
+            Some(addr) if out.contains(&addr) => {
+                c.fail(
+                    at(item),
+                    field,
+                    Reason::DuplicateUpstream(item.value.clone()),
+                );
+                ok = false;
+            }
+            Some(addr) => out.push(addr),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `host:port`, `[v6]:port`, or the same behind `http://`.
+pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
+    let bad = || Reason::UpstreamAddress(s.to_owned());
+    let rest = s.trim();
+    if rest.starts_with("https://") {
+        return Err(Reason::Unsupported(
+            "https:// upstreams are not supported yet; use host:port",
+        ));
+    }
+    let rest = rest.strip_prefix("http://").unwrap_or(rest);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let authority: http::uri::Authority = rest.parse().map_err(|_| bad())?;
+    if authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    let port = authority.port_u16().ok_or_else(bad)?;
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(UpstreamAddr {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// A rollout id: the salt of the assignment hash; one word (it is typed in `ramp ctl start`).
+pub fn rollout_id(id: &str) -> Result<String, Reason> {
+    if id.is_empty() {
+        return Err(Reason::Empty);
+    }
+    if id.len() > MAX_ROLLOUT_ID {
+        return Err(Reason::TooLong {
+            max: MAX_ROLLOUT_ID,
+            got: id.len(),
+        });
+    }
+    if id.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+        return Err(Reason::Printable(id.to_owned()));
+    }
+    Ok(id.to_owned())
+}
+
+fn rollout(c: &mut Checker, file: &File) -> Option<RolloutPlan> {
+    let r = &file.rollout.value;
+    let id = c.check(&r.id, "rollout.id", |s| rollout_id(s));
+    let plan = match (&r.percent, &r.steps) {
+        (Some(p), None) => c
+            .check(p, "rollout.percent", |&p| percent_to_ppm(p))
+            .map(Plan::Percent),
+        (None, Some(steps)) => self::steps(c, steps).map(Plan::Steps),
+        (Some(p), Some(_)) => {
+            c.fail(at(p), "rollout", Reason::PercentAndSteps);
+            None
+        }
+        (None, None) => {
+            c.fail(at(&file.rollout), "rollout", Reason::NoPercent);
+            None
+        }
+    };
+    Some(RolloutPlan {
+        id: id?,
+        plan: plan?,
+    })
+}
+
+fn steps(c: &mut Checker, steps: &S<Vec<StepFile>>) -> Option<Vec<Step>> {
+    if steps.value.is_empty() {
+        c.fail(at(steps), "rollout.steps", Reason::Empty);
+        return None;
+    }
+    let before = c.problems.len();
+    let mut out = Vec::with_capacity(steps.value.len());
+    for (i, step) in steps.value.iter().enumerate() {
+        let field = format!("rollout.steps[{i}].percent");
+        let Some(ppm) = c.check(&step.percent, &field, |&p| percent_to_ppm(p)) else {
+            continue;
+        };
+        let last = i + 1 == steps.value.len();
+        let hold = match &step.hold {
+            Some(h) => c.check(h, &format!("rollout.steps[{i}].hold"), |s| {
+                parse_duration(s)
+            }),
+            None if last => None,
+            None => {
+                c.fail(
+                    at(&step.percent),
+                    &format!("rollout.steps[{i}]"),
+                    Reason::MissingHold,
+                );
+                None
+            }
+        };
+        if let Some(prev) = out.last().map(|s: &Step| s.ppm)
+            && ppm <= prev
+        {
+            c.fail(
+                at(&step.percent),
+                &field,
+                Reason::StepsNotRising {
+                    prev: super::ppm_to_percent(prev),
+                    next: step.percent.value,
+                },
+            );
+        }
+        out.push(Step { ppm, hold });
+    }
+    (c.problems.len() == before).then_some(out)
+}

@@ -1,0 +1,76 @@
+//! `ramp demo`: two small built-in upstreams (v1 and v2) and the proxy in front of them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Response, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::app::{self, AppError};
+use crate::config;
+
+/// The canary share the demo starts with.
+pub const DEMO_PERCENT: u32 = 10;
+
+fn page(version: &str) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>shop {version}</title></head>\n\
+         <body style=\"font-family:sans-serif;margin:3em\"><h1>Hello from {version}</h1>\n\
+         <p>This page is served by version <b>{version}</b> of the demo shop.</p></body></html>\n"
+    )
+}
+
+/// Starts a tiny page server on an ephemeral loopback port; gives its address.
+pub async fn page_server(version: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let body = Bytes::from(page(version));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    let resp = Response::builder()
+                        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                        .body(Full::new(body.clone()));
+                    async move { resp }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The demo's configuration: v1 as stable, v2 as canary at [`DEMO_PERCENT`].
+pub fn config_text(listen: SocketAddr, v1: SocketAddr, v2: SocketAddr) -> String {
+    format!(
+        "listen: {listen}\n\
+         sticky:\n  header: x-user-id\n  cookie: uid\n\
+         pools:\n  stable: [{v1}]\n  canary: [{v2}]\n\
+         rollout:\n  id: demo\n  percent: {DEMO_PERCENT}\n"
+    )
+}
+
+pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
+    let v1 = page_server("v1").await.map_err(AppError::Demo)?;
+    let v2 = page_server("v2").await.map_err(AppError::Demo)?;
+    let config = config::parse(&config_text(listen, v1, v2), Path::new("<demo>"))?;
+    println!(
+        "ramp demo: stable v1 on {v1}, canary v2 on {v2}, {DEMO_PERCENT}% of users on v2.\n\
+         \n  Open http://{listen}/ in a browser: you get a cookie and stay on one version.\n  \
+         See the split over 20 users:\n    \
+         for i in $(seq 1 20); do curl -s -H \"x-user-id: user-$i\" http://{listen}/ | grep -o 'v[12]' | head -1; done | sort | uniq -c\n  \
+         Which pool a user gets: ramp bucket --rollout demo --percent {DEMO_PERCENT} user-1 user-2\n  \
+         Stop with Ctrl-C.\n"
+    );
+    app::serve(config).await
+}

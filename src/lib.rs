@@ -1,0 +1,18 @@
+//! ramp: a staged-rollout reverse proxy.
+//!
+//! Two straight lines run through the code:
+//!
+//! ```text
+//! data:    listener -> handler -> routing::decide(snapshot, request) -> pool -> upstream -> response
+//! control: admin socket | file watcher | schedule -> Command -> controller (the one writer)
+//!          -> validate -> build Snapshot -> persist -> swap -> reply
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod routing;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,173 @@
+//! The `ramp` command line.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use ramp::config::{self, ppm_to_percent};
+use ramp::routing;
+use ramp::snapshot::{Rollout, State};
+
+#[derive(Parser)]
+#[command(name = "ramp", version, about = "A staged-rollout reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file; print every problem with its line and column.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start two demo upstreams (v1, v2) and the proxy in front of them, 10% on v2.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Print each user id's bucket, the percent from which it is on canary, and its pool.
+    Bucket {
+        /// The rollout id (the hash salt).
+        #[arg(long)]
+        rollout: String,
+        /// Show the pool at this canary percent.
+        #[arg(long)]
+        percent: Option<f64>,
+        #[arg(required = true)]
+        user_ids: Vec<OsString>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ramp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, log_format } => {
+            init_logs(log_format);
+            let config = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    let lines = e.lines();
+                    let more = match lines.len() {
+                        0 | 1 => String::new(),
+                        n => format!(" (and {} more: run `ramp check`)", n - 1),
+                    };
+                    anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
+                }
+            };
+            runtime(config.workers)?.block_on(ramp::app::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (listen {}, {} stable and {} canary upstreams, rollout {:?} from {}%)",
+                    config.display(),
+                    c.listen,
+                    c.pools.stable.len(),
+                    c.pools.canary.len(),
+                    c.rollout.id,
+                    ppm_to_percent(c.rollout.plan.first_ppm())
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("{line}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Demo { listen, log_format } => {
+            init_logs(log_format);
+            runtime(1)?.block_on(ramp::demo::run(listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bucket {
+            rollout,
+            percent,
+            user_ids,
+        } => bucket(&rollout, percent, &user_ids),
+    }
+}
+
+fn bucket(rollout: &str, percent: Option<f64>, ids: &[OsString]) -> anyhow::Result<ExitCode> {
+    let id = config::rollout_id(rollout).map_err(|e| anyhow::anyhow!("--rollout: {e}"))?;
+    let ppm = percent
+        .map(config::percent_to_ppm)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--percent: {e}"))?;
+    let r = Rollout::new(&id, ppm.unwrap_or(0), State::Running);
+    println!(
+        "{:<24} {:>7} {:>13}  pool",
+        "user id", "bucket", "canary from"
+    );
+    for user in ids {
+        let bytes = user.as_bytes();
+        let name = user.to_string_lossy();
+        if !(1..=routing::MAX_ID_LEN).contains(&bytes.len()) {
+            println!(
+                "{name:<24} {:>7} {:>13}  (not an id: 1 to 1024 bytes)",
+                "-", "-"
+            );
+            continue;
+        }
+        let b = routing::bucket(&r.salt, bytes);
+        let pool = ppm.map_or("-", |_| routing::assign(&r, bytes).as_str());
+        let from = format!("{}%", ppm_to_percent(b + 1));
+        println!("{name:<24} {b:>7} {from:>13}  {pool}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,42 @@
+//! What can go wrong between ramp and an upstream, and what the client is told.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::upstream::SendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("pool {0} has no upstream")]
+    NoUpstream(&'static str),
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<&ProxyError> for StatusCode {
+    fn from(e: &ProxyError) -> StatusCode {
+        match e {
+            ProxyError::NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Send(SendError::ConnectTimeout) | ProxyError::Timeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Send(
+                SendError::Connect(_) | SendError::Handshake(_) | SendError::Exchange(_),
+            ) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// The short generic body for an error status: nothing about upstreams or pools.
+pub fn body_for(status: StatusCode) -> Bytes {
+    Bytes::from_static(match status {
+        StatusCode::BAD_GATEWAY => b"Bad Gateway\n",
+        StatusCode::GATEWAY_TIMEOUT => b"Gateway Timeout\n",
+        StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
+        _ => b"Error\n",
+    })
+}

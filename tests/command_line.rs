@@ -1,0 +1,114 @@
+//! The `ramp` commands an operator types: serve (and its failures), bucket, demo.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Client, RAMP, ramp, write};
+
+#[test]
+fn serve_refuses_an_invalid_config_with_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: nowhere\npools: {stable: [a:1], canary: [b:1]}\nrollout: {id: r, percent: 500}\n",
+    );
+    let (code, out, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("ramp: invalid config: "), "{err}");
+    assert!(lines[0].contains("ramp.yaml:1:9: listen:"), "{err}");
+    assert!(lines[0].contains("(and 1 more: run `ramp check`)"), "{err}");
+}
+
+#[test]
+fn serve_on_a_busy_port_exits_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "listen: {addr}\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout: {{id: r, percent: 1}}\n"
+    );
+    let path = write(dir.path(), "ramp.yaml", &yaml);
+    let (code, _, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    let last = err.lines().last().expect("a reason");
+    assert_eq!(
+        last,
+        format!("ramp: cannot listen on {addr}: Address already in use (os error 98)")
+    );
+}
+
+#[test]
+fn bucket_prints_the_documented_bucket_and_pool() {
+    let (code, out, err) = ramp(&[
+        "bucket",
+        "--rollout",
+        "demo",
+        "--percent",
+        "10",
+        "user-1",
+        "user-2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["user-1", "704311", "70.4312%", "stable"]);
+    assert_eq!(rows[1], ["user-2", "84390", "8.4391%", "canary"]);
+    let (code, _, err) = ramp(&["bucket", "--rollout", "demo", "--percent", "100.5", "x"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--percent: must be between 0 and 100"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_v1_and_v2_behind_the_proxy() {
+    let mut child = Command::new(RAMP)
+        .args(["demo", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("demo listening");
+    let client = Client::http1();
+    let mut versions = std::collections::HashMap::new();
+    for i in 0..200 {
+        let id = format!("user-{i}");
+        let r = client
+            .get(&format!("http://{addr}/"), &[("x-user-id", &id)])
+            .await;
+        assert_eq!(r.status, 200);
+        let v = if r.body.contains("Hello from v2") {
+            "v2"
+        } else {
+            "v1"
+        };
+        *versions.entry(v).or_insert(0) += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v2 = versions.get("v2").copied().unwrap_or(0);
+    assert!((5..=40).contains(&v2), "v2 served {v2} of 200 users at 10%");
+}

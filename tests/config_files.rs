@@ -1,0 +1,157 @@
+//! Operators write YAML: every example parses, and every mistake is reported with line:column.
+
+mod support;
+
+use std::path::Path;
+
+use support::{ramp, write};
+
+#[test]
+fn every_example_in_config_parses() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).expect("config/")
+    {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            if let Err(e) = ramp::config::load(&path) {
+                panic!("{} does not load:\n{e}", path.display());
+            }
+            let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+            assert_eq!(code, 0, "{out}{err}");
+            n += 1;
+        }
+    }
+    let bench = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.yaml"));
+    ramp::config::load(bench).expect("benches/compare.yaml loads");
+    assert!(n >= 1, "no examples found");
+}
+
+fn check(yaml: &str) -> (i32, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "bad.yaml", yaml);
+    let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    let prefix = format!("{}:", path.display());
+    let lines = err
+        .lines()
+        .chain(out.lines())
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_owned())
+        .collect();
+    (code, lines)
+}
+
+const GOOD_TAIL: &str = "pools:\n  stable: [127.0.0.1:9101]\n  canary: [127.0.0.1:9102]\nrollout:\n  id: r1\n  percent: 5\n";
+
+#[test]
+fn every_invalid_value_is_listed_with_its_line_and_column() {
+    let yaml = "listen: 127.0.0.1:99999\n\
+                workers: 0\n\
+                sticky:\n  header: \"bad header\"\n  cookie: \"u id\"\n  cookie_max_age: forever\n\
+                pools:\n  stable: []\n  canary: [nohost, 127.0.0.1:1, 127.0.0.1:1]\n\
+                rollout:\n  id: two words\n  percent: 5.00001\n\
+                upstream:\n  connect_timeout: 0s\n\
+                hide_response_headers: [\"a b\"]\n";
+    let (code, lines) = check(yaml);
+    assert_eq!(code, 1);
+    let expect = [
+        "1:9: listen: ",
+        "2:10: workers: ",
+        "4:11: sticky.header: ",
+        "5:11: sticky.cookie: ",
+        "6:19: sticky.cookie_max_age: ",
+        "8:11: pools.stable: must not be empty",
+        "9:12: pools.canary: not an upstream address",
+        "9:33: pools.canary: listed twice",
+        "11:7: rollout.id: ",
+        "12:12: rollout.percent: must be a multiple of 0.0001",
+        "14:20: upstream.connect_timeout: must be longer than zero",
+        "15:25: hide_response_headers: ",
+    ];
+    for e in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(e)),
+            "no line starting {e:?} in {lines:#?}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+}
+
+#[test]
+fn shape_errors_name_the_key_and_position() {
+    let (code, lines) = check(&format!("listen: 127.0.0.1:8080\nlistn: 1\n{GOOD_TAIL}"));
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].starts_with("2:1: unknown field `listn`"),
+        "{lines:?}"
+    );
+
+    let (_, lines) = check(&format!(
+        "listen: 127.0.0.1:8080\n{GOOD_TAIL}  percent: 7\n"
+    ));
+    assert!(
+        lines[0].starts_with("8:3: duplicate mapping key: percent"),
+        "{lines:?}"
+    );
+
+    let (_, lines) = check("listen: [1\n");
+    assert!(lines[0].starts_with("1:9: "), "{lines:?}");
+
+    let (_, lines) = check(&format!(
+        "listen: 127.0.0.1:8080\n{}",
+        GOOD_TAIL.replace("5\n", "lots\n")
+    ));
+    assert!(
+        lines[0].starts_with("7:12: invalid floating point"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn rollout_plans_are_checked() {
+    let base =
+        "listen: 127.0.0.1:8080\npools:\n  stable: [a:1]\n  canary: [b:2]\nrollout:\n  id: r\n";
+    let (code, lines) = check(base);
+    assert_eq!(code, 1);
+    assert!(
+        lines[0].contains("rollout: give `percent` or `steps`"),
+        "{lines:?}"
+    );
+    let (_, lines) = check(&format!(
+        "{base}  percent: 5\n  steps: [{{percent: 1, hold: 1m}}]\n"
+    ));
+    assert!(
+        lines[0].starts_with("7:12: rollout: give either"),
+        "{lines:?}"
+    );
+    let (_, lines) = check(&format!(
+        "{base}  steps:\n    - {{percent: 5, hold: 1m}}\n    - {{percent: 1, hold: 1m}}\n    - {{percent: 50}}\n    - {{percent: 100}}\n"
+    ));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("9:17: rollout.steps[1].percent: step percents must rise")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .starts_with("10:17: rollout.steps[2]: every step but the last needs a `hold`")),
+        "{lines:?}"
+    );
+    let (code, _) = check(&format!(
+        "{base}  steps:\n    - {{percent: 0.01, hold: 10m}}\n    - {{percent: 5, hold: 1h}}\n    - {{percent: 100}}\n"
+    ));
+    assert_eq!(code, 0);
+    let (_, lines) = check(&format!("{base}  percent: 100.5\n"));
+    assert!(
+        lines[0].starts_with("7:12: rollout.percent: must be between 0 and 100"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let (code, out, err) = ramp(&["check", "--config", "/nonexistent/ramp.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("/nonexistent/ramp.yaml: cannot read"), "{err}");
+}

@@ -1,0 +1,399 @@
+//! Real parts for the integration tests: HTTP upstreams on 127.0.0.1:0 and the real `ramp`
+//! binary started on a temporary config, plus small HTTP clients.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const RAMP: &str = env!("CARGO_BIN_EXE_ramp");
+
+/// What an upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body_bytes: u64,
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1:0 that answers with its own name.
+///
+/// Paths: `/slow/MS` answers after MS milliseconds; `/upload` reads the whole body and answers
+/// with its length; `/download/N` streams N bytes; `/hop` answers with hop-by-hop headers;
+/// anything else answers `NAME` with an `x-app-version: NAME` header.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type BackendBody = Either<Full<Bytes>, Repeat>;
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(name, Arc::clone(&log), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name,
+            seen,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the backend saw no request")
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    log: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<BackendBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let mut body_bytes = 0u64;
+    if path == "/upload" {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+    }
+    log.lock().expect("seen lock").push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_bytes,
+    });
+    let text = |s: String| Either::Left(Full::new(Bytes::from(s)));
+    let mut resp = Response::new(text(name.to_owned()));
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    } else if path == "/upload" {
+        *resp.body_mut() = text(body_bytes.to_string());
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        *resp.body_mut() = Either::Right(Repeat {
+            left: n.parse().unwrap_or(0),
+        });
+    } else if path == "/hop" {
+        let h = resp.headers_mut();
+        h.insert("connection", "x-secret-hop".parse().expect("value"));
+        h.insert("x-secret-hop", "1".parse().expect("value"));
+        h.insert("keep-alive", "timeout=5".parse().expect("value"));
+        h.insert("proxy-connection", "keep-alive".parse().expect("value"));
+        h.insert("upgrade", "h2c".parse().expect("value"));
+    }
+    resp.headers_mut()
+        .insert("x-app-version", name.parse().expect("name"));
+    Ok(resp)
+}
+
+/// A body of `left` bytes of `x`, produced as it is read.
+pub struct Repeat {
+    pub left: u64,
+}
+
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64) as usize;
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A config for `stable` and `canary` backends; `extra` is appended (top-level YAML keys).
+pub fn config(stable: &[&Backend], canary: &[&Backend], rollout: &str, extra: &str) -> String {
+    let list = |bs: &[&Backend]| {
+        bs.iter()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools:\n  stable: [{}]\n  canary: [{}]\nrollout:\n{}\n{}",
+        list(stable),
+        list(canary),
+        rollout
+            .lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        extra
+    )
+}
+
+/// The real `ramp serve` process on a config in its own temporary directory.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Child,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Starts ramp on `yaml` and waits until it listens.
+    pub fn start(yaml: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ramp.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        Self::start_in(dir, path)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config_path: PathBuf) -> Proxy {
+        let mut child = Command::new(RAMP)
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ramp");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listening_addr(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().expect("logs").push_back(line);
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "ramp did not start ({status:?}); its log:\n{}",
+                logs.lock()
+                    .expect("logs")
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        };
+        Proxy {
+            addr,
+            dir,
+            config_path,
+            child,
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").iter().cloned().collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the ramp process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// A reply as the test client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The Set-Cookie values.
+    pub fn cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("cookie text").to_owned())
+            .collect()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client (or HTTP/2 with prior knowledge).
+#[derive(Clone)]
+pub struct Client {
+    inner: LegacyClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn http1() -> Client {
+        Client {
+            inner: LegacyClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn http2() -> Client {
+        Client {
+            inner: LegacyClient::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).expect("request");
+        let resp = self.inner.request(req).await.expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes it (or 10 s pass).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs the ramp binary with `args`; gives (exit code, stdout, stderr).
+pub fn ramp(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(RAMP).args(args).output().expect("run ramp");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `text` to `dir/name` and gives the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}
