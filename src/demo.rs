@@ -1,7 +1,6 @@
 //! `ramp demo`: two small built-in upstreams (v1 and v2) and the proxy in front of them.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use bytes::Bytes;
 use http::{Response, header};
@@ -56,21 +55,35 @@ pub fn config_text(listen: SocketAddr, v1: SocketAddr, v2: SocketAddr) -> String
         "listen: {listen}\n\
          sticky:\n  header: x-user-id\n  cookie: uid\n\
          pools:\n  stable: [{v1}]\n  canary: [{v2}]\n\
-         rollout:\n  id: demo\n  percent: {DEMO_PERCENT}\n"
+         rollout:\n  id: demo\n  percent: {DEMO_PERCENT}\n\
+         admin:\n  socket: admin.sock\n\
+         state:\n  file: state.json\n"
     )
 }
 
 pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
     let v1 = page_server("v1").await.map_err(AppError::Demo)?;
     let v2 = page_server("v2").await.map_err(AppError::Demo)?;
-    let config = config::parse(&config_text(listen, v1, v2), Path::new("<demo>"))?;
+    // A real file in a private directory, so hot reload and `ramp ctl` can be tried too.
+    let dir = std::env::temp_dir().join(format!("ramp-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(AppError::Demo)?;
+    let path = dir.join("ramp.yaml");
+    std::fs::write(&path, config_text(listen, v1, v2)).map_err(AppError::Demo)?;
+    let config = config::load(&path)?;
+    let socket = dir.join("admin.sock");
     println!(
         "ramp demo: stable v1 on {v1}, canary v2 on {v2}, {DEMO_PERCENT}% of users on v2.\n\
          \n  Open http://{listen}/ in a browser: you get a cookie and stay on one version.\n  \
          See the split over 20 users:\n    \
          for i in $(seq 1 20); do curl -s -H \"x-user-id: user-$i\" http://{listen}/ | grep -o 'v[12]' | head -1; done | sort | uniq -c\n  \
          Which pool a user gets: ramp bucket --rollout demo --percent {DEMO_PERCENT} user-1 user-2\n  \
-         Stop with Ctrl-C.\n"
+         Drive the rollout: ramp ctl --socket {socket} status   (then set 50, halt, resume, rollback, promote)\n  \
+         Edit {path} and it reloads by itself.\n  \
+         Stop with Ctrl-C.\n",
+        socket = socket.display(),
+        path = path.display(),
     );
-    app::serve(config).await
+    let result = app::serve(path, config).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

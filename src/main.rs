@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Send a command to a running ramp's admin socket: status, set PERCENT, halt, resume,
+    /// rollback, promote, start ROLLOUT_ID [PERCENT], reload, bucket USER_ID.
+    Ctl {
+        /// The admin socket (default: admin.socket of --config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Read the socket path from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON reply.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Print each user id's bucket, the percent from which it is on canary, and its pool.
     Bucket {
         /// The rollout id (the hash salt).
@@ -96,7 +111,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config, log_format } => {
             init_logs(log_format);
-            let config = match config::load(&config) {
+            let path = config;
+            let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     let lines = e.lines();
@@ -107,7 +123,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
-            runtime(config.workers)?.block_on(ramp::app::serve(config))?;
+            runtime(config.workers)?.block_on(ramp::app::serve(path, config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {
@@ -135,12 +151,49 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime(1)?.block_on(ramp::demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ctl {
+            socket,
+            config,
+            json,
+            command,
+        } => ctl(socket, config, json, &command.join(" ")),
         Command::Bucket {
             rollout,
             percent,
             user_ids,
         } => bucket(&rollout, percent, &user_ids),
     }
+}
+
+fn ctl(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    line: &str,
+) -> anyhow::Result<ExitCode> {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match config::load(&path) {
+            Ok(c) => match c.admin {
+                Some(a) => a.socket,
+                None => anyhow::bail!("{} has no admin.socket; give --socket PATH", path.display()),
+            },
+            Err(e) => anyhow::bail!("{}", e.lines().join("; ")),
+        },
+        (None, None) => anyhow::bail!("give --socket PATH or --config PATH"),
+    };
+    let reply = ramp::control::client::request(&socket, line)?;
+    if json {
+        println!("{reply}");
+    } else {
+        let text = ramp::control::client::human(&reply);
+        println!("{}", text.trim_end());
+    }
+    Ok(if reply["ok"] == serde_json::Value::Bool(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn bucket(rollout: &str, percent: Option<f64>, ids: &[OsString]) -> anyhow::Result<ExitCode> {

@@ -53,6 +53,8 @@ pub enum Reason {
     MissingHold,
     #[error("a file mode in octal like 0600 or 0660: {0:?}")]
     Mode(String),
+    #[error("no such group: {0:?}")]
+    Group(String),
     #[error("{0}")]
     Unsupported(&'static str),
 }

@@ -20,6 +20,30 @@ pub struct File {
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub hide_response_headers: Vec<S<String>>,
+    #[serde(default)]
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub state: Option<StateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub socket: S<String>,
+    #[serde(default)]
+    pub mode: Option<S<String>>,
+    #[serde(default)]
+    pub group: Option<S<String>>,
+    #[serde(default)]
+    pub allowed_uids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub readonly_uids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub file: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ mod file;
 mod validate;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -23,6 +23,23 @@ pub struct Config {
     pub rollout: RolloutPlan,
     pub upstream: UpstreamSettings,
     pub hide_response_headers: Vec<HeaderName>,
+    pub admin: Option<Admin>,
+    /// Where the runtime rollout state is kept across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+/// The admin socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub socket: PathBuf,
+    /// File mode of the socket (default 0600).
+    pub mode: u32,
+    /// Group that owns the socket, if set.
+    pub group: Option<u32>,
+    /// Peers (by uid) that may run every command. Default: root and ramp's own uid.
+    pub allowed_uids: Vec<u32>,
+    /// Peers that may run only `status` and `bucket`.
+    pub readonly_uids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,10 +152,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates YAML text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let file: file::File = serde_saphyr::from_str(text).map_err(|e| parse_error(e, path))?;
-    validate::validate(file).map_err(|problems| ConfigError::Invalid {
+    let mut config = validate::validate(file).map_err(|problems| ConfigError::Invalid {
         path: path.to_owned(),
         problems,
-    })
+    })?;
+    // Relative paths in the file are relative to the file's own directory.
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(admin) = &mut config.admin {
+        admin.socket = base.join(&admin.socket);
+    }
+    if let Some(state) = &mut config.state_file {
+        *state = base.join(&*state);
+    }
+    Ok(config)
 }
 
 fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {

@@ -1,14 +1,16 @@
 //! Shape -> checked values. Collects every problem instead of stopping at the first.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
 
 use super::error::{Position, Problem, Reason};
-use super::file::{File, S, StepFile};
+use super::file::{AdminFile, File, S, StepFile};
 use super::{
-    Config, Plan, Pools, RolloutPlan, Step, Sticky, UpstreamAddr, UpstreamSettings, percent_to_ppm,
+    Admin, Config, Plan, Pools, RolloutPlan, Step, Sticky, UpstreamAddr, UpstreamSettings,
+    percent_to_ppm,
 };
 
 /// The longest rollout id: it is hashed on every request and shown in status.
@@ -132,6 +134,12 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
         .filter_map(|h| c.check(h, "hide_response_headers", |s| header_name(s)))
         .collect();
 
+    let admin = file.admin.as_ref().map(|a| admin(&mut c, a));
+    let state_file = file
+        .state
+        .as_ref()
+        .and_then(|s| c.check(&s.file, "state.file", |p| path(p)));
+
     match (listen, workers, sticky, stable, canary, rollout) {
         (Some(listen), Some(workers), Some(sticky), Some(stable), Some(canary), Some(rollout))
             if c.problems.is_empty() =>
@@ -144,6 +152,8 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 rollout,
                 upstream,
                 hide_response_headers: hide,
+                admin: admin.flatten(),
+                state_file,
             })
         }
         _ => Err(c.problems),
@@ -329,4 +339,49 @@ fn steps(c: &mut Checker, steps: &S<Vec<StepFile>>) -> Option<Vec<Step>> {
         out.push(Step { ppm, hold });
     }
     (c.problems.len() == before).then_some(out)
+}
+
+fn path(p: &str) -> Result<PathBuf, Reason> {
+    if p.trim().is_empty() {
+        return Err(Reason::Empty);
+    }
+    Ok(PathBuf::from(p))
+}
+
+fn admin(c: &mut Checker, a: &AdminFile) -> Option<Admin> {
+    let socket = c.check(&a.socket, "admin.socket", |p| path(p));
+    let mode = match &a.mode {
+        Some(m) => c.check(m, "admin.mode", |m| {
+            u32::from_str_radix(m.trim(), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| Reason::Mode(m.clone()))
+        }),
+        None => Some(0o600),
+    };
+    let group = match &a.group {
+        Some(g) => c.check(g, "admin.group", |g| group_id(g)).map(Some),
+        None => Some(None),
+    };
+    let own = nix::unistd::getuid().as_raw();
+    let mut allowed = a.allowed_uids.clone().unwrap_or_else(|| vec![0, own]);
+    allowed.dedup();
+    Some(Admin {
+        socket: socket?,
+        mode: mode?,
+        group: group?,
+        allowed_uids: allowed,
+        readonly_uids: a.readonly_uids.clone().unwrap_or_default(),
+    })
+}
+
+/// A group name from the system's group database, or a numeric gid.
+fn group_id(g: &str) -> Result<u32, Reason> {
+    if let Ok(gid) = g.trim().parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(g.trim()) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        _ => Err(Reason::Group(g.to_owned())),
+    }
 }

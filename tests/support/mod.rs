@@ -397,3 +397,93 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write file");
     p
 }
+
+/// The admin section every control-plane test uses: socket and state file beside the config.
+pub const CONTROL: &str = "admin:\n  socket: admin.sock\nstate:\n  file: state.json\n";
+
+impl Proxy {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+
+    /// One command on the admin socket; the parsed reply.
+    pub fn admin(&self, line: &str) -> serde_json::Value {
+        admin_at(&self.socket(), line)
+    }
+
+    /// `ramp ctl --socket … ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let socket = self.socket();
+        let mut all = vec!["ctl", "--socket", socket.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        ramp(&all)
+    }
+
+    /// Kills ramp with SIGKILL (no chance to clean up) and gives back its directory.
+    pub fn kill9(mut self) -> (tempfile::TempDir, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.config_path.clone())
+    }
+
+    /// Sends a signal to ramp (by number, e.g. 1 for SIGHUP).
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (up to 20 s) until `status` satisfies `done`; gives the last status.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..400 {
+            let s = self.admin("status");
+            if done(&s) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{what}: never happened; last status {}",
+            self.admin("status")
+        );
+    }
+
+    /// Waits (up to 20 s) for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..400 {
+            if let Some(l) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no log line with {needle:?}:\n{}", self.logs().join("\n"));
+    }
+}
+
+/// One command on an admin socket; the parsed reply.
+pub fn admin_at(socket: &Path, line: &str) -> serde_json::Value {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect admin socket");
+    s.write_all(line.as_bytes()).expect("write");
+    s.write_all(b"\n").expect("write");
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).expect("read reply");
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+}
+
+/// Replaces `path` the way editors do: write a new file beside it, rename it over.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, text).expect("write new");
+    std::fs::rename(&tmp, path).expect("rename over");
+}

@@ -1,0 +1,200 @@
+//! The admin socket: a Unix socket speaking one command per line, one JSON reply per line.
+//! Peers are identified with SO_PEERCRED; nothing a peer sends can crash or stall the proxy.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::config::Admin;
+
+use super::command::{self, MAX_LINE, ParseError, Source};
+use super::controller::Handle;
+use super::status::{self, Reply};
+
+/// Admin connections served at once; more wait in the socket's backlog until one ends.
+const MAX_CONNECTIONS: usize = 128;
+/// An admin connection that sends nothing for this long is closed.
+const IDLE: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "admin socket {path}: another process is serving it; stop it or choose another admin.socket"
+    )]
+    Live { path: String },
+    #[error("admin socket {path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: String },
+    #[error("admin socket {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+/// Binds the socket: replaces a stale socket file left by a dead process, refuses a live one,
+/// then applies the configured mode and group.
+pub fn bind(admin: &Admin) -> Result<UnixListener, AdminError> {
+    let path = &admin.socket;
+    let shown = path.display().to_string();
+    let io = |error| AdminError::Io {
+        path: shown.clone(),
+        error,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(AdminError::NotASocket { path: shown });
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AdminError::Live { path: shown });
+            }
+            tracing::info!(path = %shown, "replacing a stale admin socket");
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(admin.mode)).map_err(io)?;
+    if let Some(gid) = admin.group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+    }
+    Ok(listener)
+}
+
+/// Removes the socket file (at shutdown).
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Full,
+    ReadOnly,
+}
+
+pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
+    let admin = Arc::new(admin);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (admin, handle) = (Arc::clone(&admin), handle.clone());
+        tokio::spawn(async move {
+            connection(stream, &admin, &handle).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn refuse(mut stream: UnixStream, why: &'static str) {
+    let _ = write_reply(&mut stream, &status::error(why)).await;
+}
+
+async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
+    let Ok(cred) = stream.peer_cred() else {
+        return refuse(stream, "cannot identify the peer").await;
+    };
+    let uid = cred.uid();
+    let role = if admin.allowed_uids.contains(&uid) {
+        Role::Full
+    } else if admin.readonly_uids.contains(&uid) {
+        Role::ReadOnly
+    } else {
+        tracing::warn!(uid, pid = ?cred.pid(), "admin peer refused");
+        return refuse(
+            stream,
+            "permission denied: this uid may not use the admin socket",
+        )
+        .await;
+    };
+    let source = Source::Admin {
+        uid,
+        pid: cred.pid(),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::with_capacity(8 * 1024, read);
+    let mut line = Vec::new();
+    loop {
+        let reply = match tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
+            Ok(Ok(Line::TooLong)) => status::error(ParseError::TooLong),
+            Ok(Ok(Line::Complete)) => match command::parse(&line) {
+                Err(e) => status::error(e),
+                Ok(cmd) if role == Role::ReadOnly && !cmd.is_read_only() => {
+                    tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), "admin command refused: read-only peer");
+                    status::error(format!(
+                        "permission denied: uid {uid} may only run status and bucket"
+                    ))
+                }
+                Ok(cmd) => handle.send(cmd, source.clone()).await,
+            },
+        };
+        if write_reply(&mut write, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Line {
+    Complete,
+    TooLong,
+    Eof,
+}
+
+/// Reads one line into `buf` (without the newline), never holding more than [`MAX_LINE`] bytes:
+/// an overlong line is consumed to its end and reported as such.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(match (too_long, buf.is_empty()) {
+                (true, _) => Line::TooLong,
+                (false, true) => Line::Eof,
+                (false, false) => Line::Complete,
+            });
+        }
+        let (chunk, used, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !too_long && buf.len() + chunk.len() > MAX_LINE {
+            too_long = true;
+            buf.clear();
+        }
+        if !too_long {
+            buf.extend_from_slice(chunk);
+        }
+        r.consume(used);
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+    }
+}

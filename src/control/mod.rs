@@ -1,0 +1,15 @@
+//! The control plane: everything that changes the rollout goes through the controller.
+
+pub mod admin;
+pub mod client;
+pub mod command;
+mod controller;
+pub mod schedule;
+pub mod state;
+mod status;
+pub mod store;
+pub mod watcher;
+
+pub use command::{Command, MAX_LINE, ParseError, Source};
+pub use controller::{Controller, Handle};
+pub use status::Reply;

@@ -1,0 +1,362 @@
+//! The runtime rollout state and its transitions. Pure: the caller passes the time; the
+//! controller persists and publishes what comes out.
+
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use crate::config::{Plan, RolloutPlan};
+use crate::routing::BUCKETS;
+use crate::snapshot::State;
+
+use super::command::Source;
+use super::schedule::{Schedule, Timing};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutState {
+    /// The rollout id in force (the hash salt).
+    pub id: String,
+    pub state: State,
+    /// Parts per million on canary.
+    pub ppm: u32,
+    /// Position in the plan's steps, when following them.
+    pub schedule: Option<Schedule>,
+    /// The plan the configuration file gave most recently.
+    pub plan: RolloutPlan,
+    /// The file's plan changed while halted or rolled back; it applies on `resume`.
+    pub plan_pending: bool,
+    pub changed_at: SystemTime,
+    pub changed_by: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the rollout is {}: `resume` it before changing the percent", .0.as_str())]
+    NotRunning(State),
+    #[error("the rollout is {}: only `rollback`, `promote` or `start` change it now", .0.as_str())]
+    CannotHalt(State),
+    #[error("the rollout is completed: `start` a new rollout or `rollback`")]
+    Completed,
+}
+
+/// What a reloaded file did to the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileEffect {
+    Unchanged,
+    /// A new rollout id in the file: a fresh rollout began.
+    NewRollout,
+    /// A new percent or steps, applied now.
+    Applied,
+    /// A new percent or steps while halted or rolled back: kept for `resume`.
+    Pending,
+    /// A new percent or steps after completion: recorded, nothing changes.
+    Ignored,
+}
+
+impl RolloutState {
+    /// A fresh rollout following the file's plan.
+    pub fn fresh(plan: RolloutPlan, now: Instant, by: Source) -> Self {
+        let mut s = RolloutState {
+            id: plan.id.clone(),
+            state: State::Running,
+            ppm: 0,
+            schedule: None,
+            plan,
+            plan_pending: false,
+            changed_at: SystemTime::now(),
+            changed_by: by,
+        };
+        s.follow_plan(now);
+        s
+    }
+
+    /// When the schedule next needs attention.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.state, self.schedule) {
+            (
+                State::Running,
+                Some(Schedule {
+                    timing: Timing::Until(at),
+                    ..
+                }),
+            ) => Some(at),
+            _ => None,
+        }
+    }
+
+    fn steps(&self) -> &[crate::config::Step] {
+        match &self.plan.plan {
+            Plan::Steps(steps) => steps,
+            Plan::Percent(_) => &[],
+        }
+    }
+
+    /// Moves to the file plan's percent, or its steps (keeping the position where it can).
+    fn follow_plan(&mut self, now: Instant) {
+        match &self.plan.plan {
+            Plan::Percent(ppm) => {
+                self.ppm = *ppm;
+                self.schedule = None;
+            }
+            Plan::Steps(steps) => {
+                let at = Schedule::rebase(self.schedule, steps, self.ppm, now);
+                self.ppm = steps.get(at.step).map_or(0, |s| s.ppm);
+                self.schedule = Some(at);
+                self.complete_if_final();
+            }
+        }
+        self.plan_pending = false;
+    }
+
+    fn complete_if_final(&mut self) {
+        if let Some(Schedule {
+            timing: Timing::Final,
+            ..
+        }) = self.schedule
+            && self.ppm == BUCKETS
+        {
+            self.state = State::Completed;
+            self.schedule = None;
+        }
+    }
+
+    pub fn set(&mut self, ppm: u32) -> Result<(), Refusal> {
+        match self.state {
+            State::Running => {
+                self.ppm = ppm;
+                // A manual percent takes over from the schedule.
+                self.schedule = None;
+                Ok(())
+            }
+            State::Completed => Err(Refusal::Completed),
+            other => Err(Refusal::NotRunning(other)),
+        }
+    }
+
+    pub fn halt(&mut self, now: Instant) -> Result<(), Refusal> {
+        match self.state {
+            State::Running => {
+                self.state = State::Halted;
+                if let Some(s) = &mut self.schedule {
+                    s.pause(now);
+                }
+                Ok(())
+            }
+            State::Halted => Ok(()),
+            other => Err(Refusal::CannotHalt(other)),
+        }
+    }
+
+    pub fn resume(&mut self, now: Instant) -> Result<(), Refusal> {
+        match self.state {
+            State::Running => Ok(()),
+            State::Completed => Err(Refusal::Completed),
+            State::Halted | State::RolledBack => {
+                self.state = State::Running;
+                if self.plan_pending {
+                    self.follow_plan(now);
+                } else if let Some(s) = &mut self.schedule {
+                    s.unpause(now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn rollback(&mut self, now: Instant) {
+        if self.state != State::RolledBack {
+            self.state = State::RolledBack;
+            if let Some(s) = &mut self.schedule {
+                s.pause(now);
+            }
+        }
+    }
+
+    pub fn promote(&mut self) {
+        self.state = State::Completed;
+        self.ppm = BUCKETS;
+        self.schedule = None;
+    }
+
+    /// A new rollout: new salt, running, at `ppm` or else at the file plan's start.
+    pub fn start(&mut self, id: String, ppm: Option<u32>, now: Instant) {
+        self.id = id;
+        self.state = State::Running;
+        self.schedule = None;
+        self.ppm = 0;
+        match ppm {
+            Some(ppm) => {
+                self.ppm = ppm;
+                self.plan_pending = false;
+            }
+            None => self.follow_plan(now),
+        }
+    }
+
+    /// The file was (re)loaded with `plan`.
+    pub fn file_plan(&mut self, plan: RolloutPlan, now: Instant) -> FileEffect {
+        if plan == self.plan {
+            return FileEffect::Unchanged;
+        }
+        let new_id = plan.id != self.plan.id;
+        self.plan = plan;
+        if new_id {
+            let id = self.plan.id.clone();
+            self.start(id, None, now);
+            return FileEffect::NewRollout;
+        }
+        match self.state {
+            State::Running => {
+                self.follow_plan(now);
+                FileEffect::Applied
+            }
+            State::Halted | State::RolledBack => {
+                self.plan_pending = true;
+                FileEffect::Pending
+            }
+            State::Completed => FileEffect::Ignored,
+        }
+    }
+
+    /// Moves to the next step if the hold has expired; true if it did.
+    pub fn advance(&mut self, now: Instant) -> bool {
+        let Some(at) = self.next_deadline() else {
+            return false;
+        };
+        if at > now {
+            return false;
+        }
+        let Some(current) = self.schedule else {
+            return false;
+        };
+        let next = current.step + 1;
+        let Some(step) = self.steps().get(next).copied() else {
+            return false;
+        };
+        // The next hold starts now: after a long outage the schedule moves one step, not many.
+        self.schedule = Some(Schedule::at(self.steps(), next, now));
+        self.ppm = step.ppm;
+        self.complete_if_final();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Step;
+
+    fn plan(id: &str, plan: Plan) -> RolloutPlan {
+        RolloutPlan {
+            id: id.into(),
+            plan,
+        }
+    }
+
+    fn steps() -> Plan {
+        let m = |n: u64| Some(Duration::from_secs(60 * n));
+        Plan::Steps(vec![
+            Step {
+                ppm: 100,
+                hold: m(10),
+            },
+            Step {
+                ppm: 50_000,
+                hold: m(60),
+            },
+            Step {
+                ppm: 1_000_000,
+                hold: None,
+            },
+        ])
+    }
+
+    #[test]
+    fn halt_and_rollback_hold_against_file_edits_until_resume() {
+        let now = Instant::now();
+        let mut s = RolloutState::fresh(plan("r", Plan::Percent(50_000)), now, Source::Startup);
+        s.halt(now).expect("halt");
+        assert_eq!(s.set(10_000), Err(Refusal::NotRunning(State::Halted)));
+        assert_eq!(
+            s.file_plan(plan("r", Plan::Percent(20_000)), now),
+            FileEffect::Pending
+        );
+        assert_eq!((s.state, s.ppm), (State::Halted, 50_000));
+        s.rollback(now);
+        assert_eq!(
+            s.file_plan(plan("r", Plan::Percent(30_000)), now),
+            FileEffect::Pending
+        );
+        assert_eq!(s.state, State::RolledBack);
+        s.resume(now).expect("resume");
+        assert_eq!(
+            (s.state, s.ppm),
+            (State::Running, 30_000),
+            "the file's latest plan applies"
+        );
+        assert_eq!(
+            s.file_plan(plan("r", Plan::Percent(40_000)), now),
+            FileEffect::Applied
+        );
+        assert_eq!(s.ppm, 40_000);
+    }
+
+    #[test]
+    fn a_new_rollout_id_in_the_file_starts_fresh_even_when_rolled_back() {
+        let now = Instant::now();
+        let mut s = RolloutState::fresh(plan("r1", Plan::Percent(50_000)), now, Source::Startup);
+        s.rollback(now);
+        assert_eq!(
+            s.file_plan(plan("r2", Plan::Percent(100)), now),
+            FileEffect::NewRollout
+        );
+        assert_eq!((s.id.as_str(), s.state, s.ppm), ("r2", State::Running, 100));
+    }
+
+    #[test]
+    fn the_schedule_advances_pauses_and_completes() {
+        let t0 = Instant::now();
+        let mut s = RolloutState::fresh(plan("r", steps()), t0, Source::Startup);
+        assert_eq!(
+            (s.ppm, s.next_deadline()),
+            (100, Some(t0 + Duration::from_secs(600)))
+        );
+        assert!(!s.advance(t0 + Duration::from_secs(599)));
+        // Halt 5 minutes in, for a day: the clock stops.
+        s.halt(t0 + Duration::from_secs(300)).expect("halt");
+        assert_eq!(s.next_deadline(), None);
+        let t1 = t0 + Duration::from_secs(86_400);
+        s.resume(t1).expect("resume");
+        assert_eq!(s.next_deadline(), Some(t1 + Duration::from_secs(300)));
+        assert!(s.advance(t1 + Duration::from_secs(300)));
+        assert_eq!((s.ppm, s.state), (50_000, State::Running));
+        assert!(s.advance(t1 + Duration::from_secs(300 + 3600)));
+        assert_eq!(
+            (s.ppm, s.state, s.schedule),
+            (1_000_000, State::Completed, None)
+        );
+        assert!(!s.advance(t1 + Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn set_takes_over_from_the_schedule_and_start_begins_again() {
+        let t0 = Instant::now();
+        let mut s = RolloutState::fresh(plan("r", steps()), t0, Source::Startup);
+        s.set(2_500).expect("set");
+        assert_eq!((s.ppm, s.schedule, s.next_deadline()), (2_500, None, None));
+        s.start("r-b".into(), None, t0);
+        assert_eq!(
+            (s.id.as_str(), s.ppm, s.schedule.map(|x| x.step)),
+            ("r-b", 100, Some(0))
+        );
+        s.start("r-c".into(), Some(7), t0);
+        assert_eq!((s.ppm, s.schedule), (7, None));
+        s.promote();
+        assert_eq!((s.state, s.ppm), (State::Completed, 1_000_000));
+        assert_eq!(s.set(5), Err(Refusal::Completed));
+        assert_eq!(s.halt(t0), Err(Refusal::CannotHalt(State::Completed)));
+        assert_eq!(s.resume(t0), Err(Refusal::Completed));
+    }
+}

@@ -1,0 +1,369 @@
+//! The state file: the runtime rollout state, written before every reply with temp file + fsync +
+//! rename + directory fsync, and read back at start-up. Versioned: older versions keep loading.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::{Plan, RolloutPlan, Step};
+use crate::snapshot::State;
+
+use super::command::Source;
+use super::schedule::{Schedule, Timing};
+use super::state::RolloutState;
+
+/// The version this build writes.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path} is not a ramp state file: {error}")]
+    Corrupt {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("{path} has format version {found}; this ramp reads up to {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} holds an invalid value: {what}")]
+    Invalid { path: PathBuf, what: &'static str },
+    #[error("cannot write {path}: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot encode the state: {0}")]
+    Encode(serde_json::Error),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileV1 {
+    version: u32,
+    rollout: String,
+    state: State,
+    percent_ppm: u32,
+    schedule: Option<ScheduleV1>,
+    file_plan: PlanV1,
+    plan_pending: bool,
+    changed_at_unix_ms: u64,
+    changed_by: Source,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ScheduleV1 {
+    step: usize,
+    /// Wall-clock end of the current step's hold, while running.
+    deadline_unix_ms: Option<u64>,
+    /// Time left in the hold, while paused.
+    remaining_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PlanV1 {
+    id: String,
+    percent_ppm: Option<u32>,
+    steps: Option<Vec<StepV1>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StepV1 {
+    percent_ppm: u32,
+    hold_ms: Option<u64>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// The file's text for `s`, taken at (`now`, `wall`).
+pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8>, StoreError> {
+    let schedule = s.schedule.map(|sc| {
+        let (deadline, remaining) = match sc.timing {
+            Timing::Until(at) => (
+                Some(unix_ms(wall + at.saturating_duration_since(now))),
+                None,
+            ),
+            Timing::Paused(left) => (None, Some(ms(left))),
+            Timing::Final => (None, None),
+        };
+        ScheduleV1 {
+            step: sc.step,
+            deadline_unix_ms: deadline,
+            remaining_ms: remaining,
+        }
+    });
+    let file_plan = PlanV1 {
+        id: s.plan.id.clone(),
+        percent_ppm: match &s.plan.plan {
+            Plan::Percent(p) => Some(*p),
+            Plan::Steps(_) => None,
+        },
+        steps: match &s.plan.plan {
+            Plan::Percent(_) => None,
+            Plan::Steps(steps) => Some(
+                steps
+                    .iter()
+                    .map(|st| StepV1 {
+                        percent_ppm: st.ppm,
+                        hold_ms: st.hold.map(ms),
+                    })
+                    .collect(),
+            ),
+        },
+    };
+    let file = FileV1 {
+        version: VERSION,
+        rollout: s.id.clone(),
+        state: s.state,
+        percent_ppm: s.ppm,
+        schedule,
+        file_plan,
+        plan_pending: s.plan_pending,
+        changed_at_unix_ms: unix_ms(s.changed_at),
+        changed_by: s.changed_by.clone(),
+    };
+    let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
+    text.push(b'\n');
+    Ok(text)
+}
+
+/// Reads the state back; `Ok(None)` when there is no file yet.
+pub fn read(
+    path: &Path,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<Option<RolloutState>, StoreError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(StoreError::Read {
+                path: path.to_owned(),
+                error,
+            });
+        }
+    };
+    decode(&text, path, now, wall).map(Some)
+}
+
+fn decode(
+    text: &[u8],
+    path: &Path,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<RolloutState, StoreError> {
+    let corrupt = |error| StoreError::Corrupt {
+        path: path.to_owned(),
+        error,
+    };
+    let invalid = |what| StoreError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    #[derive(Deserialize)]
+    struct Head {
+        version: u32,
+    }
+    let head: Head = serde_json::from_slice(text).map_err(corrupt)?;
+    // Each future version adds an arm that upgrades the older shape.
+    let f: FileV1 = match head.version {
+        1 => serde_json::from_slice(text).map_err(corrupt)?,
+        found => {
+            return Err(StoreError::Version {
+                path: path.to_owned(),
+                found,
+            });
+        }
+    };
+    let check_ppm = |p: u32| {
+        if p <= 1_000_000 {
+            Ok(p)
+        } else {
+            Err(invalid("a percent above 100"))
+        }
+    };
+    let plan = match (f.file_plan.percent_ppm, f.file_plan.steps) {
+        (Some(p), None) => Plan::Percent(check_ppm(p)?),
+        (None, Some(steps)) if !steps.is_empty() => Plan::Steps(
+            steps
+                .into_iter()
+                .map(|s| {
+                    Ok(Step {
+                        ppm: check_ppm(s.percent_ppm)?,
+                        hold: s.hold_ms.map(Duration::from_millis),
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+        ),
+        _ => return Err(invalid("file_plan needs percent_ppm or steps")),
+    };
+    let step_count = match &plan {
+        Plan::Steps(steps) => steps.len(),
+        Plan::Percent(_) => 0,
+    };
+    let schedule = match f.schedule {
+        None => None,
+        Some(s) if s.step >= step_count => return Err(invalid("schedule step past the plan")),
+        Some(s) => {
+            let timing = match (s.deadline_unix_ms, s.remaining_ms) {
+                (Some(deadline), None) => {
+                    // Time spent down counts toward the hold; a hold that ended while ramp was
+                    // down ends now.
+                    let end = UNIX_EPOCH + Duration::from_millis(deadline);
+                    Timing::Until(now + end.duration_since(wall).unwrap_or_default())
+                }
+                (None, Some(left)) => Timing::Paused(Duration::from_millis(left)),
+                (None, None) => Timing::Final,
+                (Some(_), Some(_)) => return Err(invalid("schedule has a deadline and a pause")),
+            };
+            Some(Schedule {
+                step: s.step,
+                timing,
+            })
+        }
+    };
+    if f.rollout.is_empty() || crate::config::rollout_id(&f.rollout).is_err() {
+        return Err(invalid("rollout id"));
+    }
+    Ok(RolloutState {
+        id: f.rollout,
+        state: f.state,
+        ppm: check_ppm(f.percent_ppm)?,
+        schedule,
+        plan: RolloutPlan {
+            id: f.file_plan.id,
+            plan,
+        },
+        plan_pending: f.plan_pending,
+        changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
+        changed_by: f.changed_by,
+    })
+}
+
+/// Writes `bytes` to `path` so that a crash at any moment leaves the old or the new file, whole:
+/// a temporary file beside it, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let err = |error| StoreError::Write {
+        path: path.to_owned(),
+        error,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_round_trips_through_the_file_format() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let plan = RolloutPlan {
+            id: "r".into(),
+            plan: Plan::Steps(vec![
+                Step {
+                    ppm: 100,
+                    hold: Some(Duration::from_secs(600)),
+                },
+                Step {
+                    ppm: 1_000_000,
+                    hold: None,
+                },
+            ]),
+        };
+        let mut s = RolloutState::fresh(
+            plan,
+            now,
+            Source::Admin {
+                uid: 0,
+                pid: Some(7),
+            },
+        );
+        let text = encode(&s, now + Duration::from_secs(60), wall).expect("encode");
+        let back =
+            decode(&text, Path::new("t"), now + Duration::from_secs(60), wall).expect("decode");
+        assert_eq!(
+            back.schedule
+                .and_then(|x| x.left(now + Duration::from_secs(60)))
+                .map(|d| d.as_secs_f64().round()),
+            Some(540.0)
+        );
+        assert_eq!(
+            (back.id.as_str(), back.ppm, back.state),
+            ("r", 100, State::Running)
+        );
+        assert_eq!(
+            back.changed_by,
+            Source::Admin {
+                uid: 0,
+                pid: Some(7)
+            }
+        );
+        s.halt(now + Duration::from_secs(120)).expect("halt");
+        let back = decode(
+            &encode(&s, now, wall).expect("encode"),
+            Path::new("t"),
+            now,
+            wall,
+        )
+        .expect("decode");
+        assert_eq!(
+            back.schedule.map(|x| x.timing),
+            Some(Timing::Paused(Duration::from_secs(480)))
+        );
+    }
+
+    #[test]
+    fn damaged_files_are_refused_with_a_reason() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let p = Path::new("state.json");
+        assert!(matches!(
+            decode(b"{not json", p, now, wall),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode(b"{\"version\": 9}", p, now, wall),
+            Err(StoreError::Version { found: 9, .. })
+        ));
+        let bad =
+            br#"{"version":1,"rollout":"r","state":"running","percent_ppm":2000000,"schedule":null,
+            "file_plan":{"id":"r","percent_ppm":5,"steps":null},"plan_pending":false,
+            "changed_at_unix_ms":0,"changed_by":{"kind":"file"}}"#;
+        assert!(matches!(
+            decode(bad, p, now, wall),
+            Err(StoreError::Invalid { .. })
+        ));
+    }
+}

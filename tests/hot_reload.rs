@@ -1,0 +1,235 @@
+//! An operator edits the YAML while ramp serves: renamed files, Kubernetes symlink swaps, SIGHUP,
+//! `reload`, invalid edits, and what a file edit may and may not change.
+
+mod support;
+
+use serde_json::Value;
+use support::{Backend, CONTROL, Client, Proxy, config, replace_file};
+
+fn yaml(stable: &[&Backend], canary: &[&Backend], rollout: &str) -> String {
+    config(
+        stable,
+        canary,
+        rollout,
+        &format!("sticky:\n  header: x-user-id\n{CONTROL}"),
+    )
+}
+
+async fn bodies(proxy: &Proxy, n: usize) -> Vec<String> {
+    let client = Client::http1();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("h-{i}");
+        let r = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        out.push(r.body);
+    }
+    out
+}
+
+fn percent(v: &Value) -> Option<f64> {
+    v["percent"].as_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_style_rename_reloads_the_file() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: hr\npercent: 0"));
+    replace_file(
+        &proxy.config_path,
+        &yaml(&[&s], &[&c], "id: hr\npercent: 100"),
+    );
+    let st = proxy.wait_status("the rename is picked up", |v| percent(v) == Some(100.0));
+    assert_eq!(st["changed_by"], "file");
+    assert!(bodies(&proxy, 20).await.iter().all(|b| b == "canary"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_configmap_symlink_swap_reloads_the_file() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    // The ConfigMap layout: ramp.yaml -> ..data/ramp.yaml, ..data -> ..v1 (a directory).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).expect("mkdir");
+    std::fs::write(
+        d.join("..v1/ramp.yaml"),
+        yaml(&[&s], &[&c], "id: k8s\npercent: 0"),
+    )
+    .expect("write");
+    std::os::unix::fs::symlink("..v1", d.join("..data")).expect("link");
+    std::os::unix::fs::symlink("..data/ramp.yaml", d.join("ramp.yaml")).expect("link");
+    let path = d.join("ramp.yaml");
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(percent(&proxy.admin("status")), Some(0.0));
+    // The kubelet writes a new version directory, then atomically renames a new ..data link.
+    let d = proxy.dir.path();
+    std::fs::create_dir(d.join("..v2")).expect("mkdir");
+    std::fs::write(
+        d.join("..v2/ramp.yaml"),
+        yaml(&[&s], &[&c], "id: k8s\npercent: 100"),
+    )
+    .expect("write");
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).expect("link");
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).expect("swap");
+    std::fs::remove_dir_all(d.join("..v1")).expect("cleanup");
+    proxy.wait_status("the symlink swap is picked up", |v| {
+        percent(v) == Some(100.0)
+    });
+    assert!(bodies(&proxy, 10).await.iter().all(|b| b == "canary"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_edit_keeps_the_running_config_and_shows_in_status() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: bad\npercent: 100"));
+    let broken = yaml(&[&s], &[&c], "id: bad\npercent: 150");
+    replace_file(&proxy.config_path, &broken);
+    let st = proxy.wait_status("the bad edit is reported", |v| {
+        v["last_reload_error"].is_string()
+    });
+    let err = st["last_reload_error"].as_str().expect("error");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("150"))
+        .expect("line")
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "ramp.yaml:{line}:12: rollout.percent: must be between 0 and 100"
+        )),
+        "{err}"
+    );
+    assert_eq!(percent(&st), Some(100.0));
+    assert!(
+        bodies(&proxy, 10).await.iter().all(|b| b == "canary"),
+        "still serving the old config"
+    );
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("reload      error: "), "{out}");
+    // `reload` says why too.
+    let r = proxy.admin("reload");
+    assert_eq!(r["ok"], false);
+    // The next valid file clears it.
+    replace_file(
+        &proxy.config_path,
+        &yaml(&[&s], &[&c], "id: bad\npercent: 0"),
+    );
+    let st = proxy.wait_status("the fix is picked up", |v| percent(v) == Some(0.0));
+    assert_eq!(st["last_reload_error"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_the_reload_command_reread_the_file() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: hup\npercent: 1"));
+    // Edit in place (a write the watcher also sees); `reload` must report the new plan at once.
+    std::fs::write(
+        &proxy.config_path,
+        yaml(&[&s], &[&c], "id: hup\npercent: 2"),
+    )
+    .expect("write");
+    let r = proxy.admin("reload");
+    assert_eq!(
+        (r["ok"].as_bool(), percent(&r)),
+        (Some(true), Some(2.0)),
+        "{r}"
+    );
+    std::fs::write(
+        &proxy.config_path,
+        yaml(&[&s], &[&c], "id: hup\npercent: 3"),
+    )
+    .expect("write");
+    proxy.signal(1);
+    proxy.wait_status("SIGHUP reloads", |v| percent(v) == Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edit_never_undoes_a_halt_or_rollback_but_a_new_id_starts_fresh() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: hold\npercent: 50"));
+    proxy.admin("rollback");
+    std::fs::write(
+        &proxy.config_path,
+        yaml(&[&s], &[&c], "id: hold\npercent: 100"),
+    )
+    .expect("write");
+    let r = proxy.admin("reload");
+    assert_eq!(
+        (r["state"].as_str(), r["file_plan_pending"].as_bool()),
+        (Some("rolled_back"), Some(true)),
+        "{r}"
+    );
+    assert!(bodies(&proxy, 20).await.iter().all(|b| b == "stable"));
+    // Resume applies the file's latest plan.
+    let r = proxy.admin("resume");
+    assert_eq!(
+        (r["state"].as_str(), percent(&r)),
+        (Some("running"), Some(100.0)),
+        "{r}"
+    );
+    proxy.admin("halt");
+    std::fs::write(
+        &proxy.config_path,
+        yaml(&[&s], &[&c], "id: hold-2\npercent: 0"),
+    )
+    .expect("write");
+    let r = proxy.admin("reload");
+    assert_eq!(
+        (r["rollout"].as_str(), r["state"].as_str()),
+        (Some("hold-2"), Some("running")),
+        "{r}"
+    );
+    assert_eq!(percent(&r), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() {
+    let (s1, s2, c) = (
+        Backend::start("stable").await,
+        Backend::start("stable-2").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s1], &[&c], "id: pools\npercent: 0"));
+    // A request in flight on the old pool finishes while the new list takes over.
+    let slow = {
+        let url = proxy.url("/slow/700");
+        tokio::spawn(async move {
+            Client::http1()
+                .get(&url, &[("x-user-id", "slow-user")])
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let moved = yaml(&[&s2], &[&c], "id: pools\npercent: 0").replace("127.0.0.1:0", "127.0.0.1:1");
+    std::fs::write(&proxy.config_path, moved).expect("write");
+    let r = proxy.admin("reload");
+    assert_eq!(r["restart_required"], serde_json::json!(["listen"]), "{r}");
+    assert!(
+        bodies(&proxy, 6).await.iter().all(|b| b == "stable-2"),
+        "the new pool serves"
+    );
+    let finished = slow.await.expect("slow request");
+    assert_eq!(
+        (finished.status.as_u16(), finished.body.as_str()),
+        (200, "stable")
+    );
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("restart     needed for: listen"), "{out}");
+}

@@ -1,0 +1,200 @@
+//! The rollout state survives kill -9; a damaged state file never takes the site down.
+
+mod support;
+
+use serde_json::Value;
+use support::{Backend, CONTROL, Client, Proxy, config};
+
+const STEPS: &str = "id: checkout-v2\nsteps:\n  - {percent: 0.01, hold: 10m}\n  - {percent: 2.5, hold: 1h}\n  - {percent: 100}";
+
+async fn backends() -> (Backend, Backend) {
+    (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    )
+}
+
+fn yaml(s: &Backend, c: &Backend, rollout: &str) -> String {
+    config(
+        &[s],
+        &[c],
+        rollout,
+        &format!("sticky:\n  header: x-user-id\n{CONTROL}"),
+    )
+}
+
+async fn canary_share(proxy: &Proxy, n: usize) -> usize {
+    let client = Client::http1();
+    let mut canary = 0;
+    for i in 0..n {
+        let id = format!("r-{i}");
+        if client
+            .get(&proxy.url("/"), &[("x-user-id", &id)])
+            .await
+            .body
+            == "canary"
+        {
+            canary += 1;
+        }
+    }
+    canary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_keeps_state_and_schedule() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, STEPS));
+    let first = proxy.admin("status");
+    assert_eq!(first["schedule"]["step"], 1);
+    assert_eq!(first["percent"].as_f64(), Some(0.01));
+    let before_secs = first["schedule"]["next_in_secs"]
+        .as_f64()
+        .expect("time left");
+    assert!(before_secs > 500.0, "{first}");
+    let halted = proxy.admin("halt");
+    assert_eq!(halted["state"], "halted");
+    let (dir, path) = proxy.kill9();
+
+    let proxy = Proxy::start_in(dir, path);
+    let s1 = proxy.admin("status");
+    assert_eq!(
+        (s1["rollout"].as_str(), s1["state"].as_str()),
+        (Some("checkout-v2"), Some("halted"))
+    );
+    assert_eq!(s1["schedule"]["step"], 1);
+    assert_eq!(s1["schedule"]["paused"], true);
+    let left = s1["schedule"]["next_in_secs"].as_f64().expect("time left");
+    assert!(
+        left <= before_secs && left > before_secs - 60.0,
+        "{left} vs {before_secs}"
+    );
+    assert_eq!(
+        s1["changed_by"], halted["changed_by"],
+        "who changed it survives too"
+    );
+
+    // Raise by hand, kill again: the manual percent holds.
+    assert_eq!(proxy.admin("resume")["state"], "running");
+    assert_eq!(proxy.admin("set 40")["percent"].as_f64(), Some(40.0));
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    let s2 = proxy.admin("status");
+    assert_eq!(
+        (s2["state"].as_str(), s2["percent"].as_f64()),
+        (Some("running"), Some(40.0))
+    );
+    let share = canary_share(&proxy, 400).await;
+    assert!((120..=200).contains(&share), "{share} of 400 at 40%");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_survives_kill_9() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, "id: rb\npercent: 50"));
+    assert_eq!(proxy.admin("rollback")["state"], "rolled_back");
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
+    assert_eq!(canary_share(&proxy, 100).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_is_whole_after_every_change() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, "id: w\npercent: 5"));
+    for cmd in ["set 6", "halt", "resume", "start w2 3", "rollback"] {
+        let reply = proxy.admin(cmd);
+        let text = std::fs::read_to_string(proxy.state_file()).expect("state file");
+        let v: Value = serde_json::from_str(&text).expect("whole JSON after every change");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["state"], reply["state"], "{cmd}: reply and file agree");
+        assert_eq!(v["rollout"], reply["rollout"]);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(proxy.dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_starts_everyone_on_stable_and_says_so() {
+    let (s, c) = backends().await;
+    for garbage in [
+        "{\"version\": 1, \"rollout\": ",
+        "\u{0}\u{1}binary",
+        "{\"version\": 99}",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("state.json"), garbage).expect("write");
+        let path = dir.path().join("ramp.yaml");
+        std::fs::write(&path, yaml(&s, &c, "id: corrupt\npercent: 100")).expect("write");
+        let proxy = Proxy::start_in(dir, path);
+        let st = proxy.admin("status");
+        assert_eq!(st["state"], "rolled_back", "{st}");
+        assert!(
+            st["state_file_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("state.json")),
+            "{st}"
+        );
+        assert_eq!(canary_share(&proxy, 50).await, 0, "everyone on stable");
+        assert!(
+            proxy
+                .logs()
+                .iter()
+                .any(|l| l.contains("STATE FILE UNREADABLE"))
+        );
+        assert_eq!(
+            std::fs::read_to_string(proxy.state_file()).expect("kept"),
+            garbage,
+            "left for inspection"
+        );
+        // The operator takes over: resume works and is persisted.
+        assert_eq!(proxy.admin("resume")["state"], "running");
+        assert_eq!(proxy.admin("status")["state_file_error"], Value::Null);
+        assert_eq!(canary_share(&proxy, 20).await, 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_state_file_still_loads() {
+    let (s, c) = backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state-v1.json"),
+        dir.path().join("state.json"),
+    )
+    .expect("copy fixture");
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, yaml(&s, &c, STEPS)).expect("write");
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("halted"), Some(2.5)),
+        "{st}"
+    );
+    assert_eq!(st["schedule"]["step"], 2);
+    assert_eq!(st["schedule"]["next_in_secs"].as_f64(), Some(1800.0));
+    assert_eq!(st["changed_by"], "admin (uid 0, pid 4242)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rollout_id_written_while_ramp_was_down_starts_fresh() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, "id: old\npercent: 50"));
+    proxy.admin("rollback");
+    let (dir, path) = proxy.kill9();
+    std::fs::write(&path, yaml(&s, &c, "id: new\npercent: 100")).expect("edit");
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), st["state"].as_str()),
+        (Some("new"), Some("running")),
+        "{st}"
+    );
+    assert_eq!(st["source"], "file");
+    assert_eq!(canary_share(&proxy, 20).await, 20);
+}

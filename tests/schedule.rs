@@ -1,0 +1,139 @@
+//! A staged schedule advances by itself: paused-clock tests of the controller, and one real
+//! short hold through the running binary.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ramp::config;
+use ramp::control::{Command, Controller, Handle, Source};
+use serde_json::Value;
+use support::{Backend, CONTROL, Client, Proxy};
+
+const ADMIN: Source = Source::Admin { uid: 0, pid: None };
+
+fn controller(steps: &str) -> (Handle, tokio::task::JoinHandle<()>) {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout:\n  id: sched\n  steps:\n{steps}"
+    );
+    let cfg = config::parse(&yaml, Path::new("sched.yaml")).expect("config");
+    let (c, _shared, handle) = Controller::start(PathBuf::from("sched.yaml"), cfg);
+    (handle, tokio::spawn(c.run()))
+}
+
+async fn status(h: &Handle) -> Value {
+    Value::Object(h.send(Command::Status, ADMIN).await)
+}
+
+const THREE: &str =
+    "    - {percent: 1, hold: 10m}\n    - {percent: 5, hold: 1h}\n    - {percent: 100}\n";
+
+#[tokio::test(start_paused = true)]
+async fn steps_advance_when_each_hold_expires_and_complete_at_100() {
+    let (h, _task) = controller(THREE);
+    let s = status(&h).await;
+    assert_eq!(
+        (s["percent"].as_f64(), s["schedule"]["step"].as_u64()),
+        (Some(1.0), Some(1))
+    );
+    assert_eq!(s["schedule"]["next_percent"].as_f64(), Some(5.0));
+    assert_eq!(s["schedule"]["next_in_secs"].as_f64(), Some(600.0));
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert_eq!(status(&h).await["percent"].as_f64(), Some(1.0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(&h).await;
+    assert_eq!(
+        (s["percent"].as_f64(), s["schedule"]["step"].as_u64()),
+        (Some(5.0), Some(2))
+    );
+    assert_eq!(s["changed_by"], "schedule");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let s = status(&h).await;
+    assert_eq!(
+        (s["state"].as_str(), s["percent"].as_f64()),
+        (Some("completed"), Some(100.0))
+    );
+    assert_eq!(s["schedule"], Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_halt_pauses_the_clock_and_resume_continues_it() {
+    let (h, _task) = controller(THREE);
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    h.send(Command::Halt, ADMIN).await;
+    tokio::time::sleep(Duration::from_secs(7 * 86_400)).await;
+    let s = status(&h).await;
+    assert_eq!(
+        (s["state"].as_str(), s["percent"].as_f64()),
+        (Some("halted"), Some(1.0))
+    );
+    assert_eq!(s["schedule"]["paused"], true);
+    assert_eq!(s["schedule"]["next_in_secs"].as_f64(), Some(360.0));
+    h.send(Command::Resume, ADMIN).await;
+    tokio::time::sleep(Duration::from_secs(359)).await;
+    assert_eq!(status(&h).await["percent"].as_f64(), Some(1.0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status(&h).await["percent"].as_f64(), Some(5.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_stops_the_schedule_and_set_takes_over_from_it() {
+    let (h, _task) = controller(THREE);
+    h.send(Command::Rollback, ADMIN).await;
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert_eq!(status(&h).await["state"], "rolled_back");
+    h.send(Command::Resume, ADMIN).await;
+    let r = h.send(Command::Set(20_000), ADMIN).await;
+    assert_eq!(r["schedule"], Value::Null, "{r:?}");
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    let s = status(&h).await;
+    assert_eq!(
+        (s["state"].as_str(), s["percent"].as_f64()),
+        (Some("running"), Some(2.0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_last_step_below_100_stays_there() {
+    let (h, _task) = controller("    - {percent: 1, hold: 1m}\n    - {percent: 50}\n");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let s = status(&h).await;
+    assert_eq!(
+        (s["state"].as_str(), s["percent"].as_f64()),
+        (Some("running"), Some(50.0))
+    );
+    assert_eq!(s["schedule"]["next_percent"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_short_hold_advances_the_running_proxy() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let yaml = support::config(
+        &[&s],
+        &[&c],
+        "id: real\nsteps:\n  - {percent: 0, hold: 1s}\n  - {percent: 100}",
+        &format!("sticky:\n  header: x-user-id\n{CONTROL}"),
+    );
+    let proxy = Proxy::start(&yaml);
+    let client = Client::http1();
+    assert_eq!(
+        client
+            .get(&proxy.url("/"), &[("x-user-id", "u1")])
+            .await
+            .body,
+        "stable"
+    );
+    let st = proxy.wait_status("the hold expires", |v| v["state"] == "completed");
+    assert_eq!(st["changed_by"], "schedule");
+    assert_eq!(
+        client
+            .get(&proxy.url("/"), &[("x-user-id", "u1")])
+            .await
+            .body,
+        "canary"
+    );
+}
