@@ -8,14 +8,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use ramp::config;
 use ramp::routing;
-use ramp::snapshot::{Rollout, Snapshot, State};
+use ramp::snapshot::{Rollout, Snapshot, State, Tls};
 use ramp::upstream::Registry;
 
 fn snapshot() -> Snapshot {
     let yaml = "listen: 127.0.0.1:0\nsticky: {cookie: uid}\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}\nrollout: {id: checkout-v2, percent: 5}\n";
     let config = config::parse(yaml, Path::new("bench")).expect("bench config");
     let rollout = Rollout::new("checkout-v2", 50_000, State::Running);
-    Snapshot::build(Arc::new(config), rollout, &Registry::new())
+    Snapshot::build(Arc::new(config), rollout, &Registry::new(), &Tls::default())
 }
 
 fn headers(cookie: &str) -> HeaderMap {

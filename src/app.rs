@@ -1,5 +1,5 @@
 //! Wiring: the listener, the controller with the first snapshot, the admin socket, the reload
-//! triggers, and shutdown.
+//! triggers, health checks, metrics, and the graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError, ppm_to_percent};
 use crate::control::{Controller, admin, watcher};
-use crate::proxy::{self, Proxy};
+use crate::metrics::{self, Metrics};
+use crate::proxy::{self, Proxy, tls};
+use crate::upstream::probe;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -22,54 +24,107 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot start the metrics exporter: {0}")]
+    Metrics(String),
     #[error("cannot start the demo: {0}")]
     Demo(std::io::Error),
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
 }
 
-/// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT.
-pub async fn serve(config_path: PathBuf, config: Config) -> Result<(), AppError> {
+/// How `serve` starts.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Take the admin socket over from a running ramp (the restart recipe).
+    pub takeover: bool,
+}
+
+/// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
+pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Result<(), AppError> {
+    tls::install_provider();
     let addr = config.listen;
     let bind_err = |error| AppError::Bind { addr, error };
     let listener = TcpListener::from_std(proxy::bind(addr).map_err(bind_err)?).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some((
+            metrics::bind(addr)
+                .await
+                .map_err(|e| AppError::Bind { addr, error: e })?,
+            addr,
+        )),
+        None => None,
+    };
+    let exporter = match &metrics_listener {
+        Some(_) => Some(metrics::install().map_err(|e| AppError::Metrics(e.to_string()))?),
+        None => None,
+    };
     let admin_config = config.admin.clone();
-    let admin_listener = admin_config.as_ref().map(admin::bind).transpose()?;
-
-    let (controller, shared, handle) = Controller::start(config_path.clone(), config);
-    let _watcher = watcher::watch(&config_path, handle.clone())?;
-    watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
-    if let (Some(listener), Some(admin)) = (admin_listener, admin_config.clone()) {
-        tracing::info!(path = %admin.socket.display(), "admin socket ready");
-        tokio::spawn(admin::serve(listener, admin, handle.clone()));
+    let admin_bound = admin_config
+        .as_ref()
+        .map(|a| admin::bind(a, options.takeover))
+        .transpose()?;
+    let (limits, tls_on) = (config.limits, config.tls.is_some());
+    let mut watched = vec![config_path.clone()];
+    if let Some(t) = &config.tls {
+        watched.extend([t.cert.clone(), t.key.clone()]);
     }
-    tokio::spawn(controller.run());
+
+    let (controller, shared, handle) = Controller::start(config_path.clone(), config)?;
+    let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
+    let _watcher = watcher::watch(&files, handle.clone())?;
+    watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
+    let admin_task = match (admin_bound, admin_config.clone()) {
+        (Some((listener, owned)), Some(admin)) => {
+            tracing::info!(path = %admin.socket.display(), "admin socket ready");
+            Some((
+                tokio::spawn(admin::serve(listener, admin.clone(), handle.clone())),
+                admin,
+                owned,
+            ))
+        }
+        _ => None,
+    };
+    let controller_task = tokio::spawn(controller.run());
+    tokio::spawn(probe::run(Arc::clone(&shared)));
+    if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
+        tracing::info!(addr = %addr, "metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, exporter));
+    }
 
     let first = shared.load();
     tracing::info!(
         addr = %local,
+        tls = tls_on,
         rollout = %first.rollout.id,
         percent = ppm_to_percent(first.rollout.ppm),
         state = first.rollout.state.as_str(),
         "listening"
     );
     drop(first);
-    let proxy = Arc::new(Proxy { shared });
+    let proxy = Arc::new(Proxy::new(shared, Metrics::new()));
 
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        () = proxy::serve(listener, proxy) => {}
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
-    }
-    if let Some(admin) = admin_config {
-        admin::remove(&admin.socket);
-    }
-    drop(handle);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+        // No more changes from this process: a successor may already own the rollout state.
+        controller_task.abort();
+        if let Some((task, admin, owned)) = admin_task {
+            task.abort();
+            admin::remove(&admin.socket, owned);
+        }
+        drop(handle);
+    };
+    proxy::serve(listener, tls_on, proxy, limits, shutdown).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -83,7 +83,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
         socket = socket.display(),
         path = path.display(),
     );
-    let result = app::serve(path, config).await;
+    let result = app::serve(path, config, app::Options::default()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

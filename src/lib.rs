@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod snapshot;

@@ -28,6 +28,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Restart recipe: take the admin socket over from the ramp already running on it
+        /// (the listener is shared through SO_REUSEPORT); then SIGTERM the old one.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a configuration file; print every problem with its line and column.
     Check {
@@ -109,7 +113,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config, log_format } => {
+        Command::Serve {
+            config,
+            log_format,
+            takeover,
+        } => {
             init_logs(log_format);
             let path = config;
             let config = match config::load(&path) {
@@ -123,7 +131,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
-            runtime(config.workers)?.block_on(ramp::app::serve(path, config))?;
+            let options = ramp::app::Options { takeover };
+            runtime(config.workers)?.block_on(ramp::app::serve(path, config, options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderName;
 
-use crate::config::{Config, UpstreamSettings};
+use crate::config::Config;
 use crate::routing::bucket;
-use crate::upstream::{Pool, Registry};
+use crate::upstream::{Connector, Pool, Registry};
 
 /// Where a rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -69,6 +69,13 @@ pub struct StickyRules {
     pub cookie_attributes: Box<str>,
 }
 
+/// TLS settings read from files: the listener's certificate, the client for `https://` upstreams.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    pub client: Option<Arc<rustls::ClientConfig>>,
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub rollout: Rollout,
@@ -76,14 +83,22 @@ pub struct Snapshot {
     pub stable: Pool,
     pub canary: Pool,
     pub hide_response_headers: Box<[HeaderName]>,
-    pub upstream: UpstreamSettings,
+    pub connector: Connector,
+    /// The listener's TLS config (certificates rotate with reloads).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
 }
 
 impl Snapshot {
-    /// Builds a snapshot; upstreams already known to `registry` keep their pooled connections.
-    pub fn build(config: Arc<Config>, rollout: Rollout, registry: &Registry) -> Snapshot {
+    /// Builds a snapshot; upstreams already known to `registry` keep their pooled connections
+    /// and their health.
+    pub fn build(
+        config: Arc<Config>,
+        rollout: Rollout,
+        registry: &Registry,
+        tls: &Tls,
+    ) -> Snapshot {
         let s = &config.sticky;
         let mut attributes = format!(
             "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
@@ -103,7 +118,12 @@ impl Snapshot {
             stable: Pool::new(registry.get_all(&config.pools.stable)),
             canary: Pool::new(registry.get_all(&config.pools.canary)),
             hide_response_headers: config.hide_response_headers.clone().into(),
-            upstream: config.upstream,
+            connector: Connector::new(
+                config.upstream,
+                config.limits.body_idle_timeout,
+                tls.client.clone(),
+            ),
+            tls: tls.server.clone(),
             config,
         }
     }

@@ -53,6 +53,10 @@ pub enum Reason {
     MissingHold,
     #[error("a file mode in octal like 0600 or 0660: {0:?}")]
     Mode(String),
+    #[error("must be one of {0}, got {1:?}")]
+    OneOf(&'static str, String),
+    #[error("must start with /: {0:?}")]
+    AbsolutePath(String),
     #[error("no such group: {0:?}")]
     Group(String),
     #[error("{0}")]

@@ -24,6 +24,76 @@ pub struct File {
     pub admin: Option<AdminFile>,
     #[serde(default)]
     pub state: Option<StateFile>,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    #[serde(default)]
+    pub health: Option<HealthFile>,
+    #[serde(default)]
+    pub passive_health: Option<PassiveFile>,
+    #[serde(default)]
+    pub canary_unavailable: Option<S<String>>,
+    #[serde(default)]
+    pub limits: Option<LimitsFile>,
+    #[serde(default)]
+    pub shutdown_grace: Option<S<String>>,
+    #[serde(default)]
+    pub metrics: Option<MetricsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    #[serde(default)]
+    pub path: Option<S<String>>,
+    #[serde(default)]
+    pub interval: Option<S<String>>,
+    #[serde(default)]
+    pub timeout: Option<S<String>>,
+    #[serde(default)]
+    pub unhealthy_after: Option<S<u64>>,
+    #[serde(default)]
+    pub healthy_after: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveFile {
+    #[serde(default)]
+    pub eject_after: Option<S<u64>>,
+    #[serde(default)]
+    pub backoff: Option<S<String>>,
+    #[serde(default)]
+    pub max_backoff: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    #[serde(default)]
+    pub max_header_bytes: Option<S<u64>>,
+    #[serde(default)]
+    pub max_uri_bytes: Option<S<u64>>,
+    #[serde(default)]
+    pub header_read_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub body_idle_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub max_connections: Option<S<u64>>,
+    #[serde(default)]
+    pub h2_max_concurrent_streams: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    pub listen: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,4 +167,6 @@ pub struct UpstreamFile {
     pub idle_timeout: Option<S<String>>,
     #[serde(default)]
     pub max_idle_per_upstream: Option<S<u64>>,
+    #[serde(default)]
+    pub ca: Option<S<String>>,
 }

@@ -2,6 +2,7 @@
 
 mod error;
 mod file;
+mod resilience;
 mod validate;
 
 use std::net::SocketAddr;
@@ -26,6 +27,68 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Where the runtime rollout state is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Certificate and key for HTTPS on the listener.
+    pub tls: Option<Tls>,
+    /// Roots for `https://` upstreams (PEM); the system's roots when absent.
+    pub upstream_ca: Option<PathBuf>,
+    /// Active health checks; passive ejection is always on.
+    pub health: Option<ActiveHealth>,
+    pub passive_health: PassiveHealth,
+    pub canary_unavailable: CanaryUnavailable,
+    pub limits: Limits,
+    /// How long a SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Where Prometheus metrics are served (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveHealth {
+    /// `GET` this path (2xx or 3xx is healthy); without it a TCP connect is the probe.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassiveHealth {
+    /// Consecutive connect failures or 5xx answers that eject an upstream.
+    pub eject_after: u32,
+    /// The first ejection's length; each further one doubles, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What canary users get when no canary upstream is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryUnavailable {
+    /// Served by stable (the default).
+    Fallback,
+    /// 503.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Request header fields, in bytes (beyond: 431).
+    pub max_header_bytes: usize,
+    /// The request target, in bytes (beyond: 414).
+    pub max_uri_bytes: usize,
+    /// A client must send its whole request head within this (else the connection is closed).
+    pub header_read_timeout: Duration,
+    /// A body (either way) that sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// The admin socket.
@@ -59,15 +122,19 @@ pub struct Pools {
     pub canary: Vec<UpstreamAddr>,
 }
 
-/// `host:port` of one upstream server.
+/// `host:port` of one upstream server, spoken to over TLS when `tls`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpstreamAddr {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl std::fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tls {
+            f.write_str("https://")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -161,8 +228,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(admin) = &mut config.admin {
         admin.socket = base.join(&admin.socket);
     }
-    if let Some(state) = &mut config.state_file {
-        *state = base.join(&*state);
+    let (cert, key) = match config.tls.as_mut() {
+        Some(t) => (Some(&mut t.cert), Some(&mut t.key)),
+        None => (None, None),
+    };
+    for p in [
+        config.state_file.as_mut(),
+        config.upstream_ca.as_mut(),
+        cert,
+        key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *p = base.join(&*p);
     }
     Ok(config)
 }

@@ -9,18 +9,18 @@ use http::HeaderName;
 use super::error::{Position, Problem, Reason};
 use super::file::{AdminFile, File, S, StepFile};
 use super::{
-    Admin, Config, Plan, Pools, RolloutPlan, Step, Sticky, UpstreamAddr, UpstreamSettings,
-    percent_to_ppm,
+    Admin, CanaryUnavailable, Config, Plan, Pools, RolloutPlan, Step, Sticky, Tls, UpstreamAddr,
+    UpstreamSettings, percent_to_ppm,
 };
 
 /// The longest rollout id: it is hashed on every request and shown in status.
 pub const MAX_ROLLOUT_ID: usize = 256;
 
-struct Checker {
+pub(super) struct Checker {
     problems: Vec<Problem>,
 }
 
-fn at<T>(s: &S<T>) -> Position {
+pub(super) fn at<T>(s: &S<T>) -> Position {
     Position {
         line: s.referenced.line(),
         column: s.referenced.column(),
@@ -28,7 +28,7 @@ fn at<T>(s: &S<T>) -> Position {
 }
 
 impl Checker {
-    fn fail(&mut self, at: Position, field: &str, reason: Reason) {
+    pub(super) fn fail(&mut self, at: Position, field: &str, reason: Reason) {
         self.problems.push(Problem {
             at,
             field: field.to_owned(),
@@ -37,7 +37,7 @@ impl Checker {
     }
 
     /// Runs `check` on the value; on failure records the problem and gives `None`.
-    fn check<T, U>(
+    pub(super) fn check<T, U>(
         &mut self,
         s: &S<T>,
         field: &str,
@@ -52,7 +52,12 @@ impl Checker {
         }
     }
 
-    fn duration(&mut self, s: Option<&S<String>>, field: &str, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        s: Option<&S<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
         s.and_then(|s| self.check(s, field, |text| parse_duration(text)))
             .unwrap_or(default)
     }
@@ -135,6 +140,45 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
         .collect();
 
     let admin = file.admin.as_ref().map(|a| admin(&mut c, a));
+    let upstream_ca = file
+        .upstream
+        .as_ref()
+        .and_then(|u| u.ca.as_ref())
+        .and_then(|p| c.check(p, "upstream.ca", |p| path(p)));
+    let tls = file.tls.as_ref().map(|t| {
+        let cert = c.check(&t.cert, "tls.cert", |p| path(p));
+        let key = c.check(&t.key, "tls.key", |p| path(p));
+        Some(Tls {
+            cert: cert?,
+            key: key?,
+        })
+    });
+    let health = file
+        .health
+        .as_ref()
+        .map(|h| super::resilience::active(&mut c, h));
+    let passive_health = super::resilience::passive(&mut c, file.passive_health.as_ref());
+    let limits = super::resilience::limits(&mut c, file.limits.as_ref());
+    let canary_unavailable = match &file.canary_unavailable {
+        Some(v) => c.check(v, "canary_unavailable", |v| match v.as_str() {
+            "fallback" => Ok(CanaryUnavailable::Fallback),
+            "error" => Ok(CanaryUnavailable::Error),
+            other => Err(Reason::OneOf("fallback, error", other.to_owned())),
+        }),
+        None => Some(CanaryUnavailable::Fallback),
+    };
+    let shutdown_grace = c.duration(
+        file.shutdown_grace.as_ref(),
+        "shutdown_grace",
+        Duration::from_secs(30),
+    );
+    let metrics = file.metrics.as_ref().and_then(|m| {
+        c.check(&m.listen, "metrics.listen", |s| {
+            s.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| Reason::ListenAddress(s.clone()))
+        })
+    });
     let state_file = file
         .state
         .as_ref()
@@ -154,6 +198,14 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 hide_response_headers: hide,
                 admin: admin.flatten(),
                 state_file,
+                tls: tls.flatten(),
+                upstream_ca,
+                health: health.flatten(),
+                passive_health,
+                canary_unavailable: canary_unavailable.unwrap_or(CanaryUnavailable::Fallback),
+                limits,
+                shutdown_grace,
+                metrics,
             })
         }
         _ => Err(c.problems),
@@ -231,12 +283,10 @@ fn pool(c: &mut Checker, list: &S<Vec<S<String>>>, field: &str) -> Option<Vec<Up
 pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
     let bad = || Reason::UpstreamAddress(s.to_owned());
     let rest = s.trim();
-    if rest.starts_with("https://") {
-        return Err(Reason::Unsupported(
-            "https:// upstreams are not supported yet; use host:port",
-        ));
-    }
-    let rest = rest.strip_prefix("http://").unwrap_or(rest);
+    let (tls, rest) = match rest.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, rest.strip_prefix("http://").unwrap_or(rest)),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let authority: http::uri::Authority = rest.parse().map_err(|_| bad())?;
     if authority.as_str().contains('@') {
@@ -254,6 +304,7 @@ pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
     Ok(UpstreamAddr {
         host: host.to_ascii_lowercase(),
         port,
+        tls,
     })
 }
 
@@ -383,5 +434,32 @@ fn group_id(g: &str) -> Result<u32, Reason> {
     match nix::unistd::Group::from_name(g.trim()) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
         _ => Err(Reason::Group(g.to_owned())),
+    }
+}
+
+impl Checker {
+    /// An integer setting within `min..=max`, or `default` when absent.
+    pub(super) fn int(
+        &mut self,
+        s: Option<&S<u64>>,
+        field: &str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> u64 {
+        s.and_then(|s| {
+            self.check(s, field, |&n| {
+                if (min..=max).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(Reason::OutOfRange {
+                        min: min as f64,
+                        max: max as f64,
+                        got: n as f64,
+                    })
+                }
+            })
+        })
+        .unwrap_or(default)
     }
 }

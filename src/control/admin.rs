@@ -33,9 +33,17 @@ pub enum AdminError {
     Io { path: String, error: std::io::Error },
 }
 
-/// Binds the socket: replaces a stale socket file left by a dead process, refuses a live one,
-/// then applies the configured mode and group.
-pub fn bind(admin: &Admin) -> Result<UnixListener, AdminError> {
+/// The socket file this process created, to remove it at exit only if it is still ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owned {
+    dev: u64,
+    ino: u64,
+}
+
+/// Binds the socket: replaces a stale socket file left by a dead process, refuses a live one
+/// unless `takeover` (a restart: the new process takes the path while the old one drains), then
+/// applies the configured mode and group.
+pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), AdminError> {
     let path = &admin.socket;
     let shown = path.display().to_string();
     let io = |error| AdminError::Io {
@@ -49,9 +57,13 @@ pub fn bind(admin: &Admin) -> Result<UnixListener, AdminError> {
                 return Err(AdminError::NotASocket { path: shown });
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(AdminError::Live { path: shown });
+                if !takeover {
+                    return Err(AdminError::Live { path: shown });
+                }
+                tracing::info!(path = %shown, "taking the admin socket over from the running ramp");
+            } else {
+                tracing::info!(path = %shown, "replacing a stale admin socket");
             }
-            tracing::info!(path = %shown, "replacing a stale admin socket");
             std::fs::remove_file(path).map_err(io)?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -62,12 +74,23 @@ pub fn bind(admin: &Admin) -> Result<UnixListener, AdminError> {
     if let Some(gid) = admin.group {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
     }
-    Ok(listener)
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let owned = Owned {
+        dev: std::os::unix::fs::MetadataExt::dev(&meta),
+        ino: std::os::unix::fs::MetadataExt::ino(&meta),
+    };
+    Ok((listener, owned))
 }
 
-/// Removes the socket file (at shutdown).
-pub fn remove(path: &Path) {
-    let _ = std::fs::remove_file(path);
+/// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
+pub fn remove(path: &Path, owned: Owned) {
+    let still_ours = std::fs::metadata(path).is_ok_and(|m| {
+        std::os::unix::fs::MetadataExt::dev(&m) == owned.dev
+            && std::os::unix::fs::MetadataExt::ino(&m) == owned.ino
+    });
+    if still_ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

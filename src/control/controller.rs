@@ -9,13 +9,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{self, Config, ppm_to_percent};
-use crate::snapshot::{self, Shared, Snapshot};
+use crate::snapshot::{self, Shared, Snapshot, State};
 use crate::upstream::Registry;
 
 use super::command::{Command, Source};
 use super::state::{FileEffect, RolloutState};
 use super::status::{self, Notes, Reply};
 use super::store;
+use super::tls_files::TlsFiles;
+use crate::proxy::tls::TlsError;
 
 struct Request {
     command: Command,
@@ -60,13 +62,18 @@ pub struct Controller {
     rollout: RolloutState,
     registry: Registry,
     shared: Arc<Shared>,
+    tls: TlsFiles,
     notes: Notes,
     rx: mpsc::Receiver<Request>,
 }
 
 impl Controller {
     /// Restores the rollout (state file, else the config's plan) and publishes the first snapshot.
-    pub fn start(config_path: PathBuf, config: Config) -> (Controller, Arc<Shared>, Handle) {
+    pub fn start(
+        config_path: PathBuf,
+        config: Config,
+    ) -> Result<(Controller, Arc<Shared>, Handle), TlsError> {
+        let tls = TlsFiles::load(&config, &TlsFiles::default())?;
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut notes = Notes {
@@ -104,7 +111,7 @@ impl Controller {
         };
         let registry = Registry::new();
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::new(build(&config, &rollout, &registry)));
+        let shared = Arc::new(Shared::new(build(&config, &rollout, &registry, &tls)));
         let (tx, rx) = mpsc::channel(256);
         let mut c = Controller {
             config_path,
@@ -112,6 +119,7 @@ impl Controller {
             rollout,
             registry,
             shared: Arc::clone(&shared),
+            tls,
             notes,
             rx,
         };
@@ -119,7 +127,7 @@ impl Controller {
             tracing::error!(error = %e, "cannot write the state file");
             c.notes.state_file_error = Some(e.to_string());
         }
-        (c, shared, Handle { tx })
+        Ok((c, shared, Handle { tx }))
     }
 
     /// Serves commands and the schedule until every handle is dropped.
@@ -241,14 +249,25 @@ impl Controller {
             }
             Err(e) => return status::error(format!("reload failed: {e}")),
         };
+        let restart_required = keep_restart_only(&self.config, &mut new);
+        let tls = match TlsFiles::load(&new, &self.tls) {
+            Ok(t) => t,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(trigger = trigger.kind(), error = %message, "reload rejected: the running config stays");
+                self.notes.last_reload_error = Some(message.clone());
+                return status::error(message);
+            }
+        };
+        let tls_changed = tls.differs(&self.tls);
         self.notes.last_reload_error = None;
-        self.notes.restart_required = keep_restart_only(&self.config, &mut new);
+        self.notes.restart_required = restart_required;
         if !self.notes.restart_required.is_empty() {
             tracing::warn!(fields = ?self.notes.restart_required, "these changes need a restart; everything else was applied");
         }
         let mut next = self.rollout.clone();
         let effect = next.file_plan(new.rollout.clone(), Instant::now());
-        let config_changed = new != *self.config;
+        let config_changed = new != *self.config || tls_changed;
         if effect != FileEffect::Unchanged {
             next.changed_at = SystemTime::now();
             next.changed_by = Source::File;
@@ -265,6 +284,7 @@ impl Controller {
         }
         self.config = Arc::new(new);
         self.rollout = next;
+        self.tls = tls;
         if config_changed || effect != FileEffect::Unchanged {
             self.publish();
             tracing::info!(trigger = trigger.kind(), "config reloaded");
@@ -275,8 +295,12 @@ impl Controller {
     }
 
     fn publish(&self) {
-        self.shared
-            .publish(build(&self.config, &self.rollout, &self.registry));
+        self.shared.publish(build(
+            &self.config,
+            &self.rollout,
+            &self.registry,
+            &self.tls,
+        ));
     }
 
     async fn persist(&mut self, next: &RolloutState) -> Result<(), store::StoreError> {
@@ -308,9 +332,19 @@ impl Controller {
     }
 }
 
-fn build(config: &Arc<Config>, r: &RolloutState, registry: &Registry) -> Snapshot {
+fn build(config: &Arc<Config>, r: &RolloutState, registry: &Registry, tls: &TlsFiles) -> Snapshot {
     let rollout = snapshot::Rollout::new(&r.id, r.ppm, r.state);
-    Snapshot::build(Arc::clone(config), rollout, registry)
+    metrics::gauge!("ramp_rollout_percent").set(ppm_to_percent(r.ppm));
+    for state in [
+        State::Running,
+        State::Halted,
+        State::RolledBack,
+        State::Completed,
+    ] {
+        let on = if state == r.state { 1.0 } else { 0.0 };
+        metrics::gauge!("ramp_rollout_state", "state" => state.as_str()).set(on);
+    }
+    Snapshot::build(Arc::clone(config), rollout, registry, &tls.material())
 }
 
 /// Settings that only take effect at start-up: keeps the running values in `new` and names the
@@ -332,6 +366,19 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.state_file != running.state_file {
         changed.push("state");
         new.state_file = running.state_file.clone();
+    }
+    // Certificates rotate on reload; turning TLS on or off changes the listener.
+    if new.tls.is_some() != running.tls.is_some() {
+        changed.push("tls");
+        new.tls = running.tls.clone();
+    }
+    if new.limits != running.limits {
+        changed.push("limits");
+        new.limits = running.limits;
+    }
+    if new.metrics != running.metrics {
+        changed.push("metrics");
+        new.metrics = running.metrics;
     }
     changed
 }

@@ -8,6 +8,7 @@ pub mod schedule;
 pub mod state;
 mod status;
 pub mod store;
+mod tls_files;
 pub mod watcher;
 
 pub use command::{Command, MAX_LINE, ParseError, Source};

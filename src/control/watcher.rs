@@ -1,5 +1,5 @@
-//! Reload triggers: the config file's directory (notify) and SIGHUP. The watcher only says
-//! "reload"; reading and applying the file is the controller's job.
+//! Reload triggers: the directories of the config file and the TLS files (notify), and SIGHUP.
+//! The watcher only says "reload"; reading and applying the files is the controller's job.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,31 +15,32 @@ use super::controller::Handle;
 /// Quiet time after the last change before reloading (editors write in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Watches the directories that can change what `config_path` reads: its own directory (editors
-/// that write a new file and rename it over the old one; Kubernetes' `..data` symlink swap) and
-/// the directory of the file it resolves to, if that is elsewhere. Keep the returned watcher
-/// alive; dropping it stops watching.
-pub fn watch(config_path: &Path, handle: Handle) -> notify::Result<RecommendedWatcher> {
-    let name: OsString = config_path.file_name().map(Into::into).unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = vec![parent(config_path)];
-    if let Ok(real) = std::fs::canonicalize(config_path) {
-        let real_dir = parent(&real);
-        if !dirs.contains(&real_dir) {
-            dirs.push(real_dir);
+/// Watches the directories that can change what `files` (the config, TLS certificate and key)
+/// read: each file's own directory (editors that write a new file and rename it over the old one;
+/// Kubernetes' `..data` symlink swap) and the directory of the file it resolves to, if that is
+/// elsewhere. Keep the returned watcher alive; dropping it stops watching.
+pub fn watch(files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatcher> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut names: Vec<OsString> = Vec::new();
+    for file in files {
+        let real = std::fs::canonicalize(file).ok();
+        for p in std::iter::once(file.to_path_buf()).chain(real) {
+            let dir = parent(&p);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+            if let Some(n) = p.file_name() {
+                names.push(n.to_owned());
+            }
         }
     }
-    let real_name: Option<OsString> = std::fs::canonicalize(config_path)
-        .ok()
-        .and_then(|p| p.file_name().map(Into::into));
     let changed = Arc::new(Notify::new());
     let signal = Arc::clone(&changed);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let relevant = event.paths.iter().any(|p| {
             p.file_name().is_some_and(|n| {
-                n == name
-                    || Some(n) == real_name.as_deref()
-                    || n.to_string_lossy().starts_with("..")
+                names.iter().any(|name| name == n) || n.to_string_lossy().starts_with("..")
             })
         });
         if relevant {

@@ -25,7 +25,10 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Send(
-                SendError::Connect(_) | SendError::Handshake(_) | SendError::Exchange(_),
+                SendError::Connect(_)
+                | SendError::Tls(_)
+                | SendError::Handshake(_)
+                | SendError::Exchange(_),
             ) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -37,6 +40,9 @@ pub fn body_for(status: StatusCode) -> Bytes {
         StatusCode::BAD_GATEWAY => b"Bad Gateway\n",
         StatusCode::GATEWAY_TIMEOUT => b"Gateway Timeout\n",
         StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
+        StatusCode::BAD_REQUEST => b"Bad Request\n",
+        StatusCode::URI_TOO_LONG => b"URI Too Long\n",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => b"Request Header Fields Too Large\n",
         _ => b"Error\n",
     })
 }

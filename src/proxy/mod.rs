@@ -1,11 +1,13 @@
 //! The data plane: accept, decide, forward, answer.
 
+mod check;
 mod error;
 mod forward;
 mod handler;
 mod listener;
+pub mod tls;
 
 pub use error::ProxyError;
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
-pub use handler::{ConnInfo, Proxy, ProxyBody, handle};
+pub use handler::{ConnInfo, Proxy, ProxyBody, error_response, handle};
 pub use listener::{bind, serve};

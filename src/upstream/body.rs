@@ -1,16 +1,95 @@
-//! The response body from an upstream, streamed to the client; when it has been read to the end
-//! its connection goes back to the pool, otherwise the connection is closed with it.
+//! Bodies crossing ramp. The request body is the client's, streamed; the response body is the
+//! upstream's, streamed, and puts its connection back in the pool once read to the end (or closes
+//! it with itself otherwise). Either is aborted after `body_idle_timeout` without data.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-use super::{ReqBody, Upstream};
+use super::Upstream;
+use super::idle::{BodyError, IdleTimer};
+
+/// Polls `inner` for a frame, aborting after the idle limit.
+fn poll_idle(
+    inner: &mut Incoming,
+    idle: &mut IdleTimer,
+    limit: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match Pin::new(inner).poll_frame(cx) {
+        Poll::Ready(frame) => {
+            idle.activity();
+            Poll::Ready(frame.map(|f| f.map_err(BodyError::Http)))
+        }
+        Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyError::Idle(limit)))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// The body ramp sends upstream.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// No body (most GETs): nothing to stream, and the request can be replayed.
+    Empty,
+    Stream {
+        inner: Incoming,
+        idle: IdleTimer,
+        limit: Duration,
+    },
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, limit: Duration) -> Self {
+        if inner.is_end_stream() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Stream {
+                inner,
+                idle: IdleTimer::new(limit),
+                limit,
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, ReqBody::Empty)
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Stream { inner, idle, limit } => poll_idle(inner, idle, *limit, cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Reuse {
@@ -19,10 +98,13 @@ struct Reuse {
     max_idle: usize,
 }
 
+/// The body ramp answers with, from an upstream.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
     reuse: Option<Reuse>,
+    idle: IdleTimer,
+    limit: Duration,
 }
 
 impl UpstreamBody {
@@ -31,6 +113,7 @@ impl UpstreamBody {
         upstream: Arc<Upstream>,
         sender: http1::SendRequest<ReqBody>,
         max_idle: usize,
+        limit: Duration,
     ) -> Self {
         let mut body = UpstreamBody {
             inner,
@@ -39,6 +122,8 @@ impl UpstreamBody {
                 sender,
                 max_idle,
             }),
+            idle: IdleTimer::new(limit),
+            limit,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -55,22 +140,22 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let frame = poll_idle(&mut this.inner, &mut this.idle, this.limit, cx);
         match &frame {
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-            Some(Ok(_)) => {}
-            None => this.release(),
-            // A broken exchange: the connection is not reused.
-            Some(Err(_)) => this.reuse = None,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(None) => this.release(),
+            // A broken or stalled exchange: the connection is not reused.
+            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            _ => {}
         }
-        Poll::Ready(frame)
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

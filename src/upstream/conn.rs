@@ -1,25 +1,25 @@
-//! One upstream server and its pooled HTTP/1.1 keep-alive connections.
+//! One upstream server and its pooled HTTP/1.1 keep-alive connections (over TCP or TLS).
 //!
-//! Built on hyper's connection API rather than hyper-util's pooled client: ramp must choose the
-//! upstream itself (round robin, health) and must keep the request when a connection cannot be
-//! made, so that it can try another upstream without ever sending a request twice.
+//! Built on hyper's connection API rather than hyper-util's pooled client: ramp chooses the
+//! upstream itself (round robin, health) and must get the request back when nothing reached the
+//! upstream, so that it can try another one without ever sending a request twice.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{Request, Response, StatusCode};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{UpstreamAddr, UpstreamSettings};
 
 use super::UpstreamBody;
-
-/// The body ramp sends upstream: the client's, streamed.
-pub type ReqBody = Incoming;
+use super::body::ReqBody;
+use super::health::Health;
 
 type Sender = http1::SendRequest<ReqBody>;
 
@@ -29,10 +29,77 @@ pub enum SendError {
     Connect(std::io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
     #[error("exchange: {0}")]
     Exchange(hyper::Error),
+}
+
+impl SendError {
+    /// No connection could be made: the upstream saw nothing.
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, SendError::Exchange(_))
+    }
+
+    /// The request may have been sent, but not a byte of an answer came back.
+    pub fn nothing_received(&self) -> bool {
+        let SendError::Exchange(e) = self else {
+            return true;
+        };
+        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+            return true;
+        }
+        let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        })
+    }
+}
+
+/// A failed send; `request` comes back when no byte of it reached the upstream.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: SendError,
+    pub request: Option<Request<ReqBody>>,
+}
+
+/// How to reach upstreams: timeouts, pool sizes, and the TLS client for `https://` ones.
+#[derive(Clone)]
+pub struct Connector {
+    pub settings: UpstreamSettings,
+    /// A response body that sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Connector {
+    pub fn new(
+        settings: UpstreamSettings,
+        body_idle_timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        Connector {
+            settings,
+            body_idle_timeout,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +111,7 @@ struct Idle {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: UpstreamAddr,
+    pub health: Health,
     idle: Mutex<VecDeque<Idle>>,
 }
 
@@ -51,6 +119,7 @@ impl Upstream {
     pub fn new(addr: UpstreamAddr) -> Self {
         Upstream {
             addr,
+            health: Health::default(),
             idle: Mutex::new(VecDeque::new()),
         }
     }
@@ -60,24 +129,39 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
-        settings: &UpstreamSettings,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        connector: &Connector,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let settings = &connector.settings;
         loop {
             let (mut sender, reused) = match self.checkout(settings) {
                 Some(s) => (s, true),
-                None => (self.connect(settings).await?, false),
+                None => match self.connect(connector).await {
+                    Ok(s) => (s, false),
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let up = Arc::clone(self);
-                    let max_idle = settings.max_idle_per_upstream;
-                    return Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle)));
+                    let (max_idle, idle) =
+                        (settings.max_idle_per_upstream, connector.body_idle_timeout);
+                    return Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle, idle)));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that closed before our request went out: nothing
                     // was sent, so the request goes on a fresh connection.
                     Some(back) if reused => req = back,
-                    _ => return Err(SendError::Exchange(e.into_error())),
+                    back => {
+                        return Err(Failure {
+                            error: SendError::Exchange(e.into_error()),
+                            request: back,
+                        });
+                    }
                 },
             }
         }
@@ -115,24 +199,95 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, settings: &UpstreamSettings) -> Result<Sender, SendError> {
+    async fn tcp(&self, connector: &Connector) -> Result<TcpStream, SendError> {
         let target = (self.addr.host.as_str(), self.addr.port);
-        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
-            .await
-            .map_err(|_| SendError::ConnectTimeout)?
-            .map_err(SendError::Connect)?;
+        let stream = tokio::time::timeout(
+            connector.settings.connect_timeout,
+            TcpStream::connect(target),
+        )
+        .await
+        .map_err(|_| SendError::ConnectTimeout)?
+        .map_err(SendError::Connect)?;
         // Latency matters more than packet count for a proxy; a failure here is harmless.
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        let addr = self.addr.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
+
+    async fn tls(
+        &self,
+        tcp: TcpStream,
+        connector: &Connector,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+        let tls = connector
+            .tls
+            .as_ref()
+            .ok_or_else(|| SendError::Tls(std::io::Error::other("no TLS client configured")))?;
+        let name = ServerName::try_from(self.addr.host.clone())
+            .map_err(|e| SendError::Tls(std::io::Error::other(e)))?;
+        tokio::time::timeout(connector.settings.connect_timeout, tls.connect(name, tcp))
+            .await
+            .map_err(|_| SendError::ConnectTimeout)?
+            .map_err(SendError::Tls)
+    }
+
+    async fn connect(&self, connector: &Connector) -> Result<Sender, SendError> {
+        let tcp = self.tcp(connector).await?;
+        if self.addr.tls {
+            handshake(self.tls(tcp, connector).await?, &self.addr).await
+        } else {
+            handshake(tcp, &self.addr).await
+        }
+    }
+
+    /// A health probe: a connection (TCP, and TLS for `https://`), then `GET path` when given,
+    /// answered below 400.
+    pub async fn probe(&self, connector: &Connector, path: Option<&str>) -> bool {
+        let Ok(tcp) = self.tcp(connector).await else {
+            return false;
+        };
+        let Some(path) = path else {
+            return !self.addr.tls || self.tls(tcp, connector).await.is_ok();
+        };
+        let sender = if self.addr.tls {
+            match self.tls(tcp, connector).await {
+                Ok(s) => handshake(s, &self.addr).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            handshake(tcp, &self.addr).await
+        };
+        let Ok(mut sender) = sender else {
+            return false;
+        };
+        let req = Request::get(path)
+            .header(
+                http::header::HOST,
+                self.addr.to_string().trim_start_matches("https://"),
+            )
+            .header(http::header::USER_AGENT, "ramp-health")
+            .header(http::header::CONNECTION, "close")
+            .body(ReqBody::Empty);
+        let Ok(req) = req else { return false };
+        match sender.send_request(req).await {
+            Ok(resp) => resp.status() < StatusCode::BAD_REQUEST,
+            Err(_) => false,
+        }
+    }
+}
+
+async fn handshake<IO>(io: IO, addr: &UpstreamAddr) -> Result<Sender, SendError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Handshake)?;
+    let addr = addr.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }

@@ -3,15 +3,19 @@
 
 mod body;
 mod conn;
+pub mod health;
+mod idle;
 mod pool;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::UpstreamAddr;
 
-pub use body::UpstreamBody;
-pub use conn::{ReqBody, SendError, Upstream};
+pub use body::{ReqBody, UpstreamBody};
+pub use conn::{Connector, Failure, SendError, Upstream};
+pub use idle::BodyError;
 pub use pool::Pool;
 
 /// Every live upstream by address. Only the controller touches it, when building a snapshot.

@@ -1,0 +1,114 @@
+//! TLS: the listener's certificate (re-read on reload) and the client side for `https://`
+//! upstreams. One crypto provider (ring), installed explicitly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: not PEM: {error}")]
+    Pem {
+        path: PathBuf,
+        error: rustls_pki_types::pem::Error,
+    },
+    #[error("{0}: no certificate in it")]
+    NoCert(PathBuf),
+    #[error("{0}: the certificate and key do not go together or are not usable: {1}")]
+    Unusable(PathBuf, rustls::Error),
+    #[error("no root certificates for https:// upstreams (set upstream.ca)")]
+    NoRoots,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes ring the process-wide provider (a second call changes nothing).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: path.to_owned(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// What a TLS setting was built from, to tell when the files changed.
+pub type Fingerprint = Vec<u8>;
+
+/// The listener's TLS config from PEM files: ALPN h2 and http/1.1.
+pub fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let chain = certs(&cert_pem, cert)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::Pem {
+        path: key.to_owned(),
+        error,
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut fingerprint = cert_pem;
+    fingerprint.extend_from_slice(&key_pem);
+    Ok((Arc::new(config), fingerprint))
+}
+
+/// The client config for `https://` upstreams: roots from `ca` (PEM), or the system's.
+pub fn client(ca: Option<&Path>) -> Result<(Arc<ClientConfig>, Fingerprint), TlsError> {
+    let mut roots = RootCertStore::empty();
+    let fingerprint = match ca {
+        Some(path) => {
+            let pem = read(path)?;
+            for cert in certs(&pem, path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Unusable(path.to_owned(), e))?;
+            }
+            pem
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::NoRoots);
+            }
+            b"system".to_vec()
+        }
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Unusable(PathBuf::from("upstream.ca"), e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), fingerprint))
+}

@@ -1,0 +1,228 @@
+//! Whether an upstream should get requests: passive ejection (consecutive connect failures or 5xx
+//! answers, for a backoff that grows) and active probes. Read on every request (one atomic load);
+//! written rarely.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{ActiveHealth, PassiveHealth};
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Ejected by passive failures: out until a probe after `until` succeeds.
+    ejected: bool,
+    until: Option<Instant>,
+    /// Ejections since the last successful request: the backoff doubles with each.
+    ejections: u32,
+    /// Marked down by active probes.
+    down: bool,
+    probe_failures: u32,
+    probe_successes: u32,
+}
+
+#[derive(Debug)]
+pub struct Health {
+    available: AtomicBool,
+    failures: AtomicU32,
+    inner: Mutex<Inner>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            available: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+}
+
+/// What a state change was, for the caller to log and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Ejected(Duration),
+    Reinstated,
+    Down,
+    Up,
+}
+
+impl Health {
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refresh(&self, inner: &Inner) {
+        self.available
+            .store(!inner.ejected && !inner.down, Ordering::Relaxed);
+    }
+
+    /// A request got an answer below 500.
+    #[inline]
+    pub fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.inner().ejections = 0;
+        }
+    }
+
+    /// A connect failure or a 5xx answer; may eject the upstream.
+    pub fn failure(&self, passive: &PassiveHealth) -> Option<Transition> {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < passive.eject_after {
+            return None;
+        }
+        let mut inner = self.inner();
+        if inner.ejected {
+            return None;
+        }
+        let backoff = eject(&mut inner, passive);
+        self.refresh(&inner);
+        Some(Transition::Ejected(backoff))
+    }
+
+    /// Whether the health task should probe it now.
+    pub fn wants_probe(&self, now: Instant, active: bool) -> bool {
+        let inner = self.inner();
+        active || (inner.ejected && inner.until.is_none_or(|u| u <= now))
+    }
+
+    /// A probe's result.
+    pub fn probed(
+        &self,
+        ok: bool,
+        now: Instant,
+        active: Option<&ActiveHealth>,
+        passive: &PassiveHealth,
+    ) -> Option<Transition> {
+        let mut inner = self.inner();
+        let mut change = None;
+        if inner.ejected && inner.until.is_none_or(|u| u <= now) {
+            if ok {
+                inner.ejected = false;
+                inner.until = None;
+                self.failures.store(0, Ordering::Relaxed);
+                change = Some(Transition::Reinstated);
+            } else {
+                change = Some(Transition::Ejected(eject(&mut inner, passive)));
+            }
+        }
+        if let Some(active) = active {
+            if ok {
+                inner.probe_successes += 1;
+                inner.probe_failures = 0;
+                if inner.down && inner.probe_successes >= active.healthy_after {
+                    inner.down = false;
+                    change = change.or(Some(Transition::Up));
+                }
+            } else {
+                inner.probe_failures += 1;
+                inner.probe_successes = 0;
+                if !inner.down && inner.probe_failures >= active.unhealthy_after {
+                    inner.down = true;
+                    change = Some(Transition::Down);
+                }
+            }
+        }
+        self.refresh(&inner);
+        change
+    }
+}
+
+fn eject(inner: &mut Inner, passive: &PassiveHealth) -> Duration {
+    let factor = 1u32 << inner.ejections.min(16);
+    let backoff = passive
+        .backoff
+        .saturating_mul(factor)
+        .min(passive.max_backoff);
+    inner.ejected = true;
+    inner.until = Some(Instant::now() + backoff);
+    inner.ejections = inner.ejections.saturating_add(1);
+    backoff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passive() -> PassiveHealth {
+        PassiveHealth {
+            eject_after: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_with_a_growing_backoff() {
+        let h = Health::default();
+        let p = passive();
+        assert_eq!((h.failure(&p), h.failure(&p)), (None, None));
+        h.success();
+        assert_eq!((h.failure(&p), h.failure(&p)), (None, None));
+        assert_eq!(
+            h.failure(&p),
+            Some(Transition::Ejected(Duration::from_secs(1)))
+        );
+        assert!(!h.is_available());
+        let now = Instant::now();
+        assert!(!h.wants_probe(now, false), "not before the backoff ends");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        assert!(h.wants_probe(now, false));
+        assert_eq!(
+            h.probed(false, now, None, &p),
+            Some(Transition::Ejected(Duration::from_secs(2)))
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            h.probed(false, Instant::now(), None, &p),
+            Some(Transition::Ejected(Duration::from_secs(4)))
+        );
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            h.probed(false, Instant::now(), None, &p),
+            Some(Transition::Ejected(Duration::from_secs(5))),
+            "capped"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            h.probed(true, Instant::now(), None, &p),
+            Some(Transition::Reinstated)
+        );
+        assert!(h.is_available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn active_probes_mark_down_and_up_after_their_thresholds() {
+        let h = Health::default();
+        let p = passive();
+        let a = ActiveHealth {
+            path: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 2,
+            healthy_after: 3,
+        };
+        let now = Instant::now();
+        assert_eq!(h.probed(false, now, Some(&a), &p), None);
+        assert_eq!(h.probed(false, now, Some(&a), &p), Some(Transition::Down));
+        assert!(!h.is_available());
+        assert_eq!(
+            (
+                h.probed(true, now, Some(&a), &p),
+                h.probed(true, now, Some(&a), &p)
+            ),
+            (None, None)
+        );
+        assert_eq!(h.probed(true, now, Some(&a), &p), Some(Transition::Up));
+        assert!(h.is_available());
+    }
+}

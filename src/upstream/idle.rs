@@ -1,0 +1,58 @@
+//! A body that sends nothing for `limit` is aborted. The timer is created only when a body first
+//! has to wait, so bodies that are ready at once cost nothing.
+
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    pub fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Data arrived: the next wait starts a fresh period.
+    #[inline]
+    pub fn activity(&mut self) {
+        self.armed = false;
+    }
+
+    /// Called when the body is waiting: true once it has waited `limit`.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if !self.armed {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// Why a streamed body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+}
