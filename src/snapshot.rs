@@ -120,6 +120,7 @@ impl Snapshot {
             hide_response_headers: config.hide_response_headers.clone().into(),
             connector: Connector::new(
                 config.upstream,
+                config.passive_health,
                 config.limits.body_idle_timeout,
                 tls.client.clone(),
             ),

@@ -1,7 +1,5 @@
 //! What can go wrong between ramp and an upstream, and what the client is told.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -13,15 +11,13 @@ pub enum ProxyError {
     NoUpstream(&'static str),
     #[error(transparent)]
     Send(#[from] SendError),
-    #[error("no response within {0:?}")]
-    Timeout(Duration),
 }
 
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> StatusCode {
         match e {
             ProxyError::NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Send(SendError::ConnectTimeout) | ProxyError::Timeout(_) => {
+            ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Send(

@@ -1,6 +1,7 @@
 //! Header rewriting in both directions (RFC 9110 §7.6.1 hop-by-hop fields, X-Forwarded-*).
+//! One pass over a header section finds what needs doing, so the common case does no lookups.
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -18,33 +19,93 @@ pub const HOP_BY_HOP: [HeaderName; 6] = [
     UPGRADE,
 ];
 
-/// Removes the hop-by-hop fields, including every field the Connection header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                named.push(name);
-            }
+/// What one pass over a header section found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    /// Bytes of the section, counted as `name: value\r\n`.
+    pub bytes: usize,
+    pub hosts: u32,
+    pub content_lengths: u32,
+    pub transfer_encoding: bool,
+    /// Which of [`HOP_BY_HOP`] are present, one bit each.
+    hop: u8,
+    /// Whether a header to hide is present.
+    hide: bool,
+    pub forwarded_for: bool,
+}
+
+/// Looks at every field once; `hide` are the names the caller will remove as well.
+#[inline]
+pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
+    let mut s = Scan::default();
+    for (name, value) in headers {
+        s.bytes += name.as_str().len() + value.len() + 4;
+        if name == HOST {
+            s.hosts += 1;
+        } else if name == CONTENT_LENGTH {
+            s.content_lengths += 1;
+        } else if name == X_FORWARDED_FOR {
+            s.forwarded_for = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            s.hop |= 1 << i;
+            s.transfer_encoding |= name == TRANSFER_ENCODING;
+        } else if hide.contains(name) {
+            s.hide = true;
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    s
+}
+
+/// Removes the hop-by-hop fields `scan` found, every field the Connection header names, and the
+/// `hide` names.
+pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
+    if scan.hop & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in &named {
+            headers.remove(name);
+        }
     }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if scan.hop & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if scan.hide {
+        for name in hide {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the hop-by-hop fields, including every field the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let s = scan(headers, &[]);
+    strip(headers, &s, &[]);
 }
 
 /// Prepares a client's request head for the upstream: HTTP/1.1 in origin form with the Host the
 /// client asked for, hop-by-hop fields removed, then X-Forwarded-For / -Proto from the socket.
-pub fn request_head(parts: &mut http::request::Parts, peer: &HeaderValue, proto: &HeaderValue) {
-    strip_hop_by_hop(&mut parts.headers);
+pub fn request_head(
+    parts: &mut http::request::Parts,
+    scan: &Scan,
+    peer: &HeaderValue,
+    proto: &HeaderValue,
+) {
+    strip(&mut parts.headers, scan, &[]);
     if parts.uri.authority().is_some() {
         // HTTP/2 (:authority) or an HTTP/1.1 absolute-form target: the target's authority is the
         // Host (RFC 9112 §3.2.2), and the upstream gets the origin form.
@@ -62,13 +123,12 @@ pub fn request_head(parts: &mut http::request::Parts, peer: &HeaderValue, proto:
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;
-    let mut prior = parts.headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let xff = if prior.peek().is_none() {
+    let xff = if !scan.forwarded_for {
         peer.clone()
     } else {
         // Keep what earlier proxies said, one list, with this peer last.
         let mut joined = Vec::with_capacity(64);
-        for value in prior {
+        for value in parts.headers.get_all(&X_FORWARDED_FOR) {
             joined.extend_from_slice(value.as_bytes());
             joined.extend_from_slice(b", ");
         }
@@ -81,9 +141,10 @@ pub fn request_head(parts: &mut http::request::Parts, peer: &HeaderValue, proto:
 
 /// Prepares an upstream's response head for the client: hop-by-hop fields and the configured
 /// version-revealing headers removed.
+#[inline]
 pub fn response_head(headers: &mut HeaderMap, hide: &[HeaderName]) {
-    strip_hop_by_hop(headers);
-    for name in hide {
-        headers.remove(name);
+    let s = scan(headers, hide);
+    if s.hop != 0 || s.hide {
+        strip(headers, &s, hide);
     }
 }

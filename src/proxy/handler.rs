@@ -1,6 +1,7 @@
 //! One request: check it, decide the pool, forward (retrying where that is safe), answer.
 //! Loads the snapshot exactly once.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +16,56 @@ use crate::config::CanaryUnavailable;
 use crate::metrics::Metrics;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::{Shared, Snapshot};
-use crate::upstream::{Failure, Pool, ReqBody, Upstream, UpstreamBody, probe};
+use crate::upstream::{Failure, Pool, ReqBody, SendError, Upstream, UpstreamBody};
 
 use super::error::{ProxyError, body_for};
+use super::watchdog::Activity;
 use super::{check, forward};
 
-/// What ramp answers with: an upstream's streamed body, or a short error of its own.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// What ramp answers with: an upstream's streamed body, or a short error of its own. While it
+/// lives, its connection counts as busy for the slow-head watchdog.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Either<UpstreamBody, Full<Bytes>>,
+    busy: Option<Busy>,
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = crate::upstream::BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match &mut self.get_mut().inner {
+            Either::Left(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Either::Right(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request in progress on its connection; dropped with the answer's body (or the abandoned
+/// handler), it ends the request.
+#[derive(Debug)]
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.activity.end();
+    }
+}
 
 /// State shared by every connection of the data plane.
 #[derive(Debug)]
@@ -84,18 +128,41 @@ impl ConnInfo {
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
-pub async fn handle(proxy: &Proxy, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+/// One client connection: the shared proxy state, what is known about the peer, and whether a
+/// request is in progress.
+#[derive(Debug)]
+pub struct Conn {
+    pub proxy: Arc<Proxy>,
+    pub info: ConnInfo,
+    pub activity: Activity,
+}
+
+fn finish(mut resp: Response<ProxyBody>, busy: Busy) -> Result<Response<ProxyBody>, Infallible> {
+    resp.body_mut().busy = Some(busy);
+    Ok(resp)
+}
+
+/// Serves one request. Kept to one `async fn` around the upstream's send so the request's future
+/// stays small (every nested future level is copied on creation).
+pub async fn handle(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    conn.activity.begin(req.version() == Version::HTTP_2);
+    let busy = Busy(conn);
+    let (proxy, info) = (&*busy.0.proxy, &busy.0.info);
     let snap = proxy.shared.load();
     let h1 = req.version() <= Version::HTTP_11;
-    if let Err(status) = check::request(&req, &snap.config.limits) {
+    let scan = forward::scan(req.headers(), &[]);
+    if let Err(status) = check::request(&req, &scan, &snap.config.limits) {
         proxy.metrics.rejected.increment(1);
-        tracing::debug!(peer = %conn.peer, status = status.as_u16(), "request refused");
+        tracing::debug!(peer = %info.peer, status = status.as_u16(), "request refused");
         let mut resp = error_response(status);
         if h1 {
             // The framing cannot be trusted: do not read another request from this connection.
             resp.headers_mut().insert(CONNECTION, CLOSE);
         }
-        return resp;
+        return finish(resp, busy);
     }
     let (pool, minted) = match routing::decide(&snap, req.headers()) {
         Decision::Pool(pool) => (pool, None),
@@ -104,11 +171,39 @@ pub async fn handle(proxy: &Proxy, conn: &ConnInfo, req: Request<Incoming>) -> R
             (routing::assign(&snap.rollout, id.as_bytes()), Some(id))
         }
     };
-    let (result, served_by) = forward(proxy, &snap, pool, conn, req).await;
+    let (result, served_by) = match choose(proxy, &snap, pool) {
+        Err(e) => (Err(e), pool),
+        Ok((upstreams, first, served_by)) => {
+            let (req, replay) = upstream_request(req, &scan, info, &snap);
+            let label = served_by.as_str();
+            let result = match first.send(req, &snap.connector, label).await {
+                Ok(resp) => Ok(resp),
+                Err(failure) => match retry(failure, upstreams, first, replay) {
+                    Ok((upstream, req)) => {
+                        proxy.metrics.retries.increment(1);
+                        tracing::debug!(pool = label, first = %first.addr, retry = %upstream.addr, "retrying");
+                        upstream
+                            .send(req, &snap.connector, label)
+                            .await
+                            .map_err(|f| f.error)
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            let result = result.map_err(ProxyError::from);
+            (result, served_by)
+        }
+    };
     let mut resp = match result {
-        Ok(resp) => resp.map(Either::Left),
+        Ok(mut resp) => {
+            forward::response_head(resp.headers_mut(), &snap.hide_response_headers);
+            resp.map(|body| ProxyBody {
+                inner: Either::Left(body),
+                busy: None,
+            })
+        }
         Err(e) => {
-            tracing::warn!(peer = %conn.peer, pool = served_by.as_str(), reason = %e, "upstream request failed");
+            tracing::warn!(peer = %info.peer, pool = served_by.as_str(), reason = %e, "upstream request failed");
             error_response(StatusCode::from(&e))
         }
     };
@@ -121,7 +216,7 @@ pub async fn handle(proxy: &Proxy, conn: &ConnInfo, req: Request<Incoming>) -> R
     if h1 && proxy.draining.load(Ordering::Relaxed) {
         resp.headers_mut().insert(CONNECTION, CLOSE);
     }
-    resp
+    finish(resp, busy)
 }
 
 /// The pool that serves `pool`'s users now: canary users go to stable when no canary upstream
@@ -188,102 +283,52 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-async fn forward(
-    proxy: &Proxy,
-    snap: &Snapshot,
-    pool: PoolName,
-    conn: &ConnInfo,
+/// The request as the upstream gets it, and (for a bodiless idempotent one) a copy of its head.
+fn upstream_request(
     req: Request<Incoming>,
-) -> (Result<Response<UpstreamBody>, ProxyError>, PoolName) {
-    let (upstreams, first, served_by) = match choose(proxy, snap, pool) {
-        Ok(chosen) => chosen,
-        Err(e) => return (Err(e), pool),
-    };
+    scan: &forward::Scan,
+    info: &ConnInfo,
+    snap: &Snapshot,
+) -> (Request<ReqBody>, Option<Head>) {
     let (mut parts, body) = req.into_parts();
-    forward::request_head(&mut parts, &conn.peer_ip, &conn.proto);
+    forward::request_head(&mut parts, scan, &info.peer_ip, &info.proto);
     let body = ReqBody::new(body, snap.config.limits.body_idle_timeout);
     let replay = (body.is_empty() && idempotent(&parts.method)).then(|| Head {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
     });
-    let req = Request::from_parts(parts, body);
-    let limit = snap.connector.settings.response_timeout;
-    let sent = tokio::time::timeout(
-        limit,
-        send(proxy, snap, upstreams, first, served_by, req, replay),
-    )
-    .await;
-    let result = match sent {
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            forward::response_head(&mut parts.headers, &snap.hide_response_headers);
-            Ok(Response::from_parts(parts, body))
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProxyError::Timeout(limit)),
-    };
-    (result, served_by)
+    (Request::from_parts(parts, body), replay)
 }
 
-/// Sends, and on failure tries once more where that cannot repeat a request: on another upstream
-/// when no connection could be made, or when the request came back unsent; for a bodiless
-/// idempotent request, also when the upstream sent not a byte of an answer.
-async fn send(
-    proxy: &Proxy,
-    snap: &Snapshot,
-    upstreams: &Pool,
-    first: &Arc<Upstream>,
-    pool: PoolName,
-    req: Request<ReqBody>,
+/// Where a failed request may go once more without being repeated: another upstream when no
+/// connection could be made, or when it came back unsent; for a bodiless idempotent request,
+/// also when the upstream sent not a byte of an answer.
+fn retry<'p>(
+    failure: Failure,
+    upstreams: &'p Pool,
+    first: &'p Arc<Upstream>,
     replay: Option<Head>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
-    let Failure { error, request } = match attempt(snap, first, pool, req).await {
-        Ok(resp) => return Ok(resp),
-        Err(f) => f,
-    };
+) -> Result<(&'p Arc<Upstream>, Request<ReqBody>), SendError> {
     let other = upstreams.pick_other(first);
-    let again = match request {
-        Some(req) if error.is_connect() => other.map(|u| (u, req)),
-        Some(req) => Some((other.unwrap_or(first), req)),
-        None if error.nothing_received() => replay.map(|h| (other.unwrap_or(first), h.request())),
-        None => None,
-    };
-    let Some((upstream, req)) = again else {
-        return Err(error.into());
-    };
-    proxy.metrics.retries.increment(1);
-    tracing::debug!(pool = pool.as_str(), first = %first.addr, retry = %upstream.addr, reason = %error, "retrying");
-    attempt(snap, upstream, pool, req)
-        .await
-        .map_err(|f| f.error.into())
-}
-
-/// One send, with its outcome fed to the upstream's passive health.
-async fn attempt(
-    snap: &Snapshot,
-    upstream: &Arc<Upstream>,
-    pool: PoolName,
-    req: Request<ReqBody>,
-) -> Result<Response<UpstreamBody>, Failure> {
-    let passive = &snap.config.passive_health;
-    let result = upstream.send(req, &snap.connector).await;
-    let failed = match &result {
-        Ok(resp) => resp.status().is_server_error(),
-        Err(_) => true,
-    };
-    if failed {
-        if let Some(t) = upstream.health.failure(passive) {
-            probe::log(upstream, pool.as_str(), t);
+    match (failure.request, replay) {
+        (Some(req), _) if failure.error.is_connect() => match other {
+            Some(u) => Ok((u, req)),
+            None => Err(failure.error),
+        },
+        (Some(req), _) => Ok((other.unwrap_or(first), req)),
+        (None, Some(head)) if failure.error.nothing_received() => {
+            Ok((other.unwrap_or(first), head.request()))
         }
-    } else {
-        upstream.health.success();
+        (None, _) => Err(failure.error),
     }
-    result
 }
 
 pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(body_for(status))));
+    let mut resp = Response::new(ProxyBody {
+        inner: Either::Right(Full::new(body_for(status))),
+        busy: None,
+    });
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

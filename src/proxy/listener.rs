@@ -1,7 +1,6 @@
 //! The listening socket, the accept loop (HTTP/1.1 and HTTP/2 on one port, over TCP or TLS),
 //! connection limits, and the graceful drain.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +18,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 
-use super::handler::{ConnInfo, Proxy, handle};
+use super::handler::{Conn, ConnInfo, Proxy, handle};
+use super::watchdog::Activity;
 
 /// After a shutdown signal, HTTP/1 clients get `Connection: close` on their answers for this
 /// long before idle connections are closed, so that a client busy on a keep-alive connection
@@ -43,9 +43,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // The head (request line + fields) is read into one buffer: its cap is what makes an
     // oversized head a 431 instead of unbounded memory. hyper needs at least 8 KiB.
     let head = (limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192);
+    // Slow heads are the watchdog's job (cheaper than hyper's per-request timer).
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(head);
     b.http2()
         .timer(TokioTimer::new())
@@ -141,13 +142,21 @@ async fn serve_one<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new((proxy, ConnInfo::new(peer, tls)));
-    let svc = service_fn(move |req| {
-        let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(handle(&conn.0, &conn.1, req).await) }
+    let limit = proxy.shared.load().config.limits.header_read_timeout;
+    let conn = Arc::new(Conn {
+        proxy,
+        info: ConnInfo::new(peer, tls),
+        activity: Activity::default(),
     });
+    let watched = Arc::clone(&conn);
+    let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
     let connection = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %peer, error = %e, "client connection ended");
+    tokio::select! {
+        served = watcher.watch(connection) => if let Err(e) = served {
+            tracing::debug!(peer = %peer, error = %e, "client connection ended");
+        },
+        () = watched.activity.expired(limit) => {
+            tracing::debug!(peer = %peer, "closing: no request head within header_read_timeout");
+        }
     }
 }

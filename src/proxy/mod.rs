@@ -6,8 +6,9 @@ mod forward;
 mod handler;
 mod listener;
 pub mod tls;
+mod watchdog;
 
 pub use error::ProxyError;
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
-pub use handler::{ConnInfo, Proxy, ProxyBody, error_response, handle};
+pub use handler::{Conn, ConnInfo, Proxy, ProxyBody, error_response, handle};
 pub use listener::{bind, serve};

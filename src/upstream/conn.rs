@@ -15,7 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{UpstreamAddr, UpstreamSettings};
+use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
 
 use super::UpstreamBody;
 use super::body::ReqBody;
@@ -35,18 +35,22 @@ pub enum SendError {
     Handshake(hyper::Error),
     #[error("exchange: {0}")]
     Exchange(hyper::Error),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
 }
 
 impl SendError {
     /// No connection could be made: the upstream saw nothing.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Exchange(_))
+        !matches!(self, SendError::Exchange(_) | SendError::Timeout(_))
     }
 
     /// The request may have been sent, but not a byte of an answer came back.
     pub fn nothing_received(&self) -> bool {
-        let SendError::Exchange(e) = self else {
-            return true;
+        let e = match self {
+            SendError::Exchange(e) => e,
+            SendError::Timeout(_) => return false,
+            _ => return true,
         };
         if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
             return true;
@@ -74,6 +78,7 @@ pub struct Failure {
 #[derive(Clone)]
 pub struct Connector {
     pub settings: UpstreamSettings,
+    pub passive: PassiveHealth,
     /// A response body that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
     tls: Option<tokio_rustls::TlsConnector>,
@@ -91,11 +96,13 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     pub fn new(
         settings: UpstreamSettings,
+        passive: PassiveHealth,
         body_idle_timeout: Duration,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         Connector {
             settings,
+            passive,
             body_idle_timeout,
             tls: tls.map(tokio_rustls::TlsConnector::from),
         }
@@ -125,46 +132,68 @@ impl Upstream {
     }
 
     /// Sends `req` on a pooled connection (or a new one) and gives the response; its body puts
-    /// the connection back in the pool once it has been read to the end.
+    /// the connection back in the pool once it has been read to the end. The outcome feeds the
+    /// upstream's passive health (`pool` names it in logs).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         connector: &Connector,
+        pool: &'static str,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let settings = &connector.settings;
-        loop {
+        // One loop in one async fn: a nested future here would be copied on every request.
+        let result = loop {
             let (mut sender, reused) = match self.checkout(settings) {
                 Some(s) => (s, true),
-                None => match self.connect(connector).await {
+                // Boxed: the connect path is rare and large; inline it would make every
+                // request's future bigger (and slower to move).
+                None => match Box::pin(self.connect(connector)).await {
                     Ok(s) => (s, false),
                     Err(error) => {
-                        return Err(Failure {
+                        break Err(Failure {
                             error,
                             request: Some(req),
                         });
                     }
                 },
             };
-            match sender.try_send_request(req).await {
+            let limit = settings.response_timeout;
+            let Ok(sent) = tokio::time::timeout(limit, sender.try_send_request(req)).await else {
+                break Err(Failure {
+                    error: SendError::Timeout(limit),
+                    request: None,
+                });
+            };
+            match sent {
                 Ok(resp) => {
                     let up = Arc::clone(self);
                     let (max_idle, idle) =
                         (settings.max_idle_per_upstream, connector.body_idle_timeout);
-                    return Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle, idle)));
+                    break Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle, idle)));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that closed before our request went out: nothing
                     // was sent, so the request goes on a fresh connection.
                     Some(back) if reused => req = back,
                     back => {
-                        return Err(Failure {
+                        break Err(Failure {
                             error: SendError::Exchange(e.into_error()),
                             request: back,
                         });
                     }
                 },
             }
+        };
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(_) => true,
+        };
+        if !failed {
+            self.health.success();
+        } else if let Some(t) = self.health.failure(&connector.passive) {
+            super::probe::log(self, pool, t);
         }
+        result
     }
 
     /// A pooled connection ready for a request, oldest first; stale and closed ones are dropped.

@@ -35,90 +35,195 @@ pub struct Seen {
     pub version: Version,
     pub headers: HeaderMap,
     pub body_bytes: u64,
+    /// The body ended in an error (the sender went away mid-body).
+    pub body_error: bool,
+    /// The ramp side of the connection the request came on.
+    pub peer: SocketAddr,
 }
 
-/// A real HTTP/1.1 upstream on 127.0.0.1:0 that answers with its own name.
+/// Shared state of one backend.
+#[derive(Default)]
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    conns: Mutex<Vec<tokio::task::AbortHandle>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+    /// What `/healthz` answers: 200 while true, 503 after.
+    unhealthy: std::sync::atomic::AtomicBool,
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1:0 (plain or TLS) that answers with its own name.
 ///
 /// Paths: `/slow/MS` answers after MS milliseconds; `/upload` reads the whole body and answers
 /// with its length; `/download/N` streams N bytes; `/hop` answers with hop-by-hop headers;
-/// anything else answers `NAME` with an `x-app-version: NAME` header.
+/// `/status/N` answers status N; `/reset` sends part of a body and drops the connection;
+/// `/healthz` answers 200 or, after [`Backend::set_unhealthy`], 503; anything else answers
+/// `NAME` with an `x-app-version: NAME` header.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: &'static str,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    state: Arc<State>,
     task: JoinHandle<()>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
-type BackendBody = Either<Full<Bytes>, Repeat>;
+type BackendBody = Either<Full<Bytes>, Either<Repeat, Breaks>>;
 
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
+        Self::start_with(name, None).await
+    }
+
+    /// An HTTPS upstream with this certificate chain and key (PEM).
+    pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Backend {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        Self::start_with(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
+        let state = Arc::new(State::default());
+        let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
-                let log = Arc::clone(&log);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(name, Arc::clone(&log), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                let state = Arc::clone(&shared);
+                let tls = tls.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(name, Arc::clone(&state), peer, req));
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
+                shared
+                    .conns
+                    .lock()
+                    .expect("conns")
+                    .push(conn.abort_handle());
             }
         });
         Backend {
             addr,
             name,
-            seen,
+            state,
             task,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("seen lock").clone()
+        self.state.seen.lock().expect("seen lock").clone()
     }
 
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the backend saw no request")
     }
+
+    /// Stops like a killed process: the listener and every connection close at once.
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self.state.conns.lock().expect("conns").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// The most requests it was ever serving at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_unhealthy(&self, unhealthy: bool) {
+        self.state
+            .unhealthy
+            .store(unhealthy, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(s: &'a State) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = s.in_flight.fetch_add(1, SeqCst) + 1;
+        s.max_in_flight.fetch_max(now, SeqCst);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 async fn answer(
     name: &'static str,
-    log: Arc<Mutex<Vec<Seen>>>,
+    state: Arc<State>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<BackendBody>, Infallible> {
+    let _busy = InFlight::new(&state);
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let mut body_bytes = 0u64;
+    let mut body_error = false;
     if path == "/upload" {
         let mut body = body;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => break,
+                Err(_) => {
+                    body_error = true;
+                    break;
+                }
             }
         }
     }
-    log.lock().expect("seen lock").push(Seen {
+    state.seen.lock().expect("seen lock").push(Seen {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
         body_bytes,
+        body_error,
+        peer,
     });
     let text = |s: String| Either::Left(Full::new(Bytes::from(s)));
     let mut resp = Response::new(text(name.to_owned()));
@@ -127,9 +232,18 @@ async fn answer(
     } else if path == "/upload" {
         *resp.body_mut() = text(body_bytes.to_string());
     } else if let Some(n) = path.strip_prefix("/download/") {
-        *resp.body_mut() = Either::Right(Repeat {
+        *resp.body_mut() = Either::Right(Either::Left(Repeat {
             left: n.parse().unwrap_or(0),
-        });
+        }));
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        *resp.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    } else if path == "/reset" {
+        resp.headers_mut()
+            .insert("content-length", "100000".parse().expect("value"));
+        *resp.body_mut() = Either::Right(Either::Right(Breaks { sent: false }));
+    } else if path == "/healthz" && state.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     } else if path == "/hop" {
         let h = resp.headers_mut();
         h.insert("connection", "x-secret-hop".parse().expect("value"));
@@ -143,6 +257,27 @@ async fn answer(
     Ok(resp)
 }
 
+/// A body that sends 1000 bytes, then fails (the connection is dropped mid-body).
+pub struct Breaks {
+    sent: bool,
+}
+
+impl Body for Breaks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.sent {
+            return Poll::Ready(Some(Err(std::io::Error::other("upstream breaks"))));
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..1000])))))
+    }
+}
+
 /// A body of `left` bytes of `x`, produced as it is read.
 pub struct Repeat {
     pub left: u64,
@@ -152,12 +287,12 @@ static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 impl Body for Repeat {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }
@@ -345,6 +480,29 @@ impl Client {
 
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
         self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    /// A GET that reports failure instead of panicking.
+    pub async fn try_get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut req = Request::builder().uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 
     pub async fn send(
