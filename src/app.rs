@@ -92,6 +92,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let controller_task = tokio::spawn(controller.run());
     tokio::spawn(probe::run(Arc::clone(&shared)));
     if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
+        let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(addr = %addr, "metrics at /metrics");
         tokio::spawn(metrics::serve(listener, exporter));
     }

@@ -66,6 +66,7 @@ pub fn status(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) ->
         "state_file": notes.state_file,
         "state_file_error": notes.state_file_error,
         "restart_required": notes.restart_required,
+        "pid": std::process::id(),
         "upstreams": {
             "stable": snap.stable.upstreams().len(),
             "canary": snap.canary.upstreams().len(),

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ struct State {
     conns: Mutex<Vec<tokio::task::AbortHandle>>,
     in_flight: std::sync::atomic::AtomicUsize,
     max_in_flight: std::sync::atomic::AtomicUsize,
-    /// What `/healthz` answers: 200 while true, 503 after.
+    /// Every answer is a 503 while set.
     unhealthy: std::sync::atomic::AtomicBool,
 }
 
@@ -57,7 +58,7 @@ struct State {
 /// Paths: `/slow/MS` answers after MS milliseconds; `/upload` reads the whole body and answers
 /// with its length; `/download/N` streams N bytes; `/hop` answers with hop-by-hop headers;
 /// `/status/N` answers status N; `/reset` sends part of a body and drops the connection;
-/// `/healthz` answers 200 or, after [`Backend::set_unhealthy`], 503; anything else answers
+/// after [`Backend::set_unhealthy`] every path answers 503; anything else answers
 /// `NAME` with an `x-app-version: NAME` header.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -241,8 +242,9 @@ async fn answer(
     } else if path == "/reset" {
         resp.headers_mut()
             .insert("content-length", "100000".parse().expect("value"));
-        *resp.body_mut() = Either::Right(Either::Right(Breaks { sent: false }));
-    } else if path == "/healthz" && state.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
+        *resp.body_mut() = Either::Right(Either::Right(Breaks { pause: None }));
+    }
+    if state.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     } else if path == "/hop" {
         let h = resp.headers_mut();
@@ -257,9 +259,10 @@ async fn answer(
     Ok(resp)
 }
 
-/// A body that sends 1000 bytes, then fails (the connection is dropped mid-body).
+/// A body that sends 1000 bytes, waits a moment (so they are on the wire), then fails: the
+/// connection is dropped mid-body.
 pub struct Breaks {
-    sent: bool,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for Breaks {
@@ -268,13 +271,18 @@ impl Body for Breaks {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.sent {
-            return Poll::Ready(Some(Err(std::io::Error::other("upstream breaks"))));
+        match &mut self.pause {
+            None => {
+                self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(200))));
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..1000])))))
+            }
+            Some(pause) => match pause.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other("upstream breaks")))),
+                Poll::Pending => Poll::Pending,
+            },
         }
-        self.sent = true;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..1000])))))
     }
 }
 
@@ -334,7 +342,7 @@ pub fn config(stable: &[&Backend], canary: &[&Backend], rollout: &str, extra: &s
 /// The real `ramp serve` process on a config in its own temporary directory.
 pub struct Proxy {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
     pub config_path: PathBuf,
     child: Child,
     logs: Arc<Mutex<VecDeque<String>>>,
@@ -356,10 +364,24 @@ impl Proxy {
         Self::start_in(dir, path)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, config_path: PathBuf) -> Proxy {
+    pub fn start_in(dir: impl Into<Arc<tempfile::TempDir>>, config_path: PathBuf) -> Proxy {
+        Self::start_with(dir.into(), config_path, &[])
+    }
+
+    /// A second ramp on this one's config and directory (the restart recipe: `--takeover`).
+    pub fn start_successor(&self) -> Proxy {
+        Self::start_with(
+            Arc::clone(&self.dir),
+            self.config_path.clone(),
+            &["--takeover"],
+        )
+    }
+
+    fn start_with(dir: Arc<tempfile::TempDir>, config_path: PathBuf, extra: &[&str]) -> Proxy {
         let mut child = Command::new(RAMP)
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -582,11 +604,22 @@ impl Proxy {
     }
 
     /// Kills ramp with SIGKILL (no chance to clean up) and gives back its directory.
-    pub fn kill9(mut self) -> (tempfile::TempDir, PathBuf) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        (dir, self.config_path.clone())
+    pub fn kill9(self) -> (Arc<tempfile::TempDir>, PathBuf) {
+        let (dir, path) = (Arc::clone(&self.dir), self.config_path.clone());
+        drop(self);
+        (dir, path)
+    }
+
+    /// Waits up to `limit` for ramp to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Sends a signal to ramp (by number, e.g. 1 for SIGHUP).
@@ -644,4 +677,46 @@ pub fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("swp");
     std::fs::write(&tmp, text).expect("write new");
     std::fs::rename(&tmp, path).expect("rename over");
+}
+
+impl Proxy {
+    /// The metrics endpoint's text (the config needs `metrics: {listen: 127.0.0.1:0}`).
+    pub async fn metrics(&self) -> String {
+        let line = self.wait_log("metrics at /metrics");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
+        let addr = v["fields"]["addr"].as_str().expect("addr").to_owned();
+        Client::http1()
+            .get(&format!("http://{addr}/metrics"), &[])
+            .await
+            .body
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Proxy {
+    /// Sends SIGHUP and waits for the reload to be rejected; gives the rejection's log line.
+    pub fn admin_fallback_reload(&self) -> String {
+        let before = self.logs().len();
+        self.signal(1);
+        for _ in 0..400 {
+            if let Some(l) = self
+                .logs()
+                .iter()
+                .skip(before)
+                .find(|l| l.contains("reload rejected"))
+            {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no rejected reload:\n{}", self.logs().join("\n"));
+    }
 }

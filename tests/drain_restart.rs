@@ -1,0 +1,151 @@
+//! Stopping and restarting ramp under load: SIGTERM drains, and a second ramp on the same port
+//! (SO_REUSEPORT) takes over without a failed request.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::{Backend, CONTROL, Client, Proxy, config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
+    let b = Backend::start("stable").await;
+    let mut proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: d\npercent: 0",
+        "shutdown_grace: 10s\n",
+    ));
+    let addr = proxy.addr;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    // An idle keep-alive connection too.
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    assert!(idle.read(&mut buf).expect("answer") > 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(15);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "a new connection was accepted while draining"
+    );
+    let reply = slow.await.expect("slow");
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the in-flight request was cut: {reply:?}"
+    );
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "the idle connection was not closed"
+    );
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_by_the_recipe_under_load_fails_no_request() {
+    let b = Backend::start("stable").await;
+    let extra = format!("sticky:\n  header: x-user-id\nshutdown_grace: 10s\n{CONTROL}");
+    let mut old = Proxy::start(&config(&[&b], &[&b], "id: r\npercent: 0", &extra));
+    // Pin the port in the file, as an operator's config would have it.
+    let text = std::fs::read_to_string(&old.config_path).expect("config");
+    std::fs::write(
+        &old.config_path,
+        text.replace("127.0.0.1:0", &old.addr.to_string()),
+    )
+    .expect("pin port");
+    let url = old.url("/");
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let mut load = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (stop, ok, failed, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            url.clone(),
+        );
+        load.spawn(async move {
+            let client = Client::http1();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = format!("r-{lane}-{n}");
+                match client.try_get(&url, &[("x-user-id", &id)]).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failed.lock().expect("lock").push(format!("{other:?}")),
+                }
+            }
+        });
+    }
+    let wait_ok = |n: usize| {
+        let ok = Arc::clone(&ok);
+        async move {
+            for _ in 0..2000 {
+                if ok.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("traffic stalled");
+        }
+    };
+    wait_ok(500).await;
+    // The recipe: start the new ramp on the same address, then SIGTERM the old one.
+    let new = old.start_successor();
+    assert_eq!(new.addr, old.addr);
+    old.signal(15);
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the old ramp did not drain and exit"
+    );
+    let served_before = ok.load(Ordering::SeqCst);
+    wait_ok(served_before + 1000).await;
+    stop.store(true, Ordering::SeqCst);
+    while let Some(r) = load.join_next().await {
+        r.expect("load task");
+    }
+    let failed = failed.lock().expect("lock").clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during the restart: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let status = new.admin("status");
+    assert_eq!(
+        status["pid"].as_u64(),
+        Some(u64::from(new.pid())),
+        "the admin socket belongs to the new ramp"
+    );
+    assert!(
+        new.socket().exists(),
+        "the old ramp removed the new one's socket"
+    );
+}

@@ -1,0 +1,235 @@
+//! Clients and upstreams that break the rules. Each case is refused or contained, and the proxy
+//! keeps serving everyone else.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::{Backend, Client, Proxy, config, raw};
+
+async fn start() -> (Backend, Proxy) {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: hostile\npercent: 0", ""));
+    (b, proxy)
+}
+
+fn status_of(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"))
+}
+
+async fn still_serves(proxy: &Proxy) {
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_smuggles_nothing() {
+    let (b, proxy) = start().await;
+    // Transfer-Encoding wins (RFC 9112 §6.3): the body is the empty chunked body, the bytes after
+    // it are never read as a request, and the connection closes after one answer.
+    for attack in [
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let reply = raw(proxy.addr, attack.as_bytes());
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "one answer, then the connection closes: {reply}"
+        );
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+    }
+    still_serves(&proxy).await;
+    let seen = b.seen();
+    assert!(
+        seen.iter().all(|s| s.uri != "/smuggled"),
+        "a smuggled request reached the upstream: {seen:?}"
+    );
+    for s in seen.iter().filter(|s| s.uri.path().len() == 2) {
+        assert!(
+            s.headers.get("content-length").is_none_or(|v| v == "0"),
+            "{s:?}"
+        );
+        assert_eq!(s.body_bytes, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_or_invalid_content_length_is_400() {
+    let (b, proxy) = start().await;
+    for lengths in [
+        "Content-Length: 3\r\nContent-Length: 4",
+        "Content-Length: abc",
+        "Content-Length: -1",
+        "Content-Length: 1,2",
+        "Content-Length: +3",
+        "Content-Length: 3 3",
+    ] {
+        let req = format!("POST / HTTP/1.1\r\nHost: x\r\n{lengths}\r\n\r\nabcd");
+        let reply = raw(proxy.addr, req.as_bytes());
+        assert_eq!(status_of(&reply), 400, "{lengths:?}: {reply}");
+    }
+    assert!(b.seen().is_empty());
+    // The same length twice is one length (RFC 9112 §6.3): exactly those bytes are the body.
+    let reply = raw(proxy.addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabcGET /smuggled HTTP/1.1\r\n\r\n");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.ends_with("\r\n\r\n3"), "{reply}");
+    assert!(b.seen().iter().all(|s| s.uri != "/smuggled"));
+    still_serves(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_header_lines_are_400() {
+    let (b, proxy) = start().await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  continued\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Bare: a\rb\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Space : y\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ] {
+        let reply = raw(proxy.addr, head.as_bytes());
+        assert_eq!(status_of(&reply), 400, "{head:?}: {reply}");
+    }
+    assert!(b.seen().is_empty());
+    // HTTP/1.0 may leave Host out.
+    let reply = raw(proxy.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_targets_and_headers_are_414_and_431() {
+    let (b, proxy) = start().await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+    assert_eq!(status_of(&raw(proxy.addr, long_uri.as_bytes())), 414);
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    assert_eq!(status_of(&raw(proxy.addr, big_header.as_bytes())), 431);
+    let many = (0..200)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect::<String>();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert_eq!(status_of(&raw(proxy.addr, many.as_bytes())), 431);
+    // A 1 MB cookie: refused, not buffered whole, not a crash.
+    let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: uid=");
+    let _ = s.write_all(&vec![b'c'; 1 << 20]);
+    let _ = s.write_all(b"\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert_eq!(status_of(&String::from_utf8_lossy(&reply)), 431);
+    assert!(b.seen().is_empty());
+    assert!(
+        proxy.peak_rss_kib() < 64 * 1024,
+        "peak memory {} KiB",
+        proxy.peak_rss_kib()
+    );
+    still_serves(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_response_reaches_the_client_as_an_aborted_response() {
+    let (_b, proxy) = start().await;
+    let reply = raw(proxy.addr, b"GET /reset HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("head");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 100000"),
+        "{head}"
+    );
+    assert!(
+        body.len() < 100_000,
+        "the client must not get a complete-looking body"
+    );
+    // A client that checks framing sees an error, not a short success.
+    let err = Client::http1().try_get(&proxy.url("/reset"), &[]).await;
+    assert!(err.is_err(), "{err:?}");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_speaks_garbage_is_a_502() {
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = garbage.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = garbage.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02garbage\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let good = Backend::start("good").await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\npools:\n  stable: [{}]\n  canary: [{addr}]\nsticky: {{header: x-user-id}}\nrollout: {{id: g, percent: 100}}\n",
+        good.addr
+    );
+    let proxy = Proxy::start(&yaml);
+    let r = Client::http1()
+        .get(&proxy.url("/"), &[("x-user-id", "u")])
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (502, "Bad Gateway\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_an_upload_cancels_the_upstream_request() {
+    let (b, proxy) = start().await;
+    still_serves(&proxy).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .expect("head");
+    s.write_all(&[b'u'; 10_000]).await.expect("part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    // The upstream sees its request body end in an error, not a complete request.
+    let mut aborted = None;
+    for _ in 0..100 {
+        aborted = b.seen().into_iter().find(|s| s.uri == "/upload");
+        if aborted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let aborted = aborted.expect("the upstream never finished the aborted upload");
+    assert!(aborted.body_error, "{aborted:?}");
+    assert!(aborted.body_bytes < 1_000_000);
+    // That upstream connection is not used again.
+    let r = Client::http1().get(&proxy.url("/after"), &[]).await;
+    assert_eq!(r.status, 200);
+    let after = b
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/after")
+        .expect("after");
+    assert_ne!(
+        after.peer, aborted.peer,
+        "the broken upstream connection was reused"
+    );
+}

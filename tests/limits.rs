@@ -1,0 +1,187 @@
+//! Limits that protect everyone else: slow heads, connection counts, HTTP/2 stream floods.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use support::{Backend, Client, Proxy, config};
+
+/// Reads until the server closes the connection (or `limit` passes); true when it closed.
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 1024];
+    let start = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return start.elapsed() < limit,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_gets_the_connection_closed() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "limits:\n  header_read_timeout: 500ms\n",
+    ));
+    // Half a head, then silence.
+    let mut slow = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("write");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)),
+        "the slow client kept its connection"
+    );
+    // A connection that never sends anything is closed too.
+    let mut silent = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    assert!(closed_within(&mut silent, Duration::from_secs(10)));
+    // A keep-alive connection idle after its answer is closed; one in use is not.
+    let mut idle = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    idle.write_all(b"GET /slow/1200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let n = idle
+        .read(&mut buf)
+        .expect("an answer after 1.2 s: a request in progress is not cut");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut idle, Duration::from_secs(10)));
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_clients_wait_and_existing_ones_are_unharmed() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "limits:\n  max_connections: 2\n",
+    ));
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = |s: &mut std::net::TcpStream| {
+        s.write_all(request).expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut first = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    let mut second = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("t");
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("t");
+    assert!(answer(&mut first).starts_with("HTTP/1.1 200"));
+    assert!(answer(&mut second).starts_with("HTTP/1.1 200"));
+    // The third is accepted by the kernel but not served while two are open.
+    let mut third = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("t");
+    assert_eq!(
+        answer(&mut third),
+        "",
+        "a third connection was served beyond the limit"
+    );
+    assert!(
+        answer(&mut first).starts_with("HTTP/1.1 200"),
+        "an existing connection was harmed"
+    );
+    drop(second);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("t");
+    let mut buf = vec![0u8; 4096];
+    let n = third.read(&mut buf).expect("served once a slot frees");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_per_connection_are_bounded_by_the_setting() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "limits:\n  h2_max_concurrent_streams: 8\n",
+    ));
+    let client = Client::http2();
+    // One request first, so the client has the server's SETTINGS (streams sent before them
+    // beyond the limit are refused, which is the limit working too).
+    assert_eq!(client.get(&proxy.url("/"), &[]).await.status, 200);
+    let url = proxy.url("/slow/300");
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (client, url) = (client.clone(), url.clone());
+        all.spawn(async move { client.get(&url, &[]).await.status });
+    }
+    while let Some(status) = all.join_next().await {
+        assert_eq!(status.expect("task"), 200);
+    }
+    assert!(
+        b.max_in_flight() <= 8,
+        "{} requests at once on one connection",
+        b.max_in_flight()
+    );
+    assert!(b.max_in_flight() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: l\npercent: 0", ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut opened = 0;
+    for _ in 0..20_000 {
+        let req = http::Request::get(proxy.url("/slow/2000"))
+            .body(())
+            .expect("req");
+        h2 = match h2.ready().await {
+            Ok(h) => h,
+            Err(_) => break,
+        };
+        match h2.send_request(req, true) {
+            Ok((_resp, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    eprintln!(
+        "rapid reset: opened {opened}, connection ended: {ended:?}, upstream saw {}",
+        b.seen().len()
+    );
+    assert!(
+        matches!(ended, Ok(Ok(Err(_)))),
+        "the flooding connection was not cut off: {ended:?}"
+    );
+    assert!(
+        opened < 20_000,
+        "20000 reset streams on one connection went unchallenged"
+    );
+    // Upstream requests of reset streams are cancelled, not piled up.
+    assert!(
+        b.seen().len() < opened.max(1),
+        "{} of {opened} reached the upstream",
+        b.seen().len()
+    );
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200, "others are still served");
+}

@@ -1,0 +1,182 @@
+//! Upstreams fail and recover: retries, passive ejection, active checks, the canary fallback.
+
+mod support;
+
+use support::{Backend, Client, Proxy};
+
+fn dead_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn yaml(stable: &[String], canary: &[String], percent: &str, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools:\n  stable: [{}]\n  canary: [{}]\nrollout: {{id: h, percent: {percent}}}\nmetrics: {{listen: 127.0.0.1:0}}\n{extra}",
+        stable.join(", "),
+        canary.join(", ")
+    )
+}
+
+async fn bodies(proxy: &Proxy, n: usize, path: &str) -> Vec<(u16, String)> {
+    let client = Client::http1();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("h-{i}");
+        let r = client.get(&proxy.url(path), &[("x-user-id", &id)]).await;
+        out.push((r.status.as_u16(), r.body));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_upstream_then_ejected() {
+    let alive = Backend::start("alive").await;
+    let dead = dead_addr().to_string();
+    let proxy = Proxy::start(&yaml(
+        &[dead.clone(), alive.addr.to_string()],
+        &[alive.addr.to_string()],
+        "0",
+        "",
+    ));
+    let got = bodies(&proxy, 40, "/").await;
+    assert!(
+        got.iter().all(|(s, b)| *s == 200 && b == "alive"),
+        "{got:?}"
+    );
+    let line = proxy.wait_log("upstream ejected");
+    assert!(line.contains(&dead), "{line}");
+    assert!(proxy.metric("ramp_retries_total").await >= 5.0);
+    assert!(
+        proxy
+            .metric("ramp_upstream_ejections_total{pool=\"stable\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_an_upstream_until_a_probe_succeeds() {
+    let (good, bad) = (Backend::start("good").await, Backend::start("bad").await);
+    bad.set_unhealthy(true);
+    let extra = "passive_health: {eject_after: 3, backoff: 300ms}\nhealth: {path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 1000, healthy_after: 1}\n";
+    let stable = [good.addr.to_string(), bad.addr.to_string()];
+    let proxy = Proxy::start(&yaml(&stable, &[good.addr.to_string()], "0", extra));
+    let got = bodies(&proxy, 30, "/").await;
+    let errors = got.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        (3..=4).contains(&errors),
+        "{errors} answers from the bad upstream before its ejection: {got:?}"
+    );
+    proxy.wait_log("upstream ejected");
+    let seen_bad = bad.seen().iter().filter(|s| s.uri == "/").count();
+    let after = bodies(&proxy, 20, "/").await;
+    assert!(
+        after.iter().all(|(s, b)| *s == 200 && b == "good"),
+        "{after:?}"
+    );
+    assert_eq!(
+        bad.seen().iter().filter(|s| s.uri == "/").count(),
+        seen_bad,
+        "an ejected upstream got requests"
+    );
+    // It recovers: the next probe of /healthz after the backoff brings it back.
+    bad.set_unhealthy(false);
+    proxy.wait_log("upstream reinstated");
+    let back = bodies(&proxy, 20, "/").await;
+    assert!(back.iter().any(|(_, b)| b == "bad"), "{back:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_an_upstream_out_and_bring_it_back() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let extra = "health: {path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2}\n";
+    let proxy = Proxy::start(&yaml(
+        &[a.addr.to_string(), b.addr.to_string()],
+        &[a.addr.to_string()],
+        "0",
+        extra,
+    ));
+    b.set_unhealthy(true);
+    proxy.wait_log("upstream failed its health checks");
+    let out = bodies(&proxy, 20, "/").await;
+    assert!(out.iter().all(|(_, body)| body == "a"), "{out:?}");
+    b.set_unhealthy(false);
+    proxy.wait_log("upstream passed its health checks");
+    let back = bodies(&proxy, 20, "/").await;
+    assert!(back.iter().any(|(_, body)| body == "b"), "{back:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let extra = "health: {interval: 100ms, timeout: 300ms, unhealthy_after: 1, healthy_after: 1}\n";
+    let proxy = Proxy::start(&yaml(
+        &[stable.addr.to_string()],
+        &[canary.addr.to_string()],
+        "100",
+        extra,
+    ));
+    assert!(
+        bodies(&proxy, 5, "/")
+            .await
+            .iter()
+            .all(|(_, b)| b == "canary")
+    );
+    canary.kill();
+    proxy.wait_log("upstream failed its health checks");
+    let served = bodies(&proxy, 20, "/").await;
+    assert!(
+        served.iter().all(|(s, b)| *s == 200 && b == "stable"),
+        "{served:?}"
+    );
+    assert!(proxy.metric("ramp_canary_fallback_total").await >= 20.0);
+    let lines = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("canary pool has no healthy upstream"))
+        .count();
+    assert_eq!(lines, 1, "logged once per transition, not per request");
+    assert!(
+        proxy
+            .metric("ramp_responses_total{pool=\"stable\",class=\"2xx\"}")
+            .await
+            >= 20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_canary_unavailable_error_canary_users_get_503_and_an_empty_stable_pool_503() {
+    let stable = Backend::start("stable").await;
+    let dead = dead_addr().to_string();
+    let extra = "canary_unavailable: error\npassive_health: {eject_after: 1, backoff: 1m}\n";
+    let proxy = Proxy::start(&yaml(
+        &[stable.addr.to_string()],
+        std::slice::from_ref(&dead),
+        "100",
+        extra,
+    ));
+    let first = bodies(&proxy, 1, "/").await;
+    assert_eq!(
+        first[0].0, 502,
+        "the first attempt finds the canary down: {first:?}"
+    );
+    let then = bodies(&proxy, 5, "/").await;
+    assert!(
+        then.iter()
+            .all(|(s, b)| *s == 503 && b == "Service Unavailable\n"),
+        "{then:?}"
+    );
+
+    let proxy = Proxy::start(&yaml(
+        std::slice::from_ref(&dead),
+        &[stable.addr.to_string()],
+        "0",
+        extra,
+    ));
+    bodies(&proxy, 1, "/").await;
+    let then = bodies(&proxy, 5, "/").await;
+    assert!(then.iter().all(|(s, _)| *s == 503), "{then:?}");
+}
