@@ -77,6 +77,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let handle = handle.clone();
@@ -97,6 +98,8 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) 
                 )
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

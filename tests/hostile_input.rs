@@ -233,3 +233,84 @@ async fn a_client_that_aborts_an_upload_cancels_the_upstream_request() {
         "the broken upstream connection was reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_always_reaches_the_upstream_with_a_host() {
+    let (b, proxy) = start().await;
+    // Naming Host as a connection option must not strip it.
+    let reply = raw(
+        proxy.addr,
+        b"GET /named HTTP/1.1\r\nHost: shop.example\r\nConnection: close, host\r\n\r\n",
+    );
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/named")
+        .expect("seen");
+    assert_eq!(seen.headers["host"], "shop.example");
+    // HTTP/1.0 without Host: the upstream still gets one (its own address).
+    let reply = raw(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/old")
+        .expect("seen");
+    assert_eq!(seen.headers["host"], b.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_get_408_and_do_not_eject_the_upstream() {
+    let b = Backend::start("stable").await;
+    let extra = "limits: {body_idle_timeout: 300ms}\npassive_health: {eject_after: 2}\n";
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: hostile\npercent: 0", extra));
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part")
+            .expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).expect("an answer");
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert_eq!(status_of(&reply), 408, "{reply}");
+    }
+    still_serves(&proxy).await;
+    assert!(
+        !proxy.logs().iter().any(|l| l.contains("upstream ejected")),
+        "a stalling client ejected a healthy upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_does_not_count_against_the_response_timeout() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: hostile\npercent: 0",
+        "upstream: {response_timeout: 400ms}\n",
+    ));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
+        )
+        .expect("head");
+        for piece in [b"ab", b"cd", b"ef"] {
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(piece).expect("piece");
+        }
+        let mut out = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .expect("upload");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.ends_with("\r\n\r\n6"), "{reply}");
+}

@@ -185,3 +185,34 @@ async fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
     let r = Client::http1().get(&proxy.url("/"), &[]).await;
     assert_eq!(r.status, 200, "others are still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_a_goaway() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "limits:\n  idle_timeout: 500ms\n",
+    ));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get(proxy.url("/")).body(()).expect("req");
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+    // A stream in progress keeps it open past the idle limit.
+    h2 = h2.ready().await.expect("ready");
+    let req = http::Request::get(proxy.url("/slow/1000"))
+        .body(())
+        .expect("req");
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("slow response").status(), 200);
+    // Then, idle, the server ends the connection cleanly.
+    let t0 = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    eprintln!("h2 idle ended after {:?}: {ended:?}", t0.elapsed());
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}

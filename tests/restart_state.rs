@@ -198,3 +198,30 @@ async fn a_new_rollout_id_written_while_ramp_was_down_starts_fresh() {
     assert_eq!(st["source"], "file");
     assert_eq!(canary_share(&proxy, 20).await, 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_edited_while_halted_survives_a_restart_and_applies_on_resume() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, STEPS));
+    proxy.admin("halt");
+    std::fs::write(
+        &proxy.config_path,
+        yaml(&s, &c, "id: checkout-v2\npercent: 30"),
+    )
+    .expect("edit");
+    assert_eq!(proxy.admin("reload")["file_plan_pending"], true);
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["state_file_error"].as_str()),
+        (Some("halted"), None),
+        "{st}"
+    );
+    let r = proxy.admin("resume");
+    assert_eq!(
+        (r["state"].as_str(), r["percent"].as_f64()),
+        (Some("running"), Some(30.0)),
+        "{r}"
+    );
+}

@@ -137,3 +137,32 @@ async fn a_real_short_hold_advances_the_running_proxy() {
         "canary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_be_persisted_waits_until_it_can() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("state")).expect("mkdir");
+    let yaml = support::config(
+        &[&s],
+        &[&c],
+        "id: disk\nsteps:\n  - {percent: 0, hold: 1s}\n  - {percent: 100}",
+        "admin:\n  socket: admin.sock\nstate:\n  file: state/state.json\n",
+    );
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, yaml).expect("config");
+    let proxy = Proxy::start_in(dir, path);
+    std::fs::remove_dir_all(proxy.dir.path().join("state")).expect("break the disk");
+    let st = proxy.wait_status("the write fails", |v| v["state_file_error"].is_string());
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("running"), Some(0.0)),
+        "not applied unsaved: {st}"
+    );
+    std::fs::create_dir(proxy.dir.path().join("state")).expect("repair");
+    let st = proxy.wait_status("the step is retried", |v| v["state"] == "completed");
+    assert_eq!(st["state_file_error"], Value::Null);
+}

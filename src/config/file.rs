@@ -85,6 +85,8 @@ pub struct LimitsFile {
     #[serde(default)]
     pub body_idle_timeout: Option<S<String>>,
     #[serde(default)]
+    pub idle_timeout: Option<S<String>>,
+    #[serde(default)]
     pub max_connections: Option<S<u64>>,
     #[serde(default)]
     pub h2_max_concurrent_streams: Option<S<u64>>,

@@ -86,6 +86,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A body (either way) that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
+    /// An HTTP/2 connection without a stream for this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
     /// Client connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
@@ -183,6 +185,10 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     pub max_idle_per_upstream: usize,
 }
+
+/// The longest duration any setting takes (100 years): long enough to mean "never", short enough
+/// that no clock arithmetic overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Parts per million (the unit of the percent everywhere inside ramp) from a percent value,
 /// or the reason it is not an acceptable percent (0 to 100 in steps of 0.0001).

@@ -85,6 +85,11 @@ pub(super) fn limits(c: &mut Checker, l: Option<&LimitsFile>) -> Limits {
             "limits.body_idle_timeout",
             Duration::from_secs(60),
         ),
+        idle_timeout: c.duration(
+            l.and_then(|l| l.idle_timeout.as_ref()),
+            "limits.idle_timeout",
+            Duration::from_secs(60),
+        ),
         max_connections: c.int(
             l.and_then(|l| l.max_connections.as_ref()),
             "limits.max_connections",

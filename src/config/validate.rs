@@ -69,6 +69,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, Reason> {
     if d.is_zero() {
         return Err(Reason::ZeroDuration);
     }
+    if d > super::MAX_DURATION {
+        return Err(Reason::Duration(format!(
+            "{text:?} is longer than 100 years"
+        )));
+    }
     Ok(d)
 }
 

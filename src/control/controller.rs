@@ -65,7 +65,12 @@ pub struct Controller {
     tls: TlsFiles,
     notes: Notes,
     rx: mpsc::Receiver<Request>,
+    /// A schedule step that could not be persisted is tried again then, not before.
+    schedule_retry: Option<Instant>,
 }
+
+/// How long a schedule step waits after its state could not be written.
+const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Controller {
     /// Restores the rollout (state file, else the config's plan) and publishes the first snapshot.
@@ -122,6 +127,7 @@ impl Controller {
             tls,
             notes,
             rx,
+            schedule_retry: None,
         };
         if write && let Err(e) = c.persist_now(&c.rollout.clone()) {
             tracing::error!(error = %e, "cannot write the state file");
@@ -133,7 +139,10 @@ impl Controller {
     /// Serves commands and the schedule until every handle is dropped.
     pub async fn run(mut self) {
         loop {
-            let deadline = self.rollout.next_deadline();
+            let deadline = self
+                .rollout
+                .next_deadline()
+                .map(|d| self.schedule_retry.map_or(d, |r| d.max(r)));
             tokio::select! {
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
@@ -141,13 +150,26 @@ impl Controller {
                     let _ = req.reply.send(reply);
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    let mut next = self.rollout.clone();
-                    if next.advance(Instant::now()) {
-                        self.commit(next, "advance", Source::Schedule, true).await;
-                    }
+                    self.advance().await;
                 }
             }
         }
+    }
+
+    /// The schedule's hold expired: move to the next step, persisted first like any change. If
+    /// the state cannot be written the step waits and is tried again.
+    async fn advance(&mut self) {
+        let mut next = self.rollout.clone();
+        if !next.advance(Instant::now()) {
+            // Nothing to advance to; `advance` may have stopped a stray clock.
+            self.rollout = next;
+            return;
+        }
+        let reply = self.commit(next, "advance", Source::Schedule, false).await;
+        self.schedule_retry = match reply.get("ok") {
+            Some(serde_json::Value::Bool(true)) => None,
+            _ => Some(Instant::now() + SCHEDULE_RETRY),
+        };
     }
 
     async fn handle(&mut self, command: Command, source: Source) -> Reply {

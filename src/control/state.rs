@@ -231,6 +231,10 @@ impl RolloutState {
         };
         let next = current.step + 1;
         let Some(step) = self.steps().get(next).copied() else {
+            // A clock on the last step (a damaged or pending state): stop it, nothing to do.
+            if let Some(s) = &mut self.schedule {
+                s.timing = Timing::Final;
+            }
             return false;
         };
         // The next hold starts now: after a long outage the schedule moves one step, not many.

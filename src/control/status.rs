@@ -36,6 +36,20 @@ pub struct Notes {
     pub restart_required: Vec<&'static str>,
 }
 
+/// A time as RFC 3339, or null when it cannot be one (before 1970 or after 9999).
+fn rfc3339(t: std::time::SystemTime) -> Value {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .ok();
+    match ms {
+        Some(ms) if ms <= u128::from(super::store::LATEST_MS) => {
+            Value::String(humantime::format_rfc3339_seconds(t).to_string())
+        }
+        _ => Value::Null,
+    }
+}
+
 fn schedule(r: &RolloutState, now: Instant) -> Value {
     let (Some(at), Plan::Steps(steps)) = (r.schedule, &r.plan.plan) else {
         return Value::Null;
@@ -59,7 +73,7 @@ pub fn status(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) ->
         "percent": ppm_to_percent(r.ppm),
         "schedule": schedule(r, now),
         "file_plan_pending": r.plan_pending,
-        "changed_at": humantime::format_rfc3339_seconds(r.changed_at).to_string(),
+        "changed_at": rfc3339(r.changed_at),
         "changed_by": r.changed_by.to_string(),
         "source": r.changed_by.kind(),
         "last_reload_error": notes.last_reload_error,

@@ -18,6 +18,16 @@ use super::state::RolloutState;
 /// The version this build writes.
 pub const VERSION: u32 = 1;
 
+/// Durations read back are capped here (a damaged file must not overflow a clock).
+const MAX_SPAN: Duration = crate::config::MAX_DURATION;
+
+/// 9999-12-31T23:59:59Z: later times cannot be shown as RFC 3339.
+pub const LATEST_MS: u64 = 253_402_300_799_000;
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_SPAN)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot read {path}: {error}")]
@@ -92,7 +102,10 @@ pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8
     let schedule = s.schedule.map(|sc| {
         let (deadline, remaining) = match sc.timing {
             Timing::Until(at) => (
-                Some(unix_ms(wall + at.saturating_duration_since(now))),
+                Some(unix_ms(
+                    wall.checked_add(at.saturating_duration_since(now))
+                        .unwrap_or(wall),
+                )),
                 None,
             ),
             Timing::Paused(left) => (None, Some(ms(left))),
@@ -202,7 +215,7 @@ fn decode(
                 .map(|s| {
                     Ok(Step {
                         ppm: check_ppm(s.percent_ppm)?,
-                        hold: s.hold_ms.map(Duration::from_millis),
+                        hold: s.hold_ms.map(millis),
                     })
                 })
                 .collect::<Result<_, StoreError>>()?,
@@ -215,16 +228,19 @@ fn decode(
     };
     let schedule = match f.schedule {
         None => None,
-        Some(s) if s.step >= step_count => return Err(invalid("schedule step past the plan")),
+        // A pending plan replaced the steps the position refers to; `resume` re-bases it.
+        Some(s) if s.step >= step_count && !f.plan_pending => {
+            return Err(invalid("schedule step past the plan"));
+        }
         Some(s) => {
             let timing = match (s.deadline_unix_ms, s.remaining_ms) {
                 (Some(deadline), None) => {
                     // Time spent down counts toward the hold; a hold that ended while ramp was
                     // down ends now.
-                    let end = UNIX_EPOCH + Duration::from_millis(deadline);
-                    Timing::Until(now + end.duration_since(wall).unwrap_or_default())
+                    let end = UNIX_EPOCH + millis(deadline);
+                    Timing::Until(now + end.duration_since(wall).unwrap_or_default().min(MAX_SPAN))
                 }
-                (None, Some(left)) => Timing::Paused(Duration::from_millis(left)),
+                (None, Some(left)) => Timing::Paused(millis(left)),
                 (None, None) => Timing::Final,
                 (Some(_), Some(_)) => return Err(invalid("schedule has a deadline and a pause")),
             };
@@ -236,6 +252,9 @@ fn decode(
     };
     if f.rollout.is_empty() || crate::config::rollout_id(&f.rollout).is_err() {
         return Err(invalid("rollout id"));
+    }
+    if f.changed_at_unix_ms > LATEST_MS {
+        return Err(invalid("changed_at after the year 9999"));
     }
     Ok(RolloutState {
         id: f.rollout,

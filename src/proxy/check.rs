@@ -1,6 +1,8 @@
-//! Requests refused before routing: ambiguous framing (smuggling), missing or doubled Host,
-//! oversized targets and header sections. hyper already refuses what it cannot parse (bare CR,
-//! obs-fold, whitespace before a colon, invalid Content-Length).
+//! Requests refused before routing: a missing (HTTP/1.1) or doubled Host, oversized targets and
+//! header sections, and any framing ambiguity that gets this far. hyper already refuses what it
+//! cannot parse (bare CR, obs-fold, whitespace before a colon, invalid or differing
+//! Content-Length) and settles Content-Length + Transfer-Encoding itself: Transfer-Encoding wins,
+//! Content-Length is dropped, and the connection closes after the answer.
 
 use http::{Request, StatusCode, Version};
 

@@ -16,6 +16,10 @@ pub enum ProxyError {
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> StatusCode {
         match e {
+            ProxyError::Send(e @ SendError::ClientBody(_)) if e.client_stalled() => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ProxyError::Send(SendError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -37,6 +41,7 @@ pub fn body_for(status: StatusCode) -> Bytes {
         StatusCode::GATEWAY_TIMEOUT => b"Gateway Timeout\n",
         StatusCode::SERVICE_UNAVAILABLE => b"Service Unavailable\n",
         StatusCode::BAD_REQUEST => b"Bad Request\n",
+        StatusCode::REQUEST_TIMEOUT => b"Request Timeout\n",
         StatusCode::URI_TOO_LONG => b"URI Too Long\n",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => b"Request Header Fields Too Large\n",
         _ => b"Error\n",

@@ -4,16 +4,14 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Fields that describe one connection and never cross a proxy.
-pub const HOP_BY_HOP: [HeaderName; 6] = [
+pub static HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     TE,
     TRANSFER_ENCODING,
     UPGRADE,
@@ -70,7 +68,10 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
                 {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                // Host is never a connection option: a client naming it must not strip it.
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && name != HOST
+                {
                     named.push(name);
                 }
             }
@@ -99,13 +100,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Prepares a client's request head for the upstream: HTTP/1.1 in origin form with the Host the
 /// client asked for, hop-by-hop fields removed, then X-Forwarded-For / -Proto from the socket.
+///
+/// A request that names no host at all (HTTP/1.0 without Host, HTTP/2 without :authority) gets
+/// `fallback_host`, the upstream's address.
 pub fn request_head(
     parts: &mut http::request::Parts,
     scan: &Scan,
     peer: &HeaderValue,
     proto: &HeaderValue,
+    fallback_host: &HeaderValue,
 ) {
     strip(&mut parts.headers, scan, &[]);
+    if parts.uri.authority().is_none() && scan.hosts == 0 {
+        parts.headers.insert(HOST, fallback_host.clone());
+    }
     if parts.uri.authority().is_some() {
         // HTTP/2 (:authority) or an HTTP/1.1 absolute-form target: the target's authority is the
         // Host (RFC 9112 §3.2.2), and the upstream gets the origin form.
@@ -128,15 +136,17 @@ pub fn request_head(
     } else {
         // Keep what earlier proxies said, one list, with this peer last.
         let mut joined = Vec::with_capacity(64);
-        for value in parts.headers.get_all(&X_FORWARDED_FOR) {
+        for value in parts.headers.get_all(X_FORWARDED_FOR.clone()) {
             joined.extend_from_slice(value.as_bytes());
             joined.extend_from_slice(b", ");
         }
         joined.extend_from_slice(peer.as_bytes());
         HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
     };
-    parts.headers.insert(X_FORWARDED_FOR, xff);
-    parts.headers.insert(X_FORWARDED_PROTO, proto.clone());
+    parts.headers.insert(X_FORWARDED_FOR.clone(), xff);
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), proto.clone());
 }
 
 /// Prepares an upstream's response head for the client: hop-by-hop fields and the configured

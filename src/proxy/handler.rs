@@ -174,7 +174,7 @@ pub async fn handle(
     let (result, served_by) = match choose(proxy, &snap, pool) {
         Err(e) => (Err(e), pool),
         Ok((upstreams, first, served_by)) => {
-            let (req, replay) = upstream_request(req, &scan, info, &snap);
+            let (req, replay) = upstream_request(req, &scan, info, &snap, &first.host);
             let label = served_by.as_str();
             let result = match first.send(req, &snap.connector, label).await {
                 Ok(resp) => Ok(resp),
@@ -201,6 +201,10 @@ pub async fn handle(
                 inner: Either::Left(body),
                 busy: None,
             })
+        }
+        Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {
+            tracing::debug!(peer = %info.peer, reason = %e, "client request body failed");
+            error_response(StatusCode::from(&e))
         }
         Err(e) => {
             tracing::warn!(peer = %info.peer, pool = served_by.as_str(), reason = %e, "upstream request failed");
@@ -289,9 +293,10 @@ fn upstream_request(
     scan: &forward::Scan,
     info: &ConnInfo,
     snap: &Snapshot,
+    fallback_host: &HeaderValue,
 ) -> (Request<ReqBody>, Option<Head>) {
     let (mut parts, body) = req.into_parts();
-    forward::request_head(&mut parts, scan, &info.peer_ip, &info.proto);
+    forward::request_head(&mut parts, scan, &info.peer_ip, &info.proto, fallback_host);
     let body = ReqBody::new(body, snap.config.limits.body_idle_timeout);
     let replay = (body.is_empty() && idempotent(&parts.method)).then(|| Head {
         method: parts.method.clone(),
@@ -303,7 +308,7 @@ fn upstream_request(
 
 /// Where a failed request may go once more without being repeated: another upstream when no
 /// connection could be made, or when it came back unsent; for a bodiless idempotent request,
-/// also when the upstream sent not a byte of an answer.
+/// also when the connection closed before an answer's head arrived.
 fn retry<'p>(
     failure: Failure,
     upstreams: &'p Pool,

@@ -1,25 +1,25 @@
 //! The listening socket, the accept loop (HTTP/1.1 and HTTP/2 on one port, over TCP or TLS),
-//! connection limits, and the graceful drain.
+//! connection limits, idle and slow-head closing, and the graceful drain.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Limits;
 
 use super::handler::{Conn, ConnInfo, Proxy, handle};
-use super::watchdog::Activity;
+use super::watchdog::{Activity, Expiry};
 
 /// After a shutdown signal, HTTP/1 clients get `Connection: close` on their answers for this
 /// long before idle connections are closed, so that a client busy on a keep-alive connection
@@ -43,7 +43,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // The head (request line + fields) is read into one buffer: its cap is what makes an
     // oversized head a 431 instead of unbounded memory. hyper needs at least 8 KiB.
     let head = (limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192);
-    // Slow heads are the watchdog's job (cheaper than hyper's per-request timer).
+    // Slow heads and idle connections are the watchdog's job (cheaper than hyper's
+    // per-request timer).
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
@@ -53,14 +54,26 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(256));
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
     b
 }
 
-/// Serves connections until `shutdown` completes, then drains: the socket closes (a new process
-/// bound with SO_REUSEPORT takes the new connections), HTTP/1 answers carry `Connection: close`
-/// for [`LINGER`], then every connection finishes its in-flight requests and closes, within the
-/// snapshot's `shutdown_grace`.
+/// What every connection task shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    tls: bool,
+    /// Becomes true when the drain asks connections to finish.
+    drain: watch::Receiver<bool>,
+}
+
+/// Serves connections until `shutdown` completes, then drains: HTTP/1 answers carry
+/// `Connection: close`, connections already queued on the socket are taken and served, the socket
+/// closes (a new process bound with SO_REUSEPORT takes new connections), and after [`LINGER`] every
+/// connection finishes its in-flight requests and closes, within the snapshot's `shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     tls: bool,
@@ -68,8 +81,14 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(builder(&limits));
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        builder: builder(&limits),
+        proxy: Arc::clone(&proxy),
+        limits,
+        tls,
+        drain,
+    });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -94,69 +113,117 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let (builder, proxy, watcher) =
-            (Arc::clone(&builder), Arc::clone(&proxy), graceful.watcher());
-        let handshake = limits.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            if !tls {
-                return serve_one(stream, peer, false, &builder, proxy, watcher).await;
-            }
-            let Some(config) = proxy.shared.load().tls.clone() else {
-                return;
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_one(stream, peer, true, &builder, proxy, watcher).await,
-                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-            }
-        });
+        spawn(stream, peer, permit, &shared);
+    }
+    proxy.start_draining();
+    // Connections already in this socket's queue would be reset when it closes: serve them.
+    let mut queued = 0;
+    while let Some((stream, peer)) = accept_now(&listener) {
+        let permit = Arc::clone(&permits).try_acquire_owned().ok();
+        spawn_unlimited(stream, peer, permit, &shared);
+        queued += 1;
     }
     drop(listener);
-    proxy.start_draining();
     let grace = proxy.shared.load().config.shutdown_grace;
+    let open = limits.max_connections - permits.available_permits();
     tracing::info!(
-        connections = graceful.count(),
+        connections = open,
+        queued,
         grace_ms = grace.as_millis() as u64,
         "draining"
     );
     let linger = LINGER.min(grace);
     tokio::time::sleep(linger).await;
-    if tokio::time::timeout(grace - linger, graceful.shutdown())
+    let _ = drain_tx.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace - linger, permits.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace is over: closing the connections still open");
+        tracing::warn!("shutdown grace is over: exiting with connections still open");
     }
 }
 
-async fn serve_one<IO>(
-    io: IO,
+/// A connection already waiting in the accept queue, if any (never waits).
+fn accept_now(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match listener.poll_accept(&mut cx) {
+        Poll::Ready(Ok(accepted)) => Some(accepted),
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
+}
+
+fn spawn(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, shared: &Arc<Shared>) {
+    spawn_unlimited(stream, peer, Some(permit), shared);
+}
+
+fn spawn_unlimited(
+    stream: TcpStream,
     peer: SocketAddr,
-    tls: bool,
-    builder: &auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
-    watcher: Watcher,
-) where
+    permit: Option<OwnedSemaphorePermit>,
+    shared: &Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if !shared.tls {
+            return serve_one(stream, peer, &shared).await;
+        }
+        let Some(config) = shared.proxy.shared.load().tls.clone() else {
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake = shared.limits.header_read_timeout;
+        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => serve_one(stream, peer, &shared).await,
+            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+        }
+    });
+}
+
+async fn serve_one<IO>(io: IO, peer: SocketAddr, shared: &Shared)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limit = proxy.shared.load().config.limits.header_read_timeout;
     let conn = Arc::new(Conn {
-        proxy,
-        info: ConnInfo::new(peer, tls),
+        proxy: Arc::clone(&shared.proxy),
+        info: ConnInfo::new(peer, shared.tls),
         activity: Activity::default(),
     });
     let watched = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
-    let connection = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::select! {
-        served = watcher.watch(connection) => if let Err(e) = served {
-            tracing::debug!(peer = %peer, error = %e, "client connection ended");
-        },
-        () = watched.activity.expired(limit) => {
-            tracing::debug!(peer = %peer, "closing: no request head within header_read_timeout");
+    let mut connection = std::pin::pin!(shared.builder.serve_connection(TokioIo::new(io), svc));
+    let mut drain = shared.drain.clone();
+    let limits = &shared.limits;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(peer = %peer, error = %e, "client connection ended");
+                }
+                return;
+            }
+            _ = drain.wait_for(|d| *d), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            expiry = watched.activity.expired(limits.header_read_timeout, limits.idle_timeout), if !closing => {
+                match expiry {
+                    // A head that does not arrive: drop the connection, do not wait for it.
+                    Expiry::SlowHead => {
+                        tracing::debug!(peer = %peer, "closing: no request head within header_read_timeout");
+                        return;
+                    }
+                    Expiry::Idle => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
         }
     }
 }

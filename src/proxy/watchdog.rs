@@ -1,20 +1,22 @@
-//! The per-connection guard against slow request heads (and idle keep-alive connections): a
-//! connection that has no request in progress for `header_read_timeout` is closed.
+//! The per-connection guard against slow request heads and idle connections: an HTTP/1
+//! connection that has no request in progress for `header_read_timeout` is closed, an HTTP/2
+//! connection without a stream for `idle_timeout` gets a GOAWAY.
 //!
 //! hyper can do this itself, but it arms a fresh boxed timer for every request; here a request
 //! costs two atomic updates and the connection's one timer is re-armed once per period.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
+use crate::clock::now_ms;
 
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+/// Why a connection should close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// HTTP/1: no complete request head within the limit (idle keep-alive included).
+    SlowHead,
+    /// HTTP/2: no stream for the idle limit; a GOAWAY ends it cleanly.
+    Idle,
 }
 
 /// What one connection is doing.
@@ -24,7 +26,7 @@ pub struct Activity {
     active: AtomicU32,
     /// When the last request ended (or the connection opened), in ms since [`epoch`].
     idle_since: AtomicU64,
-    /// HTTP/2 manages its own streams and pings: the watchdog stands down.
+    /// Set by the first HTTP/2 request: streams, not heads, then count.
     http2: AtomicBool,
 }
 
@@ -56,23 +58,31 @@ impl Activity {
         }
     }
 
-    /// Completes when the connection has been without a request for `limit`.
-    pub async fn expired(&self, limit: Duration) {
-        let limit_ms = limit.as_millis() as u64;
+    /// Completes when the connection should close: an HTTP/1 connection without a request in
+    /// progress for `head_limit` (a slow or missing head), an HTTP/2 one without a stream for
+    /// `idle_limit`.
+    pub async fn expired(&self, head_limit: Duration, idle_limit: Duration) -> Expiry {
+        // Whether the connection speaks HTTP/2 is learnt from its first request, possibly while
+        // this sleeps: no sleep is longer than the shorter limit.
+        let longest_sleep = head_limit.min(idle_limit);
         loop {
-            if self.http2.load(Ordering::Relaxed) {
-                return std::future::pending().await;
-            }
+            let http2 = self.http2.load(Ordering::Relaxed);
+            let limit = if http2 { idle_limit } else { head_limit };
+            let limit_ms = limit.as_millis() as u64;
             let wait = if self.active.load(Ordering::Relaxed) > 0 {
                 limit
             } else {
                 let idle = now_ms().saturating_sub(self.idle_since.load(Ordering::Relaxed));
                 if idle >= limit_ms {
-                    return;
+                    return if http2 {
+                        Expiry::Idle
+                    } else {
+                        Expiry::SlowHead
+                    };
                 }
                 Duration::from_millis(limit_ms - idle)
             };
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait.min(longest_sleep)).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+
+use crate::clock::now_ms;
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
@@ -41,6 +44,9 @@ pub enum ReqBody {
         inner: Incoming,
         idle: IdleTimer,
         limit: Duration,
+        /// When the body was read to its end ([`now_ms`]), 0 until then: the response timeout
+        /// starts there, so a long upload does not count against it.
+        done: Arc<AtomicU64>,
     },
 }
 
@@ -53,12 +59,21 @@ impl ReqBody {
                 inner,
                 idle: IdleTimer::new(limit),
                 limit,
+                done: Arc::new(AtomicU64::new(0)),
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
         matches!(self, ReqBody::Empty)
+    }
+
+    /// Where the end of a streamed body will be recorded.
+    pub(super) fn done(&self) -> Option<Arc<AtomicU64>> {
+        match self {
+            ReqBody::Empty => None,
+            ReqBody::Stream { done, .. } => Some(Arc::clone(done)),
+        }
     }
 }
 
@@ -72,7 +87,18 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Stream { inner, idle, limit } => poll_idle(inner, idle, *limit, cx),
+            ReqBody::Stream {
+                inner,
+                idle,
+                limit,
+                done,
+            } => {
+                let frame = poll_idle(inner, idle, *limit, cx);
+                if matches!(frame, Poll::Ready(None)) || inner.is_end_stream() {
+                    done.store(now_ms().max(1), Ordering::Relaxed);
+                }
+                frame
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! upstream, so that it can try another one without ever sending a request twice.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,19 +38,37 @@ pub enum SendError {
     Exchange(hyper::Error),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The client's request body failed (it went away, or stalled past the idle limit): not the
+    /// upstream's fault.
+    #[error("client body: {0}")]
+    ClientBody(hyper::Error),
 }
 
 impl SendError {
     /// No connection could be made: the upstream saw nothing.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Exchange(_) | SendError::Timeout(_))
+        !matches!(
+            self,
+            SendError::Exchange(_) | SendError::Timeout(_) | SendError::ClientBody(_)
+        )
     }
 
-    /// The request may have been sent, but not a byte of an answer came back.
+    /// Whether the client's body stalled (as opposed to going away).
+    pub fn client_stalled(&self) -> bool {
+        let SendError::ClientBody(e) = self else {
+            return false;
+        };
+        std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<super::BodyError>())
+            .is_some_and(|b| matches!(b, super::BodyError::Idle(_)))
+    }
+
+    /// The request may have been sent, but no complete answer head came back and the connection
+    /// closed (or reset) under it.
     pub fn nothing_received(&self) -> bool {
         let e = match self {
             SendError::Exchange(e) => e,
-            SendError::Timeout(_) => return false,
+            SendError::Timeout(_) | SendError::ClientBody(_) => return false,
             _ => return true,
         };
         if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
@@ -118,13 +137,19 @@ struct Idle {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: UpstreamAddr,
+    /// `host:port`, the Host for requests that name none.
+    pub host: http::HeaderValue,
     pub health: Health,
     idle: Mutex<VecDeque<Idle>>,
 }
 
 impl Upstream {
     pub fn new(addr: UpstreamAddr) -> Self {
+        let authority = addr.to_string();
+        let authority = authority.trim_start_matches("https://");
         Upstream {
+            host: http::HeaderValue::from_str(authority)
+                .unwrap_or(http::HeaderValue::from_static("localhost")),
             addr,
             health: Health::default(),
             idle: Mutex::new(VecDeque::new()),
@@ -158,7 +183,9 @@ impl Upstream {
                 },
             };
             let limit = settings.response_timeout;
-            let Ok(sent) = tokio::time::timeout(limit, sender.try_send_request(req)).await else {
+            let body_done = req.body().done();
+            let Some(sent) = respond_within(sender.try_send_request(req), limit, body_done).await
+            else {
                 break Err(Failure {
                     error: SendError::Timeout(limit),
                     request: None,
@@ -176,8 +203,14 @@ impl Upstream {
                     // was sent, so the request goes on a fresh connection.
                     Some(back) if reused => req = back,
                     back => {
+                        let e = e.into_error();
+                        let error = if e.is_user() {
+                            SendError::ClientBody(e)
+                        } else {
+                            SendError::Exchange(e)
+                        };
                         break Err(Failure {
-                            error: SendError::Exchange(e.into_error()),
+                            error,
                             request: back,
                         });
                     }
@@ -185,13 +218,22 @@ impl Upstream {
             }
         };
         let failed = match &result {
-            Ok(resp) => resp.status().is_server_error(),
-            Err(_) => true,
+            Ok(resp) => Some(resp.status().is_server_error()),
+            // A client that goes away or stalls says nothing about the upstream.
+            Err(Failure {
+                error: SendError::ClientBody(_),
+                ..
+            }) => None,
+            Err(_) => Some(true),
         };
-        if !failed {
-            self.health.success();
-        } else if let Some(t) = self.health.failure(&connector.passive) {
-            super::probe::log(self, pool, t);
+        match failed {
+            Some(false) => self.health.success(),
+            Some(true) => {
+                if let Some(t) = self.health.failure(&connector.passive) {
+                    super::probe::log(self, pool, t);
+                }
+            }
+            None => {}
         }
         result
     }
@@ -301,6 +343,37 @@ impl Upstream {
             Ok(resp) => resp.status() < StatusCode::BAD_REQUEST,
             Err(_) => false,
         }
+    }
+}
+
+/// Waits for `response` for at most `limit` after the request body was sent (a body still
+/// uploading does not count; a stalled one is the body idle timeout's business). `None` on
+/// timeout.
+async fn respond_within<F: std::future::Future>(
+    response: F,
+    limit: Duration,
+    body_done: Option<Arc<AtomicU64>>,
+) -> Option<F::Output> {
+    let Some(done) = body_done else {
+        return tokio::time::timeout(limit, response).await.ok();
+    };
+    let mut response = std::pin::pin!(response);
+    let limit_ms = limit.as_millis() as u64;
+    let mut wait = limit;
+    loop {
+        if let Ok(out) = tokio::time::timeout(wait, response.as_mut()).await {
+            return Some(out);
+        }
+        wait = match done.load(Ordering::Relaxed) {
+            0 => limit,
+            at => {
+                let since = crate::clock::now_ms().saturating_sub(at);
+                if since >= limit_ms {
+                    return None;
+                }
+                Duration::from_millis(limit_ms - since)
+            }
+        };
     }
 }
 

@@ -382,7 +382,10 @@ impl Proxy {
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RAMP_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,91 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the test that replays their
+//! committed corpora (`tests/fuzz_corpus.rs`). Each checks the invariants a user relies on, and
+//! panics (a finding) when one breaks.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config;
+use crate::control::command;
+use crate::routing::{self, Decision, MAX_ID_LEN};
+use crate::snapshot::{Rollout, Snapshot, State, Tls};
+use crate::upstream::Registry;
+
+fn snapshot() -> &'static Snapshot {
+    static SNAP: OnceLock<Snapshot> = OnceLock::new();
+    SNAP.get_or_init(|| {
+        let yaml = "listen: 127.0.0.1:0\nsticky: {header: x-user-id, cookie: uid}\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: fuzz, percent: 50}\n";
+        let cfg = config::parse(yaml, Path::new("fuzz.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let rollout = Rollout::new("fuzz", 500_000, State::Running);
+        Snapshot::build(Arc::new(cfg), rollout, &Registry::new(), &Tls::default())
+    })
+}
+
+/// Header values from `data` (one per line: the first is `x-user-id`, the rest `cookie`): the id
+/// found is 1..=1024 bytes copied from the input, and routing never fails.
+pub fn id_extraction(data: &[u8]) {
+    let snap = snapshot();
+    let mut headers = HeaderMap::new();
+    let user = HeaderName::from_static("x-user-id");
+    for (i, line) in data.split(|&b| b == b'\n').enumerate().take(32) {
+        let Ok(value) = HeaderValue::from_bytes(line) else {
+            continue;
+        };
+        headers.append(if i == 0 { user.clone() } else { COOKIE }, value);
+    }
+    if let Some(id) = routing::user_id(&snap.sticky, &headers) {
+        assert!(
+            (1..=MAX_ID_LEN).contains(&id.len()),
+            "id of {} bytes",
+            id.len()
+        );
+        assert!(
+            data.windows(id.len()).any(|w| w == id),
+            "the id is not from the input"
+        );
+        assert_eq!(
+            routing::decide(snap, &headers),
+            Decision::Pool(routing::assign(&snap.rollout, id))
+        );
+    } else {
+        assert_eq!(routing::decide(snap, &headers), Decision::Mint);
+    }
+}
+
+/// An admin line: parsing never panics, and what parses has a name that parses back.
+pub fn admin_command(data: &[u8]) {
+    if let Ok(cmd) = command::parse(data) {
+        let again = command::parse(cmd.name().as_bytes());
+        let takes_no_argument = matches!(
+            cmd,
+            command::Command::Status
+                | command::Command::Halt
+                | command::Command::Resume
+                | command::Command::Rollback
+                | command::Command::Promote
+                | command::Command::Reload
+        );
+        if takes_no_argument {
+            assert_eq!(again, Ok(cmd));
+        }
+    }
+}
+
+/// A config file: loading never panics; what validates holds in-range values, and errors carry a
+/// position.
+pub fn config_loader(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match config::parse(text, Path::new("fuzz.yaml")) {
+        Ok(c) => {
+            assert!(c.rollout.plan.first_ppm() <= 1_000_000);
+            assert!(!c.pools.stable.is_empty() && !c.pools.canary.is_empty());
+            assert!((1..=1024).contains(&c.workers));
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}

@@ -1,0 +1,115 @@
+//! Property tests: user-id extraction and config parsing hold their promises for any input.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use proptest::prelude::*;
+use ramp::config::{self, ppm_to_percent};
+use ramp::routing;
+use ramp::snapshot::{Rollout, Snapshot, State, Tls};
+use ramp::upstream::Registry;
+
+fn snapshot() -> Snapshot {
+    let yaml = "listen: 127.0.0.1:0\nsticky: {header: x-user-id, cookie: uid}\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: p, percent: 50}\n";
+    let cfg = config::parse(yaml, Path::new("p.yaml")).expect("config");
+    Snapshot::build(
+        Arc::new(cfg),
+        Rollout::new("p", 500_000, State::Running),
+        &Registry::new(),
+        &Tls::default(),
+    )
+}
+
+fn cookie_name() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9_]{0,7}".prop_filter("not the id cookie", |n| n != "uid")
+}
+
+fn cookie_value() -> impl Strategy<Value = String> {
+    // RFC 6265 cookie-octets (no space, quote, comma, semicolon, backslash).
+    "[!#-+\\--:<-\\[\\]-~]{0,24}"
+}
+
+proptest! {
+    #[test]
+    fn the_id_cookie_is_found_among_any_others(
+        before in prop::collection::vec((cookie_name(), cookie_value()), 0..6),
+        after in prop::collection::vec((cookie_name(), cookie_value()), 0..6),
+        id in "[A-Za-z0-9_\\-]{1,64}",
+        split in any::<bool>(),
+    ) {
+        let snap = snapshot();
+        let pairs: Vec<String> = before.iter().map(|(n, v)| format!("{n}={v}"))
+            .chain(std::iter::once(format!("uid={id}")))
+            .chain(after.iter().map(|(n, v)| format!("{n}={v}")))
+            .collect();
+        let mut headers = HeaderMap::new();
+        if split {
+            for p in &pairs {
+                headers.append("cookie", HeaderValue::from_str(p).expect("value"));
+            }
+        } else {
+            headers.insert("cookie", HeaderValue::from_str(&pairs.join("; ")).expect("value"));
+        }
+        prop_assert_eq!(routing::user_id(&snap.sticky, &headers), Some(id.as_bytes()));
+    }
+
+    #[test]
+    fn a_non_empty_header_id_wins_over_the_cookie(header in "[ -~]{1,100}", cookie in "[A-Za-z0-9]{1,20}") {
+        let snap = snapshot();
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", HeaderValue::from_str(&format!("uid={cookie}")).expect("value"));
+        let value = HeaderValue::from_str(&header).expect("value");
+        headers.insert("x-user-id", value.clone());
+        // hyper trims surrounding whitespace; an all-space value is empty and does not count.
+        let expected = if value.as_bytes().is_empty() { cookie.as_bytes() } else { value.as_bytes() };
+        prop_assert_eq!(routing::user_id(&snap.sticky, &headers), Some(expected));
+    }
+
+    #[test]
+    fn any_header_bytes_are_handled(data in prop::collection::vec(any::<u8>(), 0..2048)) {
+        ramp::fuzzing::id_extraction(&data);
+    }
+
+    #[test]
+    fn any_admin_line_is_handled(data in prop::collection::vec(any::<u8>(), 0..256)) {
+        ramp::fuzzing::admin_command(&data);
+    }
+
+    #[test]
+    fn any_text_is_a_config_or_a_positioned_error(text in "[ -~\\n]{0,400}") {
+        ramp::fuzzing::config_loader(text.as_bytes());
+        if let Err(config::ConfigError::Parse { at, .. }) = config::parse(&text, Path::new("x.yaml")) {
+            prop_assert!(at.line >= 1 || text.trim().is_empty(), "no position for {text:?}");
+        }
+    }
+
+    #[test]
+    fn generated_configs_parse_to_what_was_written(
+        ppm in 0u32..=1_000_000,
+        id in "[a-z][a-z0-9\\-]{0,30}",
+        stable in prop::collection::btree_set(1u16..65535, 1..4),
+        canary in prop::collection::btree_set(1u16..65535, 1..3),
+        header in proptest::option::of("[a-z][a-z\\-]{0,15}"),
+    ) {
+        let list = |ports: &std::collections::BTreeSet<u16>| ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(", ");
+        let sticky = header.as_ref().map(|h| format!("sticky: {{header: {h}}}\n")).unwrap_or_default();
+        let yaml = format!(
+            "listen: 127.0.0.1:8080\n{sticky}pools:\n  stable: [{}]\n  canary: [{}]\nrollout:\n  id: {id}\n  percent: {}\n",
+            list(&stable), list(&canary), ppm_to_percent(ppm)
+        );
+        let c = config::parse(&yaml, Path::new("g.yaml")).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
+        prop_assert_eq!(c.rollout.plan.first_ppm(), ppm);
+        prop_assert_eq!(&c.rollout.id, &id);
+        prop_assert_eq!(c.pools.stable.iter().map(|u| u.port).collect::<Vec<_>>(), stable.into_iter().collect::<Vec<_>>());
+        prop_assert_eq!(c.pools.canary.len(), canary.len());
+        prop_assert_eq!(c.sticky.header.map(|h| h.to_string()), header);
+    }
+}
+
+#[test]
+fn every_ppm_survives_the_percent_round_trip() {
+    for ppm in 0..=1_000_000u32 {
+        assert_eq!(config::percent_to_ppm(ppm_to_percent(ppm)), Ok(ppm));
+    }
+}
