@@ -4,11 +4,12 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+// Constants, not statics: comparisons against them compile to cheap checks on the known names.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Fields that describe one connection and never cross a proxy.
-pub static HOP_BY_HOP: [HeaderName; 6] = [
+pub const HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -136,7 +137,7 @@ pub fn request_head(
     } else {
         // Keep what earlier proxies said, one list, with this peer last.
         let mut joined = Vec::with_capacity(64);
-        for value in parts.headers.get_all(X_FORWARDED_FOR.clone()) {
+        for value in parts.headers.get_all(X_FORWARDED_FOR) {
             joined.extend_from_slice(value.as_bytes());
             joined.extend_from_slice(b", ");
         }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Limits;
 
@@ -48,7 +49,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(head);
+        .max_buf_size(head)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
@@ -193,37 +195,77 @@ where
         info: ConnInfo::new(peer, shared.tls),
         activity: Activity::default(),
     });
-    let watched = Arc::clone(&conn);
+    // The timers live in a task of their own: polling them alongside the connection would cost
+    // every request; this way the connection only checks a notification.
+    let signal = Arc::new(Signal::default());
+    tokio::spawn(watchdog(
+        Arc::clone(&conn),
+        Arc::clone(&signal),
+        shared.drain.clone(),
+        shared.limits,
+    ));
+    let _ended = Ended(Arc::clone(&signal));
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
     let mut connection = std::pin::pin!(shared.builder.serve_connection(TokioIo::new(io), svc));
-    let mut drain = shared.drain.clone();
-    let limits = &shared.limits;
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(peer = %peer, error = %e, "client connection ended");
-                }
-                return;
+    tokio::select! {
+        biased;
+        served = connection.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer, error = %e, "client connection ended");
             }
-            _ = drain.wait_for(|d| *d), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            expiry = watched.activity.expired(limits.header_read_timeout, limits.idle_timeout), if !closing => {
-                match expiry {
-                    // A head that does not arrive: drop the connection, do not wait for it.
-                    Expiry::SlowHead => {
-                        tracing::debug!(peer = %peer, "closing: no request head within header_read_timeout");
-                        return;
-                    }
-                    Expiry::Idle => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                }
-            }
+            return;
         }
+        () = signal.to_connection.notified() => {}
     }
+    if signal.reason.load(Ordering::Relaxed) == SLOW_HEAD {
+        // A head that does not arrive: drop the connection, do not wait for it.
+        tracing::debug!(peer = %peer, "closing: no request head within header_read_timeout");
+        return;
+    }
+    // Idle HTTP/2 or draining: finish what is in flight, then close.
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        tracing::debug!(peer = %peer, error = %e, "client connection ended");
+    }
+}
+
+const SLOW_HEAD: u8 = 1;
+const FINISH: u8 = 2;
+
+/// Between a connection and its watchdog task.
+#[derive(Default)]
+struct Signal {
+    /// The watchdog tells the connection to close (why: `reason`).
+    to_connection: Notify,
+    reason: AtomicU8,
+    /// The connection tells the watchdog it has ended.
+    to_watchdog: Notify,
+}
+
+/// Tells the watchdog its connection ended, however the connection task ends.
+struct Ended(Arc<Signal>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.to_watchdog.notify_one();
+    }
+}
+
+/// A connection's timers: slow heads, idle HTTP/2, and the drain.
+async fn watchdog(
+    conn: Arc<Conn>,
+    signal: Arc<Signal>,
+    mut drain: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let reason = tokio::select! {
+        () = signal.to_watchdog.notified() => return,
+        _ = drain.wait_for(|d| *d) => FINISH,
+        expiry = conn.activity.expired(limits.header_read_timeout, limits.idle_timeout) => match expiry {
+            Expiry::SlowHead => SLOW_HEAD,
+            Expiry::Idle => FINISH,
+        },
+    };
+    signal.reason.store(reason, Ordering::Relaxed);
+    signal.to_connection.notify_one();
 }

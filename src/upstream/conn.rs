@@ -184,8 +184,14 @@ impl Upstream {
             };
             let limit = settings.response_timeout;
             let body_done = req.body().done();
-            let Some(sent) = respond_within(sender.try_send_request(req), limit, body_done).await
-            else {
+            let response = sender.try_send_request(req);
+            let sent = match body_done {
+                None => tokio::time::timeout(limit, response).await.ok(),
+                // Boxed: only requests with a body take this path; inline it would enlarge every
+                // request's future.
+                Some(done) => Box::pin(respond_after_body(response, limit, done)).await,
+            };
+            let Some(sent) = sent else {
                 break Err(Failure {
                     error: SendError::Timeout(limit),
                     request: None,
@@ -349,14 +355,11 @@ impl Upstream {
 /// Waits for `response` for at most `limit` after the request body was sent (a body still
 /// uploading does not count; a stalled one is the body idle timeout's business). `None` on
 /// timeout.
-async fn respond_within<F: std::future::Future>(
+async fn respond_after_body<F: std::future::Future>(
     response: F,
     limit: Duration,
-    body_done: Option<Arc<AtomicU64>>,
+    done: Arc<AtomicU64>,
 ) -> Option<F::Output> {
-    let Some(done) = body_done else {
-        return tokio::time::timeout(limit, response).await.ok();
-    };
     let mut response = std::pin::pin!(response);
     let limit_ms = limit.as_millis() as u64;
     let mut wait = limit;
@@ -382,6 +385,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(io))
         .await
         .map_err(SendError::Handshake)?;
