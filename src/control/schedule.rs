@@ -84,10 +84,11 @@ impl Schedule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn steps() -> Vec<Step> {
+    /// 0.01% for 10 minutes, 5% for an hour, then 100%.
+    pub(crate) fn steps() -> Vec<Step> {
         let m = |n: u64| Some(Duration::from_secs(60 * n));
         vec![
             Step {

@@ -250,7 +250,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Step;
 
     fn plan(id: &str, plan: Plan) -> RolloutPlan {
         RolloutPlan {
@@ -260,21 +259,7 @@ mod tests {
     }
 
     fn steps() -> Plan {
-        let m = |n: u64| Some(Duration::from_secs(60 * n));
-        Plan::Steps(vec![
-            Step {
-                ppm: 100,
-                hold: m(10),
-            },
-            Step {
-                ppm: 50_000,
-                hold: m(60),
-            },
-            Step {
-                ppm: 1_000_000,
-                hold: None,
-            },
-        ])
+        Plan::Steps(crate::control::schedule::tests::steps())
     }
 
     #[test]
