@@ -59,8 +59,6 @@ pub enum Reason {
     AbsolutePath(String),
     #[error("no such group: {0:?}")]
     Group(String),
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// One problem found while validating, with where it is and which field it concerns.

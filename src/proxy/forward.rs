@@ -93,12 +93,6 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
     }
 }
 
-/// Removes the hop-by-hop fields, including every field the Connection header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let s = scan(headers, &[]);
-    strip(headers, &s, &[]);
-}
-
 /// Prepares a client's request head for the upstream: HTTP/1.1 in origin form with the Host the
 /// client asked for, hop-by-hop fields removed, then X-Forwarded-For / -Proto from the socket.
 ///

@@ -115,14 +115,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        spawn(stream, peer, permit, &shared);
+        spawn(stream, peer, Some(permit), &shared);
     }
     proxy.start_draining();
     // Connections already in this socket's queue would be reset when it closes: serve them.
     let mut queued = 0;
     while let Some((stream, peer)) = accept_now(&listener) {
         let permit = Arc::clone(&permits).try_acquire_owned().ok();
-        spawn_unlimited(stream, peer, permit, &shared);
+        spawn(stream, peer, permit, &shared);
         queued += 1;
     }
     drop(listener);
@@ -156,11 +156,9 @@ fn accept_now(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     }
 }
 
-fn spawn(stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, shared: &Arc<Shared>) {
-    spawn_unlimited(stream, peer, Some(permit), shared);
-}
-
-fn spawn_unlimited(
+/// Serves one accepted connection in a task of its own; `permit` counts it against
+/// `max_connections` (the accept-queue drain at shutdown may go without one).
+fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,

@@ -9,6 +9,6 @@ pub mod tls;
 mod watchdog;
 
 pub use error::ProxyError;
-pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
+pub use forward::HOP_BY_HOP;
 pub use handler::{Conn, ConnInfo, Proxy, ProxyBody, error_response, handle};
 pub use listener::{bind, serve};
