@@ -1,21 +1,16 @@
 //! `routing::decide`: cookie parse + hash + compare, the per-request routing cost.
 
 use std::hint::black_box;
-use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use ramp::config;
-use ramp::routing;
-use ramp::snapshot::{Rollout, Snapshot, State, Tls};
-use ramp::upstream::Registry;
+use ramp::routing::{self, Rollout, Routing, State, StickyRules};
 
-fn snapshot() -> Snapshot {
-    let yaml = "listen: 127.0.0.1:0\nsticky: {cookie: uid}\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}\nrollout: {id: checkout-v2, percent: 5}\n";
-    let config = config::parse(yaml, Path::new("bench")).expect("bench config");
-    let rollout = Rollout::new("checkout-v2", 50_000, State::Running);
-    Snapshot::build(Arc::new(config), rollout, &Registry::new(), &Tls::default())
+fn routing() -> Routing {
+    Routing {
+        rollout: Rollout::new("checkout-v2", 50_000, State::Running),
+        sticky: StickyRules::new(None, "uid", true, 365 * 86_400, false),
+    }
 }
 
 fn headers(cookie: &str) -> HeaderMap {
@@ -27,7 +22,7 @@ fn headers(cookie: &str) -> HeaderMap {
 }
 
 fn bench(c: &mut Criterion) {
-    let snap = snapshot();
+    let snap = routing();
     let simple = headers("uid=user-4242");
     let busy = headers(
         "_ga=GA1.2.1234567890.1234567890; theme=dark; session=abcdef0123456789abcdef; uid=QfA0PCnFnOWpVoovUEU8hg; lang=en",

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError, ppm_to_percent};
-use crate::control::{Controller, admin, watcher};
+use crate::control::{Controller, admin, probes, watcher};
 use crate::metrics::{self, Metrics};
-use crate::proxy::{self, Proxy, tls};
-use crate::upstream::probe;
+use crate::proxy::{self, Proxy};
+use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -74,7 +74,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         watched.extend([t.cert.clone(), t.key.clone()]);
     }
 
-    let (controller, shared, handle) = Controller::start(config_path.clone(), config)?;
+    let (controller, current, handle) = Controller::start(config_path.clone(), config).await?;
     let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
     let _watcher = watcher::watch(&files, handle.clone())?;
     watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
@@ -90,24 +90,25 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         _ => None,
     };
     let controller_task = tokio::spawn(controller.run());
-    tokio::spawn(probe::run(Arc::clone(&shared)));
+    tokio::spawn(probes::run(Arc::clone(&current)));
     if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
         let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(addr = %addr, "metrics at /metrics");
         tokio::spawn(metrics::serve(listener, exporter));
     }
 
-    let first = shared.load();
+    let first = current.load();
+    let rollout = &first.routing.rollout;
     tracing::info!(
         addr = %local,
         tls = tls_on,
-        rollout = %first.rollout.id,
-        percent = ppm_to_percent(first.rollout.ppm),
-        state = first.rollout.state.as_str(),
+        rollout = %rollout.id,
+        percent = ppm_to_percent(rollout.ppm),
+        state = rollout.state.as_str(),
         "listening"
     );
     drop(first);
-    let proxy = Arc::new(Proxy::new(shared, Metrics::new()));
+    let proxy = Arc::new(Proxy::new(current, Metrics::new()));
 
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;

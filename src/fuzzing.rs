@@ -3,31 +3,33 @@
 //! panics (a finding) when one breaks.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config;
+use crate::config::{self, ConfigError};
 use crate::control::command;
-use crate::routing::{self, Decision, MAX_ID_LEN};
-use crate::snapshot::{Rollout, Snapshot, State, Tls};
-use crate::upstream::Registry;
+use crate::routing::{self, Decision, MAX_ID_LEN, Rollout, Routing, State, StickyRules};
 
-fn snapshot() -> &'static Snapshot {
-    static SNAP: OnceLock<Snapshot> = OnceLock::new();
-    SNAP.get_or_init(|| {
-        let yaml = "listen: 127.0.0.1:0\nsticky: {header: x-user-id, cookie: uid}\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: fuzz, percent: 50}\n";
-        let cfg = config::parse(yaml, Path::new("fuzz.yaml")).unwrap_or_else(|e| panic!("{e}"));
-        let rollout = Rollout::new("fuzz", 500_000, State::Running);
-        Snapshot::build(Arc::new(cfg), rollout, &Registry::new(), &Tls::default())
+fn routing() -> &'static Routing {
+    static ROUTING: OnceLock<Routing> = OnceLock::new();
+    ROUTING.get_or_init(|| Routing {
+        rollout: Rollout::new("fuzz", 500_000, State::Running),
+        sticky: StickyRules::new(
+            Some(HeaderName::from_static("x-user-id")),
+            "uid",
+            true,
+            86_400,
+            false,
+        ),
     })
 }
 
 /// Header values from `data` (one per line: the first is `x-user-id`, the rest `cookie`): the id
 /// found is 1..=1024 bytes copied from the input, and routing never fails.
 pub fn id_extraction(data: &[u8]) {
-    let snap = snapshot();
+    let routing = routing();
     let mut headers = HeaderMap::new();
     let user = HeaderName::from_static("x-user-id");
     for (i, line) in data.split(|&b| b == b'\n').enumerate().take(32) {
@@ -36,7 +38,7 @@ pub fn id_extraction(data: &[u8]) {
         };
         headers.append(if i == 0 { user.clone() } else { COOKIE }, value);
     }
-    if let Some(id) = routing::user_id(&snap.sticky, &headers) {
+    if let Some(id) = routing::user_id(&routing.sticky, &headers) {
         assert!(
             (1..=MAX_ID_LEN).contains(&id.len()),
             "id of {} bytes",
@@ -47,11 +49,11 @@ pub fn id_extraction(data: &[u8]) {
             "the id is not from the input"
         );
         assert_eq!(
-            routing::decide(snap, &headers),
-            Decision::Pool(routing::assign(&snap.rollout, id))
+            routing::decide(routing, &headers),
+            Decision::Pool(routing::assign(&routing.rollout, id))
         );
     } else {
-        assert_eq!(routing::decide(snap, &headers), Decision::Mint);
+        assert_eq!(routing::decide(routing, &headers), Decision::Mint);
     }
 }
 
@@ -86,6 +88,20 @@ pub fn config_loader(data: &[u8]) {
             assert!(!c.pools.stable.is_empty() && !c.pools.canary.is_empty());
             assert!((1..=1024).contains(&c.workers));
         }
-        Err(e) => assert!(!e.to_string().is_empty()),
+        Err(ConfigError::Parse { at, message, .. }) => {
+            assert!(!message.is_empty(), "a parse error without a message");
+            // An empty document has no position to point at; anything else does.
+            assert!(
+                at.line >= 1 || text.trim().is_empty(),
+                "no position for {text:?}: {message}"
+            );
+        }
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert!(!problems.is_empty(), "invalid without a problem");
+            for p in &problems {
+                assert!(p.at.line >= 1, "no position for {p} in {text:?}");
+            }
+        }
+        Err(ConfigError::Read { .. }) => panic!("parse does not read files"),
     }
 }

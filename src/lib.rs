@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! data:    listener -> handler -> routing::decide(snapshot, request) -> pool -> upstream -> response
-//! control: admin socket | file watcher | schedule -> Command -> controller (the one writer)
-//!          -> validate -> build Snapshot -> persist -> swap -> reply
+//! control: admin socket | file watcher | schedule | guard | fleet -> Command -> controller
+//!          (the one writer) -> validate -> persist -> build Snapshot -> swap -> log -> reply
 //! ```
 #![forbid(unsafe_code)]
 
@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use ramp::config::{self, ppm_to_percent};
 use ramp::routing;
-use ramp::snapshot::{Rollout, State};
+use ramp::routing::{Rollout, State};
 
 #[derive(Parser)]
 #[command(name = "ramp", version, about = "A staged-rollout reverse proxy")]
@@ -191,14 +191,14 @@ fn ctl(
         },
         (None, None) => anyhow::bail!("give --socket PATH or --config PATH"),
     };
-    let reply = ramp::control::client::request(&socket, line)?;
+    let answer = ramp::control::client::request(&socket, line)?;
     if json {
-        println!("{reply}");
+        println!("{}", answer.line);
     } else {
-        let text = ramp::control::client::human(&reply);
+        let text = ramp::control::client::human(&answer.reply);
         println!("{}", text.trim_end());
     }
-    Ok(if reply["ok"] == serde_json::Value::Bool(true) {
+    Ok(if answer.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -12,44 +12,37 @@ use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::routing::PoolName;
+use crate::routing::{PerPool, PoolName};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug)]
 pub struct Metrics {
-    /// Responses by pool that served them (stable, canary) and status class.
-    responses: [[Counter; 5]; 2],
+    /// Responses by pool that served them and status class.
+    responses: PerPool<[Counter; 5]>,
     /// Requests of canary users served by stable because no canary upstream was healthy.
     pub canary_fallback: Counter,
     /// Requests answered by ramp itself because the chosen pool had no healthy upstream.
-    pub no_upstream: [Counter; 2],
+    pub no_upstream: PerPool<Counter>,
     /// Requests retried on another upstream (or connection).
     pub retries: Counter,
     /// Requests rejected before routing (malformed, oversized).
     pub rejected: Counter,
 }
 
-fn pool_index(pool: PoolName) -> usize {
-    match pool {
-        PoolName::Stable => 0,
-        PoolName::Canary => 1,
-    }
-}
-
 impl Metrics {
     /// Registers every handle with the installed recorder (a no-op without one).
     pub fn new() -> Self {
-        let pools = [PoolName::Stable, PoolName::Canary];
         Metrics {
-            responses: pools.map(|p| {
+            responses: PerPool::from_fn(|p| {
                 CLASSES.map(|c| {
                     metrics::counter!("ramp_responses_total", "pool" => p.as_str(), "class" => c)
                 })
             }),
             canary_fallback: metrics::counter!("ramp_canary_fallback_total"),
-            no_upstream: pools
-                .map(|p| metrics::counter!("ramp_no_healthy_upstream_total", "pool" => p.as_str())),
+            no_upstream: PerPool::from_fn(
+                |p| metrics::counter!("ramp_no_healthy_upstream_total", "pool" => p.as_str()),
+            ),
             retries: metrics::counter!("ramp_retries_total"),
             rejected: metrics::counter!("ramp_rejected_requests_total"),
         }
@@ -58,7 +51,7 @@ impl Metrics {
     #[inline]
     pub fn response(&self, pool: PoolName, status: StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.responses[pool_index(pool)][class].increment(1);
+        self.responses[pool][class].increment(1);
     }
 }
 

@@ -155,3 +155,17 @@ fn a_missing_file_is_a_clear_error() {
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("/nonexistent/ramp.yaml: cannot read"), "{err}");
 }
+
+#[test]
+fn the_old_name_of_h2_idle_timeout_still_reads() {
+    let base = "listen: 127.0.0.1:0\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: r, percent: 1}\n";
+    for key in ["idle_timeout", "h2_idle_timeout"] {
+        let yaml = format!("{base}limits: {{{key}: 7s}}\n");
+        let c = ramp::config::parse(&yaml, Path::new("x.yaml")).expect(key);
+        assert_eq!(
+            c.limits.h2_idle_timeout,
+            std::time::Duration::from_secs(7),
+            "{key}"
+        );
+    }
+}

@@ -4,11 +4,10 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{Backend, CONTROL, Client, Proxy, config};
+use support::load::{Ids, Load};
+use support::{Backend, CONTROL, Proxy, config, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
@@ -36,13 +35,16 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
         .expect("write");
     let mut buf = [0u8; 1024];
     assert!(idle.read(&mut buf).expect("answer") > 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the slow request reaches the upstream", || {
+        b.in_flight() == 1
+    })
+    .await;
     proxy.signal(15);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "a new connection was accepted while draining"
-    );
+    // The listening socket closes: new connections are refused (while the slow one goes on).
+    eventually("the listener closes", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
     let reply = slow.await.expect("slow");
     assert!(
         reply.starts_with("HTTP/1.1 200"),
@@ -74,48 +76,8 @@ async fn a_restart_by_the_recipe_under_load_fails_no_request() {
         text.replace("127.0.0.1:0", &old.addr.to_string()),
     )
     .expect("pin port");
-    let url = old.url("/");
-    let (stop, ok, failed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(std::sync::Mutex::new(Vec::new())),
-    );
-    let mut load = tokio::task::JoinSet::new();
-    for lane in 0..16 {
-        let (stop, ok, failed, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&ok),
-            Arc::clone(&failed),
-            url.clone(),
-        );
-        load.spawn(async move {
-            let client = Client::http1();
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let id = format!("r-{lane}-{n}");
-                match client.try_get(&url, &[("x-user-id", &id)]).await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                    }
-                    other => failed.lock().expect("lock").push(format!("{other:?}")),
-                }
-            }
-        });
-    }
-    let wait_ok = |n: usize| {
-        let ok = Arc::clone(&ok);
-        async move {
-            for _ in 0..2000 {
-                if ok.load(Ordering::SeqCst) >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("traffic stalled");
-        }
-    };
-    wait_ok(500).await;
+    let load = Load::start(old.url("/"), 16, Ids::Distinct);
+    load.wait("500 answers", |t| t.before.ok() >= 500).await;
     // The recipe: start the new ramp on the same address, then SIGTERM the old one.
     let new = old.start_successor();
     assert_eq!(new.addr, old.addr);
@@ -125,13 +87,12 @@ async fn a_restart_by_the_recipe_under_load_fails_no_request() {
         Some(0),
         "the old ramp did not drain and exit"
     );
-    let served_before = ok.load(Ordering::SeqCst);
-    wait_ok(served_before + 1000).await;
-    stop.store(true, Ordering::SeqCst);
-    while let Some(r) = load.join_next().await {
-        r.expect("load task");
-    }
-    let failed = failed.lock().expect("lock").clone();
+    load.mark_after();
+    load.wait("1,000 answers from the new ramp", |t| t.after.ok() >= 1000)
+        .await;
+    let tally = load.finish().await;
+    let mut failed = tally.before.failed();
+    failed.extend(tally.after.failed());
     assert!(
         failed.is_empty(),
         "{} failed requests during the restart: {:?}",

@@ -206,7 +206,7 @@ async fn a_client_that_aborts_an_upload_cancels_the_upstream_request() {
         .await
         .expect("head");
     s.write_all(&[b'u'; 10_000]).await.expect("part");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::eventually("the upload reaches the upstream", || b.in_flight() == 1).await;
     drop(s);
     // The upstream sees its request body end in an error, not a complete request.
     let mut aborted = None;

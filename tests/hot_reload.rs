@@ -215,7 +215,10 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
                 .await
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    support::eventually("the slow request reaches the old pool", || {
+        s1.in_flight() == 1
+    })
+    .await;
     let moved = yaml(&[&s2], &[&c], "id: pools\npercent: 0").replace("127.0.0.1:0", "127.0.0.1:1");
     std::fs::write(&proxy.config_path, moved).expect("write");
     let r = proxy.admin("reload");

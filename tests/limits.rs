@@ -193,7 +193,7 @@ async fn an_idle_http2_connection_gets_a_goaway() {
         &[&b],
         &[&b],
         "id: l\npercent: 0",
-        "limits:\n  idle_timeout: 500ms\n",
+        "limits:\n  h2_idle_timeout: 500ms\n",
     ));
     let tcp = tokio::net::TcpStream::connect(proxy.addr)
         .await

@@ -1,23 +1,19 @@
 //! Property tests: user-id extraction and config parsing hold their promises for any input.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ramp::config::{self, ppm_to_percent};
-use ramp::routing;
-use ramp::snapshot::{Rollout, Snapshot, State, Tls};
-use ramp::upstream::Registry;
+use ramp::routing::{self, StickyRules};
 
-fn snapshot() -> Snapshot {
-    let yaml = "listen: 127.0.0.1:0\nsticky: {header: x-user-id, cookie: uid}\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: p, percent: 50}\n";
-    let cfg = config::parse(yaml, Path::new("p.yaml")).expect("config");
-    Snapshot::build(
-        Arc::new(cfg),
-        Rollout::new("p", 500_000, State::Running),
-        &Registry::new(),
-        &Tls::default(),
+fn rules() -> StickyRules {
+    StickyRules::new(
+        Some(HeaderName::from_static("x-user-id")),
+        "uid",
+        true,
+        60,
+        false,
     )
 }
 
@@ -38,7 +34,7 @@ proptest! {
         id in "[A-Za-z0-9_\\-]{1,64}",
         split in any::<bool>(),
     ) {
-        let snap = snapshot();
+        let rules = rules();
         let pairs: Vec<String> = before.iter().map(|(n, v)| format!("{n}={v}"))
             .chain(std::iter::once(format!("uid={id}")))
             .chain(after.iter().map(|(n, v)| format!("{n}={v}")))
@@ -51,19 +47,20 @@ proptest! {
         } else {
             headers.insert("cookie", HeaderValue::from_str(&pairs.join("; ")).expect("value"));
         }
-        prop_assert_eq!(routing::user_id(&snap.sticky, &headers), Some(id.as_bytes()));
+        prop_assert_eq!(routing::user_id(&rules, &headers), Some(id.as_bytes()));
     }
 
     #[test]
-    fn a_non_empty_header_id_wins_over_the_cookie(header in "[ -~]{1,100}", cookie in "[A-Za-z0-9]{1,20}") {
-        let snap = snapshot();
+    fn a_non_empty_header_id_wins_over_the_cookie(header in "[ -~]{0,100}", cookie in "[A-Za-z0-9]{1,20}") {
+        let rules = rules();
         let mut headers = HeaderMap::new();
         headers.insert("cookie", HeaderValue::from_str(&format!("uid={cookie}")).expect("value"));
-        let value = HeaderValue::from_str(&header).expect("value");
-        headers.insert("x-user-id", value.clone());
-        // hyper trims surrounding whitespace; an all-space value is empty and does not count.
-        let expected = if value.as_bytes().is_empty() { cookie.as_bytes() } else { value.as_bytes() };
-        prop_assert_eq!(routing::user_id(&snap.sticky, &headers), Some(expected));
+        // hyper hands ramp the value without surrounding whitespace, so an all-space header is
+        // empty, and an empty one does not count: the cookie decides.
+        let sent = header.trim_matches([' ', '\t']);
+        headers.insert("x-user-id", HeaderValue::from_str(sent).expect("value"));
+        let expected = if sent.is_empty() { cookie.as_bytes() } else { sent.as_bytes() };
+        prop_assert_eq!(routing::user_id(&rules, &headers), Some(expected));
     }
 
     #[test]
@@ -111,5 +108,21 @@ proptest! {
 fn every_ppm_survives_the_percent_round_trip() {
     for ppm in 0..=1_000_000u32 {
         assert_eq!(config::percent_to_ppm(ppm_to_percent(ppm)), Ok(ppm));
+    }
+}
+
+#[test]
+fn an_empty_or_all_space_header_leaves_the_cookie_to_decide() {
+    for sent in ["", "   ", "\t"] {
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", HeaderValue::from_static("uid=from-cookie"));
+        // What hyper delivers for that header: the value without surrounding whitespace.
+        let value = HeaderValue::from_str(sent.trim()).expect("value");
+        headers.insert("x-user-id", value);
+        assert_eq!(
+            routing::user_id(&rules(), &headers),
+            Some(&b"from-cookie"[..]),
+            "header {sent:?}"
+        );
     }
 }

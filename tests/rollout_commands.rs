@@ -4,7 +4,7 @@
 mod support;
 
 use ramp::routing::{self, PoolName};
-use ramp::snapshot::{Rollout, State};
+use ramp::routing::{Rollout, State};
 use serde_json::Value;
 use support::{Backend, CONTROL, Client, Proxy, config, ramp};
 

@@ -7,23 +7,34 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ramp::config;
-use ramp::control::{Command, Controller, Handle, Source};
+use ramp::control::{Command, Controller, Handle, Outcome, Source, Status};
+use ramp::routing::State;
 use serde_json::Value;
 use support::{Backend, CONTROL, Client, Proxy};
 
 const ADMIN: Source = Source::Admin { uid: 0, pid: None };
 
-fn controller(steps: &str) -> (Handle, tokio::task::JoinHandle<()>) {
+async fn controller(steps: &str) -> (Handle, tokio::task::JoinHandle<()>) {
     let yaml = format!(
         "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout:\n  id: sched\n  steps:\n{steps}"
     );
     let cfg = config::parse(&yaml, Path::new("sched.yaml")).expect("config");
-    let (c, _shared, handle) = Controller::start(PathBuf::from("sched.yaml"), cfg).expect("start");
+    let (c, _current, handle) = Controller::start(PathBuf::from("sched.yaml"), cfg)
+        .await
+        .expect("start");
     (handle, tokio::spawn(c.run()))
 }
 
-async fn status(h: &Handle) -> Value {
-    Value::Object(h.send(Command::Status, ADMIN).await)
+/// The status after `command` (a change), or `status` itself.
+async fn send(h: &Handle, command: Command) -> Status {
+    match h.send(command, ADMIN).await {
+        Ok(Outcome::Status(s) | Outcome::Applied { status: s, .. }) => s,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+async fn status(h: &Handle) -> Status {
+    send(h, Command::Status).await
 }
 
 const THREE: &str =
@@ -31,79 +42,63 @@ const THREE: &str =
 
 #[tokio::test(start_paused = true)]
 async fn steps_advance_when_each_hold_expires_and_complete_at_100() {
-    let (h, _task) = controller(THREE);
+    let (h, _task) = controller(THREE).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["percent"].as_f64(), s["schedule"]["step"].as_u64()),
-        (Some(1.0), Some(1))
-    );
-    assert_eq!(s["schedule"]["next_percent"].as_f64(), Some(5.0));
-    assert_eq!(s["schedule"]["next_in_secs"].as_f64(), Some(600.0));
+    let sched = s.schedule.expect("a schedule");
+    assert_eq!((s.percent, sched.step), (1.0, 1));
+    assert_eq!(sched.next_percent, Some(5.0));
+    assert_eq!(sched.next_in_secs, Some(600.0));
     tokio::time::sleep(Duration::from_secs(599)).await;
-    assert_eq!(status(&h).await["percent"].as_f64(), Some(1.0));
+    assert_eq!(status(&h).await.percent, 1.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["percent"].as_f64(), s["schedule"]["step"].as_u64()),
-        (Some(5.0), Some(2))
-    );
-    assert_eq!(s["changed_by"], "schedule");
+    assert_eq!((s.percent, s.schedule.map(|x| x.step)), (5.0, Some(2)));
+    assert_eq!(s.changed_by, "schedule");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["state"].as_str(), s["percent"].as_f64()),
-        (Some("completed"), Some(100.0))
-    );
-    assert_eq!(s["schedule"], Value::Null);
+    assert_eq!((s.state, s.percent), (State::Completed, 100.0));
+    assert_eq!(s.schedule, None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_halt_pauses_the_clock_and_resume_continues_it() {
-    let (h, _task) = controller(THREE);
+    let (h, _task) = controller(THREE).await;
     tokio::time::sleep(Duration::from_secs(240)).await;
-    h.send(Command::Halt, ADMIN).await;
+    send(&h, Command::Halt).await;
     tokio::time::sleep(Duration::from_secs(7 * 86_400)).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["state"].as_str(), s["percent"].as_f64()),
-        (Some("halted"), Some(1.0))
-    );
-    assert_eq!(s["schedule"]["paused"], true);
-    assert_eq!(s["schedule"]["next_in_secs"].as_f64(), Some(360.0));
-    h.send(Command::Resume, ADMIN).await;
+    assert_eq!((s.state, s.percent), (State::Halted, 1.0));
+    let sched = s.schedule.expect("a schedule");
+    assert!(sched.paused);
+    assert_eq!(sched.next_in_secs, Some(360.0));
+    send(&h, Command::Resume).await;
     tokio::time::sleep(Duration::from_secs(359)).await;
-    assert_eq!(status(&h).await["percent"].as_f64(), Some(1.0));
+    assert_eq!(status(&h).await.percent, 1.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(status(&h).await["percent"].as_f64(), Some(5.0));
+    assert_eq!(status(&h).await.percent, 5.0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_stops_the_schedule_and_set_takes_over_from_it() {
-    let (h, _task) = controller(THREE);
-    h.send(Command::Rollback, ADMIN).await;
+    let (h, _task) = controller(THREE).await;
+    send(&h, Command::Rollback).await;
     tokio::time::sleep(Duration::from_secs(86_400)).await;
-    assert_eq!(status(&h).await["state"], "rolled_back");
-    h.send(Command::Resume, ADMIN).await;
-    let r = h.send(Command::Set(20_000), ADMIN).await;
-    assert_eq!(r["schedule"], Value::Null, "{r:?}");
+    assert_eq!(status(&h).await.state, State::RolledBack);
+    send(&h, Command::Resume).await;
+    let r = send(&h, Command::Set(20_000)).await;
+    assert_eq!(r.schedule, None, "{r:?}");
     tokio::time::sleep(Duration::from_secs(86_400)).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["state"].as_str(), s["percent"].as_f64()),
-        (Some("running"), Some(2.0))
-    );
+    assert_eq!((s.state, s.percent), (State::Running, 2.0));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_last_step_below_100_stays_there() {
-    let (h, _task) = controller("    - {percent: 1, hold: 1m}\n    - {percent: 50}\n");
+    let (h, _task) = controller("    - {percent: 1, hold: 1m}\n    - {percent: 50}\n").await;
     tokio::time::sleep(Duration::from_secs(61)).await;
     let s = status(&h).await;
-    assert_eq!(
-        (s["state"].as_str(), s["percent"].as_f64()),
-        (Some("running"), Some(50.0))
-    );
-    assert_eq!(s["schedule"]["next_percent"], Value::Null);
+    assert_eq!((s.state, s.percent), (State::Running, 50.0));
+    assert_eq!(s.schedule.and_then(|x| x.next_percent), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 
 use ramp::routing::{self, PoolName};
-use ramp::snapshot::{Rollout, State};
+use ramp::routing::{Rollout, State};
 use support::{Backend, Client, Proxy, config};
 
 /// Asks the proxy once per id (cookie `uid`), 32 at a time; gives the pool that answered each.

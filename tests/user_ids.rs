@@ -3,7 +3,7 @@
 mod support;
 
 use ramp::routing::{self, PoolName};
-use ramp::snapshot::{Rollout, State};
+use ramp::routing::{Rollout, State};
 use support::{Backend, Client, Proxy, config, raw};
 
 const STICKY: &str = "sticky:\n  header: x-user-id\n  cookie: uid\n";

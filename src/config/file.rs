@@ -84,8 +84,9 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<S<String>>,
     #[serde(default)]
     pub body_idle_timeout: Option<S<String>>,
-    #[serde(default)]
-    pub idle_timeout: Option<S<String>>,
+    /// Was `idle_timeout` before 0.2; the old name is still read.
+    #[serde(default, alias = "idle_timeout")]
+    pub h2_idle_timeout: Option<S<String>>,
     #[serde(default)]
     pub max_connections: Option<S<u64>>,
     #[serde(default)]

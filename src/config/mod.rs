@@ -1,5 +1,6 @@
 //! The YAML configuration: read, parse (shape), validate (values), with positions for every error.
 
+mod checker;
 mod error;
 mod file;
 mod resilience;
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+pub use checker::parse_duration;
 pub use error::{ConfigError, Position, Problem, Reason};
-pub use validate::{parse_duration, rollout_id, upstream_addr};
+pub use validate::{rollout_id, upstream_addr};
 
 /// A validated configuration. Everything in it has been checked; building a snapshot cannot fail.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +30,7 @@ pub struct Config {
     /// Where the runtime rollout state is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// Certificate and key for HTTPS on the listener.
-    pub tls: Option<Tls>,
+    pub tls: Option<ServerCert>,
     /// Roots for `https://` upstreams (PEM); the system's roots when absent.
     pub upstream_ca: Option<PathBuf>,
     /// Active health checks; passive ejection is always on.
@@ -42,8 +44,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
 }
 
+/// The listener's certificate chain and key (PEM files).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tls {
+pub struct ServerCert {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -87,7 +90,7 @@ pub struct Limits {
     /// A body (either way) that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
     /// An HTTP/2 connection without a stream for this long is closed (GOAWAY).
-    pub idle_timeout: Duration,
+    pub h2_idle_timeout: Duration,
     /// Client connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
@@ -182,7 +185,7 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// A pooled keep-alive connection idle longer than this is closed instead of reused.
-    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
     pub max_idle_per_upstream: usize,
 }
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::error::Reason;
 use super::file::{HealthFile, LimitsFile, PassiveFile};
-use super::validate::Checker;
 use super::{ActiveHealth, Limits, PassiveHealth};
 
 pub(super) fn active(c: &mut Checker, h: &HealthFile) -> Option<ActiveHealth> {
@@ -85,9 +85,9 @@ pub(super) fn limits(c: &mut Checker, l: Option<&LimitsFile>) -> Limits {
             "limits.body_idle_timeout",
             Duration::from_secs(60),
         ),
-        idle_timeout: c.duration(
-            l.and_then(|l| l.idle_timeout.as_ref()),
-            "limits.idle_timeout",
+        h2_idle_timeout: c.duration(
+            l.and_then(|l| l.h2_idle_timeout.as_ref()),
+            "limits.h2_idle_timeout",
             Duration::from_secs(60),
         ),
         max_connections: c.int(

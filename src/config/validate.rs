@@ -6,81 +6,19 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::error::{Position, Problem, Reason};
+use super::checker::{Checker, at, parse_duration};
+use super::error::{Problem, Reason};
 use super::file::{AdminFile, File, S, StepFile};
 use super::{
-    Admin, CanaryUnavailable, Config, Plan, Pools, RolloutPlan, Step, Sticky, Tls, UpstreamAddr,
-    UpstreamSettings, percent_to_ppm,
+    Admin, CanaryUnavailable, Config, Plan, Pools, RolloutPlan, ServerCert, Step, Sticky,
+    UpstreamAddr, UpstreamSettings, percent_to_ppm,
 };
 
 /// The longest rollout id: it is hashed on every request and shown in status.
 pub const MAX_ROLLOUT_ID: usize = 256;
 
-pub(super) struct Checker {
-    problems: Vec<Problem>,
-}
-
-pub(super) fn at<T>(s: &S<T>) -> Position {
-    Position {
-        line: s.referenced.line(),
-        column: s.referenced.column(),
-    }
-}
-
-impl Checker {
-    pub(super) fn fail(&mut self, at: Position, field: &str, reason: Reason) {
-        self.problems.push(Problem {
-            at,
-            field: field.to_owned(),
-            reason,
-        });
-    }
-
-    /// Runs `check` on the value; on failure records the problem and gives `None`.
-    pub(super) fn check<T, U>(
-        &mut self,
-        s: &S<T>,
-        field: &str,
-        check: impl FnOnce(&T) -> Result<U, Reason>,
-    ) -> Option<U> {
-        match check(&s.value) {
-            Ok(v) => Some(v),
-            Err(reason) => {
-                self.fail(at(s), field, reason);
-                None
-            }
-        }
-    }
-
-    pub(super) fn duration(
-        &mut self,
-        s: Option<&S<String>>,
-        field: &str,
-        default: Duration,
-    ) -> Duration {
-        s.and_then(|s| self.check(s, field, |text| parse_duration(text)))
-            .unwrap_or(default)
-    }
-}
-
-pub fn parse_duration(text: &str) -> Result<Duration, Reason> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| Reason::Duration(format!("{text:?} ({e})")))?;
-    if d.is_zero() {
-        return Err(Reason::ZeroDuration);
-    }
-    if d > super::MAX_DURATION {
-        return Err(Reason::Duration(format!(
-            "{text:?} is longer than 100 years"
-        )));
-    }
-    Ok(d)
-}
-
 pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker {
-        problems: Vec::new(),
-    };
+    let mut c = Checker::default();
     let listen = c.check(&file.listen, "listen", |s| {
         s.trim()
             .parse::<SocketAddr>()
@@ -116,7 +54,7 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
             "upstream.response_timeout",
             Duration::from_secs(30),
         ),
-        idle_timeout: c.duration(
+        pool_idle_timeout: c.duration(
             upstream.and_then(|u| u.idle_timeout.as_ref()),
             "upstream.idle_timeout",
             Duration::from_secs(60),
@@ -153,7 +91,7 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     let tls = file.tls.as_ref().map(|t| {
         let cert = c.check(&t.cert, "tls.cert", |p| path(p));
         let key = c.check(&t.key, "tls.key", |p| path(p));
-        Some(Tls {
+        Some(ServerCert {
             cert: cert?,
             key: key?,
         })
@@ -439,32 +377,5 @@ fn group_id(g: &str) -> Result<u32, Reason> {
     match nix::unistd::Group::from_name(g.trim()) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
         _ => Err(Reason::Group(g.to_owned())),
-    }
-}
-
-impl Checker {
-    /// An integer setting within `min..=max`, or `default` when absent.
-    pub(super) fn int(
-        &mut self,
-        s: Option<&S<u64>>,
-        field: &str,
-        min: u64,
-        max: u64,
-        default: u64,
-    ) -> u64 {
-        s.and_then(|s| {
-            self.check(s, field, |&n| {
-                if (min..=max).contains(&n) {
-                    Ok(n)
-                } else {
-                    Err(Reason::OutOfRange {
-                        min: min as f64,
-                        max: max as f64,
-                        got: n as f64,
-                    })
-                }
-            })
-        })
-        .unwrap_or(default)
     }
 }

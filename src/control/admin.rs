@@ -14,7 +14,7 @@ use crate::config::Admin;
 
 use super::command::{self, MAX_LINE, ParseError, Source};
 use super::controller::Handle;
-use super::status::{self, Reply};
+use super::reply::{self, ControlError, Reply};
 
 /// Admin connections served at once; more wait in the socket's backlog until one ends.
 const MAX_CONNECTIONS: usize = 128;
@@ -122,19 +122,17 @@ pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
     }
 }
 
-async fn refuse(mut stream: UnixStream, why: &'static str) {
-    let _ = write_reply(&mut stream, &status::error(why)).await;
+async fn refuse(mut stream: UnixStream, why: ControlError) {
+    let _ = write_reply(&mut stream, &Err(why)).await;
 }
 
 async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    w.write_all(&line).await
+    w.write_all(&reply::encode(reply)).await
 }
 
 async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
     let Ok(cred) = stream.peer_cred() else {
-        return refuse(stream, "cannot identify the peer").await;
+        return refuse(stream, ControlError::UnknownPeer).await;
     };
     let uid = cred.uid();
     let role = if admin.allowed_uids.contains(&uid) {
@@ -143,11 +141,7 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
         Role::ReadOnly
     } else {
         tracing::warn!(uid, pid = ?cred.pid(), "admin peer refused");
-        return refuse(
-            stream,
-            "permission denied: this uid may not use the admin socket",
-        )
-        .await;
+        return refuse(stream, ControlError::NotAllowed).await;
     };
     let source = Source::Admin {
         uid,
@@ -159,14 +153,12 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
     loop {
         let reply = match tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)).await {
             Err(_) | Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
-            Ok(Ok(Line::TooLong)) => status::error(ParseError::TooLong),
+            Ok(Ok(Line::TooLong)) => Err(ParseError::TooLong.into()),
             Ok(Ok(Line::Complete)) => match command::parse(&line) {
-                Err(e) => status::error(e),
+                Err(e) => Err(e.into()),
                 Ok(cmd) if role == Role::ReadOnly && !cmd.is_read_only() => {
                     tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), "admin command refused: read-only peer");
-                    status::error(format!(
-                        "permission denied: uid {uid} may only run status and bucket"
-                    ))
+                    Err(ControlError::ReadOnly { uid })
                 }
                 Ok(cmd) => handle.send(cmd, source.clone()).await,
             },

@@ -1,11 +1,12 @@
-//! `ramp ctl`: sends one command line to the admin socket and shows the reply.
+//! `ramp ctl`: sends one command line to the admin socket and shows the reply, read back into
+//! the same types the controller answered with.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use super::reply::{self, BucketInfo, Decoded, ScheduleStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -17,12 +18,28 @@ pub enum ClientError {
     Io { path: String, error: std::io::Error },
     #[error("ramp closed the connection without replying")]
     NoReply,
-    #[error("unreadable reply {0:?}")]
-    BadReply(String),
+    #[error("unreadable reply {line:?}: {error}")]
+    BadReply {
+        line: String,
+        error: serde_json::Error,
+    },
 }
 
-/// Sends `line` and gives the parsed reply object.
-pub fn request(socket: &Path, line: &str) -> Result<Value, ClientError> {
+/// A reply: the raw line (for `--json`) and what it says.
+#[derive(Debug)]
+pub struct Answer {
+    pub line: String,
+    pub reply: Decoded,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        !matches!(self.reply, Decoded::Error(_))
+    }
+}
+
+/// Sends `line` and reads the reply.
+pub fn request(socket: &Path, line: &str) -> Result<Answer, ClientError> {
     let path = socket.display().to_string();
     let io = |error| ClientError::Io {
         path: path.clone(),
@@ -45,115 +62,112 @@ pub fn request(socket: &Path, line: &str) -> Result<Value, ClientError> {
     if reply.is_empty() {
         sent.map_err(io)?;
         read.map_err(io)?;
-    }
-    if reply.is_empty() {
         return Err(ClientError::NoReply);
     }
-    serde_json::from_str(&reply).map_err(|_| ClientError::BadReply(reply.trim().to_owned()))
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    let is_bucket = line
+        .split_whitespace()
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("bucket"));
+    let line = reply.trim_end().to_owned();
+    match reply::decode(&line, is_bucket) {
+        Ok(reply) => Ok(Answer { line, reply }),
+        Err(error) => Err(ClientError::BadReply { line, error }),
     }
 }
 
 /// A percent as people write it: 5, 2.5, 0.01.
-fn pct(v: &Value) -> String {
-    match v.as_f64() {
-        Some(p) => format!("{}%", (p * 10_000.0).round() / 10_000.0),
-        None => text(v),
-    }
+fn pct(p: f64) -> String {
+    format!("{}%", (p * 10_000.0).round() / 10_000.0)
 }
 
 fn duration(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
 }
 
-/// The reply as a person reads it: a small table for status, one line otherwise.
-pub fn human(reply: &Value) -> String {
-    if reply["ok"] != Value::Bool(true) {
-        return format!("error: {}", text(&reply["error"]));
+fn schedule(s: &ScheduleStatus) -> String {
+    let at = s.percent.map_or_else(|| "-".to_owned(), pct);
+    let mut out = format!("step {} of {} at {at}", s.step, s.steps);
+    match (s.next_percent, s.next_in_secs) {
+        (None, _) => out.push_str(", last step"),
+        (Some(next), Some(secs)) if s.paused => out.push_str(&format!(
+            ", next {} {} after resume",
+            pct(next),
+            duration(secs)
+        )),
+        (Some(next), Some(secs)) => {
+            out.push_str(&format!(", next {} in {}", pct(next), duration(secs)))
+        }
+        (Some(next), None) => out.push_str(&format!(", next {}", pct(next))),
     }
-    if reply.get("bucket").is_some() {
-        return format!(
-            "{}: bucket {}, pool {} (rollout {} at {}, {})",
-            text(&reply["user"]),
-            text(&reply["bucket"]),
-            text(&reply["pool"]),
-            text(&reply["rollout"]),
-            pct(&reply["percent"]),
-            text(&reply["state"])
-        );
-    }
-    let schedule =
-        match &reply["schedule"] {
-            Value::Null => "-".to_owned(),
-            s => {
-                let mut out = format!(
-                    "step {} of {} at {}",
-                    text(&s["step"]),
-                    text(&s["steps"]),
-                    pct(&s["percent"])
-                );
-                match (&s["next_percent"], s["next_in_secs"].as_f64()) {
-                    (Value::Null, _) => out.push_str(", last step"),
-                    (next, Some(secs)) if s["paused"] == Value::Bool(true) => out.push_str(
-                        &format!(", next {} {} after resume", pct(next), duration(secs)),
-                    ),
-                    (next, Some(secs)) => {
-                        out.push_str(&format!(", next {} in {}", pct(next), duration(secs)))
-                    }
-                    (next, None) => out.push_str(&format!(", next {}", pct(next))),
-                }
-                out
-            }
-        };
+    out
+}
+
+fn bucket(b: &BucketInfo) -> String {
+    format!(
+        "{}: bucket {}, pool {} (rollout {} at {}, {})",
+        b.user,
+        b.bucket,
+        b.pool.as_str(),
+        b.rollout,
+        pct(b.percent),
+        b.state.as_str()
+    )
+}
+
+fn status(s: &Status, changed: Option<bool>) -> String {
     let mut rows = vec![
-        ("rollout", text(&reply["rollout"])),
-        ("state", text(&reply["state"])),
-        ("percent", pct(&reply["percent"])),
-        ("schedule", schedule),
+        ("rollout", s.rollout.clone()),
+        ("state", s.state.as_str().to_owned()),
+        ("percent", pct(s.percent)),
+        ("schedule", s.schedule.as_ref().map_or("-".into(), schedule)),
         (
             "changed",
             format!(
                 "{} by {}",
-                text(&reply["changed_at"]),
-                text(&reply["changed_by"])
+                s.changed_at.as_deref().unwrap_or("-"),
+                s.changed_by
             ),
         ),
         (
             "reload",
-            match &reply["last_reload_error"] {
-                Value::Null => "ok".into(),
-                e => format!("error: {}", text(e)),
+            match &s.last_reload_error {
+                None => "ok".into(),
+                Some(e) => format!("error: {e}"),
             },
         ),
     ];
-    if let Some(f) = reply["state_file"].as_str() {
-        let note = match &reply["state_file_error"] {
-            Value::Null => String::new(),
-            e => format!(" (error: {})", text(e)),
+    if let Some(f) = &s.state_file {
+        let note = match &s.state_file_error {
+            None => String::new(),
+            Some(e) => format!(" (error: {e})"),
         };
         rows.push(("state file", format!("{f}{note}")));
     }
-    if reply["file_plan_pending"] == Value::Bool(true) {
+    if s.file_plan_pending {
         rows.push((
             "file plan",
             "changed while halted; applies on resume".into(),
         ));
     }
-    if let Some(list) = reply["restart_required"]
-        .as_array()
-        .filter(|l| !l.is_empty())
-    {
-        let names: Vec<String> = list.iter().map(text).collect();
-        rows.push(("restart", format!("needed for: {}", names.join(", "))));
+    if !s.restart_required.is_empty() {
+        rows.push((
+            "restart",
+            format!("needed for: {}", s.restart_required.join(", ")),
+        ));
     }
-    if reply["changed"] == Value::Bool(false) {
+    if changed == Some(false) {
         rows.push(("note", "nothing changed".into()));
     }
     rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect()
+}
+
+/// The reply as a person reads it: a small table for status, one line otherwise.
+pub fn human(reply: &Decoded) -> String {
+    match reply {
+        Decoded::Error(e) => format!("error: {e}"),
+        Decoded::Bucket(b) => bucket(b),
+        Decoded::Status {
+            status: s, changed, ..
+        } => status(s, *changed),
+    }
 }

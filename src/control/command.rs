@@ -26,8 +26,6 @@ pub enum Command {
     },
     /// Re-read the configuration file.
     Reload,
-    /// The schedule's hold expired (internal).
-    Advance,
 }
 
 impl Command {
@@ -42,7 +40,6 @@ impl Command {
             Command::Promote => "promote",
             Command::Start { .. } => "start",
             Command::Reload => "reload",
-            Command::Advance => "advance",
         }
     }
 
@@ -64,6 +61,10 @@ pub enum Source {
     Schedule,
     /// ramp itself at start-up (first start, or a state file it could not read).
     Startup,
+    /// The analysis guard, with the figures that made it act.
+    Guard { reason: String },
+    /// Another instance of the fleet, through the shared store.
+    Fleet { instance: String },
 }
 
 impl Source {
@@ -73,6 +74,8 @@ impl Source {
             Source::File => "file",
             Source::Schedule => "schedule",
             Source::Startup => "startup",
+            Source::Guard { .. } => "guard",
+            Source::Fleet { .. } => "fleet",
         }
     }
 }
@@ -85,7 +88,9 @@ impl fmt::Display for Source {
                 pid: Some(pid),
             } => write!(f, "admin (uid {uid}, pid {pid})"),
             Source::Admin { uid, pid: None } => write!(f, "admin (uid {uid})"),
-            other => f.write_str(other.kind()),
+            Source::Guard { reason } => write!(f, "guard ({reason})"),
+            Source::Fleet { instance } => write!(f, "fleet (instance {instance})"),
+            Source::File | Source::Schedule | Source::Startup => f.write_str(self.kind()),
         }
     }
 }

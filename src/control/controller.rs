@@ -1,5 +1,7 @@
-//! The one writer of rollout state. Every change arrives here as a [`Command`]; the controller
-//! validates it, persists the new state, publishes the new snapshot, and only then replies.
+//! The one writer of rollout state. Every change arrives here — a [`Command`] from the admin
+//! socket, the file watcher, the guard or the fleet, or the schedule's own clock — and goes
+//! through [`Controller::commit`]: validated, persisted, published, logged, and only then
+//! answered.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,15 +11,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{self, Config, ppm_to_percent};
-use crate::snapshot::{self, Shared, Snapshot, State};
+use crate::routing::{Rollout, State};
+use crate::snapshot::{Current, Snapshot};
+use crate::tls::{TlsConfigs, TlsError};
 use crate::upstream::Registry;
 
 use super::command::{Command, Source};
+use super::reply::{ControlError, Outcome, Reply};
 use super::state::{FileEffect, RolloutState};
-use super::status::{self, Notes, Reply};
-use super::store;
-use super::tls_files::TlsFiles;
-use crate::proxy::tls::TlsError;
+use super::status::{self, Notes};
+use super::store::{self, StoreError};
 
 struct Request {
     command: Command,
@@ -40,7 +43,7 @@ impl std::fmt::Debug for Request {
 }
 
 impl Handle {
-    /// Sends a command and waits for its reply: by then the change is live and persisted.
+    /// Sends a command and waits for its outcome: by then the change is live and persisted.
     pub async fn send(&self, command: Command, source: Source) -> Reply {
         let (reply, rx) = oneshot::channel();
         let req = Request {
@@ -49,20 +52,38 @@ impl Handle {
             reply,
         };
         if self.tx.send(req).await.is_err() {
-            return status::error("ramp is shutting down");
+            return Err(ControlError::ShuttingDown);
         }
-        rx.await
-            .unwrap_or_else(|_| status::error("ramp is shutting down"))
+        rx.await.unwrap_or(Err(ControlError::ShuttingDown))
     }
+}
+
+/// What a failed write does to a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Nothing changes unless it is persisted.
+    Required,
+    /// Applies even unsaved (halt, rollback: stopping exposure comes first), and says so.
+    BestEffort,
+}
+
+/// A configuration read from the file, to be put in force with a change.
+struct NewConfig {
+    config: Arc<Config>,
+    tls: TlsConfigs,
+    /// Whether it differs from the one in force (else only the rollout may change).
+    differs: bool,
 }
 
 pub struct Controller {
     config_path: PathBuf,
     config: Arc<Config>,
     rollout: RolloutState,
+    /// The rollout in force is not on disk yet (first start, or a write that failed).
+    unsaved: bool,
     registry: Registry,
-    shared: Arc<Shared>,
-    tls: TlsFiles,
+    current: Arc<Current>,
+    tls: TlsConfigs,
     notes: Notes,
     rx: mpsc::Receiver<Request>,
     /// A schedule step that could not be persisted is tried again then, not before.
@@ -73,37 +94,32 @@ pub struct Controller {
 const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Controller {
-    /// Restores the rollout (state file, else the config's plan) and publishes the first snapshot.
-    pub fn start(
+    /// Restores the rollout (state file, else the config's plan), publishes the first snapshot,
+    /// and commits what start-up changed (a first state file, edits made while ramp was down).
+    pub async fn start(
         config_path: PathBuf,
         config: Config,
-    ) -> Result<(Controller, Arc<Shared>, Handle), TlsError> {
-        let tls = TlsFiles::load(&config, &TlsFiles::default())?;
+    ) -> Result<(Controller, Arc<Current>, Handle), TlsError> {
+        let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
         let now = Instant::now();
-        let wall = SystemTime::now();
         let mut notes = Notes {
             state_file: config.state_file.as_ref().map(|p| p.display().to_string()),
             ..Notes::default()
         };
         let fresh = || RolloutState::fresh(config.rollout.clone(), now, Source::Startup);
-        let (rollout, write) = match &config.state_file {
+        // What was in force before, and whether it still needs writing.
+        let (rollout, unsaved) = match &config.state_file {
             None => {
                 tracing::warn!(
                     "no state.file configured: rollout changes will not survive a restart"
                 );
                 (fresh(), false)
             }
-            Some(path) => match store::read(path, now, wall) {
+            Some(path) => match store::read(path, now, SystemTime::now()) {
                 Ok(None) => (fresh(), true),
-                Ok(Some(mut saved)) => {
-                    let effect = saved.file_plan(config.rollout.clone(), now);
-                    if effect != FileEffect::Unchanged {
-                        saved.changed_at = wall;
-                        saved.changed_by = Source::File;
-                        tracing::info!(source = "file", effect = ?effect, rollout = %saved.id, "the config file changed while ramp was down");
-                    }
+                Ok(Some(saved)) => {
                     tracing::info!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "state restored");
-                    (saved, effect != FileEffect::Unchanged)
+                    (saved, false)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "STATE FILE UNREADABLE: serving everyone from stable (rolled_back) until an operator acts; the file is left as it is");
@@ -116,24 +132,34 @@ impl Controller {
         };
         let registry = Registry::new();
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::new(build(&config, &rollout, &registry, &tls)));
+        let current = Arc::new(Current::new(build(&config, &rollout, &registry, &tls)));
         let (tx, rx) = mpsc::channel(256);
         let mut c = Controller {
             config_path,
             config,
             rollout,
+            unsaved,
             registry,
-            shared: Arc::clone(&shared),
+            current: Arc::clone(&current),
             tls,
             notes,
             rx,
             schedule_retry: None,
         };
-        if write && let Err(e) = c.persist_now(&c.rollout.clone()) {
+        // Edits of the file made while ramp was down apply now, by the usual rules.
+        let mut next = c.rollout.clone();
+        let effect = next.file_plan(c.config.rollout.clone(), now);
+        let source = match effect {
+            FileEffect::Unchanged => Source::Startup,
+            _ => Source::File,
+        };
+        if let Err(e) = c
+            .commit(next, None, source, "start", Durability::Required)
+            .await
+        {
             tracing::error!(error = %e, "cannot write the state file");
-            c.notes.state_file_error = Some(e.to_string());
         }
-        Ok((c, shared, Handle { tx }))
+        Ok((c, current, Handle { tx }))
     }
 
     /// Serves commands and the schedule until every handle is dropped.
@@ -165,123 +191,134 @@ impl Controller {
             self.rollout = next;
             return;
         }
-        let reply = self.commit(next, "advance", Source::Schedule, false).await;
-        self.schedule_retry = match reply.get("ok") {
-            Some(serde_json::Value::Bool(true)) => None,
-            _ => Some(Instant::now() + SCHEDULE_RETRY),
-        };
+        let committed = self
+            .commit(
+                next,
+                None,
+                Source::Schedule,
+                "advance",
+                Durability::Required,
+            )
+            .await;
+        self.schedule_retry = committed.err().map(|_| Instant::now() + SCHEDULE_RETRY);
     }
 
     async fn handle(&mut self, command: Command, source: Source) -> Reply {
         let now = Instant::now();
         let mut next = self.rollout.clone();
-        let refused = match &command {
-            Command::Status => return self.status(),
-            Command::Bucket(user) => return status::bucket(&self.shared.load(), user),
-            Command::Reload => return self.reload(&source).await,
-            Command::Set(ppm) => next.set(*ppm),
-            Command::Halt => next.halt(now),
-            Command::Resume => next.resume(now),
-            Command::Rollback => {
-                next.rollback(now);
-                Ok(())
+        match &command {
+            Command::Status => return Ok(Outcome::Status(self.status())),
+            Command::Bucket(user) => {
+                return Ok(Outcome::Bucket(status::bucket(&self.current.load(), user)));
             }
-            Command::Promote => {
-                next.promote();
-                Ok(())
-            }
-            Command::Start { id, ppm } => {
-                next.start(id.clone(), *ppm, now);
-                Ok(())
-            }
-            Command::Advance => Ok(()),
-        };
-        if let Err(refusal) = refused {
-            return status::error(refusal);
+            Command::Reload => return self.reload(source).await,
+            Command::Set(ppm) => next.set(*ppm)?,
+            Command::Halt => next.halt(now)?,
+            Command::Resume => next.resume(now)?,
+            Command::Rollback => next.rollback(now),
+            Command::Promote => next.promote(),
+            Command::Start { id, ppm } => next.start(id.clone(), *ppm, now),
         }
-        // A halt or rollback takes effect even if the disk fails: stopping exposure comes first.
-        let safety = matches!(command, Command::Halt | Command::Rollback);
-        self.commit(next, command.name(), source, safety).await
+        let durability = match command {
+            Command::Halt | Command::Rollback => Durability::BestEffort,
+            _ => Durability::Required,
+        };
+        let changed = self
+            .commit(next, None, source, command.name(), durability)
+            .await?;
+        Ok(Outcome::Applied {
+            changed,
+            status: self.status(),
+        })
     }
 
-    fn status(&self) -> Reply {
-        status::status(
+    fn status(&self) -> super::reply::Status {
+        status::build(
             &self.rollout,
-            &self.shared.load(),
+            &self.current.load(),
             &self.notes,
             Instant::now(),
         )
     }
 
-    /// Persists `next`, publishes it, and gives the reply. With `even_unsaved`, a failed write
-    /// still applies the change (and says so); otherwise nothing changes.
+    /// The one way anything changes: persists `next` (when it differs from the rollout in force,
+    /// or that one is not on disk yet), puts `config` in force, publishes the new snapshot, and
+    /// logs the change with its source. Gives whether the rollout changed.
     async fn commit(
         &mut self,
         mut next: RolloutState,
-        what: &str,
+        config: Option<NewConfig>,
         source: Source,
-        even_unsaved: bool,
-    ) -> Reply {
-        if next == self.rollout {
-            let mut reply = self.status();
-            reply.insert("changed".into(), false.into());
-            return reply;
-        }
-        next.changed_at = SystemTime::now();
-        next.changed_by = source.clone();
-        let saved = self.persist(&next).await;
-        if let Err(e) = &saved {
-            tracing::error!(error = %e, command = what, "cannot persist the rollout state");
-            self.notes.state_file_error = Some(e.to_string());
-            if !even_unsaved {
-                return status::error(format!("not applied: {e}"));
+        what: &'static str,
+        durability: Durability,
+    ) -> Result<bool, ControlError> {
+        let changed = next != self.rollout;
+        let saved = if changed || self.unsaved {
+            if changed {
+                next.changed_at = SystemTime::now();
+                next.changed_by = source.clone();
             }
-        }
+            let saved = self.persist(&next).await;
+            if let Err(e) = &saved {
+                tracing::error!(error = %e, command = what, "cannot persist the rollout state");
+                self.notes.state_file_error = Some(e.to_string());
+            }
+            saved
+        } else {
+            Ok(())
+        };
+        let saved = match saved {
+            Err(error) if durability == Durability::Required => {
+                return Err(ControlError::NotSaved { what, error });
+            }
+            other => other,
+        };
+        self.unsaved = saved.is_err();
+        let config_changed = match config {
+            Some(new) => {
+                self.config = new.config;
+                self.tls = new.tls;
+                new.differs
+            }
+            None => false,
+        };
         let before = std::mem::replace(&mut self.rollout, next);
-        self.publish();
-        let now = &self.rollout;
-        tracing::info!(
-            source = source.kind(), by = %source, command = what, rollout = %now.id,
-            from_state = before.state.as_str(), from_percent = ppm_to_percent(before.ppm),
-            to_state = now.state.as_str(), to_percent = ppm_to_percent(now.ppm),
-            "rollout changed"
-        );
+        if changed || config_changed {
+            self.publish();
+        }
+        if changed {
+            let now = &self.rollout;
+            tracing::info!(
+                source = source.kind(), by = %source, command = what, rollout = %now.id,
+                from_state = before.state.as_str(), from_percent = ppm_to_percent(before.ppm),
+                to_state = now.state.as_str(), to_percent = ppm_to_percent(now.ppm),
+                "rollout changed"
+            );
+        }
         match saved {
-            Ok(()) => {
-                let mut reply = self.status();
-                reply.insert("changed".into(), true.into());
-                reply
-            }
-            Err(e) => status::error(format!(
-                "{what} is in effect, but the state file could not be written ({e}): it will not survive a restart"
-            )),
+            Ok(()) => Ok(changed),
+            Err(error) => Err(ControlError::Unsaved { what, error }),
         }
     }
 
-    async fn reload(&mut self, trigger: &Source) -> Reply {
+    async fn reload(&mut self, trigger: Source) -> Reply {
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let rejected = |notes: &mut Notes, e: ControlError| {
+            tracing::error!(trigger = trigger.kind(), error = %e, "reload rejected: the running config stays");
+            notes.last_reload_error = Some(e.to_string());
+            Err(e)
+        };
         let mut new = match loaded {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                let message = e.to_string();
-                tracing::error!(trigger = trigger.kind(), error = %message, "reload rejected: the running config stays");
-                self.notes.last_reload_error = Some(message.clone());
-                return status::error(message);
-            }
-            Err(e) => return status::error(format!("reload failed: {e}")),
+            Ok(Err(e)) => return rejected(&mut self.notes, e.into()),
+            Err(e) => return Err(ControlError::ReloadTask(e.to_string())),
         };
         let restart_required = keep_restart_only(&self.config, &mut new);
-        let tls = match TlsFiles::load(&new, &self.tls) {
+        let tls = match TlsConfigs::load(&new, &self.tls) {
             Ok(t) => t,
-            Err(e) => {
-                let message = e.to_string();
-                tracing::error!(trigger = trigger.kind(), error = %message, "reload rejected: the running config stays");
-                self.notes.last_reload_error = Some(message.clone());
-                return status::error(message);
-            }
+            Err(e) => return rejected(&mut self.notes, e.into()),
         };
-        let tls_changed = tls.differs(&self.tls);
         self.notes.last_reload_error = None;
         self.notes.restart_required = restart_required;
         if !self.notes.restart_required.is_empty() {
@@ -289,35 +326,31 @@ impl Controller {
         }
         let mut next = self.rollout.clone();
         let effect = next.file_plan(new.rollout.clone(), Instant::now());
-        let config_changed = new != *self.config || tls_changed;
-        if effect != FileEffect::Unchanged {
-            next.changed_at = SystemTime::now();
-            next.changed_by = Source::File;
-            if let Err(e) = self.persist(&next).await {
-                self.notes.state_file_error = Some(e.to_string());
-                return status::error(format!("reload not applied: {e}"));
-            }
-            tracing::info!(
-                source = "file", trigger = trigger.kind(), effect = ?effect, rollout = %next.id,
-                from_state = self.rollout.state.as_str(), from_percent = ppm_to_percent(self.rollout.ppm),
-                to_state = next.state.as_str(), to_percent = ppm_to_percent(next.ppm),
-                "rollout changed"
-            );
+        let differs = new != *self.config || tls.differs(&self.tls);
+        let new = NewConfig {
+            config: Arc::new(new),
+            tls,
+            differs,
+        };
+        self.commit(
+            next,
+            Some(new),
+            Source::File,
+            "reload",
+            Durability::Required,
+        )
+        .await?;
+        if differs {
+            tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
         }
-        self.config = Arc::new(new);
-        self.rollout = next;
-        self.tls = tls;
-        if config_changed || effect != FileEffect::Unchanged {
-            self.publish();
-            tracing::info!(trigger = trigger.kind(), "config reloaded");
-        }
-        let mut reply = self.status();
-        reply.insert("reload".into(), format!("{effect:?}").to_lowercase().into());
-        reply
+        Ok(Outcome::Reloaded {
+            effect,
+            status: self.status(),
+        })
     }
 
     fn publish(&self) {
-        self.shared.publish(build(
+        self.current.publish(build(
             &self.config,
             &self.rollout,
             &self.registry,
@@ -325,15 +358,16 @@ impl Controller {
         ));
     }
 
-    async fn persist(&mut self, next: &RolloutState) -> Result<(), store::StoreError> {
+    async fn persist(&mut self, next: &RolloutState) -> Result<(), StoreError> {
         let Some(path) = self.config.state_file.clone() else {
             return Ok(());
         };
         let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
+        let shown = path.clone();
         let written = tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes)).await;
         let result = written.unwrap_or_else(|e| {
-            Err(store::StoreError::Write {
-                path: self.config.state_file.clone().unwrap_or_default(),
+            Err(StoreError::Write {
+                path: shown,
                 error: std::io::Error::other(e),
             })
         });
@@ -342,31 +376,21 @@ impl Controller {
         }
         result
     }
-
-    fn persist_now(&self, next: &RolloutState) -> Result<(), store::StoreError> {
-        let Some(path) = &self.config.state_file else {
-            return Ok(());
-        };
-        store::write_atomic(
-            path,
-            &store::encode(next, Instant::now(), SystemTime::now())?,
-        )
-    }
 }
 
-fn build(config: &Arc<Config>, r: &RolloutState, registry: &Registry, tls: &TlsFiles) -> Snapshot {
-    let rollout = snapshot::Rollout::new(&r.id, r.ppm, r.state);
+fn build(
+    config: &Arc<Config>,
+    r: &RolloutState,
+    registry: &Registry,
+    tls: &TlsConfigs,
+) -> Snapshot {
+    let rollout = Rollout::new(&r.id, r.ppm, r.state);
     metrics::gauge!("ramp_rollout_percent").set(ppm_to_percent(r.ppm));
-    for state in [
-        State::Running,
-        State::Halted,
-        State::RolledBack,
-        State::Completed,
-    ] {
+    for state in State::ALL {
         let on = if state == r.state { 1.0 } else { 0.0 };
         metrics::gauge!("ramp_rollout_state", "state" => state.as_str()).set(on);
     }
-    Snapshot::build(Arc::clone(config), rollout, registry, &tls.material())
+    Snapshot::build(Arc::clone(config), rollout, registry, tls)
 }
 
 /// Settings that only take effect at start-up: keeps the running values in `new` and names the

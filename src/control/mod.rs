@@ -4,13 +4,14 @@ pub mod admin;
 pub mod client;
 pub mod command;
 mod controller;
+pub mod probes;
+pub mod reply;
 pub mod schedule;
 pub mod state;
 mod status;
 pub mod store;
-mod tls_files;
 pub mod watcher;
 
 pub use command::{Command, MAX_LINE, ParseError, Source};
 pub use controller::{Controller, Handle};
-pub use status::Reply;
+pub use reply::{ControlError, Outcome, Reply, Status};

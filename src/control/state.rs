@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::config::{Plan, RolloutPlan};
 use crate::routing::BUCKETS;
-use crate::snapshot::State;
+use crate::routing::State;
 
 use super::command::Source;
 use super::schedule::{Schedule, Timing};
@@ -40,7 +40,8 @@ pub enum Refusal {
 }
 
 /// What a reloaded file did to the rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FileEffect {
     Unchanged,
     /// A new rollout id in the file: a fresh rollout began.

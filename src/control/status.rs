@@ -1,31 +1,14 @@
-//! Replies on the admin socket: one JSON object per line, `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`.
+//! Builds the typed [`Status`] and [`BucketInfo`] from what the controller holds.
 
-use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::config::{Plan, ppm_to_percent};
-use crate::routing;
+use crate::routing::{self, PerPool};
 use crate::snapshot::Snapshot;
 
+use super::reply::{BucketInfo, ScheduleStatus, Status};
 use super::schedule::Timing;
 use super::state::RolloutState;
-
-pub type Reply = Map<String, Value>;
-
-pub fn error(message: impl std::fmt::Display) -> Reply {
-    let mut m = Map::new();
-    m.insert("ok".into(), Value::Bool(false));
-    m.insert("error".into(), Value::String(message.to_string()));
-    m
-}
-
-fn object(v: Value) -> Reply {
-    match v {
-        Value::Object(m) => m,
-        other => error(format!("internal: reply is not an object: {other}")),
-    }
-}
 
 /// What the controller knows beyond the rollout state.
 #[derive(Debug, Default)]
@@ -36,67 +19,62 @@ pub struct Notes {
     pub restart_required: Vec<&'static str>,
 }
 
-/// A time as RFC 3339, or null when it cannot be one (before 1970 or after 9999).
-fn rfc3339(t: std::time::SystemTime) -> Value {
+/// A time as RFC 3339, or `None` when it cannot be one (before 1970 or after 9999).
+fn rfc3339(t: std::time::SystemTime) -> Option<String> {
     let ms = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
-        .ok();
-    match ms {
-        Some(ms) if ms <= u128::from(super::store::LATEST_MS) => {
-            Value::String(humantime::format_rfc3339_seconds(t).to_string())
-        }
-        _ => Value::Null,
-    }
+        .ok()?;
+    (ms <= u128::from(super::store::LATEST_MS))
+        .then(|| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-fn schedule(r: &RolloutState, now: Instant) -> Value {
+fn schedule(r: &RolloutState, now: Instant) -> Option<ScheduleStatus> {
     let (Some(at), Plan::Steps(steps)) = (r.schedule, &r.plan.plan) else {
-        return Value::Null;
+        return None;
     };
     let next = steps.get(at.step + 1);
-    json!({
-        "step": at.step + 1,
-        "steps": steps.len(),
-        "percent": steps.get(at.step).map(|s| ppm_to_percent(s.ppm)),
-        "next_percent": next.map(|s| ppm_to_percent(s.ppm)),
-        "next_in_secs": at.left(now).map(|d| d.as_secs_f64().round()),
-        "paused": matches!(at.timing, Timing::Paused(_)),
+    Some(ScheduleStatus {
+        step: at.step + 1,
+        steps: steps.len(),
+        percent: steps.get(at.step).map(|s| ppm_to_percent(s.ppm)),
+        next_percent: next.map(|s| ppm_to_percent(s.ppm)),
+        next_in_secs: at.left(now).map(|d| d.as_secs_f64().round()),
+        paused: matches!(at.timing, Timing::Paused(_)),
     })
 }
 
-pub fn status(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> Reply {
-    object(json!({
-        "ok": true,
-        "rollout": r.id,
-        "state": r.state.as_str(),
-        "percent": ppm_to_percent(r.ppm),
-        "schedule": schedule(r, now),
-        "file_plan_pending": r.plan_pending,
-        "changed_at": rfc3339(r.changed_at),
-        "changed_by": r.changed_by.to_string(),
-        "source": r.changed_by.kind(),
-        "last_reload_error": notes.last_reload_error,
-        "state_file": notes.state_file,
-        "state_file_error": notes.state_file_error,
-        "restart_required": notes.restart_required,
-        "pid": std::process::id(),
-        "upstreams": {
-            "stable": snap.stable.upstreams().len(),
-            "canary": snap.canary.upstreams().len(),
-        },
-    }))
+pub fn build(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> Status {
+    Status {
+        rollout: r.id.clone(),
+        state: r.state,
+        percent: ppm_to_percent(r.ppm),
+        schedule: schedule(r, now),
+        file_plan_pending: r.plan_pending,
+        changed_at: rfc3339(r.changed_at),
+        changed_by: r.changed_by.to_string(),
+        source: r.changed_by.kind().to_owned(),
+        last_reload_error: notes.last_reload_error.clone(),
+        state_file: notes.state_file.clone(),
+        state_file_error: notes.state_file_error.clone(),
+        restart_required: notes
+            .restart_required
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        pid: std::process::id(),
+        upstreams: PerPool::from_fn(|p| snap.pools[p].upstreams().len()),
+    }
 }
 
-pub fn bucket(snap: &Snapshot, user: &[u8]) -> Reply {
-    let r = &snap.rollout;
-    object(json!({
-        "ok": true,
-        "user": String::from_utf8_lossy(user),
-        "bucket": routing::bucket(&r.salt, user),
-        "pool": routing::assign(r, user).as_str(),
-        "rollout": &*r.id,
-        "state": r.state.as_str(),
-        "percent": ppm_to_percent(r.ppm),
-    }))
+pub fn bucket(snap: &Snapshot, user: &[u8]) -> BucketInfo {
+    let r = &snap.routing.rollout;
+    BucketInfo {
+        user: String::from_utf8_lossy(user).into_owned(),
+        bucket: routing::bucket(&r.salt, user),
+        pool: routing::assign(r, user),
+        rollout: r.id.to_string(),
+        state: r.state,
+        percent: ppm_to_percent(r.ppm),
+    }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::{Plan, RolloutPlan, Step};
-use crate::snapshot::State;
+use crate::routing::State;
 
 use super::command::Source;
 use super::schedule::{Schedule, Timing};

@@ -58,7 +58,8 @@ pub fn watch(files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatch
                 .await
                 .is_ok()
             {}
-            handle.send(Command::Reload, Source::File).await;
+            // The controller logs a rejected reload and shows it in status.
+            let _ = handle.send(Command::Reload, Source::File).await;
         }
     });
     Ok(watcher)
@@ -77,7 +78,8 @@ pub fn on_sighup(handle: Handle) -> std::io::Result<()> {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(signal = "SIGHUP", "reloading the config");
-            handle.send(Command::Reload, Source::File).await;
+            // The controller logs a rejected reload and shows it in status.
+            let _ = handle.send(Command::Reload, Source::File).await;
         }
     });
     Ok(())

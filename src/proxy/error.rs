@@ -3,12 +3,13 @@
 use bytes::Bytes;
 use http::StatusCode;
 
+use crate::routing::PoolName;
 use crate::upstream::SendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("pool {0} has no upstream")]
-    NoUpstream(&'static str),
+    #[error("pool {} has no healthy upstream", .0.as_str())]
+    NoUpstream(PoolName),
     #[error(transparent)]
     Send(#[from] SendError),
 }

@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use crate::config::CanaryUnavailable;
 use crate::metrics::Metrics;
 use crate::routing::{self, Decision, PoolName};
-use crate::snapshot::{Shared, Snapshot};
-use crate::upstream::{Failure, Pool, ReqBody, SendError, Upstream, UpstreamBody};
+use crate::snapshot::{Current, Snapshot};
+use crate::upstream::{Failure, Pool, ReqBody, Retry, SendError, Upstream, UpstreamBody};
 
 use super::error::{ProxyError, body_for};
 use super::watchdog::Activity;
@@ -70,16 +70,16 @@ impl Drop for Busy {
 /// State shared by every connection of the data plane.
 #[derive(Debug)]
 pub struct Proxy {
-    pub shared: Arc<Shared>,
+    pub current: Arc<Current>,
     pub metrics: Metrics,
     draining: AtomicBool,
     canary_down: AtomicBool,
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, metrics: Metrics) -> Self {
+    pub fn new(current: Arc<Current>, metrics: Metrics) -> Self {
         Proxy {
-            shared,
+            current,
             metrics,
             draining: AtomicBool::new(false),
             canary_down: AtomicBool::new(false),
@@ -151,7 +151,7 @@ pub async fn handle(
     conn.activity.begin(req.version() == Version::HTTP_2);
     let busy = Busy(conn);
     let (proxy, info) = (&*busy.0.proxy, &busy.0.info);
-    let snap = proxy.shared.load();
+    let snap = proxy.current.load();
     let h1 = req.version() <= Version::HTTP_11;
     let scan = forward::scan(req.headers(), &[]);
     if let Err(status) = check::request(&req, &scan, &snap.config.limits) {
@@ -164,26 +164,26 @@ pub async fn handle(
         }
         return finish(resp, busy);
     }
-    let (pool, minted) = match routing::decide(&snap, req.headers()) {
+    let rollout = &snap.routing.rollout;
+    let (pool, minted) = match routing::decide(&snap.routing, req.headers()) {
         Decision::Pool(pool) => (pool, None),
         Decision::Mint => {
-            let id = routing::mint(&snap.rollout);
-            (routing::assign(&snap.rollout, id.as_bytes()), Some(id))
+            let id = routing::mint(rollout);
+            (routing::assign(rollout, id.as_bytes()), Some(id))
         }
     };
     let (result, served_by) = match choose(proxy, &snap, pool) {
         Err(e) => (Err(e), pool),
         Ok((upstreams, first, served_by)) => {
             let (req, replay) = upstream_request(req, &scan, info, &snap, &first.host);
-            let label = served_by.as_str();
-            let result = match first.send(req, &snap.connector, label).await {
+            let result = match first.send(req, &snap.connector, served_by).await {
                 Ok(resp) => Ok(resp),
                 Err(failure) => match retry(failure, upstreams, first, replay) {
                     Ok((upstream, req)) => {
                         proxy.metrics.retries.increment(1);
-                        tracing::debug!(pool = label, first = %first.addr, retry = %upstream.addr, "retrying");
+                        tracing::debug!(pool = served_by.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
                         upstream
-                            .send(req, &snap.connector, label)
+                            .send(req, &snap.connector, served_by)
                             .await
                             .map_err(|f| f.error)
                     }
@@ -213,7 +213,7 @@ pub async fn handle(
     };
     proxy.metrics.response(served_by, resp.status());
     if let Some(id) = minted
-        && let Some(cookie) = routing::set_cookie(&snap.sticky, &id)
+        && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
     {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
@@ -231,27 +231,27 @@ fn choose<'s>(
     pool: PoolName,
 ) -> Result<(&'s Pool, &'s Arc<Upstream>, PoolName), ProxyError> {
     let stable = || {
-        snap.stable
-            .pick()
-            .map(|u| (&snap.stable, u, PoolName::Stable))
+        let pool = &snap.pools.stable;
+        pool.pick()
+            .map(|u| (pool, u, PoolName::Stable))
             .ok_or_else(|| {
-                proxy.metrics.no_upstream[0].increment(1);
-                ProxyError::NoUpstream("stable")
+                proxy.metrics.no_upstream[PoolName::Stable].increment(1);
+                ProxyError::NoUpstream(PoolName::Stable)
             })
     };
     match pool {
         PoolName::Stable => stable(),
-        PoolName::Canary => match snap.canary.pick() {
+        PoolName::Canary => match snap.pools.canary.pick() {
             Some(u) => {
                 proxy.canary_available(true);
-                Ok((&snap.canary, u, PoolName::Canary))
+                Ok((&snap.pools.canary, u, PoolName::Canary))
             }
             None => {
                 proxy.canary_available(false);
                 match snap.config.canary_unavailable {
                     CanaryUnavailable::Error => {
-                        proxy.metrics.no_upstream[1].increment(1);
-                        Err(ProxyError::NoUpstream("canary"))
+                        proxy.metrics.no_upstream[PoolName::Canary].increment(1);
+                        Err(ProxyError::NoUpstream(PoolName::Canary))
                     }
                     CanaryUnavailable::Fallback => {
                         proxy.metrics.canary_fallback.increment(1);
@@ -306,9 +306,8 @@ fn upstream_request(
     (Request::from_parts(parts, body), replay)
 }
 
-/// Where a failed request may go once more without being repeated: another upstream when no
-/// connection could be made, or when it came back unsent; for a bodiless idempotent request,
-/// also when the connection closed before an answer's head arrived.
+/// Where a failed request may go once more without ever reaching an upstream twice, as
+/// [`Failure::retry`] classifies it.
 fn retry<'p>(
     failure: Failure,
     upstreams: &'p Pool,
@@ -316,16 +315,17 @@ fn retry<'p>(
     replay: Option<Head>,
 ) -> Result<(&'p Arc<Upstream>, Request<ReqBody>), SendError> {
     let other = upstreams.pick_other(first);
-    match (failure.request, replay) {
-        (Some(req), _) if failure.error.is_connect() => match other {
+    let how = failure.retry();
+    match (failure.request, how, replay) {
+        (Some(req), Retry::Elsewhere, _) => match other {
             Some(u) => Ok((u, req)),
             None => Err(failure.error),
         },
-        (Some(req), _) => Ok((other.unwrap_or(first), req)),
-        (None, Some(head)) if failure.error.nothing_received() => {
-            Ok((other.unwrap_or(first), head.request()))
+        (Some(req), Retry::Anywhere, _) => Ok((other.unwrap_or(first), req)),
+        (None, Retry::IfRepeatable, Some(head)) => Ok((other.unwrap_or(first), head.request())),
+        (_, Retry::Elsewhere | Retry::Anywhere | Retry::IfRepeatable | Retry::Never, _) => {
+            Err(failure.error)
         }
-        (None, _) => Err(failure.error),
     }
 }
 

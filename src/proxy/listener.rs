@@ -62,8 +62,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// What every connection task shares.
-struct Shared {
+/// What every connection task of one listener needs.
+struct Accepting {
     builder: auto::Builder<TokioExecutor>,
     proxy: Arc<Proxy>,
     limits: Limits,
@@ -84,7 +84,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (drain_tx, drain) = watch::channel(false);
-    let shared = Arc::new(Shared {
+    let accepting = Arc::new(Accepting {
         builder: builder(&limits),
         proxy: Arc::clone(&proxy),
         limits,
@@ -115,18 +115,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        spawn(stream, peer, Some(permit), &shared);
+        spawn(stream, peer, Some(permit), &accepting);
     }
     proxy.start_draining();
     // Connections already in this socket's queue would be reset when it closes: serve them.
     let mut queued = 0;
     while let Some((stream, peer)) = accept_now(&listener) {
         let permit = Arc::clone(&permits).try_acquire_owned().ok();
-        spawn(stream, peer, permit, &shared);
+        spawn(stream, peer, permit, &accepting);
         queued += 1;
     }
     drop(listener);
-    let grace = proxy.shared.load().config.shutdown_grace;
+    let grace = proxy.current.load().config.shutdown_grace;
     let open = limits.max_connections - permits.available_permits();
     tracing::info!(
         connections = open,
@@ -162,35 +162,35 @@ fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
-    shared: &Arc<Shared>,
+    accepting: &Arc<Accepting>,
 ) {
     let _ = stream.set_nodelay(true);
-    let shared = Arc::clone(shared);
+    let a = Arc::clone(accepting);
     tokio::spawn(async move {
         let _permit = permit;
-        if !shared.tls {
-            return serve_one(stream, peer, &shared).await;
+        if !a.tls {
+            return serve_one(stream, peer, &a).await;
         }
-        let Some(config) = shared.proxy.shared.load().tls.clone() else {
+        let Some(config) = a.proxy.current.load().tls.clone() else {
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let handshake = shared.limits.header_read_timeout;
+        let handshake = a.limits.header_read_timeout;
         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => serve_one(stream, peer, &shared).await,
+            Ok(Ok(stream)) => serve_one(stream, peer, &a).await,
             Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
         }
     });
 }
 
-async fn serve_one<IO>(io: IO, peer: SocketAddr, shared: &Shared)
+async fn serve_one<IO>(io: IO, peer: SocketAddr, a: &Accepting)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(Conn {
-        proxy: Arc::clone(&shared.proxy),
-        info: ConnInfo::new(peer, shared.tls),
+        proxy: Arc::clone(&a.proxy),
+        info: ConnInfo::new(peer, a.tls),
         activity: Activity::default(),
     });
     // The timers live in a task of their own: polling them alongside the connection would cost
@@ -199,12 +199,12 @@ where
     tokio::spawn(watchdog(
         Arc::clone(&conn),
         Arc::clone(&signal),
-        shared.drain.clone(),
-        shared.limits,
+        a.drain.clone(),
+        a.limits,
     ));
     let _ended = Ended(Arc::clone(&signal));
     let svc = service_fn(move |req| handle(Arc::clone(&conn), req));
-    let mut connection = std::pin::pin!(shared.builder.serve_connection(TokioIo::new(io), svc));
+    let mut connection = std::pin::pin!(a.builder.serve_connection(TokioIo::new(io), svc));
     tokio::select! {
         biased;
         served = connection.as_mut() => {
@@ -259,7 +259,7 @@ async fn watchdog(
     let reason = tokio::select! {
         () = signal.to_watchdog.notified() => return,
         _ = drain.wait_for(|d| *d) => FINISH,
-        expiry = conn.activity.expired(limits.header_read_timeout, limits.idle_timeout) => match expiry {
+        expiry = conn.activity.expired(limits.header_read_timeout, limits.h2_idle_timeout) => match expiry {
             Expiry::SlowHead => SLOW_HEAD,
             Expiry::Idle => FINISH,
         },

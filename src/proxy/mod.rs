@@ -5,7 +5,6 @@ mod error;
 mod forward;
 mod handler;
 mod listener;
-pub mod tls;
 mod watchdog;
 
 pub use error::ProxyError;

@@ -1,29 +1,110 @@
-//! Which pool answers a request. `decide` is pure: no I/O, no clock, no allocation.
+//! Which pool answers a request. `decide` is pure: no I/O, no clock, no allocation. Everything it
+//! reads is a routing type defined here, so the bench, the fuzz targets and the property tests
+//! need nothing else.
 
 pub mod bucket;
+mod pools;
 pub mod sticky;
 
-use http::HeaderMap;
+use std::sync::Arc;
 
-use crate::snapshot::{Rollout, Snapshot, State};
+use http::{HeaderMap, HeaderName};
 
 pub use bucket::{BUCKETS, bucket};
+pub use pools::{PerPool, PoolName};
 pub use sticky::{MAX_ID_LEN, mint, set_cookie, user_id};
 
-/// One of the two upstream pools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PoolName {
-    Stable,
-    Canary,
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// The percent applies.
+    Running,
+    /// Percent frozen; no newly minted id enters the canary; users already there stay.
+    Halted,
+    /// Everyone on stable.
+    RolledBack,
+    /// Everyone on canary.
+    Completed,
 }
 
-impl PoolName {
+impl State {
+    pub const ALL: [State; 4] = [
+        State::Running,
+        State::Halted,
+        State::RolledBack,
+        State::Completed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            PoolName::Stable => "stable",
-            PoolName::Canary => "canary",
+            State::Running => "running",
+            State::Halted => "halted",
+            State::RolledBack => "rolled_back",
+            State::Completed => "completed",
         }
     }
+}
+
+/// The rollout as routing sees it: the salt, the share and the state.
+#[derive(Debug)]
+pub struct Rollout {
+    pub id: Arc<str>,
+    /// `id ‖ 0x00`, the prefix of every hash input.
+    pub salt: Box<[u8]>,
+    /// Parts per million on canary (0..=1,000,000).
+    pub ppm: u32,
+    pub state: State,
+}
+
+impl Rollout {
+    pub fn new(id: &str, ppm: u32, state: State) -> Self {
+        Rollout {
+            id: Arc::from(id),
+            salt: bucket::salt(id),
+            ppm: ppm.min(bucket::BUCKETS),
+            state,
+        }
+    }
+}
+
+/// How users are recognised and, when new, labelled.
+#[derive(Debug)]
+pub struct StickyRules {
+    pub header: Option<HeaderName>,
+    pub cookie: Box<str>,
+    pub assign: bool,
+    /// Everything after `name=value` in a minted Set-Cookie.
+    pub cookie_attributes: Box<str>,
+}
+
+impl StickyRules {
+    /// The rules from the configured header, cookie name and cookie attributes.
+    pub fn new(
+        header: Option<HeaderName>,
+        cookie: &str,
+        assign: bool,
+        max_age_secs: u64,
+        secure: bool,
+    ) -> Self {
+        let mut attributes = format!("; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax");
+        if secure {
+            attributes.push_str("; Secure");
+        }
+        StickyRules {
+            header,
+            cookie: cookie.into(),
+            assign,
+            cookie_attributes: attributes.into(),
+        }
+    }
+}
+
+/// Everything `decide` reads.
+#[derive(Debug)]
+pub struct Routing {
+    pub rollout: Rollout,
+    pub sticky: StickyRules,
 }
 
 /// What to do with a request.
@@ -35,13 +116,13 @@ pub enum Decision {
     Mint,
 }
 
-/// The pool for a request under `snap`, from the id it carries.
+/// The pool for a request from the id it carries.
 #[inline]
-pub fn decide(snap: &Snapshot, headers: &HeaderMap) -> Decision {
-    match user_id(&snap.sticky, headers) {
-        Some(id) => Decision::Pool(assign(&snap.rollout, id)),
-        None if snap.sticky.assign => Decision::Mint,
-        None => Decision::Pool(anonymous(&snap.rollout)),
+pub fn decide(routing: &Routing, headers: &HeaderMap) -> Decision {
+    match user_id(&routing.sticky, headers) {
+        Some(id) => Decision::Pool(assign(&routing.rollout, id)),
+        None if routing.sticky.assign => Decision::Mint,
+        None => Decision::Pool(anonymous(&routing.rollout)),
     }
 }
 

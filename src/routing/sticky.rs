@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
-use crate::snapshot::{Rollout, State, StickyRules};
+use super::{Rollout, State, StickyRules};
 
 use super::{PoolName, assign};
 

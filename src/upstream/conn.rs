@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
+use crate::routing::PoolName;
 
 use super::UpstreamBody;
 use super::body::ReqBody;
@@ -45,14 +46,6 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// No connection could be made: the upstream saw nothing.
-    pub fn is_connect(&self) -> bool {
-        !matches!(
-            self,
-            SendError::Exchange(_) | SendError::Timeout(_) | SendError::ClientBody(_)
-        )
-    }
-
     /// Whether the client's body stalled (as opposed to going away).
     pub fn client_stalled(&self) -> bool {
         let SendError::ClientBody(e) = self else {
@@ -62,28 +55,37 @@ impl SendError {
             .and_then(|s| s.downcast_ref::<super::BodyError>())
             .is_some_and(|b| matches!(b, super::BodyError::Idle(_)))
     }
+}
 
-    /// The request may have been sent, but no complete answer head came back and the connection
-    /// closed (or reset) under it.
-    pub fn nothing_received(&self) -> bool {
-        let e = match self {
-            SendError::Exchange(e) => e,
-            SendError::Timeout(_) | SendError::ClientBody(_) => return false,
-            _ => return true,
-        };
-        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-            return true;
-        }
-        let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
-        io.is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            )
-        })
+/// The request may have been sent, but the connection closed (or reset) before a byte of an
+/// answer came back. Anything else hyper reports is not known to be safe: false.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
     }
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    })
+}
+
+/// Where a failed request may go again without ever reaching an upstream twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// No connection could be made: nothing reached this upstream; another one may take it.
+    Elsewhere,
+    /// It came back unsent (a pooled connection closed under it): anywhere, this upstream too.
+    Anywhere,
+    /// It may have reached the upstream, which closed before a byte of an answer: only a request
+    /// that is safe to repeat (bodiless and idempotent) may go again.
+    IfRepeatable,
+    /// Never.
+    Never,
 }
 
 /// A failed send; `request` comes back when no byte of it reached the upstream.
@@ -91,6 +93,36 @@ impl SendError {
 pub struct Failure {
     pub error: SendError,
     pub request: Option<Request<ReqBody>>,
+}
+
+impl Failure {
+    /// The one classification of what may be retried, and where. Every variant is listed: a new
+    /// one is not retryable until someone decides it is.
+    pub fn retry(&self) -> Retry {
+        let back = self.request.is_some();
+        match &self.error {
+            SendError::Connect(_)
+            | SendError::ConnectTimeout
+            | SendError::Tls(_)
+            | SendError::Handshake(_) => {
+                if back {
+                    Retry::Elsewhere
+                } else {
+                    Retry::Never
+                }
+            }
+            SendError::Exchange(e) => {
+                if back {
+                    Retry::Anywhere
+                } else if closed_before_answer(e) {
+                    Retry::IfRepeatable
+                } else {
+                    Retry::Never
+                }
+            }
+            SendError::Timeout(_) | SendError::ClientBody(_) => Retry::Never,
+        }
+    }
 }
 
 /// How to reach upstreams: timeouts, pool sizes, and the TLS client for `https://` ones.
@@ -163,7 +195,7 @@ impl Upstream {
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         connector: &Connector,
-        pool: &'static str,
+        pool: PoolName,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let settings = &connector.settings;
         // One loop in one async fn: a nested future here would be copied on every request.
@@ -236,7 +268,7 @@ impl Upstream {
             Some(false) => self.health.success(),
             Some(true) => {
                 if let Some(t) = self.health.failure(&connector.passive) {
-                    super::probe::log(self, pool, t);
+                    super::health::log(&self.addr, pool, t);
                 }
             }
             None => {}
@@ -250,7 +282,9 @@ impl Upstream {
         let now = Instant::now();
         for _ in 0..idle.len() {
             let entry = idle.pop_front()?;
-            if entry.sender.is_closed() || now.duration_since(entry.since) > settings.idle_timeout {
+            if entry.sender.is_closed()
+                || now.duration_since(entry.since) > settings.pool_idle_timeout
+            {
                 continue;
             }
             if entry.sender.is_ready() {
@@ -396,4 +430,78 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A real hyper error: a server that reads the request, writes `answer`, and closes.
+    async fn hyper_error(answer: &'static [u8]) -> hyper::Error {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = http1::handshake::<_, ReqBody>(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get("/").body(ReqBody::Empty).expect("request");
+        sender
+            .send_request(req)
+            .await
+            .expect_err("the exchange fails")
+    }
+
+    fn unsent() -> Option<Request<ReqBody>> {
+        Some(Request::new(ReqBody::Empty))
+    }
+
+    fn retry(error: SendError, request: Option<Request<ReqBody>>) -> Retry {
+        Failure { error, request }.retry()
+    }
+
+    #[tokio::test]
+    async fn every_failure_is_classified_and_only_safe_ones_are_retried() {
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            retry(SendError::Connect(refused()), unsent()),
+            Retry::Elsewhere
+        );
+        assert_eq!(retry(SendError::ConnectTimeout, unsent()), Retry::Elsewhere);
+        assert_eq!(retry(SendError::Tls(refused()), unsent()), Retry::Elsewhere);
+        let handshake = SendError::Handshake(hyper_error(b"").await);
+        assert_eq!(retry(handshake, unsent()), Retry::Elsewhere);
+        // Without the request there is nothing to send again, whatever the error.
+        assert_eq!(retry(SendError::Connect(refused()), None), Retry::Never);
+        // A request that came back unsent may go anywhere.
+        let closed = hyper_error(b"").await;
+        assert!(closed.is_incomplete_message(), "{closed:?}");
+        assert_eq!(
+            retry(SendError::Exchange(closed), unsent()),
+            Retry::Anywhere
+        );
+        // Sent, and the connection closed before an answer: only a repeatable request.
+        let closed = SendError::Exchange(hyper_error(b"").await);
+        assert_eq!(retry(closed, None), Retry::IfRepeatable);
+        // Sent, and an answer began (here: garbage): never.
+        let garbage = SendError::Exchange(hyper_error(b"HTTP/1.1 2x0 nonsense\r\n\r\n").await);
+        assert_eq!(retry(garbage, None), Retry::Never);
+        assert_eq!(
+            retry(SendError::Timeout(Duration::from_secs(1)), None),
+            Retry::Never
+        );
+        let client = SendError::ClientBody(hyper_error(b"").await);
+        assert_eq!(retry(client, unsent()), Retry::Never);
+    }
 }

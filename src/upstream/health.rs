@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{ActiveHealth, PassiveHealth};
+use crate::config::{ActiveHealth, PassiveHealth, UpstreamAddr};
+use crate::routing::PoolName;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -133,6 +134,27 @@ impl Health {
         }
         self.refresh(&inner);
         change
+    }
+}
+
+/// Logs a health change of the upstream at `addr` in `pool` (and counts ejections).
+pub fn log(addr: &UpstreamAddr, pool: PoolName, t: Transition) {
+    let (upstream, pool) = (addr.to_string(), pool.as_str());
+    match t {
+        Transition::Ejected(backoff) => {
+            metrics::counter!("ramp_upstream_ejections_total", "pool" => pool).increment(1);
+            tracing::warn!(
+                upstream,
+                pool,
+                backoff_ms = backoff.as_millis() as u64,
+                "upstream ejected"
+            )
+        }
+        Transition::Reinstated => {
+            tracing::info!(upstream, pool, "upstream reinstated after a good probe")
+        }
+        Transition::Down => tracing::warn!(upstream, pool, "upstream failed its health checks"),
+        Transition::Up => tracing::info!(upstream, pool, "upstream passed its health checks"),
     }
 }
 

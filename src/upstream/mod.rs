@@ -6,7 +6,6 @@ mod conn;
 pub mod health;
 mod idle;
 mod pool;
-pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -14,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::UpstreamAddr;
 
 pub use body::{ReqBody, UpstreamBody};
-pub use conn::{Connector, Failure, SendError, Upstream};
+pub use conn::{Connector, Failure, Retry, SendError, Upstream};
 pub use idle::BodyError;
 pub use pool::Pool;
 

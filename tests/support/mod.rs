@@ -2,6 +2,8 @@
 //! binary started on a temporary config, plus small HTTP clients.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -165,6 +167,13 @@ impl Backend {
     pub fn max_in_flight(&self) -> usize {
         self.state
             .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests it is serving now.
+    pub fn in_flight(&self) -> usize {
+        self.state
+            .in_flight
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -721,5 +730,14 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("no rejected reload:\n{}", self.logs().join("\n"));
+    }
+}
+
+/// Polls `done` every 20 ms until it holds; panics naming `what` after 20 s.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < end, "{what}: never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

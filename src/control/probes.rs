@@ -1,49 +1,27 @@
 //! The health task: probes upstreams (all of them with active checks; otherwise only those whose
-//! ejection backoff has ended) and logs every change.
+//! ejection backoff has ended) and logs every change. It lives beside the controller because it
+//! reads the snapshot in force, as the controller publishes it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::snapshot::Shared;
-
-use super::Upstream;
-use super::health::Transition;
+use crate::snapshot::Current;
+use crate::upstream::health;
 
 /// How often ejected upstreams are looked at when active checks are off.
 const PASSIVE_TICK: Duration = Duration::from_millis(250);
 
-pub fn log(up: &Upstream, pool: &str, t: Transition) {
-    let upstream = up.addr.to_string();
-    match t {
-        Transition::Ejected(backoff) => {
-            metrics::counter!("ramp_upstream_ejections_total", "pool" => pool.to_owned())
-                .increment(1);
-            tracing::warn!(
-                upstream,
-                pool,
-                backoff_ms = backoff.as_millis() as u64,
-                "upstream ejected"
-            )
-        }
-        Transition::Reinstated => {
-            tracing::info!(upstream, pool, "upstream reinstated after a good probe")
-        }
-        Transition::Down => tracing::warn!(upstream, pool, "upstream failed its health checks"),
-        Transition::Up => tracing::info!(upstream, pool, "upstream passed its health checks"),
-    }
-}
-
 /// Runs forever, reading the current snapshot on every round.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(current: Arc<Current>) {
     loop {
-        let snap = shared.load();
+        let snap = current.load();
         let active = snap.config.health.clone();
         let passive = snap.config.passive_health;
         let now = Instant::now();
         let mut probes = tokio::task::JoinSet::new();
-        for (pool, list) in [("stable", &snap.stable), ("canary", &snap.canary)] {
+        for (pool, list) in snap.pools.iter() {
             for up in list.upstreams() {
                 if !up.health.wants_probe(now, active.is_some()) {
                     continue;
@@ -62,7 +40,7 @@ pub async fn run(shared: Arc<Shared>) {
                         .health
                         .probed(ok, Instant::now(), active.as_ref(), &passive)
                     {
-                        log(&up, pool, t);
+                        health::log(&up.addr, pool, t);
                     }
                 });
             }

@@ -1,5 +1,6 @@
 //! TLS: the listener's certificate (re-read on reload) and the client side for `https://`
-//! upstreams. One crypto provider (ring), installed explicitly.
+//! upstreams, read from the files the config names. One crypto provider (ring), installed
+//! explicitly.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -62,7 +65,7 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 pub type Fingerprint = Vec<u8>;
 
 /// The listener's TLS config from PEM files: ALPN h2 and http/1.1.
-pub fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
+fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     let chain = certs(&cert_pem, cert)?;
@@ -83,7 +86,7 @@ pub fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint
 }
 
 /// The client config for `https://` upstreams: roots from `ca` (PEM), or the system's.
-pub fn client(ca: Option<&Path>) -> Result<(Arc<ClientConfig>, Fingerprint), TlsError> {
+fn client(ca: Option<&Path>) -> Result<(Arc<ClientConfig>, Fingerprint), TlsError> {
     let mut roots = RootCertStore::empty();
     let fingerprint = match ca {
         Some(path) => {
@@ -111,4 +114,69 @@ pub fn client(ca: Option<&Path>) -> Result<(Arc<ClientConfig>, Fingerprint), Tls
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), fingerprint))
+}
+
+/// The TLS configs in force, with what each was built from (to tell when the files change).
+#[derive(Debug, Default, Clone)]
+pub struct TlsConfigs {
+    server: Option<(Arc<ServerConfig>, Fingerprint)>,
+    client: Option<(Arc<ClientConfig>, Fingerprint)>,
+}
+
+impl TlsConfigs {
+    /// Reads what `config` names; keeps `prev`'s configs where the files did not change.
+    pub fn load(config: &Config, prev: &TlsConfigs) -> Result<TlsConfigs, TlsError> {
+        let server = match &config.tls {
+            Some(t) => {
+                let (fresh, fp) = server(&t.cert, &t.key)?;
+                Some(match &prev.server {
+                    Some((old, old_fp)) if *old_fp == fp => (Arc::clone(old), fp),
+                    _ => (fresh, fp),
+                })
+            }
+            None => None,
+        };
+        let https = config
+            .pools
+            .stable
+            .iter()
+            .chain(&config.pools.canary)
+            .any(|u| u.tls);
+        let client = match (https, &prev.client, &config.upstream_ca) {
+            (false, _, _) => None,
+            // The system's roots are read once.
+            (true, Some((old, fp)), None) if fp.as_slice() == b"system" => {
+                Some((Arc::clone(old), fp.clone()))
+            }
+            (true, _, ca) => {
+                let (fresh, fp) = client(ca.as_deref())?;
+                Some(match &prev.client {
+                    Some((old, old_fp)) if *old_fp == fp => (Arc::clone(old), fp),
+                    _ => (fresh, fp),
+                })
+            }
+        };
+        Ok(TlsConfigs { server, client })
+    }
+
+    /// Whether the files behind `self` and `other` differ.
+    pub fn differs(&self, other: &TlsConfigs) -> bool {
+        let fp = |t: &TlsConfigs| {
+            (
+                t.server.as_ref().map(|s| s.1.clone()),
+                t.client.as_ref().map(|c| c.1.clone()),
+            )
+        };
+        fp(self) != fp(other)
+    }
+
+    /// The listener's config, if it serves HTTPS.
+    pub fn server(&self) -> Option<Arc<ServerConfig>> {
+        self.server.as_ref().map(|s| Arc::clone(&s.0))
+    }
+
+    /// The client config for `https://` upstreams, if any pool has one.
+    pub fn client(&self) -> Option<Arc<ClientConfig>> {
+        self.client.as_ref().map(|c| Arc::clone(&c.0))
+    }
 }

@@ -1,0 +1,292 @@
+//! What a command gives back, as types: [`Outcome`] or [`ControlError`]. They become JSON only at
+//! the admin socket ([`encode`]), and `ramp ctl` reads them back into the same types
+//! ([`decode`]), so a renamed field is a compile error on both sides, not a blank column.
+//!
+//! The wire protocol: one JSON object per line, `{"ok":true,...status keys...}` (a change adds
+//! `"changed"`, a reload adds `"reload"`), `{"ok":true,"user":...,"bucket":...}` for `bucket`,
+//! or `{"ok":false,"error":"..."}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::routing::{PerPool, PoolName, State};
+use crate::tls::TlsError;
+
+use super::command::ParseError;
+use super::state::{FileEffect, Refusal};
+use super::store::StoreError;
+
+/// Where a rollout stands, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub rollout: String,
+    pub state: State,
+    /// The share the plan sets (what `set` or the file gave); see `effective_percent`.
+    pub percent: f64,
+    pub schedule: Option<ScheduleStatus>,
+    pub file_plan_pending: bool,
+    /// RFC 3339, or null when the time cannot be shown.
+    pub changed_at: Option<String>,
+    /// Who made the last change, e.g. `admin (uid 0, pid 4242)`.
+    pub changed_by: String,
+    /// The kind of source of the last change: admin, file, schedule, startup, guard, fleet.
+    pub source: String,
+    pub last_reload_error: Option<String>,
+    pub state_file: Option<String>,
+    pub state_file_error: Option<String>,
+    pub restart_required: Vec<String>,
+    pub pid: u32,
+    /// Upstreams configured per pool.
+    pub upstreams: PerPool<usize>,
+}
+
+/// Position in a staged schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    /// 1-based.
+    pub step: usize,
+    pub steps: usize,
+    pub percent: Option<f64>,
+    pub next_percent: Option<f64>,
+    pub next_in_secs: Option<f64>,
+    pub paused: bool,
+}
+
+/// One user id's bucket and pool right now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub user: String,
+    pub bucket: u32,
+    pub pool: PoolName,
+    pub rollout: String,
+    pub state: State,
+    pub percent: f64,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `status`.
+    Status(Status),
+    /// A change command: whether anything changed, and where the rollout stands now.
+    Applied { changed: bool, status: Status },
+    /// `reload`: what the file did to the rollout.
+    Reloaded { effect: FileEffect, status: Status },
+    /// `bucket`.
+    Bucket(BucketInfo),
+}
+
+/// Why a command did not do what it asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{what} not applied: {error}")]
+    NotSaved {
+        what: &'static str,
+        error: StoreError,
+    },
+    #[error(
+        "{what} is in effect, but the state file could not be written ({error}): it will not survive a restart"
+    )]
+    Unsaved {
+        what: &'static str,
+        error: StoreError,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("reload failed: {0}")]
+    ReloadTask(String),
+    #[error("permission denied: uid {uid} may only run status and bucket")]
+    ReadOnly { uid: u32 },
+    #[error("permission denied: this uid may not use the admin socket")]
+    NotAllowed,
+    #[error("cannot identify the peer")]
+    UnknownPeer,
+    #[error("ramp is shutting down")]
+    ShuttingDown,
+}
+
+/// A command's result.
+pub type Reply = Result<Outcome, ControlError>;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StatusLine {
+    ok: bool,
+    #[serde(flatten)]
+    status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    changed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reload: Option<FileEffect>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BucketLine {
+    ok: bool,
+    #[serde(flatten)]
+    bucket: BucketInfo,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorLine {
+    ok: bool,
+    error: String,
+}
+
+/// The reply as one JSON line (with its newline).
+pub fn encode(reply: &Reply) -> Vec<u8> {
+    let status = |status: &Status, changed, reload| {
+        serde_json::to_vec(&StatusLine {
+            ok: true,
+            status: status.clone(),
+            changed,
+            reload,
+        })
+    };
+    let line = match reply {
+        Ok(Outcome::Status(s)) => status(s, None, None),
+        Ok(Outcome::Applied { changed, status: s }) => status(s, Some(*changed), None),
+        Ok(Outcome::Reloaded { effect, status: s }) => status(s, None, Some(*effect)),
+        Ok(Outcome::Bucket(b)) => serde_json::to_vec(&BucketLine {
+            ok: true,
+            bucket: b.clone(),
+        }),
+        Err(e) => serde_json::to_vec(&ErrorLine {
+            ok: false,
+            error: e.to_string(),
+        }),
+    };
+    let mut line = line.unwrap_or_else(|e| {
+        // Only a float that is not finite could fail here; say so rather than send nothing.
+        let fallback = ErrorLine {
+            ok: false,
+            error: format!("internal: cannot encode the reply: {e}"),
+        };
+        serde_json::to_vec(&fallback).unwrap_or_default()
+    });
+    line.push(b'\n');
+    line
+}
+
+/// A reply line as `ramp ctl` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Status {
+        status: Box<Status>,
+        changed: Option<bool>,
+        reload: Option<FileEffect>,
+    },
+    Bucket(BucketInfo),
+    Error(String),
+}
+
+#[derive(Deserialize)]
+struct Head {
+    ok: bool,
+}
+
+/// Reads a reply line back; `bucket` says whether the command was `bucket`.
+pub fn decode(line: &str, bucket: bool) -> Result<Decoded, serde_json::Error> {
+    let head: Head = serde_json::from_str(line)?;
+    Ok(match (head.ok, bucket) {
+        (false, _) => Decoded::Error(serde_json::from_str::<ErrorLine>(line)?.error),
+        (true, true) => Decoded::Bucket(serde_json::from_str::<BucketLine>(line)?.bucket),
+        (true, false) => {
+            let s: StatusLine = serde_json::from_str(line)?;
+            Decoded::Status {
+                status: Box::new(s.status),
+                changed: s.changed,
+                reload: s.reload,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            rollout: "checkout-v2".into(),
+            state: State::Halted,
+            percent: 2.5,
+            schedule: Some(ScheduleStatus {
+                step: 2,
+                steps: 3,
+                percent: Some(2.5),
+                next_percent: Some(100.0),
+                next_in_secs: Some(540.0),
+                paused: true,
+            }),
+            file_plan_pending: false,
+            changed_at: Some("2026-11-26T10:00:00Z".into()),
+            changed_by: "admin (uid 0, pid 7)".into(),
+            source: "admin".into(),
+            last_reload_error: None,
+            state_file: Some("/var/lib/ramp/state.json".into()),
+            state_file_error: None,
+            restart_required: vec!["listen".into()],
+            pid: 4242,
+            upstreams: PerPool {
+                stable: 2,
+                canary: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn the_wire_format_is_pinned() {
+        let line = encode(&Ok(Outcome::Applied {
+            changed: true,
+            status: status(),
+        }));
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"changed":true}"#;
+        assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
+        let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "{\"ok\":false,\"error\":\"the rollout is completed: `start` a new rollout or `rollback`\"}\n"
+        );
+        let bucket = encode(&Ok(Outcome::Bucket(BucketInfo {
+            user: "user-1".into(),
+            bucket: 573_883,
+            pool: PoolName::Stable,
+            rollout: "checkout-v2".into(),
+            state: State::Running,
+            percent: 5.0,
+        })));
+        assert_eq!(
+            String::from_utf8_lossy(&bucket),
+            "{\"ok\":true,\"user\":\"user-1\",\"bucket\":573883,\"pool\":\"stable\",\"rollout\":\"checkout-v2\",\"state\":\"running\",\"percent\":5.0}\n"
+        );
+    }
+
+    #[test]
+    fn every_reply_reads_back_into_the_same_types() {
+        let reload = Ok(Outcome::Reloaded {
+            effect: FileEffect::NewRollout,
+            status: status(),
+        });
+        let line = String::from_utf8_lossy(&encode(&reload)).into_owned();
+        assert!(line.contains("\"reload\":\"new_rollout\""), "{line}");
+        assert_eq!(
+            decode(&line, false).expect("decode"),
+            Decoded::Status {
+                status: Box::new(status()),
+                changed: None,
+                reload: Some(FileEffect::NewRollout)
+            }
+        );
+        let err = String::from_utf8_lossy(&encode(&Err(ControlError::ShuttingDown))).into_owned();
+        assert_eq!(
+            decode(&err, false).expect("decode"),
+            Decoded::Error("ramp is shutting down".into())
+        );
+    }
+}
