@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ConfigError, ppm_to_percent};
 use crate::control::{Controller, admin, probes, watcher};
 use crate::metrics::{self, Metrics};
+use crate::net;
 use crate::proxy::{self, Proxy};
 use crate::tls;
 
@@ -48,12 +49,13 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     tls::install_provider();
     let addr = config.listen;
     let bind_err = |error| AppError::Bind { addr, error };
-    let listener = TcpListener::from_std(proxy::bind(addr).map_err(bind_err)?).map_err(bind_err)?;
+    let listener = net::bind(addr, options.takeover).and_then(TcpListener::from_std);
+    let listener = listener.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     let metrics_listener = match config.metrics {
         Some(addr) => Some((
-            metrics::bind(addr)
-                .await
+            net::bind(addr, options.takeover)
+                .and_then(TcpListener::from_std)
                 .map_err(|e| AppError::Bind { addr, error: e })?,
             addr,
         )),
@@ -69,14 +71,14 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         .map(|a| admin::bind(a, options.takeover))
         .transpose()?;
     let (limits, tls_on) = (config.limits, config.tls.is_some());
-    let mut watched = vec![config_path.clone()];
+    let mut watched = Vec::new();
     if let Some(t) = &config.tls {
         watched.extend([t.cert.clone(), t.key.clone()]);
     }
 
     let (controller, current, handle) = Controller::start(config_path.clone(), config).await?;
     let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
-    let _watcher = watcher::watch(&files, handle.clone())?;
+    let _watcher = watcher::watch(&config_path, &files, handle.clone())?;
     watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
     let admin_task = match (admin_bound, admin_config.clone()) {
         (Some((listener, owned)), Some(admin)) => {

@@ -61,6 +61,27 @@ pub fn config_text(listen: SocketAddr, v1: SocketAddr, v2: SocketAddr) -> String
     )
 }
 
+/// How to run this same program from the directory the demo was started in: `ramp` when that is
+/// what the shell finds, else its path (`target/release/ramp` from a checkout).
+fn this_program() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "ramp".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            std::fs::canonicalize(d.join("ramp")).is_ok_and(|p| Some(p) == exe.canonicalize().ok())
+        })
+    });
+    if on_path {
+        return "ramp".into();
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| exe.clone());
+    shown.display().to_string()
+}
+
 pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
     let v1 = page_server("v1").await.map_err(AppError::Demo)?;
     let v2 = page_server("v2").await.map_err(AppError::Demo)?;
@@ -71,13 +92,14 @@ pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
     std::fs::write(&path, config_text(listen, v1, v2)).map_err(AppError::Demo)?;
     let config = config::load(&path)?;
     let socket = dir.join("admin.sock");
+    let ramp = this_program();
     println!(
         "ramp demo: stable v1 on {v1}, canary v2 on {v2}, {DEMO_PERCENT}% of users on v2.\n\
          \n  Open http://{listen}/ in a browser: you get a cookie and stay on one version.\n  \
          See the split over 20 users:\n    \
          for i in $(seq 1 20); do curl -s -H \"x-user-id: user-$i\" http://{listen}/ | grep -o 'v[12]' | head -1; done | sort | uniq -c\n  \
-         Which pool a user gets: ramp bucket --rollout demo --percent {DEMO_PERCENT} user-1 user-2\n  \
-         Drive the rollout: ramp ctl --socket {socket} status   (then set 50, halt, resume, rollback, promote)\n  \
+         Which pool a user gets: {ramp} bucket --rollout demo --percent {DEMO_PERCENT} user-1 user-2\n  \
+         Drive the rollout: {ramp} ctl --socket {socket} status   (then set 50, halt, resume, rollback, promote)\n  \
          Edit {path} and it reloads by itself.\n  \
          Stop with Ctrl-C.\n",
         socket = socket.display(),

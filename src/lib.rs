@@ -14,9 +14,11 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod net;
 pub mod proxy;
 pub mod routing;
 pub mod snapshot;

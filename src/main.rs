@@ -46,12 +46,13 @@ enum Command {
         log_format: LogFormat,
     },
     /// Send a command to a running ramp's admin socket: status, set PERCENT, halt, resume,
-    /// rollback, promote, start ROLLOUT_ID [PERCENT], reload, bucket USER_ID.
+    /// rollback, promote, start [ROLLOUT_ID [PERCENT]], reload, bucket USER_ID.
     Ctl {
-        /// The admin socket (default: admin.socket of --config).
-        #[arg(long)]
+        /// The admin socket (default: $RAMP_SOCKET, else admin.socket of --config).
+        #[arg(long, env = "RAMP_SOCKET")]
         socket: Option<PathBuf>,
-        /// Read the socket path from this config file.
+        /// Read the socket path (only admin.socket) from this config file; the rest of the file
+        /// may be invalid.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print the raw JSON reply.
@@ -182,14 +183,12 @@ fn ctl(
 ) -> anyhow::Result<ExitCode> {
     let socket = match (socket, config) {
         (Some(s), _) => s,
-        (None, Some(path)) => match config::load(&path) {
-            Ok(c) => match c.admin {
-                Some(a) => a.socket,
-                None => anyhow::bail!("{} has no admin.socket; give --socket PATH", path.display()),
-            },
-            Err(e) => anyhow::bail!("{}", e.lines().join("; ")),
+        (None, Some(path)) => match config::admin_socket(&path) {
+            Ok(Some(socket)) => socket,
+            Ok(None) => anyhow::bail!("{} has no admin.socket; give --socket PATH", path.display()),
+            Err(e) => anyhow::bail!("{e} (give --socket PATH or set RAMP_SOCKET)"),
         },
-        (None, None) => anyhow::bail!("give --socket PATH or --config PATH"),
+        (None, None) => anyhow::bail!("give --socket PATH, --config PATH or set RAMP_SOCKET"),
     };
     let answer = ramp::control::client::request(&socket, line)?;
     if json {

@@ -2,14 +2,13 @@
 //! pays an atomic add, not a registry lookup. Labels come from small fixed sets only.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::routing::{PerPool, PoolName};
@@ -28,6 +27,10 @@ pub struct Metrics {
     pub retries: Counter,
     /// Requests rejected before routing (malformed, oversized).
     pub rejected: Counter,
+    /// WebSocket tunnels open, by pool.
+    pub tunnels: PerPool<Gauge>,
+    /// Bytes carried by tunnels, by pool: `[to upstream, to client]`.
+    pub tunnel_bytes: PerPool<[Counter; 2]>,
 }
 
 impl Metrics {
@@ -45,6 +48,14 @@ impl Metrics {
             ),
             retries: metrics::counter!("ramp_retries_total"),
             rejected: metrics::counter!("ramp_rejected_requests_total"),
+            tunnels: PerPool::from_fn(
+                |p| metrics::gauge!("ramp_tunnels_open", "pool" => p.as_str()),
+            ),
+            tunnel_bytes: PerPool::from_fn(|p| {
+                ["to_upstream", "to_client"].map(|d| {
+                    metrics::counter!("ramp_tunnel_bytes_total", "pool" => p.as_str(), "direction" => d)
+                })
+            }),
         }
     }
 
@@ -97,9 +108,4 @@ pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) 
                 .await;
         });
     }
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

@@ -42,7 +42,7 @@ pub fn install_provider() {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
+    crate::files::read_regular(path, crate::files::MAX_FILE).map_err(|error| TlsError::Read {
         path: path.to_owned(),
         error,
     })

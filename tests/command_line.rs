@@ -40,7 +40,9 @@ fn serve_on_a_busy_port_exits_with_the_reason() {
     let last = err.lines().last().expect("a reason");
     assert_eq!(
         last,
-        format!("ramp: cannot listen on {addr}: Address already in use (os error 98)")
+        format!(
+            "ramp: cannot listen on {addr}: address in use by another process (to restart ramp on it, start the new one with --takeover)"
+        )
     );
 }
 

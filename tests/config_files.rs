@@ -80,7 +80,7 @@ fn shape_errors_name_the_key_and_position() {
     let (code, lines) = check(&format!("listen: 127.0.0.1:8080\nlistn: 1\n{GOOD_TAIL}"));
     assert_eq!(code, 1);
     assert!(
-        lines[0].starts_with("2:1: unknown field `listn`"),
+        lines[0].starts_with("2:1: listn: unknown key; this section takes: listen, workers"),
         "{lines:?}"
     );
 

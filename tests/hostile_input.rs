@@ -6,20 +6,12 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use support::{Backend, Client, Proxy, config, raw};
+use support::{Backend, Client, Proxy, config, raw, status_of};
 
 async fn start() -> (Backend, Proxy) {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&config(&[&b], &[&b], "id: hostile\npercent: 0", ""));
     (b, proxy)
-}
-
-fn status_of(reply: &str) -> u16 {
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {reply:?}"))
 }
 
 async fn still_serves(proxy: &Proxy) {

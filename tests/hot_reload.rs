@@ -157,7 +157,7 @@ async fn sighup_and_the_reload_command_reread_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_edit_never_undoes_a_halt_or_rollback_but_a_new_id_starts_fresh() {
+async fn a_file_edit_never_undoes_a_halt_or_rollback_not_even_a_new_id() {
     let (s, c) = (
         Backend::start("stable").await,
         Backend::start("canary").await,
@@ -190,6 +190,18 @@ async fn a_file_edit_never_undoes_a_halt_or_rollback_but_a_new_id_starts_fresh()
     )
     .expect("write");
     let r = proxy.admin("reload");
+    assert_eq!(
+        (
+            r["rollout"].as_str(),
+            r["state"].as_str(),
+            r["reload"].as_str()
+        ),
+        (Some("hold"), Some("halted"), Some("pending")),
+        "a new id waits for resume: {r}"
+    );
+    assert_eq!(r["file_plan_pending"], true);
+    // Resume begins the file's new rollout.
+    let r = proxy.admin("resume");
     assert_eq!(
         (r["rollout"].as_str(), r["state"].as_str()),
         (Some("hold-2"), Some("running")),

@@ -59,52 +59,66 @@ async fn a_slow_request_head_gets_the_connection_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_max_connections_new_clients_wait_and_existing_ones_are_unharmed() {
+async fn at_max_connections_the_longest_idle_connection_makes_room_and_busy_ones_are_kept() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&config(
         &[&b],
         &[&b],
         "id: l\npercent: 0",
-        "limits:\n  max_connections: 2\n",
+        "limits:\n  max_connections: 2\n  header_read_timeout: 60s\n",
     ));
-    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    let answer = |s: &mut std::net::TcpStream| {
-        s.write_all(request).expect("write");
+    let addr = proxy.addr;
+    let answer = |s: &mut std::net::TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let mut first = std::net::TcpStream::connect(proxy.addr).expect("connect");
-    let mut second = std::net::TcpStream::connect(proxy.addr).expect("connect");
-    first
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("t");
-    second
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("t");
-    assert!(answer(&mut first).starts_with("HTTP/1.1 200"));
-    assert!(answer(&mut second).starts_with("HTTP/1.1 200"));
-    // The third is accepted by the kernel but not served while two are open.
-    let mut third = std::net::TcpStream::connect(proxy.addr).expect("connect");
-    third
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("t");
-    assert_eq!(
-        answer(&mut third),
-        "",
-        "a third connection was served beyond the limit"
-    );
-    assert!(
-        answer(&mut first).starts_with("HTTP/1.1 200"),
-        "an existing connection was harmed"
-    );
-    drop(second);
-    third
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("t");
-    let mut buf = vec![0u8; 4096];
-    let n = third.read(&mut buf).expect("served once a slot frees");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let connect = move |timeout: Duration| {
+        let s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        s
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut first = connect(Duration::from_secs(10));
+        let mut second = connect(Duration::from_secs(10));
+        assert!(answer(&mut first, "/").starts_with("HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(answer(&mut second, "/").starts_with("HTTP/1.1 200"));
+        // Both idle; a third client is served at once, and the longest-idle (first) is closed.
+        let mut third = connect(Duration::from_secs(10));
+        assert!(
+            answer(&mut third, "/").starts_with("HTTP/1.1 200"),
+            "not admitted"
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            first.read(&mut buf).unwrap_or(0),
+            0,
+            "the longest-idle one was closed"
+        );
+        assert!(
+            answer(&mut second, "/").starts_with("HTTP/1.1 200"),
+            "second harmed"
+        );
+        // Both open connections busy: a newcomer waits, and no busy request is cut.
+        let slow =
+            |mut s: std::net::TcpStream| std::thread::spawn(move || answer(&mut s, "/slow/1500"));
+        let (a, b) = (slow(second), slow(third));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut fourth = connect(Duration::from_secs(10));
+        let waited = answer(&mut fourth, "/");
+        for t in [a, b] {
+            assert!(
+                t.join().expect("slow").starts_with("HTTP/1.1 200"),
+                "a busy request was cut"
+            );
+        }
+        assert!(waited.starts_with("HTTP/1.1 200"), "{waited}");
+    })
+    .await
+    .expect("clients");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

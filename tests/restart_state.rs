@@ -106,7 +106,7 @@ async fn the_state_file_is_whole_after_every_change() {
         let reply = proxy.admin(cmd);
         let text = std::fs::read_to_string(proxy.state_file()).expect("state file");
         let v: Value = serde_json::from_str(&text).expect("whole JSON after every change");
-        assert_eq!(v["version"], 1);
+        assert_eq!(v["version"], 2);
         assert_eq!(v["state"], reply["state"], "{cmd}: reply and file agree");
         assert_eq!(v["rollout"], reply["rollout"]);
     }
@@ -182,7 +182,7 @@ async fn a_version_1_state_file_still_loads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_rollout_id_written_while_ramp_was_down_starts_fresh() {
+async fn a_new_rollout_id_written_while_ramp_was_down_waits_for_resume_after_a_rollback() {
     let (s, c) = backends().await;
     let proxy = Proxy::start(&yaml(&s, &c, "id: old\npercent: 50"));
     proxy.admin("rollback");
@@ -192,11 +192,26 @@ async fn a_new_rollout_id_written_while_ramp_was_down_starts_fresh() {
     let st = proxy.admin("status");
     assert_eq!(
         (st["rollout"].as_str(), st["state"].as_str()),
-        (Some("new"), Some("running")),
+        (Some("old"), Some("rolled_back")),
         "{st}"
     );
-    assert_eq!(st["source"], "file");
+    assert_eq!(st["file_plan_pending"], true);
+    assert_eq!(canary_share(&proxy, 20).await, 0);
+    let r = proxy.admin("resume");
+    assert_eq!(
+        (r["rollout"].as_str(), r["state"].as_str()),
+        (Some("new"), Some("running"))
+    );
     assert_eq!(canary_share(&proxy, 20).await, 20);
+    // While running, a new id in the file starts at once.
+    let (dir, path) = proxy.kill9();
+    std::fs::write(&path, yaml(&s, &c, "id: newer\npercent: 0")).expect("edit");
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), st["source"].as_str()),
+        (Some("newer"), Some("file"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,7 +148,8 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_canary_unavailable_error_canary_users_get_503_and_an_empty_stable_pool_503() {
+async fn with_canary_unavailable_error_canary_users_get_503_and_a_dead_stable_pool_is_still_tried()
+{
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();
     let extra = "canary_unavailable: error\npassive_health: {eject_after: 1, backoff: 1m}\n";
@@ -177,6 +178,119 @@ async fn with_canary_unavailable_error_canary_users_get_503_and_an_empty_stable_
         extra,
     ));
     bodies(&proxy, 1, "/").await;
+    proxy.wait_log("upstream ejected");
+    // Stable has nowhere else to send its users: its only upstream is tried anyway (panic
+    // routing), and refuses.
     let then = bodies(&proxy, 5, "/").await;
-    assert!(then.iter().all(|(s, _)| *s == 503), "{then:?}");
+    assert!(then.iter().all(|(s, _)| *s == 502), "{then:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_s_errors_never_eject_the_only_upstream() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let extra = "passive_health: {eject_after: 2, backoff: 1m}
+";
+    let proxy = Proxy::start(&yaml(
+        &[stable.addr.to_string()],
+        &[canary.addr.to_string()],
+        "0",
+        extra,
+    ));
+    // One bad endpoint answering 500: not a gateway failure, not counted.
+    let got = bodies(&proxy, 10, "/status/500").await;
+    assert!(got.iter().all(|(s, _)| *s == 500), "{got:?}");
+    // 502s are counted, but the last healthy upstream of a pool is never ejected for them.
+    let got = bodies(&proxy, 10, "/status/502").await;
+    assert!(got.iter().all(|(s, _)| *s == 502), "{got:?}");
+    let after = bodies(&proxy, 10, "/").await;
+    assert!(
+        after.iter().all(|(s, b)| *s == 200 && b == "stable"),
+        "the site stays up: {after:?}"
+    );
+    assert!(!proxy.logs().iter().any(|l| l.contains("upstream ejected")));
+    // Configured otherwise, 500 counts too (and still never ejects the last one).
+    let proxy = Proxy::start(&yaml(
+        &[stable.addr.to_string(), canary.addr.to_string()],
+        &[canary.addr.to_string()],
+        "0",
+        "passive_health: {eject_after: 2, backoff: 1m, failure_statuses: [5xx]}
+",
+    ));
+    bodies(&proxy, 8, "/status/500").await;
+    let line = proxy.wait_log("upstream ejected");
+    assert!(line.contains("\"stable\""), "{line}");
+    let after = bodies(&proxy, 6, "/").await;
+    assert!(after.iter().all(|(s, _)| *s == 200), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_most_of_a_pool_is_ejected_requests_go_to_all_of_it() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let all = [a.addr.to_string(), b.addr.to_string(), c.addr.to_string()];
+    let extra = "passive_health: {eject_after: 1, backoff: 1m}
+";
+    let proxy = Proxy::start(&yaml(&all, &[c.addr.to_string()], "0", extra));
+    // a and b answer 503 once each: ejected; c stays.
+    a.set_unhealthy(true);
+    b.set_unhealthy(true);
+    bodies(&proxy, 6, "/").await;
+    assert_eq!(
+        proxy
+            .logs()
+            .iter()
+            .filter(|l| l.contains("upstream ejected"))
+            .count(),
+        2
+    );
+    a.set_unhealthy(false);
+    b.set_unhealthy(false);
+    let before = (a.seen().len(), b.seen().len());
+    // One healthy of three is below the 50% panic threshold: all three share the traffic.
+    let got = bodies(&proxy, 30, "/").await;
+    assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
+    assert!(
+        a.seen().len() > before.0 && b.seen().len() > before.1,
+        "panic routing"
+    );
+    // With the threshold off, only the healthy one serves.
+    let proxy = Proxy::start(&yaml(
+        &all,
+        &[c.addr.to_string()],
+        "0",
+        "passive_health: {eject_after: 1, backoff: 1m, panic_threshold: 0}
+",
+    ));
+    a.set_unhealthy(true);
+    b.set_unhealthy(true);
+    bodies(&proxy, 6, "/").await;
+    a.set_unhealthy(false);
+    b.set_unhealthy(false);
+    let got = bodies(&proxy, 12, "/").await;
+    assert!(
+        got.iter().all(|(s, body)| *s == 200 && body == "c"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_canary_costs_no_request_with_fallback_on() {
+    let stable = Backend::start("stable").await;
+    let dead = dead_addr().to_string();
+    let proxy = Proxy::start(&yaml(&[stable.addr.to_string()], &[dead], "50", ""));
+    let got = bodies(&proxy, 400, "/").await;
+    let failed: Vec<_> = got.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(proxy.metric("ramp_canary_fallback_total").await >= 100.0);
 }

@@ -59,6 +59,12 @@ pub enum Reason {
     AbsolutePath(String),
     #[error("no such group: {0:?}")]
     Group(String),
+    #[error("unknown key; this section takes: {0}")]
+    UnknownKey(String),
+    #[error("{0}")]
+    Shape(String),
+    #[error("not a status (100 to 599) or a class (1xx to 5xx): {0:?}")]
+    Status(String),
 }
 
 /// One problem found while validating, with where it is and which field it concerns.

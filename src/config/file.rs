@@ -71,6 +71,10 @@ pub struct PassiveFile {
     pub backoff: Option<S<String>>,
     #[serde(default)]
     pub max_backoff: Option<S<String>>,
+    #[serde(default)]
+    pub failure_statuses: Option<S<Vec<String>>>,
+    #[serde(default)]
+    pub panic_threshold: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,12 +85,16 @@ pub struct LimitsFile {
     #[serde(default)]
     pub max_uri_bytes: Option<S<u64>>,
     #[serde(default)]
+    pub max_headers: Option<S<u64>>,
+    #[serde(default)]
     pub header_read_timeout: Option<S<String>>,
     #[serde(default)]
     pub body_idle_timeout: Option<S<String>>,
     /// Was `idle_timeout` before 0.2; the old name is still read.
     #[serde(default, alias = "idle_timeout")]
     pub h2_idle_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub tunnel_idle_timeout: Option<S<String>>,
     #[serde(default)]
     pub max_connections: Option<S<u64>>,
     #[serde(default)]

@@ -3,7 +3,9 @@
 mod checker;
 mod error;
 mod file;
+mod keys;
 mod resilience;
+mod statuses;
 mod validate;
 
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use http::HeaderName;
 
 pub use checker::parse_duration;
 pub use error::{ConfigError, Position, Problem, Reason};
+pub use statuses::StatusSet;
 pub use validate::{rollout_id, upstream_addr};
 
 /// A validated configuration. Everything in it has been checked; building a snapshot cannot fail.
@@ -68,6 +71,12 @@ pub struct PassiveHealth {
     /// The first ejection's length; each further one doubles, up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Answers that count as failures (default 502, 503, 504: the gateway kind; an application's
+    /// 500 for one bad endpoint must not take an upstream out).
+    pub failure_statuses: StatusSet,
+    /// When fewer than this percent of a pool's upstreams are healthy, requests go to all of them
+    /// (Envoy's panic threshold; 0 turns it off).
+    pub panic_threshold: u32,
 }
 
 /// What canary users get when no canary upstream is healthy.
@@ -85,13 +94,17 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// The request target, in bytes (beyond: 414).
     pub max_uri_bytes: usize,
+    /// Request header fields, by count (beyond: 431).
+    pub max_headers: usize,
     /// A client must send its whole request head within this (else the connection is closed).
     pub header_read_timeout: Duration,
     /// A body (either way) that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
     /// An HTTP/2 connection without a stream for this long is closed (GOAWAY).
     pub h2_idle_timeout: Duration,
-    /// Client connections served at once; more wait in the listen backlog.
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Client connections served at once; beyond, the longest-idle one is closed to make room.
     pub max_connections: usize,
     pub h2_max_concurrent_streams: u32,
 }
@@ -218,16 +231,80 @@ pub fn ppm_to_percent(ppm: u32) -> f64 {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    let bytes = crate::files::read_regular(path, crate::files::MAX_FILE).map_err(read_err)?;
+    parse_bytes(&bytes, path)
+}
+
+/// Only `admin.socket` of the file at `path` (relative to the file's directory), read leniently:
+/// the rest of the file may be invalid (unknown keys, bad values), which is when `ramp ctl
+/// status` is needed most. Only YAML that cannot be read at all is an error.
+pub fn admin_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        admin: Option<LenientAdmin>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LenientAdmin {
+        #[serde(default)]
+        socket: Option<String>,
+    }
+    let bytes = crate::files::read_regular(path, crate::files::MAX_FILE).map_err(|source| {
+        ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }
     })?;
-    parse(&text, path)
+    let text = String::from_utf8_lossy(&bytes);
+    let lenient: Lenient = serde_saphyr::from_str(&text).map_err(|e| parse_error(e, path))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(lenient
+        .admin
+        .and_then(|a| a.socket)
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| base.join(s)))
+}
+
+/// Parses and validates the file's bytes (read by the caller from `path`).
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })?;
+    parse(text, path)
 }
 
 /// Parses and validates YAML text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let file: file::File = serde_saphyr::from_str(text).map_err(|e| parse_error(e, path))?;
+    let file: file::File = match serde_saphyr::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            // serde stops at the first unknown key: name every one (and the other error, if the
+            // first was something else).
+            let mut problems = keys::unknown(text);
+            if problems.is_empty() {
+                return Err(parse_error(e, path));
+            }
+            if let ConfigError::Parse { at, message, .. } = parse_error(e, path)
+                && !message.starts_with("unknown field")
+            {
+                problems.push(Problem {
+                    at,
+                    field: "(file)".into(),
+                    reason: Reason::Shape(message),
+                });
+            }
+            problems.sort_by_key(|p| (p.at.line, p.at.column));
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+    };
     let mut config = validate::validate(file).map_err(|problems| ConfigError::Invalid {
         path: path.to_owned(),
         problems,

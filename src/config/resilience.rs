@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::checker::Checker;
 use super::error::Reason;
 use super::file::{HealthFile, LimitsFile, PassiveFile};
-use super::{ActiveHealth, Limits, PassiveHealth};
+use super::{ActiveHealth, Limits, PassiveHealth, StatusSet};
 
 pub(super) fn active(c: &mut Checker, h: &HealthFile) -> Option<ActiveHealth> {
     let path = match &h.path {
@@ -56,6 +56,21 @@ pub(super) fn passive(c: &mut Checker, p: Option<&PassiveFile>) -> PassiveHealth
             "passive_health.max_backoff",
             Duration::from_secs(60),
         ),
+        failure_statuses: p
+            .and_then(|p| p.failure_statuses.as_ref())
+            .and_then(|list| {
+                c.check(list, "passive_health.failure_statuses", |l| {
+                    StatusSet::parse(&l.iter().map(String::as_str).collect::<Vec<_>>())
+                })
+            })
+            .unwrap_or(StatusSet::of(&[502, 503, 504])),
+        panic_threshold: c.int(
+            p.and_then(|p| p.panic_threshold.as_ref()),
+            "passive_health.panic_threshold",
+            0,
+            100,
+            50,
+        ) as u32,
     }
 }
 
@@ -75,6 +90,13 @@ pub(super) fn limits(c: &mut Checker, l: Option<&LimitsFile>) -> Limits {
             1 << 20,
             8_192,
         ) as usize,
+        max_headers: c.int(
+            l.and_then(|l| l.max_headers.as_ref()),
+            "limits.max_headers",
+            8,
+            10_000,
+            100,
+        ) as usize,
         header_read_timeout: c.duration(
             l.and_then(|l| l.header_read_timeout.as_ref()),
             "limits.header_read_timeout",
@@ -89,6 +111,11 @@ pub(super) fn limits(c: &mut Checker, l: Option<&LimitsFile>) -> Limits {
             l.and_then(|l| l.h2_idle_timeout.as_ref()),
             "limits.h2_idle_timeout",
             Duration::from_secs(60),
+        ),
+        tunnel_idle_timeout: c.duration(
+            l.and_then(|l| l.tunnel_idle_timeout.as_ref()),
+            "limits.tunnel_idle_timeout",
+            Duration::from_secs(3600),
         ),
         max_connections: c.int(
             l.and_then(|l| l.max_connections.as_ref()),

@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use crate::config::Admin;
 
+use super::admin_peers::Peers;
 use super::command::{self, MAX_LINE, ParseError, Source};
 use super::controller::Handle;
 use super::reply::{self, ControlError, Reply};
 
-/// Admin connections served at once; more wait in the socket's backlog until one ends.
-const MAX_CONNECTIONS: usize = 128;
-/// An admin connection that sends nothing for this long is closed.
-const IDLE: Duration = Duration::from_secs(600);
+/// An admin connection that sends no complete command for this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// A peer that does not read its reply for this long is dropped.
+const WRITE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -99,13 +99,12 @@ enum Role {
     ReadOnly,
 }
 
+/// Accepts admin connections until the task is dropped. Accepting never waits for room: each
+/// peer is identified at once and held to its uid's share (see [`Peers`]).
 pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
     let admin = Arc::new(admin);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(Peers::default());
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -114,11 +113,8 @@ pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
                 continue;
             }
         };
-        let (admin, handle) = (Arc::clone(&admin), handle.clone());
-        tokio::spawn(async move {
-            connection(stream, &admin, &handle).await;
-            drop(slot);
-        });
+        let (admin, handle, peers) = (Arc::clone(&admin), handle.clone(), Arc::clone(&peers));
+        tokio::spawn(async move { connection(stream, &admin, &handle, &peers).await });
     }
 }
 
@@ -126,11 +122,16 @@ async fn refuse(mut stream: UnixStream, why: ControlError) {
     let _ = write_reply(&mut stream, &Err(why)).await;
 }
 
-async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> std::io::Result<()> {
-    w.write_all(&reply::encode(reply)).await
+/// Writes one reply; false when the peer is gone or does not read it in time.
+async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> bool {
+    let line = reply::encode(reply);
+    matches!(
+        tokio::time::timeout(WRITE, w.write_all(&line)).await,
+        Ok(Ok(()))
+    )
 }
 
-async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
+async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle, peers: &Arc<Peers>) {
     let Ok(cred) = stream.peer_cred() else {
         return refuse(stream, ControlError::UnknownPeer).await;
     };
@@ -143,6 +144,7 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
         tracing::warn!(uid, pid = ?cred.pid(), "admin peer refused");
         return refuse(stream, ControlError::NotAllowed).await;
     };
+    let slot = peers.register(uid);
     let source = Source::Admin {
         uid,
         pid: cred.pid(),
@@ -151,7 +153,12 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
     let mut reader = BufReader::with_capacity(8 * 1024, read);
     let mut line = Vec::new();
     loop {
-        let reply = match tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)) => next,
+            () = slot.close.notified() => return,
+        };
+        slot.busy();
+        let reply = match next {
             Err(_) | Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
             Ok(Ok(Line::TooLong)) => Err(ParseError::TooLong.into()),
             Ok(Ok(Line::Complete)) => match command::parse(&line) {
@@ -163,9 +170,10 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle) {
                 Ok(cmd) => handle.send(cmd, source.clone()).await,
             },
         };
-        if write_reply(&mut write, &reply).await.is_err() {
+        if !write_reply(&mut write, &reply).await {
             return;
         }
+        slot.idle();
     }
 }
 

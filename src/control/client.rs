@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::routing::State;
+
 use super::reply::{self, BucketInfo, Decoded, ScheduleStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +116,23 @@ fn bucket(b: &BucketInfo) -> String {
     )
 }
 
+/// The share users get now, and the plan's when that differs.
+fn percent(s: &Status) -> String {
+    match s.state {
+        State::RolledBack => format!(
+            "0% now (rolled back; the plan's {} applies again on resume)",
+            pct(s.percent)
+        ),
+        State::Completed => "100% now (completed)".to_owned(),
+        State::Running | State::Halted => pct(s.effective_percent),
+    }
+}
+
 fn status(s: &Status, changed: Option<bool>) -> String {
     let mut rows = vec![
         ("rollout", s.rollout.clone()),
         ("state", s.state.as_str().to_owned()),
-        ("percent", pct(s.percent)),
+        ("percent", percent(s)),
         ("schedule", s.schedule.as_ref().map_or("-".into(), schedule)),
         (
             "changed",

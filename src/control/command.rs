@@ -19,13 +19,17 @@ pub enum Command {
     Resume,
     Rollback,
     Promote,
-    /// A new rollout: new salt, new group; clears halt and rollback.
+    /// A new rollout: new salt, new group; clears halt and rollback. Without an id, the rollout
+    /// the config file names.
     Start {
-        id: String,
+        id: Option<String>,
         ppm: Option<u32>,
     },
-    /// Re-read the configuration file.
+    /// Re-read the configuration file now (SIGHUP, `reload`).
     Reload,
+    /// The watcher saw the config file change and settle: this text, read twice the same across
+    /// the quiet period (internal; never parsed from a line).
+    FileChanged(Vec<u8>),
 }
 
 impl Command {
@@ -39,7 +43,7 @@ impl Command {
             Command::Rollback => "rollback",
             Command::Promote => "promote",
             Command::Start { .. } => "start",
-            Command::Reload => "reload",
+            Command::Reload | Command::FileChanged(_) => "reload",
         }
     }
 
@@ -104,7 +108,7 @@ pub enum ParseError {
     #[error("the line is longer than {MAX_LINE} bytes")]
     TooLong,
     #[error(
-        "unknown command {0:?}; commands: status, set PERCENT, halt, resume, rollback, promote, start ROLLOUT_ID [PERCENT], reload, bucket USER_ID"
+        "unknown command {0:?}; commands: status, set PERCENT, halt, resume, rollback, promote, start [ROLLOUT_ID [PERCENT]], reload, bucket USER_ID"
     )]
     Unknown(String),
     #[error("`{0}` needs {1}")]
@@ -113,6 +117,8 @@ pub enum ParseError {
     Extra(&'static str, String),
     #[error("bad percent {0:?}: {1}")]
     Percent(String, Reason),
+    #[error("bad percent {0:?}: not a number (give 0 to 100, e.g. `set 2.5`)")]
+    NotANumber(String),
     #[error("bad rollout id: {0}")]
     RolloutId(Reason),
     #[error("bad user id: {0}")]
@@ -120,16 +126,9 @@ pub enum ParseError {
 }
 
 fn percent(word: &str) -> Result<u32, ParseError> {
-    let value: f64 = word.parse().map_err(|_| {
-        ParseError::Percent(
-            word.to_owned(),
-            Reason::OutOfRange {
-                min: 0.0,
-                max: 100.0,
-                got: f64::NAN,
-            },
-        )
-    })?;
+    let value: f64 = word
+        .parse()
+        .map_err(|_| ParseError::NotANumber(word.to_owned()))?;
     config::percent_to_ppm(value).map_err(|r| ParseError::Percent(word.to_owned(), r))
 }
 
@@ -166,11 +165,10 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             return Ok(Command::Set(percent(p)?));
         }
         "start" => {
-            let id = args.next().ok_or(ParseError::Missing(
-                "start",
-                "a rollout id, e.g. `start checkout-v3 0.01`",
-            ))?;
-            let id = config::rollout_id(id).map_err(ParseError::RolloutId)?;
+            let id = args
+                .next()
+                .map(|id| config::rollout_id(id).map_err(ParseError::RolloutId))
+                .transpose()?;
             let ppm = args.next().map(percent).transpose()?;
             no_more("start", args.collect::<Vec<_>>().join(" ").as_str())?;
             return Ok(Command::Start { id, ppm });
@@ -204,14 +202,21 @@ mod tests {
         assert_eq!(
             parse(b"start checkout-v3 0.01"),
             Ok(Command::Start {
-                id: "checkout-v3".into(),
+                id: Some("checkout-v3".into()),
                 ppm: Some(100)
             })
         );
         assert_eq!(
             parse(b"start v4"),
             Ok(Command::Start {
-                id: "v4".into(),
+                id: Some("v4".into()),
+                ppm: None
+            })
+        );
+        assert_eq!(
+            parse(b"start"),
+            Ok(Command::Start {
+                id: None,
                 ppm: None
             })
         );
@@ -236,13 +241,17 @@ mod tests {
         assert_eq!(parse(b"\xff\xfe"), Err(ParseError::NotUtf8));
         assert!(matches!(parse(b"launch"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse(b"set"), Err(ParseError::Missing("set", _))));
-        assert!(matches!(parse(b"set abc"), Err(ParseError::Percent(..))));
+        assert_eq!(
+            parse(b"set abc").map_err(|e| e.to_string()),
+            Err("bad percent \"abc\": not a number (give 0 to 100, e.g. `set 2.5`)".into())
+        );
         assert!(matches!(parse(b"set 101"), Err(ParseError::Percent(..))));
         assert!(matches!(
             parse(b"set 1.00001"),
             Err(ParseError::Percent(..))
         ));
         assert!(matches!(parse(b"set NaN"), Err(ParseError::Percent(..))));
+        assert!(matches!(parse(b"set inf"), Err(ParseError::Percent(..))));
         assert!(matches!(
             parse(b"set 5 6"),
             Err(ParseError::Extra("set", _))
@@ -250,10 +259,6 @@ mod tests {
         assert!(matches!(
             parse(b"halt now"),
             Err(ParseError::Extra("halt", _))
-        ));
-        assert!(matches!(
-            parse(b"start"),
-            Err(ParseError::Missing("start", _))
         ));
         assert!(matches!(
             parse(b"start x 5 6"),

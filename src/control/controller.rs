@@ -211,7 +211,11 @@ impl Controller {
             Command::Bucket(user) => {
                 return Ok(Outcome::Bucket(status::bucket(&self.current.load(), user)));
             }
-            Command::Reload => return self.reload(source).await,
+            Command::Reload => return self.reload(None, source).await,
+            Command::FileChanged(text) => {
+                let text = text.clone();
+                return self.reload(Some(text), source).await;
+            }
             Command::Set(ppm) => next.set(*ppm)?,
             Command::Halt => next.halt(now)?,
             Command::Resume => next.resume(now)?,
@@ -301,9 +305,14 @@ impl Controller {
         }
     }
 
-    async fn reload(&mut self, trigger: Source) -> Reply {
+    /// Reads the config file (or takes the `text` the watcher read of it) and puts it in force.
+    async fn reload(&mut self, text: Option<Vec<u8>>, trigger: Source) -> Reply {
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let loaded = tokio::task::spawn_blocking(move || match text {
+            Some(text) => config::parse_bytes(&text, &path),
+            None => config::load(&path),
+        })
+        .await;
         let rejected = |notes: &mut Notes, e: ControlError| {
             tracing::error!(trigger = trigger.kind(), error = %e, "reload rejected: the running config stays");
             notes.last_reload_error = Some(e.to_string());

@@ -21,8 +21,11 @@ use super::store::StoreError;
 pub struct Status {
     pub rollout: String,
     pub state: State,
-    /// The share the plan sets (what `set` or the file gave); see `effective_percent`.
+    /// The share the plan sets (what `set`, the schedule or the file gave). While rolled back or
+    /// completed it is not what users get: see `effective_percent`.
     pub percent: f64,
+    /// The share of users on canary now: 0 when rolled back, 100 when completed, else `percent`.
+    pub effective_percent: f64,
     pub schedule: Option<ScheduleStatus>,
     pub file_plan_pending: bool,
     /// RFC 3339, or null when the time cannot be shown.
@@ -216,6 +219,7 @@ mod tests {
             rollout: "checkout-v2".into(),
             state: State::Halted,
             percent: 2.5,
+            effective_percent: 2.5,
             schedule: Some(ScheduleStatus {
                 step: 2,
                 steps: 3,
@@ -246,7 +250,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

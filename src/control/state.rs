@@ -25,6 +25,8 @@ pub struct RolloutState {
     pub plan: RolloutPlan,
     /// The file's plan changed while halted or rolled back; it applies on `resume`.
     pub plan_pending: bool,
+    /// The pending plan carries a new rollout id: `resume` (or a bare `start`) begins it.
+    pub pending_rollout: bool,
     pub changed_at: SystemTime,
     pub changed_by: Source,
 }
@@ -64,6 +66,7 @@ impl RolloutState {
             schedule: None,
             plan,
             plan_pending: false,
+            pending_rollout: false,
             changed_at: SystemTime::now(),
             changed_by: by,
         };
@@ -107,6 +110,7 @@ impl RolloutState {
             }
         }
         self.plan_pending = false;
+        self.pending_rollout = false;
     }
 
     fn complete_if_final(&mut self) {
@@ -154,7 +158,9 @@ impl RolloutState {
             State::Completed => Err(Refusal::Completed),
             State::Halted | State::RolledBack => {
                 self.state = State::Running;
-                if self.plan_pending {
+                if self.pending_rollout {
+                    self.start(None, None, now);
+                } else if self.plan_pending {
                     self.follow_plan(now);
                 } else if let Some(s) = &mut self.schedule {
                     s.unpause(now);
@@ -179,9 +185,10 @@ impl RolloutState {
         self.schedule = None;
     }
 
-    /// A new rollout: new salt, running, at `ppm` or else at the file plan's start.
-    pub fn start(&mut self, id: String, ppm: Option<u32>, now: Instant) {
-        self.id = id;
+    /// A new rollout: new salt, running, at `ppm` or else at the file plan's start. Without an
+    /// id, the file's rollout (a new id the file gave while halted, say).
+    pub fn start(&mut self, id: Option<String>, ppm: Option<u32>, now: Instant) {
+        self.id = id.unwrap_or_else(|| self.plan.id.clone());
         self.state = State::Running;
         self.schedule = None;
         self.ppm = 0;
@@ -189,22 +196,33 @@ impl RolloutState {
             Some(ppm) => {
                 self.ppm = ppm;
                 self.plan_pending = false;
+                self.pending_rollout = false;
             }
             None => self.follow_plan(now),
         }
     }
 
-    /// The file was (re)loaded with `plan`.
+    /// The file was (re)loaded with `plan`. A file edit never leaves a halt or a rollback: while
+    /// halted or rolled back, a new plan (a new rollout id included) waits for `resume`.
     pub fn file_plan(&mut self, plan: RolloutPlan, now: Instant) -> FileEffect {
         if plan == self.plan {
             return FileEffect::Unchanged;
         }
-        let new_id = plan.id != self.plan.id;
+        // A new rollout: an id the file did not give before, other than the one in force.
+        let new_id = plan.id != self.plan.id && plan.id != self.id;
         self.plan = plan;
         if new_id {
-            let id = self.plan.id.clone();
-            self.start(id, None, now);
-            return FileEffect::NewRollout;
+            match self.state {
+                State::Running | State::Completed => {
+                    self.start(None, None, now);
+                    return FileEffect::NewRollout;
+                }
+                State::Halted | State::RolledBack => {
+                    self.plan_pending = true;
+                    self.pending_rollout = true;
+                    return FileEffect::Pending;
+                }
+            }
         }
         match self.state {
             State::Running => {
@@ -213,6 +231,8 @@ impl RolloutState {
             }
             State::Halted | State::RolledBack => {
                 self.plan_pending = true;
+                // The file names the rollout in force again: nothing new to start.
+                self.pending_rollout = false;
                 FileEffect::Pending
             }
             State::Completed => FileEffect::Ignored,
@@ -294,15 +314,35 @@ mod tests {
     }
 
     #[test]
-    fn a_new_rollout_id_in_the_file_starts_fresh_even_when_rolled_back() {
+    fn a_new_rollout_id_in_the_file_waits_for_resume_while_rolled_back() {
         let now = Instant::now();
         let mut s = RolloutState::fresh(plan("r1", Plan::Percent(50_000)), now, Source::Startup);
         s.rollback(now);
         assert_eq!(
             s.file_plan(plan("r2", Plan::Percent(100)), now),
+            FileEffect::Pending
+        );
+        assert_eq!(
+            (s.id.as_str(), s.state, s.ppm),
+            ("r1", State::RolledBack, 50_000)
+        );
+        s.resume(now).expect("resume");
+        assert_eq!((s.id.as_str(), s.state, s.ppm), ("r2", State::Running, 100));
+        assert!(!s.plan_pending && !s.pending_rollout);
+        // While running, a new id starts at once.
+        assert_eq!(
+            s.file_plan(plan("r3", Plan::Percent(200)), now),
             FileEffect::NewRollout
         );
-        assert_eq!((s.id.as_str(), s.state, s.ppm), ("r2", State::Running, 100));
+        assert_eq!((s.id.as_str(), s.ppm), ("r3", 200));
+        // A bare `start` begins the file's rollout from a halt.
+        s.halt(now).expect("halt");
+        assert_eq!(
+            s.file_plan(plan("r4", Plan::Percent(300)), now),
+            FileEffect::Pending
+        );
+        s.start(None, None, now);
+        assert_eq!((s.id.as_str(), s.state, s.ppm), ("r4", State::Running, 300));
     }
 
     #[test]
@@ -336,12 +376,12 @@ mod tests {
         let mut s = RolloutState::fresh(plan("r", steps()), t0, Source::Startup);
         s.set(2_500).expect("set");
         assert_eq!((s.ppm, s.schedule, s.next_deadline()), (2_500, None, None));
-        s.start("r-b".into(), None, t0);
+        s.start(Some("r-b".into()), None, t0);
         assert_eq!(
             (s.id.as_str(), s.ppm, s.schedule.map(|x| x.step)),
             ("r-b", 100, Some(0))
         );
-        s.start("r-c".into(), Some(7), t0);
+        s.start(Some("r-c".into()), Some(7), t0);
         assert_eq!((s.ppm, s.schedule), (7, None));
         s.promote();
         assert_eq!((s.state, s.ppm), (State::Completed, 1_000_000));

@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use crate::config::{Plan, ppm_to_percent};
-use crate::routing::{self, PerPool};
+use crate::routing::{self, PerPool, State};
 use crate::snapshot::Snapshot;
 
 use super::reply::{BucketInfo, ScheduleStatus, Status};
@@ -49,6 +49,11 @@ pub fn build(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> 
         rollout: r.id.clone(),
         state: r.state,
         percent: ppm_to_percent(r.ppm),
+        effective_percent: match r.state {
+            State::RolledBack => 0.0,
+            State::Completed => 100.0,
+            State::Running | State::Halted => ppm_to_percent(r.ppm),
+        },
         schedule: schedule(r, now),
         file_plan_pending: r.plan_pending,
         changed_at: rfc3339(r.changed_at),

@@ -15,8 +15,8 @@ use super::command::Source;
 use super::schedule::{Schedule, Timing};
 use super::state::RolloutState;
 
-/// The version this build writes.
-pub const VERSION: u32 = 1;
+/// The version this build writes. 2 added `pending_rollout`; version 1 files load with it false.
+pub const VERSION: u32 = 2;
 
 /// Durations read back are capped here (a damaged file must not overflow a clock).
 const MAX_SPAN: Duration = crate::config::MAX_DURATION;
@@ -54,7 +54,7 @@ pub enum StoreError {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct FileV1 {
+struct FileV2 {
     version: u32,
     rollout: String,
     state: State,
@@ -62,6 +62,9 @@ struct FileV1 {
     schedule: Option<ScheduleV1>,
     file_plan: PlanV1,
     plan_pending: bool,
+    /// New in version 2.
+    #[serde(default)]
+    pending_rollout: bool,
     changed_at_unix_ms: u64,
     changed_by: Source,
 }
@@ -136,7 +139,7 @@ pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8
             ),
         },
     };
-    let file = FileV1 {
+    let file = FileV2 {
         version: VERSION,
         rollout: s.id.clone(),
         state: s.state,
@@ -144,6 +147,7 @@ pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8
         schedule,
         file_plan,
         plan_pending: s.plan_pending,
+        pending_rollout: s.pending_rollout,
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
     };
@@ -158,7 +162,7 @@ pub fn read(
     now: Instant,
     wall: SystemTime,
 ) -> Result<Option<RolloutState>, StoreError> {
-    let text = match std::fs::read(path) {
+    let text = match crate::files::read_regular(path, crate::files::MAX_FILE) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
@@ -190,9 +194,10 @@ fn decode(
         version: u32,
     }
     let head: Head = serde_json::from_slice(text).map_err(corrupt)?;
-    // Each future version adds an arm that upgrades the older shape.
-    let f: FileV1 = match head.version {
-        1 => serde_json::from_slice(text).map_err(corrupt)?,
+    // Each version adds an arm that upgrades the older shape; version 1 lacks only
+    // `pending_rollout`, which defaults to false.
+    let f: FileV2 = match head.version {
+        1 | 2 => serde_json::from_slice(text).map_err(corrupt)?,
         found => {
             return Err(StoreError::Version {
                 path: path.to_owned(),
@@ -266,6 +271,7 @@ fn decode(
             plan,
         },
         plan_pending: f.plan_pending,
+        pending_rollout: f.pending_rollout && f.plan_pending,
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
     })

@@ -15,14 +15,25 @@ use super::controller::Handle;
 /// Quiet time after the last change before reloading (editors write in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// How many quiet periods a file may keep changing before this change is given up on (the next
+/// change event tries again).
+const MAX_SETTLE_ROUNDS: usize = 50;
+
 /// Watches the directories that can change what `files` (the config, TLS certificate and key)
 /// read: each file's own directory (editors that write a new file and rename it over the old one;
 /// Kubernetes' `..data` symlink swap) and the directory of the file it resolves to, if that is
 /// elsewhere. Keep the returned watcher alive; dropping it stops watching.
-pub fn watch(files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatcher> {
+///
+/// A change is applied only once the config file's content is stable: the same bytes read twice,
+/// a quiet period apart. A slow in-place rewrite is never applied half-written.
+pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatcher> {
+    let config = config.to_path_buf();
+    let files: Vec<&Path> = std::iter::once(config.as_path())
+        .chain(files.iter().copied())
+        .collect();
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut names: Vec<OsString> = Vec::new();
-    for file in files {
+    for file in &files {
         let real = std::fs::canonicalize(file).ok();
         for p in std::iter::once(file.to_path_buf()).chain(real) {
             let dir = parent(&p);
@@ -58,11 +69,44 @@ pub fn watch(files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatch
                 .await
                 .is_ok()
             {}
+            let command = match settled(&config).await {
+                Some(Ok(text)) => Command::FileChanged(text),
+                // Unreadable (gone, not a regular file): the controller reads it and says why.
+                Some(Err(_)) => Command::Reload,
+                None => {
+                    tracing::warn!(path = %config.display(), "the config file keeps changing; not reloaded until it settles");
+                    continue;
+                }
+            };
             // The controller logs a rejected reload and shows it in status.
-            let _ = handle.send(Command::Reload, Source::File).await;
+            let _ = handle.send(command, Source::File).await;
         }
     });
     Ok(watcher)
+}
+
+/// The file's content once two reads a quiet period apart agree; `None` if it never settles.
+async fn settled(path: &Path) -> Option<std::io::Result<Vec<u8>>> {
+    let read = |p: PathBuf| async move {
+        tokio::task::spawn_blocking(move || crate::files::read_regular(&p, crate::files::MAX_FILE))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    };
+    let same = |a: &std::io::Result<Vec<u8>>, b: &std::io::Result<Vec<u8>>| match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => a.kind() == b.kind(),
+        _ => false,
+    };
+    let mut last = read(path.to_path_buf()).await;
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        tokio::time::sleep(DEBOUNCE).await;
+        let now = read(path.to_path_buf()).await;
+        if same(&last, &now) {
+            return Some(now);
+        }
+        last = now;
+    }
+    None
 }
 
 fn parent(p: &Path) -> PathBuf {

@@ -4,7 +4,8 @@
 //! Content-Length) and settles Content-Length + Transfer-Encoding itself: Transfer-Encoding wins,
 //! Content-Length is dropped, and the connection closes after the answer.
 
-use http::{Request, StatusCode, Version};
+use http::header::TRANSFER_ENCODING;
+use http::{Method, Request, StatusCode, Version};
 
 use crate::config::Limits;
 
@@ -13,6 +14,22 @@ use super::forward::Scan;
 /// Why a request is refused, as the status the client gets.
 pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), StatusCode> {
     let uri = req.uri();
+    if req.method() == Method::CONNECT && super::tunnel::wanted(req, scan).is_none() {
+        // A reverse proxy opens no tunnels to arbitrary hosts; the only CONNECT ramp serves is a
+        // WebSocket over HTTP/2 (extended CONNECT, RFC 8441).
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    // Origin form (/path), absolute form (http://host/path), or * for OPTIONS; an authority
+    // alone (`GET abc`) is for CONNECT only.
+    let asterisk = uri.path() == "*";
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    if authority_form || (asterisk && req.method() != Method::OPTIONS) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    if scan.transfer_encoding && !chunked_only(req) {
+        // A coding ramp would have to undo to forward (gzip, chunked): RFC 9112 §6.1 allows 501.
+        return Err(StatusCode::NOT_IMPLEMENTED);
+    }
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
     if target > limits.max_uri_bytes {
@@ -28,4 +45,15 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
         return Err(StatusCode::BAD_REQUEST);
     }
     Ok(())
+}
+
+/// Whether the request's Transfer-Encoding is exactly `chunked`.
+fn chunked_only<B>(req: &Request<B>) -> bool {
+    let mut values = req.headers().get_all(TRANSFER_ENCODING).iter();
+    let one = values.next();
+    values.next().is_none()
+        && one.is_some_and(|v| {
+            v.to_str()
+                .is_ok_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+        })
 }

@@ -44,6 +44,8 @@ pub fn body_for(status: StatusCode) -> Bytes {
         StatusCode::BAD_REQUEST => b"Bad Request\n",
         StatusCode::REQUEST_TIMEOUT => b"Request Timeout\n",
         StatusCode::URI_TOO_LONG => b"URI Too Long\n",
+        StatusCode::METHOD_NOT_ALLOWED => b"Method Not Allowed\n",
+        StatusCode::NOT_IMPLEMENTED => b"Not Implemented\n",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => b"Request Header Fields Too Large\n",
         _ => b"Error\n",
     })

@@ -1,21 +1,26 @@
 //! Header rewriting in both directions (RFC 9110 §7.6.1 hop-by-hop fields, X-Forwarded-*).
 //! One pass over a header section finds what needs doing, so the common case does no lookups.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
 // Constants, not statics: comparisons against them compile to cheap checks on the known names.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Fields that describe one connection and never cross a proxy.
-pub const HOP_BY_HOP: [HeaderName; 6] = [
+/// Fields that never cross ramp: those that describe one connection (RFC 9110 §7.6.1), and
+/// `Trailer`, because trailers are not forwarded (a `Trailer` field announcing fields that never
+/// come would be a lie).
+pub const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     TE,
     TRANSFER_ENCODING,
     UPGRADE,
+    TRAILER,
 ];
 
 /// What one pass over a header section found.
@@ -26,6 +31,10 @@ pub struct Scan {
     pub hosts: u32,
     pub content_lengths: u32,
     pub transfer_encoding: bool,
+    /// `Cookie` fields (HTTP/2 sends one per cookie).
+    pub cookies: u32,
+    /// An `Upgrade` field is present (a WebSocket handshake, perhaps).
+    pub upgrade: bool,
     /// Which of [`HOP_BY_HOP`] are present, one bit each.
     hop: u8,
     /// Whether a header to hide is present.
@@ -43,11 +52,14 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
             s.hosts += 1;
         } else if name == CONTENT_LENGTH {
             s.content_lengths += 1;
+        } else if name == COOKIE {
+            s.cookies += 1;
         } else if name == X_FORWARDED_FOR {
             s.forwarded_for = true;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             s.hop |= 1 << i;
             s.transfer_encoding |= name == TRANSFER_ENCODING;
+            s.upgrade |= name == UPGRADE;
         } else if hide.contains(name) {
             s.hide = true;
         }
@@ -106,6 +118,9 @@ pub fn request_head(
     fallback_host: &HeaderValue,
 ) {
     strip(&mut parts.headers, scan, &[]);
+    if scan.cookies > 1 {
+        join_cookies(&mut parts.headers);
+    }
     if parts.uri.authority().is_none() && scan.hosts == 0 {
         parts.headers.insert(HOST, fallback_host.clone());
     }
@@ -144,12 +159,34 @@ pub fn request_head(
         .insert(X_FORWARDED_PROTO.clone(), proto.clone());
 }
 
+/// Several `Cookie` fields become one, joined with "; " (RFC 9113 §8.2.3: an HTTP/2 client
+/// sends one per cookie; an HTTP/1.1 upstream expects one field).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Prepares an upstream's response head for the client: hop-by-hop fields and the configured
-/// version-revealing headers removed.
+/// version-revealing headers removed. An answer framed by both Content-Length and
+/// Transfer-Encoding loses its Content-Length (chunked wins, RFC 9112 §6.3) and gives true: its
+/// connection must not be reused.
 #[inline]
-pub fn response_head(headers: &mut HeaderMap, hide: &[HeaderName]) {
+pub fn response_head(headers: &mut HeaderMap, hide: &[HeaderName]) -> bool {
     let s = scan(headers, hide);
     if s.hop != 0 || s.hide {
         strip(headers, &s, hide);
     }
+    let conflict = s.transfer_encoding && s.content_lengths > 0;
+    if conflict {
+        headers.remove(CONTENT_LENGTH);
+    }
+    conflict
 }

@@ -2,142 +2,31 @@
 //! Loads the snapshot exactly once.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, SET_COOKIE};
+use http::header::{CONNECTION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::CanaryUnavailable;
-use crate::metrics::Metrics;
 use crate::routing::{self, Decision, PoolName};
-use crate::snapshot::{Current, Snapshot};
-use crate::upstream::{Failure, Pool, ReqBody, Retry, SendError, Upstream, UpstreamBody};
+use crate::snapshot::Snapshot;
+use crate::upstream::{Failure, Outcome, ReqBody, Retry, SendError, Upstream};
 
-use super::error::{ProxyError, body_for};
-use super::watchdog::Activity;
-use super::{check, forward};
-
-/// What ramp answers with: an upstream's streamed body, or a short error of its own. While it
-/// lives, its connection counts as busy for the slow-head watchdog.
-#[derive(Debug)]
-pub struct ProxyBody {
-    inner: Either<UpstreamBody, Full<Bytes>>,
-    busy: Option<Busy>,
-}
-
-impl http_body::Body for ProxyBody {
-    type Data = Bytes;
-    type Error = crate::upstream::BodyError;
-
-    #[inline]
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        match &mut self.get_mut().inner {
-            Either::Left(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Either::Right(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A request in progress on its connection; dropped with the answer's body (or the abandoned
-/// handler), it ends the request.
-#[derive(Debug)]
-struct Busy(Arc<Conn>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.activity.end();
-    }
-}
-
-/// State shared by every connection of the data plane.
-#[derive(Debug)]
-pub struct Proxy {
-    pub current: Arc<Current>,
-    pub metrics: Metrics,
-    draining: AtomicBool,
-    canary_down: AtomicBool,
-}
-
-impl Proxy {
-    pub fn new(current: Arc<Current>, metrics: Metrics) -> Self {
-        Proxy {
-            current,
-            metrics,
-            draining: AtomicBool::new(false),
-            canary_down: AtomicBool::new(false),
-        }
-    }
-
-    /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Logs once per change whether the canary pool has a healthy upstream.
-    fn canary_available(&self, available: bool) {
-        if available {
-            if self.canary_down.load(Ordering::Relaxed)
-                && self.canary_down.swap(false, Ordering::Relaxed)
-            {
-                tracing::info!(pool = "canary", "canary pool has a healthy upstream again");
-            }
-        } else if !self.canary_down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(pool = "canary", "canary pool has no healthy upstream");
-        }
-    }
-}
-
-/// What ramp knows about one client connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer's IP, ready for X-Forwarded-For.
-    peer_ip: HeaderValue,
-    /// `http` or `https`, for X-Forwarded-Proto.
-    proto: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let ip = peer.ip().to_canonical().to_string();
-        ConnInfo {
-            peer,
-            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-        }
-    }
-}
+use super::body::{Busy, ProxyBody, error_response};
+use super::context::{Conn, ConnInfo, Proxy};
+use super::error::ProxyError;
+use super::{check, forward, tunnel};
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
-/// One client connection: the shared proxy state, what is known about the peer, and whether a
-/// request is in progress.
-#[derive(Debug)]
-pub struct Conn {
-    pub proxy: Arc<Proxy>,
-    pub info: ConnInfo,
-    pub activity: Activity,
-}
-
-fn finish(mut resp: Response<ProxyBody>, busy: Busy) -> Result<Response<ProxyBody>, Infallible> {
+fn finish(
+    mut resp: Response<ProxyBody>,
+    mut busy: Busy,
+) -> Result<Response<ProxyBody>, Infallible> {
+    busy.conn.activity.sending();
+    busy.sending = true;
     resp.body_mut().busy = Some(busy);
     Ok(resp)
 }
@@ -148,11 +37,11 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    conn.activity.begin(req.version() == Version::HTTP_2);
-    let busy = Busy(conn);
-    let (proxy, info) = (&*busy.0.proxy, &busy.0.info);
+    let version = req.version();
+    let busy = Busy::begin(conn, version == Version::HTTP_2);
+    let (proxy, info) = (&*busy.conn.proxy, &busy.conn.info);
     let snap = proxy.current.load();
-    let h1 = req.version() <= Version::HTTP_11;
+    let h1 = version <= Version::HTTP_11;
     let scan = forward::scan(req.headers(), &[]);
     if let Err(status) = check::request(&req, &scan, &snap.config.limits) {
         proxy.metrics.rejected.increment(1);
@@ -172,35 +61,50 @@ pub async fn handle(
             (routing::assign(rollout, id.as_bytes()), Some(id))
         }
     };
+    let websocket = tunnel::wanted(&req, &scan);
     let (result, served_by) = match choose(proxy, &snap, pool) {
         Err(e) => (Err(e), pool),
-        Ok((upstreams, first, served_by)) => {
+        Ok((first, served_by)) if let Some(kind) = websocket => {
+            // Boxed: rare, and large; inline it would enlarge every request's future.
+            let opened = Box::pin(tunnel::open(
+                &busy.conn, &snap, req, kind, &scan, first, served_by,
+            ))
+            .await;
+            (opened, served_by)
+        }
+        Ok((first, served_by)) => {
             let (req, replay) = upstream_request(req, &scan, info, &snap, &first.host);
-            let result = match first.send(req, &snap.connector, served_by).await {
-                Ok(resp) => Ok(resp),
-                Err(failure) => match retry(failure, upstreams, first, replay) {
-                    Ok((upstream, req)) => {
+            let passive = &snap.config.passive_health;
+            let sent = first.send(req, &snap.connector).await;
+            snap.pools[served_by].record(first, Outcome::of(&sent), passive, served_by);
+            let (sent, to) = match sent {
+                Ok(resp) => (Ok(resp), served_by),
+                Err(failure) => match retry(proxy, &snap, failure, served_by, first, replay) {
+                    Ok((upstream, req, to)) => {
                         proxy.metrics.retries.increment(1);
-                        tracing::debug!(pool = served_by.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
-                        upstream
-                            .send(req, &snap.connector, served_by)
-                            .await
-                            .map_err(|f| f.error)
+                        tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
+                        let again = upstream.send(req, &snap.connector).await;
+                        snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
+                        (again.map_err(|f| ProxyError::from(f.error)), to)
                     }
-                    Err(error) => Err(error),
+                    Err(error) => (Err(ProxyError::from(error)), served_by),
                 },
             };
-            let result = result.map_err(ProxyError::from);
-            (result, served_by)
+            let answered = sent.map(|mut resp| {
+                if forward::response_head(resp.headers_mut(), &snap.hide_response_headers) {
+                    resp.body_mut().forbid_reuse();
+                }
+                resp.map(ProxyBody::upstream)
+            });
+            (answered, to)
         }
     };
     let mut resp = match result {
         Ok(mut resp) => {
-            forward::response_head(resp.headers_mut(), &snap.hide_response_headers);
-            resp.map(|body| ProxyBody {
-                inner: Either::Left(body),
-                busy: None,
-            })
+            // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
+            // not make ramp close the client's keep-alive connection).
+            *resp.version_mut() = version;
+            resp
         }
         Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {
             tracing::debug!(peer = %info.peer, reason = %e, "client request body failed");
@@ -217,23 +121,27 @@ pub async fn handle(
     {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
-    if h1 && proxy.draining.load(Ordering::Relaxed) {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if h1 && !switching && proxy.draining.load(Ordering::Relaxed) {
         resp.headers_mut().insert(CONNECTION, CLOSE);
     }
     finish(resp, busy)
 }
 
-/// The pool that serves `pool`'s users now: canary users go to stable when no canary upstream
-/// is healthy, unless configured to get 503.
+/// The upstream (and the pool it is in) that serves `pool`'s users now: canary users go to
+/// stable when no canary upstream is healthy, unless configured to get 503; a stable pool with
+/// none healthy still tries one (there is nowhere else to go).
 fn choose<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
     pool: PoolName,
-) -> Result<(&'s Pool, &'s Arc<Upstream>, PoolName), ProxyError> {
+) -> Result<(&'s Arc<Upstream>, PoolName), ProxyError> {
+    let panic = snap.config.passive_health.panic_threshold;
     let stable = || {
-        let pool = &snap.pools.stable;
-        pool.pick()
-            .map(|u| (pool, u, PoolName::Stable))
+        let p = &snap.pools.stable;
+        p.pick(panic)
+            .or_else(|| p.any())
+            .map(|u| (u, PoolName::Stable))
             .ok_or_else(|| {
                 proxy.metrics.no_upstream[PoolName::Stable].increment(1);
                 ProxyError::NoUpstream(PoolName::Stable)
@@ -241,10 +149,10 @@ fn choose<'s>(
     };
     match pool {
         PoolName::Stable => stable(),
-        PoolName::Canary => match snap.pools.canary.pick() {
+        PoolName::Canary => match snap.pools.canary.pick(panic) {
             Some(u) => {
                 proxy.canary_available(true);
-                Ok((&snap.pools.canary, u, PoolName::Canary))
+                Ok((u, PoolName::Canary))
             }
             None => {
                 proxy.canary_available(false);
@@ -307,37 +215,42 @@ fn upstream_request(
 }
 
 /// Where a failed request may go once more without ever reaching an upstream twice, as
-/// [`Failure::retry`] classifies it.
-fn retry<'p>(
+/// [`Failure::retry`] classifies it: the upstream and the pool it is in.
+fn retry<'s>(
+    proxy: &Proxy,
+    snap: &'s Snapshot,
     failure: Failure,
-    upstreams: &'p Pool,
-    first: &'p Arc<Upstream>,
+    pool: PoolName,
+    first: &'s Arc<Upstream>,
     replay: Option<Head>,
-) -> Result<(&'p Arc<Upstream>, Request<ReqBody>), SendError> {
-    let other = upstreams.pick_other(first);
+) -> Result<(&'s Arc<Upstream>, Request<ReqBody>, PoolName), SendError> {
+    let other = snap.pools[pool].pick_other(first);
     let how = failure.retry();
     match (failure.request, how, replay) {
         (Some(req), Retry::Elsewhere, _) => match other {
-            Some(u) => Ok((u, req)),
+            Some(u) => Ok((u, req, pool)),
+            // Nothing reached the canary: with fallback on, stable serves this user at once.
+            None if pool == PoolName::Canary
+                && snap.config.canary_unavailable == CanaryUnavailable::Fallback =>
+            {
+                let stable = &snap.pools.stable;
+                let panic = snap.config.passive_health.panic_threshold;
+                match stable.pick(panic).or_else(|| stable.any()) {
+                    Some(u) => {
+                        proxy.metrics.canary_fallback.increment(1);
+                        Ok((u, req, PoolName::Stable))
+                    }
+                    None => Err(failure.error),
+                }
+            }
             None => Err(failure.error),
         },
-        (Some(req), Retry::Anywhere, _) => Ok((other.unwrap_or(first), req)),
-        (None, Retry::IfRepeatable, Some(head)) => Ok((other.unwrap_or(first), head.request())),
+        (Some(req), Retry::Anywhere, _) => Ok((other.unwrap_or(first), req, pool)),
+        (None, Retry::IfRepeatable, Some(head)) => {
+            Ok((other.unwrap_or(first), head.request(), pool))
+        }
         (_, Retry::Elsewhere | Retry::Anywhere | Retry::IfRepeatable | Retry::Never, _) => {
             Err(failure.error)
         }
     }
-}
-
-pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody {
-        inner: Either::Right(Full::new(body_for(status))),
-        busy: None,
-    });
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

@@ -1,13 +1,19 @@
 //! The data plane: accept, decide, forward, answer.
 
+mod body;
 mod check;
+mod connection;
+mod context;
 mod error;
 mod forward;
 mod handler;
 mod listener;
+mod tunnel;
 mod watchdog;
 
+pub use body::{ProxyBody, error_response};
+pub use context::{Conn, ConnInfo, Proxy};
 pub use error::ProxyError;
 pub use forward::HOP_BY_HOP;
-pub use handler::{Conn, ConnInfo, Proxy, ProxyBody, error_response, handle};
-pub use listener::{bind, serve};
+pub use handler::handle;
+pub use listener::serve;

@@ -18,20 +18,29 @@ use crate::clock::now_ms;
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
 
-/// Polls `inner` for a frame, aborting after the idle limit.
+/// Polls `inner` for a data frame, aborting after the idle limit. Trailers are dropped: ramp does
+/// not forward them (and removes the `Trailer` field that announces them).
 fn poll_idle(
     inner: &mut Incoming,
     idle: &mut IdleTimer,
     limit: Duration,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    match Pin::new(inner).poll_frame(cx) {
-        Poll::Ready(frame) => {
-            idle.activity();
-            Poll::Ready(frame.map(|f| f.map_err(BodyError::Http)))
-        }
-        Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyError::Idle(limit)))),
-        Poll::Pending => Poll::Pending,
+    loop {
+        return match Pin::new(&mut *inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                idle.activity();
+                continue;
+            }
+            Poll::Ready(frame) => {
+                idle.activity();
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Http)))
+            }
+            Poll::Pending if idle.poll_expired(cx) => {
+                Poll::Ready(Some(Err(BodyError::Idle(limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        };
     }
 }
 
@@ -155,6 +164,21 @@ impl UpstreamBody {
             body.release();
         }
         body
+    }
+
+    /// A body on a connection that is not pooled (a refused WebSocket handshake).
+    pub fn unpooled(inner: Incoming, limit: Duration) -> Self {
+        UpstreamBody {
+            inner,
+            reuse: None,
+            idle: IdleTimer::new(limit),
+            limit,
+        }
+    }
+
+    /// The connection must not carry another exchange (its framing cannot be trusted).
+    pub fn forbid_reuse(&mut self) {
+        self.reuse = None;
     }
 
     fn release(&mut self) {

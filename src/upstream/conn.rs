@@ -17,13 +17,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
-use crate::routing::PoolName;
 
 use super::UpstreamBody;
 use super::body::ReqBody;
 use super::health::Health;
 
-type Sender = http1::SendRequest<ReqBody>;
+pub type Sender = http1::SendRequest<ReqBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -189,17 +188,15 @@ impl Upstream {
     }
 
     /// Sends `req` on a pooled connection (or a new one) and gives the response; its body puts
-    /// the connection back in the pool once it has been read to the end. The outcome feeds the
-    /// upstream's passive health (`pool` names it in logs).
+    /// the connection back in the pool once it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
         connector: &Connector,
-        pool: PoolName,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let settings = &connector.settings;
         // One loop in one async fn: a nested future here would be copied on every request.
-        let result = loop {
+        loop {
             let (mut sender, reused) = match self.checkout(settings) {
                 Some(s) => (s, true),
                 // Boxed: the connect path is rare and large; inline it would make every
@@ -254,26 +251,7 @@ impl Upstream {
                     }
                 },
             }
-        };
-        let failed = match &result {
-            Ok(resp) => Some(resp.status().is_server_error()),
-            // A client that goes away or stalls says nothing about the upstream.
-            Err(Failure {
-                error: SendError::ClientBody(_),
-                ..
-            }) => None,
-            Err(_) => Some(true),
-        };
-        match failed {
-            Some(false) => self.health.success(),
-            Some(true) => {
-                if let Some(t) = self.health.failure(&connector.passive) {
-                    super::health::log(&self.addr, pool, t);
-                }
-            }
-            None => {}
         }
-        result
     }
 
     /// A pooled connection ready for a request, oldest first; stale and closed ones are dropped.
@@ -344,9 +322,19 @@ impl Upstream {
     async fn connect(&self, connector: &Connector) -> Result<Sender, SendError> {
         let tcp = self.tcp(connector).await?;
         if self.addr.tls {
-            handshake(self.tls(tcp, connector).await?, &self.addr).await
+            handshake(self.tls(tcp, connector).await?, &self.addr, false).await
         } else {
-            handshake(tcp, &self.addr).await
+            handshake(tcp, &self.addr, false).await
+        }
+    }
+
+    /// A fresh connection (never pooled) that can be upgraded: for a WebSocket handshake.
+    pub async fn connect_upgradable(&self, connector: &Connector) -> Result<Sender, SendError> {
+        let tcp = self.tcp(connector).await?;
+        if self.addr.tls {
+            handshake(self.tls(tcp, connector).await?, &self.addr, true).await
+        } else {
+            handshake(tcp, &self.addr, true).await
         }
     }
 
@@ -361,11 +349,11 @@ impl Upstream {
         };
         let sender = if self.addr.tls {
             match self.tls(tcp, connector).await {
-                Ok(s) => handshake(s, &self.addr).await,
+                Ok(s) => handshake(s, &self.addr, false).await,
                 Err(e) => Err(e),
             }
         } else {
-            handshake(tcp, &self.addr).await
+            handshake(tcp, &self.addr, false).await
         };
         let Ok(mut sender) = sender else {
             return false;
@@ -414,94 +402,28 @@ async fn respond_after_body<F: std::future::Future>(
     }
 }
 
-async fn handshake<IO>(io: IO, addr: &UpstreamAddr) -> Result<Sender, SendError>
+async fn handshake<IO>(io: IO, addr: &UpstreamAddr, upgrades: bool) -> Result<Sender, SendError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
         .writev(false)
+        // Read an upstream answer in small pieces: a client that reads slowly then holds at most
+        // this much per download, whatever the upstream sends.
+        .read_buf_exact_size(Some(16 * 1024))
         .handshake(TokioIo::new(io))
         .await
         .map_err(SendError::Handshake)?;
     let addr = addr.to_string();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
             tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
         }
     });
     Ok(sender)
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    /// A real hyper error: a server that reads the request, writes `answer`, and closes.
-    async fn hyper_error(answer: &'static [u8]) -> hyper::Error {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            if let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(answer).await;
-            }
-        });
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = http1::handshake::<_, ReqBody>(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::get("/").body(ReqBody::Empty).expect("request");
-        sender
-            .send_request(req)
-            .await
-            .expect_err("the exchange fails")
-    }
-
-    fn unsent() -> Option<Request<ReqBody>> {
-        Some(Request::new(ReqBody::Empty))
-    }
-
-    fn retry(error: SendError, request: Option<Request<ReqBody>>) -> Retry {
-        Failure { error, request }.retry()
-    }
-
-    #[tokio::test]
-    async fn every_failure_is_classified_and_only_safe_ones_are_retried() {
-        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            retry(SendError::Connect(refused()), unsent()),
-            Retry::Elsewhere
-        );
-        assert_eq!(retry(SendError::ConnectTimeout, unsent()), Retry::Elsewhere);
-        assert_eq!(retry(SendError::Tls(refused()), unsent()), Retry::Elsewhere);
-        let handshake = SendError::Handshake(hyper_error(b"").await);
-        assert_eq!(retry(handshake, unsent()), Retry::Elsewhere);
-        // Without the request there is nothing to send again, whatever the error.
-        assert_eq!(retry(SendError::Connect(refused()), None), Retry::Never);
-        // A request that came back unsent may go anywhere.
-        let closed = hyper_error(b"").await;
-        assert!(closed.is_incomplete_message(), "{closed:?}");
-        assert_eq!(
-            retry(SendError::Exchange(closed), unsent()),
-            Retry::Anywhere
-        );
-        // Sent, and the connection closed before an answer: only a repeatable request.
-        let closed = SendError::Exchange(hyper_error(b"").await);
-        assert_eq!(retry(closed, None), Retry::IfRepeatable);
-        // Sent, and an answer began (here: garbage): never.
-        let garbage = SendError::Exchange(hyper_error(b"HTTP/1.1 2x0 nonsense\r\n\r\n").await);
-        assert_eq!(retry(garbage, None), Retry::Never);
-        assert_eq!(
-            retry(SendError::Timeout(Duration::from_secs(1)), None),
-            Retry::Never
-        );
-        let client = SendError::ClientBody(hyper_error(b"").await);
-        assert_eq!(retry(client, unsent()), Retry::Never);
-    }
 }

@@ -74,10 +74,10 @@ impl Health {
         }
     }
 
-    /// A connect failure or a 5xx answer; may eject the upstream.
-    pub fn failure(&self, passive: &PassiveHealth) -> Option<Transition> {
+    /// A failed exchange; ejects the upstream after `eject_after` in a row, if `may_eject`.
+    pub fn failure(&self, passive: &PassiveHealth, may_eject: bool) -> Option<Transition> {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < passive.eject_after {
+        if n < passive.eject_after || !may_eject {
             return None;
         }
         let mut inner = self.inner();
@@ -179,6 +179,8 @@ mod tests {
             eject_after: 3,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            failure_statuses: crate::config::StatusSet::of(&[502, 503, 504]),
+            panic_threshold: 50,
         }
     }
 
@@ -186,11 +188,16 @@ mod tests {
     async fn consecutive_failures_eject_with_a_growing_backoff() {
         let h = Health::default();
         let p = passive();
-        assert_eq!((h.failure(&p), h.failure(&p)), (None, None));
+        assert_eq!((h.failure(&p, true), h.failure(&p, true)), (None, None));
         h.success();
-        assert_eq!((h.failure(&p), h.failure(&p)), (None, None));
+        assert_eq!((h.failure(&p, true), h.failure(&p, true)), (None, None));
         assert_eq!(
-            h.failure(&p),
+            h.failure(&p, false),
+            None,
+            "not while it may not be ejected"
+        );
+        assert_eq!(
+            h.failure(&p, true),
             Some(Transition::Ejected(Duration::from_secs(1)))
         );
         assert!(!h.is_available());

@@ -15,7 +15,7 @@ use crate::config::UpstreamAddr;
 pub use body::{ReqBody, UpstreamBody};
 pub use conn::{Connector, Failure, Retry, SendError, Upstream};
 pub use idle::BodyError;
-pub use pool::Pool;
+pub use pool::{Outcome, Pool};
 
 /// Every live upstream by address. Only the controller touches it, when building a snapshot.
 #[derive(Debug, Default)]

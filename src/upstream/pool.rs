@@ -1,14 +1,50 @@
-//! A pool: the upstreams of one version, taken in turn, skipping those that are not healthy.
+//! A pool: the upstreams of one version, taken in turn, skipping those that are not healthy; and
+//! what each answer says about the upstream's health.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Upstream;
+use http::Response;
+
+use crate::config::PassiveHealth;
+use crate::routing::PoolName;
+
+use super::conn::{Failure, SendError};
+use super::{Upstream, UpstreamBody, health};
 
 #[derive(Debug)]
 pub struct Pool {
     upstreams: Box<[Arc<Upstream>]>,
     next: AtomicUsize,
+}
+
+/// What one exchange says about its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An answer with this status.
+    Answered(u16),
+    /// No connection could be made: the upstream is unreachable.
+    Unreachable,
+    /// Connected, then no usable answer (reset, garbage, timeout).
+    Failed,
+    /// The client's own body failed: nothing is known about the upstream.
+    ClientFault,
+}
+
+impl Outcome {
+    pub fn of(result: &Result<Response<UpstreamBody>, Failure>) -> Outcome {
+        match result {
+            Ok(resp) => Outcome::Answered(resp.status().as_u16()),
+            Err(f) => match f.error {
+                SendError::Connect(_)
+                | SendError::ConnectTimeout
+                | SendError::Tls(_)
+                | SendError::Handshake(_) => Outcome::Unreachable,
+                SendError::Exchange(_) | SendError::Timeout(_) => Outcome::Failed,
+                SendError::ClientBody(_) => Outcome::ClientFault,
+            },
+        }
+    }
 }
 
 impl Pool {
@@ -23,18 +59,37 @@ impl Pool {
         &self.upstreams
     }
 
-    /// The next healthy upstream in round-robin order; `None` when none is healthy.
+    /// The next upstream in round-robin order: a healthy one, or — when fewer than
+    /// `panic_threshold` percent of the pool are healthy — any one, so the few left are not
+    /// overwhelmed. `None` when none is healthy (the caller decides: fall back, or [`Pool::any`]).
     #[inline]
-    pub fn pick(&self) -> Option<&Arc<Upstream>> {
+    pub fn pick(&self, panic_threshold: u32) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         let start = match n {
             0 => return None,
             1 => 0,
             _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
         };
+        let healthy = self
+            .upstreams
+            .iter()
+            .filter(|u| u.health.is_available())
+            .count();
+        if healthy == 0 {
+            return None;
+        }
+        if healthy * 100 < n * panic_threshold as usize {
+            return Some(&self.upstreams[start]);
+        }
         (0..n)
             .map(|i| &self.upstreams[(start + i) % n])
             .find(|u| u.health.is_available())
+    }
+
+    /// The next upstream whatever its health (a pool with none healthy still tries).
+    pub fn any(&self) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        (n > 0).then(|| &self.upstreams[self.next.fetch_add(1, Ordering::Relaxed) % n])
     }
 
     /// A healthy upstream other than `not`, for a retry.
@@ -44,5 +99,30 @@ impl Pool {
         (0..n)
             .map(|i| &self.upstreams[(start + i) % n])
             .find(|u| !Arc::ptr_eq(u, not) && u.health.is_available())
+    }
+
+    /// Feeds `outcome` of an exchange with `up` into its passive health. An upstream that answers
+    /// (even badly) is never ejected when it is the last healthy one of the pool: ejecting it
+    /// would turn one bad endpoint into an outage. An unreachable one may be.
+    pub fn record(&self, up: &Upstream, outcome: Outcome, passive: &PassiveHealth, pool: PoolName) {
+        let failed = match outcome {
+            Outcome::Answered(status) => passive.failure_statuses.contains(status),
+            Outcome::Unreachable | Outcome::Failed => true,
+            Outcome::ClientFault => return,
+        };
+        if !failed {
+            up.health.success();
+            return;
+        }
+        let may_eject = outcome == Outcome::Unreachable || self.others_available(up);
+        if let Some(t) = up.health.failure(passive, may_eject) {
+            health::log(&up.addr, pool, t);
+        }
+    }
+
+    fn others_available(&self, up: &Upstream) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| !std::ptr::eq(&**u, up) && u.health.is_available())
     }
 }

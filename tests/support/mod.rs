@@ -53,6 +53,8 @@ struct State {
     max_in_flight: std::sync::atomic::AtomicUsize,
     /// Every answer is a 503 while set.
     unhealthy: std::sync::atomic::AtomicBool,
+    /// `/download/N` bodies that ended (sent whole, or dropped by the reader going away).
+    downloads_ended: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A real HTTP/1.1 upstream on 127.0.0.1:0 (plain or TLS) that answers with its own name.
@@ -170,6 +172,13 @@ impl Backend {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// `/download/N` bodies that have ended, whole or cut.
+    pub fn downloads_ended(&self) -> usize {
+        self.state
+            .downloads_ended
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Requests it is serving now.
     pub fn in_flight(&self) -> usize {
         self.state
@@ -244,6 +253,7 @@ async fn answer(
     } else if let Some(n) = path.strip_prefix("/download/") {
         *resp.body_mut() = Either::Right(Either::Left(Repeat {
             left: n.parse().unwrap_or(0),
+            ended: Some(Arc::clone(&state.downloads_ended)),
         }));
     } else if let Some(code) = path.strip_prefix("/status/") {
         *resp.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
@@ -295,9 +305,18 @@ impl Body for Breaks {
     }
 }
 
-/// A body of `left` bytes of `x`, produced as it is read.
+/// A body of `left` bytes of `x`, produced as it is read; counts itself in `ended` when dropped.
 pub struct Repeat {
     pub left: u64,
+    pub ended: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Drop for Repeat {
+    fn drop(&mut self) {
+        if let Some(e) = &self.ended {
+            e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
@@ -740,4 +759,77 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < end, "{what}: never happened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An upstream that speaks raw bytes: for every request head it reads on a connection it records
+/// the head and writes `answer`; with `close` it then closes the connection. For answers no
+/// well-behaved server would give.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    pub async fn start(answer: &'static [u8], close: bool) -> RawUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            seen.lock()
+                                .expect("heads")
+                                .push(String::from_utf8_lossy(&head).into_owned());
+                            if s.write_all(answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { addr, heads, task }
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("heads").clone()
+    }
+}
+
+/// A config with `stable` as the only upstream of both pools, everyone on stable.
+pub fn single(stable: SocketAddr, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools: {{stable: ['{stable}'], canary: ['{stable}']}}\nrollout: {{id: edge, percent: 0}}\n{extra}"
+    )
+}
+
+/// The status code of a raw HTTP answer.
+pub fn status_of(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"))
 }

@@ -1,0 +1,186 @@
+//! Every unknown key of a file, each with its position. serde stops at the first unknown field;
+//! `ramp check` promises every problem, so when the typed parse fails, the file is walked once
+//! more as a plain tree of keys and each section's keys are compared with the fields its type
+//! accepts (read from the type itself, so the list cannot drift from it).
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::checker::at;
+use super::error::{Problem, Reason};
+use super::file::{
+    AdminFile, File, HealthFile, LimitsFile, MetricsFile, PassiveFile, PoolsFile, RolloutFile, S,
+    StateFile, StepFile, StickyFile, TlsFile, UpstreamFile,
+};
+
+/// The keys of a YAML document, with positions; other values are dropped.
+enum Node {
+    Map(Vec<(S<String>, Node)>),
+    Seq(Vec<Node>),
+    Leaf,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+macro_rules! leaf {
+    ($($name:ident: $ty:ty),*) => {
+        $(fn $name<E: de::Error>(self, _: $ty) -> Result<Node, E> { Ok(Node::Leaf) })*
+    };
+}
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    leaf!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str,
+          visit_i128: i128, visit_u128: u128, visit_bytes: &[u8]);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        Node::deserialize(d)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<S<String>>()? {
+            entries.push((key, map.next_value::<Node>()?));
+        }
+        Ok(Node::Map(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Node>()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+}
+
+/// The field names a derived `Deserialize` struct accepts.
+fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Grab<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Grab<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut out: &'static [&'static str] = &[];
+    let _ = T::deserialize(Grab(&mut out));
+    out
+}
+
+/// The sections of the file and the fields each accepts; `[]` marks the items of a list.
+fn schema() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", fields::<File>()),
+        ("sticky", fields::<StickyFile>()),
+        ("pools", fields::<PoolsFile>()),
+        ("rollout", fields::<RolloutFile>()),
+        ("rollout.steps[]", fields::<StepFile>()),
+        ("upstream", fields::<UpstreamFile>()),
+        ("admin", fields::<AdminFile>()),
+        ("state", fields::<StateFile>()),
+        ("tls", fields::<TlsFile>()),
+        ("health", fields::<HealthFile>()),
+        ("passive_health", fields::<PassiveFile>()),
+        ("limits", fields::<LimitsFile>()),
+        ("metrics", fields::<MetricsFile>()),
+    ]
+}
+
+/// Every key of `text` that its section does not accept; empty when the keys are all known (or
+/// the text is not YAML at all).
+pub fn unknown(text: &str) -> Vec<Problem> {
+    let Ok(root) = serde_saphyr::from_str::<Node>(text) else {
+        return Vec::new();
+    };
+    let schema = schema();
+    let mut out = Vec::new();
+    walk(&root, "", &schema, &mut out);
+    out
+}
+
+fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Problem>) {
+    let known = schema.iter().find(|(p, _)| *p == path).map(|(_, f)| *f);
+    match node {
+        Node::Map(entries) => {
+            let Some(known) = known else { return };
+            for (key, value) in entries {
+                let full = match path {
+                    "" => key.value.clone(),
+                    p => format!("{p}.{}", key.value),
+                };
+                if known.contains(&key.value.as_str()) {
+                    walk(value, &full, schema, out);
+                } else {
+                    out.push(Problem {
+                        at: at(key),
+                        field: full,
+                        reason: Reason::UnknownKey(known.join(", ")),
+                    });
+                }
+            }
+        }
+        Node::Seq(items) => {
+            let inner = format!("{path}[]");
+            for item in items {
+                walk(item, &inner, schema, out);
+            }
+        }
+        Node::Leaf => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unknown_key_is_found_with_its_position() {
+        let text = "listen: 127.0.0.1:0\nlisten_port: 8\npools:\n  stable: [a:1]\n  canary: [b:1]\n  extra: 1\nrollout:\n  id: r\n  steps:\n    - {percent: 1, hold: 1m, wait: 2}\nlimits:\n  idle_timeout: 1s\n  h2_idle_timeout: 1s\n";
+        let found: Vec<String> = unknown(text)
+            .iter()
+            .map(|p| format!("{} {}", p.at, p.field))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "2:1 listen_port",
+                "6:3 pools.extra",
+                "10:30 rollout.steps[].wait"
+            ],
+            "the old alias idle_timeout is a known key"
+        );
+    }
+}

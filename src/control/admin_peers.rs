@@ -1,0 +1,156 @@
+//! Who holds admin connections, so that no one can lock the socket. Accepting never waits, and
+//! each uid may keep only so many connections that have sent nothing for a while: a new one beyond
+//! that closes the uid's longest-idle connection. A peer that opens many connections and sends
+//! nothing therefore only ever crowds out itself, an operator's `halt` always gets in, and a burst
+//! of clients that connect at once and send their command right away is never cut.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Idle connections one uid may keep; beyond, its longest-idle one is closed.
+pub const PER_UID: usize = 64;
+
+/// A connection idle this long may be closed to make room for its uid's newest.
+const EVICTABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    close: Arc<Notify>,
+    /// When it last finished a command (or opened); `None` while a command runs.
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Peers {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u64,
+    by_uid: HashMap<u32, Vec<Entry>>,
+}
+
+/// One registered connection; unregisters itself when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    peers: Arc<Peers>,
+    uid: u32,
+    id: u64,
+    /// Notified when a newer connection of the same uid needs the room.
+    pub close: Arc<Notify>,
+}
+
+impl Peers {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection of `uid`, closing the uid's longest-idle one (idle for
+    /// [`EVICTABLE_AFTER`] at least) if it is at its limit.
+    pub fn register(self: &Arc<Self>, uid: u32) -> Slot {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        inner.next += 1;
+        let id = inner.next;
+        let list = inner.by_uid.entry(uid).or_default();
+        if list.len() >= PER_UID {
+            let oldest = list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.idle_since.map(|t| (t, i)))
+                .filter(|(t, _)| now.duration_since(*t) >= EVICTABLE_AFTER)
+                .min();
+            if let Some((_, i)) = oldest {
+                let evicted = list.swap_remove(i);
+                evicted.close.notify_one();
+                tracing::info!(
+                    uid,
+                    "admin connection closed: the uid is at its limit and opened another"
+                );
+            }
+        }
+        let close = Arc::new(Notify::new());
+        list.push(Entry {
+            id,
+            close: Arc::clone(&close),
+            idle_since: Some(Instant::now()),
+        });
+        Slot {
+            peers: Arc::clone(self),
+            uid,
+            id,
+            close,
+        }
+    }
+
+    fn mark(&self, uid: u32, id: u64, idle: Option<Instant>) {
+        let mut inner = self.inner();
+        if let Some(e) = inner
+            .by_uid
+            .get_mut(&uid)
+            .and_then(|l| l.iter_mut().find(|e| e.id == id))
+        {
+            e.idle_since = idle;
+        }
+    }
+}
+
+impl Slot {
+    /// A command is running: this connection is not idle.
+    pub fn busy(&self) {
+        self.peers.mark(self.uid, self.id, None);
+    }
+
+    /// The command is answered: idle again from now.
+    pub fn idle(&self) {
+        self.peers.mark(self.uid, self.id, Some(Instant::now()));
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.peers.inner();
+        if let Some(list) = inner.by_uid.get_mut(&self.uid) {
+            list.retain(|e| e.id != self.id);
+            if list.is_empty() {
+                inner.by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_uid_at_its_limit_loses_its_longest_idle_connection() {
+        let peers = Arc::new(Peers::default());
+        let slots: Vec<Slot> = (0..PER_UID).map(|_| peers.register(1000)).collect();
+        // All just opened (about to send their command): a newcomer closes none of them.
+        let burst = peers.register(1000);
+        let closed = |s: &Slot| {
+            let notified = s.close.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable()
+        };
+        assert!(!slots.iter().any(closed), "fresh connections are kept");
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        slots[0].busy();
+        // Another uid is not affected by uid 1000's connections.
+        let root = peers.register(0);
+        assert!(!slots.iter().any(closed));
+        let _newest = peers.register(1000);
+        // The longest idle (the second: the first is running a command) was told to close.
+        assert!(
+            closed(&slots[1]),
+            "the longest-idle connection was not closed"
+        );
+        assert!(!closed(&slots[0]) && !closed(&burst) && !closed(&root));
+    }
+}

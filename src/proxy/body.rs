@@ -1,0 +1,114 @@
+//! What ramp answers with, and the bookkeeping that rides on it: while an answer's body is alive
+//! its request counts as in progress, and each frame sent counts as progress for the watchdog.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::upstream::UpstreamBody;
+
+use super::context::Conn;
+use super::error::body_for;
+
+/// What ramp answers with: an upstream's streamed body, or a short error of its own. While it
+/// lives, its connection counts as busy for the slow-head watchdog.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Either<UpstreamBody, Full<Bytes>>,
+    pub(super) busy: Option<Busy>,
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = crate::upstream::BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
+            Either::Left(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Either::Right(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        };
+        if let (std::task::Poll::Ready(Some(Ok(_))), Some(busy)) = (&frame, &this.busy) {
+            busy.conn.activity.progress();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request in progress on its connection; dropped with the answer's body (or the abandoned
+/// handler), it ends the request.
+#[derive(Debug)]
+pub(super) struct Busy {
+    pub(super) conn: Arc<Conn>,
+    /// The answer's body is going out (watched for a client that takes nothing).
+    pub(super) sending: bool,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.sending {
+            self.conn.activity.sent();
+        }
+        self.conn.activity.end();
+    }
+}
+
+impl ProxyBody {
+    /// An upstream's streamed body.
+    pub fn upstream(body: UpstreamBody) -> Self {
+        ProxyBody {
+            inner: Either::Left(body),
+            busy: None,
+        }
+    }
+
+    /// No body (a WebSocket handshake's answer).
+    pub fn empty() -> Self {
+        ProxyBody {
+            inner: Either::Right(Full::default()),
+            busy: None,
+        }
+    }
+}
+
+impl Busy {
+    /// A request has begun on `conn`.
+    pub(super) fn begin(conn: Arc<Conn>, http2: bool) -> Self {
+        conn.activity.begin(http2);
+        Busy {
+            conn,
+            sending: false,
+        }
+    }
+}
+
+/// ramp's own short answer with `status`: nothing about upstreams or pools.
+pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody {
+        inner: Either::Right(Full::new(body_for(status))),
+        busy: None,
+    });
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

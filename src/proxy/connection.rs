@@ -1,0 +1,160 @@
+//! One client connection: served by hyper, watched by a task of its own (slow heads, idle HTTP/2,
+//! stalled readers, the drain), and listed among the open connections so that, at
+//! `max_connections`, the longest-idle one can make room for a newcomer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use crate::config::Limits;
+
+use super::context::{Conn, ConnInfo, Proxy};
+use super::handler::handle;
+use super::watchdog::{ABORT, Activity, Expiry, FINISH, Signal};
+
+/// What every connection task of one listener needs.
+pub struct Accepting {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub proxy: Arc<Proxy>,
+    pub limits: Limits,
+    pub tls: bool,
+    /// Becomes true when the drain asks connections to finish.
+    pub drain: watch::Receiver<bool>,
+    pub open: Open,
+}
+
+/// Tells the watchdog its connection ended, however the connection task ends, and takes it off
+/// the list of open connections.
+struct Ended<'a> {
+    conn: Arc<Conn>,
+    open: &'a Open,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.conn.signal.to_watchdog.notify_one();
+        self.open.remove(self.conn.id);
+    }
+}
+
+/// The open client connections, by id.
+#[derive(Debug, Default)]
+pub struct Open {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, Weak<Conn>>>,
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add(&self, conn: &Arc<Conn>) {
+        self.lock().insert(conn.id, Arc::downgrade(conn));
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection that has been idle longest (no request in progress), as nginx reuses
+    /// idle keep-alive connections; false when every connection is busy.
+    pub fn close_longest_idle(&self) -> bool {
+        let oldest = self
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|c| c.activity.idle_since().map(|t| (t, c)))
+            .min_by_key(|(t, _)| *t);
+        match oldest {
+            Some((_, conn)) => {
+                tracing::debug!(peer = %conn.info.peer, "closing the longest-idle connection: max_connections reached");
+                conn.signal.close(FINISH);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves one connection; `permit` is its place under `max_connections`.
+pub async fn serve<IO>(
+    io: IO,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    a: &Accepting,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(Conn {
+        proxy: Arc::clone(&a.proxy),
+        info: ConnInfo::new(peer, a.tls),
+        activity: Activity::default(),
+        signal: Signal::default(),
+        id: a.open.id(),
+        permit: Mutex::new(permit),
+    });
+    a.open.add(&conn);
+    // The timers live in a task of their own: polling them alongside the connection would cost
+    // every request; this way the connection only checks a notification.
+    tokio::spawn(watchdog(Arc::clone(&conn), a.drain.clone(), a.limits));
+    let _ended = Ended {
+        conn: Arc::clone(&conn),
+        open: &a.open,
+    };
+    let svc = {
+        let conn = Arc::clone(&conn);
+        service_fn(move |req| handle(Arc::clone(&conn), req))
+    };
+    let mut connection = std::pin::pin!(
+        a.builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+    );
+    tokio::select! {
+        biased;
+        served = connection.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer, error = %e, "client connection ended");
+            }
+            return;
+        }
+        () = conn.signal.to_connection.notified() => {}
+    }
+    if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
+        // A head that does not arrive, or a client that takes nothing: drop the connection, do
+        // not wait for it.
+        tracing::debug!(peer = %peer, "closing: no request head, or an answer not taken, in time");
+        return;
+    }
+    // Idle, draining, or making room: finish what is in flight, then close.
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        tracing::debug!(peer = %peer, error = %e, "client connection ended");
+    }
+}
+
+/// A connection's timers: slow heads, idle HTTP/2, stalled readers, and the drain.
+async fn watchdog(conn: Arc<Conn>, mut drain: watch::Receiver<bool>, limits: Limits) {
+    let signal = &conn.signal;
+    let reason = tokio::select! {
+        () = signal.to_watchdog.notified() => return,
+        _ = drain.wait_for(|d| *d) => FINISH,
+        expiry = conn.activity.expired(limits.header_read_timeout, limits.h2_idle_timeout, limits.body_idle_timeout) => match expiry {
+            Expiry::SlowHead | Expiry::Stalled => ABORT,
+            Expiry::Idle => FINISH,
+        },
+    };
+    signal.close(reason);
+}

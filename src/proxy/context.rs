@@ -1,0 +1,95 @@
+//! What the data plane shares: the proxy's state (the snapshot in force, metrics, the drain), and
+//! what is known about each client connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::metrics::Metrics;
+use crate::snapshot::Current;
+
+use super::watchdog::{Activity, Signal};
+
+/// State shared by every connection of the data plane.
+#[derive(Debug)]
+pub struct Proxy {
+    pub current: Arc<Current>,
+    pub metrics: Metrics,
+    pub(super) draining: AtomicBool,
+    canary_down: AtomicBool,
+}
+
+impl Proxy {
+    pub fn new(current: Arc<Current>, metrics: Metrics) -> Self {
+        Proxy {
+            current,
+            metrics,
+            draining: AtomicBool::new(false),
+            canary_down: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Logs once per change whether the canary pool has a healthy upstream.
+    pub(super) fn canary_available(&self, available: bool) {
+        if available {
+            if self.canary_down.load(Ordering::Relaxed)
+                && self.canary_down.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!(pool = "canary", "canary pool has a healthy upstream again");
+            }
+        } else if !self.canary_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(pool = "canary", "canary pool has no healthy upstream");
+        }
+    }
+}
+
+/// What ramp knows about one client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer's IP, ready for X-Forwarded-For.
+    pub(super) peer_ip: HeaderValue,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub(super) proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// One client connection: the shared proxy state, what is known about the peer, and whether a
+/// request is in progress.
+#[derive(Debug)]
+pub struct Conn {
+    pub proxy: Arc<Proxy>,
+    pub info: ConnInfo,
+    pub activity: Activity,
+    /// How the watchdog (or the listener, making room) closes this connection.
+    pub signal: Signal,
+    pub id: u64,
+    /// Its place under `max_connections`; a WebSocket tunnel takes it over, since it outlives
+    /// the HTTP connection it came from.
+    pub permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Conn {
+    /// Takes the connection's place under `max_connections` (for a tunnel).
+    pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}

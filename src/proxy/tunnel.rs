@@ -1,0 +1,217 @@
+//! WebSocket through ramp: an HTTP/1.1 `Upgrade: websocket` handshake, or a WebSocket over
+//! HTTP/2 (extended CONNECT, RFC 8441), routed by the user's sticky id like any request, becomes
+//! an HTTP/1.1 upgrade to the upstream and then a tunnel of bytes both ways. A tunnel holds its
+//! client connection's place under `max_connections`, closes after `tunnel_idle_timeout` without
+//! a byte either way, and ends with the process's drain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::clock::now_ms;
+use crate::routing::PoolName;
+use crate::snapshot::Snapshot;
+use crate::upstream::{ReqBody, SendError, Upstream, UpstreamBody};
+
+use super::body::ProxyBody;
+use super::context::Conn;
+use super::error::ProxyError;
+use super::forward::{self, Scan};
+
+/// After one side of a tunnel has closed, how long the other may take to finish.
+const HALF_CLOSED: Duration = Duration::from_secs(10);
+
+const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+
+/// How the client asked for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP/1.1 `Connection: upgrade` + `Upgrade: websocket`; answered 101.
+    Upgrade,
+    /// HTTP/2 extended CONNECT with `:protocol websocket`; answered 200.
+    Connect,
+}
+
+/// Whether `req` asks for a WebSocket (`scan` says whether it has an Upgrade field at all).
+#[inline]
+pub fn wanted<B>(req: &Request<B>, scan: &Scan) -> Option<Kind> {
+    if req.method() == Method::CONNECT {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>();
+        return protocol
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+            .then_some(Kind::Connect);
+    }
+    if !scan.upgrade || req.version() != Version::HTTP_11 || req.method() != Method::GET {
+        return None;
+    }
+    let h = req.headers();
+    let upgrade = h.get_all(UPGRADE).iter().any(|v| has_token(v, "websocket"));
+    let connection = h
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| has_token(v, "upgrade"));
+    (upgrade && connection).then_some(Kind::Upgrade)
+}
+
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str().is_ok_and(|t| {
+        t.split(',')
+            .any(|part| part.trim().eq_ignore_ascii_case(token))
+    })
+}
+
+/// Opens the tunnel to `up` (in `pool`): the upstream handshake on a fresh connection, then the
+/// answer to the client; the bytes flow in a task of their own once both sides have switched.
+/// An upstream that refuses the upgrade answers the client as it would any request.
+pub async fn open(
+    conn: &Arc<Conn>,
+    snap: &Snapshot,
+    mut req: Request<Incoming>,
+    kind: Kind,
+    scan: &Scan,
+    up: &Arc<Upstream>,
+    pool: PoolName,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let client = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    forward::request_head(
+        &mut parts,
+        scan,
+        &conn.info.peer_ip,
+        &conn.info.proto,
+        &up.host,
+    );
+    parts.method = Method::GET;
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(UPGRADE, WEBSOCKET);
+    if !parts.headers.contains_key(SEC_WEBSOCKET_KEY) {
+        // A WebSocket over HTTP/2 carries no key; the HTTP/1.1 handshake needs one.
+        let key = STANDARD.encode(rand::random::<[u8; 16]>());
+        if let Ok(key) = HeaderValue::from_str(&key) {
+            parts.headers.insert(SEC_WEBSOCKET_KEY, key);
+        }
+    }
+    let req = Request::from_parts(parts, ReqBody::Empty);
+    let settings = &snap.connector.settings;
+    let mut sender = up.connect_upgradable(&snap.connector).await?;
+    let mut resp =
+        match tokio::time::timeout(settings.response_timeout, sender.send_request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(SendError::Exchange(e).into()),
+            Err(_) => return Err(SendError::Timeout(settings.response_timeout).into()),
+        };
+    let hide = &snap.hide_response_headers;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let limit = snap.config.limits.body_idle_timeout;
+        forward::response_head(resp.headers_mut(), hide);
+        return Ok(resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, limit))));
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    let mut headers = std::mem::take(resp.headers_mut());
+    forward::response_head(&mut headers, hide);
+    let mut answer = Response::new(ProxyBody::empty());
+    match kind {
+        Kind::Upgrade => {
+            *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, WEBSOCKET);
+        }
+        Kind::Connect => {
+            // HTTP/2 has no 101 and no key to accept.
+            headers.remove(SEC_WEBSOCKET_ACCEPT);
+        }
+    }
+    *answer.headers_mut() = headers;
+    let permit = conn.take_permit();
+    let proxy = Arc::clone(&conn.proxy);
+    let idle = snap.config.limits.tunnel_idle_timeout;
+    tokio::spawn(async move {
+        let _permit = permit;
+        let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+            return;
+        };
+        let metrics = &proxy.metrics;
+        metrics.tunnels[pool].increment(1.0);
+        let [to_upstream, to_client] = &metrics.tunnel_bytes[pool];
+        run(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            [to_upstream, to_client],
+            idle,
+        )
+        .await;
+        metrics.tunnels[pool].decrement(1.0);
+    });
+    Ok(answer)
+}
+
+/// Carries bytes both ways until both sides are done, one side is done and the other has not
+/// finished within [`HALF_CLOSED`], or nothing has moved for `idle`.
+async fn run<C, U>(client: C, upstream: U, bytes: [&Counter; 2], idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = AtomicU64::new(now_ms());
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let up = pump(client_read, upstream_write, bytes[0], &last);
+    let down = pump(upstream_read, client_write, bytes[1], &last);
+    let (mut up, mut down) = (std::pin::pin!(up), std::pin::pin!(down));
+    let quiet = idle_for(&last, idle);
+    tokio::select! {
+        _ = up.as_mut() => {
+            let _ = tokio::time::timeout(HALF_CLOSED, down).await;
+        }
+        _ = down.as_mut() => {
+            let _ = tokio::time::timeout(HALF_CLOSED, up).await;
+        }
+        () = quiet => tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle: closed"),
+    }
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to`'s write side) or either fails.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    bytes: &Counter,
+    last: &AtomicU64,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        last.store(now_ms(), Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+        bytes.increment(n as u64);
+    }
+}
+
+/// Completes once nothing has moved for `idle`.
+async fn idle_for(last: &AtomicU64, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let quiet = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if quiet >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+    }
+}

@@ -1,0 +1,236 @@
+//! What crosses the proxy when clients and upstreams speak less common HTTP: an HTTP/1.0
+//! upstream, HTTP/2 cookies, CONNECT, odd targets and codings, trailers, an answer framed twice,
+//! and the header limits.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::{Backend, Client, Proxy, RawUpstream, config, raw, single, status_of};
+
+/// Sends `requests` on one keep-alive connection and reads what comes back within `wait`.
+fn on_one_connection(addr: std::net::SocketAddr, requests: &[u8], wait: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(requests).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_upstream_does_not_end_the_client_s_keep_alive_connection() {
+    // Like Python's http.server: answers in HTTP/1.0, with no length, and closes.
+    let up = RawUpstream::start(
+        b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Type: text/plain\r\n\r\nfrom-1.0",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        on_one_connection(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert_eq!(out.matches("from-1.0").count(), 2, "{out}");
+    assert!(
+        !out.contains("HTTP/1.0"),
+        "answered in the client's version: {out}"
+    );
+    assert_eq!(
+        up.heads().len(),
+        2,
+        "each request on a fresh upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookies_reach_an_http1_upstream_as_one_field() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: c\npercent: 0", ""));
+    let h2 = Client::http2();
+    let r = h2
+        .get(
+            &proxy.url("/"),
+            &[("cookie", "a=1"), ("cookie", "uid=u-7"), ("cookie", "b=2")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = b.last();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies[0], "a=1; uid=u-7; b=2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: t\npercent: 0", ""));
+    let addr = proxy.addr;
+    let cases: [(&[u8], u16); 5] = [
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            405,
+        ),
+        (b"GET abc HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+    ];
+    for (request, status) in cases {
+        let reply = tokio::task::spawn_blocking(move || raw(addr, request))
+            .await
+            .expect("client");
+        assert_eq!(
+            status_of(&reply),
+            status,
+            "{}: {reply}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert!(
+        b.seen().is_empty(),
+        "nothing refused reached the upstream: {:?}",
+        b.seen()
+    );
+    // Plain chunked still flows.
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.ends_with("\r\n\r\n5"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_and_the_field_announcing_them_are_not_forwarded() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTrailer: x-sig\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nx-sig: 1\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(!lower.contains("trailer:"), "{reply}");
+    assert!(!lower.contains("x-checksum"), "{reply}");
+    assert!(lower.contains("hello"), "{reply}");
+    let head = up.heads().pop().expect("the upstream saw the request");
+    assert!(!head.to_ascii_lowercase().contains("trailer:"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_framed_by_both_lengths_is_never_passed_on_short() {
+    // Content-Length 3 and chunked "hello": chunked wins (RFC 9112 §6.3).
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        on_one_connection(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("content-length: 3"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("hello").count(),
+        2,
+        "whole bodies, no desync: {out}"
+    );
+    assert_eq!(
+        up.heads().len(),
+        2,
+        "the twice-framed upstream connection was not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_headers_get_431_and_an_over_long_target_414() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "limits: {max_headers: 20}\n",
+    ));
+    let addr = proxy.addr;
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..25 {
+        many.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut few = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+    for i in 0..15 {
+        few.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    few.extend_from_slice(b"\r\n");
+    for (request, status) in [
+        (many, 431),
+        (few, 200),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9_000)).into_bytes(),
+            414,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(40_000)).into_bytes(),
+            414,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+        ),
+    ] {
+        let len = request.len();
+        let reply = tokio::task::spawn_blocking(move || raw(addr, &request))
+            .await
+            .expect("client");
+        assert_eq!(
+            status_of(&reply),
+            status,
+            "a request of {len} bytes: {reply}"
+        );
+    }
+}

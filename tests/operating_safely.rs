@@ -1,0 +1,321 @@
+//! What an unlucky operator or a hostile local user can do around ramp: start a second one on the
+//! same port, restart with metrics on, crowd the admin socket, point it at a FIFO, rewrite the
+//! config slowly, mistype commands, and read status when the config is broken.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use support::{Backend, CONTROL, Proxy, config, ramp, write};
+
+fn yaml(s: &Backend, c: &Backend, rollout: &str, extra: &str) -> String {
+    config(
+        &[s],
+        &[c],
+        rollout,
+        &format!("sticky:\n  header: x-user-id\n{CONTROL}{extra}"),
+    )
+}
+
+/// Pins `127.0.0.1:0` in the proxy's file to the address it got, as an operator's file has it.
+fn pin_port(proxy: &Proxy) {
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    std::fs::write(
+        &proxy.config_path,
+        text.replacen("127.0.0.1:0", &proxy.addr.to_string(), 1),
+    )
+    .expect("pin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ramp_on_a_busy_port_is_an_error_unless_it_takes_over() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let first = Proxy::start(&yaml(&s, &c, "id: a\npercent: 0", ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = config(&[&s], &[&c], "id: b\npercent: 100", "")
+        .replace("127.0.0.1:0", &first.addr.to_string());
+    let path = write(dir.path(), "other.yaml", &other);
+    let out = std::process::Command::new(support::RAMP)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&first.addr.to_string()) && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restart_recipe_works_with_metrics_on() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let mut old = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: m\npercent: 0",
+        "metrics: {listen: '127.0.0.1:0'}\n",
+    ));
+    pin_port(&old);
+    // Pin the metrics port as well.
+    let line = old.wait_log("metrics at /metrics");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let metrics = v["fields"]["addr"].as_str().expect("addr").to_owned();
+    let text = std::fs::read_to_string(&old.config_path).expect("config");
+    std::fs::write(&old.config_path, text.replace("127.0.0.1:0", &metrics)).expect("pin");
+    let new = old.start_successor();
+    assert_eq!(new.addr, old.addr);
+    new.wait_log("metrics at /metrics");
+    old.signal(15);
+    assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
+    let body = support::Client::http1()
+        .get(&format!("http://{metrics}/metrics"), &[])
+        .await
+        .body;
+    assert!(body.contains("ramp_rollout_percent"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_cannot_lock_out_a_halt() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: lock\npercent: 50", ""));
+    // Far more connections than any limit, sending nothing, from the operator's own uid.
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(proxy.socket()).expect("connect"))
+        .collect();
+    let socket = proxy.socket();
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"halt\n").expect("write");
+        let mut line = String::new();
+        BufReader::new(s)
+            .read_line(&mut line)
+            .expect("a reply in time");
+        line
+    })
+    .await
+    .expect("halt");
+    let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(
+        (v["ok"].as_bool(), v["state"].as_str()),
+        (Some(true), Some("halted"))
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_device_where_a_file_should_be_never_hangs_ramp() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("ramp.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    for args in [["check", "--config"], ["serve", "--config"]] {
+        let mut cmd = std::process::Command::new(support::RAMP);
+        let out = cmd.args(args).arg(&fifo).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a regular file"), "{args:?}: {err}");
+    }
+    // The state file: a FIFO, then /dev/zero. ramp starts, everyone on stable, and says why.
+    for bad in ["fifo", "zero"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        match bad {
+            "fifo" => nix::unistd::mkfifo(&state, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo"),
+            _ => std::os::unix::fs::symlink("/dev/zero", &state).expect("symlink"),
+        }
+        let path = write(
+            dir.path(),
+            "ramp.yaml",
+            &yaml(&s, &c, "id: f\npercent: 100", ""),
+        );
+        let mut proxy = Proxy::start_in(dir, path);
+        let st = proxy.admin("status");
+        assert_eq!(st["state"], "rolled_back", "{bad}: {st}");
+        assert!(
+            st["state_file_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a regular file")),
+            "{bad}: {st}"
+        );
+        let r = support::Client::http1()
+            .get(&proxy.url("/"), &[("x-user-id", "u")])
+            .await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+        proxy.signal(15);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(20)), Some(0), "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_in_place_rewrite_never_undoes_a_rollback() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let full = yaml(&s, &c, "percent: 50\nid: adv-test", "");
+    let proxy = Proxy::start(&full);
+    assert_eq!(proxy.admin("rollback")["state"], "rolled_back");
+    // An editor writes in place and pauses half way, after `id: adv-te`: a valid file, for a
+    // moment, naming another rollout.
+    let cut = full.find("id: adv-test").expect("id") + "id: adv-te".len();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&proxy.config_path)
+        .expect("open");
+    f.write_all(&full.as_bytes()[..cut]).expect("first half");
+    f.flush().expect("flush");
+    proxy.wait_status("the half-written file is read", |v| {
+        v["file_plan_pending"] == true
+    });
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["rollout"].as_str()),
+        (Some("rolled_back"), Some("adv-test")),
+        "{st}"
+    );
+    f.write_all(&full.as_bytes()[cut..]).expect("second half");
+    drop(f);
+    // The half file lacked the admin and state sections (kept, "restart required"); the whole
+    // file has them again.
+    proxy.wait_status("the whole file is read", |v| {
+        v["restart_required"]
+            .as_array()
+            .is_some_and(|r| r.is_empty())
+    });
+    let r = support::Client::http1()
+        .get(&proxy.url("/"), &[("x-user-id", "anyone")])
+        .await;
+    assert_eq!(r.body, "stable");
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_works_while_the_config_is_broken_and_says_what_a_typo_means() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: ctl\npercent: 5", ""));
+    // Break the file: bad values and an unknown key; admin.socket is still there.
+    let broken = std::fs::read_to_string(&proxy.config_path)
+        .expect("config")
+        .replace("percent: 5", "percent: 500\n  colour: blue");
+    std::fs::write(&proxy.config_path, broken).expect("write");
+    let path = proxy.config_path.to_str().expect("utf-8").to_owned();
+    let (code, out, err) = ramp(&["ctl", "--config", &path, "status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("rollout     ctl"), "{out}");
+    // RAMP_SOCKET names the socket too.
+    let out = std::process::Command::new(support::RAMP)
+        .args(["ctl", "set", "abc"])
+        .env("RAMP_SOCKET", proxy.socket())
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("not a number"), "{text}");
+    assert!(!text.contains("NaN"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_after_a_rollback_shows_the_share_users_get_and_the_plan_apart() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: eff\npercent: 5", ""));
+    let st = proxy.admin("rollback");
+    assert_eq!(
+        (st["percent"].as_f64(), st["effective_percent"].as_f64()),
+        (Some(5.0), Some(0.0))
+    );
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("0% now (rolled back; the plan's 5% applies again on resume)"),
+        "{out}"
+    );
+    let st = proxy.admin("promote");
+    assert_eq!(st["effective_percent"].as_f64(), Some(100.0));
+}
+
+#[test]
+fn check_names_every_unknown_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "typos.yaml",
+        "listen: 127.0.0.1:8080\nlisten_port: 1\npools:\n  stable: [127.0.0.1:1]\n  canary: [127.0.0.1:2]\n  backup: []\nrollout:\n  id: r\n  precent: 5\nlimits:\n  max_conections: 5\n",
+    );
+    let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    for (at, key) in [
+        ("2:1", "listen_port"),
+        ("6:3", "pools.backup"),
+        ("9:3", "rollout.precent"),
+        ("11:3", "limits.max_conections"),
+    ] {
+        assert!(
+            err.contains(&format!("{at}: {key}: unknown key")),
+            "{key} at {at}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn the_demo_prints_commands_that_work_as_typed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut demo = std::process::Command::new(support::RAMP)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("demo");
+    let stdout = demo.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ctl = loop {
+        let line = lines.next().expect("the banner").expect("text");
+        if let Some(i) = line.find("Drive the rollout: ") {
+            let cmd = &line[i + "Drive the rollout: ".len()..];
+            break cmd.split("   ").next().expect("command").trim().to_owned();
+        }
+    };
+    let mut ok = false;
+    for _ in 0..100 {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &ctl])
+            .output()
+            .expect("sh");
+        if out.status.success() {
+            ok = String::from_utf8_lossy(&out.stdout).contains("rollout     demo");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(ok, "`{ctl}` did not work as typed");
+}

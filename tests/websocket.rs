@@ -1,0 +1,290 @@
+//! WebSocket through ramp with a real client and server (tungstenite): the handshake is routed by
+//! the user's sticky id, messages of 70 KB cross both ways, over HTTP/1.1 and over HTTP/2
+//! (extended CONNECT), and a tunnel whose idle limit passes, or whose either side goes away,
+//! leaves nothing open behind.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ramp::routing::{self, PoolName, Rollout, State};
+use support::{Proxy, eventually};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// A WebSocket server on 127.0.0.1:0: greets each connection with its name, then answers every
+/// message with a message of the same length (binary, its bytes reversed).
+struct WsBackend {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl WsBackend {
+    async fn start(name: &'static str) -> WsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, c) = (Arc::clone(&open), Arc::clone(&conns));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let open = Arc::clone(&o);
+                let conn = tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let _ = ws.send(Message::text(name)).await;
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_close() {
+                            break;
+                        }
+                        let mut data = m.into_data().to_vec();
+                        data.reverse();
+                        if ws.send(Message::binary(data)).await.is_err() {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+                c.lock().expect("conns").push(conn.abort_handle());
+            }
+        });
+        WsBackend {
+            addr,
+            open,
+            task,
+            conns,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Stops like a killed process: every connection drops at once.
+    fn kill(&self) {
+        self.task.abort();
+        for c in self.conns.lock().expect("conns").drain(..) {
+            c.abort();
+        }
+    }
+}
+
+fn yaml(stable: &WsBackend, canary: &WsBackend, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: [{}], canary: [{}]}}\nrollout: {{id: ws, percent: 50}}\nmetrics: {{listen: 127.0.0.1:0}}\n{extra}",
+        stable.addr, canary.addr
+    )
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn connect(proxy: &Proxy, user: &str) -> Ws {
+    let mut req = format!("ws://{}/chat", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("x-user-id", user.parse().expect("header"));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake through ramp");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The greeting, then a 70 KB message and its answer.
+async fn exchange<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let greeting = ws.next().await.expect("greeting").expect("frame");
+    let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(payload.clone()))
+        .await
+        .expect("send 70 KB");
+    let answer = ws.next().await.expect("answer").expect("frame").into_data();
+    let mut expected = payload;
+    expected.reverse();
+    assert_eq!(answer.len(), 70_000, "70 KB came back");
+    assert!(answer[..] == expected[..], "the bytes crossed intact");
+    greeting.into_text().expect("text").to_string()
+}
+
+fn pool_of(user: &str) -> &'static str {
+    let r = Rollout::new("ws", 500_000, State::Running);
+    match routing::assign(&r, user.as_bytes()) {
+        PoolName::Stable => "stable",
+        PoolName::Canary => "canary",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_s_socket_lands_on_the_user_s_version_and_70kb_cross_both_ways() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, ""));
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let user = format!("ws-user-{i}");
+        for _ in 0..2 {
+            let mut ws = connect(&proxy, &user).await;
+            let version = exchange(&mut ws).await;
+            assert_eq!(version, pool_of(&user), "{user} on the wrong version");
+            seen.insert(version);
+            ws.close(None).await.expect("close");
+        }
+    }
+    assert_eq!(seen.len(), 2, "both versions served sockets");
+    eventually("every tunnel closed", || s.open() + c.open() == 0).await;
+    let bytes = proxy
+        .metric("ramp_tunnel_bytes_total{pool=\"stable\",direction=\"to_client\"}")
+        .await;
+    assert!(bytes > 70_000.0, "tunnel bytes counted: {bytes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_reaches_an_http1_upstream() {
+    use http_body_util::Empty;
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, ""));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    for user in ["h2-alice", "h2-bob", "h2-carol"] {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/chat", proxy.addr))
+            .header("sec-websocket-version", "13")
+            .header("x-user-id", user)
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = sender.send_request(req).await.expect("extended CONNECT");
+        assert_eq!(resp.status(), 200, "{resp:?}");
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        let io = hyper::upgrade::on(resp).await.expect("upgraded stream");
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(io),
+            Role::Client,
+            None,
+        )
+        .await;
+        assert_eq!(exchange(&mut ws).await, pool_of(user), "{user}");
+        ws.close(None).await.expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_its_limit() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "limits: {tunnel_idle_timeout: 700ms}\n"));
+    let mut ws = connect(&proxy, "idle-user").await;
+    exchange(&mut ws).await;
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "ramp_tunnels_open{{pool=\"{}\"}}",
+                pool_of("idle-user")
+            ))
+            .await,
+        1.0
+    );
+    // Nothing moves: the tunnel ends, and the client learns it.
+    let end = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("the tunnel was not closed");
+    assert!(
+        !matches!(end, Some(Ok(Message::Binary(_) | Message::Text(_)))),
+        "{end:?}"
+    );
+    eventually("the upstream side closed", || s.open() + c.open() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_either_side_goes_away_nothing_is_left_open() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, ""));
+    // The client vanishes mid-tunnel (no close frame): the upstream connection ends too.
+    let mut ws = connect(&proxy, "leaver").await;
+    exchange(&mut ws).await;
+    drop(ws);
+    eventually("the upstream connection ended", || s.open() + c.open() == 0).await;
+    // The upstream dies mid-tunnel: the client connection ends.
+    let user = "stayer";
+    let mut ws = connect(&proxy, user).await;
+    exchange(&mut ws).await;
+    match pool_of(user) {
+        "stable" => s.kill(),
+        _ => c.kill(),
+    }
+    let end = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("the client was not told");
+    assert!(
+        !matches!(end, Some(Ok(Message::Binary(_) | Message::Text(_)))),
+        "{end:?}"
+    );
+    for pool in ["stable", "canary"] {
+        let series = format!("ramp_tunnels_open{{pool=\"{pool}\"}}");
+        for _ in 0..200 {
+            if proxy.metric(&series).await == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(proxy.metric(&series).await, 0.0, "{series}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_tunnels_after_the_grace() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let mut proxy = Proxy::start(&yaml(&s, &c, "shutdown_grace: 2s\n"));
+    let mut ws = connect(&proxy, "late").await;
+    exchange(&mut ws).await;
+    proxy.signal(15);
+    // Within the grace the tunnel still carries messages.
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send during the grace");
+    let m = ws.next().await.expect("answer").expect("frame");
+    assert_eq!(m.into_data().to_vec(), vec![3u8, 2, 1]);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(20)), Some(0));
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the client was not told");
+    assert!(
+        !matches!(end, Some(Ok(Message::Binary(_) | Message::Text(_)))),
+        "{end:?}"
+    );
+}
