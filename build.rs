@@ -1,6 +1,7 @@
-//! One build-time fact for the tests: whether they are built by root. The admin socket's uid
-//! checks need a second real user, which only root can become; built by anyone else, that test
-//! is marked ignored (with the reason) instead of passing without checking anything.
+//! Build-time facts for the tests, so a test that cannot run here is marked ignored with its
+//! reason instead of passing without checking anything: whether they are built by root (the
+//! admin socket's uid checks become a second user) and whether a Chromium is installed (the
+//! status page is tested in a real browser; `.ci/run` installs Debian's `chromium`).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_as_root)");
@@ -16,5 +17,10 @@ fn main() {
         .unwrap_or(false);
     if root {
         println!("cargo::rustc-cfg=ramp_tests_as_root");
+    }
+    println!("cargo::rustc-check-cfg=cfg(ramp_tests_with_browser)");
+    println!("cargo::rerun-if-changed=/usr/bin/chromium");
+    if std::path::Path::new("/usr/bin/chromium").exists() {
+        println!("cargo::rustc-cfg=ramp_tests_with_browser");
     }
 }

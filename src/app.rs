@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ConfigError, ppm_to_percent};
-use crate::control::{Controller, admin, probes, watcher};
+use crate::analysis::{self, Act, Analysis};
+use crate::config::{Config, ConfigError, GuardAction, ppm_to_percent};
+use crate::control::{Command, Controller, Handle, Source, admin, probes, watcher};
 use crate::metrics::{self, Metrics};
 use crate::net;
 use crate::proxy::{self, Proxy};
 use crate::tls;
+use crate::web;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -76,7 +78,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         watched.extend([t.cert.clone(), t.key.clone()]);
     }
 
-    let (controller, current, handle) = Controller::start(config_path.clone(), config).await?;
+    let analysis = Arc::new(Analysis::new());
+    let (controller, current, handle) =
+        Controller::start(config_path.clone(), config, Arc::clone(&analysis)).await?;
     let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
     let _watcher = watcher::watch(&config_path, &files, handle.clone())?;
     watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
@@ -93,10 +97,22 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     };
     let controller_task = tokio::spawn(controller.run());
     tokio::spawn(probes::run(Arc::clone(&current)));
+    let (act_tx, act_rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(analysis::run(
+        Arc::clone(&analysis),
+        Arc::clone(&current),
+        act_tx,
+    ));
+    tokio::spawn(guard_actions(act_rx, handle.clone()));
     if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
         let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(addr = %addr, "metrics at /metrics");
-        tokio::spawn(metrics::serve(listener, exporter));
+        let web = web::Web {
+            exporter,
+            handle: handle.clone(),
+            analysis: Arc::clone(&analysis),
+        };
+        tokio::spawn(web::serve(listener, web));
     }
 
     let first = current.load();
@@ -110,7 +126,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         "listening"
     );
     drop(first);
-    let proxy = Arc::new(Proxy::new(current, Metrics::new()));
+    let proxy = Arc::new(Proxy::new(current, Metrics::new(), analysis));
 
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -134,4 +150,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, AppError> {
     tokio::signal::unix::signal(kind).map_err(AppError::Signal)
+}
+
+/// Applies what the guard asks for through the controller, like any other change.
+async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handle) {
+    while let Some(act) = acts.recv().await {
+        let (command, name) = match act.action {
+            GuardAction::Halt => (Command::Halt, "halt"),
+            GuardAction::Rollback => (Command::Rollback, "rollback"),
+        };
+        tracing::warn!(action = name, reason = %act.reason, "the guard acts: the canary regressed");
+        ::metrics::counter!("ramp_guard_actions_total", "action" => name).increment(1);
+        let source = Source::Guard { reason: act.reason };
+        if let Err(e) = handle.send(command, source).await {
+            tracing::error!(action = name, error = %e, "the guard's action failed");
+        }
+    }
 }

@@ -48,9 +48,10 @@ pub fn id_extraction(data: &[u8]) {
             data.windows(id.len()).any(|w| w == id),
             "the id is not from the input"
         );
+        let (pool, user) = routing::assign_hashed(&routing.rollout, id);
         assert_eq!(
             routing::decide(routing, &headers),
-            Decision::Pool(routing::assign(&routing.rollout, id))
+            Decision::User { pool, user }
         );
     } else {
         assert_eq!(routing::decide(routing, &headers), Decision::Mint);

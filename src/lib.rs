@@ -9,6 +9,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod app;
 pub mod clock;
 pub mod config;
@@ -24,3 +25,4 @@ pub mod routing;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod web;

@@ -1,15 +1,11 @@
 //! Prometheus metrics: handles registered once at start-up and kept here, so the request path
 //! pays an atomic add, not a registry lookup. Labels come from small fixed sets only.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http::{Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::analysis::histogram;
 
 use crate::routing::{PerPool, PoolName};
 
@@ -27,6 +23,12 @@ pub struct Metrics {
     pub retries: Counter,
     /// Requests rejected before routing (malformed, oversized).
     pub rejected: Counter,
+    /// Ids minted for newcomers.
+    pub ids_minted: Counter,
+    /// Client connections open now.
+    pub open_connections: Gauge,
+    /// Upstream failures by pool and kind: `[connect, timeout, reset, protocol]`.
+    upstream_errors: PerPool<[Counter; 4]>,
     /// WebSocket tunnels open, by pool.
     pub tunnels: PerPool<Gauge>,
     /// Bytes carried by tunnels, by pool: `[to upstream, to client]`.
@@ -48,6 +50,20 @@ impl Metrics {
             ),
             retries: metrics::counter!("ramp_retries_total"),
             rejected: metrics::counter!("ramp_rejected_requests_total"),
+            ids_minted: {
+                // Registered now so the series exist before the first event.
+                for p in PoolName::BOTH {
+                    metrics::counter!("ramp_upstream_ejections_total", "pool" => p.as_str())
+                        .increment(0);
+                }
+                metrics::counter!("ramp_ids_minted_total")
+            },
+            open_connections: metrics::gauge!("ramp_open_connections"),
+            upstream_errors: PerPool::from_fn(|p| {
+                ["connect", "timeout", "reset", "protocol"].map(|k| {
+                    metrics::counter!("ramp_upstream_errors_total", "pool" => p.as_str(), "kind" => k)
+                })
+            }),
             tunnels: PerPool::from_fn(
                 |p| metrics::gauge!("ramp_tunnels_open", "pool" => p.as_str()),
             ),
@@ -66,6 +82,28 @@ impl Metrics {
     }
 }
 
+/// Kinds of upstream failure, for `ramp_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl Metrics {
+    /// Counts a failed exchange with an upstream of `pool`.
+    pub fn upstream_error(&self, pool: PoolName, kind: UpstreamError) {
+        let i = match kind {
+            UpstreamError::Connect => 0,
+            UpstreamError::Timeout => 1,
+            UpstreamError::Reset => 2,
+            UpstreamError::Protocol => 3,
+        };
+        self.upstream_errors[pool][i].increment(1);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -77,35 +115,46 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     PrometheusBuilder::new().install_recorder()
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = if req.uri().path() == "/metrics" {
-                    handle.run_upkeep();
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(handle.render())))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"Not Found\n")))
-                };
-                std::future::ready(
-                    resp.or_else(|_| Ok::<_, Infallible>(Response::new(Full::default()))),
-                )
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+/// The explicit buckets (seconds) of `ramp_request_duration_seconds`.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `ramp_request_duration_seconds{pool}` in Prometheus text, from the analysis's log-linear
+/// histograms since start-up. A fine bucket counts under the first explicit bucket its whole
+/// range fits (so a count is exact up to the fine buckets' 6% width at each boundary); the sum
+/// is taken at the fine buckets' midpoints.
+pub fn render_durations(per_pool: &PerPool<Box<[u64]>>) -> String {
+    let mut out = String::from(
+        "# HELP ramp_request_duration_seconds Time from the request head to the response head.\n# TYPE ramp_request_duration_seconds histogram\n",
+    );
+    for (pool, counts) in per_pool.iter() {
+        let mut cumulative = [0u64; DURATION_BUCKETS.len()];
+        let (mut total, mut sum) = (0u64, 0.0f64);
+        for (i, &n) in counts.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            sum += n as f64 * histogram::midpoint(i) / 1e6;
+            let upper = histogram::upper_bound(i) / 1e6;
+            for (b, le) in DURATION_BUCKETS.iter().enumerate() {
+                if upper <= *le {
+                    cumulative[b] += n;
+                }
+            }
+        }
+        let pool = pool.as_str();
+        for (le, n) in DURATION_BUCKETS.iter().zip(cumulative) {
+            out.push_str(&format!(
+                "ramp_request_duration_seconds_bucket{{pool=\"{pool}\",le=\"{le}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "ramp_request_duration_seconds_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {total}\n\
+             ramp_request_duration_seconds_sum{{pool=\"{pool}\"}} {sum}\n\
+             ramp_request_duration_seconds_count{{pool=\"{pool}\"}} {total}\n"
+        ));
     }
+    out
 }

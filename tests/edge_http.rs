@@ -234,3 +234,59 @@ async fn too_many_headers_get_431_and_an_over_long_target_414() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_dies_mid_request_falls_back_to_stable() {
+    let stable = Backend::start("stable").await;
+    // Reads the request, then closes without a byte of an answer.
+    let dying = RawUpstream::start(b"", true).await;
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{}']}}\nrollout: {{id: die, percent: 100}}\n",
+        stable.addr, dying.addr
+    ));
+    let client = Client::http1();
+    for i in 0..5 {
+        let r = client
+            .get(&proxy.url("/"), &[("x-user-id", &format!("u{i}"))])
+            .await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+    }
+    assert!(!dying.heads().is_empty(), "the canary was tried first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_switches_protocols_unasked_gets_502() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET /101 HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade, close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(status_of(&reply), 502, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_http2_header_fields_get_431_too() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: h\npercent: 0",
+        "limits: {max_headers: 50}\n",
+    ));
+    let names: Vec<String> = (0..80).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let r = Client::http2().get(&proxy.url("/"), &headers).await;
+    assert_eq!(r.status, 431);
+    let r = Client::http2().get(&proxy.url("/"), &headers[..20]).await;
+    assert_eq!(r.status, 200);
+}

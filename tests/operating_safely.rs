@@ -319,3 +319,80 @@ fn the_demo_prints_commands_that_work_as_typed() {
     let _ = demo.wait();
     assert!(ok, "`{ctl}` did not work as typed");
 }
+
+#[test]
+fn check_reports_unknown_keys_duplicates_and_bad_values_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "messy.yaml",
+        "listen: 127.0.0.1:8080\nlisen: 1\npools:\n  stable: [127.0.0.1:1]\n  canary: [127.0.0.1:2]\nrollout:\n  id: r\n  percent: 200\nlimits:\n  max_header_bytes: 0\n  max_conections: 5\n",
+    );
+    let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    for want in [
+        "2:1: lisen: unknown key",
+        "8:12: rollout.percent: must be between 0 and 100",
+        "10:21: limits.max_header_bytes",
+        "11:3: limits.max_conections: unknown key",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from:\n{err}");
+    }
+    let dup = write(
+        dir.path(),
+        "dup.yaml",
+        "listen: 127.0.0.1:8080\nlisten: 127.0.0.1:8081\nlisen: 1\npools:\n  stable: [127.0.0.1:1]\n  canary: [127.0.0.1:2]\nrollout: {id: r, percent: 5}\n",
+    );
+    let (_, _, err) = ramp(&["check", "--config", dup.to_str().expect("utf-8")]);
+    assert!(err.contains("lisen: unknown key"), "{err}");
+    assert!(err.contains("duplicate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_finds_the_socket_even_in_a_file_that_is_not_yaml_any_more() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: y\npercent: 5", ""));
+    let good = std::fs::read_to_string(&proxy.config_path).expect("config");
+    let path = proxy.config_path.to_str().expect("utf-8").to_owned();
+    for broken in [
+        good.replace("percent: 5", "percent: 5\n  percent: 6"),
+        good.replace("id: y", "id: 'y"),
+        format!("{good}\npools: [unclosed\n"),
+    ] {
+        std::fs::write(&proxy.config_path, &broken).expect("write");
+        let (code, out, err) = ramp(&["ctl", "--config", &path, "status"]);
+        assert_eq!(code, 0, "{broken}\n{out}{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_at_the_state_path_is_never_replaced() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(&s, &c, "id: keep\npercent: 5", ""),
+    );
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
+    let r = proxy.admin("resume");
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refusing to replace it")),
+        "{r}"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(proxy.state_file()).expect("still there");
+    assert!(kind.file_type().is_fifo(), "the FIFO was replaced");
+}

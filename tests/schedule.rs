@@ -19,7 +19,8 @@ async fn controller(steps: &str) -> (Handle, tokio::task::JoinHandle<()>) {
         "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout:\n  id: sched\n  steps:\n{steps}"
     );
     let cfg = config::parse(&yaml, Path::new("sched.yaml")).expect("config");
-    let (c, _current, handle) = Controller::start(PathBuf::from("sched.yaml"), cfg)
+    let analysis = std::sync::Arc::new(ramp::analysis::Analysis::new());
+    let (c, _current, handle) = Controller::start(PathBuf::from("sched.yaml"), cfg, analysis)
         .await
         .expect("start");
     (handle, tokio::spawn(c.run()))

@@ -288,3 +288,22 @@ async fn sigterm_closes_open_tunnels_after_the_grace() {
         "{end:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
+    let s = WsBackend::start("stable").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: [{}], canary: ['{dead}']}}\nrollout: {{id: ws, percent: 100}}\nmetrics: {{listen: 127.0.0.1:0}}\n",
+        s.addr
+    ));
+    for i in 0..3 {
+        let mut ws = connect(&proxy, &format!("everyone-on-canary-{i}")).await;
+        assert_eq!(exchange(&mut ws).await, "stable");
+        ws.close(None).await.expect("close");
+    }
+    assert!(proxy.metric("ramp_canary_fallback_total").await >= 3.0);
+}

@@ -1,4 +1,5 @@
-//! The serde mirror of the YAML file: shapes only, every key known, positions kept.
+//! The serde mirror of the YAML file: shapes only, positions kept. Unknown keys are not refused
+//! here but by `keys`, which names every one of them (serde would stop at the first).
 //! `validate` turns this into the checked [`crate::config::Config`].
 
 use serde::Deserialize;
@@ -7,7 +8,6 @@ use serde_saphyr::Spanned;
 pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct File {
     pub listen: S<String>,
     #[serde(default)]
@@ -38,17 +38,51 @@ pub struct File {
     pub shutdown_grace: Option<S<String>>,
     #[serde(default)]
     pub metrics: Option<MetricsFile>,
+    #[serde(default)]
+    pub analysis: Option<AnalysisFile>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct AnalysisFile {
+    #[serde(default)]
+    pub window: Option<S<String>>,
+    #[serde(default)]
+    pub error_statuses: Option<S<Vec<String>>>,
+    #[serde(default)]
+    pub goals: Option<S<Vec<GoalFile>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoalFile {
+    pub name: S<String>,
+    #[serde(default)]
+    pub method: Option<S<String>>,
+    pub path: S<String>,
+    #[serde(default)]
+    pub status: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GuardFile {
+    #[serde(default)]
+    pub max_error_rate_increase: Option<S<f64>>,
+    #[serde(default)]
+    pub max_p99_ratio: Option<S<f64>>,
+    #[serde(default)]
+    pub min_requests: Option<S<u64>>,
+    #[serde(default)]
+    pub action: Option<S<String>>,
+    #[serde(default)]
+    pub require_data: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct TlsFile {
     pub cert: S<String>,
     pub key: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthFile {
     #[serde(default)]
     pub path: Option<S<String>>,
@@ -63,7 +97,6 @@ pub struct HealthFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PassiveFile {
     #[serde(default)]
     pub eject_after: Option<S<u64>>,
@@ -78,7 +111,6 @@ pub struct PassiveFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     #[serde(default)]
     pub max_header_bytes: Option<S<u64>>,
@@ -102,13 +134,11 @@ pub struct LimitsFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MetricsFile {
     pub listen: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub socket: S<String>,
     #[serde(default)]
@@ -122,13 +152,11 @@ pub struct AdminFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub file: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StickyFile {
     #[serde(default)]
     pub header: Option<S<String>>,
@@ -143,24 +171,23 @@ pub struct StickyFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolsFile {
     pub stable: S<Vec<S<String>>>,
     pub canary: S<Vec<S<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RolloutFile {
     pub id: S<String>,
     #[serde(default)]
     pub percent: Option<S<f64>>,
     #[serde(default)]
     pub steps: Option<S<Vec<StepFile>>>,
+    #[serde(default)]
+    pub guard: Option<GuardFile>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StepFile {
     pub percent: S<f64>,
     #[serde(default)]
@@ -168,7 +195,6 @@ pub struct StepFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     #[serde(default)]
     pub connect_timeout: Option<S<String>>,

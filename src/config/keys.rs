@@ -1,15 +1,16 @@
-//! Every unknown key of a file, each with its position. serde stops at the first unknown field;
-//! `ramp check` promises every problem, so when the typed parse fails, the file is walked once
-//! more as a plain tree of keys and each section's keys are compared with the fields its type
-//! accepts (read from the type itself, so the list cannot drift from it).
+//! Every unknown key of a file, each with its position. serde would stop at the first unknown
+//! field, and `ramp check` promises every problem, so the file is also walked as a plain tree of
+//! keys and each section's keys are compared with the fields its type accepts (read from the type
+//! itself, so the list cannot drift from it). The typed parse ignores unknown keys; this reports
+//! them, beside every other problem.
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::checker::at;
 use super::error::{Problem, Reason};
 use super::file::{
-    AdminFile, File, HealthFile, LimitsFile, MetricsFile, PassiveFile, PoolsFile, RolloutFile, S,
-    StateFile, StepFile, StickyFile, TlsFile, UpstreamFile,
+    AdminFile, AnalysisFile, File, GoalFile, GuardFile, HealthFile, LimitsFile, MetricsFile,
+    PassiveFile, PoolsFile, RolloutFile, S, StateFile, StepFile, StickyFile, TlsFile, UpstreamFile,
 };
 
 /// The keys of a YAML document, with positions; other values are dropped.
@@ -108,6 +109,9 @@ fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("pools", fields::<PoolsFile>()),
         ("rollout", fields::<RolloutFile>()),
         ("rollout.steps[]", fields::<StepFile>()),
+        ("rollout.guard", fields::<GuardFile>()),
+        ("analysis", fields::<AnalysisFile>()),
+        ("analysis.goals[]", fields::<GoalFile>()),
         ("upstream", fields::<UpstreamFile>()),
         ("admin", fields::<AdminFile>()),
         ("state", fields::<StateFile>()),
@@ -122,7 +126,11 @@ fn schema() -> Vec<(&'static str, &'static [&'static str])> {
 /// Every key of `text` that its section does not accept; empty when the keys are all known (or
 /// the text is not YAML at all).
 pub fn unknown(text: &str) -> Vec<Problem> {
-    let Ok(root) = serde_saphyr::from_str::<Node>(text) else {
+    // Duplicate keys are the typed parse's to report; here they must not hide the rest.
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+    };
+    let Ok(root) = serde_saphyr::from_str_with_options::<Node>(text, options) else {
         return Vec::new();
     };
     let schema = schema();
@@ -165,6 +173,18 @@ fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Probl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_has_its_keys_checked() {
+        let text = "x1: 1\nsticky: {x2: 1}\npools: {x3: 1}\nrollout: {x4: 1, steps: [{x5: 1}], guard: {x6: 1}}\nupstream: {x7: 1}\nadmin: {x8: 1}\nstate: {x9: 1}\ntls: {x10: 1}\nhealth: {x11: 1}\npassive_health: {x12: 1}\nlimits: {x13: 1}\nmetrics: {x14: 1}\nanalysis: {x15: 1, goals: [{x16: 1}]}\n";
+        let found: Vec<String> = unknown(text).into_iter().map(|p| p.field).collect();
+        for i in 1..=16 {
+            assert!(
+                found.iter().any(|f| f.ends_with(&format!("x{i}"))),
+                "x{i} not reported: {found:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_unknown_key_is_found_with_its_position() {

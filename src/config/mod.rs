@@ -1,5 +1,6 @@
 //! The YAML configuration: read, parse (shape), validate (values), with positions for every error.
 
+mod analysis;
 mod checker;
 mod error;
 mod file;
@@ -43,8 +44,58 @@ pub struct Config {
     pub limits: Limits,
     /// How long a SIGTERM waits for in-flight requests.
     pub shutdown_grace: Duration,
-    /// Where Prometheus metrics are served (`GET /metrics`).
+    /// Where Prometheus metrics, the status page and its JSON are served.
     pub metrics: Option<SocketAddr>,
+    /// How the two pools are measured and compared.
+    pub analysis: Analysis,
+    /// The guard that halts or rolls back a regressed canary by itself (`rollout.guard`).
+    pub guard: Option<Guard>,
+}
+
+/// How the two pools are measured and compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// The sliding window of the charts and window figures.
+    pub window: Duration,
+    /// Answers that count as errors (default every 5xx, ramp's own 502/503/504 included).
+    pub error_statuses: StatusSet,
+    /// Goals counted per pool, for A/B comparison (at most [`MAX_GOALS`]).
+    pub goals: Vec<Goal>,
+}
+
+/// The most goals a config may name.
+pub const MAX_GOALS: usize = 8;
+
+/// A request that counts as one conversion for its pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub name: String,
+    /// Any method when `None`.
+    pub method: Option<http::Method>,
+    /// The request path, exactly (no query).
+    pub path: String,
+    /// Answers that count (default 2xx).
+    pub status: StatusSet,
+}
+
+/// What the guard does when the canary regressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    Halt,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guard {
+    /// Largest accepted increase of the canary's error rate over stable's (0.01 = 1 point).
+    pub max_error_rate_increase: f64,
+    /// Largest accepted canary p99 / stable p99.
+    pub max_p99_ratio: f64,
+    /// Requests per pool before any verdict.
+    pub min_requests: u64,
+    pub action: GuardAction,
+    /// A schedule advances only after `min_requests` on both sides at the current step.
+    pub require_data: bool,
 }
 
 /// The listener's certificate chain and key (PEM files).
@@ -260,13 +311,49 @@ pub fn admin_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
         }
     })?;
     let text = String::from_utf8_lossy(&bytes);
-    let lenient: Lenient = serde_saphyr::from_str(&text).map_err(|e| parse_error(e, path))?;
+    // Duplicate keys (a half-finished edit) must not stand between an operator and `halt`.
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+    };
+    let lenient: Lenient = match serde_saphyr::from_str_with_options(&text, options) {
+        Ok(l) => l,
+        // YAML that does not parse at all: look for the socket line by line.
+        Err(e) => match scan_admin_socket(&text) {
+            Some(socket) => Lenient {
+                admin: Some(LenientAdmin {
+                    socket: Some(socket),
+                }),
+            },
+            None => return Err(parse_error(e, path)),
+        },
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     Ok(lenient
         .admin
         .and_then(|a| a.socket)
         .filter(|s| !s.trim().is_empty())
         .map(|s| base.join(s)))
+}
+
+/// `socket:` under a top-level `admin:`, found line by line in text that is not valid YAML.
+fn scan_admin_socket(text: &str) -> Option<String> {
+    let mut in_admin = false;
+    for line in text.lines() {
+        let indented = line.starts_with([' ', '\t']);
+        let trimmed = line.trim();
+        if !indented {
+            in_admin = trimmed
+                .strip_prefix("admin:")
+                .is_some_and(|r| r.trim().is_empty());
+            continue;
+        }
+        if in_admin && let Some(value) = trimmed.strip_prefix("socket:") {
+            let value = value.split(" #").next().unwrap_or_default().trim();
+            let value = value.trim_matches(|c| c == '"' || c == '\'');
+            return (!value.is_empty()).then(|| value.to_owned());
+        }
+    }
+    None
 }
 
 /// Parses and validates the file's bytes (read by the caller from `path`).
@@ -280,35 +367,38 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates YAML text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let unknown = keys::unknown(text);
+    let invalid = |mut problems: Vec<Problem>| {
+        problems.sort_by_key(|p| (p.at.line, p.at.column));
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }
+    };
     let file: file::File = match serde_saphyr::from_str(text) {
         Ok(f) => f,
+        Err(e) if unknown.is_empty() => return Err(parse_error(e, path)),
         Err(e) => {
-            // serde stops at the first unknown key: name every one (and the other error, if the
-            // first was something else).
-            let mut problems = keys::unknown(text);
-            if problems.is_empty() {
-                return Err(parse_error(e, path));
-            }
-            if let ConfigError::Parse { at, message, .. } = parse_error(e, path)
-                && !message.starts_with("unknown field")
-            {
+            // Every unknown key, and what else stopped the parse.
+            let mut problems = unknown;
+            if let ConfigError::Parse { at, message, .. } = parse_error(e, path) {
                 problems.push(Problem {
                     at,
                     field: "(file)".into(),
                     reason: Reason::Shape(message),
                 });
             }
-            problems.sort_by_key(|p| (p.at.line, p.at.column));
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            });
+            return Err(invalid(problems));
         }
     };
-    let mut config = validate::validate(file).map_err(|problems| ConfigError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })?;
+    let mut config = match validate::validate(file) {
+        Ok(c) if unknown.is_empty() => c,
+        Ok(_) => return Err(invalid(unknown)),
+        Err(mut problems) => {
+            problems.extend(unknown);
+            return Err(invalid(problems));
+        }
+    };
     // Relative paths in the file are relative to the file's own directory.
     let base = path.parent().unwrap_or(Path::new("."));
     if let Some(admin) = &mut config.admin {

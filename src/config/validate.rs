@@ -122,6 +122,8 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 .map_err(|_| Reason::ListenAddress(s.clone()))
         })
     });
+    let analysis = super::analysis::analysis(&mut c, file.analysis.as_ref());
+    let guard = super::analysis::guard(&mut c, file.rollout.value.guard.as_ref());
     let state_file = file
         .state
         .as_ref()
@@ -149,6 +151,8 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 limits,
                 shutdown_grace,
                 metrics,
+                analysis,
+                guard,
             })
         }
         _ => Err(c.problems),

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::routing::State;
 
+use crate::analysis::AnalysisView;
+use crate::analysis::view::Range;
+
 use super::reply::{self, BucketInfo, Decoded, ScheduleStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,9 @@ fn schedule(s: &ScheduleStatus) -> String {
         }
         (Some(next), None) => out.push_str(&format!(", next {}", pct(next))),
     }
+    if let Some(why) = &s.held {
+        out.push_str(&format!("; held: {why}"));
+    }
     out
 }
 
@@ -172,7 +178,122 @@ fn status(s: &Status, changed: Option<bool>) -> String {
     if changed == Some(false) {
         rows.push(("note", "nothing changed".into()));
     }
-    rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect()
+    let mut out: String = rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect();
+    if let Some(a) = &s.analysis {
+        out.push('\n');
+        out.push_str(&analysis(a));
+    }
+    out
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "-".to_owned(), f)
+}
+
+fn points(r: &Range) -> String {
+    format!(
+        "{:+.2} pts ({:+.2} to {:+.2})",
+        r.estimate * 100.0,
+        r.low * 100.0,
+        r.high * 100.0
+    )
+}
+
+fn millis(r: &Range) -> String {
+    format!("{:+.1} ms ({:+.1} to {:+.1})", r.estimate, r.low, r.high)
+}
+
+/// Canary and stable side by side, as `ramp ctl status` prints them.
+fn analysis(a: &AnalysisView) -> String {
+    let (s, c) = (&a.pools.stable, &a.pools.canary);
+    let rate = |x: f64| format!("{:.2}%", x * 100.0);
+    let ms = |x: f64| format!("{x:.1} ms");
+    let mut rows: Vec<[String; 5]> = vec![
+        [
+            "requests".into(),
+            s.requests.to_string(),
+            c.requests.to_string(),
+            String::new(),
+            String::new(),
+        ],
+        [
+            "users".into(),
+            format!("{}", s.users),
+            format!("{}", c.users),
+            String::new(),
+            String::new(),
+        ],
+        [
+            "error rate".into(),
+            opt(s.error_rate, rate),
+            opt(c.error_rate, rate),
+            a.errors.difference.as_ref().map_or("-".into(), points),
+            a.errors.verdict.text.clone(),
+        ],
+    ];
+    for (name, sv, cv, d) in [
+        ("p50", s.p50_ms, c.p50_ms, &a.latency.p50_ms),
+        ("p95", s.p95_ms, c.p95_ms, &a.latency.p95_ms),
+        ("p99", s.p99_ms, c.p99_ms, &a.latency.p99_ms),
+    ] {
+        let verdict = match name {
+            "p99" => a.latency.verdict.text.clone(),
+            _ => String::new(),
+        };
+        rows.push([
+            name.into(),
+            opt(sv, ms),
+            opt(cv, ms),
+            d.as_ref().map_or("-".into(), millis),
+            verdict,
+        ]);
+    }
+    for g in &a.goals {
+        rows.push([
+            g.name.clone(),
+            opt(g.per_request.stable, rate),
+            opt(g.per_request.canary, rate),
+            g.difference.as_ref().map_or("-".into(), points),
+            g.verdict.text.clone(),
+        ]);
+    }
+    let mut out = format!(
+        "compared since {} (the rollout's start or last resume)\n{:<11} {:>10} {:>10}  {:<32} {}\n",
+        a.since, "", "stable", "canary", "canary - stable", "verdict"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<11} {:>10} {:>10}  {:<32} {}\n",
+            r[0], r[1], r[2], r[3], r[4]
+        ));
+    }
+    if let Some(sr) = &a.sample_ratio {
+        out.push_str(&format!(
+            "{:<11} {} (canary has {:.2}% of users, {:.2}% expected, p = {:.4})\n",
+            "split",
+            if sr.mismatch {
+                "SAMPLE RATIO MISMATCH: the split or the measurement is broken"
+            } else {
+                "ok"
+            },
+            sr.observed * 100.0,
+            sr.expected * 100.0,
+            sr.p_value
+        ));
+    }
+    let g = &a.guard;
+    if g.enabled {
+        out.push_str(&format!(
+            "{:<11} {} when the error rate rises over {:.2} points or p99 over {}x stable's ({} requests a side first){}\n",
+            "guard",
+            g.action.as_deref().unwrap_or("-"),
+            g.max_error_rate_increase.unwrap_or(0.0) * 100.0,
+            g.max_p99_ratio.unwrap_or(0.0),
+            g.min_requests,
+            g.acted.as_ref().map_or(String::new(), |a| format!("; {a}"))
+        ));
+    }
+    out
 }
 
 /// The reply as a person reads it: a small table for status, one line otherwise.

@@ -69,6 +69,8 @@ pub enum Source {
     Guard { reason: String },
     /// Another instance of the fleet, through the shared store.
     Fleet { instance: String },
+    /// The status page and its JSON (reads only).
+    Page,
 }
 
 impl Source {
@@ -80,6 +82,7 @@ impl Source {
             Source::Startup => "startup",
             Source::Guard { .. } => "guard",
             Source::Fleet { .. } => "fleet",
+            Source::Page => "page",
         }
     }
 }
@@ -94,7 +97,9 @@ impl fmt::Display for Source {
             Source::Admin { uid, pid: None } => write!(f, "admin (uid {uid})"),
             Source::Guard { reason } => write!(f, "guard ({reason})"),
             Source::Fleet { instance } => write!(f, "fleet (instance {instance})"),
-            Source::File | Source::Schedule | Source::Startup => f.write_str(self.kind()),
+            Source::File | Source::Schedule | Source::Startup | Source::Page => {
+                f.write_str(self.kind())
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! through [`Controller::commit`]: validated, persisted, published, logged, and only then
 //! answered.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,6 +11,7 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::analysis::Analysis;
 use crate::config::{self, Config, ppm_to_percent};
 use crate::routing::{Rollout, State};
 use crate::snapshot::{Current, Snapshot};
@@ -17,7 +19,7 @@ use crate::tls::{TlsConfigs, TlsError};
 use crate::upstream::Registry;
 
 use super::command::{Command, Source};
-use super::reply::{ControlError, Outcome, Reply};
+use super::reply::{Change, ControlError, Outcome, Reply};
 use super::state::{FileEffect, RolloutState};
 use super::status::{self, Notes};
 use super::store::{self, StoreError};
@@ -86,9 +88,22 @@ pub struct Controller {
     tls: TlsConfigs,
     notes: Notes,
     rx: mpsc::Receiver<Request>,
-    /// A schedule step that could not be persisted is tried again then, not before.
+    /// A schedule step that could not be persisted (or that the analysis holds) is tried again
+    /// then, not before.
     schedule_retry: Option<Instant>,
+    /// The comparison of the pools: shown in status, and it may hold the schedule.
+    analysis: Arc<Analysis>,
+    /// The last changes, newest first.
+    changes: VecDeque<Change>,
+    /// `ramp_config_reloads_total{result}`: `[ok, error]`.
+    reloads: [metrics::Counter; 2],
 }
+
+/// Changes kept for status.
+const CHANGES_KEPT: usize = 20;
+
+/// How often a schedule step the analysis holds is looked at again.
+const HOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a schedule step waits after its state could not be written.
 const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -99,6 +114,7 @@ impl Controller {
     pub async fn start(
         config_path: PathBuf,
         config: Config,
+        analysis: Arc<Analysis>,
     ) -> Result<(Controller, Arc<Current>, Handle), TlsError> {
         let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
         let now = Instant::now();
@@ -145,6 +161,10 @@ impl Controller {
             notes,
             rx,
             schedule_retry: None,
+            analysis,
+            changes: VecDeque::with_capacity(CHANGES_KEPT),
+            reloads: ["ok", "error"]
+                .map(|r| metrics::counter!("ramp_config_reloads_total", "result" => r)),
         };
         // Edits of the file made while ramp was down apply now, by the usual rules.
         let mut next = c.rollout.clone();
@@ -185,6 +205,13 @@ impl Controller {
     /// The schedule's hold expired: move to the next step, persisted first like any change. If
     /// the state cannot be written the step waits and is tried again.
     async fn advance(&mut self) {
+        if let Some(why) = self.analysis.hold() {
+            if self.schedule_retry.is_none() {
+                tracing::info!(reason = %why, "the schedule's next step waits");
+            }
+            self.schedule_retry = Some(Instant::now() + HOLD_RETRY);
+            return;
+        }
         let mut next = self.rollout.clone();
         if !next.advance(Instant::now()) {
             // Nothing to advance to; `advance` may have stopped a stray clock.
@@ -237,11 +264,21 @@ impl Controller {
     }
 
     fn status(&self) -> super::reply::Status {
+        let analysis = self.analysis.view().map(|v| {
+            let mut v = (*v).clone();
+            v.series = None;
+            v
+        });
         status::build(
             &self.rollout,
             &self.current.load(),
             &self.notes,
             Instant::now(),
+            status::Extra {
+                analysis,
+                hold: self.analysis.hold(),
+                changes: self.changes.iter().cloned().collect(),
+            },
         )
     }
 
@@ -292,6 +329,10 @@ impl Controller {
         }
         if changed {
             let now = &self.rollout;
+            if self.changes.len() >= CHANGES_KEPT {
+                self.changes.pop_back();
+            }
+            self.changes.push_front(status::change(&before, now, what));
             tracing::info!(
                 source = source.kind(), by = %source, command = what, rollout = %now.id,
                 from_state = before.state.as_str(), from_percent = ppm_to_percent(before.ppm),
@@ -313,7 +354,9 @@ impl Controller {
             None => config::load(&path),
         })
         .await;
+        let failed = &self.reloads[1];
         let rejected = |notes: &mut Notes, e: ControlError| {
+            failed.increment(1);
             tracing::error!(trigger = trigger.kind(), error = %e, "reload rejected: the running config stays");
             notes.last_reload_error = Some(e.to_string());
             Err(e)
@@ -394,7 +437,13 @@ fn build(
     tls: &TlsConfigs,
 ) -> Snapshot {
     let rollout = Rollout::new(&r.id, r.ppm, r.state);
-    metrics::gauge!("ramp_rollout_percent").set(ppm_to_percent(r.ppm));
+    // The share users get now (0 when rolled back, 100 when completed), not the plan's.
+    let effective = match r.state {
+        State::RolledBack => 0,
+        State::Completed => crate::routing::BUCKETS,
+        State::Running | State::Halted => r.ppm,
+    };
+    metrics::gauge!("ramp_rollout_percent").set(ppm_to_percent(effective));
     for state in State::ALL {
         let on = if state == r.state { 1.0 } else { 0.0 };
         metrics::gauge!("ramp_rollout_state", "state" => state.as_str()).set(on);

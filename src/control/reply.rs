@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::AnalysisView;
 use crate::config::ConfigError;
 use crate::routing::{PerPool, PoolName, State};
 use crate::tls::TlsError;
@@ -41,6 +42,28 @@ pub struct Status {
     pub pid: u32,
     /// Upstreams configured per pool.
     pub upstreams: PerPool<usize>,
+    /// Canary and stable side by side, with verdicts (none in the first second).
+    #[serde(default)]
+    pub analysis: Option<AnalysisView>,
+    /// The last changes of the rollout, newest first (kept since this process started).
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+/// One change of the rollout: who, when, from what to what, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// RFC 3339.
+    pub at: Option<String>,
+    /// Who, e.g. `admin (uid 0, pid 4242)`, or `guard (the figures)`.
+    pub by: String,
+    pub source: String,
+    pub command: String,
+    pub rollout: String,
+    pub from_state: State,
+    pub to_state: State,
+    pub from_percent: f64,
+    pub to_percent: f64,
 }
 
 /// Position in a staged schedule.
@@ -53,6 +76,10 @@ pub struct ScheduleStatus {
     pub next_percent: Option<f64>,
     pub next_in_secs: Option<f64>,
     pub paused: bool,
+    /// Why the next step waits although its hold is over (a regressed metric, or too little
+    /// data at this step with `guard.require_data`).
+    #[serde(default)]
+    pub held: Option<String>,
 }
 
 /// One user id's bucket and pool right now.
@@ -227,6 +254,7 @@ mod tests {
                 next_percent: Some(100.0),
                 next_in_secs: Some(540.0),
                 paused: true,
+                held: None,
             }),
             file_plan_pending: false,
             changed_at: Some("2026-11-26T10:00:00Z".into()),
@@ -241,6 +269,18 @@ mod tests {
                 stable: 2,
                 canary: 1,
             },
+            analysis: None,
+            changes: vec![Change {
+                at: Some("2026-11-26T10:00:00Z".into()),
+                by: "admin (uid 0, pid 7)".into(),
+                source: "admin".into(),
+                command: "halt".into(),
+                rollout: "checkout-v2".into(),
+                from_state: State::Running,
+                to_state: State::Halted,
+                from_percent: 2.5,
+                to_percent: 2.5,
+            }],
         }
     }
 
@@ -250,7 +290,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

@@ -6,7 +6,9 @@ use crate::config::{Plan, ppm_to_percent};
 use crate::routing::{self, PerPool, State};
 use crate::snapshot::Snapshot;
 
-use super::reply::{BucketInfo, ScheduleStatus, Status};
+use crate::analysis::AnalysisView;
+
+use super::reply::{BucketInfo, Change, ScheduleStatus, Status};
 use super::schedule::Timing;
 use super::state::RolloutState;
 
@@ -29,7 +31,7 @@ fn rfc3339(t: std::time::SystemTime) -> Option<String> {
         .then(|| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-fn schedule(r: &RolloutState, now: Instant) -> Option<ScheduleStatus> {
+fn schedule(r: &RolloutState, now: Instant, hold: Option<String>) -> Option<ScheduleStatus> {
     let (Some(at), Plan::Steps(steps)) = (r.schedule, &r.plan.plan) else {
         return None;
     };
@@ -41,10 +43,28 @@ fn schedule(r: &RolloutState, now: Instant) -> Option<ScheduleStatus> {
         next_percent: next.map(|s| ppm_to_percent(s.ppm)),
         next_in_secs: at.left(now).map(|d| d.as_secs_f64().round()),
         paused: matches!(at.timing, Timing::Paused(_)),
+        held: match at.timing {
+            Timing::Until(t) if t <= now => hold,
+            Timing::Until(_) | Timing::Paused(_) | Timing::Final => None,
+        },
     })
 }
 
-pub fn build(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> Status {
+/// What the status shows beyond the rollout and the controller's notes.
+pub struct Extra {
+    pub analysis: Option<AnalysisView>,
+    /// Why the schedule waits, if it does.
+    pub hold: Option<String>,
+    pub changes: Vec<Change>,
+}
+
+pub fn build(
+    r: &RolloutState,
+    snap: &Snapshot,
+    notes: &Notes,
+    now: Instant,
+    extra: Extra,
+) -> Status {
     Status {
         rollout: r.id.clone(),
         state: r.state,
@@ -54,7 +74,7 @@ pub fn build(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> 
             State::Completed => 100.0,
             State::Running | State::Halted => ppm_to_percent(r.ppm),
         },
-        schedule: schedule(r, now),
+        schedule: schedule(r, now, extra.hold),
         file_plan_pending: r.plan_pending,
         changed_at: rfc3339(r.changed_at),
         changed_by: r.changed_by.to_string(),
@@ -69,6 +89,23 @@ pub fn build(r: &RolloutState, snap: &Snapshot, notes: &Notes, now: Instant) -> 
             .collect(),
         pid: std::process::id(),
         upstreams: PerPool::from_fn(|p| snap.pools[p].upstreams().len()),
+        analysis: extra.analysis,
+        changes: extra.changes,
+    }
+}
+
+/// A change as status lists it.
+pub fn change(before: &RolloutState, after: &RolloutState, command: &str) -> Change {
+    Change {
+        at: rfc3339(after.changed_at),
+        by: after.changed_by.to_string(),
+        source: after.changed_by.kind().to_owned(),
+        command: command.to_owned(),
+        rollout: after.id.clone(),
+        from_state: before.state,
+        to_state: after.state,
+        from_percent: ppm_to_percent(before.ppm),
+        to_percent: ppm_to_percent(after.ppm),
     }
 }
 

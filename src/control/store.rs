@@ -293,6 +293,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Never replace what is not a regular file (a FIFO, /dev/null, a device, or a link to one):
+    // the path is a mistake, and renaming over it would destroy it.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file; refusing to replace it",
+        )));
+    }
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

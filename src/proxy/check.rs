@@ -35,7 +35,8 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if target > limits.max_uri_bytes {
         return Err(StatusCode::URI_TOO_LONG);
     }
-    if scan.bytes > limits.max_header_bytes {
+    // hyper counts HTTP/1 fields itself; HTTP/2 bounds only their bytes, so count here too.
+    if scan.bytes > limits.max_header_bytes || req.headers().len() > limits.max_headers {
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     if scan.hosts > 1 || (scan.hosts == 0 && req.version() == Version::HTTP_11) {

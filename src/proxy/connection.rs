@@ -40,6 +40,7 @@ struct Ended<'a> {
 
 impl Drop for Ended<'_> {
     fn drop(&mut self) {
+        self.conn.proxy.metrics.open_connections.decrement(1.0);
         self.conn.signal.to_watchdog.notify_one();
         self.open.remove(self.conn.id);
     }
@@ -76,12 +77,20 @@ impl Open {
             .lock()
             .values()
             .filter_map(Weak::upgrade)
+            .filter(|c| !c.signal.closing())
             .filter_map(|c| c.activity.idle_since().map(|t| (t, c)))
             .min_by_key(|(t, _)| *t);
         match oldest {
             Some((_, conn)) => {
                 tracing::debug!(peer = %conn.info.peer, "closing the longest-idle connection: max_connections reached");
-                conn.signal.close(FINISH);
+                // Nothing is in progress on it: an HTTP/1 connection (perhaps holding half a
+                // head) is dropped at once; an HTTP/2 one gets a GOAWAY.
+                let how = if conn.activity.is_http2() {
+                    FINISH
+                } else {
+                    ABORT
+                };
+                conn.signal.close(how);
                 true
             }
             None => false,
@@ -107,6 +116,7 @@ pub async fn serve<IO>(
         permit: Mutex::new(permit),
     });
     a.open.add(&conn);
+    conn.proxy.metrics.open_connections.increment(1.0);
     // The timers live in a task of their own: polling them alongside the connection would cost
     // every request; this way the connection only checks a notification.
     tokio::spawn(watchdog(Arc::clone(&conn), a.drain.clone(), a.limits));

@@ -8,8 +8,12 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::analysis::Analysis;
+use crate::config::CanaryUnavailable;
 use crate::metrics::Metrics;
-use crate::snapshot::Current;
+use crate::routing::PoolName;
+use crate::snapshot::{Current, Snapshot};
+use crate::upstream::Upstream;
 
 use super::watchdog::{Activity, Signal};
 
@@ -18,18 +22,39 @@ use super::watchdog::{Activity, Signal};
 pub struct Proxy {
     pub current: Arc<Current>,
     pub metrics: Metrics,
+    /// Where every answer is recorded for the comparison of the pools.
+    pub analysis: Arc<Analysis>,
     pub(super) draining: AtomicBool,
     canary_down: AtomicBool,
 }
 
 impl Proxy {
-    pub fn new(current: Arc<Current>, metrics: Metrics) -> Self {
+    pub fn new(current: Arc<Current>, metrics: Metrics, analysis: Arc<Analysis>) -> Self {
         Proxy {
             current,
             metrics,
+            analysis,
             draining: AtomicBool::new(false),
             canary_down: AtomicBool::new(false),
         }
+    }
+
+    /// Where a canary request goes when the canary pool cannot take it: a stable upstream, with
+    /// `canary_unavailable: fallback` (counted); `None` for a stable request or with `error`.
+    pub fn fallback<'s>(
+        &self,
+        snap: &'s Snapshot,
+        pool: PoolName,
+    ) -> Option<(&'s Arc<Upstream>, PoolName)> {
+        if pool != PoolName::Canary || snap.config.canary_unavailable != CanaryUnavailable::Fallback
+        {
+            return None;
+        }
+        let stable = &snap.pools.stable;
+        let panic = snap.config.passive_health.panic_threshold;
+        let u = stable.pick(panic).or_else(|| stable.any())?;
+        self.metrics.canary_fallback.increment(1);
+        Some((u, PoolName::Stable))
     }
 
     /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
+use crate::metrics::UpstreamError;
 use crate::routing::PoolName;
 use crate::upstream::SendError;
 
@@ -12,6 +13,32 @@ pub enum ProxyError {
     NoUpstream(PoolName),
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error("the upstream switched protocols (101) though nobody asked it to")]
+    UnaskedUpgrade,
+}
+
+impl ProxyError {
+    /// The kind of upstream failure this is; `None` for the client's own failures and a pool
+    /// without a healthy upstream.
+    pub fn upstream_kind(&self) -> Option<UpstreamError> {
+        match self {
+            ProxyError::Send(
+                SendError::Connect(_) | SendError::Tls(_) | SendError::Handshake(_),
+            ) => Some(UpstreamError::Connect),
+            ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
+                Some(UpstreamError::Timeout)
+            }
+            ProxyError::Send(SendError::Exchange(e))
+                if crate::upstream::closed_before_answer(e) =>
+            {
+                Some(UpstreamError::Reset)
+            }
+            ProxyError::Send(SendError::Exchange(_)) | ProxyError::UnaskedUpgrade => {
+                Some(UpstreamError::Protocol)
+            }
+            ProxyError::Send(SendError::ClientBody(_)) | ProxyError::NoUpstream(_) => None,
+        }
+    }
 }
 
 impl From<&ProxyError> for StatusCode {
@@ -30,7 +57,8 @@ impl From<&ProxyError> for StatusCode {
                 | SendError::Tls(_)
                 | SendError::Handshake(_)
                 | SendError::Exchange(_),
-            ) => StatusCode::BAD_GATEWAY,
+            )
+            | ProxyError::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -4,11 +4,13 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use http::header::{CONNECTION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::analysis;
 use crate::config::CanaryUnavailable;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::Snapshot;
@@ -37,6 +39,7 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
     let version = req.version();
     let busy = Busy::begin(conn, version == Version::HTTP_2);
     let (proxy, info) = (&*busy.conn.proxy, &busy.conn.info);
@@ -54,23 +57,27 @@ pub async fn handle(
         return finish(resp, busy);
     }
     let rollout = &snap.routing.rollout;
-    let (pool, minted) = match routing::decide(&snap.routing, req.headers()) {
-        Decision::Pool(pool) => (pool, None),
+    let (pool, user, minted) = match routing::decide(&snap.routing, req.headers()) {
+        Decision::User { pool, user } => (pool, Some(user), None),
+        Decision::Anonymous(pool) => (pool, None, None),
         Decision::Mint => {
+            proxy.metrics.ids_minted.increment(1);
             let id = routing::mint(rollout);
-            (routing::assign(rollout, id.as_bytes()), Some(id))
+            let (pool, user) = routing::assign_hashed(rollout, id.as_bytes());
+            (pool, Some(user), Some(id))
         }
     };
+    let settings = &snap.config.analysis;
+    let goals = analysis::candidate_goals(settings, req.method(), req.uri().path());
     let websocket = tunnel::wanted(&req, &scan);
     let (result, served_by) = match choose(proxy, &snap, pool) {
         Err(e) => (Err(e), pool),
         Ok((first, served_by)) if let Some(kind) = websocket => {
             // Boxed: rare, and large; inline it would enlarge every request's future.
-            let opened = Box::pin(tunnel::open(
+            Box::pin(tunnel::open(
                 &busy.conn, &snap, req, kind, &scan, first, served_by,
             ))
-            .await;
-            (opened, served_by)
+            .await
         }
         Ok((first, served_by)) => {
             let (req, replay) = upstream_request(req, &scan, info, &snap, &first.host);
@@ -90,11 +97,15 @@ pub async fn handle(
                     Err(error) => (Err(ProxyError::from(error)), served_by),
                 },
             };
-            let answered = sent.map(|mut resp| {
+            let answered = sent.and_then(|mut resp| {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // Nobody asked it to switch (a WebSocket takes the tunnel's path).
+                    return Err(ProxyError::UnaskedUpgrade);
+                }
                 if forward::response_head(resp.headers_mut(), &snap.hide_response_headers) {
                     resp.body_mut().forbid_reuse();
                 }
-                resp.map(ProxyBody::upstream)
+                Ok(resp.map(ProxyBody::upstream))
             });
             (answered, to)
         }
@@ -112,10 +123,21 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::warn!(peer = %info.peer, pool = served_by.as_str(), reason = %e, "upstream request failed");
+            if let Some(kind) = e.upstream_kind() {
+                proxy.metrics.upstream_error(served_by, kind);
+            }
             error_response(StatusCode::from(&e))
         }
     };
-    proxy.metrics.response(served_by, resp.status());
+    let status = resp.status();
+    proxy.metrics.response(served_by, status);
+    proxy.analysis.recorder.record(
+        served_by,
+        settings.error_statuses.contains(status.as_u16()),
+        start.elapsed().as_micros() as u64,
+        user,
+        analysis::converted(settings, goals, status.as_u16()),
+    );
     if let Some(id) = minted
         && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
     {
@@ -161,10 +183,9 @@ fn choose<'s>(
                         proxy.metrics.no_upstream[PoolName::Canary].increment(1);
                         Err(ProxyError::NoUpstream(PoolName::Canary))
                     }
-                    CanaryUnavailable::Fallback => {
-                        proxy.metrics.canary_fallback.increment(1);
-                        stable()
-                    }
+                    CanaryUnavailable::Fallback => proxy
+                        .fallback(snap, pool)
+                        .ok_or(ProxyError::NoUpstream(PoolName::Stable)),
                 }
             }
         },
@@ -224,33 +245,24 @@ fn retry<'s>(
     first: &'s Arc<Upstream>,
     replay: Option<Head>,
 ) -> Result<(&'s Arc<Upstream>, Request<ReqBody>, PoolName), SendError> {
-    let other = snap.pools[pool].pick_other(first);
+    let other = snap.pools[pool].pick_other(first).map(|u| (u, pool));
+    // A canary request that may go again, with no other canary upstream to take it: with
+    // fallback on, stable serves it (the canary failed it once already).
+    let fallback = || proxy.fallback(snap, pool);
     let how = failure.retry();
-    match (failure.request, how, replay) {
-        (Some(req), Retry::Elsewhere, _) => match other {
-            Some(u) => Ok((u, req, pool)),
-            // Nothing reached the canary: with fallback on, stable serves this user at once.
-            None if pool == PoolName::Canary
-                && snap.config.canary_unavailable == CanaryUnavailable::Fallback =>
-            {
-                let stable = &snap.pools.stable;
-                let panic = snap.config.passive_health.panic_threshold;
-                match stable.pick(panic).or_else(|| stable.any()) {
-                    Some(u) => {
-                        proxy.metrics.canary_fallback.increment(1);
-                        Ok((u, req, PoolName::Stable))
-                    }
-                    None => Err(failure.error),
-                }
-            }
-            None => Err(failure.error),
+    let (to, req) = match (failure.request, how, replay) {
+        (Some(req), Retry::Elsewhere, _) => match other.or_else(fallback) {
+            Some(to) => (to, req),
+            None => return Err(failure.error),
         },
-        (Some(req), Retry::Anywhere, _) => Ok((other.unwrap_or(first), req, pool)),
-        (None, Retry::IfRepeatable, Some(head)) => {
-            Ok((other.unwrap_or(first), head.request(), pool))
-        }
+        (Some(req), Retry::Anywhere, _) => (other.or_else(fallback).unwrap_or((first, pool)), req),
+        (None, Retry::IfRepeatable, Some(head)) => (
+            other.or_else(fallback).unwrap_or((first, pool)),
+            head.request(),
+        ),
         (_, Retry::Elsewhere | Retry::Anywhere | Retry::IfRepeatable | Retry::Never, _) => {
-            Err(failure.error)
+            return Err(failure.error);
         }
-    }
+    };
+    Ok((to.0, req, to.1))
 }

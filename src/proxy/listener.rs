@@ -92,16 +92,17 @@ pub async fn serve(
         // newcomer waits for one to end.
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                accepting.open.close_longest_idle();
-                tokio::select! {
-                    p = Arc::clone(&permits).acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
+            Err(_) => tokio::select! {
+                p = room(&permits, &accepting.open) => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+                () = &mut shutdown => {
+                    // Served in the drain like the connections still queued.
+                    spawn(stream, peer, None, &accepting);
+                    break;
                 }
-            }
+            },
         };
         spawn(stream, peer, Some(permit), &accepting);
     }
@@ -131,6 +132,23 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace is over: exiting with connections still open");
+    }
+}
+
+/// How often a newcomer waiting at `max_connections` looks for an idle connection to close.
+const ROOM_RETRY: Duration = Duration::from_millis(100);
+
+/// A place under `max_connections`: closes the longest-idle connection to make one, and looks
+/// again every [`ROOM_RETRY`] while every connection is busy (one that goes idle makes room).
+/// `None` when the semaphore is closed.
+async fn room(permits: &Arc<Semaphore>, open: &Open) -> Option<OwnedSemaphorePermit> {
+    let mut wait = std::pin::pin!(Arc::clone(permits).acquire_owned());
+    loop {
+        open.close_longest_idle();
+        tokio::select! {
+            p = wait.as_mut() => return p.ok(),
+            () = tokio::time::sleep(ROOM_RETRY) => {}
+        }
     }
 }
 

@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::clock::now_ms;
 use crate::routing::PoolName;
 use crate::snapshot::Snapshot;
-use crate::upstream::{ReqBody, SendError, Upstream, UpstreamBody};
+use crate::upstream::{Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody};
 
 use super::body::ProxyBody;
-use super::context::Conn;
+use super::context::{Conn, Proxy};
 use super::error::ProxyError;
 use super::forward::{self, Scan};
 
@@ -69,9 +69,41 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
     })
 }
 
-/// Opens the tunnel to `up` (in `pool`): the upstream handshake on a fresh connection, then the
-/// answer to the client; the bytes flow in a task of their own once both sides have switched.
-/// An upstream that refuses the upgrade answers the client as it would any request.
+/// A fresh connection for the handshake: to `up`, else (nothing reached it) another upstream of
+/// the pool, else — for a canary user, with fallback on — stable. Gives the pool it is in.
+async fn connect<'s>(
+    proxy: &Proxy,
+    snap: &'s Snapshot,
+    up: &'s Arc<Upstream>,
+    pool: PoolName,
+) -> Result<(Sender, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
+    let passive = &snap.config.passive_health;
+    let error = match up.connect_upgradable(&snap.connector).await {
+        Ok(s) => return Ok((s, up, pool)),
+        Err(e) => e,
+    };
+    snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
+    let next = snap.pools[pool]
+        .pick_other(up)
+        .map(|u| (u, pool))
+        .or_else(|| proxy.fallback(snap, pool));
+    let Some((next, to)) = next else {
+        return Err((error.into(), pool));
+    };
+    proxy.metrics.retries.increment(1);
+    match next.connect_upgradable(&snap.connector).await {
+        Ok(s) => Ok((s, next, to)),
+        Err(e) => {
+            snap.pools[to].record(next, Outcome::Unreachable, passive, to);
+            Err((e.into(), to))
+        }
+    }
+}
+
+/// Opens the tunnel for a user of `pool` (first try `up`): the upstream handshake on a fresh
+/// connection, then the answer to the client; the bytes flow in a task of their own once both
+/// sides have switched. An upstream that refuses the upgrade answers the client as it would any
+/// request. Gives the pool that served.
 pub async fn open(
     conn: &Arc<Conn>,
     snap: &Snapshot,
@@ -80,7 +112,11 @@ pub async fn open(
     scan: &Scan,
     up: &Arc<Upstream>,
     pool: PoolName,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
+    let (mut sender, up, pool) = match connect(&conn.proxy, snap, up, pool).await {
+        Ok(connected) => connected,
+        Err((e, pool)) => return (Err(e), pool),
+    };
     let client = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     forward::request_head(
@@ -103,19 +139,18 @@ pub async fn open(
         }
     }
     let req = Request::from_parts(parts, ReqBody::Empty);
-    let settings = &snap.connector.settings;
-    let mut sender = up.connect_upgradable(&snap.connector).await?;
-    let mut resp =
-        match tokio::time::timeout(settings.response_timeout, sender.send_request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(SendError::Exchange(e).into()),
-            Err(_) => return Err(SendError::Timeout(settings.response_timeout).into()),
-        };
+    let limit = snap.connector.settings.response_timeout;
+    let mut resp = match tokio::time::timeout(limit, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return (Err(SendError::Exchange(e).into()), pool),
+        Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
+    };
     let hide = &snap.hide_response_headers;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let limit = snap.config.limits.body_idle_timeout;
         forward::response_head(resp.headers_mut(), hide);
-        return Ok(resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, limit))));
+        let answer = resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, limit)));
+        return (Ok(answer), pool);
     }
     let upstream = hyper::upgrade::on(&mut resp);
     let mut headers = std::mem::take(resp.headers_mut());
@@ -153,7 +188,7 @@ pub async fn open(
         .await;
         metrics.tunnels[pool].decrement(1.0);
     });
-    Ok(answer)
+    (Ok(answer), pool)
 }
 
 /// Carries bytes both ways until both sides are done, one side is done and the other has not
@@ -170,13 +205,14 @@ where
     let down = pump(upstream_read, client_write, bytes[1], &last);
     let (mut up, mut down) = (std::pin::pin!(up), std::pin::pin!(down));
     let quiet = idle_for(&last, idle);
+    // A clean end of one side leaves the other a moment to finish; a reset ends both at once.
     tokio::select! {
-        _ = up.as_mut() => {
+        ended = up.as_mut() => if ended.is_ok() {
             let _ = tokio::time::timeout(HALF_CLOSED, down).await;
-        }
-        _ = down.as_mut() => {
+        },
+        ended = down.as_mut() => if ended.is_ok() {
             let _ = tokio::time::timeout(HALF_CLOSED, up).await;
-        }
+        },
         () = quiet => tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle: closed"),
     }
 }

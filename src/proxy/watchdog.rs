@@ -26,10 +26,18 @@ pub struct Signal {
     pub reason: AtomicU8,
     /// The connection tells the watchdog it has ended.
     pub to_watchdog: Notify,
+    /// Set once the connection was told to close.
+    closing: AtomicBool,
 }
 
 impl Signal {
+    /// Whether the connection has been told to close.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     pub fn close(&self, reason: u8) {
+        self.closing.store(true, Ordering::Relaxed);
         self.reason.store(reason, Ordering::Relaxed);
         self.to_connection.notify_one();
     }
@@ -81,6 +89,11 @@ impl Activity {
             self.http2.store(true, Ordering::Relaxed);
         }
         self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection speaks HTTP/2 (known from its first request).
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// Since when (ms) the connection has had no request in progress; `None` while it has one.

@@ -23,8 +23,20 @@ pub fn salt(rollout_id: &str) -> Box<[u8]> {
 /// The bucket (0..1,000,000) of `user` under a rollout whose [`salt`] is `salt`.
 #[inline]
 pub fn bucket(salt: &[u8], user: &[u8]) -> u32 {
+    of_hash(hash(salt, user))
+}
+
+/// The bucket of a [`hash`].
+#[inline]
+pub fn of_hash(hash: u64) -> u32 {
+    (hash % u64::from(BUCKETS)) as u32
+}
+
+/// XXH3-64 (seed 0) of `salt ‖ user`: the bucket's source, and the user's anonymous tally key.
+#[inline]
+pub fn hash(salt: &[u8], user: &[u8]) -> u64 {
     let len = salt.len() + user.len();
-    let hash = if len <= STACK_INPUT {
+    if len <= STACK_INPUT {
         let mut buf = [0u8; STACK_INPUT];
         buf[..salt.len()].copy_from_slice(salt);
         buf[salt.len()..len].copy_from_slice(user);
@@ -34,8 +46,7 @@ pub fn bucket(salt: &[u8], user: &[u8]) -> u32 {
         h.update(salt);
         h.update(user);
         h.digest()
-    };
-    (hash % u64::from(BUCKETS)) as u32
+    }
 }
 
 #[cfg(test)]

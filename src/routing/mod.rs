@@ -110,8 +110,11 @@ pub struct Routing {
 /// What to do with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Send it to this pool.
-    Pool(PoolName),
+    /// A user with an id: send it to `pool`. `user` is the id's hash (the bucket's source),
+    /// which the analysis counts distinct users by without keeping any id.
+    User { pool: PoolName, user: u64 },
+    /// No id, and minting is off: send it to this pool.
+    Anonymous(PoolName),
     /// The request carries no id: mint one ([`sticky::mint`]) and route by [`assign`].
     Mint,
 }
@@ -120,26 +123,37 @@ pub enum Decision {
 #[inline]
 pub fn decide(routing: &Routing, headers: &HeaderMap) -> Decision {
     match user_id(&routing.sticky, headers) {
-        Some(id) => Decision::Pool(assign(&routing.rollout, id)),
+        Some(id) => {
+            let (pool, user) = assign_hashed(&routing.rollout, id);
+            Decision::User { pool, user }
+        }
         None if routing.sticky.assign => Decision::Mint,
-        None => Decision::Pool(anonymous(&routing.rollout)),
+        None => Decision::Anonymous(anonymous(&routing.rollout)),
     }
 }
 
 /// The pool of user `id` under `rollout`.
 #[inline]
 pub fn assign(rollout: &Rollout, id: &[u8]) -> PoolName {
-    match rollout.state {
+    assign_hashed(rollout, id).0
+}
+
+/// The pool of user `id` under `rollout`, and the id's hash.
+#[inline]
+pub fn assign_hashed(rollout: &Rollout, id: &[u8]) -> (PoolName, u64) {
+    let hash = bucket::hash(&rollout.salt, id);
+    let pool = match rollout.state {
         State::RolledBack => PoolName::Stable,
         State::Completed => PoolName::Canary,
         State::Running | State::Halted => {
-            if bucket(&rollout.salt, id) < rollout.ppm {
+            if bucket::of_hash(hash) < rollout.ppm {
                 PoolName::Canary
             } else {
                 PoolName::Stable
             }
         }
-    }
+    };
+    (pool, hash)
 }
 
 /// The pool of a request with no id when minting is off: stable, unless the rollout completed.

@@ -58,7 +58,7 @@ impl SendError {
 
 /// The request may have been sent, but the connection closed (or reset) before a byte of an
 /// answer came back. Anything else hyper reports is not known to be safe: false.
-fn closed_before_answer(e: &hyper::Error) -> bool {
+pub fn closed_before_answer(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return true;
     }
@@ -231,6 +231,10 @@ impl Upstream {
                     let up = Arc::clone(self);
                     let (max_idle, idle) =
                         (settings.max_idle_per_upstream, connector.body_idle_timeout);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The connection switched protocols: it carries no other exchange.
+                        break Ok(resp.map(|b| UpstreamBody::unpooled(b, idle)));
+                    }
                     break Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle, idle)));
                 }
                 Err(mut e) => match e.take_message() {

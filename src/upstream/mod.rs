@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::UpstreamAddr;
 
 pub use body::{ReqBody, UpstreamBody};
-pub use conn::{Connector, Failure, Retry, SendError, Upstream};
+pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream, closed_before_answer};
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
 

@@ -55,6 +55,10 @@ struct State {
     unhealthy: std::sync::atomic::AtomicBool,
     /// `/download/N` bodies that ended (sent whole, or dropped by the reader going away).
     downloads_ended: Arc<std::sync::atomic::AtomicUsize>,
+    /// This percent of answers (spread evenly, not at random) are 500s.
+    failing: std::sync::atomic::AtomicU64,
+    /// Requests answered, for `failing`'s spread.
+    answered: std::sync::atomic::AtomicU64,
 }
 
 /// A real HTTP/1.1 upstream on 127.0.0.1:0 (plain or TLS) that answers with its own name.
@@ -186,6 +190,13 @@ impl Backend {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// From now on `percent` of answers (evenly spread: exactly that share) are 500s.
+    pub fn set_failing(&self, percent: u64) {
+        self.state
+            .failing
+            .store(percent, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn set_unhealthy(&self, unhealthy: bool) {
         self.state
             .unhealthy
@@ -262,6 +273,13 @@ async fn answer(
         resp.headers_mut()
             .insert("content-length", "100000".parse().expect("value"));
         *resp.body_mut() = Either::Right(Either::Right(Breaks { pause: None }));
+    }
+    let failing = state.failing.load(std::sync::atomic::Ordering::SeqCst);
+    let n = state
+        .answered
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if failing > 0 && (n * failing) % 100 < failing {
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
     if state.unhealthy.load(std::sync::atomic::Ordering::SeqCst) {
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -1,0 +1,151 @@
+//! What is counted per pool: on the request path in atomics ([`Recorder`]), drained once a second
+//! by the analysis task into plain [`Counts`]. Fixed memory whatever the traffic: a latency
+//! histogram, a distinct-user sketch, and a few counters; nothing per user, path or id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::MAX_GOALS;
+use crate::routing::{PerPool, PoolName};
+
+use super::histogram::{self, BUCKETS};
+use super::users::{AtomicUsers, Users};
+
+/// One pool's figures over some span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests per latency bucket (see [`histogram`]).
+    pub latency: Box<[u64]>,
+    pub users: Users,
+    /// Conversions per configured goal.
+    pub goals: [u64; MAX_GOALS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            requests: 0,
+            errors: 0,
+            latency: vec![0; BUCKETS].into_boxed_slice(),
+            users: Users::default(),
+            goals: [0; MAX_GOALS],
+        }
+    }
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
+            *a += b;
+        }
+        self.users.merge(&other.users);
+        for (a, b) in self.goals.iter_mut().zip(other.goals.iter()) {
+            *a += b;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.requests = 0;
+        self.errors = 0;
+        self.latency.fill(0);
+        self.users.clear();
+        self.goals = [0; MAX_GOALS];
+    }
+}
+
+#[derive(Debug)]
+struct Cells {
+    errors: AtomicU64,
+    latency: Box<[AtomicU64]>,
+    users: AtomicUsers,
+    goals: [AtomicU64; MAX_GOALS],
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells {
+            errors: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            users: AtomicUsers::default(),
+            goals: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The request path's side: a few relaxed atomic adds per answer, no lock, no allocation.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pools: PerPool<Cells>,
+}
+
+impl Recorder {
+    /// One answer from `pool`: whether it counts as an error, its latency (head to head), the
+    /// user's hash if it has an id, and the goal it converts, if any.
+    #[inline]
+    pub fn record(
+        &self,
+        pool: PoolName,
+        error: bool,
+        micros: u64,
+        user: Option<u64>,
+        goal: Option<usize>,
+    ) {
+        let c = &self.pools[pool];
+        c.latency[histogram::index(micros)].fetch_add(1, Ordering::Relaxed);
+        if error {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(u) = user {
+            c.users.add(u);
+        }
+        if let Some(g) = goal.and_then(|g| c.goals.get(g)) {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves everything recorded since the last drain into `into` (cleared first).
+    pub fn drain(&self, into: &mut PerPool<Counts>) {
+        for pool in PoolName::BOTH {
+            let (cells, counts) = (&self.pools[pool], &mut into[pool]);
+            counts.clear();
+            let mut requests = 0;
+            for (cell, n) in cells.latency.iter().zip(counts.latency.iter_mut()) {
+                if cell.load(Ordering::Relaxed) != 0 {
+                    *n = cell.swap(0, Ordering::Relaxed);
+                    requests += *n;
+                }
+            }
+            counts.requests = requests;
+            counts.errors = cells.errors.swap(0, Ordering::Relaxed);
+            cells.users.drain_into(&mut counts.users);
+            for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
+                *n = cell.swap(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_recorded_is_drained_once() {
+        let r = Recorder::default();
+        r.record(PoolName::Canary, true, 1_500, Some(7), Some(1));
+        r.record(PoolName::Canary, false, 40_000, Some(7), None);
+        r.record(PoolName::Stable, false, 900, None, None);
+        let mut tick = PerPool::<Counts>::default();
+        r.drain(&mut tick);
+        assert_eq!((tick.canary.requests, tick.canary.errors), (2, 1));
+        assert_eq!(tick.canary.goals[1], 1);
+        assert_eq!(tick.stable.requests, 1);
+        assert!((tick.canary.users.estimate() - 1.0).abs() < 0.01);
+        assert_eq!(tick.canary.latency[histogram::index(40_000)], 1);
+        r.drain(&mut tick);
+        assert_eq!((tick.canary.requests, tick.stable.requests), (0, 0));
+    }
+}

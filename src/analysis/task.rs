@@ -1,0 +1,328 @@
+//! The analysis task: once a second it drains what the request path recorded, keeps the counts
+//! (since the comparison began, at the current step, over the window, since start-up), computes
+//! the comparison, publishes it, tells the schedule whether it may advance, and — when the guard
+//! is configured and a metric regressed with confidence — asks for the guard's action.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, GuardAction};
+use crate::routing::{PerPool, Rollout, State};
+use crate::snapshot::Current;
+
+use super::counts::{Counts, Recorder};
+use super::guard::{LatencyCheck, Verdict};
+use super::stats::Interval;
+use super::view::{self, AnalysisView, Inputs};
+use super::window::Window;
+
+/// What the analysis shares with the rest of ramp.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    /// The request path's side.
+    pub recorder: Recorder,
+    view: ArcSwapOption<AnalysisView>,
+    /// Why a schedule may not advance now; `None` when it may.
+    hold: Mutex<Option<String>>,
+    /// Latency histograms since start-up, for Prometheus.
+    lifetime: Mutex<PerPool<Box<[u64]>>>,
+}
+
+/// The guard's request: apply `action`, for `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Act {
+    pub action: GuardAction,
+    pub reason: String,
+}
+
+impl Analysis {
+    pub fn new() -> Analysis {
+        Analysis::default()
+    }
+
+    /// The latest comparison (none before the first second has passed).
+    pub fn view(&self) -> Option<Arc<AnalysisView>> {
+        self.view.load_full()
+    }
+
+    /// Why a schedule step must wait now, if it must: a metric regressed, or (with
+    /// `guard.require_data`) the current step has too few requests on a side.
+    pub fn hold(&self) -> Option<String> {
+        self.hold.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Latency histograms since start-up, per pool (counts per bucket).
+    pub fn lifetime(&self) -> PerPool<Box<[u64]>> {
+        self.lifetime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Which rollout the counts belong to.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    id: Arc<str>,
+    state: State,
+    ppm: u32,
+}
+
+impl Seen {
+    fn of(r: &Rollout) -> Seen {
+        Seen {
+            id: Arc::clone(&r.id),
+            state: r.state,
+            ppm: r.ppm,
+        }
+    }
+}
+
+/// The task's own counts.
+struct Books {
+    /// Since the rollout started or was last resumed: the comparison and the guard.
+    since: PerPool<Counts>,
+    since_at: SystemTime,
+    /// At the current step (share and state): the sample-ratio check, `require_data`.
+    step: PerPool<Counts>,
+    window: Window,
+    lifetime: PerPool<Counts>,
+    tick: PerPool<Counts>,
+    seen: Option<Seen>,
+    goals: Vec<String>,
+    /// What the guard did since the comparison began.
+    acted: Option<String>,
+}
+
+impl Books {
+    fn new(config: &Config) -> Books {
+        Books {
+            since: PerPool::default(),
+            since_at: SystemTime::now(),
+            step: PerPool::default(),
+            window: Window::new(config.analysis.window),
+            lifetime: PerPool::default(),
+            tick: PerPool::default(),
+            seen: None,
+            goals: config
+                .analysis
+                .goals
+                .iter()
+                .map(|g| g.name.clone())
+                .collect(),
+            acted: None,
+        }
+    }
+
+    /// Starts counts afresh where the rollout changed: a new rollout resets everything; a resume
+    /// restarts the comparison (so the guard judges what comes after it); a new share or state
+    /// starts a new step.
+    fn follow(&mut self, r: &Rollout, config: &Config) {
+        let now = Seen::of(r);
+        let clear = |c: &mut PerPool<Counts>| {
+            c.stable.clear();
+            c.canary.clear();
+        };
+        if let Some(before) = &self.seen {
+            let new_rollout = before.id != now.id;
+            let resumed = matches!(before.state, State::Halted | State::RolledBack)
+                && now.state == State::Running;
+            if new_rollout || resumed {
+                clear(&mut self.since);
+                self.since_at = SystemTime::now();
+                self.acted = None;
+            }
+            if new_rollout {
+                self.window.clear();
+            }
+            if new_rollout || before.ppm != now.ppm || before.state != now.state {
+                clear(&mut self.step);
+            }
+        }
+        self.seen = Some(now);
+        let goals: Vec<String> = config
+            .analysis
+            .goals
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        if goals != self.goals {
+            // Goal indices moved: old conversions would be counted under the wrong name.
+            for c in [&mut self.since, &mut self.step, &mut self.lifetime] {
+                c.stable.goals = Default::default();
+                c.canary.goals = Default::default();
+            }
+            self.window.clear();
+            self.goals = goals;
+        }
+        if self.window.slot_secs() != Window::new(config.analysis.window).slot_secs() {
+            self.window = Window::new(config.analysis.window);
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// The figures that made the guard act, as the log, status and page show them.
+fn reason(since: &PerPool<Counts>, errors: (Interval, Verdict), latency: &LatencyCheck) -> String {
+    let mut parts = Vec::new();
+    if errors.1 == Verdict::Regressed {
+        let d = errors.0;
+        let rate = |c: &Counts| c.errors as f64 / c.requests.max(1) as f64;
+        parts.push(format!(
+            "error rate {} on canary vs {} on stable ({:+.2} points, range {:+.2} to {:+.2}) over {} and {} requests",
+            pct(rate(&since.canary)),
+            pct(rate(&since.stable)),
+            d.estimate * 100.0,
+            d.low * 100.0,
+            d.high * 100.0,
+            since.canary.requests,
+            since.stable.requests
+        ));
+    }
+    if latency.verdict == Verdict::Regressed {
+        let p99 = |p: Option<super::guard::Percentiles>| p.map_or(0.0, |p| p.p99 / 1000.0);
+        let share = latency.slow_share.unwrap_or(Interval {
+            estimate: 0.0,
+            low: 0.0,
+            high: 0.0,
+        });
+        parts.push(format!(
+            "p99 {:.1} ms on canary vs {:.1} ms on stable; {} of canary requests slower than {:.1} ms (range {} to {}, limit 1%)",
+            p99(latency.canary),
+            p99(latency.stable),
+            pct(share.estimate),
+            latency.slow_micros.unwrap_or(0.0) / 1000.0,
+            pct(share.low),
+            pct(share.high)
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Runs until the process ends, once a second.
+pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Sender<Act>) {
+    let mut books = Books::new(&current.load().config);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let snap = current.load();
+        let (config, rollout) = (&snap.config, &snap.routing.rollout);
+        books.follow(rollout, config);
+        analysis.recorder.drain(&mut books.tick);
+        let now = SystemTime::now();
+        let unix = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for pool in crate::routing::PoolName::BOTH {
+            let tick = &books.tick[pool];
+            books.since[pool].add(tick);
+            books.step[pool].add(tick);
+            books.lifetime[pool].add(tick);
+        }
+        books.window.add(unix, &books.tick);
+        let guard = config.guard.as_ref();
+        let t = view::thresholds(guard);
+        let (errors, latency) = view::verdicts(&books.since, &t);
+        // The difference's range is drawn once both sides have a few requests (before, it spans
+        // everything and says nothing).
+        let enough = books.since.canary.requests.min(books.since.stable.requests) >= 30;
+        books.window.set_diff(enough.then_some(errors.0));
+        let regressed = errors.1 == Verdict::Regressed || latency.verdict == Verdict::Regressed;
+        if let Some(g) = guard
+            && regressed
+            && books.acted.is_none()
+        {
+            // A halt applies while running; a rollback while running or halted. Never after.
+            let applies = match rollout.state {
+                State::Running => true,
+                State::Halted => g.action == GuardAction::Rollback,
+                State::RolledBack | State::Completed => false,
+            };
+            if applies {
+                let why = reason(&books.since, errors, &latency);
+                let what = match g.action {
+                    GuardAction::Halt => "halted",
+                    GuardAction::Rollback => "rolled back",
+                };
+                books.acted = Some(format!("{what}: {why}"));
+                let _ = act
+                    .send(Act {
+                        action: g.action,
+                        reason: why,
+                    })
+                    .await;
+            }
+        }
+        let hold = if regressed {
+            Some(format!(
+                "a metric regressed: {}",
+                reason(&books.since, errors, &latency)
+            ))
+        } else {
+            guard.filter(|g| g.require_data).and_then(|g| {
+                let short = |c: &Counts| g.min_requests.saturating_sub(c.requests);
+                let more = short(&books.step.canary).max(short(&books.step.stable));
+                (more > 0).then(|| format!("waiting for data at this step: {more} more requests"))
+            })
+        };
+        let expected_share = (rollout.state == State::Running
+            && rollout.ppm > 0
+            && rollout.ppm < crate::routing::BUCKETS)
+            .then(|| f64::from(rollout.ppm) / f64::from(crate::routing::BUCKETS));
+        let view = view::compute(
+            &books.since,
+            &books.step,
+            &books.window,
+            Inputs {
+                settings: &config.analysis,
+                guard,
+                expected_share,
+                at: rfc3339(now),
+                since: rfc3339(books.since_at),
+                acted: books.acted.clone(),
+                holding_schedule: hold.clone(),
+            },
+        );
+        publish_metrics(&view, &books, config);
+        analysis.view.store(Some(Arc::new(view)));
+        *analysis.hold.lock().unwrap_or_else(|e| e.into_inner()) = hold;
+        *analysis.lifetime.lock().unwrap_or_else(|e| e.into_inner()) =
+            PerPool::from_fn(|p| books.lifetime[p].latency.clone());
+        drop(snap);
+    }
+}
+
+/// The analysis's Prometheus series (once a second; the latency histogram is rendered from
+/// [`Analysis::lifetime`] when scraped).
+fn publish_metrics(view: &AnalysisView, books: &Books, config: &Config) {
+    for (pool, figures) in view.pools.iter() {
+        metrics::gauge!("ramp_users", "pool" => pool.as_str()).set(figures.window_users);
+    }
+    for (i, goal) in config.analysis.goals.iter().enumerate() {
+        for pool in crate::routing::PoolName::BOTH {
+            metrics::counter!("ramp_goal_total", "pool" => pool.as_str(), "goal" => goal.name.clone())
+                .absolute(books.lifetime[pool].goals[i]);
+        }
+    }
+    let code = |v: &str| match v {
+        "regressed" => 1.0,
+        "improved" => -1.0,
+        "not_enough_data" => 2.0,
+        _ => 0.0,
+    };
+    metrics::gauge!("ramp_guard_verdict", "metric" => "errors")
+        .set(code(&view.errors.verdict.verdict));
+    metrics::gauge!("ramp_guard_verdict", "metric" => "latency")
+        .set(code(&view.latency.verdict.verdict));
+}

@@ -1,0 +1,383 @@
+//! The comparison as people and programs read it: serialisable figures per pool, the difference of
+//! each metric (canary − stable) with its confidence range, a verdict per metric, the
+//! sample-ratio check, the guard's standing, and the series the page draws.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Analysis as Settings, Guard};
+use crate::routing::{PerPool, PoolName};
+
+use super::counts::Counts;
+use super::guard::{self, LatencyCheck, Thresholds, Verdict};
+use super::histogram;
+use super::stats::{self, Arm, Interval};
+use super::users::REL_ERROR;
+use super::window::Window;
+
+/// An estimate with its confidence range (canary − stable, or one rate).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Range {
+    pub estimate: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl From<Interval> for Range {
+    fn from(i: Interval) -> Range {
+        Range {
+            estimate: i.estimate,
+            low: i.low,
+            high: i.high,
+        }
+    }
+}
+
+/// A verdict as the wire shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictView {
+    /// `ok`, `regressed`, `improved`, or `not_enough_data`.
+    pub verdict: String,
+    /// Requests still needed (per pool, the emptier one), when not enough data.
+    pub more: Option<u64>,
+    /// For a person: "ok", "not enough data: 120 more requests", ...
+    pub text: String,
+}
+
+impl From<Verdict> for VerdictView {
+    fn from(v: Verdict) -> VerdictView {
+        let (verdict, more, text) = match v {
+            Verdict::Ok => ("ok", None, "ok".to_owned()),
+            Verdict::Regressed => ("regressed", None, "regressed".to_owned()),
+            Verdict::Improved => ("improved", None, "improved".to_owned()),
+            Verdict::NotEnoughData { more } => (
+                "not_enough_data",
+                Some(more),
+                format!("not enough data: {more} more requests"),
+            ),
+        };
+        VerdictView {
+            verdict: verdict.to_owned(),
+            more,
+            text,
+        }
+    }
+}
+
+/// One pool's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolFigures {
+    /// Since the comparison began (the rollout's start, or its last resume).
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    /// Distinct users (estimate, ±1.6%).
+    pub users: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Over the sliding window.
+    pub window_requests: u64,
+    pub window_error_rate: Option<f64>,
+    pub window_users: f64,
+    pub window_p99_ms: Option<f64>,
+}
+
+/// The error-rate comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorsView {
+    /// canary − stable error rate, with its confidence sequence.
+    pub difference: Option<Range>,
+    #[serde(flatten)]
+    pub verdict: VerdictView,
+}
+
+/// The latency comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyView {
+    /// canary − stable, ms, each with a distribution-free 99% range.
+    pub p50_ms: Option<Range>,
+    pub p95_ms: Option<Range>,
+    pub p99_ms: Option<Range>,
+    /// canary p99 / stable p99.
+    pub p99_ratio: Option<f64>,
+    /// "Slow": `max_p99_ratio` × stable's p99, ms.
+    pub slow_ms: Option<f64>,
+    /// The share of canary requests slower than that, with its confidence sequence (the guard
+    /// calls a regression when it is above 1% with confidence).
+    pub slow_share: Option<Range>,
+    #[serde(flatten)]
+    pub verdict: VerdictView,
+}
+
+/// One goal's comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoalView {
+    pub name: String,
+    pub conversions: PerPool<u64>,
+    /// Conversions per request.
+    pub per_request: PerPool<Option<f64>>,
+    /// Conversions per distinct user.
+    pub per_user: PerPool<Option<f64>>,
+    /// canary − stable conversions per request, with its confidence sequence.
+    pub difference: Option<Range>,
+    /// canary − stable conversions per user.
+    pub per_user_difference: Option<f64>,
+    #[serde(flatten)]
+    pub verdict: VerdictView,
+}
+
+/// Is the share of users on canary what the percent says?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRatioView {
+    pub expected: f64,
+    pub observed: f64,
+    pub users: PerPool<f64>,
+    pub p_value: f64,
+    /// The split or the measurement is broken.
+    pub mismatch: bool,
+}
+
+/// Where the guard stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardView {
+    pub enabled: bool,
+    /// `halt` or `rollback`.
+    pub action: Option<String>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub min_requests: u64,
+    pub require_data: bool,
+    /// What the guard did in this comparison, with the figures.
+    pub acted: Option<String>,
+    /// Why a schedule may not advance now, if it may not.
+    pub holding_schedule: Option<String>,
+}
+
+/// The window's slots, for the charts (one entry per slot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub slot_secs: i64,
+    /// Slot starts, seconds since the Unix epoch.
+    pub t: Vec<i64>,
+    pub requests: PerPool<Vec<u64>>,
+    pub error_rate: PerPool<Vec<Option<f64>>>,
+    pub p99_ms: PerPool<Vec<Option<f64>>>,
+    pub users: PerPool<Vec<f64>>,
+    /// The guard's canary − stable error difference as each slot closed.
+    pub error_difference: Vec<Option<Range>>,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisView {
+    /// When this was computed (RFC 3339).
+    pub at: String,
+    /// When the comparison's counts began (the rollout's start, or its last resume).
+    pub since: String,
+    pub window_secs: u64,
+    pub pools: PerPool<PoolFigures>,
+    pub errors: ErrorsView,
+    pub latency: LatencyView,
+    pub goals: Vec<GoalView>,
+    /// Only while running at a share strictly between 0 and 100%.
+    pub sample_ratio: Option<SampleRatioView>,
+    pub guard: GuardView,
+    /// Present on the page's JSON; left out of `ramp ctl status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
+}
+
+fn ms(micros: f64) -> f64 {
+    (micros / 10.0).round() / 100.0
+}
+
+fn rate(hits: u64, n: u64) -> Option<f64> {
+    (n > 0).then(|| hits as f64 / n as f64)
+}
+
+/// The thresholds the verdicts use: the guard's when it is configured, the defaults otherwise
+/// (verdicts are shown either way; only a configured guard acts on them).
+pub fn thresholds(guard: Option<&Guard>) -> Thresholds {
+    let mut t = Thresholds::default();
+    if let Some(g) = guard {
+        t.max_error_rate_increase = g.max_error_rate_increase;
+        t.max_p99_ratio = g.max_p99_ratio;
+        t.min_requests = g.min_requests;
+    }
+    t
+}
+
+/// The error and latency verdicts over `since`.
+pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict), LatencyCheck) {
+    let arm = |c: &Counts| Arm {
+        n: c.requests,
+        hits: c.errors,
+    };
+    (
+        guard::errors(arm(&since.canary), arm(&since.stable), t),
+        guard::latency(&since.canary.latency, &since.stable.latency, t),
+    )
+}
+
+fn figures(since: &Counts, window: &Counts) -> PoolFigures {
+    let p = guard::Percentiles::of(&since.latency);
+    PoolFigures {
+        requests: since.requests,
+        errors: since.errors,
+        error_rate: rate(since.errors, since.requests),
+        // An estimate: never more users than requests.
+        users: since.users.estimate().round().min(since.requests as f64),
+        p50_ms: p.map(|p| ms(p.p50)),
+        p95_ms: p.map(|p| ms(p.p95)),
+        p99_ms: p.map(|p| ms(p.p99)),
+        window_requests: window.requests,
+        window_error_rate: rate(window.errors, window.requests),
+        window_users: window.users.estimate().round().min(window.requests as f64),
+        window_p99_ms: histogram::quantile(&window.latency, 0.99).map(ms),
+    }
+}
+
+/// canary − stable of the q-quantile, ms, from each pool's distribution-free 99% range.
+fn quantile_difference(since: &PerPool<Counts>, q: f64) -> Option<Range> {
+    let c = histogram::quantile(&since.canary.latency, q)?;
+    let s = histogram::quantile(&since.stable.latency, q)?;
+    let (cl, ch) = histogram::quantile_interval(&since.canary.latency, q, guard::PERCENTILE_Z)?;
+    let (sl, sh) = histogram::quantile_interval(&since.stable.latency, q, guard::PERCENTILE_Z)?;
+    Some(Range {
+        estimate: ms(c - s),
+        low: ms(cl - sh),
+        high: ms(ch - sl),
+    })
+}
+
+fn goal(name: &str, i: usize, since: &PerPool<Counts>, t: &Thresholds) -> GoalView {
+    let arm = |c: &Counts| Arm {
+        n: c.requests,
+        hits: c.goals[i],
+    };
+    let (canary, stable) = (arm(&since.canary), arm(&since.stable));
+    let per_user = PerPool::from_fn(|p| {
+        let users = since[p].users.estimate();
+        (users >= 1.0).then(|| since[p].goals[i] as f64 / users)
+    });
+    let difference = (canary.n > 0 && stable.n > 0)
+        .then(|| stats::diff_sequence(canary, stable, t.alpha, t.error_tau));
+    // A goal is better when higher: its "regressed" is a confident drop below stable.
+    let verdict = match (canary.n.min(stable.n) >= t.min_requests, difference) {
+        (false, _) | (_, None) => Verdict::NotEnoughData {
+            more: t
+                .min_requests
+                .saturating_sub(canary.n)
+                .max(t.min_requests.saturating_sub(stable.n)),
+        },
+        (true, Some(d)) if d.high < 0.0 => Verdict::Regressed,
+        (true, Some(d)) if d.low > 0.0 => Verdict::Improved,
+        (true, Some(_)) => Verdict::Ok,
+    };
+    GoalView {
+        name: name.to_owned(),
+        conversions: PerPool::from_fn(|p| since[p].goals[i]),
+        per_request: PerPool::from_fn(|p| rate(since[p].goals[i], since[p].requests)),
+        per_user,
+        difference: difference.map(Range::from),
+        per_user_difference: per_user.canary.zip(per_user.stable).map(|(c, s)| c - s),
+        verdict: verdict.into(),
+    }
+}
+
+/// What `compute` needs besides the counts.
+pub struct Inputs<'a> {
+    pub settings: &'a Settings,
+    pub guard: Option<&'a Guard>,
+    /// Canary share asked for, when running at a share strictly between 0 and 100%.
+    pub expected_share: Option<f64>,
+    pub at: String,
+    pub since: String,
+    pub acted: Option<String>,
+    pub holding_schedule: Option<String>,
+}
+
+pub fn compute(
+    since: &PerPool<Counts>,
+    step: &PerPool<Counts>,
+    window: &Window,
+    inputs: Inputs<'_>,
+) -> AnalysisView {
+    let t = thresholds(inputs.guard);
+    let ((diff, error_verdict), latency) = verdicts(since, &t);
+    let in_window = window.total();
+    let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));
+    let sample_ratio = inputs.expected_share.and_then(|expected| {
+        let users = PerPool::from_fn(|p| step[p].users.estimate());
+        let check = stats::sample_ratio(users.canary, users.stable, expected, REL_ERROR);
+        (users.canary + users.stable >= stats::SAMPLE_RATIO_MIN_USERS).then_some(SampleRatioView {
+            expected,
+            observed: check.observed_share,
+            users: PerPool::from_fn(|p| users[p].round()),
+            p_value: check.p_value,
+            mismatch: check.mismatch,
+        })
+    });
+    let g = inputs.guard;
+    AnalysisView {
+        at: inputs.at,
+        since: inputs.since,
+        window_secs: inputs.settings.window.as_secs(),
+        pools,
+        errors: ErrorsView {
+            difference: (since.canary.requests > 0 && since.stable.requests > 0)
+                .then(|| diff.into()),
+            verdict: error_verdict.into(),
+        },
+        latency: LatencyView {
+            p50_ms: quantile_difference(since, 0.50),
+            p95_ms: quantile_difference(since, 0.95),
+            p99_ms: quantile_difference(since, 0.99),
+            p99_ratio: latency.p99_ratio,
+            slow_ms: latency.slow_micros.filter(|m| m.is_finite()).map(ms),
+            slow_share: latency.slow_share.map(Range::from),
+            verdict: latency.verdict.into(),
+        },
+        goals: inputs
+            .settings
+            .goals
+            .iter()
+            .enumerate()
+            .map(|(i, gl)| goal(&gl.name, i, since, &t))
+            .collect(),
+        sample_ratio,
+        guard: GuardView {
+            enabled: g.is_some(),
+            action: g.map(|g| match g.action {
+                crate::config::GuardAction::Halt => "halt".to_owned(),
+                crate::config::GuardAction::Rollback => "rollback".to_owned(),
+            }),
+            max_error_rate_increase: g.map(|g| g.max_error_rate_increase),
+            max_p99_ratio: g.map(|g| g.max_p99_ratio),
+            min_requests: t.min_requests,
+            require_data: g.is_some_and(|g| g.require_data),
+            acted: inputs.acted,
+            holding_schedule: inputs.holding_schedule,
+        },
+        series: Some(series(window)),
+    }
+}
+
+fn series(window: &Window) -> Series {
+    let mut s = Series {
+        slot_secs: window.slot_secs(),
+        ..Series::default()
+    };
+    for slot in window.slots() {
+        s.t.push(slot.start);
+        for pool in PoolName::BOTH {
+            let c = &slot.counts[pool];
+            s.requests[pool].push(c.requests);
+            s.error_rate[pool].push(rate(c.errors, c.requests));
+            s.p99_ms[pool].push(histogram::quantile(&c.latency, 0.99).map(ms));
+            s.users[pool].push(c.users.estimate().round().min(c.requests as f64));
+        }
+        s.error_difference.push(slot.diff.map(Range::from));
+    }
+    s
+}

@@ -1,0 +1,133 @@
+//! The sliding window: the last `analysis.window` of counts in slots of a few seconds (120 slots),
+//! for the charts and the window figures. Fixed memory: the slots are reused.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::routing::PerPool;
+
+use super::counts::Counts;
+use super::stats::Interval;
+
+/// Slots per window.
+pub const SLOTS: usize = 120;
+
+/// One slot: its start (seconds since the Unix epoch), what it counted, and the guard's error
+/// difference as it stood when the slot closed.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub start: i64,
+    pub counts: PerPool<Counts>,
+    pub diff: Option<Interval>,
+}
+
+#[derive(Debug)]
+pub struct Window {
+    slot_secs: i64,
+    slots: VecDeque<Slot>,
+}
+
+impl Window {
+    pub fn new(window: Duration) -> Window {
+        Window {
+            slot_secs: (window.as_secs() as i64 / SLOTS as i64).max(1),
+            slots: VecDeque::with_capacity(SLOTS + 1),
+        }
+    }
+
+    pub fn slot_secs(&self) -> i64 {
+        self.slot_secs
+    }
+
+    /// Adds one second's `tick` at `now` (Unix seconds), opening new slots as time passes (empty
+    /// ones for seconds nothing was added) and dropping those older than the window.
+    pub fn add(&mut self, now: i64, tick: &PerPool<Counts>) {
+        let start = now - now.rem_euclid(self.slot_secs);
+        let behind = self.slots.back().is_none_or(|s| s.start < start);
+        if behind {
+            // Seconds with no tick at all (ramp was busy or stopped) leave gaps: fill them, so
+            // the chart's time axis stays even, but never more than a window's worth.
+            let mut next = self.slots.back().map_or(start, |s| {
+                (s.start + self.slot_secs).max(start - self.slot_secs * SLOTS as i64)
+            });
+            while next <= start {
+                let slot = match self.slots.len() {
+                    n if n >= SLOTS => {
+                        let mut old = self.slots.pop_front().unwrap_or_else(|| Slot {
+                            start: next,
+                            counts: PerPool::default(),
+                            diff: None,
+                        });
+                        old.start = next;
+                        old.counts.stable.clear();
+                        old.counts.canary.clear();
+                        old.diff = None;
+                        old
+                    }
+                    _ => Slot {
+                        start: next,
+                        counts: PerPool::default(),
+                        diff: None,
+                    },
+                };
+                self.slots.push_back(slot);
+                next += self.slot_secs;
+            }
+        }
+        if let Some(last) = self.slots.back_mut() {
+            last.counts.stable.add(&tick.stable);
+            last.counts.canary.add(&tick.canary);
+        }
+    }
+
+    /// Records the guard's current error difference on the newest slot.
+    pub fn set_diff(&mut self, diff: Option<Interval>) {
+        if let Some(last) = self.slots.back_mut() {
+            last.diff = diff;
+        }
+    }
+
+    /// Everything in the window, merged.
+    pub fn total(&self) -> PerPool<Counts> {
+        let mut total = PerPool::<Counts>::default();
+        for s in &self.slots {
+            total.stable.add(&s.counts.stable);
+            total.canary.add(&s.counts.canary);
+        }
+        total
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter()
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_its_last_slots_and_fills_gaps() {
+        let mut w = Window::new(Duration::from_secs(600));
+        assert_eq!(w.slot_secs(), 5);
+        let mut tick = PerPool::<Counts>::default();
+        tick.canary.requests = 1;
+        for t in 1_000..1_010 {
+            w.add(t, &tick);
+        }
+        // 1000..1004 and 1005..1009: two slots of five requests.
+        let starts: Vec<i64> = w.slots().map(|s| s.start).collect();
+        assert_eq!(starts, [1_000, 1_005]);
+        assert_eq!(w.total().canary.requests, 10);
+        // A long gap: the window slides, the old slots leave, the axis stays even.
+        w.add(1_009 + 600 + 11, &tick);
+        assert_eq!(w.slots().count(), SLOTS);
+        assert_eq!(w.total().canary.requests, 1);
+        let starts: Vec<i64> = w.slots().map(|s| s.start).collect();
+        assert!(starts.windows(2).all(|p| p[1] - p[0] == 5), "{starts:?}");
+    }
+}

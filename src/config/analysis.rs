@@ -1,0 +1,156 @@
+//! Validation of the analysis settings (window, errors, goals) and the guard (`rollout.guard`).
+
+use std::time::Duration;
+
+use super::checker::{Checker, at};
+use super::error::Reason;
+use super::file::{AnalysisFile, GuardFile};
+use super::{Analysis, Goal, Guard, GuardAction, MAX_GOALS, StatusSet};
+
+pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
+    let window = a
+        .and_then(|a| a.window.as_ref())
+        .and_then(|w| {
+            c.check(w, "analysis.window", |text| {
+                let d = super::parse_duration(text)?;
+                if (Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&d) {
+                    Ok(d)
+                } else {
+                    Err(Reason::Duration(format!("{text:?}: from 10s to 24h")))
+                }
+            })
+        })
+        .unwrap_or(Duration::from_secs(600));
+    let error_statuses = a
+        .and_then(|a| a.error_statuses.as_ref())
+        .and_then(|list| {
+            c.check(list, "analysis.error_statuses", |l| {
+                StatusSet::parse(&l.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+        })
+        .unwrap_or_else(|| StatusSet::parse(&["5xx"]).unwrap_or_default());
+    let mut goals = Vec::new();
+    if let Some(list) = a.and_then(|a| a.goals.as_ref()) {
+        if list.value.len() > MAX_GOALS {
+            c.fail(
+                at(list),
+                "analysis.goals",
+                Reason::OutOfRange {
+                    min: 0.0,
+                    max: MAX_GOALS as f64,
+                    got: list.value.len() as f64,
+                },
+            );
+        }
+        for (i, g) in list.value.iter().enumerate().take(MAX_GOALS) {
+            let field = |f: &str| format!("analysis.goals[{i}].{f}");
+            let name = c.check(&g.name, &field("name"), |n| {
+                let n = n.trim();
+                if n.is_empty() {
+                    Err(Reason::Empty)
+                } else if n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
+                    Err(Reason::Printable(n.to_owned()))
+                } else {
+                    Ok(n.to_owned())
+                }
+            });
+            let method = match &g.method {
+                Some(m) => c
+                    .check(m, &field("method"), |m| {
+                        http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                            .map_err(|_| Reason::OneOf("an HTTP method", m.clone()))
+                    })
+                    .map(Some),
+                None => Some(None),
+            };
+            let path = c.check(&g.path, &field("path"), |p| {
+                if p.starts_with('/') && !p.contains('?') {
+                    Ok(p.clone())
+                } else {
+                    Err(Reason::AbsolutePath(p.clone()))
+                }
+            });
+            let status = match &g.status {
+                Some(s) => c.check(s, &field("status"), |s| StatusSet::parse(&[s.as_str()])),
+                None => StatusSet::parse(&["2xx"]).ok(),
+            };
+            if let (Some(name), Some(method), Some(path), Some(status)) =
+                (name, method, path, status)
+            {
+                if goals.iter().any(|g: &Goal| g.name == name) {
+                    c.fail(at(&g.name), &field("name"), Reason::DuplicateUpstream(name));
+                    continue;
+                }
+                goals.push(Goal {
+                    name,
+                    method,
+                    path,
+                    status,
+                });
+            }
+        }
+    }
+    Analysis {
+        window,
+        error_statuses,
+        goals,
+    }
+}
+
+pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
+    let g = g?;
+    let fraction =
+        |c: &mut Checker, v: &Option<super::file::S<f64>>, field, min: f64, max: f64, default| {
+            v.as_ref()
+                .and_then(|v| {
+                    c.check(v, field, |&x| {
+                        if x.is_finite() && (min..=max).contains(&x) {
+                            Ok(x)
+                        } else {
+                            Err(Reason::OutOfRange { min, max, got: x })
+                        }
+                    })
+                })
+                .unwrap_or(default)
+        };
+    let max_error_rate_increase = fraction(
+        c,
+        &g.max_error_rate_increase,
+        "rollout.guard.max_error_rate_increase",
+        0.0,
+        1.0,
+        0.01,
+    );
+    let max_p99_ratio = fraction(
+        c,
+        &g.max_p99_ratio,
+        "rollout.guard.max_p99_ratio",
+        1.0,
+        100.0,
+        1.5,
+    );
+    let min_requests = c.int(
+        g.min_requests.as_ref(),
+        "rollout.guard.min_requests",
+        30,
+        100_000_000,
+        300,
+    );
+    let action = match &g.action {
+        Some(a) => c
+            .check(a, "rollout.guard.action", |a| match a.trim() {
+                "halt" => Ok(GuardAction::Halt),
+                "rollback" => Ok(GuardAction::Rollback),
+                other => Err(Reason::OneOf("halt, rollback", other.to_owned())),
+            })
+            .unwrap_or(GuardAction::Rollback),
+        None => GuardAction::Rollback,
+    };
+    Some(Guard {
+        max_error_rate_increase,
+        max_p99_ratio,
+        min_requests,
+        action,
+        require_data: g.require_data.unwrap_or(false),
+    })
+}

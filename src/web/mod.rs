@@ -1,0 +1,107 @@
+//! The metrics listener: Prometheus text at `GET /metrics`, the live status page at `GET /`, its
+//! JSON at `GET /api/status`, and `GET /healthz` / `GET /readyz`. Read-only: nothing here changes
+//! the rollout.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::analysis::Analysis;
+use crate::control::{Command, Handle, Outcome, Source};
+
+/// The page: one self-contained file, no external assets.
+const PAGE: &str = include_str!("page.html");
+
+/// What the listener serves from.
+#[derive(Clone)]
+pub struct Web {
+    pub exporter: PrometheusHandle,
+    pub handle: Handle,
+    pub analysis: Arc<Analysis>,
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The status as the page reads it: the controller's status with the analysis's series.
+async fn status_json(web: &Web) -> Response<Full<Bytes>> {
+    let status = match web.handle.send(Command::Status, Source::Page).await {
+        Ok(Outcome::Status(s)) => s,
+        Ok(_) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "unexpected reply\n",
+            );
+        }
+        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+    };
+    let mut status = status;
+    status.analysis = web.analysis.view().map(|v| (*v).clone());
+    match serde_json::to_vec(&status) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "read-only: GET only\n",
+        );
+    }
+    match req.uri().path() {
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        "/api/status" => status_json(&web).await,
+        "/metrics" => {
+            web.exporter.run_upkeep();
+            let mut text = web.exporter.render();
+            text.push_str(&crate::metrics::render_durations(&web.analysis.lifetime()));
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
+        "/readyz" => reply(StatusCode::OK, TEXT, "ready\n"),
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "Not Found\n"),
+    }
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, web: Web) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let web = web.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(route(web, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,269 @@
+//! Canary and stable compared by the running binary: the guard rolls back a canary that fails
+//! and from then on no request reaches it; an A/A split is left alone; goals, distinct users and
+//! the sample-ratio check show in status and in Prometheus; a schedule waits for data.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use support::{Backend, CONTROL, Client, Proxy, config};
+
+/// Sends `n` requests over 16 keep-alive lanes, user ids `{prefix}-{i}` (each id used
+/// `repeat` times); gives how many answers each body got.
+async fn traffic(
+    proxy: &Proxy,
+    n: usize,
+    prefix: &str,
+    repeat: usize,
+    path: &str,
+) -> (usize, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let canary = Arc::new(AtomicUsize::new(0));
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (next, canary) = (Arc::clone(&next), Arc::clone(&canary));
+        let url = proxy.url(path);
+        let prefix = prefix.to_owned();
+        lanes.spawn(async move {
+            let client = Client::http1();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    return;
+                }
+                let id = format!("{prefix}-{}", i / repeat);
+                let r = client
+                    .try_get(&url, &[("x-user-id", &id)])
+                    .await
+                    .expect("an answer");
+                if r.body == "canary" {
+                    canary.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    while let Some(r) = lanes.join_next().await {
+        r.expect("lane");
+    }
+    let c = canary.load(Ordering::SeqCst);
+    (n - c, c)
+}
+
+fn yaml(s: &Backend, c: &Backend, rollout: &str, extra: &str) -> String {
+    config(
+        &[s],
+        &[c],
+        rollout,
+        &format!(
+            "sticky:\n  header: x-user-id\nmetrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}{extra}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rolls_back_a_failing_canary_and_no_request_reaches_it_after() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    s.set_failing(1);
+    c.set_failing(30);
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: bad\npercent: 50\nguard: {action: rollback}",
+        "",
+    ));
+    traffic(&proxy, 1_500, "u", 1, "/").await;
+    let st = proxy.wait_status("the guard acts", |v| v["state"] == "rolled_back");
+    assert_eq!(st["source"], "guard", "{st}");
+    let by = st["changed_by"].as_str().expect("by");
+    assert!(
+        by.starts_with("guard (error rate"),
+        "the figures that triggered it: {by}"
+    );
+    assert_eq!(st["analysis"]["errors"]["verdict"], "regressed");
+    assert!(
+        st["analysis"]["guard"]["acted"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("rolled back"))
+    );
+    assert_eq!(st["changes"][0]["source"], "guard");
+    proxy.wait_log("the guard acts");
+    assert_eq!(
+        proxy
+            .metric("ramp_guard_actions_total{action=\"rollback\"}")
+            .await,
+        1.0
+    );
+    // From then on, no request reaches the canary.
+    let before = c.seen().len();
+    let (_, canary) = traffic(&proxy, 1_000, "after", 1, "/").await;
+    assert_eq!(canary, 0);
+    assert_eq!(
+        c.seen().len(),
+        before,
+        "a request reached the canary after the rollback"
+    );
+    // The rollback was persisted like any change.
+    let text = std::fs::read_to_string(proxy.state_file()).expect("state file");
+    assert!(
+        text.contains("\"rolled_back\"") && text.contains("\"guard\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_a_a_split_with_two_percent_errors_on_both_sides_is_left_alone() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    s.set_failing(2);
+    c.set_failing(2);
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: aa\npercent: 50\nguard: {action: rollback}",
+        "",
+    ));
+    let (stable, canary) = traffic(&proxy, 10_000, "aa", 1, "/").await;
+    assert!(stable > 4_000 && canary > 4_000, "{stable} {canary}");
+    // Let the analysis look at everything.
+    let st = proxy.wait_status("the analysis sees every request", |v| {
+        let p = &v["analysis"]["pools"];
+        p["stable"]["requests"].as_u64().unwrap_or(0)
+            + p["canary"]["requests"].as_u64().unwrap_or(0)
+            >= 10_000
+    });
+    assert_eq!(st["state"], "running", "{st}");
+    assert_ne!(st["analysis"]["errors"]["verdict"], "regressed", "{st}");
+    assert!(st["analysis"]["guard"]["acted"].is_null());
+    assert!(!proxy.logs().iter().any(|l| l.contains("the guard acts")));
+    // The figures are the counters: both sides at 2%.
+    for pool in ["stable", "canary"] {
+        let rate = st["analysis"]["pools"][pool]["error_rate"]
+            .as_f64()
+            .expect("rate");
+        assert!((rate - 0.02).abs() < 0.005, "{pool}: {rate}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_goals_and_the_split_check_show_in_status_and_prometheus() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: ab\npercent: 20",
+        "analysis:\n  goals:\n    - {name: purchase, path: /checkout/done, status: 2xx}\n    - {name: never, method: POST, path: /checkout/done}\n",
+    ));
+    // 400 users, 3 requests each to the goal path.
+    traffic(&proxy, 1_200, "shopper", 3, "/checkout/done").await;
+    let st = proxy.wait_status("the analysis sees every request", |v| {
+        v["analysis"]["pools"]["stable"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+            + v["analysis"]["pools"]["canary"]["requests"]
+                .as_u64()
+                .unwrap_or(0)
+            == 1_200
+    });
+    let a = &st["analysis"];
+    let users = |p: &str| a["pools"][p]["users"].as_f64().expect("users");
+    let total = users("stable") + users("canary");
+    assert!(
+        (total - 400.0).abs() <= 12.0,
+        "400 distinct users, estimated {total}"
+    );
+    let purchase = &a["goals"][0];
+    assert_eq!(purchase["name"], "purchase");
+    let conversions = |p: &str| purchase["conversions"][p].as_u64().expect("conversions");
+    assert_eq!(conversions("stable") + conversions("canary"), 1_200);
+    assert_eq!(purchase["per_request"]["canary"].as_f64(), Some(1.0));
+    assert_eq!(
+        a["goals"][1]["conversions"]["canary"], 0,
+        "GET is not the POST goal"
+    );
+    let srm = &a["sample_ratio"];
+    assert_eq!(srm["mismatch"], false, "{srm}");
+    let metrics = proxy.metrics().await;
+    for series in [
+        "ramp_request_duration_seconds_bucket{pool=\"stable\",le=\"+Inf\"}",
+        "ramp_users{pool=\"canary\"}",
+        "ramp_goal_total{pool=\"canary\",goal=\"purchase\"}",
+        "ramp_guard_verdict{metric=\"errors\"}",
+        "ramp_ids_minted_total",
+        "ramp_open_connections",
+        "ramp_upstream_errors_total{pool=\"canary\",kind=\"connect\"}",
+        "ramp_config_reloads_total{result=\"ok\"}",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    let count = |pool: &str| {
+        proxy_metric(
+            &metrics,
+            &format!("ramp_request_duration_seconds_count{{pool=\"{pool}\"}}"),
+        )
+    };
+    assert_eq!(count("stable") + count("canary"), 1_200.0);
+}
+
+fn proxy_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_split_is_flagged_loudly() {
+    // The canary refuses every connection: its users are served by stable, so the pool that
+    // answers them is not the pool the split gave them.
+    let s = Backend::start("stable").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let text = format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{dead}']}}\nrollout: {{id: srm, percent: 50}}\n{CONTROL}",
+        s.addr
+    );
+    let proxy = Proxy::start(&text);
+    traffic(&proxy, 600, "split", 1, "/").await;
+    let st = proxy.wait_status("the split check runs", |v| {
+        !v["analysis"]["sample_ratio"].is_null()
+    });
+    assert_eq!(st["analysis"]["sample_ratio"]["mismatch"], true, "{st}");
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("SAMPLE RATIO MISMATCH"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_waits_for_data_when_the_guard_requires_it() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: wait\nsteps:\n  - {percent: 50, hold: 1s}\n  - {percent: 100}\nguard: {action: halt, min_requests: 100, require_data: true}",
+        "",
+    ));
+    let st = proxy.wait_status("the hold is over but the step waits", |v| {
+        v["schedule"]["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("waiting for data"))
+    });
+    assert_eq!(st["percent"].as_f64(), Some(50.0));
+    traffic(&proxy, 400, "data", 1, "/").await;
+    let st = proxy.wait_status("the schedule moves on", |v| v["state"] == "completed");
+    assert_eq!(st["changed_by"], "schedule");
+    let _: Value = st;
+}

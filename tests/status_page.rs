@@ -1,0 +1,235 @@
+//! The status page in a real browser: headless Chromium loads `GET /` from the metrics listener
+//! while traffic flows; the figures a person reads match the counters, the page updates without
+//! a reload, and a screenshot is saved as target/status-page.png. Driven over the DevTools
+//! protocol.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::load::{Ids, Load};
+use support::{Backend, CONTROL, Client, Proxy, config};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next: u64,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    /// Headless Chromium showing `url`, with the flags that keep it off the network.
+    async fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().expect("profile");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new("/usr/bin/chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,1600",
+                &format!("--remote-debugging-port={port}"),
+                &format!("--user-data-dir={}", profile.path().display()),
+                url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        // The page's DevTools endpoint.
+        let mut target = None;
+        for _ in 0..300 {
+            if let Ok(r) = Client::http1()
+                .try_get(&format!("http://127.0.0.1:{port}/json/list"), &[])
+                .await
+                && let Ok(list) = serde_json::from_str::<Value>(&r.body)
+            {
+                target = list
+                    .as_array()
+                    .and_then(|l| l.iter().find(|t| t["type"] == "page"))
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned));
+                if target.is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let target = target.expect("chromium's page target");
+        let (ws, _) = tokio_tungstenite::connect_async(target.as_str())
+            .await
+            .expect("devtools");
+        Browser {
+            child,
+            _profile: profile,
+            ws,
+            next: 0,
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("send");
+        while let Some(Ok(m)) = self.ws.next().await {
+            let Ok(text) = m.into_text() else { continue };
+            let v: Value = serde_json::from_str(&text).expect("json");
+            if v["id"] == id {
+                return v["result"].clone();
+            }
+        }
+        panic!("devtools closed");
+    }
+
+    /// The value of a JavaScript expression on the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    async fn text(&mut self, id: &str) -> String {
+        let v = self
+            .eval(&format!(
+                "(document.getElementById('{id}') || {{}}).textContent || ''"
+            ))
+            .await;
+        v.as_str().unwrap_or_default().trim().to_owned()
+    }
+
+    /// Waits (up to 30 s) until `expression` is true.
+    async fn until(&mut self, what: &str, expression: &str) {
+        for _ in 0..300 {
+            if self.eval(expression).await == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the page never showed: {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_browser),
+    ignore = "needs Chromium at /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it)"
+)]
+async fn the_page_shows_the_counters_and_updates_live_in_a_real_browser() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    c.set_failing(10);
+    let proxy = Proxy::start(&config(
+        &[&s],
+        &[&c],
+        "id: page-demo\npercent: 30\nguard: {action: halt, max_error_rate_increase: 0.5}",
+        &format!("sticky:\n  header: x-user-id\nmetrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}"),
+    ));
+    let line = proxy.wait_log("metrics at /metrics");
+    let v: Value = serde_json::from_str(&line).expect("json");
+    let web = v["fields"]["addr"].as_str().expect("addr").to_owned();
+    let load = Load::start(proxy.url("/"), 4, Ids::Distinct);
+    load.wait("some traffic", |t| t.before.ok() >= 300).await;
+
+    let mut page = Browser::open(&format!("http://{web}/")).await;
+    page.until("a first render", "document.body.dataset.ready === '1'")
+        .await;
+    assert_eq!(page.text("rollout").await, "page-demo");
+    assert_eq!(page.text("state").await, "running");
+    assert_eq!(page.text("percent").await, "30%");
+    // Live: the figures grow while traffic flows, without a reload.
+    let first: u64 = page
+        .text("stable-requests")
+        .await
+        .parse()
+        .expect("a number");
+    let updated = page.text("updated").await;
+    page.until(
+        "more requests",
+        &format!("Number(document.getElementById('stable-requests').textContent) > {first}"),
+    )
+    .await;
+    assert_ne!(page.text("updated").await, updated);
+    for chart in ["chart-errors", "chart-p99", "chart-diff", "chart-users"] {
+        page.until(
+            chart,
+            &format!("!!document.querySelector('#{chart} path, #{chart} polyline')"),
+        )
+        .await;
+    }
+    // Stop the traffic; once the analysis has counted it all, the page shows the counters.
+    let tally = load.finish().await;
+    let sent = (tally.before.ok() + tally.before.failed().len()) as u64;
+    let st = proxy.wait_status("every request counted", |v| {
+        let p = &v["analysis"]["pools"];
+        p["stable"]["requests"].as_u64().unwrap_or(0)
+            + p["canary"]["requests"].as_u64().unwrap_or(0)
+            == sent
+    });
+    let pools = &st["analysis"]["pools"];
+    for (pool, field) in [
+        ("stable", "requests"),
+        ("canary", "requests"),
+        ("stable", "errors"),
+        ("canary", "errors"),
+    ] {
+        let want = pools[pool][field].as_u64().expect("counter").to_string();
+        page.until(
+            &format!("{pool} {field} = {want}"),
+            &format!(
+                "(document.getElementById('{pool}-{field}') || {{}}).textContent.trim() === '{want}'"
+            ),
+        )
+        .await;
+    }
+    assert_eq!(
+        page.text("errors-verdict").await,
+        st["analysis"]["errors"]["verdict"]
+            .as_str()
+            .expect("verdict")
+    );
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64_decode(shot["data"].as_str().expect("png data"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
+    std::fs::write(&path, &png).expect("save the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}
