@@ -1,7 +1,8 @@
 //! Build-time facts for the tests, so a test that cannot run here is marked ignored with its
 //! reason instead of passing without checking anything: whether they are built by root (the
 //! admin socket's uid checks become a second user) and whether a Chromium is installed (the
-//! status page is tested in a real browser; `.ci/run` installs Debian's `chromium`).
+//! status page is tested in a real browser; `.ci/run` installs Debian's `chromium`), and whether
+//! etcd is (the fleet is tested against a real one; `.ci/run` installs `etcd-server`).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_as_root)");
@@ -19,6 +20,11 @@ fn main() {
         println!("cargo::rustc-cfg=ramp_tests_as_root");
     }
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_with_browser)");
+    println!("cargo::rustc-check-cfg=cfg(ramp_tests_with_etcd)");
+    println!("cargo::rerun-if-changed=/usr/bin/etcd");
+    if std::path::Path::new("/usr/bin/etcd").exists() {
+        println!("cargo::rustc-cfg=ramp_tests_with_etcd");
+    }
     println!("cargo::rerun-if-changed=/usr/bin/chromium");
     if std::path::Path::new("/usr/bin/chromium").exists() {
         println!("cargo::rustc-cfg=ramp_tests_with_browser");

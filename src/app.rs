@@ -29,6 +29,8 @@ pub enum AppError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Start(#[from] crate::control::StartError),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
     #[error("cannot start the metrics exporter: {0}")]
@@ -79,8 +81,11 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     }
 
     let analysis = Arc::new(Analysis::new());
-    let (controller, current, handle) =
+    let (mut controller, current, handle) =
         Controller::start(config_path.clone(), config, Arc::clone(&analysis)).await?;
+    if let Some((etcd, key)) = controller.fleet() {
+        tokio::spawn(crate::control::watch_fleet(etcd, key, handle.clone()));
+    }
     let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
     let _watcher = watcher::watch(&config_path, &files, handle.clone())?;
     watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
@@ -154,13 +159,17 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 
 /// Applies what the guard asks for through the controller, like any other change.
 async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handle) {
+    let [halts, rollbacks] = ["halt", "rollback"]
+        .map(|a| ::metrics::counter!("ramp_guard_actions_total", "action" => a));
+    halts.increment(0);
+    rollbacks.increment(0);
     while let Some(act) = acts.recv().await {
-        let (command, name) = match act.action {
-            GuardAction::Halt => (Command::Halt, "halt"),
-            GuardAction::Rollback => (Command::Rollback, "rollback"),
+        let (command, name, counter) = match act.action {
+            GuardAction::Halt => (Command::Halt, "halt", &halts),
+            GuardAction::Rollback => (Command::Rollback, "rollback", &rollbacks),
         };
         tracing::warn!(action = name, reason = %act.reason, "the guard acts: the canary regressed");
-        ::metrics::counter!("ramp_guard_actions_total", "action" => name).increment(1);
+        counter.increment(1);
         let source = Source::Guard { reason: act.reason };
         if let Err(e) = handle.send(command, source).await {
             tracing::error!(action = name, error = %e, "the guard's action failed");

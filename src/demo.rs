@@ -27,26 +27,65 @@ fn page(version: &str) -> String {
 pub async fn page_server(version: &'static str) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let body = Bytes::from(page(version));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    let resp = Response::builder()
-                        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                        .body(Full::new(body.clone()));
-                    async move { resp }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
+    tokio::spawn(serve_page(listener, version.to_owned()));
     Ok(addr)
+}
+
+/// `ramp demo-upstream`: the demo's page server on `listen`, in the foreground.
+pub async fn upstream(version: &str, listen: SocketAddr) -> Result<(), AppError> {
+    let listener = TcpListener::bind(listen).await.map_err(AppError::Demo)?;
+    tracing::info!(addr = %listen, version, "demo upstream serving");
+    serve_page(listener, version.to_owned()).await;
+    Ok(())
+}
+
+/// `ramp probe URL`: whether `GET URL` (plain http) answers 2xx within 3 seconds.
+pub fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are probed")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let timeout = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    match line.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        Some(code) => Err(format!("{url} answered {code}")),
+        None => Err(format!("{url} did not answer HTTP")),
+    }
+}
+
+/// Answers every request on `listener` with the page naming `version`.
+async fn serve_page(listener: TcpListener, version: String) {
+    let body = Bytes::from(page(&version));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |_req| {
+                let resp = Response::builder()
+                    .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .body(Full::new(body.clone()));
+                async move { resp }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 /// The demo's configuration: v1 as stable, v2 as canary at [`DEMO_PERCENT`].

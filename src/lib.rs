@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod files;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;

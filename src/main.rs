@@ -61,6 +61,19 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// A tiny page server for demos and compose files: answers every request with a page
+    /// naming its version.
+    DemoUpstream {
+        /// The version the page names (e.g. v1).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// Exit 0 if GET URL answers 2xx within 3 s (for container health checks).
+    Probe { url: String },
+    /// Print shell completions for bash, zsh or fish.
+    Completions { shell: clap_complete::Shell },
     /// Print each user id's bucket, the percent from which it is on canary, and its pool.
     Bucket {
         /// The rollout id (the hash salt).
@@ -172,6 +185,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             percent,
             user_ids,
         } => bucket(&rollout, percent, &user_ids),
+        Command::DemoUpstream { name, listen } => {
+            init_logs(LogFormat::Text);
+            runtime(1)?.block_on(ramp::demo::upstream(&name, listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe { url } => Ok(match ramp::demo::probe(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ramp probe: {e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ramp", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

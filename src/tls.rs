@@ -180,3 +180,8 @@ impl TlsConfigs {
         self.client.as_ref().map(|c| Arc::clone(&c.0))
     }
 }
+
+/// A client config trusting `ca` (PEM), or the system's roots (for etcd over `https://`).
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    client(ca).map(|(config, _)| config)
+}

@@ -1,11 +1,12 @@
-//! Validation of the analysis settings (window, errors, goals) and the guard (`rollout.guard`).
+//! Validation of the analysis settings (window, errors, goals), the guard (`rollout.guard`), and
+//! the fleet's store (`state.etcd`).
 
 use std::time::Duration;
 
 use super::checker::{Checker, at};
 use super::error::Reason;
-use super::file::{AnalysisFile, GuardFile};
-use super::{Analysis, Goal, Guard, GuardAction, MAX_GOALS, StatusSet};
+use super::file::{AnalysisFile, EtcdFile, GuardFile};
+use super::{Analysis, Fleet, Goal, Guard, GuardAction, MAX_GOALS, StatusSet};
 
 pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
     let window = a
@@ -152,5 +153,64 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         min_requests,
         action,
         require_data: g.require_data.unwrap_or(false),
+    })
+}
+
+pub(super) fn fleet(c: &mut Checker, e: &EtcdFile) -> Option<Fleet> {
+    if e.endpoints.value.is_empty() {
+        c.fail(at(&e.endpoints), "state.etcd.endpoints", Reason::Empty);
+    }
+    let endpoints: Vec<String> = e
+        .endpoints
+        .value
+        .iter()
+        .filter_map(|u| {
+            c.check(u, "state.etcd.endpoints", |u| {
+                let u = u.trim().trim_end_matches('/');
+                let rest = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"))
+                    .ok_or_else(|| Reason::UpstreamAddress(u.to_owned()))?;
+                super::upstream_addr(rest)?;
+                Ok(u.to_owned())
+            })
+        })
+        .collect();
+    let key = c.check(&e.key, "state.etcd.key", |k| {
+        if k.starts_with('/') && k.len() > 1 && !k.chars().any(char::is_whitespace) {
+            Ok(k.clone())
+        } else {
+            Err(Reason::AbsolutePath(k.clone()))
+        }
+    });
+    let text = |c: &mut Checker, v: &Option<super::file::S<String>>, field| {
+        v.as_ref().and_then(|v| {
+            c.check(v, field, |s| {
+                if s.trim().is_empty() {
+                    Err(Reason::Empty)
+                } else {
+                    Ok(s.trim().to_owned())
+                }
+            })
+        })
+    };
+    let username = text(c, &e.username, "state.etcd.username");
+    let password_file = text(c, &e.password_file, "state.etcd.password_file").map(Into::into);
+    let ca = text(c, &e.ca, "state.etcd.ca").map(Into::into);
+    let instance = text(c, &e.instance, "state.etcd.instance");
+    if username.is_some() != password_file.is_some() {
+        c.fail(
+            at(&e.key),
+            "state.etcd",
+            Reason::OneOf("username and password_file together", "one of them".into()),
+        );
+    }
+    (endpoints.len() == e.endpoints.value.len() && !endpoints.is_empty()).then_some(Fleet {
+        endpoints,
+        key: key?,
+        username,
+        password_file,
+        ca,
+        instance,
     })
 }

@@ -153,7 +153,24 @@ pub struct AdminFile {
 
 #[derive(Debug, Deserialize)]
 pub struct StateFile {
-    pub file: S<String>,
+    #[serde(default)]
+    pub file: Option<S<String>>,
+    #[serde(default)]
+    pub etcd: Option<EtcdFile>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EtcdFile {
+    pub endpoints: S<Vec<S<String>>>,
+    pub key: S<String>,
+    #[serde(default)]
+    pub username: Option<S<String>>,
+    #[serde(default)]
+    pub password_file: Option<S<String>>,
+    #[serde(default)]
+    pub ca: Option<S<String>>,
+    #[serde(default)]
+    pub instance: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,9 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use super::checker::at;
 use super::error::{Problem, Reason};
 use super::file::{
-    AdminFile, AnalysisFile, File, GoalFile, GuardFile, HealthFile, LimitsFile, MetricsFile,
-    PassiveFile, PoolsFile, RolloutFile, S, StateFile, StepFile, StickyFile, TlsFile, UpstreamFile,
+    AdminFile, AnalysisFile, EtcdFile, File, GoalFile, GuardFile, HealthFile, LimitsFile,
+    MetricsFile, PassiveFile, PoolsFile, RolloutFile, S, StateFile, StepFile, StickyFile, TlsFile,
+    UpstreamFile,
 };
 
 /// The keys of a YAML document, with positions; other values are dropped.
@@ -115,6 +116,7 @@ fn schema() -> Vec<(&'static str, &'static [&'static str])> {
         ("upstream", fields::<UpstreamFile>()),
         ("admin", fields::<AdminFile>()),
         ("state", fields::<StateFile>()),
+        ("state.etcd", fields::<EtcdFile>()),
         ("tls", fields::<TlsFile>()),
         ("health", fields::<HealthFile>()),
         ("passive_health", fields::<PassiveFile>()),
@@ -176,9 +178,9 @@ mod tests {
 
     #[test]
     fn every_section_has_its_keys_checked() {
-        let text = "x1: 1\nsticky: {x2: 1}\npools: {x3: 1}\nrollout: {x4: 1, steps: [{x5: 1}], guard: {x6: 1}}\nupstream: {x7: 1}\nadmin: {x8: 1}\nstate: {x9: 1}\ntls: {x10: 1}\nhealth: {x11: 1}\npassive_health: {x12: 1}\nlimits: {x13: 1}\nmetrics: {x14: 1}\nanalysis: {x15: 1, goals: [{x16: 1}]}\n";
+        let text = "x1: 1\nsticky: {x2: 1}\npools: {x3: 1}\nrollout: {x4: 1, steps: [{x5: 1}], guard: {x6: 1}}\nupstream: {x7: 1}\nadmin: {x8: 1}\nstate: {x9: 1, etcd: {x17: 1}}\ntls: {x10: 1}\nhealth: {x11: 1}\npassive_health: {x12: 1}\nlimits: {x13: 1}\nmetrics: {x14: 1}\nanalysis: {x15: 1, goals: [{x16: 1}]}\n";
         let found: Vec<String> = unknown(text).into_iter().map(|p| p.field).collect();
-        for i in 1..=16 {
+        for i in 1..=17 {
             assert!(
                 found.iter().any(|f| f.ends_with(&format!("x{i}"))),
                 "x{i} not reported: {found:?}"

@@ -31,8 +31,11 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub hide_response_headers: Vec<HeaderName>,
     pub admin: Option<Admin>,
-    /// Where the runtime rollout state is kept across restarts.
+    /// Where the runtime rollout state is kept across restarts (with `fleet`: the local cache of
+    /// the fleet's state).
     pub state_file: Option<PathBuf>,
+    /// The fleet's shared rollout state in etcd (`state.etcd`).
+    pub fleet: Option<Fleet>,
     /// Certificate and key for HTTPS on the listener.
     pub tls: Option<ServerCert>,
     /// Roots for `https://` upstreams (PEM); the system's roots when absent.
@@ -61,6 +64,20 @@ pub struct Analysis {
     pub error_statuses: StatusSet,
     /// Goals counted per pool, for A/B comparison (at most [`MAX_GOALS`]).
     pub goals: Vec<Goal>,
+}
+
+/// Where a fleet keeps its shared rollout state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    /// `http://host:port` or `https://host:port`, tried in turn.
+    pub endpoints: Vec<String>,
+    pub key: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Roots for `https://` endpoints (PEM); the system's otherwise.
+    pub ca: Option<PathBuf>,
+    /// This instance's name in logs and in the state it writes (default: host name and pid).
+    pub instance: Option<String>,
 }
 
 /// The most goals a config may name.
@@ -408,11 +425,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(t) => (Some(&mut t.cert), Some(&mut t.key)),
         None => (None, None),
     };
+    let (etcd_ca, etcd_password) = match config.fleet.as_mut() {
+        Some(f) => (f.ca.as_mut(), f.password_file.as_mut()),
+        None => (None, None),
+    };
     for p in [
         config.state_file.as_mut(),
         config.upstream_ca.as_mut(),
         cert,
         key,
+        etcd_ca,
+        etcd_password,
     ]
     .into_iter()
     .flatten()

@@ -127,7 +127,13 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     let state_file = file
         .state
         .as_ref()
-        .and_then(|s| c.check(&s.file, "state.file", |p| path(p)));
+        .and_then(|s| s.file.as_ref())
+        .and_then(|f| c.check(f, "state.file", |p| path(p)));
+    let fleet = file
+        .state
+        .as_ref()
+        .and_then(|s| s.etcd.as_ref())
+        .and_then(|e| super::analysis::fleet(&mut c, e));
 
     match (listen, workers, sticky, stable, canary, rollout) {
         (Some(listen), Some(workers), Some(sticky), Some(stable), Some(canary), Some(rollout))
@@ -153,6 +159,7 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 metrics,
                 analysis,
                 guard,
+                fleet,
             })
         }
         _ => Err(c.problems),

@@ -30,6 +30,12 @@ pub enum Command {
     /// The watcher saw the config file change and settle: this text, read twice the same across
     /// the quiet period (internal; never parsed from a line).
     FileChanged(Vec<u8>),
+    /// The fleet's key holds this now (internal: from the fleet watch).
+    FleetState(crate::fleet::Kv),
+    /// etcd answers again (`error` is `None`), or stopped answering (internal).
+    FleetLink {
+        error: Option<String>,
+    },
 }
 
 impl Command {
@@ -44,6 +50,7 @@ impl Command {
             Command::Promote => "promote",
             Command::Start { .. } => "start",
             Command::Reload | Command::FileChanged(_) => "reload",
+            Command::FleetState(_) | Command::FleetLink { .. } => "fleet",
         }
     }
 

@@ -19,10 +19,11 @@ use crate::tls::{TlsConfigs, TlsError};
 use crate::upstream::Registry;
 
 use super::command::{Command, Source};
+use super::persist::{Restored, Store};
 use super::reply::{Change, ControlError, Outcome, Reply};
-use super::state::{FileEffect, RolloutState};
+use super::state::{FileEffect, Refusal, RolloutState};
 use super::status::{self, Notes};
-use super::store::{self, StoreError};
+use super::store::StoreError;
 
 struct Request {
     command: Command,
@@ -62,15 +63,26 @@ impl Handle {
 
 /// What a failed write does to a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
+pub(super) enum Durability {
     /// Nothing changes unless it is persisted.
     Required,
     /// Applies even unsaved (halt, rollback: stopping exposure comes first), and says so.
     BestEffort,
+    /// The fleet already holds it at this revision: only the local cache is written.
+    Adopted(i64),
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// A configuration read from the file, to be put in force with a change.
-struct NewConfig {
+pub(super) struct NewConfig {
     config: Arc<Config>,
     tls: TlsConfigs,
     /// Whether it differs from the one in force (else only the rollout may change).
@@ -79,15 +91,17 @@ struct NewConfig {
 
 pub struct Controller {
     config_path: PathBuf,
-    config: Arc<Config>,
-    rollout: RolloutState,
-    /// The rollout in force is not on disk yet (first start, or a write that failed).
-    unsaved: bool,
+    pub(super) config: Arc<Config>,
+    pub(super) rollout: RolloutState,
+    /// The rollout in force is not saved yet (first start, or a write that failed).
+    pub(super) unsaved: bool,
     registry: Registry,
     current: Arc<Current>,
     tls: TlsConfigs,
-    notes: Notes,
+    pub(super) notes: Notes,
     rx: mpsc::Receiver<Request>,
+    /// Where the state is saved: nowhere, a file, or the fleet's etcd key.
+    pub(super) store: Store,
     /// A schedule step that could not be persisted (or that the analysis holds) is tried again
     /// then, not before.
     schedule_retry: Option<Instant>,
@@ -115,7 +129,7 @@ impl Controller {
         config_path: PathBuf,
         config: Config,
         analysis: Arc<Analysis>,
-    ) -> Result<(Controller, Arc<Current>, Handle), TlsError> {
+    ) -> Result<(Controller, Arc<Current>, Handle), StartError> {
         let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
         let now = Instant::now();
         let mut notes = Notes {
@@ -123,28 +137,32 @@ impl Controller {
             ..Notes::default()
         };
         let fresh = || RolloutState::fresh(config.rollout.clone(), now, Source::Startup);
-        // What was in force before, and whether it still needs writing.
-        let (rollout, unsaved) = match &config.state_file {
-            None => {
-                tracing::warn!(
-                    "no state.file configured: rollout changes will not survive a restart"
-                );
-                (fresh(), false)
+        let mut store = Store::new(&config)?;
+        // What was in force before, and whether it still needs saving.
+        let (rollout, unsaved) = match store.restore(now).await {
+            Restored::Nothing => {
+                if matches!(store, Store::Nothing) {
+                    tracing::warn!(
+                        "no state.file configured: rollout changes will not survive a restart"
+                    );
+                }
+                (fresh(), !matches!(store, Store::Nothing))
             }
-            Some(path) => match store::read(path, now, SystemTime::now()) {
-                Ok(None) => (fresh(), true),
-                Ok(Some(saved)) => {
-                    tracing::info!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "state restored");
-                    (saved, false)
-                }
-                Err(e) => {
+            Restored::Found(saved) => {
+                tracing::info!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "state restored");
+                (saved, false)
+            }
+            Restored::Unusable(e) => {
+                if matches!(store, Store::Fleet(_)) {
+                    tracing::error!(error = %e, "FLEET STATE UNAVAILABLE: serving everyone from stable (rolled_back) until etcd answers or an operator acts");
+                } else {
                     tracing::error!(error = %e, "STATE FILE UNREADABLE: serving everyone from stable (rolled_back) until an operator acts; the file is left as it is");
-                    notes.state_file_error = Some(e.to_string());
-                    let mut s = fresh();
-                    s.rollback(now);
-                    (s, false)
                 }
-            },
+                notes.state_file_error = Some(e);
+                let mut s = fresh();
+                s.rollback(now);
+                (s, false)
+            }
         };
         let registry = Registry::new();
         let config = Arc::new(config);
@@ -160,6 +178,7 @@ impl Controller {
             tls,
             notes,
             rx,
+            store,
             schedule_retry: None,
             analysis,
             changes: VecDeque::with_capacity(CHANGES_KEPT),
@@ -174,10 +193,10 @@ impl Controller {
             _ => Source::File,
         };
         if let Err(e) = c
-            .commit(next, None, source, "start", Durability::Required)
+            .change(next, None, source, "start", Durability::Required)
             .await
         {
-            tracing::error!(error = %e, "cannot write the state file");
+            tracing::error!(error = %e, "cannot save the rollout state");
         }
         Ok((c, current, Handle { tx }))
     }
@@ -219,7 +238,7 @@ impl Controller {
             return;
         }
         let committed = self
-            .commit(
+            .change(
                 next,
                 None,
                 Source::Schedule,
@@ -227,12 +246,14 @@ impl Controller {
                 Durability::Required,
             )
             .await;
-        self.schedule_retry = committed.err().map(|_| Instant::now() + SCHEDULE_RETRY);
+        self.schedule_retry = match committed {
+            // Another instance moved first: the fleet's state (now in force) has the next step.
+            Ok(_) | Err(ControlError::ChangedMeanwhile { .. }) => None,
+            Err(_) => Some(Instant::now() + SCHEDULE_RETRY),
+        };
     }
 
     async fn handle(&mut self, command: Command, source: Source) -> Reply {
-        let now = Instant::now();
-        let mut next = self.rollout.clone();
         match &command {
             Command::Status => return Ok(Outcome::Status(self.status())),
             Command::Bucket(user) => {
@@ -243,24 +264,79 @@ impl Controller {
                 let text = text.clone();
                 return self.reload(Some(text), source).await;
             }
-            Command::Set(ppm) => next.set(*ppm)?,
-            Command::Halt => next.halt(now)?,
-            Command::Resume => next.resume(now)?,
-            Command::Rollback => next.rollback(now),
-            Command::Promote => next.promote(),
-            Command::Start { id, ppm } => next.start(id.clone(), *ppm, now),
+            Command::FleetState(kv) => {
+                self.fleet_state(kv.clone()).await;
+                return Ok(Outcome::Status(self.status()));
+            }
+            Command::FleetLink { error } => {
+                self.fleet_link(error.clone()).await;
+                return Ok(Outcome::Status(self.status()));
+            }
+            Command::Set(_)
+            | Command::Halt
+            | Command::Resume
+            | Command::Rollback
+            | Command::Promote
+            | Command::Start { .. } => {}
         }
         let durability = match command {
             Command::Halt | Command::Rollback => Durability::BestEffort,
             _ => Durability::Required,
         };
-        let changed = self
-            .commit(next, None, source, command.name(), durability)
-            .await?;
+        // In a fleet, a halt or rollback that met a change made meanwhile elsewhere is applied
+        // again on top of it: stopping exposure always wins.
+        let attempts = if durability == Durability::BestEffort {
+            5
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let changed = loop {
+            attempt += 1;
+            let mut next = self.rollout.clone();
+            apply(&mut next, &command, Instant::now())?;
+            match self
+                .change(next, None, source.clone(), command.name(), durability)
+                .await
+            {
+                Err(ControlError::ChangedMeanwhile { .. }) if attempt < attempts => continue,
+                other => break other?,
+            }
+        };
         Ok(Outcome::Applied {
             changed,
             status: self.status(),
         })
+    }
+
+    /// Like [`Controller::commit`], and when the fleet's key changed meanwhile, takes the
+    /// fleet's state and says so.
+    pub(super) async fn change(
+        &mut self,
+        next: RolloutState,
+        config: Option<NewConfig>,
+        source: Source,
+        what: &'static str,
+        durability: Durability,
+    ) -> Result<bool, ControlError> {
+        match self.commit(next, config, source, what, durability).await {
+            Err(ControlError::Conflict(now)) => {
+                if let Some(kv) = now {
+                    self.adopt(kv).await;
+                }
+                let r = &self.rollout;
+                Err(ControlError::ChangedMeanwhile {
+                    now: format!(
+                        "{} {} at {}% by {}",
+                        r.id,
+                        r.state.as_str(),
+                        ppm_to_percent(r.ppm),
+                        r.changed_by
+                    ),
+                })
+            }
+            other => other,
+        }
     }
 
     fn status(&self) -> super::reply::Status {
@@ -278,6 +354,7 @@ impl Controller {
                 analysis,
                 hold: self.analysis.hold(),
                 changes: self.changes.iter().cloned().collect(),
+                fleet: self.store.status(),
             },
         )
     }
@@ -285,7 +362,7 @@ impl Controller {
     /// The one way anything changes: persists `next` (when it differs from the rollout in force,
     /// or that one is not on disk yet), puts `config` in force, publishes the new snapshot, and
     /// logs the change with its source. Gives whether the rollout changed.
-    async fn commit(
+    pub(super) async fn commit(
         &mut self,
         mut next: RolloutState,
         config: Option<NewConfig>,
@@ -294,25 +371,43 @@ impl Controller {
         durability: Durability,
     ) -> Result<bool, ControlError> {
         let changed = next != self.rollout;
-        let saved = if changed || self.unsaved {
-            if changed {
-                next.changed_at = SystemTime::now();
-                next.changed_by = source.clone();
+        let saved = match durability {
+            Durability::Adopted(revision) => {
+                // Stamped by the instance that made it.
+                self.store.adopted(&next, revision).await;
+                Ok(())
             }
-            let saved = self.persist(&next).await;
-            if let Err(e) = &saved {
-                tracing::error!(error = %e, command = what, "cannot persist the rollout state");
-                self.notes.state_file_error = Some(e.to_string());
+            Durability::Required | Durability::BestEffort if changed || self.unsaved => {
+                if changed {
+                    next.changed_at = SystemTime::now();
+                    next.changed_by = source.clone();
+                }
+                let saved = self.store.save(&next).await;
+                match &saved {
+                    Ok(()) => self.notes.state_file_error = None,
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, command = what, "cannot save the rollout state");
+                        self.notes.state_file_error = Some(e.to_string());
+                    }
+                }
+                saved
             }
-            saved
-        } else {
-            Ok(())
+            Durability::Required | Durability::BestEffort => Ok(()),
         };
         let saved = match saved {
+            Err(StoreError::Conflict(now)) => return Err(ControlError::Conflict(now)),
             Err(error) if durability == Durability::Required => {
                 return Err(ControlError::NotSaved { what, error });
             }
-            other => other,
+            Err(error) => {
+                // A halt or rollback in force but unsaved: in a fleet, written when etcd is back.
+                if let (StoreError::Fleet(_), Some(link)) = (&error, self.store.link()) {
+                    link.pending = Some((what, source.clone()));
+                }
+                Err(error)
+            }
+            Ok(()) => Ok(()),
         };
         self.unsaved = saved.is_err();
         let config_changed = match config {
@@ -342,6 +437,7 @@ impl Controller {
         }
         match saved {
             Ok(()) => Ok(changed),
+            Err(error @ StoreError::Fleet(_)) => Err(ControlError::UnsavedInFleet { what, error }),
             Err(error) => Err(ControlError::Unsaved { what, error }),
         }
     }
@@ -384,14 +480,17 @@ impl Controller {
             tls,
             differs,
         };
-        self.commit(
-            next,
-            Some(new),
-            Source::File,
-            "reload",
-            Durability::Required,
-        )
-        .await?;
+        let committed = self
+            .change(
+                next,
+                Some(new),
+                Source::File,
+                "reload",
+                Durability::Required,
+            )
+            .await;
+        self.reloads[usize::from(committed.is_err())].increment(1);
+        committed?;
         if differs {
             tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
         }
@@ -409,24 +508,32 @@ impl Controller {
             &self.tls,
         ));
     }
+}
 
-    async fn persist(&mut self, next: &RolloutState) -> Result<(), StoreError> {
-        let Some(path) = self.config.state_file.clone() else {
-            return Ok(());
-        };
-        let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
-        let shown = path.clone();
-        let written = tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes)).await;
-        let result = written.unwrap_or_else(|e| {
-            Err(StoreError::Write {
-                path: shown,
-                error: std::io::Error::other(e),
-            })
-        });
-        if result.is_ok() {
-            self.notes.state_file_error = None;
+/// `command`'s transition of the rollout (the change commands only).
+fn apply(next: &mut RolloutState, command: &Command, now: Instant) -> Result<(), Refusal> {
+    match command {
+        Command::Set(ppm) => next.set(*ppm),
+        Command::Halt => next.halt(now),
+        Command::Resume => next.resume(now),
+        Command::Rollback => {
+            next.rollback(now);
+            Ok(())
         }
-        result
+        Command::Promote => {
+            next.promote();
+            Ok(())
+        }
+        Command::Start { id, ppm } => {
+            next.start(id.clone(), *ppm, now);
+            Ok(())
+        }
+        Command::Status
+        | Command::Bucket(_)
+        | Command::Reload
+        | Command::FileChanged(_)
+        | Command::FleetState(_)
+        | Command::FleetLink { .. } => Ok(()),
     }
 }
 

@@ -5,6 +5,8 @@ mod admin_peers;
 pub mod client;
 pub mod command;
 mod controller;
+mod fleet;
+mod persist;
 pub mod probes;
 pub mod reply;
 pub mod schedule;
@@ -14,5 +16,7 @@ pub mod store;
 pub mod watcher;
 
 pub use command::{Command, MAX_LINE, ParseError, Source};
-pub use controller::{Controller, Handle};
+pub use controller::{Controller, Handle, StartError};
+pub use fleet::watch as watch_fleet;
+pub use persist::FleetStatus;
 pub use reply::{ControlError, Outcome, Reply, Status};

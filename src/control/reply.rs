@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::AnalysisView;
+
+use super::persist::FleetStatus;
 use crate::config::ConfigError;
 use crate::routing::{PerPool, PoolName, State};
 use crate::tls::TlsError;
@@ -48,6 +50,9 @@ pub struct Status {
     /// The last changes of the rollout, newest first (kept since this process started).
     #[serde(default)]
     pub changes: Vec<Change>,
+    /// The fleet's shared state in etcd, when there is one.
+    #[serde(default)]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// One change of the rollout: who, when, from what to what, and why.
@@ -137,8 +142,23 @@ pub enum ControlError {
     NotAllowed,
     #[error("cannot identify the peer")]
     UnknownPeer,
+    #[error(
+        "{what} is in effect at this instance, but etcd does not answer ({error}); it is written to the fleet as soon as etcd is back"
+    )]
+    UnsavedInFleet {
+        what: &'static str,
+        error: StoreError,
+    },
     #[error("ramp is shutting down")]
     ShuttingDown,
+    /// The fleet's key changed meanwhile (internal: becomes `ChangedMeanwhile` once the
+    /// controller has taken the fleet's state).
+    #[error("the rollout was changed meanwhile at another instance")]
+    Conflict(Option<crate::fleet::Kv>),
+    #[error(
+        "not applied: the rollout was changed meanwhile at another instance; now: {now}. Run the command again if it still applies"
+    )]
+    ChangedMeanwhile { now: String },
 }
 
 /// A command's result.
@@ -281,6 +301,7 @@ mod tests {
                 from_percent: 2.5,
                 to_percent: 2.5,
             }],
+            fleet: None,
         }
     }
 
@@ -290,7 +311,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

@@ -56,6 +56,7 @@ pub struct Extra {
     /// Why the schedule waits, if it does.
     pub hold: Option<String>,
     pub changes: Vec<Change>,
+    pub fleet: Option<super::persist::FleetStatus>,
 }
 
 pub fn build(
@@ -91,6 +92,7 @@ pub fn build(
         upstreams: PerPool::from_fn(|p| snap.pools[p].upstreams().len()),
         analysis: extra.analysis,
         changes: extra.changes,
+        fleet: extra.fleet,
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::config::{Plan, RolloutPlan, Step};
+use crate::fleet::{EtcdError, Kv};
 use crate::routing::State;
 
 use super::command::Source;
@@ -51,6 +52,11 @@ pub enum StoreError {
     },
     #[error("cannot encode the state: {0}")]
     Encode(serde_json::Error),
+    #[error(transparent)]
+    Fleet(#[from] EtcdError),
+    /// The fleet's state changed meanwhile (at another instance): what it holds now.
+    #[error("the rollout was changed meanwhile at another instance")]
+    Conflict(Option<Kv>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,6 +179,16 @@ pub fn read(
         }
     };
     decode(&text, path, now, wall).map(Some)
+}
+
+/// Decodes state bytes that came from somewhere else (`from` names it in errors).
+pub fn decode_from(
+    text: &[u8],
+    from: &str,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<RolloutState, StoreError> {
+    decode(text, Path::new(from), now, wall)
 }
 
 fn decode(

@@ -61,6 +61,25 @@ async fn status_json(web: &Web) -> Response<Full<Bytes>> {
     }
 }
 
+/// Ready: the config is loaded, the listeners are bound (both before this serves), and the
+/// rollout state is in sync (in a fleet: etcd answers).
+async fn ready(web: &Web) -> Response<Full<Bytes>> {
+    match web.handle.send(Command::Status, Source::Page).await {
+        Ok(Outcome::Status(s)) => match s.fleet {
+            Some(f) if !f.connected => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!(
+                    "not ready: etcd does not answer ({}); serving the last known state\n",
+                    f.error.unwrap_or_default()
+                ),
+            ),
+            _ => reply(StatusCode::OK, TEXT, "ready\n"),
+        },
+        Ok(_) | Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n"),
+    }
+}
+
 async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
@@ -79,7 +98,7 @@ async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<B
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
-        "/readyz" => reply(StatusCode::OK, TEXT, "ready\n"),
+        "/readyz" => ready(&web).await,
         _ => reply(StatusCode::NOT_FOUND, TEXT, "Not Found\n"),
     }
 }

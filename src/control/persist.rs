@@ -1,0 +1,220 @@
+//! Where the rollout state is kept: nowhere, a state file, or — in a fleet — an etcd key shared by
+//! every instance (with the state file as this instance's cache of it). The controller does not
+//! care which: it saves through [`Store::save`] before every reply.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::fleet::{self, Cas, Envelope, Etcd, FleetError, Kv};
+
+use super::command::Source;
+use super::state::RolloutState;
+use super::store::{self, StoreError};
+
+/// This instance's link to the fleet's key.
+#[derive(Debug)]
+pub struct Link {
+    pub etcd: Arc<Etcd>,
+    pub key: String,
+    pub instance: String,
+    /// The local cache of the fleet's state (`state.file`).
+    pub cache: Option<PathBuf>,
+    /// The key's revision the state in force corresponds to (0: no key yet).
+    pub revision: i64,
+    pub connected: bool,
+    pub error: Option<String>,
+    /// A halt or rollback (its command name and source) applied while etcd was unreachable:
+    /// written when it is back, on top of whatever was written meanwhile.
+    pub pending: Option<(&'static str, Source)>,
+}
+
+/// The fleet's standing, as status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub key: String,
+    pub instance: String,
+    /// etcd answers; changes can be made.
+    pub connected: bool,
+    pub revision: i64,
+    pub error: Option<String>,
+    /// A halt or rollback applied here while etcd was away, still to be written.
+    pub pending: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Store {
+    Nothing,
+    File(PathBuf),
+    Fleet(Link),
+}
+
+/// What start-up found.
+pub enum Restored {
+    /// A state to continue from; `true` when it still needs saving.
+    Found(RolloutState),
+    /// Nothing saved yet: start fresh and save it.
+    Nothing,
+    /// Unreadable (or unreachable with no cache): everyone on stable, and why.
+    Unusable(String),
+}
+
+impl Store {
+    pub fn new(config: &Config) -> Result<Store, FleetError> {
+        Ok(match (&config.fleet, &config.state_file) {
+            (Some(f), cache) => Store::Fleet(Link {
+                etcd: Arc::new(fleet::client(f)?),
+                key: f.key.clone(),
+                instance: fleet::instance(f),
+                cache: cache.clone(),
+                revision: 0,
+                connected: false,
+                error: None,
+                pending: None,
+            }),
+            (None, Some(path)) => Store::File(path.clone()),
+            (None, None) => Store::Nothing,
+        })
+    }
+
+    pub fn link(&mut self) -> Option<&mut Link> {
+        match self {
+            Store::Fleet(l) => Some(l),
+            Store::Nothing | Store::File(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<FleetStatus> {
+        match self {
+            Store::Fleet(l) => Some(FleetStatus {
+                key: l.key.clone(),
+                instance: l.instance.clone(),
+                connected: l.connected,
+                revision: l.revision,
+                error: l.error.clone(),
+                pending: l.pending.as_ref().map(|(what, _)| (*what).to_owned()),
+            }),
+            Store::Nothing | Store::File(_) => None,
+        }
+    }
+
+    /// What was saved before this start.
+    pub async fn restore(&mut self, now: Instant) -> Restored {
+        let wall = SystemTime::now();
+        match self {
+            Store::Nothing => Restored::Nothing,
+            Store::File(path) => match store::read(path, now, wall) {
+                Ok(None) => Restored::Nothing,
+                Ok(Some(s)) => Restored::Found(s),
+                Err(e) => Restored::Unusable(e.to_string()),
+            },
+            Store::Fleet(link) => match link.etcd.get(&link.key).await.inspect(|_| {
+                metrics::gauge!("ramp_fleet_connected").set(1.0);
+            }) {
+                Ok((None, _)) => {
+                    link.connected = true;
+                    Restored::Nothing
+                }
+                Ok((Some(kv), _)) => {
+                    link.connected = true;
+                    match open(&kv, now) {
+                        Ok((_, s)) => {
+                            link.revision = kv.mod_revision;
+                            Restored::Found(s)
+                        }
+                        Err(e) => Restored::Unusable(format!("{}: {e}", link.key)),
+                    }
+                }
+                Err(e) => {
+                    metrics::gauge!("ramp_fleet_connected").set(0.0);
+                    link.error = Some(e.to_string());
+                    tracing::error!(error = %e, "etcd is unreachable at start: serving the last known state");
+                    // The cache of the last known state, else everyone on stable.
+                    match link.cache.as_ref().map(|p| store::read(p, now, wall)) {
+                        Some(Ok(Some(s))) => Restored::Found(s),
+                        Some(Ok(None)) | None => {
+                            Restored::Unusable(format!("etcd unreachable and no cache: {e}"))
+                        }
+                        Some(Err(c)) => Restored::Unusable(format!("etcd unreachable ({e}); {c}")),
+                    }
+                }
+            },
+        }
+    }
+
+    /// Saves `next` before it is put in force: the file written whole, or the fleet's key
+    /// swapped only if nobody changed it since this instance last saw it.
+    pub async fn save(&mut self, next: &RolloutState) -> Result<(), StoreError> {
+        let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
+        match self {
+            Store::Nothing => Ok(()),
+            Store::File(path) => write(path.clone(), bytes).await,
+            Store::Fleet(link) => {
+                let value = Envelope::wrap(&link.instance, &bytes).map_err(StoreError::Encode)?;
+                match link.etcd.cas(&link.key, link.revision, &value).await {
+                    Ok(Cas::Done(revision)) => {
+                        link.revision = revision;
+                        link.connected = true;
+                        link.error = None;
+                        if let Some(cache) = link.cache.clone() {
+                            cache_quietly(cache, bytes).await;
+                        }
+                        Ok(())
+                    }
+                    Ok(Cas::Conflict(now)) => {
+                        link.connected = true;
+                        Err(StoreError::Conflict(now))
+                    }
+                    Err(e) => {
+                        link.connected = false;
+                        link.error = Some(e.to_string());
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a state the fleet already holds at `revision`: only the local cache is written.
+    pub async fn adopted(&mut self, next: &RolloutState, revision: i64) {
+        if let Store::Fleet(link) = self {
+            link.revision = revision;
+            if let (Some(cache), Ok(bytes)) = (
+                link.cache.clone(),
+                store::encode(next, Instant::now(), SystemTime::now()),
+            ) {
+                cache_quietly(cache, bytes).await;
+            }
+        }
+    }
+}
+
+/// The instance that wrote `kv` and the state in it.
+pub fn open(kv: &Kv, now: Instant) -> Result<(String, RolloutState), StoreError> {
+    let (instance, bytes) = Envelope::open(&kv.value).map_err(StoreError::Encode)?;
+    let state = store::decode_from(&bytes, "the fleet's key", now, SystemTime::now())?;
+    Ok((instance, state))
+}
+
+async fn write(path: PathBuf, bytes: Vec<u8>) -> Result<(), StoreError> {
+    let shown = path.clone();
+    tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Write {
+                path: shown,
+                error: std::io::Error::other(e),
+            })
+        })
+}
+
+/// The cache is a convenience: a failure to write it is logged, never an error of the change.
+async fn cache_quietly(path: PathBuf, bytes: Vec<u8>) {
+    if let Err(e) = write(path, bytes).await {
+        tracing::warn!(error = %e, "cannot write the local cache of the fleet's state");
+    }
+}

@@ -1,0 +1,81 @@
+//! Fleets: several ramp instances sharing one rollout state through etcd (the existing
+//! distributed engine; ramp runs no consensus of its own). A change made at any instance is a
+//! compare-and-swap on the key's revision; every instance watches the key and applies what the
+//! others wrote through its own controller.
+
+pub mod etcd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Fleet as Settings;
+use crate::tls::TlsError;
+
+pub use etcd::{Cas, Etcd, EtcdError, Event, Kv, Watched};
+
+/// What the key holds: the state in the state file's format, and the instance that wrote it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub instance: String,
+    pub state: serde_json::Value,
+}
+
+impl Envelope {
+    pub fn wrap(instance: &str, state_json: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+        let state = serde_json::from_slice(state_json)?;
+        serde_json::to_vec(&Envelope {
+            instance: instance.to_owned(),
+            state,
+        })
+    }
+
+    pub fn open(bytes: &[u8]) -> Result<(String, Vec<u8>), serde_json::Error> {
+        let e: Envelope = serde_json::from_slice(bytes)?;
+        Ok((e.instance, serde_json::to_vec(&e.state)?))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("state.etcd.password_file {path}: {error}")]
+    Password { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// This instance's name: the configured one, else host name and pid.
+pub fn instance(settings: &Settings) -> String {
+    settings.instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "ramp".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// The client for the configured endpoints.
+pub fn client(settings: &Settings) -> Result<Etcd, FleetError> {
+    let credentials = match (&settings.username, &settings.password_file) {
+        (Some(user), Some(path)) => {
+            let bytes = crate::files::read_regular(path, 64 * 1024).map_err(|error| {
+                FleetError::Password {
+                    path: path.display().to_string(),
+                    error,
+                }
+            })?;
+            let password = String::from_utf8_lossy(&bytes).trim_end().to_owned();
+            Some((user.clone(), password))
+        }
+        _ => None,
+    };
+    let https = settings.endpoints.iter().any(|u| u.starts_with("https://"));
+    let tls = if https {
+        Some(crate::tls::client_config(settings.ca.as_deref())?)
+    } else {
+        None
+    };
+    Ok(Etcd::new(etcd::Endpoints {
+        urls: settings.endpoints.clone(),
+        credentials,
+        tls,
+    }))
+}

@@ -1,0 +1,371 @@
+//! A fleet: three ramp instances sharing one rollout state through a real etcd (Debian's
+//! `etcd-server`, started here on free ports with its own data directory). A change at any
+//! instance reaches the others at once; two operators racing never lose an update; with etcd
+//! gone every instance keeps serving, refuses changes but applies a halt, and catches up when
+//! etcd is back; a schedule step is applied once; and all instances agree on every user.
+#![cfg_attr(not(ramp_tests_with_etcd), allow(dead_code, unused_imports))]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Backend, Client, Proxy, eventually};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A real etcd on free loopback ports, with its own data directory.
+struct Etcd {
+    child: Option<Child>,
+    client: u16,
+    peer: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            client: free_port(),
+            peer: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        e.run().await;
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts etcd (again) on the same ports and data, and waits until it answers.
+    async fn run(&mut self) {
+        let (c, p) = (self.client, self.peer);
+        let child = Command::new("/usr/bin/etcd")
+            .args([
+                "--name",
+                "default",
+                "--data-dir",
+                &self.dir.path().join("data").display().to_string(),
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{p}"),
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+        let health = format!("{}/health", self.url());
+        for _ in 0..300 {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                Client::http1().try_get(&health, &[]),
+            )
+            .await
+                && r.body.contains("true")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("etcd did not become healthy");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn yaml(s: &Backend, c: &Backend, etcd: &str, name: &str, rollout: &str, cache: bool) -> String {
+    let cache = if cache { "  file: cache.json\n" } else { "" };
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{}']}}\nrollout:\n{}\nadmin: {{socket: admin.sock}}\nmetrics: {{listen: '127.0.0.1:0'}}\nstate:\n{cache}  etcd: {{endpoints: ['{etcd}'], key: /ramp/rollouts/test, instance: {name}}}\n",
+        s.addr,
+        c.addr,
+        rollout
+            .lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+struct Fleet {
+    proxies: Vec<Proxy>,
+}
+
+impl Fleet {
+    fn start(s: &Backend, c: &Backend, etcd: &str, rollout: &str) -> Fleet {
+        let proxies = ["a", "b", "c"]
+            .iter()
+            .map(|n| Proxy::start(&yaml(s, c, etcd, n, rollout, true)))
+            .collect();
+        Fleet { proxies }
+    }
+
+    /// Waits until every instance's status satisfies `done`; gives how long it took.
+    async fn all(&self, what: &str, done: impl Fn(&Value) -> bool) -> Duration {
+        let start = Instant::now();
+        for p in &self.proxies {
+            let socket = p.socket();
+            eventually(what, || done(&support::admin_at(&socket, "status"))).await;
+        }
+        start.elapsed()
+    }
+}
+
+async fn metrics_addr(p: &Proxy) -> String {
+    let line = p.wait_log("metrics at /metrics");
+    let v: Value = serde_json::from_str(&line).expect("json");
+    v["fields"]["addr"].as_str().expect("addr").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_change_at_any_instance_reaches_every_instance_and_all_agree_on_every_user() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: fleet\npercent: 5");
+    fleet
+        .all("every instance sees the start", |v| {
+            v["fleet"]["connected"] == true
+        })
+        .await;
+    let mut worst = Duration::ZERO;
+    for (i, (at, cmd, check)) in [
+        (0, "set 20", ("running", 20.0)),
+        (1, "halt", ("halted", 20.0)),
+        (2, "resume", ("running", 20.0)),
+        (0, "set 0.5", ("running", 0.5)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = fleet.proxies[at].admin(cmd);
+        assert_eq!(r["ok"], true, "{cmd}: {r}");
+        let took = fleet
+            .all(cmd, |v| {
+                v["state"] == check.0 && v["percent"].as_f64() == Some(check.1)
+            })
+            .await;
+        worst = worst.max(took);
+        // The change is logged at the others with the instance that made it.
+        let made_by = ["a", "b", "c"][at];
+        let other = &fleet.proxies[(at + 1) % 3];
+        let line = other.wait_log(&format!("fleet (instance {made_by})"));
+        assert!(line.contains("rollout changed"), "{i}: {line}");
+    }
+    eprintln!("a change reached all three instances within {worst:?} (slowest of four)");
+    // Identical answers for 1,500 users.
+    for i in 0..1_500 {
+        let line = format!("bucket user-{i}");
+        let answers: Vec<Value> = fleet.proxies.iter().map(|p| p.admin(&line)).collect();
+        assert_eq!(answers[0]["pool"], answers[1]["pool"], "user-{i}");
+        assert_eq!(answers[0]["pool"], answers[2]["pool"], "user-{i}");
+    }
+    for p in &fleet.proxies {
+        let r = Client::http1()
+            .get(&p.url("/"), &[("x-user-id", "same-user")])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn two_operators_racing_never_lose_an_update() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: race\npercent: 1");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    let (a, b) = (fleet.proxies[0].socket(), fleet.proxies[1].socket());
+    let mut ok_values = Vec::new();
+    for round in 0..15 {
+        let (x, y) = (10 + round, 50 + round);
+        let (sa, sb) = (a.clone(), b.clone());
+        let ta = std::thread::spawn(move || support::admin_at(&sa, &format!("set {x}")));
+        let tb = std::thread::spawn(move || support::admin_at(&sb, &format!("set {y}")));
+        let (ra, rb) = (ta.join().expect("a"), tb.join().expect("b"));
+        for (r, v) in [(&ra, x), (&rb, y)] {
+            if r["ok"] == true {
+                ok_values.push((round, v));
+            } else {
+                let e = r["error"].as_str().expect("error");
+                assert!(e.contains("changed meanwhile"), "a clear reply: {e}");
+            }
+        }
+        assert!(
+            ok_values.iter().any(|(r, _)| *r == round),
+            "round {round}: neither change applied: {ra} {rb}"
+        );
+        // Every instance ends on a value some operator was told was applied.
+        let end = fleet.proxies[0].wait_status("settled", |v| v["percent"].is_number());
+        let percent = end["percent"].as_f64().expect("percent") as u64;
+        assert!(
+            ok_values.iter().any(|(r, v)| *r == round && *v == percent),
+            "round {round}: {percent} was not acknowledged"
+        );
+        fleet
+            .all("all agree", |v| {
+                v["percent"].as_f64() == Some(percent as f64)
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_is_back() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: outage\npercent: 50");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    let web = metrics_addr(&fleet.proxies[1]).await;
+    etcd.kill();
+    // Every instance keeps serving.
+    for p in &fleet.proxies {
+        for i in 0..20 {
+            let r = Client::http1()
+                .get(&p.url("/"), &[("x-user-id", &format!("u{i}"))])
+                .await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    let r = fleet.proxies[0].admin("set 10");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("etcd")),
+        "{r}"
+    );
+    // A halt applies at once where it is typed, and says it waits for etcd.
+    let r = fleet.proxies[1].admin("halt");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("written to the fleet as soon as etcd is back")),
+        "{r}"
+    );
+    assert_eq!(fleet.proxies[1].admin("status")["state"], "halted");
+    fleet
+        .all("everyone notices", |v| v["fleet"]["connected"] == false)
+        .await;
+    let ready = Client::http1()
+        .get(&format!("http://{web}/readyz"), &[])
+        .await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    // etcd comes back: the halt reaches everyone.
+    etcd.run().await;
+    fleet
+        .all("the halt reaches the fleet", |v| {
+            v["state"] == "halted" && v["fleet"]["connected"] == true
+        })
+        .await;
+    let ready = Client::http1()
+        .get(&format!("http://{web}/readyz"), &[])
+        .await;
+    assert_eq!(ready.status, 200);
+    // A restart while etcd is down serves the cached state; without a cache, everyone on stable.
+    etcd.kill();
+    let (dir, path) = fleet
+        .proxies
+        .into_iter()
+        .next()
+        .map(|p| p.kill9())
+        .expect("a");
+    let cached = Proxy::start_in(dir, path);
+    assert_eq!(cached.admin("status")["state"], "halted");
+    let bare = Proxy::start(&yaml(
+        &s,
+        &c,
+        &etcd.url(),
+        "d",
+        "id: outage\npercent: 50",
+        false,
+    ));
+    assert_eq!(bare.admin("status")["state"], "rolled_back");
+    let r = Client::http1()
+        .get(&bare.url("/"), &[("x-user-id", "u1")])
+        .await;
+    assert_eq!(r.body, "stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_schedule_step_is_applied_once_in_a_fleet() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(
+        &s,
+        &c,
+        &etcd.url(),
+        "id: steps\nsteps:\n  - {percent: 1, hold: 2s}\n  - {percent: 2, hold: 2s}\n  - {percent: 100}",
+    );
+    fleet.all("completed", |v| v["state"] == "completed").await;
+    let advances: usize = fleet
+        .proxies
+        .iter()
+        .map(|p| {
+            p.admin("status")["changes"].as_array().map_or(0, |c| {
+                c.iter().filter(|c| c["command"] == "advance").count()
+            })
+        })
+        .sum();
+    assert_eq!(
+        advances, 2,
+        "two steps, each applied by exactly one instance"
+    );
+}
