@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Backend, Client, Proxy, eventually};
+use support::{Backend, Client, Proxy};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,12 +129,26 @@ impl Fleet {
         Fleet { proxies }
     }
 
-    /// Waits until every instance's status satisfies `done`; gives how long it took.
+    /// Waits (up to 30 s) until every instance's status satisfies `done`; gives how long it
+    /// took. On failure, shows every instance's status.
     async fn all(&self, what: &str, done: impl Fn(&Value) -> bool) -> Duration {
         let start = Instant::now();
         for p in &self.proxies {
             let socket = p.socket();
-            eventually(what, || done(&support::admin_at(&socket, "status"))).await;
+            while !done(&support::admin_at(&socket, "status")) {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let all: Vec<String> = self
+                        .proxies
+                        .iter()
+                        .map(|p| {
+                            let s = p.admin("status");
+                            format!("{} {} {}", s["state"], s["percent"], s["fleet"])
+                        })
+                        .collect();
+                    panic!("{what}: never happened; statuses:\n{}", all.join("\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         start.elapsed()
     }

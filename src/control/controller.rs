@@ -119,6 +119,9 @@ const CHANGES_KEPT: usize = 20;
 /// How often a schedule step the analysis holds is looked at again.
 const HOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a halt or rollback made while etcd was away is tried again.
+const PENDING_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a schedule step waits after its state could not be written.
 const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -208,6 +211,8 @@ impl Controller {
                 .rollout
                 .next_deadline()
                 .map(|d| self.schedule_retry.map_or(d, |r| d.max(r)));
+            // A halt or rollback made while etcd was away is written as soon as it can be.
+            let pending = self.store.link().is_some_and(|l| l.pending.is_some());
             tokio::select! {
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
@@ -216,6 +221,9 @@ impl Controller {
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.advance().await;
+                }
+                () = tokio::time::sleep(PENDING_RETRY), if pending => {
+                    self.write_pending().await;
                 }
             }
         }

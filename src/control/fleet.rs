@@ -50,7 +50,7 @@ impl Controller {
     }
 
     /// etcd answers again (`error` is `None`) or not. When it is back, a halt or rollback made
-    /// here meanwhile is written, on top of whatever the fleet holds now.
+    /// here meanwhile is written.
     pub(super) async fn fleet_link(&mut self, error: Option<String>) {
         let Some(link) = self.store.link() else {
             return;
@@ -67,7 +67,19 @@ impl Controller {
         link.connected = up;
         link.error = error;
         metrics::gauge!("ramp_fleet_connected").set(if up { 1.0 } else { 0.0 });
-        let Some((what, source)) = link.pending.take().filter(|_| up) else {
+        if up {
+            self.write_pending().await;
+        }
+    }
+
+    /// Writes the halt or rollback made here while etcd was away, on top of whatever the fleet
+    /// holds now (a halt or rollback always wins). Tried again later if etcd still does not
+    /// answer.
+    pub(super) async fn write_pending(&mut self) {
+        let Some(link) = self.store.link() else {
+            return;
+        };
+        let Some((what, source)) = link.pending.take() else {
             return;
         };
         let etcd = Arc::clone(&link.etcd);
