@@ -57,6 +57,13 @@ impl AtomicUsers {
     }
 }
 
+/// 2^-r, exactly (a rank is at most 65 - P, far inside f64's exponent range), built from the
+/// exponent bits: the estimate sums 4,096 of these.
+#[inline]
+fn inverse_power(r: u8) -> f64 {
+    f64::from_bits((1023 - u64::from(r)) << 52)
+}
+
 /// A sketch the analysis task merges and reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Users {
@@ -94,7 +101,7 @@ impl Users {
         let m = REGISTERS as f64;
         let (mut sum, mut zeros) = (0.0, 0usize);
         for &r in self.registers.iter() {
-            sum += 2f64.powi(-i32::from(r));
+            sum += inverse_power(r);
             zeros += usize::from(r == 0);
         }
         let alpha = 0.7213 / (1.0 + 1.079 / m);
@@ -111,6 +118,13 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inverse_powers_are_exact() {
+        for r in 0..=64u8 {
+            assert_eq!(inverse_power(r), 2f64.powi(-i32::from(r)), "rank {r}");
+        }
+    }
 
     #[test]
     fn estimates_are_within_a_few_standard_errors() {

@@ -370,12 +370,13 @@ fn series(window: &Window) -> Series {
     };
     for slot in window.slots() {
         s.t.push(slot.start);
+        let figures = slot.figures();
         for pool in PoolName::BOTH {
             let c = &slot.counts[pool];
             s.requests[pool].push(c.requests);
             s.error_rate[pool].push(rate(c.errors, c.requests));
-            s.p99_ms[pool].push(histogram::quantile(&c.latency, 0.99).map(ms));
-            s.users[pool].push(c.users.estimate().round().min(c.requests as f64));
+            s.p99_ms[pool].push(figures[pool].p99_micros.map(ms));
+            s.users[pool].push(figures[pool].users);
         }
         s.error_difference.push(slot.diff.map(Range::from));
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::routing::PerPool;
 
 use super::counts::Counts;
+use super::histogram;
 use super::stats::Interval;
 
 /// Slots per window.
@@ -19,6 +20,41 @@ pub struct Slot {
     pub start: i64,
     pub counts: PerPool<Counts>,
     pub diff: Option<Interval>,
+    /// The chart's figures, kept once the slot has closed (its counts no longer change).
+    sealed: Option<PerPool<Figures>>,
+}
+
+/// What the chart shows of one pool in one slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    /// Distinct users (estimated; never more than the requests).
+    pub users: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_micros: Option<f64>,
+}
+
+impl Slot {
+    fn empty(start: i64) -> Slot {
+        Slot {
+            start,
+            counts: PerPool::default(),
+            diff: None,
+            sealed: None,
+        }
+    }
+
+    /// The chart's figures: computed for the open slot, kept for a closed one.
+    pub fn figures(&self) -> PerPool<Figures> {
+        self.sealed.unwrap_or_else(|| {
+            PerPool::from_fn(|p| {
+                let c = &self.counts[p];
+                Figures {
+                    users: c.users.estimate().round().min(c.requests as f64),
+                    p99_micros: histogram::quantile(&c.latency, 0.99),
+                }
+            })
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -51,24 +87,22 @@ impl Window {
                 (s.start + self.slot_secs).max(start - self.slot_secs * SLOTS as i64)
             });
             while next <= start {
+                if let Some(last) = self.slots.back_mut()
+                    && last.sealed.is_none()
+                {
+                    last.sealed = Some(last.figures());
+                }
                 let slot = match self.slots.len() {
                     n if n >= SLOTS => {
-                        let mut old = self.slots.pop_front().unwrap_or_else(|| Slot {
-                            start: next,
-                            counts: PerPool::default(),
-                            diff: None,
-                        });
+                        let mut old = self.slots.pop_front().unwrap_or_else(|| Slot::empty(next));
                         old.start = next;
                         old.counts.stable.clear();
                         old.counts.canary.clear();
                         old.diff = None;
+                        old.sealed = None;
                         old
                     }
-                    _ => Slot {
-                        start: next,
-                        counts: PerPool::default(),
-                        diff: None,
-                    },
+                    _ => Slot::empty(next),
                 };
                 self.slots.push_back(slot);
                 next += self.slot_secs;
@@ -129,5 +163,30 @@ mod tests {
         assert_eq!(w.total().canary.requests, 1);
         let starts: Vec<i64> = w.slots().map(|s| s.start).collect();
         assert!(starts.windows(2).all(|p| p[1] - p[0] == 5), "{starts:?}");
+    }
+
+    #[test]
+    fn a_closed_slot_keeps_the_figures_it_closed_with() {
+        let mut w = Window::new(Duration::from_secs(600));
+        let mut tick = PerPool::<Counts>::default();
+        for (i, hash) in (0..50u64).enumerate() {
+            tick.canary.requests = 1;
+            tick.canary.latency[i % 20] = 1;
+            tick.canary
+                .users
+                .add(hash.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            w.add(1_000, &tick);
+            tick.canary.clear();
+        }
+        let open = w.slots().last().map(Slot::figures);
+        w.add(1_005, &tick);
+        let slots: Vec<&Slot> = w.slots().collect();
+        assert_eq!(slots.len(), 2);
+        assert!(slots[0].sealed.is_some());
+        assert_eq!(Some(slots[0].figures()), open);
+        let users = slots[0].figures().canary.users;
+        assert!((45.0..=50.0).contains(&users), "{users}");
+        assert!(slots[0].figures().canary.p99_micros.is_some());
+        assert_eq!(slots[1].figures().canary.users, 0.0);
     }
 }

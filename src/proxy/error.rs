@@ -28,9 +28,7 @@ impl ProxyError {
             ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
                 Some(UpstreamError::Timeout)
             }
-            ProxyError::Send(SendError::Exchange(e))
-                if crate::upstream::closed_before_answer(e) =>
-            {
+            ProxyError::Send(SendError::Exchange(e)) if e.closed_before_answer() => {
                 Some(UpstreamError::Reset)
             }
             ProxyError::Send(SendError::Exchange(_)) | ProxyError::UnaskedUpgrade => {

@@ -40,6 +40,7 @@ pub struct Scan {
     /// Whether a header to hide is present.
     hide: bool,
     pub forwarded_for: bool,
+    pub forwarded_proto: bool,
 }
 
 /// Looks at every field once; `hide` are the names the caller will remove as well.
@@ -56,6 +57,8 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
             s.cookies += 1;
         } else if name == X_FORWARDED_FOR {
             s.forwarded_for = true;
+        } else if name == X_FORWARDED_PROTO {
+            s.forwarded_proto = true;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             s.hop |= 1 << i;
             s.transfer_encoding |= name == TRANSFER_ENCODING;
@@ -73,16 +76,16 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
     if scan.hop & 1 != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(CONNECTION) {
-            let Ok(text) = value.to_str() else { continue };
-            for token in text.split(',').map(str::trim) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
                 if token.is_empty()
-                    || token.eq_ignore_ascii_case("close")
-                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
                 {
                     continue;
                 }
                 // Host is never a connection option: a client naming it must not strip it.
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                if let Ok(name) = HeaderName::from_bytes(token)
                     && name != HOST
                 {
                     named.push(name);
@@ -106,20 +109,18 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
 }
 
 /// Prepares a client's request head for the upstream: HTTP/1.1 in origin form with the Host the
-/// client asked for, hop-by-hop fields removed, then X-Forwarded-For / -Proto from the socket.
+/// client asked for, hop-by-hop fields removed, and the client's own X-Forwarded-Proto dropped.
+/// The X-Forwarded-* fields ramp sets are [`forwarded`]'s, added by the caller.
 ///
 /// A request that names no host at all (HTTP/1.0 without Host, HTTP/2 without :authority) gets
 /// `fallback_host`, the upstream's address.
-pub fn request_head(
-    parts: &mut http::request::Parts,
-    scan: &Scan,
-    peer: &HeaderValue,
-    proto: &HeaderValue,
-    fallback_host: &HeaderValue,
-) {
+pub fn request_head(parts: &mut http::request::Parts, scan: &Scan, fallback_host: &HeaderValue) {
     strip(&mut parts.headers, scan, &[]);
     if scan.cookies > 1 {
         join_cookies(&mut parts.headers);
+    }
+    if scan.forwarded_proto {
+        parts.headers.remove(X_FORWARDED_PROTO);
     }
     if parts.uri.authority().is_none() && scan.hosts == 0 {
         parts.headers.insert(HOST, fallback_host.clone());
@@ -141,22 +142,35 @@ pub fn request_head(
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;
-    let xff = if !scan.forwarded_for {
-        peer.clone()
-    } else {
-        // Keep what earlier proxies said, one list, with this peer last.
-        let mut joined = Vec::with_capacity(64);
-        for value in parts.headers.get_all(X_FORWARDED_FOR) {
-            joined.extend_from_slice(value.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
-    };
-    parts.headers.insert(X_FORWARDED_FOR.clone(), xff);
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), proto.clone());
+}
+
+/// The X-Forwarded-For value: what earlier proxies said, one list, with `peer` last. The
+/// client's own X-Forwarded-For fields leave `headers` (this value replaces them).
+pub fn forwarded_for(headers: &mut HeaderMap, scan: &Scan, peer: &HeaderValue) -> HeaderValue {
+    if !scan.forwarded_for {
+        return peer.clone();
+    }
+    let mut joined = Vec::with_capacity(64);
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    headers.remove(X_FORWARDED_FOR);
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+}
+
+/// Adds the X-Forwarded-For and -Proto fields to a head prepared by [`request_head`] (for a head
+/// that hyper's client sends; ramp's own client writes them as it sends the head).
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    scan: &Scan,
+    peer: &HeaderValue,
+    proto: &HeaderValue,
+) {
+    let xff = forwarded_for(headers, scan, peer);
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, proto.clone());
 }
 
 /// Several `Cookie` fields become one, joined with "; " (RFC 9113 §8.2.3: an HTTP/2 client

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::header::{CONNECTION, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::analysis;
 use crate::config::CanaryUnavailable;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::Snapshot;
-use crate::upstream::{Failure, Outcome, ReqBody, Retry, SendError, Upstream};
+use crate::upstream::{Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream};
 
 use super::body::{Busy, ProxyBody, error_response};
 use super::context::{Conn, ConnInfo, Proxy};
@@ -80,30 +80,39 @@ pub async fn handle(
             .await
         }
         Ok((first, served_by)) => {
-            let (req, replay) = upstream_request(req, &scan, info, &snap, &first.host);
+            let (parts, xff, mut body) = upstream_request(req, &scan, info, &snap, &first.host);
+            let added = [
+                ("x-forwarded-for", &xff),
+                ("x-forwarded-proto", &info.proto),
+            ];
+            let out = Outbound {
+                parts: &parts,
+                added: &added,
+                hide: &snap.hide_response_headers,
+            };
             let passive = &snap.config.passive_health;
-            let sent = first.send(req, &snap.connector).await;
+            let sent = first.send(out, &mut body, &snap.connector).await;
             snap.pools[served_by].record(first, Outcome::of(&sent), passive, served_by);
             let (sent, to) = match sent {
                 Ok(resp) => (Ok(resp), served_by),
-                Err(failure) => match retry(proxy, &snap, failure, served_by, first, replay) {
-                    Ok((upstream, req, to)) => {
-                        proxy.metrics.retries.increment(1);
-                        tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
-                        let again = upstream.send(req, &snap.connector).await;
-                        snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
-                        (again.map_err(|f| ProxyError::from(f.error)), to)
+                Err(failure) => {
+                    let repeatable = body.is_empty() && idempotent(&parts.method);
+                    match retry(proxy, &snap, failure, repeatable, served_by, first) {
+                        Ok((upstream, to)) => {
+                            proxy.metrics.retries.increment(1);
+                            tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
+                            let again = upstream.send(out, &mut body, &snap.connector).await;
+                            snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
+                            (again.map_err(|f| ProxyError::from(f.error)), to)
+                        }
+                        Err(error) => (Err(ProxyError::from(error)), served_by),
                     }
-                    Err(error) => (Err(ProxyError::from(error)), served_by),
-                },
+                }
             };
-            let answered = sent.and_then(|mut resp| {
+            let answered = sent.and_then(|resp| {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     // Nobody asked it to switch (a WebSocket takes the tunnel's path).
                     return Err(ProxyError::UnaskedUpgrade);
-                }
-                if forward::response_head(resp.headers_mut(), &snap.hide_response_headers) {
-                    resp.body_mut().forbid_reuse();
                 }
                 Ok(resp.map(ProxyBody::upstream))
             });
@@ -192,23 +201,6 @@ fn choose<'s>(
     }
 }
 
-/// A bodiless idempotent request's head, kept so it can be sent again.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn request(self) -> Request<ReqBody> {
-        let mut req = Request::new(ReqBody::Empty);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.headers_mut() = self.headers;
-        req
-    }
-}
-
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -216,23 +208,19 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// The request as the upstream gets it, and (for a bodiless idempotent one) a copy of its head.
+/// The request as the upstream gets it: its head, its X-Forwarded-For, and its body.
 fn upstream_request(
     req: Request<Incoming>,
     scan: &forward::Scan,
     info: &ConnInfo,
     snap: &Snapshot,
     fallback_host: &HeaderValue,
-) -> (Request<ReqBody>, Option<Head>) {
+) -> (http::request::Parts, HeaderValue, ReqBody) {
     let (mut parts, body) = req.into_parts();
-    forward::request_head(&mut parts, scan, &info.peer_ip, &info.proto, fallback_host);
+    forward::request_head(&mut parts, scan, fallback_host);
+    let xff = forward::forwarded_for(&mut parts.headers, scan, &info.peer_ip);
     let body = ReqBody::new(body, snap.config.limits.body_idle_timeout);
-    let replay = (body.is_empty() && idempotent(&parts.method)).then(|| Head {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-    });
-    (Request::from_parts(parts, body), replay)
+    (parts, xff, body)
 }
 
 /// Where a failed request may go once more without ever reaching an upstream twice, as
@@ -241,28 +229,19 @@ fn retry<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
     failure: Failure,
+    repeatable: bool,
     pool: PoolName,
     first: &'s Arc<Upstream>,
-    replay: Option<Head>,
-) -> Result<(&'s Arc<Upstream>, Request<ReqBody>, PoolName), SendError> {
+) -> Result<(&'s Arc<Upstream>, PoolName), SendError> {
     let other = snap.pools[pool].pick_other(first).map(|u| (u, pool));
     // A canary request that may go again, with no other canary upstream to take it: with
     // fallback on, stable serves it (the canary failed it once already).
     let fallback = || proxy.fallback(snap, pool);
-    let how = failure.retry();
-    let (to, req) = match (failure.request, how, replay) {
-        (Some(req), Retry::Elsewhere, _) => match other.or_else(fallback) {
-            Some(to) => (to, req),
-            None => return Err(failure.error),
-        },
-        (Some(req), Retry::Anywhere, _) => (other.or_else(fallback).unwrap_or((first, pool)), req),
-        (None, Retry::IfRepeatable, Some(head)) => (
-            other.or_else(fallback).unwrap_or((first, pool)),
-            head.request(),
-        ),
-        (_, Retry::Elsewhere | Retry::Anywhere | Retry::IfRepeatable | Retry::Never, _) => {
-            return Err(failure.error);
+    match failure.retry(repeatable) {
+        Retry::Elsewhere => other.or_else(fallback).ok_or(failure.error),
+        Retry::Anywhere | Retry::IfRepeatable => {
+            Ok(other.or_else(fallback).unwrap_or((first, pool)))
         }
-    };
-    Ok((to.0, req, to.1))
+        Retry::Never => Err(failure.error),
+    }
 }

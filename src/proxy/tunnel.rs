@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::clock::now_ms;
 use crate::routing::PoolName;
 use crate::snapshot::Snapshot;
-use crate::upstream::{Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody};
+use crate::upstream::{Exchange, Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody};
 
 use super::body::ProxyBody;
 use super::context::{Conn, Proxy};
@@ -119,12 +119,12 @@ pub async fn open(
     };
     let client = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
-    forward::request_head(
-        &mut parts,
+    forward::request_head(&mut parts, scan, &up.host);
+    forward::add_forwarded(
+        &mut parts.headers,
         scan,
         &conn.info.peer_ip,
         &conn.info.proto,
-        &up.host,
     );
     parts.method = Method::GET;
     parts
@@ -142,7 +142,7 @@ pub async fn open(
     let limit = snap.connector.settings.response_timeout;
     let mut resp = match tokio::time::timeout(limit, sender.send_request(req)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return (Err(SendError::Exchange(e).into()), pool),
+        Ok(Err(e)) => return (Err(SendError::Exchange(Exchange::Hyper(e)).into()), pool),
         Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
     };
     let hide = &snap.hide_response_headers;

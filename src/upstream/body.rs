@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 
 use crate::clock::now_ms;
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
+use super::wire::{Framing, Step, Wire};
 
 /// Polls `inner` for a data frame, aborting after the idle limit. Trailers are dropped: ramp does
 /// not forward them (and removes the `Trailer` field that announces them).
@@ -77,6 +77,14 @@ impl ReqBody {
         matches!(self, ReqBody::Empty)
     }
 
+    /// Sending the body stopped before its end (the upstream connection failed): the response
+    /// timeout runs from now.
+    pub(super) fn stopped(&self) {
+        if let ReqBody::Stream { done, .. } = self {
+            let _ = done.compare_exchange(0, now_ms().max(1), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
     /// Where the end of a streamed body will be recorded.
     pub(super) fn done(&self) -> Option<Arc<AtomicU64>> {
         match self {
@@ -126,42 +134,55 @@ impl Body for ReqBody {
     }
 }
 
+/// Where a pooled answer's connection goes back once the body has been read to its end.
 #[derive(Debug)]
 struct Reuse {
     upstream: Arc<Upstream>,
-    sender: http1::SendRequest<ReqBody>,
     max_idle: usize,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// Read by ramp from the upstream connection.
+    Wire {
+        wire: Option<Box<Wire>>,
+        framing: Framing,
+        reuse: Option<Reuse>,
+    },
+    /// From hyper's client (a refused WebSocket handshake): never pooled.
+    Hyper(Incoming),
 }
 
 /// The body ramp answers with, from an upstream.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
-    reuse: Option<Reuse>,
+    source: Source,
     idle: IdleTimer,
     limit: Duration,
 }
 
 impl UpstreamBody {
+    /// The body that follows an answer's head on `wire`; `keep_alive`: the connection may
+    /// carry another exchange once the body has been read.
     pub(super) fn new(
-        inner: Incoming,
+        wire: Box<Wire>,
+        framing: Framing,
+        keep_alive: bool,
         upstream: Arc<Upstream>,
-        sender: http1::SendRequest<ReqBody>,
         max_idle: usize,
         limit: Duration,
     ) -> Self {
         let mut body = UpstreamBody {
-            inner,
-            reuse: Some(Reuse {
-                upstream,
-                sender,
-                max_idle,
-            }),
+            source: Source::Wire {
+                wire: Some(wire),
+                framing,
+                reuse: keep_alive.then_some(Reuse { upstream, max_idle }),
+            },
             idle: IdleTimer::new(limit),
             limit,
         };
-        if body.inner.is_end_stream() {
-            body.release();
+        if framing.is_done() {
+            body.finish();
         }
         body
     }
@@ -169,21 +190,21 @@ impl UpstreamBody {
     /// A body on a connection that is not pooled (a refused WebSocket handshake).
     pub fn unpooled(inner: Incoming, limit: Duration) -> Self {
         UpstreamBody {
-            inner,
-            reuse: None,
+            source: Source::Hyper(inner),
             idle: IdleTimer::new(limit),
             limit,
         }
     }
 
-    /// The connection must not carry another exchange (its framing cannot be trusted).
-    pub fn forbid_reuse(&mut self) {
-        self.reuse = None;
-    }
-
-    fn release(&mut self) {
-        if let Some(r) = self.reuse.take() {
-            r.upstream.release(r.sender, r.max_idle);
+    /// The body has been read to its end: its connection goes back to the pool when it may
+    /// carry another exchange and nothing unasked-for followed the body.
+    fn finish(&mut self) {
+        if let Source::Wire { wire, reuse, .. } = &mut self.source
+            && let Some(wire) = wire.take()
+            && let Some(r) = reuse.take()
+            && wire.buf.is_empty()
+        {
+            r.upstream.release(wire, r.max_idle);
         }
     }
 }
@@ -197,22 +218,76 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let frame = poll_idle(&mut this.inner, &mut this.idle, this.limit, cx);
-        match &frame {
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(None) => this.release(),
-            // A broken or stalled exchange: the connection is not reused.
-            Poll::Ready(Some(Err(_))) => this.reuse = None,
-            _ => {}
+        let (slot, framing) = match &mut this.source {
+            Source::Hyper(inner) => return poll_idle(inner, &mut this.idle, this.limit, cx),
+            Source::Wire { wire, framing, .. } => (wire, framing),
+        };
+        let Some(wire) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // Any error below drops the connection: its exchange is broken.
+        loop {
+            match framing.decode(&mut wire.buf) {
+                Ok(Step::Data(data)) => {
+                    this.idle.activity();
+                    if framing.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    *slot = None;
+                    return Poll::Ready(Some(Err(BodyError::Invalid(e))));
+                }
+            }
+            match wire.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    let whole = framing.at_eof();
+                    *slot = None;
+                    return Poll::Ready(if whole {
+                        None
+                    } else {
+                        Some(Err(BodyError::Truncated))
+                    });
+                }
+                Poll::Ready(Ok(_)) => this.idle.activity(),
+                Poll::Ready(Err(e)) => {
+                    *slot = None;
+                    return Poll::Ready(Some(Err(BodyError::Io(e))));
+                }
+                Poll::Pending if this.idle.poll_expired(cx) => {
+                    *slot = None;
+                    return Poll::Ready(Some(Err(BodyError::Idle(this.limit))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Wire { framing, .. } => framing.is_done(),
+            Source::Hyper(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Wire {
+                framing: Framing::Length(n),
+                ..
+            } => SizeHint::with_exact(*n),
+            Source::Wire {
+                framing: Framing::Done,
+                ..
+            } => SizeHint::with_exact(0),
+            Source::Wire { .. } => SizeHint::default(),
+            Source::Hyper(inner) => inner.size_hint(),
+        }
     }
 }

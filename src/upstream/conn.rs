@@ -1,8 +1,9 @@
 //! One upstream server and its pooled HTTP/1.1 keep-alive connections (over TCP or TLS).
 //!
-//! Built on hyper's connection API rather than hyper-util's pooled client: ramp chooses the
-//! upstream itself (round robin, health) and must get the request back when nothing reached the
-//! upstream, so that it can try another one without ever sending a request twice.
+//! Requests go out on ramp's own HTTP/1.1 client side ([`super::wire`]): ramp chooses the
+//! upstream itself (round robin, health), keeps the request so that it can try another upstream
+//! without ever sending it twice, and pays for no connection task. The WebSocket handshake and
+//! the health probe use hyper's client connection API.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,8 @@ use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
 use super::UpstreamBody;
 use super::body::ReqBody;
 use super::health::Health;
+use super::idle::BodyError;
+use super::wire::{self, Exchange, Failed, Io, Outbound, Wire};
 
 pub type Sender = http1::SendRequest<ReqBody>;
 
@@ -35,29 +38,25 @@ pub enum SendError {
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
     #[error("exchange: {0}")]
-    Exchange(hyper::Error),
+    Exchange(Exchange),
     #[error("no response within {0:?}")]
     Timeout(Duration),
     /// The client's request body failed (it went away, or stalled past the idle limit): not the
     /// upstream's fault.
     #[error("client body: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(BodyError),
 }
 
 impl SendError {
     /// Whether the client's body stalled (as opposed to going away).
     pub fn client_stalled(&self) -> bool {
-        let SendError::ClientBody(e) = self else {
-            return false;
-        };
-        std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<super::BodyError>())
-            .is_some_and(|b| matches!(b, super::BodyError::Idle(_)))
+        matches!(self, SendError::ClientBody(BodyError::Idle(_)))
     }
 }
 
 /// The request may have been sent, but the connection closed (or reset) before a byte of an
-/// answer came back. Anything else hyper reports is not known to be safe: false.
+/// answer came back (on hyper's client). Anything else hyper reports is not known to be safe:
+/// false.
 pub fn closed_before_answer(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return true;
@@ -87,33 +86,28 @@ pub enum Retry {
     Never,
 }
 
-/// A failed send; `request` comes back when no byte of it reached the upstream.
+/// A failed send. The request stays the caller's, to send again where [`Failure::retry`] allows.
 #[derive(Debug)]
 pub struct Failure {
     pub error: SendError,
-    pub request: Option<Request<ReqBody>>,
+    /// Some byte of the request was written to an upstream.
+    pub wrote: bool,
 }
 
 impl Failure {
-    /// The one classification of what may be retried, and where. Every variant is listed: a new
-    /// one is not retryable until someone decides it is.
-    pub fn retry(&self) -> Retry {
-        let back = self.request.is_some();
+    /// The one classification of what may be retried, and where, for a request whose body is
+    /// `body` (`repeatable`: bodiless and idempotent). Every variant is listed: a new one is not
+    /// retryable until someone decides it is.
+    pub fn retry(&self, repeatable: bool) -> Retry {
         match &self.error {
             SendError::Connect(_)
             | SendError::ConnectTimeout
             | SendError::Tls(_)
-            | SendError::Handshake(_) => {
-                if back {
-                    Retry::Elsewhere
-                } else {
-                    Retry::Never
-                }
-            }
+            | SendError::Handshake(_) => Retry::Elsewhere,
             SendError::Exchange(e) => {
-                if back {
+                if !self.wrote {
                     Retry::Anywhere
-                } else if closed_before_answer(e) {
+                } else if e.closed_before_answer() && repeatable {
                     Retry::IfRepeatable
                 } else {
                     Retry::Never
@@ -161,7 +155,7 @@ impl Connector {
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    wire: Box<Wire>,
     since: Instant,
 }
 
@@ -187,106 +181,107 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` on a pooled connection (or a new one) and gives the response; its body puts
-    /// the connection back in the pool once it has been read to the end.
+    /// Sends the request (`request`, and `body`) on a pooled connection (or a new one) and gives
+    /// the answer, its hop-by-hop fields removed; its body puts the connection back in the pool
+    /// once it has been read to the end. The request stays the caller's.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ReqBody>,
+        request: Outbound<'_>,
+        body: &mut ReqBody,
         connector: &Connector,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let settings = &connector.settings;
         // One loop in one async fn: a nested future here would be copied on every request.
         loop {
-            let (mut sender, reused) = match self.checkout(settings) {
-                Some(s) => (s, true),
+            let (mut wire, reused) = match self.checkout(settings) {
+                Some(w) => (w, true),
                 // Boxed: the connect path is rare and large; inline it would make every
                 // request's future bigger (and slower to move).
                 None => match Box::pin(self.connect(connector)).await {
-                    Ok(s) => (s, false),
+                    Ok(w) => (w, false),
                     Err(error) => {
                         break Err(Failure {
                             error,
-                            request: Some(req),
+                            wrote: false,
                         });
                     }
                 },
             };
             let limit = settings.response_timeout;
-            let body_done = req.body().done();
-            let response = sender.try_send_request(req);
-            let sent = match body_done {
-                None => tokio::time::timeout(limit, response).await.ok(),
+            let body_done = body.done();
+            let exchange = wire::exchange(&mut wire, request, body);
+            let result = match body_done {
+                None => tokio::time::timeout(limit, exchange).await.ok(),
                 // Boxed: only requests with a body take this path; inline it would enlarge every
                 // request's future.
-                Some(done) => Box::pin(respond_after_body(response, limit, done)).await,
+                Some(done) => Box::pin(respond_after_body(exchange, limit, done)).await,
             };
-            let Some(sent) = sent else {
+            let Some(result) = result else {
                 break Err(Failure {
                     error: SendError::Timeout(limit),
-                    request: None,
+                    wrote: true,
                 });
             };
-            match sent {
-                Ok(resp) => {
-                    let up = Arc::clone(self);
-                    let (max_idle, idle) =
-                        (settings.max_idle_per_upstream, connector.body_idle_timeout);
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection switched protocols: it carries no other exchange.
-                        break Ok(resp.map(|b| UpstreamBody::unpooled(b, idle)));
-                    }
-                    break Ok(resp.map(|b| UpstreamBody::new(b, up, sender, max_idle, idle)));
+            match result {
+                Ok((answer, sent)) => {
+                    let body = UpstreamBody::new(
+                        wire,
+                        answer.framing,
+                        answer.keep_alive && sent,
+                        Arc::clone(self),
+                        settings.max_idle_per_upstream,
+                        connector.body_idle_timeout,
+                    );
+                    let mut resp = Response::new(body);
+                    *resp.status_mut() = answer.status;
+                    *resp.version_mut() = answer.version;
+                    *resp.headers_mut() = answer.headers;
+                    break Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection that closed before our request went out: nothing
-                    // was sent, so the request goes on a fresh connection.
-                    Some(back) if reused => req = back,
-                    back => {
-                        let e = e.into_error();
-                        let error = if e.is_user() {
-                            SendError::ClientBody(e)
-                        } else {
-                            SendError::Exchange(e)
-                        };
-                        break Err(Failure {
-                            error,
-                            request: back,
-                        });
-                    }
-                },
+                // A pooled connection that failed before a byte of the request went out (the
+                // upstream closed it meanwhile): the request goes on a fresh connection.
+                Err(Failed::Exchange { wrote: false, .. }) if reused => {}
+                Err(Failed::Exchange { error, wrote }) => {
+                    break Err(Failure {
+                        error: SendError::Exchange(error),
+                        wrote,
+                    });
+                }
+                Err(Failed::ClientBody(e)) => {
+                    break Err(Failure {
+                        error: SendError::ClientBody(e),
+                        wrote: true,
+                    });
+                }
             }
         }
     }
 
-    /// A pooled connection ready for a request, oldest first; stale and closed ones are dropped.
-    fn checkout(&self, settings: &UpstreamSettings) -> Option<Sender> {
+    /// A pooled connection ready for a request, the most recently used first (it is the least
+    /// likely to have been closed by the upstream); stale and closed ones are dropped.
+    fn checkout(&self, settings: &UpstreamSettings) -> Option<Box<Wire>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        for _ in 0..idle.len() {
-            let entry = idle.pop_front()?;
-            if entry.sender.is_closed()
-                || now.duration_since(entry.since) > settings.pool_idle_timeout
-            {
-                continue;
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) > settings.pool_idle_timeout)
+        {
+            idle.pop_front();
+        }
+        while let Some(mut entry) = idle.pop_back() {
+            if entry.wire.is_reusable() {
+                return Some(entry.wire);
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
-            }
-            // Still finishing its last exchange: keep it for later.
-            idle.push_back(entry);
         }
         None
     }
 
-    /// Puts a connection whose last response was read to the end back in the pool.
-    pub(super) fn release(&self, sender: Sender, max_idle: usize) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Puts a connection whose last answer was read to the end back in the pool.
+    pub(super) fn release(&self, wire: Box<Wire>, max_idle: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < max_idle {
             idle.push_back(Idle {
-                sender,
+                wire,
                 since: Instant::now(),
             });
         }
@@ -323,13 +318,14 @@ impl Upstream {
             .map_err(SendError::Tls)
     }
 
-    async fn connect(&self, connector: &Connector) -> Result<Sender, SendError> {
+    async fn connect(&self, connector: &Connector) -> Result<Box<Wire>, SendError> {
         let tcp = self.tcp(connector).await?;
-        if self.addr.tls {
-            handshake(self.tls(tcp, connector).await?, &self.addr, false).await
+        let io = if self.addr.tls {
+            Io::Tls(Box::new(self.tls(tcp, connector).await?))
         } else {
-            handshake(tcp, &self.addr, false).await
-        }
+            Io::Tcp(tcp)
+        };
+        Ok(Wire::new(io))
     }
 
     /// A fresh connection (never pooled) that can be upgraded: for a WebSocket handshake.

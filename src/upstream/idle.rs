@@ -55,4 +55,11 @@ pub enum BodyError {
     Http(#[from] hyper::Error),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    /// The upstream closed the connection before the body's end.
+    #[error("the upstream's answer was cut short")]
+    Truncated,
+    #[error(transparent)]
+    Invalid(#[from] super::wire::framing::Invalid),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
 }

@@ -6,6 +6,7 @@ mod conn;
 pub mod health;
 mod idle;
 mod pool;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -13,9 +14,10 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::UpstreamAddr;
 
 pub use body::{ReqBody, UpstreamBody};
-pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream, closed_before_answer};
+pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
+pub use wire::{Exchange, Outbound};
 
 /// Every live upstream by address. Only the controller touches it, when building a snapshot.
 #[derive(Debug, Default)]

@@ -785,6 +785,7 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 pub struct RawUpstream {
     pub addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -801,8 +802,11 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("addr");
         let heads = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&heads);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -828,11 +832,21 @@ impl RawUpstream {
                 });
             }
         });
-        RawUpstream { addr, heads, task }
+        RawUpstream {
+            addr,
+            heads,
+            accepted,
+            task,
+        }
     }
 
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().expect("heads").clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -1,0 +1,250 @@
+//! How an upstream's answer body ends (RFC 9112 §6.3), and taking it out of the read buffer piece
+//! by piece: by length, chunked (§7.1; extensions and trailers are read and dropped), or until
+//! the connection closes.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// The longest chunk-size line (with its extensions) accepted.
+const MAX_SIZE_LINE: usize = 4 * 1024;
+/// The most trailer bytes accepted (they are dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Close,
+    /// The body has ended.
+    Done,
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk-size line comes next.
+    Size,
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines (this many bytes read so far), up to an empty line.
+    Trailers(usize),
+}
+
+/// What the buffer gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// More bytes must be read first.
+    More,
+    /// The body has ended.
+    End,
+}
+
+/// The body does not follow its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid chunked body: {0}")]
+pub struct Invalid(pub &'static str);
+
+impl Framing {
+    /// Whether the body has ended.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+
+    /// Takes the next piece of the body out of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, Invalid> {
+        loop {
+            match self {
+                Framing::Done | Framing::Length(0) => {
+                    *self = Framing::Done;
+                    return Ok(Step::End);
+                }
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Framing::Close => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                Framing::Chunked(chunk) => match chunked(chunk, buf)? {
+                    Some(Step::End) => *self = Framing::Done,
+                    Some(step) => return Ok(step),
+                    None => {}
+                },
+            }
+        }
+    }
+
+    /// The connection ended: the body is whole only when framed by the close.
+    pub fn at_eof(&mut self) -> bool {
+        if matches!(self, Framing::Close) {
+            *self = Framing::Done;
+        }
+        self.is_done()
+    }
+}
+
+/// One step of chunked decoding: `None` to go on (a state changed), else what to give.
+fn chunked(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Step>, Invalid> {
+    match chunk {
+        Chunk::Size => {
+            if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
+                return Err(Invalid("chunk size is not hexadecimal"));
+            }
+            match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *chunk = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                    Ok(None)
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_SIZE_LINE => {
+                    Err(Invalid("chunk size line too long"))
+                }
+                Ok(httparse::Status::Partial) => Ok(Some(Step::More)),
+                Err(_) => Err(Invalid("bad chunk size line")),
+            }
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Some(Step::More));
+            }
+            let n = (*left).min(buf.len() as u64);
+            *left -= n;
+            let data = buf.split_to(n as usize).freeze();
+            if *left == 0 {
+                *chunk = Chunk::DataEnd;
+            }
+            Ok(Some(Step::Data(data)))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Some(Step::More));
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(Invalid("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            *chunk = Chunk::Size;
+            Ok(None)
+        }
+        Chunk::Trailers(seen) => {
+            let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                if *seen + buf.len() > MAX_TRAILERS {
+                    return Err(Invalid("trailers too large"));
+                }
+                return Ok(Some(Step::More));
+            };
+            buf.advance(end + 2);
+            if end == 0 {
+                return Ok(Some(Step::End));
+            }
+            *seen += end + 2;
+            if *seen > MAX_TRAILERS {
+                return Err(Invalid("trailers too large"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` in pieces of `step` bytes; gives the body and whether it ended.
+    fn decode_all(
+        mut framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, bool), Invalid> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(step.max(1));
+        loop {
+            match framing.decode(&mut buf)? {
+                Step::Data(d) => body.extend_from_slice(&d),
+                Step::End => return Ok((body, true)),
+                Step::More => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return Ok((body, framing.at_eof())),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
+        for step in [1, 2, 3, 7, 100] {
+            let (body, ended) = decode_all(Framing::Chunked(Chunk::Size), wire, step).unwrap();
+            assert_eq!(body, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
+            assert!(ended);
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_cut_short_has_not_ended() {
+        let wire = b"5\r\nhel";
+        let (body, ended) = decode_all(Framing::Chunked(Chunk::Size), wire, 2).unwrap();
+        assert_eq!(body, b"hel");
+        assert!(!ended);
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for wire in [
+            &b"\r\n"[..],
+            b"zz\r\nab\r\n0\r\n\r\n",
+            b"2\r\nabXY",
+            b"fffffffffffffffff\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(
+                decode_all(Framing::Chunked(Chunk::Size), wire, 100).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long_line = [b"1;".as_slice(), &[b'x'; 5000]].concat();
+        assert!(decode_all(Framing::Chunked(Chunk::Size), &long_line, 100).is_err());
+        let trailers = [b"0\r\n".as_slice(), &b"a: b\r\n".repeat(3000)].concat();
+        assert!(decode_all(Framing::Chunked(Chunk::Size), &trailers, 1000).is_err());
+    }
+
+    #[test]
+    fn a_length_ends_the_body_and_leaves_what_follows() {
+        let mut framing = Framing::Length(5);
+        let mut buf = BytesMut::from(&b"helloEXTRA"[..]);
+        assert_eq!(
+            framing.decode(&mut buf),
+            Ok(Step::Data(Bytes::from_static(b"hello")))
+        );
+        assert!(framing.is_done());
+        assert_eq!(framing.decode(&mut buf), Ok(Step::End));
+        assert_eq!(&buf[..], b"EXTRA");
+        let (body, ended) = decode_all(Framing::Length(10), b"short", 2).unwrap();
+        assert_eq!(body, b"short");
+        assert!(!ended, "a length body cut short has not ended");
+    }
+
+    #[test]
+    fn a_close_framed_body_ends_at_eof() {
+        let (body, ended) = decode_all(Framing::Close, b"until the end", 4).unwrap();
+        assert_eq!(body, b"until the end");
+        assert!(ended);
+    }
+}

@@ -1,0 +1,516 @@
+//! Request heads out, response heads in (RFC 9112 §3, §4, §6).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+use super::framing::{Chunk, Framing};
+
+/// The most header fields an answer may have.
+pub const MAX_HEADERS: usize = 100;
+/// The largest answer head (status line and fields).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// No body.
+    Nothing,
+    /// No body, for a method that usually has one: `Content-Length: 0` is added when the client
+    /// gave none (an HTTP/2 client need not), as some servers want a length on a POST.
+    Zero,
+    /// As framed by the client's Content-Length, which is forwarded.
+    Length,
+    /// Chunked (an HTTP/2 client's body of unknown length).
+    Chunked,
+}
+
+/// Writes the request head into `out` (cleared first), with the `added` fields after the head's
+/// own. The fields are already checked (a `HeaderValue` holds no CR or LF).
+pub fn encode(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    added: &[(&str, &HeaderValue)],
+    sending: Sending,
+) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in added {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match sending {
+        Sending::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Sending::Zero if !parts.headers.contains_key(CONTENT_LENGTH) => {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        Sending::Zero | Sending::Nothing | Sending::Length => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How to send a request's body: `streamed` says whether it has one.
+pub fn sending(parts: &http::request::Parts, streamed: bool) -> Sending {
+    match (streamed, parts.headers.contains_key(CONTENT_LENGTH)) {
+        (true, true) => Sending::Length,
+        (true, false) => Sending::Chunked,
+        (false, _) if body_expected(&parts.method) => Sending::Zero,
+        (false, _) => Sending::Nothing,
+    }
+}
+
+fn body_expected(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// An answer's head.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another exchange after this one.
+    pub keep_alive: bool,
+}
+
+/// Why an answer's head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid answer: {0}")]
+pub struct Invalid(pub &'static str);
+
+/// What a field of an answer's head is to ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Passed on.
+    Kept,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Not passed on: another hop-by-hop field (RFC 9110 §7.6.1), `Trailer` (trailers are not
+    /// forwarded), or one of the configured fields to hide.
+    Dropped,
+}
+
+fn role(name: &[u8], hide: &[HeaderName]) -> Role {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        14 if is("content-length") => Role::ContentLength,
+        17 if is("transfer-encoding") => Role::TransferEncoding,
+        10 if is("connection") => Role::Connection,
+        10 if is("keep-alive") => Role::Dropped,
+        16 if is("proxy-connection") => Role::Dropped,
+        2 if is("te") => Role::Dropped,
+        7 if is("trailer") || is("upgrade") => Role::Dropped,
+        _ if hide.iter().any(|h| is(h.as_str())) => Role::Dropped,
+        _ => Role::Kept,
+    }
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Where one field is in the head: name and value offsets and lengths, and its role.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+    role: Role,
+}
+
+const NO_SPAN: Span = Span {
+    name: (0, 0),
+    value: (0, 0),
+    role: Role::Dropped,
+};
+
+/// Parses the answer to a `method` request at the start of `buf`, taking it out when complete;
+/// interim (1xx) answers other than 101 are skipped. The answer's fields come without the
+/// hop-by-hop ones and without `hide`. `Ok(None)`: more bytes are needed.
+pub fn parse(
+    buf: &mut BytesMut,
+    method: &Method,
+    hide: &[HeaderName],
+) -> Result<Option<Answer>, Invalid> {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut r,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(Invalid("head too large"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Invalid("too many header fields")),
+            Err(_) => return Err(Invalid("malformed head")),
+        };
+        let code = r.code.unwrap_or(0);
+        if (100..200).contains(&code) && code != 101 {
+            buf.advance(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| Invalid("bad status code"))?;
+        let version = if r.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // One pass over the fields: framing, persistence, and what is passed on. The head is
+        // frozen below, and the values passed on share its bytes.
+        let mut spans = [NO_SPAN; MAX_HEADERS];
+        let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
+        let mut frame = Frame::default();
+        let mut named: Vec<&[u8]> = Vec::new();
+        for (span, field) in spans.iter_mut().zip(r.headers.iter()) {
+            let name = field.name.as_bytes();
+            let role = role(name, hide);
+            match role {
+                Role::ContentLength => frame.length(field.value)?,
+                Role::TransferEncoding => {
+                    frame.coded = true;
+                    frame.chunked = tokens(field.value)
+                        .last()
+                        .map_or(frame.chunked, |t| t.eq_ignore_ascii_case(b"chunked"));
+                }
+                Role::Connection => {
+                    for t in tokens(field.value) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            frame.close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            frame.keep_alive = true;
+                        } else {
+                            named.push(t);
+                        }
+                    }
+                }
+                Role::Kept | Role::Dropped => {}
+            }
+            *span = Span {
+                name: (at(name), name.len() as u32),
+                value: (at(field.value), field.value.len() as u32),
+                role,
+            };
+        }
+        let count = r.headers.len();
+        let spans = &mut spans[..count];
+        if !named.is_empty() {
+            // Fields the Connection field names are this hop's only (RFC 9110 §7.6.1).
+            for span in spans.iter_mut() {
+                let name = &buf[span.name.0 as usize..(span.name.0 + span.name.1) as usize];
+                if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+                    span.role = Role::Dropped;
+                }
+            }
+        }
+        let (framing, clean) = frame.framing(method, status);
+        let keep_alive = clean
+            && if version == Version::HTTP_10 {
+                frame.keep_alive
+            } else {
+                !frame.close
+            };
+        // Both framings at once: chunked wins, and the length is not passed on.
+        let drop_length = frame.coded;
+        drop(named);
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for span in spans.iter() {
+            match span.role {
+                Role::Kept => {}
+                Role::ContentLength if !drop_length => {}
+                _ => continue,
+            }
+            let (n, nl) = span.name;
+            let (v, vl) = span.value;
+            let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
+                .map_err(|_| Invalid("bad field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+                .map_err(|_| Invalid("bad field value"))?;
+            headers.append(name, value);
+        }
+        return Ok(Some(Answer {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// What an answer's fields say about its framing and its connection.
+#[derive(Debug, Default)]
+struct Frame {
+    length: Option<u64>,
+    /// A Transfer-Encoding field is present.
+    coded: bool,
+    /// Its last coding is chunked.
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Frame {
+    /// One Content-Length field: every value in it, and in earlier ones, must be the same.
+    fn length(&mut self, value: &[u8]) -> Result<(), Invalid> {
+        let mut any = false;
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Invalid("bad content-length"));
+            }
+            let n: u64 = part.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            if self.length.is_some_and(|l| l != n) {
+                return Err(Invalid("conflicting content-length"));
+            }
+            self.length = Some(n);
+            any = true;
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(Invalid("bad content-length"))
+        }
+    }
+
+    /// The body's framing, and whether it leaves the connection usable (RFC 9112 §6.3).
+    fn framing(&self, method: &Method, status: StatusCode) -> (Framing, bool) {
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return (Framing::Done, true);
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Whatever follows is another protocol: this connection carries no more HTTP.
+            return (Framing::Done, false);
+        }
+        if self.coded {
+            // With a length as well, the connection is not trusted again.
+            let clean = self.length.is_none();
+            return if self.chunked {
+                (Framing::Chunked(Chunk::Size), clean)
+            } else {
+                (Framing::Close, false)
+            };
+        }
+        match self.length {
+            Some(n) => (Framing::Length(n), true),
+            None => (Framing::Close, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(wire: &[u8], method: Method) -> Result<Option<Answer>, Invalid> {
+        parse(&mut BytesMut::from(wire), &method, &[])
+    }
+
+    #[test]
+    fn a_request_head_is_written_in_origin_form_with_its_fields() {
+        let mut req = http::Request::post("/a?b=1")
+            .header("host", "example.com")
+            .header("x-one", "1")
+            .body(())
+            .unwrap();
+        req.headers_mut()
+            .append("x-one", HeaderValue::from_static("2"));
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        let xff = HeaderValue::from_static("10.0.0.1");
+        encode(
+            &mut out,
+            &parts,
+            &[("x-forwarded-for", &xff)],
+            sending(&parts, false),
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-one: 1\r\nx-one: 2\r\nx-forwarded-for: 10.0.0.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        encode(&mut out, &parts, &[], sending(&parts, true));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("transfer-encoding: chunked\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn answers_are_framed_as_rfc_9112_says() {
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.status, a.framing, a.keep_alive),
+            (StatusCode::OK, Framing::Length(5), true)
+        );
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.framing, Framing::Done);
+        let a = answer(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.framing, Framing::Done);
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.framing, a.keep_alive),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (a.framing, a.keep_alive),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.framing, a.keep_alive), (Framing::Close, false));
+        let a = answer(b"HTTP/1.1 200 OK\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.framing, a.keep_alive), (Framing::Close, false));
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nConnection: close\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.framing, a.keep_alive), (Framing::Length(7), false));
+        let a = answer(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.version, a.keep_alive), (Version::HTTP_10, false));
+        let a = answer(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: Keep-Alive\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(a.keep_alive);
+        let a = answer(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.status.as_u16(), a.keep_alive), (101, false));
+    }
+
+    #[test]
+    fn hop_by_hop_named_and_hidden_fields_are_not_passed_on() {
+        let wire = b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-App-Version: 2.1\r\nTrailer: x\r\nServer: s\r\nContent-Length: 0\r\n\r\n";
+        let hide = [HeaderName::from_static("x-app-version")];
+        let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &hide)
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = a.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server", "content-length"]);
+        assert!(a.keep_alive);
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &[])
+            .unwrap()
+            .unwrap();
+        assert!(
+            a.headers.is_empty(),
+            "a length beside chunked is not passed on"
+        );
+        assert!(!a.keep_alive);
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let a = parse(&mut buf, &Method::POST, &[]).unwrap().unwrap();
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(&buf[..], b"ok");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(parse(&mut buf, &Method::GET, &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_answers_are_refused() {
+        for wire in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 099 Odd\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(
+                answer(wire, Method::GET).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let many = [
+            b"HTTP/1.1 200 OK\r\n".as_slice(),
+            &b"a: b\r\n".repeat(101),
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(
+            answer(&many, Method::GET).unwrap_err(),
+            Invalid("too many header fields")
+        );
+        let long = [b"HTTP/1.1 200 OK\r\nx: ".as_slice(), &[b'a'; MAX_HEAD]].concat();
+        assert_eq!(
+            answer(&long, Method::GET).unwrap_err(),
+            Invalid("head too large")
+        );
+    }
+}

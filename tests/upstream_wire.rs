@@ -1,0 +1,244 @@
+//! ramp's own HTTP/1.1 client side, as users see it: every way an upstream may frame an answer,
+//! interim answers, an answer that arrives before an upload is done, uploads of unknown length,
+//! and pooled connections the upstream closed while they were idle.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::{Backend, Client, Proxy, RawUpstream, single, status_of};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `requests` on one connection and reads what comes back until `wait` passes quietly or
+/// the proxy closes.
+fn exchange(addr: std::net::SocketAddr, requests: &[u8], wait: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(requests).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn raw_exchange(addr: std::net::SocketAddr, requests: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || exchange(addr, requests, Duration::from_secs(2)))
+        .await
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_answers_arrive_whole_and_their_connection_is_used_again() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n7\r\n world\n\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let client = Client::http1();
+    for _ in 0..3 {
+        let r = client.get(&proxy.url("/"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "hello world\n"));
+        assert!(r.headers.get("x-trailer").is_none());
+    }
+    assert_eq!(up.heads().len(), 3);
+    assert_eq!(up.connections(), 1, "the upstream connection was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ended_by_closing_arrives_whole_and_the_client_keeps_its_connection() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert_eq!(out.matches("until the upstream closes").count(), 2, "{out}");
+    assert_eq!(up.connections(), 2, "such a connection is never reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_are_not_passed_on() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert!(out.ends_with("final"), "{out}");
+    assert!(!out.contains("103") && !out.contains("style.css"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_answer_is_cut_off_not_ended_and_its_connection_dropped() {
+    let broken = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(broken.addr, ""));
+    for _ in 0..2 {
+        let out = raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            !out.contains("abc") && !out.ends_with("0\r\n\r\n"),
+            "a broken body must not look complete: {out:?}"
+        );
+    }
+    assert_eq!(broken.heads().len(), 2);
+    assert_eq!(
+        broken.connections(),
+        2,
+        "the broken connection was not reused"
+    );
+}
+
+/// An upstream that answers one request per connection, keep-alive in appearance, and closes the
+/// connection `after` its answer — as servers do with idle keep-alive connections.
+async fn closing_upstream(after: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(after).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
+    let (addr, _task) = closing_upstream(Duration::from_millis(20)).await;
+    let proxy = Proxy::start(&single(addr, "metrics: {listen: 127.0.0.1:0}\n"));
+    let client = Client::http1();
+    for _ in 0..4 {
+        let r = client.get(&proxy.url("/"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+        // Long enough for the upstream's close to arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        proxy.metric("ramp_retries_total").await,
+        0.0,
+        "a closed pooled connection was written to"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answered_before_it_ends_gets_that_answer() {
+    // Refuses every upload at once, reading none of it, then closes.
+    let up = RawUpstream::start(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut writer = s.try_clone().expect("clone");
+        let body_len = 16 * 1024 * 1024;
+        let upload = std::thread::spawn(move || {
+            let head =
+                format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n");
+            let _ = writer.write_all(head.as_bytes());
+            let block = vec![b'x'; 64 * 1024];
+            for _ in 0..body_len / block.len() {
+                if writer.write_all(&block).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let _ = upload.join();
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("client");
+    assert_eq!(status_of(&out), 413, "{out:?}");
+    assert!(out.ends_with("too large"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_of_unknown_length_reaches_the_upstream_whole_and_chunked() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&support::config(&[&b], &[&b], "id: w\npercent: 0", ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let req = http::Request::post(proxy.url("/upload"))
+        .body(())
+        .expect("req");
+    let (resp, mut stream) = h2.send_request(req, false).expect("send");
+    for i in 0..3u8 {
+        stream.reserve_capacity(100_000);
+        stream
+            .send_data(bytes::Bytes::from(vec![b'a' + i; 100_000]), i == 2)
+            .expect("data");
+    }
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("chunk");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "300000");
+    let seen = b.last();
+    assert_eq!(seen.body_bytes, 300_000);
+    assert_eq!(
+        seen.headers.get("transfer-encoding").map(|v| v.as_bytes()),
+        Some(&b"chunked"[..])
+    );
+
+    // A POST with no body and no length: the upstream is told its length is 0.
+    let req = http::Request::post(proxy.url("/upload"))
+        .body(())
+        .expect("req");
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+    assert_eq!(
+        b.last().headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+}
