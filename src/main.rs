@@ -98,9 +98,13 @@ enum LogFormat {
     Json,
 }
 
+/// `RUST_LOG` when set; otherwise info, but only errors from rustls: its warnings describe what
+/// a client sent (an IP address as SNI, say), one line per connection for any client to trigger.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,4 +202,74 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     let r = support::Client::http1().get(&proxy.url("/"), &[]).await;
     assert_eq!(r.status.as_u16(), 502);
     assert!(impostor.seen().is_empty());
+}
+
+/// A TLS 1.3 ClientHello (from `openssl s_client -servername 127.0.0.1`) naming an IP address as
+/// its SNI, which RFC 6066 forbids and some clients (wrk, curl with --resolve) send anyway.
+const HELLO_WITH_IP_SNI: &[&str] = &[
+    "16030100ee010000ea0303b662e07a7c92ca8053b51488c7dbc3eb5e64eb87e126b80f1f682e4b1e1e288e204162ee58",
+    "14f456059f26d5b0dcdbbac03c847f8bf215e06383798f06a70e0f9f000813021303130100ff010000990000000e000c",
+    "0000093132372e302e302e31000b000403000102000a00160014001d0017001e00190018010001010102010301040023",
+    "00000016000000170000000d001e001c040305030603080708080809080a080b080408050806040105010601002b0003",
+    "020304002d00020101003300260024001d00208083aa19f914bb0d9ea430ebfaa113cc266392bf1d8c10df29cbdae5d6",
+    "462644",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_naming_an_ip_address_as_sni_do_not_flood_the_logs() {
+    let c = cert();
+    let b = Backend::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cert.pem"), &c.cert).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &c.key).expect("key");
+    let yaml = config(
+        &[&b],
+        &[&b],
+        "id: t\npercent: 0",
+        "tls:\n  cert: cert.pem\n  key: key.pem\n",
+    );
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, yaml).expect("config");
+    let proxy = Proxy::start_in_with_default_logs(dir, path);
+    let hello: Vec<u8> = HELLO_WITH_IP_SNI
+        .concat()
+        .as_bytes()
+        .chunks(2)
+        .map(|h| u8::from_str_radix(std::str::from_utf8(h).expect("hex"), 16).expect("hex"))
+        .collect();
+    let addr = proxy.addr;
+    let answered = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .filter(|_| {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                s.write_all(&hello).expect("hello");
+                let mut first = [0u8; 1];
+                // 0x16: a handshake record (the ServerHello).
+                s.read_exact(&mut first).is_ok() && first[0] == 0x16
+            })
+            .count()
+    })
+    .await
+    .expect("client");
+    assert_eq!(answered, 20, "the server answered every hello");
+    // A request after them, so their log lines (if any) have been written.
+    let roots = [&c];
+    let mut tls = dial(&proxy, &roots, b"http/1.1").await.expect("dial");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tls,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let noisy: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("SNI"))
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:?}");
 }

@@ -242,3 +242,253 @@ async fn an_http2_upload_of_unknown_length_reaches_the_upstream_whole_and_chunke
         Some(&b"0"[..])
     );
 }
+
+/// An upstream that answers as soon as it has a request's head, then echoes the body back as a
+/// chunked answer while it reads it (as echo and transcoding servers do), up to its length.
+async fn echoing_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let end = loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let Some(mut left) = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                else {
+                    return;
+                };
+                let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                let mut pending = got.split_off(end);
+                while left > 0 {
+                    if pending.is_empty() {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let take = pending.len().min(left);
+                    let chunk: Vec<u8> = pending.drain(..take).collect();
+                    left -= take;
+                    let mut out = format!("{take:x}\r\n").into_bytes();
+                    out.extend_from_slice(&chunk);
+                    out.extend_from_slice(b"\r\n");
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_while_it_reads_the_upload_gets_all_of_it() {
+    let up = echoing_upstream().await;
+    let proxy = Proxy::start(&single(up, ""));
+    let addr = proxy.addr;
+    // Larger than every socket buffer on the way: the upstream must have answered before ramp
+    // could have sent it all.
+    let size = 4 * 1024 * 1024;
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut writer = s.try_clone().expect("clone");
+        let upload = std::thread::spawn(move || {
+            let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            writer.write_all(head.as_bytes()).expect("head");
+            for i in 0..size / 1024 {
+                writer
+                    .write_all(&[b'a' + (i % 26) as u8; 1024])
+                    .expect("body");
+            }
+        });
+        // Reads the chunked answer to its last chunk and counts the body.
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        while !out.ends_with(b"\r\n0\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        upload.join().expect("upload");
+        out
+    })
+    .await
+    .expect("client");
+    let text = String::from_utf8_lossy(&echoed);
+    assert_eq!(status_of(&text), 200);
+    // The body, as the client sees it after dechunking: every byte of the upload, in order.
+    let end = echoed
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    let mut rest = &echoed[end..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("size line");
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..line]).expect("hex"), 16)
+            .expect("size");
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[line + 2..line + 2 + n]);
+        rest = &rest[line + 2 + n + 2..];
+    }
+    assert_eq!(body.len(), size, "the upload came back cut short");
+    assert!(
+        body.chunks(1024)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == b'a' + (i % 26) as u8)),
+        "the upload came back out of order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_takes_none_of_an_upload_gets_a_504_not_a_hang() {
+    // Accepts, reads nothing, answers nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    let proxy = Proxy::start(&single(
+        up,
+        "limits: {body_idle_timeout: 1s}\nupstream: {response_timeout: 1h}\n",
+    ));
+    let addr = proxy.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut writer = s.try_clone().expect("clone");
+        let size = 64 * 1024 * 1024;
+        std::thread::spawn(move || {
+            let head = format!("PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            let _ = writer.write_all(head.as_bytes());
+            let block = vec![b'x'; 64 * 1024];
+            for _ in 0..size / block.len() {
+                if writer.write_all(&block).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = vec![0u8; 4096];
+        let n = s.read(&mut out).unwrap_or(0);
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    })
+    .await
+    .expect("client");
+    assert_eq!(status_of(&out), 504, "{out:?}");
+    drop(proxy);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_pooled_connections_closed_by_a_restarted_upstream_are_never_used() {
+    // Answers after a pause (so that many connections are open at once), then closes each
+    // connection a little later, as an upstream does when it restarts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            });
+        }
+    });
+    let proxy = Proxy::start(&single(up, "metrics: {listen: 127.0.0.1:0}\n"));
+    let addr = proxy.addr;
+    // 300 requests at once leave 300 idle connections in the pool.
+    let fill: Vec<_> = (0..300)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                exchange(
+                    addr,
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    Duration::from_secs(10),
+                )
+            })
+        })
+        .collect();
+    for f in fill {
+        assert_eq!(status_of(&f.await.expect("client")), 200);
+    }
+    // Every one of them is closed by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A POST is never retried once written: a dead connection taken for a live one shows as 502.
+    let out = raw_exchange(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 200, "{out:?}");
+    assert_eq!(proxy.metric("ramp_retries_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_content_lengths_reach_an_http2_client_as_one_and_a_204_with_none() {
+    let twice = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(twice.addr, ""));
+    let client = Client::http2();
+    let r = client.get(&proxy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["2"]);
+
+    let empty = RawUpstream::start(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(empty.addr, ""));
+    let r = client.get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status.as_u16(), 204);
+    assert!(r.headers.get("content-length").is_none());
+}

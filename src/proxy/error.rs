@@ -5,7 +5,7 @@ use http::StatusCode;
 
 use crate::metrics::UpstreamError;
 use crate::routing::PoolName;
-use crate::upstream::SendError;
+use crate::upstream::{Exchange, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,9 +25,11 @@ impl ProxyError {
             ProxyError::Send(
                 SendError::Connect(_) | SendError::Tls(_) | SendError::Handshake(_),
             ) => Some(UpstreamError::Connect),
-            ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
-                Some(UpstreamError::Timeout)
-            }
+            ProxyError::Send(
+                SendError::ConnectTimeout
+                | SendError::Timeout(_)
+                | SendError::Exchange(Exchange::Stalled(_)),
+            ) => Some(UpstreamError::Timeout),
             ProxyError::Send(SendError::Exchange(e)) if e.closed_before_answer() => {
                 Some(UpstreamError::Reset)
             }
@@ -47,9 +49,11 @@ impl From<&ProxyError> for StatusCode {
             }
             ProxyError::Send(SendError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             ProxyError::NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Send(SendError::ConnectTimeout | SendError::Timeout(_)) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::Send(
+                SendError::ConnectTimeout
+                | SendError::Timeout(_)
+                | SendError::Exchange(Exchange::Stalled(_)),
+            ) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Send(
                 SendError::Connect(_)
                 | SendError::Tls(_)

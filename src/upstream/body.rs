@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
-use super::wire::{Framing, Step, Wire};
+use super::wire::{Failed, Framing, Outgoing, Step, Wire};
 
 /// Polls `inner` for a data frame, aborting after the idle limit. Trailers are dropped: ramp does
 /// not forward them (and removes the `Trailer` field that announces them).
@@ -53,8 +53,8 @@ pub enum ReqBody {
         inner: Incoming,
         idle: IdleTimer,
         limit: Duration,
-        /// When the body was read to its end ([`now_ms`]), 0 until then: the response timeout
-        /// starts there, so a long upload does not count against it.
+        /// When the request was written to the upstream whole ([`now_ms`]), 0 until then: the
+        /// response timeout starts there, so a long upload does not count against it.
         done: Arc<AtomicU64>,
     },
 }
@@ -77,7 +77,7 @@ impl ReqBody {
         matches!(self, ReqBody::Empty)
     }
 
-    /// Sending the body stopped before its end (the upstream connection failed): the response
+    /// Sending the request ended: written whole, or stopped by a failed write. The response
     /// timeout runs from now.
     pub(super) fn stopped(&self) {
         if let ReqBody::Stream { done, .. } = self {
@@ -105,17 +105,8 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Stream {
-                inner,
-                idle,
-                limit,
-                done,
-            } => {
-                let frame = poll_idle(inner, idle, *limit, cx);
-                if matches!(frame, Poll::Ready(None)) || inner.is_end_stream() {
-                    done.store(now_ms().max(1), Ordering::Relaxed);
-                }
-                frame
-            }
+                inner, idle, limit, ..
+            } => poll_idle(inner, idle, *limit, cx),
         }
     }
 
@@ -148,9 +139,19 @@ enum Source {
         wire: Option<Box<Wire>>,
         framing: Framing,
         reuse: Option<Reuse>,
+        /// The rest of a request the upstream answered before it had all of it.
+        sending: Option<Box<Sending>>,
     },
     /// From hyper's client (a refused WebSocket handshake): never pooled.
     Hyper(Incoming),
+}
+
+/// A request still going out while its answer is read (an upstream that streams its answer
+/// as the upload comes in).
+#[derive(Debug)]
+pub(super) struct Sending {
+    pub(super) out: Outgoing,
+    pub(super) body: ReqBody,
 }
 
 /// The body ramp answers with, from an upstream.
@@ -163,11 +164,12 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// The body that follows an answer's head on `wire`; `keep_alive`: the connection may
-    /// carry another exchange once the body has been read.
+    /// carry another exchange once the body has been read (and all of the request sent).
     pub(super) fn new(
         wire: Box<Wire>,
         framing: Framing,
         keep_alive: bool,
+        sending: Option<Box<Sending>>,
         upstream: Arc<Upstream>,
         max_idle: usize,
         limit: Duration,
@@ -177,6 +179,7 @@ impl UpstreamBody {
                 wire: Some(wire),
                 framing,
                 reuse: keep_alive.then_some(Reuse { upstream, max_idle }),
+                sending,
             },
             idle: IdleTimer::new(limit),
             limit,
@@ -197,11 +200,18 @@ impl UpstreamBody {
     }
 
     /// The body has been read to its end: its connection goes back to the pool when it may
-    /// carry another exchange and nothing unasked-for followed the body.
+    /// carry another exchange, the request went out whole, and nothing unasked-for followed the
+    /// body.
     fn finish(&mut self) {
-        if let Source::Wire { wire, reuse, .. } = &mut self.source
+        if let Source::Wire {
+            wire,
+            reuse,
+            sending,
+            ..
+        } = &mut self.source
             && let Some(wire) = wire.take()
             && let Some(r) = reuse.take()
+            && sending.is_none()
             && wire.buf.is_empty()
         {
             r.upstream.release(wire, r.max_idle);
@@ -218,13 +228,43 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let (slot, framing) = match &mut this.source {
+        let (slot, framing, sending, reuse) = match &mut this.source {
             Source::Hyper(inner) => return poll_idle(inner, &mut this.idle, this.limit, cx),
-            Source::Wire { wire, framing, .. } => (wire, framing),
+            Source::Wire {
+                wire,
+                framing,
+                sending,
+                reuse,
+            } => (wire, framing, sending, reuse),
         };
         let Some(wire) = slot.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(s) = sending.as_mut() {
+            match s.out.poll_send(wire, &mut s.body, false, cx) {
+                Ok(moved) => {
+                    if moved {
+                        this.idle.activity();
+                    }
+                    if s.out.sent {
+                        *sending = None;
+                    } else if s.out.error.is_some() {
+                        // The upstream stopped taking the request; what it answers is still
+                        // read, and the connection is not used again.
+                        *sending = None;
+                        *reuse = None;
+                    }
+                }
+                Err(Failed::ClientBody(e)) => {
+                    *slot = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Err(Failed::Exchange { .. }) => {
+                    *slot = None;
+                    return Poll::Ready(Some(Err(BodyError::Idle(this.limit))));
+                }
+            }
+        }
         // Any error below drops the connection: its exchange is broken.
         loop {
             match framing.decode(&mut wire.buf) {

@@ -6,8 +6,10 @@
 //! the health probe use hyper's client connection API.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -20,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
 
 use super::UpstreamBody;
-use super::body::ReqBody;
+use super::body::{ReqBody, Sending};
 use super::health::Health;
 use super::idle::BodyError;
 use super::wire::{self, Exchange, Failed, Io, Outbound, Wire};
@@ -209,13 +211,15 @@ impl Upstream {
             };
             let limit = settings.response_timeout;
             let body_done = body.done();
-            let exchange = wire::exchange(&mut wire, request, body);
+            let mut timer = wire.timer.take();
+            let exchange = wire::exchange(&mut wire, request, body, connector.body_idle_timeout);
             let result = match body_done {
-                None => tokio::time::timeout(limit, exchange).await.ok(),
+                None => within(&mut timer, limit, exchange).await,
                 // Boxed: only requests with a body take this path; inline it would enlarge every
                 // request's future.
                 Some(done) => Box::pin(respond_after_body(exchange, limit, done)).await,
             };
+            wire.timer = timer;
             let Some(result) = result else {
                 break Err(Failure {
                     error: SendError::Timeout(limit),
@@ -223,11 +227,22 @@ impl Upstream {
                 });
             };
             match result {
-                Ok((answer, sent)) => {
+                Ok((answer, out)) => {
+                    // Answered before the whole request went out: the rest goes with the
+                    // answer's body (unless the answer has none, or writing failed).
+                    let more = !out.sent && out.error.is_none() && !answer.framing.is_done();
+                    let keep_alive = answer.keep_alive && (out.sent || more);
+                    let sending = more.then(|| {
+                        Box::new(Sending {
+                            out,
+                            body: std::mem::replace(body, ReqBody::Empty),
+                        })
+                    });
                     let body = UpstreamBody::new(
                         wire,
                         answer.framing,
-                        answer.keep_alive && sent,
+                        keep_alive,
+                        sending,
                         Arc::clone(self),
                         settings.max_idle_per_upstream,
                         connector.body_idle_timeout,
@@ -377,6 +392,33 @@ impl Upstream {
 /// Waits for `response` for at most `limit` after the request body was sent (a body still
 /// uploading does not count; a stalled one is the body idle timeout's business). `None` on
 /// timeout.
+/// Runs `work` for at most `limit` on `timer` (made on first use, then moved later in place).
+async fn within<F: std::future::Future>(
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+    work: F,
+) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let timer = match timer {
+        Some(t) => {
+            t.as_mut().reset(deadline);
+            t
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 async fn respond_after_body<F: std::future::Future>(
     response: F,
     limit: Duration,

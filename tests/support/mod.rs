@@ -414,6 +414,14 @@ impl Proxy {
         Self::start_with(dir.into(), config_path, &[])
     }
 
+    /// As [`Proxy::start_in`], with ramp's own default log filter (no `RUST_LOG`).
+    pub fn start_in_with_default_logs(
+        dir: impl Into<Arc<tempfile::TempDir>>,
+        config_path: PathBuf,
+    ) -> Proxy {
+        Self::start_with(dir.into(), config_path, &["--default-logs-for-test"])
+    }
+
     /// A second ramp on this one's config and directory (the restart recipe: `--takeover`).
     pub fn start_successor(&self) -> Proxy {
         Self::start_with(
@@ -424,14 +432,26 @@ impl Proxy {
     }
 
     fn start_with(dir: Arc<tempfile::TempDir>, config_path: PathBuf, extra: &[&str]) -> Proxy {
-        let mut child = Command::new(RAMP)
+        let default_logs = extra.contains(&"--default-logs-for-test");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--default-logs-for-test")
+            .collect();
+        let mut command = Command::new(RAMP);
+        command
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
-            .args(extra)
-            .env(
+            .args(&extra);
+        if default_logs {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env(
                 "RUST_LOG",
                 std::env::var("RAMP_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            );
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

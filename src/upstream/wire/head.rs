@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use smallvec::SmallVec;
 
 use super::framing::{Chunk, Framing};
 
@@ -69,11 +70,16 @@ pub fn encode(
 
 /// How to send a request's body: `streamed` says whether it has one.
 pub fn sending(parts: &http::request::Parts, streamed: bool) -> Sending {
-    match (streamed, parts.headers.contains_key(CONTENT_LENGTH)) {
-        (true, true) => Sending::Length,
-        (true, false) => Sending::Chunked,
-        (false, _) if body_expected(&parts.method) => Sending::Zero,
-        (false, _) => Sending::Nothing,
+    if streamed {
+        if parts.headers.contains_key(CONTENT_LENGTH) {
+            Sending::Length
+        } else {
+            Sending::Chunked
+        }
+    } else if body_expected(&parts.method) {
+        Sending::Zero
+    } else {
+        Sending::Nothing
     }
 }
 
@@ -125,6 +131,32 @@ fn role(name: &[u8], hide: &[HeaderName]) -> Role {
     }
 }
 
+/// The names upstreams send most, found without `HeaderName::from_bytes`'s general path.
+fn common(name: &[u8]) -> Option<HeaderName> {
+    use http::header;
+    let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+    match name.len() {
+        4 => [header::DATE, header::ETAG, header::VARY]
+            .into_iter()
+            .find(is),
+        6 => is(&header::SERVER).then_some(header::SERVER),
+        7 => is(&header::EXPIRES).then_some(header::EXPIRES),
+        8 => is(&header::LOCATION).then_some(header::LOCATION),
+        10 => is(&header::SET_COOKIE).then_some(header::SET_COOKIE),
+        12 => is(&header::CONTENT_TYPE).then_some(header::CONTENT_TYPE),
+        13 => [
+            header::CACHE_CONTROL,
+            header::LAST_MODIFIED,
+            header::ACCEPT_RANGES,
+        ]
+        .into_iter()
+        .find(is),
+        14 => is(&header::CONTENT_LENGTH).then_some(header::CONTENT_LENGTH),
+        16 => is(&header::CONTENT_ENCODING).then_some(header::CONTENT_ENCODING),
+        _ => None,
+    }
+}
+
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
@@ -139,12 +171,6 @@ struct Span {
     value: (u32, u32),
     role: Role,
 }
-
-const NO_SPAN: Span = Span {
-    name: (0, 0),
-    value: (0, 0),
-    role: Role::Dropped,
-};
 
 /// Parses the answer to a `method` request at the start of `buf`, taking it out when complete;
 /// interim (1xx) answers other than 101 are skipped. The answer's fields come without the
@@ -183,11 +209,11 @@ pub fn parse(
         };
         // One pass over the fields: framing, persistence, and what is passed on. The head is
         // frozen below, and the values passed on share its bytes.
-        let mut spans = [NO_SPAN; MAX_HEADERS];
+        let mut spans: SmallVec<[Span; 32]> = SmallVec::new();
         let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize) as u32;
         let mut frame = Frame::default();
         let mut named: Vec<&[u8]> = Vec::new();
-        for (span, field) in spans.iter_mut().zip(r.headers.iter()) {
+        for field in r.headers.iter() {
             let name = field.name.as_bytes();
             let role = role(name, hide);
             match role {
@@ -211,14 +237,13 @@ pub fn parse(
                 }
                 Role::Kept | Role::Dropped => {}
             }
-            *span = Span {
+            spans.push(Span {
                 name: (at(name), name.len() as u32),
                 value: (at(field.value), field.value.len() as u32),
                 role,
-            };
+            });
         }
-        let count = r.headers.len();
-        let spans = &mut spans[..count];
+        let count = spans.len();
         if !named.is_empty() {
             // Fields the Connection field names are this hop's only (RFC 9110 §7.6.1).
             for span in spans.iter_mut() {
@@ -235,8 +260,13 @@ pub fn parse(
             } else {
                 !frame.close
             };
-        // Both framings at once: chunked wins, and the length is not passed on.
-        let drop_length = frame.coded;
+        // Both framings at once: chunked wins, and the length is not passed on; nor is it on
+        // an answer that never has a body (RFC 9110 §8.6). Repeated or listed lengths (all
+        // equal) go on as one value.
+        let no_length =
+            frame.coded || status == StatusCode::NO_CONTENT || status.is_informational();
+        let one_length = frame.length.filter(|_| !no_length && frame.lengths > 1);
+        let drop_length = no_length || one_length.is_some();
         drop(named);
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
@@ -248,11 +278,17 @@ pub fn parse(
             }
             let (n, nl) = span.name;
             let (v, vl) = span.value;
-            let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
-                .map_err(|_| Invalid("bad field name"))?;
+            let name = &head[n as usize..(n + nl) as usize];
+            let name = match common(name) {
+                Some(known) => known,
+                None => HeaderName::from_bytes(name).map_err(|_| Invalid("bad field name"))?,
+            };
             let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
                 .map_err(|_| Invalid("bad field value"))?;
             headers.append(name, value);
+        }
+        if let Some(n) = one_length {
+            headers.append(CONTENT_LENGTH, HeaderValue::from(n));
         }
         return Ok(Some(Answer {
             status,
@@ -268,6 +304,8 @@ pub fn parse(
 #[derive(Debug, Default)]
 struct Frame {
     length: Option<u64>,
+    /// How many values the Content-Length fields gave (all equal to `length`).
+    lengths: u32,
     /// A Transfer-Encoding field is present.
     coded: bool,
     /// Its last coding is chunked.
@@ -290,6 +328,7 @@ impl Frame {
                 return Err(Invalid("conflicting content-length"));
             }
             self.length = Some(n);
+            self.lengths += 1;
             any = true;
         }
         if any {
@@ -511,6 +550,44 @@ mod tests {
         assert_eq!(
             answer(&long, Method::GET).unwrap_err(),
             Invalid("head too large")
+        );
+    }
+
+    #[test]
+    fn repeated_lengths_go_on_as_one_and_a_204_carries_none() {
+        let lengths = |wire: &[u8], method: Method| {
+            let a = answer(wire, method).unwrap().unwrap();
+            let values: Vec<_> = a.headers.get_all(CONTENT_LENGTH).iter().cloned().collect();
+            (a.framing, values)
+        };
+        let two = HeaderValue::from_static("2");
+        assert_eq!(
+            lengths(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+                Method::GET
+            ),
+            (Framing::Length(2), vec![two.clone()])
+        );
+        assert_eq!(
+            lengths(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+                Method::GET
+            ),
+            (Framing::Length(2), vec![two.clone()])
+        );
+        assert_eq!(
+            lengths(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                Method::HEAD
+            ),
+            (Framing::Done, vec![two])
+        );
+        assert_eq!(
+            lengths(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                Method::GET
+            ),
+            (Framing::Done, vec![])
         );
     }
 }

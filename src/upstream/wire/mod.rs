@@ -8,14 +8,15 @@
 pub mod framing;
 mod head;
 mod io;
+mod send;
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::body::ReqBody;
 use super::idle::BodyError;
@@ -23,6 +24,7 @@ use super::idle::BodyError;
 pub use framing::{Framing, Step};
 pub use head::Answer;
 pub use io::Io;
+pub use send::Outgoing;
 
 /// Bytes read from an upstream at a time: a client that reads an answer slowly holds at most
 /// about this much of it in ramp.
@@ -38,6 +40,9 @@ pub enum Exchange {
     Io(std::io::Error),
     #[error(transparent)]
     Invalid(#[from] head::Invalid),
+    /// The upstream took nothing of the request for this long.
+    #[error("the upstream took nothing of the request for {0:?}")]
+    Stalled(Duration),
     /// On hyper's client (the WebSocket handshake).
     #[error(transparent)]
     Hyper(hyper::Error),
@@ -50,7 +55,7 @@ impl Exchange {
         match self {
             Exchange::Closed(_) => true,
             Exchange::Hyper(e) => super::conn::closed_before_answer(e),
-            Exchange::Io(_) | Exchange::Invalid(_) => false,
+            Exchange::Io(_) | Exchange::Invalid(_) | Exchange::Stalled(_) => false,
         }
     }
 }
@@ -83,6 +88,9 @@ pub struct Wire {
     pub(super) buf: BytesMut,
     /// What is being written.
     out: Vec<u8>,
+    /// The response timeout's timer, kept for the connection's next request: moving a timer
+    /// later is cheaper than making one.
+    pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Wire {
@@ -91,6 +99,7 @@ impl Wire {
             io,
             buf: BytesMut::new(),
             out: Vec::with_capacity(1024),
+            timer: None,
         })
     }
 
@@ -102,11 +111,14 @@ impl Wire {
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let mut probe = ReadBuf::uninit(&mut probe);
+        let io = &mut self.io;
+        // Unconstrained: a probe spends none of the task's cooperative budget (a spent budget
+        // would make the read Pending and pass a closed connection as open).
+        let read = tokio::task::coop::unconstrained(poll_fn(|cx| {
+            Pin::new(&mut *io).poll_read(cx, &mut probe)
+        }));
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        matches!(std::pin::pin!(read).poll(&mut cx), Poll::Pending)
     }
 
     /// Reads once (at most [`READ_SIZE`]) into the buffer; the count, 0 at the end.
@@ -137,35 +149,32 @@ pub struct Outbound<'a> {
     pub hide: &'a [http::HeaderName],
 }
 
-/// Sends the request — `out`, and `body` — and reads the answer's head; gives it, and whether
-/// the whole request went out. Writing and reading go on together: an upstream may answer
-/// before it has read all of a body (the rest is then not sent, and the connection is not
-/// reused).
+/// Sends the request — `request`, and `body` — and reads the answer's head; gives it, and the
+/// request's sending as it stands. Writing and reading go on together: an upstream may answer
+/// before it has read all of a body, and the rest of the body then goes out while the answer
+/// is read ([`Outgoing`] travels with the answer's body). An upstream that takes nothing of the
+/// request for `stall` fails it.
 pub async fn exchange(
     wire: &mut Wire,
     request: Outbound<'_>,
     body: &mut ReqBody,
-) -> Result<(Answer, bool), Failed> {
+    stall: Duration,
+) -> Result<(Answer, Outgoing), Failed> {
     let parts = request.parts;
     let sending = head::sending(parts, !body.is_empty());
     head::encode(&mut wire.out, parts, request.added, sending);
-    let mut out = Outgoing {
-        pos: 0,
-        data: bytes::Bytes::new(),
-        tail: b"",
-        body_open: !body.is_empty(),
-        chunked: sending == head::Sending::Chunked,
-        sent: false,
-        wrote: false,
-        error: None,
-    };
+    let mut out = Outgoing::new(!body.is_empty(), sending == head::Sending::Chunked, stall);
+    // How much of `buf` was parsed as a partial head: parsing again waits for more.
+    let mut parsed = 0;
     let result = poll_fn(|cx| {
-        out.poll_send(wire, body, cx)?;
+        out.poll_send(wire, body, true, cx)?;
         loop {
-            match head::parse(&mut wire.buf, &parts.method, request.hide) {
-                Ok(Some(answer)) => return Poll::Ready(Ok((answer, out.sent))),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(out.failed(e.into()))),
+            if wire.buf.len() != parsed {
+                match head::parse(&mut wire.buf, &parts.method, request.hide) {
+                    Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
+                    Ok(None) => parsed = wire.buf.len(),
+                    Err(e) => return Poll::Ready(Err(out.failed(e.into()))),
+                }
             }
             match wire.poll_fill(cx) {
                 Poll::Ready(Ok(0)) if wire.buf.is_empty() => {
@@ -189,111 +198,5 @@ pub async fn exchange(
     })
     .await;
     wire.trim();
-    result
-}
-
-/// The request going out: the head (in the wire's `out`), then each body frame (`data`, with a
-/// chunk's size line in `out` and its CRLF in `tail`).
-struct Outgoing {
-    pos: usize,
-    data: bytes::Bytes,
-    tail: &'static [u8],
-    body_open: bool,
-    chunked: bool,
-    /// Everything went out.
-    sent: bool,
-    /// Some byte went out.
-    wrote: bool,
-    /// Writing failed (the answer may still be readable).
-    error: Option<std::io::Error>,
-}
-
-impl Outgoing {
-    fn failed(&self, error: Exchange) -> Failed {
-        Failed::Exchange {
-            error,
-            wrote: self.wrote,
-        }
-    }
-
-    /// Writes what it can; only the client's body failing is an error here (a write error is
-    /// kept, as an answer may be waiting to be read).
-    fn poll_send(
-        &mut self,
-        wire: &mut Wire,
-        body: &mut ReqBody,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Failed> {
-        while !self.sent && self.error.is_none() {
-            let chunk: &[u8] = if self.pos < wire.out.len() {
-                &wire.out[self.pos..]
-            } else if !self.data.is_empty() {
-                &self.data
-            } else if !self.tail.is_empty() {
-                self.tail
-            } else if self.body_open {
-                match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // Trailers are not forwarded.
-                        if let Ok(data) = frame.into_data()
-                            && !data.is_empty()
-                        {
-                            self.frame(wire, data);
-                        }
-                        continue;
-                    }
-                    Poll::Ready(None) => {
-                        self.body_open = false;
-                        wire.out.clear();
-                        self.pos = 0;
-                        if self.chunked {
-                            wire.out.extend_from_slice(b"0\r\n\r\n");
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(e))) => return Err(Failed::ClientBody(e)),
-                    Poll::Pending => return Ok(()),
-                }
-            } else {
-                match Pin::new(&mut wire.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.sent = true,
-                    Poll::Ready(Err(e)) => self.error = Some(e),
-                    Poll::Pending => {}
-                }
-                return Ok(());
-            };
-            match Pin::new(&mut wire.io).poll_write(cx, chunk) {
-                Poll::Ready(Ok(0)) => self.error = Some(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => {
-                    self.wrote = true;
-                    if self.pos < wire.out.len() {
-                        self.pos += n;
-                    } else if !self.data.is_empty() {
-                        self.data.advance(n);
-                    } else {
-                        self.tail = &self.tail[n..];
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    // What is left of the body will not be sent: the answer's wait starts now.
-                    body.stopped();
-                    self.error = Some(e);
-                }
-                Poll::Pending => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues one body frame: as it is, or as a chunk.
-    fn frame(&mut self, wire: &mut Wire, data: bytes::Bytes) {
-        wire.out.clear();
-        self.pos = 0;
-        if self.chunked {
-            use std::io::Write;
-            let _ = write!(wire.out, "{:x}\r\n", data.len());
-            self.tail = b"\r\n";
-        }
-        self.data = data;
-    }
+    result.map(|answer| (answer, out))
 }
