@@ -104,6 +104,50 @@ proptest! {
     }
 }
 
+/// What the id cookie means, spelled out the slow way: the Cookie headers in order, each split
+/// at `;`, each pair trimmed of blanks; the first `uid=` pair whose trimmed value is 1 to
+/// MAX_ID_LEN bytes.
+fn reference_cookie(values: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let trim = |s: &[u8]| -> Vec<u8> {
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = s.iter().position(|b| !blank(b)).unwrap_or(s.len());
+        let end = s.iter().rposition(|b| !blank(b)).map_or(start, |e| e + 1);
+        s[start..end.max(start)].to_vec()
+    };
+    for value in values {
+        for pair in value.split(|&b| b == b';') {
+            let pair = trim(pair);
+            if let Some(v) = pair.strip_prefix(b"uid=") {
+                let v = trim(v);
+                if (1..=routing::MAX_ID_LEN).contains(&v.len()) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+proptest! {
+    #[test]
+    fn any_cookie_header_yields_the_id_the_plain_reading_gives(
+        values in prop::collection::vec(
+            prop::collection::vec(prop::sample::select(&b"uid=;; \txU9"[..]), 0..40),
+            1..3,
+        )
+    ) {
+        let mut headers = HeaderMap::new();
+        for v in &values {
+            headers.append("cookie", HeaderValue::from_bytes(v).expect("value"));
+        }
+        let rules = StickyRules::new(None, "uid", true, 60, false);
+        prop_assert_eq!(
+            routing::user_id(&rules, &headers).map(<[u8]>::to_vec),
+            reference_cookie(&values)
+        );
+    }
+}
+
 #[test]
 fn every_ppm_survives_the_percent_round_trip() {
     for ppm in 0..=1_000_000u32 {

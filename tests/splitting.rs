@@ -36,15 +36,25 @@ fn ids(n: usize, prefix: &str) -> Vec<String> {
 }
 
 async fn start(percent: &str, rollout: &str) -> (Backend, Backend, Proxy) {
+    start_with_workers(percent, rollout, 1).await
+}
+
+/// One worker runs a single-threaded runtime, more a work-stealing one: both must split alike.
+async fn start_with_workers(
+    percent: &str,
+    rollout: &str,
+    workers: usize,
+) -> (Backend, Backend, Proxy) {
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
-    let proxy = Proxy::start(&config(
+    let yaml = config(
         &[&stable],
         &[&canary],
         &format!("id: {rollout}\npercent: {percent}"),
         "",
-    ));
-    (stable, canary, proxy)
+    )
+    .replace("workers: 1\n", &format!("workers: {workers}\n"));
+    (stable, canary, Proxy::start(&yaml))
 }
 
 fn expected(rollout: &str, ppm: u32, id: &str) -> &'static str {
@@ -56,8 +66,8 @@ fn expected(rollout: &str, ppm: u32, id: &str) -> &'static str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_percent_of_20000_users_land_on_canary_by_the_documented_hash() {
-    let (_s, _c, proxy) = start("5", "checkout-v2").await;
+async fn five_percent_of_20000_users_land_on_canary_by_the_documented_hash_on_two_workers() {
+    let (_s, _c, proxy) = start_with_workers("5", "checkout-v2", 2).await;
     let users = ids(20_000, "user-");
     let got = pools_for(&proxy, &users).await;
     let canary = got.iter().filter(|p| *p == "canary").count();

@@ -45,15 +45,24 @@ pub fn user_id<'h>(rules: &StickyRules, headers: &'h HeaderMap) -> Option<&'h [u
 
 /// The first usable value of cookie `name`, searching every Cookie header (HTTP/2 sends one per
 /// cookie). Anything malformed is skipped, never an error.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
+fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
     for value in headers.get_all(COOKIE) {
-        for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = trim(pair);
-            if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix(b"="))
-                && let Some(id) = usable(trim(v))
+        let v = value.as_bytes();
+        let mut start = 0;
+        loop {
+            // Each pair found with one vectorised search, not byte by byte.
+            let end = memchr::memchr(b';', &v[start..]).map_or(v.len(), |e| start + e);
+            if let Some(rest) = trim(&v[start..end])
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix(b"="))
+                && let Some(id) = usable(trim(rest))
             {
                 return Some(id);
             }
+            if end == v.len() {
+                break;
+            }
+            start = end + 1;
         }
     }
     None
