@@ -174,7 +174,7 @@ fn spawn(
     let a = Arc::clone(accepting);
     if !a.tls {
         // A task of its own size: one future sized for the TLS path as well would make every
-        // plain connection carry the TLS state's room (8 KiB instead of about 2).
+        // plain connection carry the TLS state's room (8 KiB instead of about 4).
         tokio::spawn(async move { connection::serve(stream, peer, permit, &a).await });
         return;
     }
