@@ -4,26 +4,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use support::{Backend, Client, Proxy, RawUpstream, config, raw, single, status_of};
-
-/// Sends `requests` on one keep-alive connection and reads what comes back within `wait`.
-fn on_one_connection(addr: std::net::SocketAddr, requests: &[u8], wait: Duration) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(wait)).expect("timeout");
-    s.write_all(requests).expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use support::{
+    Backend, Client, Proxy, RawUpstream, config, on_one_connection, raw, single, status_of,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_upstream_does_not_end_the_client_s_keep_alive_connection() {

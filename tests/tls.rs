@@ -58,6 +58,12 @@ fn peer_cert(tls: &Tls) -> Vec<u8> {
 }
 
 async fn start(c: &Cert) -> (Backend, Proxy) {
+    let (b, dir, path) = tls_config(c).await;
+    (b, Proxy::start_in(dir, path))
+}
+
+/// A backend, and a directory with a TLS config in front of it (certificate and key beside it).
+async fn tls_config(c: &Cert) -> (Backend, tempfile::TempDir, std::path::PathBuf) {
     let b = Backend::start("stable").await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("cert.pem"), &c.cert).expect("cert");
@@ -70,7 +76,7 @@ async fn start(c: &Cert) -> (Backend, Proxy) {
     );
     let path = dir.path().join("ramp.yaml");
     std::fs::write(&path, yaml).expect("config");
-    (b, Proxy::start_in(dir, path))
+    (b, dir, path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,18 +224,7 @@ const HELLO_WITH_IP_SNI: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_naming_an_ip_address_as_sni_do_not_flood_the_logs() {
     let c = cert();
-    let b = Backend::start("stable").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("cert.pem"), &c.cert).expect("cert");
-    std::fs::write(dir.path().join("key.pem"), &c.key).expect("key");
-    let yaml = config(
-        &[&b],
-        &[&b],
-        "id: t\npercent: 0",
-        "tls:\n  cert: cert.pem\n  key: key.pem\n",
-    );
-    let path = dir.path().join("ramp.yaml");
-    std::fs::write(&path, yaml).expect("config");
+    let (_b, dir, path) = tls_config(&c).await;
     let proxy = Proxy::start_in_with_default_logs(dir, path);
     let hello: Vec<u8> = HELLO_WITH_IP_SNI
         .concat()

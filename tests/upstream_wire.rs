@@ -7,28 +7,11 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use support::{Backend, Client, Proxy, RawUpstream, single, status_of};
+use support::{Backend, Client, Proxy, RawUpstream, on_one_connection, single, status_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends `requests` on one connection and reads what comes back until `wait` passes quietly or
-/// the proxy closes.
-fn exchange(addr: std::net::SocketAddr, requests: &[u8], wait: Duration) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(wait)).expect("timeout");
-    s.write_all(requests).expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn raw_exchange(addr: std::net::SocketAddr, requests: &'static [u8]) -> String {
-    tokio::task::spawn_blocking(move || exchange(addr, requests, Duration::from_secs(2)))
+    tokio::task::spawn_blocking(move || on_one_connection(addr, requests, Duration::from_secs(2)))
         .await
         .expect("client")
 }
@@ -445,7 +428,7 @@ async fn hundreds_of_pooled_connections_closed_by_a_restarted_upstream_are_never
     let fill: Vec<_> = (0..300)
         .map(|_| {
             tokio::task::spawn_blocking(move || {
-                exchange(
+                on_one_connection(
                     addr,
                     b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                     Duration::from_secs(10),

@@ -630,6 +630,23 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `requests` on one keep-alive connection and reads what comes back until `wait` passes
+/// quietly or the server closes.
+pub fn on_one_connection(addr: SocketAddr, requests: &[u8], wait: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(requests).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Runs the ramp binary with `args`; gives (exit code, stdout, stderr).
 pub fn ramp(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(RAMP).args(args).output().expect("run ramp");
