@@ -156,7 +156,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--cpu-quota", type=float, default=0.5, help="share of a core per proxy (0: none)")
+    ap.add_argument("--cases", default=",".join(CASES), help="which cases, comma-separated")
     args = ap.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    if not cases or any(c not in CASES for c in cases):
+        raise SystemExit(f"--cases: choose from {', '.join(CASES)}")
     ensure_tools()
     if not os.path.exists(args.ramp):
         raise SystemExit(f"{args.ramp} not found: cargo build --release first")
@@ -194,9 +198,9 @@ def main():
             print(f"each proxy limited to {args.cpu_quota:g} of a core (cgroup CPU quota)")
         where = {"nginx": {c: (nginx, 8091 if c == "h2c" else 8092) for c in CASES},
                  "ramp": {c: (ramp_h2c, 8093) if c == "h2c" else (ramp_tls, 8094) for c in CASES}}
-        results = {(who, c): [] for who in where for c in CASES}
+        results = {(who, c): [] for who in where for c in cases}
         for _ in range(args.rounds):
-            for case in CASES:
+            for case in cases:
                 for who in ("nginx", "ramp"):
                     proc, port = where[who][case]
                     before = cpu_ticks(proc.pid)
@@ -205,7 +209,7 @@ def main():
                     results[(who, case)].append((rps, cpu))
         print(f"{'case':9} {'nginx req/s':>12} {'ramp req/s':>11} {'ratio':>6}   "
               f"{'nginx cpu us/req':>16} {'ramp cpu us/req':>15} {'ratio':>6}")
-        for case in CASES:
+        for case in cases:
             (nr, nc), (rr, rc) = ((statistics.median(x[0] for x in results[(w, case)]),
                                    statistics.median(x[1] for x in results[(w, case)])) for w in ("nginx", "ramp"))
             print(f"{case:9} {nr:12.0f} {rr:11.0f} {rr / nr:6.2f}   {nc:16.1f} {rc:15.1f} {rc / nc:6.2f}")

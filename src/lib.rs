@@ -17,8 +17,10 @@ pub mod control;
 pub mod demo;
 pub mod files;
 pub mod fleet;
+pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inbound;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

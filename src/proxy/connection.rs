@@ -1,4 +1,5 @@
-//! One client connection: served by hyper, watched by a task of its own (slow heads, idle HTTP/2,
+//! One client connection: HTTP/1.1 served by ramp's own server side, HTTP/2 (by ALPN, or by its
+//! preface in cleartext) by hyper; watched by a task of its own (slow heads, idle HTTP/2,
 //! stalled readers, the drain), and listed among the open connections so that, at
 //! `max_connections`, the longest-idle one can make room for a newcomer.
 
@@ -7,22 +8,28 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use std::future::poll_fn;
+
+use bytes::BytesMut;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::config::Limits;
+use crate::framing::Framing;
+use crate::inbound::{ClientIo, Inbound, Rewind};
+use crate::upstream::ClientBody;
 
 use super::context::{Conn, ConnInfo, Proxy};
 use super::handler::handle;
+use super::http1;
 use super::watchdog::{ABORT, Activity, Expiry, FINISH, Signal};
 
 /// What every connection task of one listener needs.
 pub struct Accepting {
-    pub builder: auto::Builder<TokioExecutor>,
+    pub h2: http2::Builder<TokioExecutor>,
     pub proxy: Arc<Proxy>,
     pub limits: Limits,
     pub tls: bool,
@@ -98,15 +105,17 @@ impl Open {
     }
 }
 
-/// Serves one connection; `permit` is its place under `max_connections`.
-pub async fn serve<IO>(
-    io: IO,
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one connection; `permit` is its place under `max_connections`; `h2`: TLS chose HTTP/2.
+pub async fn serve(
+    io: ClientIo,
+    h2: bool,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
     a: &Accepting,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let conn = Arc::new(Conn {
         proxy: Arc::clone(&a.proxy),
         info: ConnInfo::new(peer, a.tls),
@@ -124,14 +133,45 @@ pub async fn serve<IO>(
         conn: Arc::clone(&conn),
         open: &a.open,
     };
+    let (read, write) = io.split();
+    let mut inbound = Inbound {
+        io: read,
+        buf: BytesMut::new(),
+        framing: Framing::Done,
+    };
+    let h2 = h2 || {
+        let sniff = sniff(&mut inbound);
+        tokio::select! {
+            biased;
+            () = conn.signal.to_connection.notified() => return,
+            h2 = sniff => match h2 {
+                Some(h2) => h2,
+                None => return,
+            },
+        }
+    };
+    if !h2 {
+        return http1::serve(&conn, inbound, write, &a.limits).await;
+    }
+    let io = Rewind {
+        pre: inbound.buf.freeze(),
+        read: inbound.io,
+        write,
+    };
+    // Boxed: a plain connection's future is not sized for hyper's HTTP/2 state.
+    Box::pin(serve_h2(conn, io, a)).await;
+}
+
+/// Serves an HTTP/2 connection with hyper until it ends, or is told to close.
+async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
+    let peer = conn.info.peer;
     let svc = {
         let conn = Arc::clone(&conn);
-        service_fn(move |req| handle(Arc::clone(&conn), req))
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            handle(Arc::clone(&conn), req.map(ClientBody::H2))
+        })
     };
-    let mut connection = std::pin::pin!(
-        a.builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-    );
+    let mut connection = std::pin::pin!(a.h2.serve_connection(TokioIo::new(io), svc));
     tokio::select! {
         biased;
         served = connection.as_mut() => {
@@ -143,15 +183,32 @@ pub async fn serve<IO>(
         () = conn.signal.to_connection.notified() => {}
     }
     if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
-        // A head that does not arrive, or a client that takes nothing: drop the connection, do
-        // not wait for it.
-        tracing::debug!(peer = %peer, "closing: no request head, or an answer not taken, in time");
+        // A client that takes nothing: drop the connection, do not wait for it.
+        tracing::debug!(peer = %peer, "closing: an answer not taken in time");
         return;
     }
     // Idle, draining, or making room: finish what is in flight, then close.
     connection.as_mut().graceful_shutdown();
     if let Err(e) = connection.await {
         tracing::debug!(peer = %peer, error = %e, "client connection ended");
+    }
+}
+
+/// Whether the client speaks HTTP/2 with prior knowledge (its first bytes are the preface);
+/// `None` if it closed first.
+async fn sniff(inbound: &mut Inbound) -> Option<bool> {
+    loop {
+        let n = inbound.buf.len().min(PREFACE.len());
+        if inbound.buf[..n] != PREFACE[..n] {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        match poll_fn(|cx| inbound.poll_fill(cx)).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
     }
 }
 

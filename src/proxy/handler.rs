@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use http::header::{CONNECTION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use crate::analysis;
 use crate::config::CanaryUnavailable;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::Snapshot;
-use crate::upstream::{Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream};
+use crate::upstream::{
+    ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
+};
 
 use super::body::{Busy, ProxyBody, error_response};
 use super::context::{Conn, ConnInfo, Proxy};
@@ -37,7 +38,7 @@ fn finish(
 /// stays small (every nested future level is copied on creation).
 pub async fn handle(
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let version = req.version();
@@ -210,7 +211,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// The request as the upstream gets it: its head, its X-Forwarded-For, and its body.
 fn upstream_request(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     scan: &forward::Scan,
     info: &ConnInfo,
     snap: &Snapshot,

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Limits;
+use crate::inbound::ClientIo;
 
 use super::connection::{self, Accepting, Open};
 use super::context::Proxy;
@@ -22,22 +23,9 @@ use super::context::Proxy;
 /// learns to reconnect (to the new process) instead of racing a close.
 pub const LINGER: Duration = Duration::from_secs(1);
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // The head (request line + fields) is read into one buffer: its cap is what makes an
-    // oversized head a 431 instead of unbounded memory. It holds a target up to 64 KiB so an
-    // over-long target gets 414 (ramp's check below 64 KiB, hyper's above), not 431.
-    let head = limits.max_header_bytes + limits.max_uri_bytes.max(64 * 1024) + 1024;
-    // Slow heads and idle connections are the watchdog's job (cheaper than hyper's
-    // per-request timer).
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(limits.max_headers)
-        .max_buf_size(head)
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
+fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         // What a stream may have queued for a client that does not read: small, so memory is
         // bounded by connections x streams x 16 KiB, not by what upstreams send.
         .max_send_buf_size(16 * 1024)
@@ -65,7 +53,7 @@ pub async fn serve(
 ) {
     let (drain_tx, drain) = watch::channel(false);
     let accepting = Arc::new(Accepting {
-        builder: builder(&limits),
+        h2: h2_builder(&limits),
         proxy: Arc::clone(&proxy),
         limits,
         tls,
@@ -175,7 +163,9 @@ fn spawn(
     if !a.tls {
         // A task of its own size: one future sized for the TLS path as well would make every
         // plain connection carry the TLS state's room (8 KiB instead of about 4).
-        tokio::spawn(async move { connection::serve(stream, peer, permit, &a).await });
+        tokio::spawn(async move {
+            connection::serve(ClientIo::Plain(stream), false, peer, permit, &a).await;
+        });
         return;
     }
     tokio::spawn(async move {
@@ -185,7 +175,10 @@ fn spawn(
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let handshake = a.limits.header_read_timeout;
         match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => connection::serve(stream, peer, permit, &a).await,
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                connection::serve(ClientIo::Tls(Box::new(stream)), h2, peer, permit, &a).await;
+            }
             Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
         }

@@ -7,6 +7,7 @@ mod context;
 mod error;
 mod forward;
 mod handler;
+mod http1;
 mod listener;
 mod tunnel;
 mod watchdog;

@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,12 +19,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::clock::now_ms;
 use crate::routing::PoolName;
 use crate::snapshot::Snapshot;
-use crate::upstream::{Exchange, Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody};
+use crate::upstream::{
+    ClientBody, Exchange, Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody,
+};
 
 use super::body::ProxyBody;
 use super::context::{Conn, Proxy};
 use super::error::ProxyError;
 use super::forward::{self, Scan};
+use super::http1;
 
 /// After one side of a tunnel has closed, how long the other may take to finish.
 const HALF_CLOSED: Duration = Duration::from_secs(10);
@@ -107,7 +109,7 @@ async fn connect<'s>(
 pub async fn open(
     conn: &Arc<Conn>,
     snap: &Snapshot,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     kind: Kind,
     scan: &Scan,
     up: &Arc<Upstream>,
@@ -117,7 +119,13 @@ pub async fn open(
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };
-    let client = hyper::upgrade::on(&mut req);
+    let client = match req.extensions_mut().remove::<http1::OnUpgrade>() {
+        Some(on) => match on.take() {
+            Some(from) => Client::H1(from),
+            None => return (Err(ProxyError::UnaskedUpgrade), pool),
+        },
+        None => Client::H2(hyper::upgrade::on(&mut req)),
+    };
     let (mut parts, _) = req.into_parts();
     forward::request_head(&mut parts, scan, &up.host);
     forward::add_forwarded(
@@ -173,22 +181,43 @@ pub async fn open(
     let idle = snap.config.limits.tunnel_idle_timeout;
     tokio::spawn(async move {
         let _permit = permit;
-        let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        let Ok(upstream) = upstream.await else {
             return;
         };
-        let metrics = &proxy.metrics;
-        metrics.tunnels[pool].increment(1.0);
-        let [to_upstream, to_client] = &metrics.tunnel_bytes[pool];
-        run(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            [to_upstream, to_client],
-            idle,
-        )
-        .await;
-        metrics.tunnels[pool].decrement(1.0);
+        let upstream = TokioIo::new(upstream);
+        match client {
+            Client::H1(from) => {
+                if let Ok(client) = from.await {
+                    carry(client, upstream, &proxy, pool, idle).await;
+                }
+            }
+            Client::H2(on) => {
+                if let Ok(client) = on.await {
+                    carry(TokioIo::new(client), upstream, &proxy, pool, idle).await;
+                }
+            }
+        }
     });
     (Ok(answer), pool)
+}
+
+/// Where the client's side of a tunnel comes from once the handshake's answer has gone out.
+enum Client {
+    H1(tokio::sync::oneshot::Receiver<http1::Handed>),
+    H2(hyper::upgrade::OnUpgrade),
+}
+
+/// Runs a tunnel, counted in the pool's metrics.
+async fn carry<C, U>(client: C, upstream: U, proxy: &Proxy, pool: PoolName, idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = &proxy.metrics;
+    metrics.tunnels[pool].increment(1.0);
+    let [to_upstream, to_client] = &metrics.tunnel_bytes[pool];
+    run(client, upstream, [to_upstream, to_client], idle).await;
+    metrics.tunnels[pool].decrement(1.0);
 }
 
 /// Carries bytes both ways until both sides are done, one side is done and the other has not

@@ -6,7 +6,11 @@
 //! hyper can do this itself, but it arms a fresh boxed timer for every request; here a request
 //! costs two atomic updates and the connection's one timer is re-armed once per period.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,8 +25,11 @@ pub const FINISH: u8 = 2;
 /// Between a connection, its watchdog task and whoever needs it closed.
 #[derive(Debug, Default)]
 pub struct Signal {
-    /// Tells the connection to close (why: `reason`).
+    /// Tells an HTTP/2 connection to close (why: `reason`).
     pub to_connection: Notify,
+    /// Woken to tell an HTTP/1.1 connection to close: registered once per connection, where a
+    /// `Notify` would be waited on (and its waiter list locked) for every request.
+    waker: Mutex<Option<Waker>>,
     pub reason: AtomicU8,
     /// The connection tells the watchdog it has ended.
     pub to_watchdog: Notify,
@@ -33,13 +40,47 @@ pub struct Signal {
 impl Signal {
     /// Whether the connection has been told to close.
     pub fn closing(&self) -> bool {
-        self.closing.load(Ordering::Relaxed)
+        self.closing.load(Ordering::SeqCst)
     }
 
     pub fn close(&self, reason: u8) {
-        self.closing.store(true, Ordering::Relaxed);
         self.reason.store(reason, Ordering::Relaxed);
+        self.closing.store(true, Ordering::SeqCst);
         self.to_connection.notify_one();
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection was told to close at once.
+    pub fn aborting(&self) -> bool {
+        self.closing() && self.reason.load(Ordering::Relaxed) == ABORT
+    }
+
+    /// Polls `fut` to its end, unless `stop` says the connection must close first (`None`).
+    /// The task's waker is handed to [`Signal::close`] once, and again only if it changes.
+    pub async fn unless<F: Future + Unpin>(
+        &self,
+        stop: fn(&Signal) -> bool,
+        registered: &mut Option<Waker>,
+        mut fut: F,
+    ) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = Pin::new(&mut fut).poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                *registered = Some(cx.waker().clone());
+            }
+            // Read after the waker is in place: a close from now on wakes this task.
+            if stop(self) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -13,19 +13,67 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::clock::now_ms;
+use crate::inbound::InboundBody;
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
 use super::wire::{Failed, Framing, Outgoing, Step, Wire};
 
+/// A client's request body: read by ramp from an HTTP/1.1 connection, or by hyper from an HTTP/2
+/// stream.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// No body.
+    None,
+    H1(InboundBody),
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::None => Poll::Ready(None),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Client),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Http),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::None => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::None => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Polls `inner` for a data frame, aborting after the idle limit. Trailers are dropped: ramp does
 /// not forward them (and removes the `Trailer` field that announces them).
-fn poll_idle(
-    inner: &mut Incoming,
+fn poll_idle<B>(
+    inner: &mut B,
     idle: &mut IdleTimer,
     limit: Duration,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
     loop {
         return match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
@@ -34,7 +82,7 @@ fn poll_idle(
             }
             Poll::Ready(frame) => {
                 idle.activity();
-                Poll::Ready(frame.map(|f| f.map_err(BodyError::Http)))
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending if idle.poll_expired(cx) => {
                 Poll::Ready(Some(Err(BodyError::Idle(limit))))
@@ -50,7 +98,7 @@ pub enum ReqBody {
     /// No body (most GETs): nothing to stream, and the request can be replayed.
     Empty,
     Stream {
-        inner: Incoming,
+        inner: ClientBody,
         idle: IdleTimer,
         limit: Duration,
         /// When the request was written to the upstream whole ([`now_ms`]), 0 until then: the
@@ -60,7 +108,7 @@ pub enum ReqBody {
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: Duration) -> Self {
+    pub fn new(inner: ClientBody, limit: Duration) -> Self {
         if inner.is_end_stream() {
             ReqBody::Empty
         } else {

@@ -59,7 +59,10 @@ pub enum BodyError {
     #[error("the upstream's answer was cut short")]
     Truncated,
     #[error(transparent)]
-    Invalid(#[from] super::wire::framing::Invalid),
+    Invalid(#[from] crate::framing::Invalid),
     #[error("i/o: {0}")]
     Io(std::io::Error),
+    /// The client's HTTP/1.1 request body failed.
+    #[error(transparent)]
+    Client(#[from] crate::inbound::InboundError),
 }

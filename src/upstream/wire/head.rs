@@ -7,7 +7,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-use super::framing::{Chunk, Framing};
+use crate::framing::{Chunk, Framing};
 
 /// The most header fields an answer may have.
 pub const MAX_HEADERS: usize = 100;

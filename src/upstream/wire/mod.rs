@@ -5,7 +5,6 @@
 //!
 //! The request head stays the caller's: after a failure it can be sent again as it is.
 
-pub mod framing;
 mod head;
 mod io;
 mod send;
@@ -21,7 +20,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::body::ReqBody;
 use super::idle::BodyError;
 
-pub use framing::{Framing, Step};
+pub use crate::framing::{Framing, Step};
 pub use head::Answer;
 pub use io::Io;
 pub use send::Outgoing;

@@ -1,6 +1,6 @@
-//! How an upstream's answer body ends (RFC 9112 §6.3), and taking it out of the read buffer piece
-//! by piece: by length, chunked (§7.1; extensions and trailers are read and dropped), or until
-//! the connection closes.
+//! How an HTTP/1.1 body ends (RFC 9112 §6.3), an upstream's answer or a client's request, and
+//! taking it out of the read buffer piece by piece: by length, chunked (§7.1; extensions and
+//! trailers are read and dropped), or until the connection closes.
 
 use bytes::{Buf, Bytes, BytesMut};
 

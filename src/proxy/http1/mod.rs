@@ -1,0 +1,230 @@
+//! ramp's own HTTP/1.1 server side: request heads are parsed out of the connection's buffer, the
+//! request is handled in the connection's own task, and the answer is written straight back, its
+//! head and a short body in one write. Between requests an idle connection holds no buffer and a
+//! small future (about 4 KiB in all, where hyper's server kept 32 KiB: its 8 KiB read and write
+//! buffers, idle or not, and a request's future). HTTP/2 stays with hyper.
+
+mod answer;
+mod head;
+
+use std::future::Future;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use http::{Method, Request, StatusCode};
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::inbound::{self, ClientRead, ClientWrite, Inbound, InboundBody, Rewind, Shared};
+use crate::upstream::ClientBody;
+
+use super::body::error_response;
+use super::context::Conn;
+use super::handler::handle;
+use super::watchdog::Signal;
+
+/// A client connection handed on after its first bytes were read (to HTTP/2, or to a tunnel
+/// after a 101): reading gives those bytes first.
+pub type Handed = Rewind<ClientRead, ClientWrite>;
+
+/// In the extensions of a request that asks to switch protocols: gives its client connection
+/// once the 101 answer has gone out (to the first to take it).
+#[derive(Debug, Clone)]
+pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Handed>>>>);
+
+impl OnUpgrade {
+    pub fn take(&self) -> Option<oneshot::Receiver<Handed>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What comes after an exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    /// A 101 went out: the connection goes to whoever asked for it.
+    Upgrade(oneshot::Sender<Handed>),
+}
+
+/// The most bytes a request head may take: a target up to 64 KiB fits, so that an over-long
+/// target gets 414 from the request check rather than 431.
+fn max_head(limits: &Limits) -> usize {
+    limits.max_header_bytes + limits.max_uri_bytes.max(64 * 1024) + 1024
+}
+
+/// Serves HTTP/1.1 requests on the connection until it closes, fails, is told to close, or
+/// switches protocols.
+pub async fn serve(conn: &Arc<Conn>, inbound: Inbound, mut write: ClientWrite, limits: &Limits) {
+    let shared: Shared = Arc::new(Mutex::new(inbound));
+    let max_head = max_head(limits);
+    let signal = &conn.signal;
+    let mut registered = None;
+    loop {
+        // With no request in progress, whatever the reason to close: close now.
+        let head = {
+            let wait = std::pin::pin!(next_head(&shared, limits.max_headers, max_head));
+            signal.unless(Signal::closing, &mut registered, wait).await
+        };
+        let head = match head {
+            None | Some(Ok(None)) => return,
+            Some(Ok(Some(head))) => head,
+            Some(Err(status)) => {
+                refuse(conn, &mut write, status).await;
+                return;
+            }
+        };
+        let next = {
+            // Boxed: the connection's future stays small while it waits for the next request.
+            let one = Box::pin(exchange(conn, &shared, head, &mut write));
+            // Told to finish, this request goes on (its answer says `Connection: close`).
+            signal.unless(Signal::aborting, &mut registered, one).await
+        };
+        let Some(next) = next else {
+            return;
+        };
+        match next {
+            Next::KeepAlive if !conn.signal.closing() => inbound::lock(&shared).release(),
+            Next::KeepAlive | Next::Close => return,
+            Next::Upgrade(to) => {
+                let Ok(inbound) = Arc::try_unwrap(shared) else {
+                    return;
+                };
+                let inbound = inbound.into_inner().unwrap_or_else(|e| e.into_inner());
+                let _ = to.send(Rewind {
+                    pre: inbound.buf.freeze(),
+                    read: inbound.io,
+                    write,
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// The next request head; `None` when the client closed the connection between requests.
+async fn next_head(
+    shared: &Shared,
+    max_fields: usize,
+    max_head: usize,
+) -> Result<Option<head::Head>, StatusCode> {
+    // How much of the buffer was parsed as a partial head: parsing again waits for more.
+    let mut parsed = 0;
+    poll_fn(|cx| {
+        let mut guard = inbound::lock(shared);
+        let inbound = &mut *guard;
+        loop {
+            if inbound.buf.len() != parsed {
+                match head::parse(&mut inbound.buf, max_fields, max_head) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(Some(head))),
+                    Ok(None) => parsed = inbound.buf.len(),
+                    Err(status) => return Poll::Ready(Err(status)),
+                }
+            }
+            match inbound.poll_fill(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// Ready if the client has closed the connection (or it failed) while its request is handled:
+/// the request is then abandoned. Bytes sent meanwhile (the next request) are kept for later.
+fn client_gone(shared: &Shared, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    let mut inbound = inbound::lock(shared);
+    if !inbound.buf.is_empty() {
+        return Poll::Pending;
+    }
+    match inbound.poll_fill(cx) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(()),
+        Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+    }
+}
+
+/// One request: handled, and its answer written.
+async fn exchange(
+    conn: &Arc<Conn>,
+    shared: &Shared,
+    head: head::Head,
+    write: &mut ClientWrite,
+) -> Next {
+    let head::Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = head;
+    let version = parts.version;
+    let head_request = parts.method == Method::HEAD;
+    let body = if framing.is_done() {
+        ClientBody::None
+    } else {
+        inbound::lock(shared).framing = framing;
+        ClientBody::H1(InboundBody::new(Arc::clone(shared)))
+    };
+    let mut out = answer::Out::take();
+    if expect_continue {
+        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if answer::flush(write, &mut out).await.is_err() {
+            return Next::Close;
+        }
+    }
+    let mut req = Request::from_parts(parts, body);
+    let upgrade = upgrade.then(|| {
+        let (to, from) = oneshot::channel();
+        req.extensions_mut()
+            .insert(OnUpgrade(Arc::new(Mutex::new(Some(from)))));
+        to
+    });
+    // Pinned where it is: the request's future is the largest part of this one, and is never
+    // moved (nor held twice).
+    let mut handling = std::pin::pin!(handle(Arc::clone(conn), req));
+    let watch = framing.is_done();
+    let resp = poll_fn(|cx| {
+        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if watch && client_gone(shared, cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(Ok(resp)) = resp else {
+        return Next::Close;
+    };
+    let close = !keep_alive || conn.signal.closing();
+    let (framed, close) = answer::head(&mut out, &resp, version, head_request, close);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match upgrade {
+            Some(to) if answer::flush(write, &mut out).await.is_ok() => Next::Upgrade(to),
+            _ => Next::Close,
+        };
+    }
+    let mut body = resp.into_body();
+    if let Err(e) = answer::body(write, &mut out, &mut body, framed).await {
+        tracing::debug!(peer = %conn.info.peer, error = %e, "answer not sent whole");
+        return Next::Close;
+    }
+    drop(body);
+    if close || !inbound::lock(shared).framing.is_done() {
+        // The request's body was not all read: what follows on the connection is not a head.
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Answers a head that cannot be served (malformed, too large), and the connection closes.
+async fn refuse(conn: &Conn, write: &mut ClientWrite, status: StatusCode) {
+    conn.proxy.metrics.rejected.increment(1);
+    tracing::debug!(peer = %conn.info.peer, status = status.as_u16(), "request head refused");
+    let resp = error_response(status);
+    let mut out = answer::Out::take();
+    let (framed, _) = answer::head(&mut out, &resp, http::Version::HTTP_11, false, true);
+    let _ = answer::body(write, &mut out, &mut resp.into_body(), framed).await;
+}

@@ -1,0 +1,156 @@
+//! What an HTTP/1.1 client notices of ramp's own server side: pipelined requests answered in
+//! order, `Expect: 100-continue`, HEAD answers that keep the connection usable, keep-alive after a
+//! pause, and a client that hangs up abandoning its request upstream.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{Backend, Proxy, config, raw};
+
+async fn start() -> (Backend, Proxy) {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: h1\npercent: 0", ""));
+    (b, proxy)
+}
+
+/// Reads from `s` until `text` has arrived (or the connection closes, or 10 s pass).
+fn read_until(s: &mut TcpStream, text: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(text) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_with_their_bodies() {
+    let (b, proxy) = start().await;
+    let addr = proxy.addr;
+    let requests = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+        POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+        GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let reply = tokio::task::spawn_blocking(move || raw(addr, requests))
+        .await
+        .expect("client");
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 4, "{reply}");
+    // Each upload's answer (the length the upstream received) comes in its place.
+    let bodies: Vec<&str> = reply
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| a.split_once("\r\n\r\n").map_or("", |(_, body)| body))
+        .collect();
+    assert_eq!(bodies, ["stable", "5", "5", "stable"], "{reply}");
+    let uris: Vec<String> = b.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(uris, ["/first", "/upload", "/upload", "/last"]);
+    assert_eq!(
+        b.seen().iter().map(|s| s.body_bytes).collect::<Vec<_>>(),
+        [0, 5, 5, 0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_gets_the_go_ahead_before_the_body_is_sent() {
+    let (b, proxy) = start().await;
+    let addr = proxy.addr;
+    let (interim, last) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+            .expect("head");
+        let interim = read_until(&mut s, "\r\n\r\n");
+        s.write_all(b"data").expect("body");
+        (interim, read_until(&mut s, "\r\n\r\n4"))
+    })
+    .await
+    .expect("client");
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(last.starts_with("HTTP/1.1 200 OK"), "{last}");
+    assert!(last.ends_with("\r\n\r\n4"), "{last}");
+    assert_eq!(b.last().body_bytes, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answer_keeps_its_length_and_the_connection_goes_on() {
+    let (_b, proxy) = start().await;
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"HEAD /download/100 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    let (head, rest) = reply.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains("content-length: 100"), "{head}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 OK"),
+        "no body after a HEAD answer: {rest}"
+    );
+    assert!(rest.ends_with("stable"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_is_served_again_after_a_pause() {
+    let (b, proxy) = start().await;
+    let addr = proxy.addr;
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let mut replies = Vec::new();
+        for path in ["/one", "/two"] {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .expect("write");
+            replies.push(read_until(&mut s, "stable"));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        replies
+    })
+    .await
+    .expect("client");
+    for reply in &replies {
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(!reply.contains("connection: close"), "{reply}");
+    }
+    let peers: Vec<_> = b.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(peers, ["/one", "/two"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_abandons_its_request_upstream() {
+    let (b, proxy) = start().await;
+    let addr = proxy.addr;
+    let s = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET /slow/20000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        s
+    })
+    .await
+    .expect("client");
+    let since = Instant::now();
+    while b.in_flight() == 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    // The upstream's request ends long before its 20 s answer would.
+    while b.in_flight() != 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "the upstream request outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
