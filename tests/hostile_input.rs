@@ -88,6 +88,9 @@ async fn malformed_header_lines_are_400() {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Space : y\r\n\r\n",
         "GET / HTTP/1.1\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x y\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: user@x\r\n\r\n",
+        "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         let reply = raw(proxy.addr, head.as_bytes());
         assert_eq!(status_of(&reply), 400, "{head:?}: {reply}");

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Proxy, config, raw};
+use support::{Backend, Proxy, RawUpstream, config, raw, single};
 
 async fn start() -> (Backend, Proxy) {
     let b = Backend::start("stable").await;
@@ -153,4 +153,27 @@ async fn a_client_that_hangs_up_abandons_its_request_upstream() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_upstream_reaches_the_client_as_far_as_it_came() {
+    // Promises 10 bytes, sends 3, and closes.
+    let up = RawUpstream::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true).await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    // The next request is already waiting when the answer is cut.
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET /short HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+    assert!(reply.contains("content-length: 10\r\n"), "{reply:?}");
+    assert!(
+        reply.ends_with("\r\n\r\nabc"),
+        "the 3 bytes, then the close (so the client sees 7 missing): {reply:?}"
+    );
 }

@@ -222,7 +222,15 @@ pub async fn body(
         };
         let data = match frame {
             None => break,
-            Some(Err(e)) => return Err(SendFailed::Body(e)),
+            Some(Err(e)) => {
+                // What came before the failure still goes out where the client can tell the
+                // answer is cut short (by its length, or by the missing last chunk); framed by
+                // the close, it could not, and nothing more is sent.
+                if framed != Framed::Close {
+                    let _ = flush(w, out).await;
+                }
+                return Err(SendFailed::Body(e));
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 // Trailers are not forwarded.

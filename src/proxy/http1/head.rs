@@ -83,7 +83,7 @@ pub fn parse(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        Err(httparse::Error::Version) => return Err(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+        Err(httparse::Error::Version) => return Err(version_refused(buf)),
         Err(_) => return Err(StatusCode::BAD_REQUEST),
     };
     if len > max_head {
@@ -143,6 +143,26 @@ pub fn parse(
         expect_continue: frame.expect_continue && !framing.is_done() && version == Version::HTTP_11,
         upgrade: frame.upgrade && frame.has_upgrade,
     }))
+}
+
+/// 505 for a request line that names a version ramp does not speak (`HTTP/2.0`, `HTTP/1.2`);
+/// 400 for one that is malformed (a space in the target, a lowercase `http/1.1`).
+fn version_refused(buf: &[u8]) -> StatusCode {
+    let line = buf
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii_end();
+    let mut words = line.split(|&b| b == b' ');
+    let named = matches!(
+        (words.next(), words.next(), words.next(), words.next()),
+        (Some(_), Some(_), Some(v), None) if v.len() == 8 && v.starts_with(b"HTTP/")
+    );
+    if named {
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED
+    } else {
+        StatusCode::BAD_REQUEST
+    }
 }
 
 impl Frame {
@@ -281,6 +301,12 @@ mod tests {
             head(b"GET / HTTP/2.0\r\n\r\n").unwrap_err(),
             StatusCode::HTTP_VERSION_NOT_SUPPORTED
         );
+        for bad in [
+            &b"GET /a b HTTP/1.1\r\n\r\n"[..],
+            b"GET /a http/1.1\r\n\r\n",
+        ] {
+            assert_eq!(head(bad).unwrap_err(), StatusCode::BAD_REQUEST);
+        }
     }
 
     #[test]

@@ -197,7 +197,10 @@ async fn exchange(
     let Some(Ok(resp)) = resp else {
         return Next::Close;
     };
-    let close = !keep_alive || conn.signal.closing();
+    // A request body not read to its end by now (the request failed, or the upstream answered
+    // early) leaves the connection unusable: the answer says so.
+    let unread = !watch && !inbound::lock(shared).framing.is_done();
+    let close = !keep_alive || unread || conn.signal.closing();
     let (framed, close) = answer::head(&mut out, &resp, version, head_request, close);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match upgrade {
