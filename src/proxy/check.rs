@@ -4,7 +4,7 @@
 //! differing Content-Length) and reads no body it cannot frame; Content-Length together with
 //! Transfer-Encoding is refused here, and the connection closes after the answer.
 
-use http::header::{HOST, TRANSFER_ENCODING};
+use http::header::TRANSFER_ENCODING;
 use http::{Method, Request, StatusCode, Version};
 
 use crate::config::Limits;
@@ -39,28 +39,14 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if scan.bytes > limits.max_header_bytes || req.headers().len() > limits.max_headers {
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
-    if scan.hosts > 1 || (scan.hosts == 0 && req.version() == Version::HTTP_11) {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    // A Host that is not a host[:port] (RFC 9112 §3.2: 400).
-    if scan.hosts == 1
-        && let Some(host) = req.headers().get(HOST)
-        && !valid_host(host.as_bytes())
-    {
+    // None (HTTP/1.1), two, or one that is not a host[:port]: 400 (RFC 9112 §3.2).
+    if scan.hosts > 1 || scan.bad_host || (scan.hosts == 0 && req.version() == Version::HTTP_11) {
         return Err(StatusCode::BAD_REQUEST);
     }
     if scan.content_lengths > 1 || (scan.content_lengths == 1 && scan.transfer_encoding) {
         return Err(StatusCode::BAD_REQUEST);
     }
     Ok(())
-}
-
-/// Whether `host` is a `uri-host [ ":" port ]` (RFC 9110 §7.2): an authority without userinfo,
-/// or empty (for a target without one).
-fn valid_host(host: &[u8]) -> bool {
-    host.is_empty()
-        || !host.contains(&b'@')
-            && http::uri::Authority::try_from(host).is_ok_and(|a| a.as_str().len() == host.len())
 }
 
 /// Whether the request's Transfer-Encoding is exactly `chunked`.

@@ -29,6 +29,8 @@ pub struct Scan {
     /// Bytes of the section, counted as `name: value\r\n`.
     pub bytes: usize,
     pub hosts: u32,
+    /// A Host field that cannot be a `host[:port]`.
+    pub bad_host: bool,
     pub content_lengths: u32,
     pub transfer_encoding: bool,
     /// `Cookie` fields (HTTP/2 sends one per cookie).
@@ -43,6 +45,30 @@ pub struct Scan {
     pub forwarded_proto: bool,
 }
 
+/// The bytes a `uri-host [ ":" port ]` may hold (RFC 9110 §7.2, RFC 3986 §3.2.2): those of a
+/// registered name, an IP literal or a port; no userinfo, space, path or query.
+const HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let marks = b"-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut j = 0;
+    while j < marks.len() {
+        t[marks[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
+
+/// Whether `host` could be a Host field's value (empty is allowed: a target without an
+/// authority).
+fn valid_host(host: &[u8]) -> bool {
+    host.iter().all(|&b| HOST_BYTES[b as usize])
+}
+
 /// Looks at every field once; `hide` are the names the caller will remove as well.
 #[inline]
 pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
@@ -51,6 +77,7 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
         s.bytes += name.as_str().len() + value.len() + 4;
         if name == HOST {
             s.hosts += 1;
+            s.bad_host |= !valid_host(value.as_bytes());
         } else if name == CONTENT_LENGTH {
             s.content_lengths += 1;
         } else if name == COOKIE {
