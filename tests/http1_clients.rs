@@ -128,30 +128,34 @@ async fn a_keep_alive_connection_is_served_again_after_a_pause() {
 async fn a_client_that_hangs_up_abandons_its_request_upstream() {
     let (b, proxy) = start().await;
     let addr = proxy.addr;
-    let s = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.write_all(b"GET /slow/20000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
-        s
-    })
-    .await
-    .expect("client");
-    let since = Instant::now();
-    while b.in_flight() == 0 {
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(s);
-    // The upstream's request ends long before its 20 s answer would.
-    while b.in_flight() != 0 {
-        assert!(
-            since.elapsed() < Duration::from_secs(15),
-            "the upstream request outlived its client"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for request in [
+        &b"GET /slow/20000 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /slow/20000 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let s = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(request).expect("write");
+            s
+        })
+        .await
+        .expect("client");
+        let since = Instant::now();
+        while b.in_flight() == 0 {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(s);
+        // The upstream's request ends long before its 20 s answer would.
+        while b.in_flight() != 0 {
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "the upstream request outlived its client"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

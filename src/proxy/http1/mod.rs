@@ -131,11 +131,13 @@ async fn next_head(
     .await
 }
 
-/// Ready if the client has closed the connection (or it failed) while its request is handled:
-/// the request is then abandoned. Bytes sent meanwhile (the next request) are kept for later.
+/// Ready if the client has closed the connection (or it failed) while its request is handled,
+/// once its body (if any) has been read: the request is then abandoned. Bytes sent meanwhile
+/// (the next request) are kept for later.
 fn client_gone(shared: &Shared, cx: &mut std::task::Context<'_>) -> Poll<()> {
     let mut inbound = inbound::lock(shared);
-    if !inbound.buf.is_empty() {
+    // While the body is being read, its reader sees the end.
+    if !inbound.buf.is_empty() || !inbound.framing.is_done() {
         return Poll::Pending;
     }
     match inbound.poll_fill(cx) {
@@ -183,12 +185,11 @@ async fn exchange(
     // Pinned where it is: the request's future is the largest part of this one, and is never
     // moved (nor held twice).
     let mut handling = std::pin::pin!(handle(Arc::clone(conn), req));
-    let watch = framing.is_done();
     let resp = poll_fn(|cx| {
         if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(resp));
         }
-        if watch && client_gone(shared, cx).is_ready() {
+        if client_gone(shared, cx).is_ready() {
             return Poll::Ready(None);
         }
         Poll::Pending
@@ -199,7 +200,7 @@ async fn exchange(
     };
     // A request body not read to its end by now (the request failed, or the upstream answered
     // early) leaves the connection unusable: the answer says so.
-    let unread = !watch && !inbound::lock(shared).framing.is_done();
+    let unread = !inbound::lock(shared).framing.is_done();
     let close = !keep_alive || unread || conn.signal.closing();
     let (framed, close) = answer::head(&mut out, &resp, version, head_request, close);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
