@@ -4,6 +4,27 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), trimmed, empty ones skipped.
+pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// One Content-Length value: decimal digits only (RFC 9110 §8.6), within `u64`.
+pub fn length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// The longest chunk-size line (with its extensions) accepted.
 const MAX_SIZE_LINE: usize = 4 * 1024;
 /// The most trailer bytes accepted (they are dropped).
@@ -239,6 +260,23 @@ mod tests {
         let (body, ended) = decode_all(Framing::Length(10), b"short", 2).unwrap();
         assert_eq!(body, b"short");
         assert!(!ended, "a length body cut short has not ended");
+    }
+
+    #[test]
+    fn lengths_are_digits_within_u64_and_lists_skip_empty_elements() {
+        assert_eq!(length(b"0003"), Some(3));
+        assert_eq!(length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+3",
+            b"-3",
+            b"0x3",
+            b"3 ",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(list(b" a, ,b ,").collect::<Vec<_>>(), [&b"a"[..], b"b"]);
     }
 
     #[test]

@@ -124,9 +124,7 @@ pub fn head(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
         if *name == CONTENT_LENGTH {
-            length = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
+            length = crate::framing::length(value);
         } else if *name == DATE {
             dated = true;
         } else if *name == CONNECTION {

@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Chunk, Framing};
+use crate::framing::{Chunk, Framing, length, list};
 
 /// Up to this many fields are parsed into room on the stack; a higher `limits.max_headers`
 /// takes room from the heap.
@@ -34,13 +34,6 @@ pub struct Head {
 struct Span {
     name: HeaderName,
     value: (u32, u32),
-}
-
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// What the fields say of framing and persistence.
@@ -171,11 +164,7 @@ impl Frame {
         if *name == CONTENT_LENGTH {
             // Digits only (RFC 9110 §8.6). The same length twice is one length (RFC 9112
             // §6.3); a different one is refused.
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(StatusCode::BAD_REQUEST)?;
+            let n = length(value).ok_or(StatusCode::BAD_REQUEST)?;
             match self.length {
                 Some(l) if l != n => return Err(StatusCode::BAD_REQUEST),
                 Some(_) => return Ok(false),
@@ -183,11 +172,11 @@ impl Frame {
             }
         } else if *name == TRANSFER_ENCODING {
             self.coded = true;
-            self.chunked = tokens(value)
+            self.chunked = list(value)
                 .last()
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         } else if *name == CONNECTION {
-            for t in tokens(value) {
+            for t in list(value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {

@@ -7,7 +7,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Chunk, Framing};
+use crate::framing::{Chunk, Framing, length, list};
 
 /// The most header fields an answer may have.
 pub const MAX_HEADERS: usize = 100;
@@ -157,13 +157,6 @@ fn common(name: &[u8]) -> Option<HeaderName> {
     }
 }
 
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
 /// Where one field is in the head: name and value offsets and lengths, and its role.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -220,12 +213,12 @@ pub fn parse(
                 Role::ContentLength => frame.length(field.value)?,
                 Role::TransferEncoding => {
                     frame.coded = true;
-                    frame.chunked = tokens(field.value)
+                    frame.chunked = list(field.value)
                         .last()
                         .map_or(frame.chunked, |t| t.eq_ignore_ascii_case(b"chunked"));
                 }
                 Role::Connection => {
-                    for t in tokens(field.value) {
+                    for t in list(field.value) {
                         if t.eq_ignore_ascii_case(b"close") {
                             frame.close = true;
                         } else if t.eq_ignore_ascii_case(b"keep-alive") {
@@ -319,11 +312,7 @@ impl Frame {
     fn length(&mut self, value: &[u8]) -> Result<(), Invalid> {
         let mut any = false;
         for part in value.split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(Invalid("bad content-length"));
-            }
-            let n: u64 = part.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+            let n = length(part.trim_ascii()).ok_or(Invalid("bad content-length"))?;
             if self.length.is_some_and(|l| l != n) {
                 return Err(Invalid("conflicting content-length"));
             }
