@@ -181,3 +181,66 @@ async fn an_answer_cut_short_upstream_reaches_the_client_as_far_as_it_came() {
         "the 3 bytes, then the close (so the client sees 7 missing): {reply:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_that_asks_for_keep_alive_is_served_on_one_connection() {
+    let (b, proxy) = start().await;
+    let addr = proxy.addr;
+    // ApacheBench's `-k`: HTTP/1.0 with `Connection: keep-alive`, the next request sent once the
+    // answer is in; then a request without it, after which the connection closes.
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let mut replies = Vec::new();
+        for path in ["/one", "/two"] {
+            s.write_all(
+                format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+            )
+            .expect("write");
+            replies.push(read_until(&mut s, "stable"));
+        }
+        s.write_all(b"GET /three HTTP/1.0\r\n\r\n").expect("write");
+        let mut last = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.read_to_string(&mut last).expect("read to the close");
+        replies.push(last);
+        replies
+    })
+    .await
+    .expect("client");
+    for reply in &replies[..2] {
+        assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+        assert!(reply.contains("\r\nconnection: keep-alive\r\n"), "{reply}");
+    }
+    assert!(
+        replies[2].starts_with("HTTP/1.0 200 OK\r\n"),
+        "{}",
+        replies[2]
+    );
+    assert!(!replies[2].contains("onnection"), "{}", replies[2]);
+    assert!(replies[2].ends_with("stable"), "closed after the answer");
+    let uris: Vec<String> = b.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(uris, ["/one", "/two", "/three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_answer_of_unknown_length_ends_with_the_connection_even_when_kept_alive() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(addr, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    })
+    .await
+    .expect("client");
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply:?}");
+    assert!(!reply.contains("keep-alive"), "{reply:?}");
+    assert!(
+        reply.ends_with("\r\n\r\nabc"),
+        "the body, then the close: {reply:?}"
+    );
+}

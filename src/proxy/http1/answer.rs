@@ -154,6 +154,9 @@ pub fn head(
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     if close && version == Version::HTTP_11 && !switching && !connection {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if !close && version == Version::HTTP_10 && !connection {
+        // An HTTP/1.0 client that asked to keep the connection is told it is kept.
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     if !dated && !switching {
         out.extend_from_slice(b"date: ");
@@ -330,5 +333,15 @@ mod tests {
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert_eq!((framed, close), (Framed::Length(6), true));
         assert_eq!(text.matches("onnection").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_http_1_0_client_kept_alive_is_told_so_unless_the_answer_ends_with_the_close() {
+        let resp = error_response(StatusCode::OK);
+        let (text, framed, close) = written(&resp, Version::HTTP_10, false, false);
+        assert_eq!((framed, close), (Framed::Length(6), false));
+        assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+        let (text, _, close) = written(&resp, Version::HTTP_10, false, true);
+        assert!(close && !text.contains("onnection"), "{text}");
     }
 }

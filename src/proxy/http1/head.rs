@@ -127,7 +127,9 @@ pub fn parse(
     parts.version = version;
     parts.headers = headers;
     let (framing, clean) = frame.framing(version)?;
-    let keep_alive = clean && version == Version::HTTP_11 && !frame.close;
+    // HTTP/1.0 persists only when asked to (`Connection: keep-alive`, RFC 9112 §9.3 and
+    // appendix C.2.2), as ApacheBench's `-k` does.
+    let keep_alive = clean && !frame.close && (version == Version::HTTP_11 || frame.keep_alive);
     Ok(Some(Head {
         parts,
         framing,
@@ -308,9 +310,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            !h.keep_alive,
-            "HTTP/1.0 clients get one request per connection"
+            h.keep_alive,
+            "an HTTP/1.0 client that asks keeps its connection"
         );
+        let h = head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked not to");
         let h = head(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
         assert!(h.unwrap().unwrap().expect_continue);
         let h = head(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
