@@ -244,3 +244,40 @@ async fn an_http_1_0_answer_of_unknown_length_ends_with_the_connection_even_when
         "the body, then the close: {reply:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_refused_early_upstream_is_read_to_its_end_so_the_client_gets_the_answer() {
+    // The upstream refuses the upload from its head and closes, as one with a body limit does.
+    let up = RawUpstream::start(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    // A client that sends its whole body before it reads (far more than the socket buffers
+    // hold). Closed at once, ramp's side would reset the connection under it: the send fails
+    // with a broken pipe, and the answer can be lost.
+    let (sent, reply) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let size = 32 << 20;
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        s.write_all(head.as_bytes()).expect("head");
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        (sent, read_until(&mut s, "\r\n\r\n"))
+    })
+    .await
+    .expect("client");
+    assert_eq!(sent, 32 << 20, "the whole body went out without a reset");
+    assert!(reply.starts_with("HTTP/1.1 413 "), "{reply:?}");
+    assert!(reply.contains("connection: close"), "{reply:?}");
+}

@@ -11,9 +11,12 @@ use std::future::Future;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::inbound::{self, ClientRead, ClientWrite, Inbound, InboundBody, Rewind, Shared};
@@ -71,6 +74,8 @@ pub async fn serve(conn: &Arc<Conn>, inbound: Inbound, mut write: ClientWrite, l
             Some(Ok(Some(head))) => head,
             Some(Err(status)) => {
                 refuse(conn, &mut write, status).await;
+                let wait = std::pin::pin!(linger(&shared, &mut write));
+                signal.unless(Signal::aborting, &mut registered, wait).await;
                 return;
             }
         };
@@ -85,7 +90,15 @@ pub async fn serve(conn: &Arc<Conn>, inbound: Inbound, mut write: ClientWrite, l
         };
         match next {
             Next::KeepAlive if !conn.signal.closing() => inbound::lock(&shared).release(),
-            Next::KeepAlive | Next::Close => return,
+            Next::KeepAlive => return,
+            Next::Close => {
+                if !inbound::lock(&shared).framing.is_done() {
+                    // The client may still be sending the body nobody read.
+                    let wait = std::pin::pin!(linger(&shared, &mut write));
+                    signal.unless(Signal::aborting, &mut registered, wait).await;
+                }
+                return;
+            }
             Next::Upgrade(to) => {
                 let Ok(inbound) = Arc::try_unwrap(shared) else {
                     return;
@@ -220,6 +233,36 @@ async fn exchange(
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// How long a closing connection waits for more of what the client still sends, at most, and
+/// how long it lingers in all (nginx's `lingering_timeout` and `lingering_time` are 5 s and 30 s).
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+const LINGER_MOST: Duration = Duration::from_secs(10);
+
+/// Closes the way nginx's lingering close does, once the answer is out while the client may
+/// still be sending (a request body not read, a refused head): our side is shut (FIN, after a
+/// TLS close_notify), and what the client still sends is read and dropped until it stops, is
+/// quiet for `LINGER_QUIET`, or `LINGER_MOST` has passed. Closed at once, the unread bytes would
+/// make the kernel reset the connection, and a reset can destroy the answer before the client
+/// has read it (RFC 9112 §9.6).
+async fn linger(shared: &Shared, write: &mut ClientWrite) {
+    if write.shutdown().await.is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_MOST;
+    loop {
+        let read = poll_fn(|cx| {
+            let mut inbound = inbound::lock(shared);
+            inbound.buf.clear();
+            inbound.poll_fill(cx)
+        });
+        let until = end.min(Instant::now() + LINGER_QUIET);
+        match tokio::time::timeout_at(until, read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 
