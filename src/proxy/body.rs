@@ -79,6 +79,23 @@ impl ProxyBody {
         }
     }
 
+    /// The upstream's fields, when they came through ramp's own client side: they go out
+    /// before the response's `HeaderMap`, which holds only what ramp added.
+    pub fn upstream_fields(&self) -> Option<&crate::upstream::Fields> {
+        match &self.inner {
+            Either::Left(body) => body.fields(),
+            Either::Right(_) => None,
+        }
+    }
+
+    /// Takes the upstream's fields out.
+    pub fn take_upstream_fields(&mut self) -> Option<Box<crate::upstream::Fields>> {
+        match &mut self.inner {
+            Either::Left(body) => body.take_fields(),
+            Either::Right(_) => None,
+        }
+    }
+
     /// No body (a WebSocket handshake's answer).
     pub fn empty() -> Self {
         ProxyBody {

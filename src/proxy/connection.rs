@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::future::poll_fn;
 
 use bytes::BytesMut;
+use http::Response;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +23,7 @@ use crate::framing::Framing;
 use crate::inbound::{ClientIo, Inbound, Rewind};
 use crate::upstream::ClientBody;
 
+use super::body::ProxyBody;
 use super::context::{Conn, ConnInfo, Proxy};
 use super::handler::handle;
 use super::http1;
@@ -168,7 +170,8 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
     let svc = {
         let conn = Arc::clone(&conn);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            handle(Arc::clone(&conn), req.map(ClientBody::H2))
+            let handling = handle(Arc::clone(&conn), req.map(ClientBody::H2));
+            async move { handling.await.map(with_upstream_fields) }
         })
     };
     let mut connection = std::pin::pin!(a.h2.serve_connection(TokioIo::new(io), svc));
@@ -192,6 +195,18 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
     if let Err(e) = connection.await {
         tracing::debug!(peer = %peer, error = %e, "client connection ended");
     }
+}
+
+/// An answer for hyper (HTTP/2): the upstream's fields, then what ramp added, in one `HeaderMap`.
+fn with_upstream_fields(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Some(fields) = resp.body_mut().take_upstream_fields() {
+        let added = std::mem::replace(resp.headers_mut(), fields.into_map());
+        let headers = resp.headers_mut();
+        for (name, value) in &added {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    resp
 }
 
 /// Whether the client speaks HTTP/2 with prior knowledge (its first bytes are the preface);

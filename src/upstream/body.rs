@@ -17,7 +17,7 @@ use crate::inbound::InboundBody;
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
-use super::wire::{Failed, Framing, Outgoing, Step, Wire};
+use super::wire::{Failed, Fields, Framing, Outgoing, Step, Wire};
 
 /// A client's request body: read by ramp from an HTTP/1.1 connection, or by hyper from an HTTP/2
 /// stream.
@@ -208,6 +208,9 @@ pub struct UpstreamBody {
     source: Source,
     idle: IdleTimer,
     limit: Duration,
+    /// The answer's fields, when its head was read by ramp's own client side (the response's
+    /// `HeaderMap` then holds only what ramp adds).
+    pub(super) fields: Option<Box<Fields>>,
 }
 
 impl UpstreamBody {
@@ -231,6 +234,7 @@ impl UpstreamBody {
             },
             idle: IdleTimer::new(limit),
             limit,
+            fields: None,
         };
         if framing.is_done() {
             body.finish();
@@ -244,7 +248,18 @@ impl UpstreamBody {
             source: Source::Hyper(inner),
             idle: IdleTimer::new(limit),
             limit,
+            fields: None,
         }
+    }
+
+    /// The upstream's fields, to be written before the response's own.
+    pub fn fields(&self) -> Option<&Fields> {
+        self.fields.as_deref()
+    }
+
+    /// Takes the upstream's fields out (to make them a `HeaderMap`).
+    pub fn take_fields(&mut self) -> Option<Box<Fields>> {
+        self.fields.take()
     }
 
     /// The body has been read to its end: its connection goes back to the pool when it may

@@ -238,7 +238,7 @@ impl Upstream {
                             body: std::mem::replace(body, ReqBody::Empty),
                         })
                     });
-                    let body = UpstreamBody::new(
+                    let mut body = UpstreamBody::new(
                         wire,
                         answer.framing,
                         keep_alive,
@@ -247,10 +247,12 @@ impl Upstream {
                         settings.max_idle_per_upstream,
                         connector.body_idle_timeout,
                     );
+                    // The fields ride with the body: written as they are to an HTTP/1.1
+                    // client, made a `HeaderMap` only for HTTP/2 (`Fields::into_map`).
+                    body.fields = Some(answer.fields);
                     let mut resp = Response::new(body);
                     *resp.status_mut() = answer.status;
                     *resp.version_mut() = answer.version;
-                    *resp.headers_mut() = answer.headers;
                     break Ok(resp);
                 }
                 // A pooled connection that failed before a byte of the request went out (the

@@ -17,6 +17,7 @@ pub use body::{ClientBody, ReqBody, UpstreamBody};
 pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
+pub use wire::Fields;
 pub use wire::{Exchange, Outbound};
 
 /// Every live upstream by address. Only the controller touches it, when building a snapshot.

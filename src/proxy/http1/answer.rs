@@ -116,13 +116,19 @@ pub fn head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut length, mut dated, mut connection) = (None, false, false);
+    if let Some(fields) = resp.body().upstream_fields() {
+        // The upstream's fields as they came (never a Connection field: that is hop-by-hop).
+        for (name, value) in fields.iter() {
+            field(out, name, value);
+        }
+        if let (true, Some(n)) = (fields.length_apart, fields.length) {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        (length, dated) = (fields.length, fields.dated);
+    }
     for (name, value) in headers {
         let value = value.as_bytes();
-        out.reserve(name.as_str().len() + value.len() + 4);
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        field(out, name.as_str().as_bytes(), value);
         if *name == CONTENT_LENGTH {
             length = crate::framing::length(value);
         } else if *name == DATE {
@@ -165,6 +171,14 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framed, close)
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Now as an HTTP date, formatted once a second.

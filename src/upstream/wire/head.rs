@@ -4,10 +4,12 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 use crate::framing::{Chunk, Framing, length, list};
+
+use super::fields::{At, Fields};
 
 /// The most header fields an answer may have.
 pub const MAX_HEADERS: usize = 100;
@@ -92,7 +94,8 @@ fn body_expected(m: &Method) -> bool {
 pub struct Answer {
     pub status: StatusCode,
     pub version: Version,
-    pub headers: HeaderMap,
+    /// The fields passed on.
+    pub fields: Box<Fields>,
     pub framing: Framing,
     /// The connection may carry another exchange after this one.
     pub keep_alive: bool,
@@ -128,32 +131,6 @@ fn role(name: &[u8], hide: &[HeaderName]) -> Role {
         7 if is("trailer") || is("upgrade") => Role::Dropped,
         _ if hide.iter().any(|h| is(h.as_str())) => Role::Dropped,
         _ => Role::Kept,
-    }
-}
-
-/// The names upstreams send most, found without `HeaderName::from_bytes`'s general path.
-fn common(name: &[u8]) -> Option<HeaderName> {
-    use http::header;
-    let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
-    match name.len() {
-        4 => [header::DATE, header::ETAG, header::VARY]
-            .into_iter()
-            .find(is),
-        6 => is(&header::SERVER).then_some(header::SERVER),
-        7 => is(&header::EXPIRES).then_some(header::EXPIRES),
-        8 => is(&header::LOCATION).then_some(header::LOCATION),
-        10 => is(&header::SET_COOKIE).then_some(header::SET_COOKIE),
-        12 => is(&header::CONTENT_TYPE).then_some(header::CONTENT_TYPE),
-        13 => [
-            header::CACHE_CONTROL,
-            header::LAST_MODIFIED,
-            header::ACCEPT_RANGES,
-        ]
-        .into_iter()
-        .find(is),
-        14 => is(&header::CONTENT_LENGTH).then_some(header::CONTENT_LENGTH),
-        16 => is(&header::CONTENT_ENCODING).then_some(header::CONTENT_ENCODING),
-        _ => None,
     }
 }
 
@@ -236,7 +213,6 @@ pub fn parse(
                 role,
             });
         }
-        let count = spans.len();
         if !named.is_empty() {
             // Fields the Connection field names are this hop's only (RFC 9110 §7.6.1).
             for span in spans.iter_mut() {
@@ -261,32 +237,30 @@ pub fn parse(
         let one_length = frame.length.filter(|_| !no_length && frame.lengths > 1);
         let drop_length = no_length || one_length.is_some();
         drop(named);
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut fields = Box::new(Fields {
+            head: buf.split_to(len).freeze(),
+            length: frame.length.filter(|_| !no_length),
+            length_apart: one_length.is_some(),
+            ..Fields::default()
+        });
         for span in spans.iter() {
             match span.role {
                 Role::Kept => {}
                 Role::ContentLength if !drop_length => {}
                 _ => continue,
             }
-            let (n, nl) = span.name;
-            let (v, vl) = span.value;
-            let name = &head[n as usize..(n + nl) as usize];
-            let name = match common(name) {
-                Some(known) => known,
-                None => HeaderName::from_bytes(name).map_err(|_| Invalid("bad field name"))?,
-            };
-            let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
-                .map_err(|_| Invalid("bad field value"))?;
-            headers.append(name, value);
-        }
-        if let Some(n) = one_length {
-            headers.append(CONTENT_LENGTH, HeaderValue::from(n));
+            fields.dated |= span.name.1 == 4
+                && fields.head[span.name.0 as usize..span.name.0 as usize + 4]
+                    .eq_ignore_ascii_case(b"date");
+            fields.at.push(At {
+                name: span.name,
+                value: span.value,
+            });
         }
         return Ok(Some(Answer {
             status,
             version,
-            headers,
+            fields,
             framing,
             keep_alive,
         }));
@@ -484,7 +458,14 @@ mod tests {
         let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &hide)
             .unwrap()
             .unwrap();
-        let names: Vec<&str> = a.headers.keys().map(HeaderName::as_str).collect();
+        let names: Vec<&[u8]> = a.fields.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [&b"Server"[..], b"Content-Length"],
+            "as the upstream wrote them"
+        );
+        let map = a.fields.into_map();
+        let names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["server", "content-length"]);
         assert!(a.keep_alive);
         let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -492,7 +473,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            a.headers.is_empty(),
+            a.fields.is_empty() && a.fields.length.is_none(),
             "a length beside chunked is not passed on"
         );
         assert!(!a.keep_alive);
@@ -546,7 +527,8 @@ mod tests {
     fn repeated_lengths_go_on_as_one_and_a_204_carries_none() {
         let lengths = |wire: &[u8], method: Method| {
             let a = answer(wire, method).unwrap().unwrap();
-            let values: Vec<_> = a.headers.get_all(CONTENT_LENGTH).iter().cloned().collect();
+            let map = a.fields.into_map();
+            let values: Vec<_> = map.get_all(CONTENT_LENGTH).iter().cloned().collect();
             (a.framing, values)
         };
         let two = HeaderValue::from_static("2");

@@ -5,6 +5,7 @@
 //!
 //! The request head stays the caller's: after a failure it can be sent again as it is.
 
+mod fields;
 mod head;
 mod io;
 mod send;
@@ -21,6 +22,7 @@ use super::body::ReqBody;
 use super::idle::BodyError;
 
 pub use crate::framing::{Framing, Step};
+pub use fields::Fields;
 pub use head::Answer;
 pub use io::Io;
 pub use send::Outgoing;
