@@ -12,6 +12,38 @@ pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `bytes` (a field name, or an item of a field's value, as httparse let it through) is
+/// `lower` in any case; `lower` holds only lower-case letters, digits and '-'. Setting bit 5 of a
+/// byte lowers a letter's case and leaves a digit or '-' as it is, and no other byte a field may
+/// hold (no control byte but tab) becomes one of those by it: so eight bytes compare at once,
+/// where `eq_ignore_ascii_case` maps both sides byte by byte.
+pub fn is(bytes: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(
+        lower
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    );
+    if bytes.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (bytes.chunks_exact(8), lower.chunks_exact(8));
+    for (x, y) in (&mut a).zip(&mut b) {
+        if word(x) | 0x2020_2020_2020_2020 != word(y) {
+            return false;
+        }
+    }
+    a.remainder()
+        .iter()
+        .zip(b.remainder())
+        .all(|(x, y)| x | 0x20 == *y)
+}
+
+fn word(eight: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(eight);
+    u64::from_ne_bytes(w)
+}
+
 /// One Content-Length value: decimal digits only (RFC 9110 §8.6), within `u64`.
 pub fn length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
@@ -284,5 +316,33 @@ mod tests {
         let (body, ended) = decode_all(Framing::Close, b"until the end", 4).unwrap();
         assert_eq!(body, b"until the end");
         assert!(ended);
+    }
+
+    #[test]
+    fn names_compare_in_any_case_and_nothing_else_matches() {
+        for (bytes, lower, same) in [
+            (&b"Content-Length"[..], &b"content-length"[..], true),
+            (b"TRANSFER-ENCODING", b"transfer-encoding", true),
+            (b"keep-alive", b"keep-alive", true),
+            (b"te", b"te", true),
+            (b"Content-Lengti", b"content-length", false),
+            (b"content_length", b"content-length", false),
+            (b"content-lengthx", b"content-length", false),
+            (b"CHUNKED", b"chunked", true),
+            (b"chunked\t", b"chunked-", false),
+        ] {
+            assert_eq!(
+                is(bytes, lower),
+                same,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Every byte a name may hold against every byte `lower` may hold, one at a time.
+        for x in (0u8..=255).filter(|b| *b == b'\t' || (32..127).contains(b) || *b >= 128) {
+            for y in (b'a'..=b'z').chain(b'0'..=b'9').chain([b'-']) {
+                assert_eq!(is(&[x; 9], &[y; 9]), x.eq_ignore_ascii_case(&y), "{x} {y}");
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Chunk, Framing, length, list};
+use crate::framing::{Chunk, Framing, is, length, list};
 
 /// Up to this many fields are parsed into room on the stack; a higher `limits.max_headers`
 /// takes room from the heap.
@@ -174,16 +174,14 @@ impl Frame {
             }
         } else if *name == TRANSFER_ENCODING {
             self.coded = true;
-            self.chunked = list(value)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            self.chunked = list(value).last().is_some_and(|t| is(t, b"chunked"));
         } else if *name == CONNECTION {
             for t in list(value) {
-                if t.eq_ignore_ascii_case(b"close") {
+                if is(t, b"close") {
                     self.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                } else if is(t, b"keep-alive") {
                     self.keep_alive = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                } else if is(t, b"upgrade") {
                     self.upgrade = true;
                 }
             }

@@ -5,7 +5,7 @@
 //! HTTP/1.1 client never needed.
 
 use bytes::Bytes;
-use http::header::{self, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
@@ -53,12 +53,8 @@ impl Fields {
             let (v, vl) = at.value;
             // httparse let through only tokens as names and field-value bytes as values, which
             // is what both of these accept: neither fails.
-            let name = match common(name) {
-                Some(known) => known,
-                None => match HeaderName::from_bytes(name) {
-                    Ok(name) => name,
-                    Err(_) => continue,
-                },
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                continue;
             };
             let value = self.head.slice(v as usize..(v + vl) as usize);
             let Ok(value) = HeaderValue::from_maybe_shared(value) else {
@@ -70,30 +66,5 @@ impl Fields {
             map.append(CONTENT_LENGTH, HeaderValue::from(n));
         }
         map
-    }
-}
-
-/// The names upstreams send most, found without `HeaderName::from_bytes`'s general path.
-fn common(name: &[u8]) -> Option<HeaderName> {
-    let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
-    match name.len() {
-        4 => [header::DATE, header::ETAG, header::VARY]
-            .into_iter()
-            .find(is),
-        6 => is(&header::SERVER).then_some(header::SERVER),
-        7 => is(&header::EXPIRES).then_some(header::EXPIRES),
-        8 => is(&header::LOCATION).then_some(header::LOCATION),
-        10 => is(&header::SET_COOKIE).then_some(header::SET_COOKIE),
-        12 => is(&header::CONTENT_TYPE).then_some(header::CONTENT_TYPE),
-        13 => [
-            header::CACHE_CONTROL,
-            header::LAST_MODIFIED,
-            header::ACCEPT_RANGES,
-        ]
-        .into_iter()
-        .find(is),
-        14 => is(&header::CONTENT_LENGTH).then_some(header::CONTENT_LENGTH),
-        16 => is(&header::CONTENT_ENCODING).then_some(header::CONTENT_ENCODING),
-        _ => None,
     }
 }

@@ -7,7 +7,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Chunk, Framing, length, list};
+use crate::framing::{Chunk, Framing, is, length, list};
 
 use super::fields::{At, Fields};
 
@@ -120,16 +120,22 @@ enum Role {
 }
 
 fn role(name: &[u8], hide: &[HeaderName]) -> Role {
-    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    let named = |known: &[u8]| is(name, known);
     match name.len() {
-        14 if is("content-length") => Role::ContentLength,
-        17 if is("transfer-encoding") => Role::TransferEncoding,
-        10 if is("connection") => Role::Connection,
-        10 if is("keep-alive") => Role::Dropped,
-        16 if is("proxy-connection") => Role::Dropped,
-        2 if is("te") => Role::Dropped,
-        7 if is("trailer") || is("upgrade") => Role::Dropped,
-        _ if hide.iter().any(|h| is(h.as_str())) => Role::Dropped,
+        14 if named(b"content-length") => Role::ContentLength,
+        17 if named(b"transfer-encoding") => Role::TransferEncoding,
+        10 if named(b"connection") => Role::Connection,
+        10 if named(b"keep-alive") => Role::Dropped,
+        16 if named(b"proxy-connection") => Role::Dropped,
+        2 if named(b"te") => Role::Dropped,
+        7 if named(b"trailer") || named(b"upgrade") => Role::Dropped,
+        // A configured name may hold any token byte: compared byte by byte.
+        _ if hide
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes())) =>
+        {
+            Role::Dropped
+        }
         _ => Role::Kept,
     }
 }
@@ -192,13 +198,13 @@ pub fn parse(
                     frame.coded = true;
                     frame.chunked = list(field.value)
                         .last()
-                        .map_or(frame.chunked, |t| t.eq_ignore_ascii_case(b"chunked"));
+                        .map_or(frame.chunked, |t| is(t, b"chunked"));
                 }
                 Role::Connection => {
                     for t in list(field.value) {
-                        if t.eq_ignore_ascii_case(b"close") {
+                        if is(t, b"close") {
                             frame.close = true;
-                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        } else if is(t, b"keep-alive") {
                             frame.keep_alive = true;
                         } else {
                             named.push(t);
@@ -250,8 +256,10 @@ pub fn parse(
                 _ => continue,
             }
             fields.dated |= span.name.1 == 4
-                && fields.head[span.name.0 as usize..span.name.0 as usize + 4]
-                    .eq_ignore_ascii_case(b"date");
+                && is(
+                    &fields.head[span.name.0 as usize..span.name.0 as usize + 4],
+                    b"date",
+                );
             fields.at.push(At {
                 name: span.name,
                 value: span.value,
