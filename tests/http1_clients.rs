@@ -282,3 +282,31 @@ async fn an_upload_refused_early_upstream_is_read_to_its_end_so_the_client_gets_
     assert!(reply.starts_with("HTTP/1.1 413 "), "{reply:?}");
     assert!(reply.contains("connection: close"), "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_length_field_is_named_in_connection_still_says_its_length() {
+    // Content-Length named as hop-by-hop: the field is dropped, but the answer must still be
+    // framed, or the next answer on the connection would read as part of its body.
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("client");
+    let answers: Vec<&str> = reply.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{reply:?}");
+    for a in answers {
+        let (head, body) = a.split_once("\r\n\r\n").expect("a head");
+        assert!(head.contains("content-length: 2"), "{reply:?}");
+        assert_eq!(body, "ok", "{reply:?}");
+    }
+}

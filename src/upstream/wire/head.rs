@@ -245,14 +245,16 @@ pub fn parse(
         drop(named);
         let mut fields = Box::new(Fields {
             head: buf.split_to(len).freeze(),
-            length: frame.length.filter(|_| !no_length),
+            length: one_length,
             length_apart: one_length.is_some(),
             ..Fields::default()
         });
         for span in spans.iter() {
             match span.role {
                 Role::Kept => {}
-                Role::ContentLength if !drop_length => {}
+                // Only a length that goes on is told to the writer (one the Connection field
+                // named is dropped, and the answer's framing gives the length instead).
+                Role::ContentLength if !drop_length => fields.length = frame.length,
                 _ => continue,
             }
             fields.dated |= span.name.1 == 4
@@ -529,6 +531,22 @@ mod tests {
             answer(&long, Method::GET).unwrap_err(),
             Invalid("head too large")
         );
+    }
+
+    #[test]
+    fn a_length_the_connection_field_names_is_not_claimed_as_passed_on() {
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\n",
+        ] {
+            let a = answer(wire, Method::GET).unwrap().unwrap();
+            assert_eq!(a.framing, Framing::Length(2));
+            assert!(
+                a.fields.is_empty() && a.fields.length.is_none(),
+                "{:?}",
+                a.fields
+            );
+        }
     }
 
     #[test]
