@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Backend, Client, Proxy, RawUpstream, config, on_one_connection, raw, single, status_of,
+    Backend, Client, Proxy, RawUpstream, config, on_one_connection, raw, raw_reply, single,
+    status_of,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,9 +83,7 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
         ),
     ];
     for (request, status) in cases {
-        let reply = tokio::task::spawn_blocking(move || raw(addr, request))
-            .await
-            .expect("client");
+        let reply = raw_reply(addr, request).await;
         assert_eq!(
             status_of(&reply),
             status,
@@ -98,14 +97,7 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
         b.seen()
     );
     // Plain chunked still flows.
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     assert!(reply.ends_with("\r\n\r\n5"), "{reply}");
 }
@@ -119,14 +111,7 @@ async fn trailers_and_the_field_announcing_them_are_not_forwarded() {
     .await;
     let proxy = Proxy::start(&single(up.addr, ""));
     let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"POST /x HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTrailer: x-sig\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nx-sig: 1\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(addr, b"POST /x HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTrailer: x-sig\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nx-sig: 1\r\n\r\n").await;
     assert_eq!(status_of(&reply), 200, "{reply}");
     let lower = reply.to_ascii_lowercase();
     assert!(!lower.contains("trailer:"), "{reply}");
@@ -248,14 +233,11 @@ async fn an_upstream_that_switches_protocols_unasked_gets_502() {
     .await;
     let proxy = Proxy::start(&single(up.addr, ""));
     let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"GET /101 HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade, close\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(
+        addr,
+        b"GET /101 HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade, close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&reply), 502, "{reply}");
 }
 

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Proxy, RawUpstream, config, raw, single};
+use support::{Backend, Proxy, RawUpstream, config, raw_reply, single};
 
 async fn start() -> (Backend, Proxy) {
     let b = Backend::start("stable").await;
@@ -39,9 +39,7 @@ async fn pipelined_requests_are_answered_in_order_with_their_bodies() {
         POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
         POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
         GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let reply = tokio::task::spawn_blocking(move || raw(addr, requests))
-        .await
-        .expect("client");
+    let reply = raw_reply(addr, requests).await;
     assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 4, "{reply}");
     // Each upload's answer (the length the upstream received) comes in its place.
     let bodies: Vec<&str> = reply
@@ -82,14 +80,7 @@ async fn expect_100_continue_gets_the_go_ahead_before_the_body_is_sent() {
 async fn a_head_answer_keeps_its_length_and_the_connection_goes_on() {
     let (_b, proxy) = start().await;
     let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"HEAD /download/100 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(addr, b"HEAD /download/100 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     let (head, rest) = reply.split_once("\r\n\r\n").expect("a head");
     assert!(head.contains("content-length: 100"), "{head}");
     assert!(
@@ -166,14 +157,11 @@ async fn an_answer_cut_short_upstream_reaches_the_client_as_far_as_it_came() {
     let proxy = Proxy::start(&single(up.addr, ""));
     let addr = proxy.addr;
     // The next request is already waiting when the answer is cut.
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"GET /short HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(
+        addr,
+        b"GET /short HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
     // The upstream's fields go on as it wrote them.
     assert!(reply.contains("\r\nContent-Length: 10\r\n"), "{reply:?}");
@@ -233,11 +221,7 @@ async fn an_http_1_0_answer_of_unknown_length_ends_with_the_connection_even_when
     .await;
     let proxy = Proxy::start(&single(up.addr, ""));
     let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(addr, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(addr, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply:?}");
     assert!(!reply.contains("keep-alive"), "{reply:?}");
     assert!(
@@ -294,14 +278,7 @@ async fn an_answer_whose_length_field_is_named_in_connection_still_says_its_leng
     .await;
     let proxy = Proxy::start(&single(up.addr, ""));
     let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        raw(
-            addr,
-            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-    })
-    .await
-    .expect("client");
+    let reply = raw_reply(addr, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     let answers: Vec<&str> = reply.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
     assert_eq!(answers.len(), 2, "{reply:?}");
     for a in answers {

@@ -619,6 +619,13 @@ impl Client {
     }
 }
 
+/// `raw` from an async test (on a blocking thread, so the proxy's runtime keeps running).
+pub async fn raw_reply(addr: SocketAddr, request: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || raw(addr, request))
+        .await
+        .expect("client")
+}
+
 /// Sends raw bytes on a fresh connection and reads until the server closes it (or 10 s pass).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
