@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -17,6 +18,12 @@ use crate::framing::{Framing, Step};
 
 /// Bytes read from a client at a time.
 pub const READ_SIZE: usize = 8 * 1024;
+
+/// How long a closing connection (or an abandoned HTTP/2 request body) waits for more of what
+/// the client still sends, at most, and how long it lingers in all (nginx's `lingering_timeout`
+/// and `lingering_time` are 5 s and 30 s).
+pub const LINGER_QUIET: Duration = Duration::from_secs(2);
+pub const LINGER_MOST: Duration = Duration::from_secs(10);
 
 /// Read buffers kept per thread for connections to take when a request arrives.
 const SPARES: usize = 64;

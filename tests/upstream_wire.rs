@@ -178,6 +178,64 @@ async fn an_upload_answered_before_it_ends_gets_that_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let total = 4 * 1024 * 1024;
+    let req = http::Request::post(proxy.url("/up"))
+        .header("content-length", total)
+        .body(())
+        .expect("req");
+    let (resp, mut upload) = h2.send_request(req, false).expect("send");
+    let block = 16 * 1024;
+    upload
+        .send_data(bytes::Bytes::from(vec![b'x'; block]), false)
+        .expect("first data");
+
+    // The answer arrives while the upload is under way, and whole.
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 413);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk.expect("answer body"));
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "too large");
+
+    // Like curl, the client sends the rest: the stream is not reset under it.
+    let mut sent = block;
+    while sent < total {
+        upload.reserve_capacity(block);
+        let granted = futures_util::future::poll_fn(|cx| upload.poll_capacity(cx))
+            .await
+            .expect("stream open")
+            .expect("capacity, not a reset");
+        let n = granted.min(total - sent);
+        sent += n;
+        upload
+            .send_data(bytes::Bytes::from(vec![b'x'; n]), sent == total)
+            .expect("data after the answer");
+    }
+    // Nothing cut the stream short once it ended either.
+    let reset = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures_util::future::poll_fn(|cx| upload.poll_reset(cx)),
+    )
+    .await;
+    assert!(reset.is_err(), "stream reset: {reset:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_of_unknown_length_reaches_the_upstream_whole_and_chunked() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&support::config(&[&b], &[&b], "id: w\npercent: 0", ""));

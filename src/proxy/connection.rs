@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use crate::config::Limits;
 use crate::framing::Framing;
 use crate::inbound::{ClientIo, Inbound, Rewind};
-use crate::upstream::ClientBody;
+use crate::upstream::{ClientBody, H2Body};
 
 use super::body::ProxyBody;
 use super::context::{Conn, ConnInfo, Proxy};
@@ -170,7 +170,10 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
     let svc = {
         let conn = Arc::clone(&conn);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let handling = handle(Arc::clone(&conn), req.map(ClientBody::H2));
+            let handling = handle(
+                Arc::clone(&conn),
+                req.map(|b| ClientBody::H2(H2Body::new(b))),
+            );
             async move { handling.await.map(with_upstream_fields) }
         })
     };

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::clock::now_ms;
-use crate::inbound::InboundBody;
+use crate::inbound::{InboundBody, LINGER_MOST, LINGER_QUIET};
 
 use super::Upstream;
 use super::idle::{BodyError, IdleTimer};
@@ -26,7 +27,74 @@ pub enum ClientBody {
     /// No body.
     None,
     H1(InboundBody),
-    H2(Incoming),
+    H2(H2Body),
+}
+
+/// An HTTP/2 request body. Dropped before its end (the upstream answered early, or ramp refused
+/// the request), it is read on and dropped until the client ends it, is quiet for
+/// [`LINGER_QUIET`] or [`LINGER_MOST`] has passed, as an HTTP/1.1 connection lingers: the stream
+/// stays open meanwhile, so the client reads the answer and finishes its upload instead of
+/// meeting a reset (RST_STREAM NO_ERROR, which RFC 9113 §8.1 allows, but curl up to 8.x reports
+/// as an error and loses the answer it has already read).
+#[derive(Debug)]
+pub struct H2Body(Option<Incoming>);
+
+impl H2Body {
+    pub fn new(inner: Incoming) -> Self {
+        H2Body(Some(inner))
+    }
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+/// Reads the rest of an abandoned HTTP/2 request body and drops it, within the linger limits.
+async fn drain(mut body: Incoming) {
+    let end = tokio::time::Instant::now() + LINGER_MOST;
+    loop {
+        let until = end.min(tokio::time::Instant::now() + LINGER_QUIET);
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(_))) => {}
+            _ => return,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
 }
 
 impl Body for ClientBody {

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
 use tokio::io::AsyncWriteExt;
@@ -19,7 +18,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::inbound::{self, ClientRead, ClientWrite, Inbound, InboundBody, Rewind, Shared};
+use crate::inbound::{
+    self, ClientRead, ClientWrite, Inbound, InboundBody, LINGER_MOST, LINGER_QUIET, Rewind, Shared,
+};
 use crate::upstream::ClientBody;
 
 use super::body::error_response;
@@ -235,11 +236,6 @@ async fn exchange(
         Next::KeepAlive
     }
 }
-
-/// How long a closing connection waits for more of what the client still sends, at most, and
-/// how long it lingers in all (nginx's `lingering_timeout` and `lingering_time` are 5 s and 30 s).
-const LINGER_QUIET: Duration = Duration::from_secs(2);
-const LINGER_MOST: Duration = Duration::from_secs(10);
 
 /// Closes the way nginx's lingering close does, once the answer is out while the client may
 /// still be sending (a request body not read, a refused head): our side is shut (FIN, after a
