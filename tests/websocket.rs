@@ -1,7 +1,7 @@
 //! WebSocket through ramp with a real client and server (tungstenite): the handshake is routed by
 //! the user's sticky id, messages of 70 KB cross both ways, over HTTP/1.1 and over HTTP/2
 //! (extended CONNECT), and a tunnel whose idle limit passes, or whose either side goes away,
-//! leaves nothing open behind.
+//! leaves nothing open behind; a side that ends cleanly still gets the other's last bytes.
 
 mod support;
 
@@ -306,4 +306,75 @@ async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
         ws.close(None).await.expect("close");
     }
     assert!(proxy.metric("ramp_canary_fallback_total").await >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_that_ends_cleanly_still_gets_the_other_s_last_bytes_then_the_tunnel_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A WebSocket server that answers the handshake, sends its last bytes once the client has
+    // ended its side, and then never closes its own.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).await.expect("head"), 1);
+            head.push(byte[0]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            .await
+            .expect("101");
+        // The client's end arrives as the end of what ramp sends.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.expect("client side");
+        let _ = ended_tx.send(rest);
+        s.write_all(b"last bytes").await.expect("last bytes");
+        // Held open: ramp must not wait on it forever.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let proxy = Proxy::start(&support::single(up, "metrics: {listen: 127.0.0.1:0}"));
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect");
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nfirst bytes")
+        .await
+        .expect("handshake");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = c.read(&mut buf).await.expect("101");
+        assert!(n > 0, "closed before the 101: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let tail = got.split_off(got.windows(4).position(|w| w == b"\r\n\r\n").expect("end") + 4);
+    // The client ends its side: the server sees everything it sent, then the end.
+    c.shutdown().await.expect("shutdown");
+    let rest = tokio::time::timeout(Duration::from_secs(10), ended_rx)
+        .await
+        .expect("the server never saw the client's end")
+        .expect("server");
+    assert_eq!(rest, b"first bytes");
+    // The server's last bytes still reach the client, and then the tunnel closes although the
+    // server never does.
+    let mut down = tail;
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut down))
+        .await
+        .expect("the tunnel was left open")
+        .expect("read");
+    assert_eq!(down, b"last bytes");
+    let series = "ramp_tunnels_open{pool=\"stable\"}";
+    for _ in 0..200 {
+        if proxy.metric(series).await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.metric(series).await, 0.0, "{series}");
 }
