@@ -236,6 +236,77 @@ async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_that_succeeded_before_it_ends_is_told_to_stop_sending() {
+    // A success leaves the client no reason to stop: it is told to (curl, which never reads once
+    // its send window is used up, would otherwise wait for ever).
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let req = http::Request::post(proxy.url("/up"))
+        .header("content-length", 4 * 1024 * 1024)
+        .body(())
+        .expect("req");
+    let (resp, mut upload) = h2.send_request(req, false).expect("send");
+    upload
+        .send_data(bytes::Bytes::from(vec![b'x'; 16 * 1024]), false)
+        .expect("first data");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk.expect("answer body"));
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "ok");
+    // The client goes on uploading, as curl does, until it is stopped.
+    let (total, block) = (4 * 1024 * 1024, 16 * 1024);
+    let mut sent = block;
+    let stopped = loop {
+        if sent >= total {
+            break None;
+        }
+        upload.reserve_capacity(block);
+        let granted = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::poll_fn(|cx| upload.poll_capacity(cx)),
+        )
+        .await
+        .expect("the upload was neither read nor stopped");
+        match granted {
+            Some(Ok(n)) => {
+                let n = n.min(total - sent);
+                sent += n;
+                if let Err(e) = upload.send_data(bytes::Bytes::from(vec![b'x'; n]), sent == total) {
+                    break e.reason();
+                }
+            }
+            Some(Err(e)) => break e.reason(),
+            // The stream is closed: by a reset, or because the upload ended.
+            None => {
+                let reset = futures_util::future::poll_fn(|cx| upload.poll_reset(cx));
+                let reset = tokio::time::timeout(Duration::from_secs(5), reset).await;
+                break reset.ok().and_then(Result::ok);
+            }
+        }
+    };
+    assert_eq!(
+        stopped,
+        Some(h2::Reason::NO_ERROR),
+        "{sent} of {total} bytes sent"
+    );
+    assert!(sent < total, "{sent} of {total} bytes sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_of_unknown_length_reaches_the_upstream_whole_and_chunked() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&support::config(&[&b], &[&b], "id: w\npercent: 0", ""));

@@ -170,11 +170,17 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
     let svc = {
         let conn = Arc::clone(&conn);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let handling = handle(
-                Arc::clone(&conn),
-                req.map(|b| ClientBody::H2(H2Body::new(b))),
-            );
-            async move { handling.await.map(with_upstream_fields) }
+            let (parts, body) = req.into_parts();
+            let (body, leftover) = H2Body::new(body);
+            let req = http::Request::from_parts(parts, ClientBody::H2(body));
+            let handling = handle(Arc::clone(&conn), req);
+            async move {
+                let resp = handling.await;
+                if let (Some(leftover), Ok(resp)) = (leftover, &resp) {
+                    leftover.answered(resp.status());
+                }
+                resp.map(with_upstream_fields)
+            }
         })
     };
     let mut connection = std::pin::pin!(a.h2.serve_connection(TokioIo::new(io), svc));

@@ -3,8 +3,8 @@
 //! it with itself otherwise). Either is aborted after `body_idle_timeout` without data.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,31 +31,85 @@ pub enum ClientBody {
 }
 
 /// An HTTP/2 request body. Dropped before its end (the upstream answered early, or ramp refused
-/// the request), it is read on and dropped until the client ends it, is quiet for
-/// [`LINGER_QUIET`] or [`LINGER_MOST`] has passed, as an HTTP/1.1 connection lingers: the stream
-/// stays open meanwhile, so the client reads the answer and finishes its upload instead of
-/// meeting a reset (RST_STREAM NO_ERROR, which RFC 9113 §8.1 allows, but curl up to 8.x reports
-/// as an error and loses the answer it has already read).
+/// the request), what is left of it is read on or reset by the answer (see [`Leftover`]).
 #[derive(Debug)]
-pub struct H2Body(Option<Incoming>);
+pub struct H2Body {
+    inner: Option<Incoming>,
+    left: Option<Arc<Mutex<Left>>>,
+}
+
+/// An abandoned body and its request's answer, whichever comes first.
+#[derive(Debug, Default)]
+struct Left {
+    status: Option<http::StatusCode>,
+    body: Option<Incoming>,
+}
 
 impl H2Body {
-    pub fn new(inner: Incoming) -> Self {
-        H2Body(Some(inner))
+    /// The body, and (unless it is already at its end) the handle to give its answer to.
+    pub fn new(inner: Incoming) -> (Self, Option<Leftover>) {
+        let left = (!inner.is_end_stream()).then(|| Arc::new(Mutex::new(Left::default())));
+        let leftover = left.as_ref().map(|l| Leftover(Arc::clone(l)));
+        (
+            H2Body {
+                inner: Some(inner),
+                left,
+            },
+            leftover,
+        )
     }
 }
 
 impl Drop for H2Body {
     fn drop(&mut self) {
-        let Some(body) = self.0.take() else {
+        let (Some(body), Some(left)) = (self.inner.take(), &self.left) else {
             return;
         };
         if body.is_end_stream() {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(body));
+        let mut left = left.lock().unwrap_or_else(|e| e.into_inner());
+        match left.status {
+            Some(status) => {
+                drop(left);
+                settle(status, body);
+            }
+            None => left.body = Some(body),
         }
+    }
+}
+
+/// Where an HTTP/2 request body dropped before its end meets its request's answer.
+#[derive(Debug)]
+pub struct Leftover(Arc<Mutex<Left>>);
+
+impl Leftover {
+    /// The request was answered with `status` (the body may be abandoned before or after).
+    pub fn answered(self, status: http::StatusCode) {
+        let mut left = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        left.status = Some(status);
+        let body = left.body.take();
+        drop(left);
+        if let Some(body) = body {
+            settle(status, body);
+        }
+    }
+}
+
+/// What becomes of an abandoned body. Under a refusal (3xx to 5xx) the client is likely still
+/// uploading: the rest is read and dropped until the client ends it, is quiet for
+/// [`LINGER_QUIET`] or [`LINGER_MOST`] has passed, as an HTTP/1.1 connection lingers, so that the
+/// client reads the answer and stops (curl stops on such an answer) instead of meeting a reset
+/// (RST_STREAM NO_ERROR, which RFC 9113 §8.1 allows but curl up to 8.x reports as an error,
+/// losing the answer). Under a success the stream is reset once the answer is out, as hyper
+/// does: curl keeps uploading after a success and, its send window used up, never reads the
+/// window updates a drain sends, so it would hang where a reset fails it at once.
+fn settle(status: http::StatusCode, body: Incoming) {
+    if status.as_u16() < 300 {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(drain(body));
     }
 }
 
@@ -80,18 +134,18 @@ impl Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().inner {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0
+        self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
