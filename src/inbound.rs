@@ -172,6 +172,22 @@ pub struct Inbound {
     pub buf: BytesMut,
     /// How much of the current request's body is left to read.
     pub framing: Framing,
+    /// The current request's `Expect: 100-continue`, until it is met.
+    pub expect: Continue,
+}
+
+/// Where a request's `Expect: 100-continue` stands. The `100 Continue` is sent only when the
+/// body is first wanted and not already there, as hyper's server does: a request answered
+/// without its body (an upstream that cannot be reached) is answered without the client sending
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continue {
+    /// Nothing expected, or the `100 Continue` has gone out.
+    Met,
+    /// Expected, and the body not wanted yet.
+    Owed,
+    /// The body is wanted: the connection is to send the `100 Continue`.
+    Due,
 }
 
 impl Inbound {
@@ -246,10 +262,21 @@ impl Body for InboundBody {
         let inbound = &mut *guard;
         loop {
             match inbound.framing.decode(&mut inbound.buf) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::Data(data)) => {
+                    // The client sends its body without waiting: nothing more to tell it.
+                    if inbound.expect == Continue::Owed {
+                        inbound.expect = Continue::Met;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 Ok(Step::End) => return Poll::Ready(None),
                 Ok(Step::More) => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+            if inbound.expect == Continue::Owed {
+                // The client waits for it before sending the body; the connection, which polls
+                // this body, sends it next.
+                inbound.expect = Continue::Due;
             }
             match ready!(inbound.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Some(Err(InboundError::Cut))),

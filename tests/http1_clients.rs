@@ -77,6 +77,33 @@ async fn expect_100_continue_gets_the_go_ahead_before_the_body_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_to_an_unreachable_upstream_is_answered_before_the_body_is_sent() {
+    // A port nothing listens on: the request is answered without its body.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let proxy = Proxy::start(&single(closed, ""));
+    let addr = proxy.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"PUT /big HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000\r\n\r\n")
+            .expect("head");
+        // Like a client that waits for the go-ahead: the first thing back is the answer.
+        read_until(&mut s, "\r\n\r\n")
+    })
+    .await
+    .expect("client");
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_answer_keeps_its_length_and_the_connection_goes_on() {
     let (_b, proxy) = start().await;
     let addr = proxy.addr;

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::config::Limits;
 use crate::framing::Framing;
-use crate::inbound::{ClientIo, Inbound, Rewind};
+use crate::inbound::{ClientIo, Continue, Inbound, Rewind};
 use crate::upstream::{ClientBody, H2Body};
 
 use super::body::ProxyBody;
@@ -140,6 +140,7 @@ pub async fn serve(
         io: read,
         buf: BytesMut::new(),
         framing: Framing::Done,
+        expect: Continue::Met,
     };
     let h2 = h2 || {
         let sniff = sniff(&mut inbound);

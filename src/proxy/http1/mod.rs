@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use http::{Method, Request, StatusCode};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::inbound::{
-    self, ClientRead, ClientWrite, Inbound, InboundBody, LINGER_MOST, LINGER_QUIET, Rewind, Shared,
+    self, ClientRead, ClientWrite, Continue, Inbound, InboundBody, LINGER_MOST, LINGER_QUIET,
+    Rewind, Shared,
 };
 use crate::upstream::ClientBody;
 
@@ -145,6 +146,31 @@ async fn next_head(
     .await
 }
 
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Writes the `100 Continue` once the request body asks for it ([`Continue::Due`]), as far as
+/// the connection takes it now; `continued` counts what has gone.
+fn send_continue(
+    shared: &Shared,
+    write: &mut ClientWrite,
+    continued: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::io::Result<()> {
+    if inbound::lock(shared).expect != Continue::Due {
+        return Ok(());
+    }
+    while *continued < CONTINUE.len() {
+        match std::pin::Pin::new(&mut *write).poll_write(cx, &CONTINUE[*continued..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => *continued += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(()),
+        }
+    }
+    inbound::lock(shared).expect = Continue::Met;
+    Ok(())
+}
+
 /// Ready if the client has closed the connection (or it failed) while its request is handled,
 /// once its body (if any) has been read: the request is then abandoned. Bytes sent meanwhile
 /// (the next request) are kept for later.
@@ -179,16 +205,14 @@ async fn exchange(
     let body = if framing.is_done() {
         ClientBody::None
     } else {
-        inbound::lock(shared).framing = framing;
+        let mut inbound = inbound::lock(shared);
+        inbound.framing = framing;
+        if expect_continue {
+            inbound.expect = Continue::Owed;
+        }
         ClientBody::H1(InboundBody::new(Arc::clone(shared)))
     };
     let mut out = answer::Out::take();
-    if expect_continue {
-        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        if answer::flush(write, &mut out).await.is_err() {
-            return Next::Close;
-        }
-    }
     let mut req = Request::from_parts(parts, body);
     let upgrade = upgrade.then(|| {
         let (to, from) = oneshot::channel();
@@ -199,9 +223,14 @@ async fn exchange(
     // Pinned where it is: the request's future is the largest part of this one, and is never
     // moved (nor held twice).
     let mut handling = std::pin::pin!(handle(Arc::clone(conn), req));
+    // How much of a `100 Continue` has been written.
+    let mut continued = 0;
     let resp = poll_fn(|cx| {
         if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(resp));
+        }
+        if expect_continue && send_continue(shared, write, &mut continued, cx).is_err() {
+            return Poll::Ready(None);
         }
         if client_gone(shared, cx).is_ready() {
             return Poll::Ready(None);
@@ -212,6 +241,14 @@ async fn exchange(
     let Some(Ok(resp)) = resp else {
         return Next::Close;
     };
+    if expect_continue {
+        // An answer before the body was wanted replaces the `100 Continue`; one begun is
+        // finished.
+        inbound::lock(shared).expect = Continue::Met;
+        if continued > 0 && continued < CONTINUE.len() {
+            out.extend_from_slice(&CONTINUE[continued..]);
+        }
+    }
     // A request body not read to its end by now (the request failed, or the upstream answered
     // early) leaves the connection unusable: the answer says so.
     let unread = !inbound::lock(shared).framing.is_done();
