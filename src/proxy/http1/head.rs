@@ -188,7 +188,11 @@ impl Frame {
         } else if *name == UPGRADE {
             self.has_upgrade = true;
         } else if *name == EXPECT {
-            self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            // A list, possibly over several fields (RFC 9110 §10.1.1); other expectations are
+            // passed on.
+            if list(value).any(|t| is(t, b"100-continue")) {
+                self.expect_continue = true;
+            }
         }
         Ok(true)
     }
@@ -315,6 +319,19 @@ mod tests {
         assert!(!h.keep_alive, "HTTP/1.0 closes unless asked not to");
         let h = head(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
         assert!(h.unwrap().unwrap().expect_continue);
+        for expect in [
+            "Expect: 100-Continue",
+            "Expect: 100-continue, foo",
+            "Expect: foo,100-continue",
+            "Expect: 100-continue\r\nExpect: foo",
+            "Expect: foo\r\nExpect:  100-continue ",
+        ] {
+            let text = format!("PUT / HTTP/1.1\r\n{expect}\r\nContent-Length: 1\r\n\r\n");
+            let h = head(text.as_bytes()).unwrap().unwrap();
+            assert!(h.expect_continue, "{expect:?}");
+        }
+        let h = head(b"PUT / HTTP/1.1\r\nExpect: 100-continued\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.unwrap().unwrap().expect_continue);
         let h = head(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
             .unwrap()
             .unwrap();
