@@ -177,13 +177,22 @@ async fn an_upload_answered_before_it_ends_gets_that_answer() {
     assert!(out.ends_with("too large"), "{out:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish() {
-    let up = RawUpstream::start(
-        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
-        true,
-    )
-    .await;
+/// The length an HTTP/2 upload declares, and the block it is sent in.
+const UPLOAD: usize = 4 * 1024 * 1024;
+const BLOCK: usize = 16 * 1024;
+
+/// An HTTP/2 upload of [`UPLOAD`] bytes to an upstream that gives `answer` on the head and
+/// closes: its first block is sent, then its answer read whole. Gives the stream to go on
+/// uploading on, the answer's status and body (and what must outlive the stream).
+async fn http2_upload_answered_early(
+    answer: &'static [u8],
+) -> (
+    (RawUpstream, Proxy),
+    h2::SendStream<bytes::Bytes>,
+    u16,
+    String,
+) {
+    let up = RawUpstream::start(answer, true).await;
     let proxy = Proxy::start(&single(up.addr, ""));
     let tcp = tokio::net::TcpStream::connect(proxy.addr)
         .await
@@ -191,41 +200,71 @@ async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish
     let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(conn);
     let mut h2 = h2.ready().await.expect("ready");
-    let total = 4 * 1024 * 1024;
     let req = http::Request::post(proxy.url("/up"))
-        .header("content-length", total)
+        .header("content-length", UPLOAD)
         .body(())
         .expect("req");
     let (resp, mut upload) = h2.send_request(req, false).expect("send");
-    let block = 16 * 1024;
     upload
-        .send_data(bytes::Bytes::from(vec![b'x'; block]), false)
+        .send_data(bytes::Bytes::from(vec![b'x'; BLOCK]), false)
         .expect("first data");
-
     // The answer arrives while the upload is under way, and whole.
     let resp = resp.await.expect("response");
-    assert_eq!(resp.status(), 413);
+    let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let mut text = Vec::new();
     while let Some(chunk) = body.data().await {
         text.extend_from_slice(&chunk.expect("answer body"));
     }
-    assert_eq!(String::from_utf8_lossy(&text), "too large");
+    let text = String::from_utf8_lossy(&text).into_owned();
+    ((up, proxy), upload, status, text)
+}
+
+/// Sends the rest of the upload after its first block, as curl does, until it is all sent or the
+/// stream is stopped: how many bytes went, and the reset that stopped it (`None`: all sent).
+async fn upload_the_rest(upload: &mut h2::SendStream<bytes::Bytes>) -> (usize, Option<h2::Reason>) {
+    let mut sent = BLOCK;
+    while sent < UPLOAD {
+        upload.reserve_capacity(BLOCK);
+        let granted = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::poll_fn(|cx| upload.poll_capacity(cx)),
+        )
+        .await
+        .expect("the upload was neither read nor stopped");
+        match granted {
+            Some(Ok(n)) => {
+                let n = n.min(UPLOAD - sent);
+                sent += n;
+                if let Err(e) = upload.send_data(bytes::Bytes::from(vec![b'x'; n]), sent == UPLOAD)
+                {
+                    return (sent, e.reason());
+                }
+            }
+            Some(Err(e)) => return (sent, e.reason()),
+            // The stream is closed: by a reset, or because the upload ended.
+            None => {
+                let reset = futures_util::future::poll_fn(|cx| upload.poll_reset(cx));
+                let reset = tokio::time::timeout(Duration::from_secs(5), reset).await;
+                return (sent, reset.ok().and_then(Result::ok));
+            }
+        }
+    }
+    (sent, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish() {
+    let (_running, mut upload, status, text) = http2_upload_answered_early(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (413, "too large"));
 
     // Like curl, the client sends the rest: the stream is not reset under it.
-    let mut sent = block;
-    while sent < total {
-        upload.reserve_capacity(block);
-        let granted = futures_util::future::poll_fn(|cx| upload.poll_capacity(cx))
-            .await
-            .expect("stream open")
-            .expect("capacity, not a reset");
-        let n = granted.min(total - sent);
-        sent += n;
-        upload
-            .send_data(bytes::Bytes::from(vec![b'x'; n]), sent == total)
-            .expect("data after the answer");
-    }
+    let (sent, stopped) = upload_the_rest(&mut upload).await;
+    assert_eq!(stopped, None, "reset after {sent} of {UPLOAD} bytes");
+    assert_eq!(sent, UPLOAD);
     // Nothing cut the stream short once it ended either.
     let reset = tokio::time::timeout(
         Duration::from_millis(500),
@@ -239,71 +278,19 @@ async fn an_http2_upload_answered_before_it_ends_gets_that_answer_and_may_finish
 async fn an_http2_upload_that_succeeded_before_it_ends_is_told_to_stop_sending() {
     // A success leaves the client no reason to stop: it is told to (curl, which never reads once
     // its send window is used up, would otherwise wait for ever).
-    let up = RawUpstream::start(
+    let (_running, mut upload, status, text) = http2_upload_answered_early(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-        true,
     )
     .await;
-    let proxy = Proxy::start(&single(up.addr, ""));
-    let tcp = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut h2 = h2.ready().await.expect("ready");
-    let req = http::Request::post(proxy.url("/up"))
-        .header("content-length", 4 * 1024 * 1024)
-        .body(())
-        .expect("req");
-    let (resp, mut upload) = h2.send_request(req, false).expect("send");
-    upload
-        .send_data(bytes::Bytes::from(vec![b'x'; 16 * 1024]), false)
-        .expect("first data");
-    let resp = resp.await.expect("response");
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        text.extend_from_slice(&chunk.expect("answer body"));
-    }
-    assert_eq!(String::from_utf8_lossy(&text), "ok");
+    assert_eq!((status, text.as_str()), (200, "ok"));
     // The client goes on uploading, as curl does, until it is stopped.
-    let (total, block) = (4 * 1024 * 1024, 16 * 1024);
-    let mut sent = block;
-    let stopped = loop {
-        if sent >= total {
-            break None;
-        }
-        upload.reserve_capacity(block);
-        let granted = tokio::time::timeout(
-            Duration::from_secs(10),
-            futures_util::future::poll_fn(|cx| upload.poll_capacity(cx)),
-        )
-        .await
-        .expect("the upload was neither read nor stopped");
-        match granted {
-            Some(Ok(n)) => {
-                let n = n.min(total - sent);
-                sent += n;
-                if let Err(e) = upload.send_data(bytes::Bytes::from(vec![b'x'; n]), sent == total) {
-                    break e.reason();
-                }
-            }
-            Some(Err(e)) => break e.reason(),
-            // The stream is closed: by a reset, or because the upload ended.
-            None => {
-                let reset = futures_util::future::poll_fn(|cx| upload.poll_reset(cx));
-                let reset = tokio::time::timeout(Duration::from_secs(5), reset).await;
-                break reset.ok().and_then(Result::ok);
-            }
-        }
-    };
+    let (sent, stopped) = upload_the_rest(&mut upload).await;
     assert_eq!(
         stopped,
         Some(h2::Reason::NO_ERROR),
-        "{sent} of {total} bytes sent"
+        "{sent} of {UPLOAD} bytes sent"
     );
-    assert!(sent < total, "{sent} of {total} bytes sent");
+    assert!(sent < UPLOAD, "{sent} of {UPLOAD} bytes sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
