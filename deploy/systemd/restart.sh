@@ -7,7 +7,7 @@ if systemctl is-active --quiet ramp@a; then old=a new=b; else old=b new=a; fi
 systemctl start "ramp@$new"
 pid=$(systemctl show -p MainPID --value "ramp@$new")
 for _ in $(seq 1 150); do
-  if ramp ctl --config "$config" --json status 2>/dev/null | grep -q "\"pid\":$pid[,}]"; then
+  if ramp ctl --config "$config" --json status 2>/dev/null | grep -q "\"pid\":${pid}[,}]"; then
     systemctl stop "ramp@$old"
     echo "ramp@$new serves; ramp@$old stopped"
     exit 0
