@@ -186,33 +186,106 @@ fn client_gone(shared: &Shared, cx: &mut std::task::Context<'_>) -> Poll<()> {
     }
 }
 
-/// One request: handled, and its answer written.
-async fn exchange(
+/// One request: handled, and its answer written. Its future is boxed for every request, by
+/// copying the whole of it, so it is kept small: an `async` block (an `async fn` would keep
+/// `head` twice), and locals scoped (a local once borrowed keeps its place in the future until
+/// its scope ends).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+fn exchange(
     conn: &Arc<Conn>,
     shared: &Shared,
     head: head::Head,
     write: &mut ClientWrite,
-) -> Next {
-    let head::Head {
-        parts,
-        framing,
-        keep_alive,
-        expect_continue,
-        upgrade,
-    } = head;
-    let version = parts.version;
-    let head_request = parts.method == Method::HEAD;
-    let body = if framing.is_done() {
-        ClientBody::None
-    } else {
-        let mut inbound = inbound::lock(shared);
-        inbound.framing = framing;
-        if expect_continue {
-            inbound.expect = Continue::Owed;
+) -> impl Future<Output = Next> {
+    async move {
+        let (version, head_request) = (head.parts.version, head.parts.method == Method::HEAD);
+        let (keep_alive, expect_continue) = (head.keep_alive, head.expect_continue);
+        let body = if head.framing.is_done() {
+            ClientBody::None
+        } else {
+            let mut inbound = inbound::lock(shared);
+            inbound.framing = head.framing;
+            if expect_continue {
+                inbound.expect = Continue::Owed;
+            }
+            ClientBody::H1(InboundBody::new(Arc::clone(shared)))
+        };
+        let mut out = answer::Out::take();
+        let (req, upgrade) = request(head.parts, body, head.upgrade);
+        // How much of a `100 Continue` has been written.
+        let mut continued = 0;
+        // Scoped, as the answer's head is: only its body is kept while it is written.
+        let (framed, close, switching, mut body) = {
+            let answered = {
+                // Pinned where it is, and gone once it has answered: the request's future is
+                // the largest part of this one.
+                let mut handling = std::pin::pin!(handle(Arc::clone(conn), req));
+                poll_fn(|cx| {
+                    if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                        return Poll::Ready(Some(resp));
+                    }
+                    if expect_continue && send_continue(shared, write, &mut continued, cx).is_err()
+                    {
+                        return Poll::Ready(None);
+                    }
+                    if client_gone(shared, cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            let Some(Ok(resp)) = answered else {
+                return Next::Close;
+            };
+            if expect_continue {
+                // An answer before the body was wanted replaces the `100 Continue`; one begun
+                // is finished.
+                inbound::lock(shared).expect = Continue::Met;
+                if continued > 0 && continued < CONTINUE.len() {
+                    out.extend_from_slice(&CONTINUE[continued..]);
+                }
+            }
+            // A request body not read to its end by now (the request failed, or the upstream
+            // answered early) leaves the connection unusable: the answer says so.
+            let unread = !inbound::lock(shared).framing.is_done();
+            let close = !keep_alive || unread || conn.signal.closing();
+            let (framed, close) = answer::head(&mut out, &resp, version, head_request, close);
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            (framed, close, switching, resp.into_body())
+        };
+        if switching {
+            let next = match upgrade {
+                Some(to) if answer::flush(write, &mut out).await.is_ok() => Next::Upgrade(to),
+                _ => Next::Close,
+            };
+            drop(body);
+            return next;
         }
-        ClientBody::H1(InboundBody::new(Arc::clone(shared)))
-    };
-    let mut out = answer::Out::take();
+        if let Err(e) = answer::body(write, &mut out, &mut body, framed).await {
+            tracing::debug!(peer = %conn.info.peer, error = %e, "answer not sent whole");
+            return Next::Close;
+        }
+        drop(body);
+        if close || !inbound::lock(shared).framing.is_done() {
+            // The request's body was not all read: what follows on the connection is not a head.
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+}
+
+/// The request the handler takes, and for a request that asks to switch protocols, where to
+/// hand the connection if the upstream agrees.
+fn request(
+    parts: http::request::Parts,
+    body: ClientBody,
+    upgrade: bool,
+) -> (Request<ClientBody>, Option<oneshot::Sender<Handed>>) {
     let mut req = Request::from_parts(parts, body);
     let upgrade = upgrade.then(|| {
         let (to, from) = oneshot::channel();
@@ -220,58 +293,7 @@ async fn exchange(
             .insert(OnUpgrade(Arc::new(Mutex::new(Some(from)))));
         to
     });
-    // Pinned where it is: the request's future is the largest part of this one, and is never
-    // moved (nor held twice).
-    let mut handling = std::pin::pin!(handle(Arc::clone(conn), req));
-    // How much of a `100 Continue` has been written.
-    let mut continued = 0;
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
-        }
-        if expect_continue && send_continue(shared, write, &mut continued, cx).is_err() {
-            return Poll::Ready(None);
-        }
-        if client_gone(shared, cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await;
-    let Some(Ok(resp)) = resp else {
-        return Next::Close;
-    };
-    if expect_continue {
-        // An answer before the body was wanted replaces the `100 Continue`; one begun is
-        // finished.
-        inbound::lock(shared).expect = Continue::Met;
-        if continued > 0 && continued < CONTINUE.len() {
-            out.extend_from_slice(&CONTINUE[continued..]);
-        }
-    }
-    // A request body not read to its end by now (the request failed, or the upstream answered
-    // early) leaves the connection unusable: the answer says so.
-    let unread = !inbound::lock(shared).framing.is_done();
-    let close = !keep_alive || unread || conn.signal.closing();
-    let (framed, close) = answer::head(&mut out, &resp, version, head_request, close);
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return match upgrade {
-            Some(to) if answer::flush(write, &mut out).await.is_ok() => Next::Upgrade(to),
-            _ => Next::Close,
-        };
-    }
-    let mut body = resp.into_body();
-    if let Err(e) = answer::body(write, &mut out, &mut body, framed).await {
-        tracing::debug!(peer = %conn.info.peer, error = %e, "answer not sent whole");
-        return Next::Close;
-    }
-    drop(body);
-    if close || !inbound::lock(shared).framing.is_done() {
-        // The request's body was not all read: what follows on the connection is not a head.
-        Next::Close
-    } else {
-        Next::KeepAlive
-    }
+    (req, upgrade)
 }
 
 /// Closes the way nginx's lingering close does, once the answer is out while the client may
