@@ -98,8 +98,9 @@ function request()
 end
 EOF
 
-wait_port() {
+wait_port() { # PORT: listening, with every process started so far still running
   for _ in $(seq 100); do
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2> /dev/null || die "a training process exited early"; done
     (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0
     sleep 0.1
   done
@@ -118,7 +119,6 @@ LLVM_PROFILE_FILE="$work/raw/%p.profraw" "$trainee" serve --config "$work/tls.ya
 proxies+=($!)
 pids+=("${proxies[@]}")
 for port in "$stable" "$canary" "$plain" "$tls"; do wait_port "$port"; done
-for pid in "${pids[@]}"; do kill -0 "$pid" 2> /dev/null || die "a trained process exited early"; done
 
 load() { # WHAT COMMAND...: fails the build unless every answer was a 2xx
   echo "   $1"
