@@ -1,6 +1,7 @@
 //! What an HTTP/1.1 client notices of ramp's own server side: pipelined requests answered in
-//! order, `Expect: 100-continue`, HEAD answers that keep the connection usable, keep-alive after a
-//! pause, and a client that hangs up abandoning its request upstream.
+//! order, `Expect: 100-continue`, HEAD answers that keep the connection usable (ramp's own
+//! included, and over HTTP/2), keep-alive after a pause, and a client that hangs up abandoning
+//! its request upstream.
 
 mod support;
 
@@ -8,7 +9,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Proxy, RawUpstream, config, raw_reply, single};
+use bytes::Bytes;
+use http::Method;
+use support::{Backend, Client, Proxy, RawUpstream, config, raw_reply, single};
 
 async fn start() -> (Backend, Proxy) {
     let b = Backend::start("stable").await;
@@ -115,6 +118,49 @@ async fn a_head_answer_keeps_its_length_and_the_connection_goes_on() {
         "no body after a HEAD answer: {rest}"
     );
     assert!(rest.ends_with("stable"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramps_own_answer_to_head_says_the_length_a_get_gets() {
+    // No upstream listens: ramp answers 502 itself.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools:\n  stable: [{gone}]\n  canary: [{gone}]\nrollout:\n  id: h1\n  percent: 0\n"
+    ));
+    let reply = raw_reply(
+        proxy.addr,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let length = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(str::to_owned)
+    };
+    let (head, rest) = reply.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 502 "), "{reply}");
+    let (get_head, get_body) = rest.split_once("\r\n\r\n").expect("the GET's answer");
+    assert!(
+        get_head.starts_with("HTTP/1.1 502 "),
+        "no body after the HEAD answer: {rest}"
+    );
+    assert_eq!(length(head), Some(get_body.len().to_string()), "{reply}");
+    assert_eq!(length(head), length(get_head), "{reply}");
+
+    // Over HTTP/2 too: the answer ends with its head (a body would be a protocol error).
+    let h2 = Client::http2();
+    let r = h2
+        .send(Method::HEAD, &proxy.url("/"), &[], Bytes::new())
+        .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, "", "no body in an answer to HEAD");
+    assert_eq!(
+        r.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(get_body.len().to_string().as_bytes())
+    );
+    assert_eq!(h2.get(&proxy.url("/"), &[]).await.body, get_body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,15 @@ impl ProxyBody {
         }
     }
 
+    /// The length of the body of one of ramp's own answers (an upstream's answer is `None`: it
+    /// says its own).
+    pub fn own_length(&self) -> Option<u64> {
+        match &self.inner {
+            Either::Left(_) => None,
+            Either::Right(full) => http_body::Body::size_hint(full).exact(),
+        }
+    }
+
     /// No body (a WebSocket handshake's answer).
     pub fn empty() -> Self {
         ProxyBody {

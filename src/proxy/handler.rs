@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::header::{CONNECTION, SET_COOKIE};
+use http::header::{CONNECTION, CONTENT_LENGTH, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::analysis;
@@ -27,7 +27,15 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 fn finish(
     mut resp: Response<ProxyBody>,
     mut busy: Busy,
+    head: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if head && let Some(length) = resp.body().own_length() {
+        // One of ramp's own answers to HEAD: no body (over HTTP/2 one would be a protocol
+        // error), but the length a GET's would have (RFC 9110 §9.3.2).
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+        *resp.body_mut() = ProxyBody::empty();
+    }
     busy.conn.activity.sending();
     busy.sending = true;
     resp.body_mut().busy = Some(busy);
@@ -53,6 +61,7 @@ pub fn handle(
         let (proxy, info) = (&*busy.conn.proxy, &busy.conn.info);
         let snap = proxy.current.load();
         let h1 = version <= Version::HTTP_11;
+        let head = req.method() == Method::HEAD;
         let scan = forward::scan(req.headers(), &[]);
         if let Err(status) = check::request(&req, &scan, &snap.config.limits) {
             proxy.metrics.rejected.increment(1);
@@ -62,7 +71,7 @@ pub fn handle(
                 // The framing cannot be trusted: do not read another request from this connection.
                 resp.headers_mut().insert(CONNECTION, CLOSE);
             }
-            return finish(resp, busy);
+            return finish(resp, busy, head);
         }
         let rollout = &snap.routing.rollout;
         let (pool, user, minted) = match routing::decide(&snap.routing, req.headers()) {
@@ -164,7 +173,7 @@ pub fn handle(
         if h1 && !switching && proxy.draining.load(Ordering::Relaxed) {
             resp.headers_mut().insert(CONNECTION, CLOSE);
         }
-        finish(resp, busy)
+        finish(resp, busy, head)
     }
 }
 
