@@ -147,6 +147,17 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             admin::remove(&admin.socket, owned);
         }
         drop(handle);
+        // A second SIGTERM or SIGINT while draining: stop now.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!(
+                "a second signal: exiting now, without waiting for the connections still open"
+            );
+            std::process::exit(1);
+        });
     };
     proxy::serve(listener, tls_on, proxy, limits, shutdown).await;
     tracing::info!("stopped");

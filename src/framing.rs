@@ -195,13 +195,20 @@ fn chunked(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Step>, Invali
             Ok(None)
         }
         Chunk::Trailers(seen) => {
-            let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            let Some(lf) = memchr::memchr(b'\n', buf) else {
                 if *seen + buf.len() > MAX_TRAILERS {
                     return Err(Invalid("trailers too large"));
                 }
                 return Ok(Some(Step::More));
             };
-            buf.advance(end + 2);
+            // Each line ends in CRLF (RFC 9112 §7.1.2). A bare LF or CR is refused, as in a
+            // head: read as a line end by one parser and not by another, it would let the next
+            // request hide in the trailers.
+            if lf == 0 || buf[lf - 1] != b'\r' || buf[..lf - 1].contains(&b'\r') {
+                return Err(Invalid("bad trailer line"));
+            }
+            let end = lf - 1;
+            buf.advance(lf + 1);
             if end == 0 {
                 return Ok(Some(Step::End));
             }
@@ -274,6 +281,19 @@ mod tests {
         }
         let long_line = [b"1;".as_slice(), &[b'x'; 5000]].concat();
         assert!(decode_all(Framing::Chunked(Chunk::Size), &long_line, 100).is_err());
+        for bare in [
+            &b"5\r\nhello\r\n0\r\nX-T: 1\n\r\nGET / HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX-T: 1\r\n\n",
+            b"0\r\nX-T: 1\rX: 2\r\n\r\n",
+        ] {
+            for step in [1, 1000] {
+                assert!(
+                    decode_all(Framing::Chunked(Chunk::Size), bare, step).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(bare)
+                );
+            }
+        }
         let trailers = [b"0\r\n".as_slice(), &b"a: b\r\n".repeat(3000)].concat();
         assert!(decode_all(Framing::Chunked(Chunk::Size), &trailers, 1000).is_err());
     }

@@ -133,6 +133,39 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
+/// Raises the soft limit on open files to the hard one (as Go's runtime does): each client
+/// connection, its upstream connection and each admin or metrics peer take a descriptor, and the
+/// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
+/// stays too low for `max_connections`.
+fn open_files(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // A client's connection and its upstream's, and room for the rest.
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open files limit is below what limits.max_connections needs (2 per connection); raise it (LimitNOFILE=, ulimit -n) or lower max_connections"
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -164,6 +197,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
+            open_files(config.limits.max_connections);
             let options = ramp::app::Options { takeover };
             runtime(config.workers)?.block_on(ramp::app::serve(path, config, options))?;
             Ok(ExitCode::SUCCESS)
@@ -198,7 +232,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             json,
             command,
-        } => ctl(socket, config, json, &command.join(" ")),
+        } => ctl(
+            socket,
+            config,
+            json,
+            &ramp::control::client::command_line(&command)?,
+        ),
         Command::Bucket {
             rollout,
             percent,

@@ -110,3 +110,37 @@ async fn a_restart_by_the_recipe_under_load_fails_no_request() {
         "the old ramp removed the new one's socket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_while_draining_stops_at_once() {
+    let b = Backend::start("stable").await;
+    let mut proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: d2\npercent: 0",
+        "shutdown_grace: 60s\n",
+    ));
+    let addr = proxy.addr;
+    let _slow = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET /slow/30000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    });
+    eventually("the slow request reaches the upstream", || {
+        b.in_flight() == 1
+    })
+    .await;
+    proxy.signal(15);
+    proxy.wait_log("shutting down");
+    // Draining: it would wait for the slow request, up to the 60 s grace.
+    assert_eq!(proxy.wait_exit(Duration::from_millis(500)), None);
+    proxy.signal(15);
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(10)),
+        Some(1),
+        "a second SIGTERM did not stop ramp"
+    );
+    proxy.wait_log("a second signal");
+}

@@ -88,6 +88,17 @@ impl Etcd {
         panic!("etcd did not become healthy");
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) etcd: a member that hangs rather than dies.
+    fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -382,4 +393,147 @@ async fn a_schedule_step_is_applied_once_in_a_fleet() {
         advances, 2,
         "two steps, each applied by exactly one instance"
     );
+}
+
+/// Writes `value` into the fleet's key by hand (etcd's JSON gateway), or deletes the key.
+async fn by_hand(etcd: &Etcd, value: Option<&str>) {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (path, body) = match value {
+        Some(v) => (
+            "/v3/kv/put",
+            format!(
+                r#"{{"key":"{}","value":"{}"}}"#,
+                b64("/ramp/rollouts/test"),
+                b64(v)
+            ),
+        ),
+        None => (
+            "/v3/kv/deleterange",
+            format!(r#"{{"key":"{}"}}"#, b64("/ramp/rollouts/test")),
+        ),
+    };
+    let r = Client::http1()
+        .send(
+            http::Method::POST,
+            &format!("{}{path}", etcd.url()),
+            &[("content-type", "application/json")],
+            bytes::Bytes::from(body),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: hand\npercent: 10");
+    fleet
+        .all("every instance sees the start", |v| {
+            v["fleet"]["connected"] == true && v["fleet"]["revision"].as_i64() > Some(0)
+        })
+        .await;
+    // Something unreadable: the state in force stays, status says why, and the next change
+    // (any command, not only a halt) replaces it for every instance.
+    for (garbage, command, check) in [
+        ("garbage{", "set 20", ("running", 20.0)),
+        (
+            r#"{"instance":"z","state":{"version":3}}"#,
+            "halt",
+            ("halted", 20.0),
+        ),
+    ] {
+        by_hand(&etcd, Some(garbage)).await;
+        fleet
+            .all("the unreadable key is shown", |v| {
+                v["state_file_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("holds something unreadable"))
+            })
+            .await;
+        let r = fleet.proxies[1].admin(command);
+        assert_eq!(r["ok"], true, "{command} after {garbage:?}: {r}");
+        fleet
+            .all(command, |v| {
+                v["state"] == check.0
+                    && v["percent"].as_f64() == Some(check.1)
+                    && v["state_file_error"].is_null()
+            })
+            .await;
+    }
+    // Deleted: the next change writes it again.
+    by_hand(&etcd, None).await;
+    let r = fleet.proxies[2].admin("resume");
+    assert_eq!(r["ok"], true, "resume after a delete: {r}");
+    fleet
+        .all("resume reaches every instance", |v| v["state"] == "running")
+        .await;
+    // A restart on the unreadable key starts on stable (it cannot know better), and an operator's
+    // command there is not stuck behind it either.
+    by_hand(&etcd, Some("garbage{")).await;
+    let restarted = Proxy::start(&yaml(
+        &s,
+        &c,
+        &etcd.url(),
+        "d",
+        "id: hand\npercent: 10",
+        true,
+    ));
+    assert_eq!(restarted.admin("status")["state"], "rolled_back");
+    let r = restarted.admin("start again 30");
+    assert_eq!(r["ok"], true, "{r}");
+    fleet
+        .all("the new rollout reaches every instance", |v| {
+            v["rollout"] == "again" && v["percent"].as_f64() == Some(30.0)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: hung\npercent: 50");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.pause(true);
+    let r = fleet.proxies[0].admin("halt");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("written to the fleet as soon as etcd is back")),
+        "{r}"
+    );
+    etcd.pause(false);
+    // The status page polls every second, scrapers and scripts more often: the retry is not put
+    // off by them.
+    let at = &fleet.proxies[0];
+    let mut written = false;
+    for _ in 0..100 {
+        if at.admin("status")["fleet"]["pending"].is_null() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(written, "the halt is still pending: {}", at.admin("status"));
+    fleet
+        .all("the halt reaches the fleet", |v| v["state"] == "halted")
+        .await;
 }

@@ -248,3 +248,40 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
     assert_eq!(code, 0);
     assert!(out.contains("restart     needed for: listen"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_config_file_reloads_nothing() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let with_metrics = |percent: u32| {
+        format!(
+            "{}metrics:\n  listen: 127.0.0.1:0\n",
+            yaml(&[&s], &[&c], &format!("id: rd\npercent: {percent}"))
+        )
+    };
+    let proxy = Proxy::start(&with_metrics(1));
+    let reloads = || proxy.metric("ramp_config_reloads_total{result=\"ok\"}");
+    // Read as people and tools do: cat, an editor opening it, `ramp ctl --config`.
+    for _ in 0..5 {
+        std::fs::read_to_string(&proxy.config_path).expect("read");
+        let (code, _, err) = support::ramp(&[
+            "ctl",
+            "--config",
+            proxy.config_path.to_str().expect("utf-8"),
+            "status",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    // Two real edits: each is one reload, and nothing in between is another.
+    for (n, percent) in [(1.0, 2), (2.0, 3)] {
+        replace_file(&proxy.config_path, &with_metrics(percent));
+        proxy.wait_status("the edit is applied", |v| {
+            self::percent(v) == Some(f64::from(percent))
+        });
+        // Room for any reload the reads (or ramp's own reads of the file) would start.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(reloads().await, n, "reloads after edit {n}");
+    }
+}

@@ -268,3 +268,44 @@ async fn clients_naming_an_ip_address_as_sni_do_not_flood_the_logs() {
         .collect();
     assert!(noisy.is_empty(), "{noisy:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stalled_in_the_handshake_make_room_at_max_connections() {
+    let c = cert();
+    let (b, dir, path) = tls_config(&c).await;
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        format!("{text}limits:\n  max_connections: 10\n  header_read_timeout: 60s\n"),
+    )
+    .expect("config");
+    let proxy = Proxy::start_in(dir, path);
+    // Every place taken by a client that sent three bytes of a TLS record and nothing more.
+    let stalled: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
+            s.write_all(b"\x16\x03\x01").expect("write");
+            s
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A real client still gets in (well before the 60 s a stalled handshake may take).
+    for _ in 0..3 {
+        let tls = tokio::time::timeout(Duration::from_secs(10), dial(&proxy, &[&c], b"http/1.1"))
+            .await
+            .expect("a place within 10 s")
+            .expect("handshake");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http1");
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("answer");
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(b.seen().len(), 3);
+    drop(stalled);
+}

@@ -591,3 +591,90 @@ async fn repeated_content_lengths_reach_an_http2_client_as_one_and_a_204_with_no
     assert_eq!(r.status.as_u16(), 204);
     assert!(r.headers.get("content-length").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_a_coding_ramp_does_not_undo_is_a_502_not_a_garbled_body() {
+    // gzip under chunked: passed on with only the chunks undone, the body would reach the client
+    // still compressed with nothing saying so.
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let out = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&out), 502, "{out:?}");
+    let http2 = Client::http2().try_get(&proxy.url("/"), &[]).await;
+    assert_eq!(http2.map(|r| r.status.as_u16()), Ok(502));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_fields_padded_with_whitespace_are_400_and_cookies_count_as_one_field() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&support::config(&[&b], &[&b], "id: pad\npercent: 0", ""));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.expect("ready");
+    let mut status = async |req: http::Request<()>| {
+        let (resp, _) = h2.send_request(req, true).expect("send");
+        resp.await.expect("response").status().as_u16()
+    };
+    // An HTTP/1.1 upstream would read " ww" as "ww": another user, another pool.
+    for value in [" ww", "ww\t", "ww "] {
+        let req = http::Request::get(proxy.url("/pad"))
+            .header("x-user-id", value)
+            .body(())
+            .expect("req");
+        assert_eq!(status(req).await, 400, "{value:?}");
+    }
+    // 150 cookies, one field each as HTTP/2 clients send them, against the default 100 fields.
+    let mut req = http::Request::get(proxy.url("/cookies"));
+    for i in 0..150 {
+        req = req.header("cookie", format!("c{i}=v"));
+    }
+    assert_eq!(status(req.body(()).expect("req")).await, 200);
+    let seen = b.last();
+    assert_eq!(seen.uri, "/cookies");
+    let cookie = seen.headers["cookie"].to_str().expect("ascii");
+    assert_eq!(cookie.split("; ").count(), 150, "{cookie}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_client_sees_an_answer_cut_short_as_a_reset_not_an_end() {
+    // The upstream dies mid-body. The HTTP/1.0 client's answer is framed by its close, so a plain
+    // close would look like the whole answer.
+    let up = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        true,
+    )
+    .await;
+    let proxy = Proxy::start(&single(up.addr, ""));
+    let addr = proxy.addr;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+        let mut out = Vec::new();
+        let ended = s.read_to_end(&mut out);
+        (
+            ended.map_err(|e| e.kind()),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(
+        read.0.err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the cut answer ended like a whole one: {:?}",
+        read.1
+    );
+}

@@ -144,7 +144,17 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle, peers: &
         tracing::warn!(uid, pid = ?cred.pid(), "admin peer refused");
         return refuse(stream, ControlError::NotAllowed).await;
     };
-    let slot = peers.register(uid);
+    let Some(slot) = peers.register(uid) else {
+        tracing::warn!(uid, pid = ?cred.pid(), "admin connection refused: the uid holds too many");
+        return refuse(
+            stream,
+            ControlError::TooManyConnections {
+                uid,
+                most: super::admin_peers::MOST_PER_UID,
+            },
+        )
+        .await;
+    };
     let source = Source::Admin {
         uid,
         pid: cred.pid(),

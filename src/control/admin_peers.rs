@@ -2,7 +2,9 @@
 //! each uid may keep only so many connections that have sent nothing for a while: a new one beyond
 //! that closes the uid's longest-idle connection. A peer that opens many connections and sends
 //! nothing therefore only ever crowds out itself, an operator's `halt` always gets in, and a burst
-//! of clients that connect at once and send their command right away is never cut.
+//! of clients that connect at once and send their command right away is not cut. A uid never
+//! holds more than [`MOST_PER_UID`] connections: beyond, a newcomer that finds none idle to
+//! replace is refused, so that no burst can take the process's descriptors.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,9 @@ use tokio::time::Instant;
 
 /// Idle connections one uid may keep; beyond, its longest-idle one is closed.
 pub const PER_UID: usize = 64;
+
+/// Connections one uid may hold at all; beyond, a newcomer with none idle to replace is refused.
+pub const MOST_PER_UID: usize = 512;
 
 /// A connection idle this long may be closed to make room for its uid's newest.
 const EVICTABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -51,8 +56,8 @@ impl Peers {
     }
 
     /// Registers a connection of `uid`, closing the uid's longest-idle one (idle for
-    /// [`EVICTABLE_AFTER`] at least) if it is at its limit.
-    pub fn register(self: &Arc<Self>, uid: u32) -> Slot {
+    /// [`EVICTABLE_AFTER`] at least) if it is at its limit; `None` (refused) if none is.
+    pub fn register(self: &Arc<Self>, uid: u32) -> Option<Slot> {
         let now = Instant::now();
         let mut inner = self.inner();
         inner.next += 1;
@@ -65,13 +70,17 @@ impl Peers {
                 .filter_map(|(i, e)| e.idle_since.map(|t| (t, i)))
                 .filter(|(t, _)| now.duration_since(*t) >= EVICTABLE_AFTER)
                 .min();
-            if let Some((_, i)) = oldest {
-                let evicted = list.swap_remove(i);
-                evicted.close.notify_one();
-                tracing::info!(
-                    uid,
-                    "admin connection closed: the uid is at its limit and opened another"
-                );
+            match oldest {
+                Some((_, i)) => {
+                    let evicted = list.swap_remove(i);
+                    evicted.close.notify_one();
+                    tracing::info!(
+                        uid,
+                        "admin connection closed: the uid is at its limit and opened another"
+                    );
+                }
+                None if list.len() >= MOST_PER_UID => return None,
+                None => {}
             }
         }
         let close = Arc::new(Notify::new());
@@ -80,12 +89,12 @@ impl Peers {
             close: Arc::clone(&close),
             idle_since: Some(Instant::now()),
         });
-        Slot {
+        Some(Slot {
             peers: Arc::clone(self),
             uid,
             id,
             close,
-        }
+        })
     }
 
     fn mark(&self, uid: u32, id: u64, idle: Option<Instant>) {
@@ -129,11 +138,25 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    async fn a_burst_never_holds_more_than_the_most_per_uid() {
+        let peers = Arc::new(Peers::default());
+        let held: Vec<Slot> = (0..3 * MOST_PER_UID)
+            .flat_map(|_| peers.register(65534))
+            .collect();
+        assert_eq!(held.len(), MOST_PER_UID, "the rest were refused");
+        assert!(peers.register(0).is_some(), "root still gets in");
+        // Once they have been idle a while, a newcomer of that uid replaces one.
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        assert!(peers.register(65534).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_uid_at_its_limit_loses_its_longest_idle_connection() {
         let peers = Arc::new(Peers::default());
-        let slots: Vec<Slot> = (0..PER_UID).map(|_| peers.register(1000)).collect();
+        let slots: Vec<Slot> = (0..PER_UID).flat_map(|_| peers.register(1000)).collect();
+        assert_eq!(slots.len(), PER_UID);
         // All just opened (about to send their command): a newcomer closes none of them.
-        let burst = peers.register(1000);
+        let burst = peers.register(1000).expect("a burst is let in");
         let closed = |s: &Slot| {
             let notified = s.close.notified();
             let mut notified = std::pin::pin!(notified);
@@ -143,9 +166,9 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
         slots[0].busy();
         // Another uid is not affected by uid 1000's connections.
-        let root = peers.register(0);
+        let root = peers.register(0).expect("another uid has its own room");
         assert!(!slots.iter().any(closed));
-        let _newest = peers.register(1000);
+        let _newest = peers.register(1000).expect("an idle one makes room");
         // The longest idle (the second: the first is running a command) was told to close.
         assert!(
             closed(&slots[1]),

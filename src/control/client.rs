@@ -21,6 +21,10 @@ pub enum ClientError {
     Connect { path: String, error: std::io::Error },
     #[error("talking to {path}: {error}")]
     Io { path: String, error: std::io::Error },
+    #[error(
+        "argument {0:?}: empty, or holds a space, line break or other control character; ramp ctl sends each argument as one word of one line"
+    )]
+    BadArgument(String),
     #[error("ramp closed the connection without replying")]
     NoReply,
     #[error("unreadable reply {line:?}: {error}")]
@@ -41,6 +45,19 @@ impl Answer {
     pub fn ok(&self) -> bool {
         !matches!(self.reply, Decoded::Error(_))
     }
+}
+
+/// The one line `ramp ctl` sends for its arguments. Each must be a word: not empty, with no
+/// whitespace or control character, so that no argument (a user id from a script, say) can split
+/// into two or carry a second command onto a line of its own.
+pub fn command_line(words: &[String]) -> Result<String, ClientError> {
+    if let Some(bad) = words
+        .iter()
+        .find(|w| w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ClientError::BadArgument(bad.clone()));
+    }
+    Ok(words.join(" "))
 }
 
 /// Sends `line` and reads the reply.

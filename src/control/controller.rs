@@ -78,7 +78,7 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    Fleet(#[from] crate::fleet::FleetError),
+    Store(#[from] super::persist::StoreStartError),
 }
 
 /// A configuration read from the file, to be put in force with a change.
@@ -105,6 +105,12 @@ pub struct Controller {
     /// A schedule step that could not be persisted (or that the analysis holds) is tried again
     /// then, not before.
     schedule_retry: Option<Instant>,
+    /// When a halt or rollback made while etcd was away is tried again (a fixed time: commands
+    /// handled meanwhile do not put it off).
+    pending_retry: Option<Instant>,
+    /// When the state in force, not held by the state file yet (a write failed or timed out),
+    /// is written again.
+    save_retry: Option<Instant>,
     /// The comparison of the pools: shown in status, and it may hold the schedule.
     analysis: Arc<Analysis>,
     /// The last changes, newest first.
@@ -121,6 +127,9 @@ const HOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often a halt or rollback made while etcd was away is tried again.
 const PENDING_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a state the file does not hold yet is written again.
+const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a schedule step waits after its state could not be written.
 const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -183,6 +192,8 @@ impl Controller {
             rx,
             store,
             schedule_retry: None,
+            pending_retry: None,
+            save_retry: None,
             analysis,
             changes: VecDeque::with_capacity(CHANGES_KEPT),
             reloads: ["ok", "error"]
@@ -213,6 +224,18 @@ impl Controller {
                 .map(|d| self.schedule_retry.map_or(d, |r| d.max(r)));
             // A halt or rollback made while etcd was away is written as soon as it can be.
             let pending = self.store.link().is_some_and(|l| l.pending.is_some());
+            self.pending_retry = match self.pending_retry {
+                _ if !pending => None,
+                Some(at) => Some(at),
+                None => Some(Instant::now() + PENDING_RETRY),
+            };
+            // So is a state the file does not hold yet.
+            let resave = self.unsaved && matches!(self.store, Store::File(..));
+            self.save_retry = match self.save_retry {
+                _ if !resave => None,
+                Some(at) => Some(at),
+                None => Some(Instant::now() + SAVE_RETRY),
+            };
             tokio::select! {
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
@@ -222,9 +245,29 @@ impl Controller {
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.advance().await;
                 }
-                () = tokio::time::sleep(PENDING_RETRY), if pending => {
+                () = tokio::time::sleep_until(self.pending_retry.unwrap_or_else(Instant::now)), if self.pending_retry.is_some() => {
+                    self.pending_retry = None;
                     self.write_pending().await;
                 }
+                () = tokio::time::sleep_until(self.save_retry.unwrap_or_else(Instant::now)), if self.save_retry.is_some() => {
+                    self.save_retry = None;
+                    self.resave().await;
+                }
+            }
+        }
+    }
+
+    /// Writes the state in force, which the state file does not hold yet.
+    async fn resave(&mut self) {
+        match self.store.save(&self.rollout).await {
+            Ok(()) => {
+                self.unsaved = false;
+                self.notes.state_file_error = None;
+                tracing::info!(rollout = %self.rollout.id, state = self.rollout.state.as_str(), "the rollout state in force is saved now");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the rollout state still cannot be saved");
+                self.notes.state_file_error = Some(e.to_string());
             }
         }
     }
@@ -292,22 +335,25 @@ impl Controller {
             _ => Durability::Required,
         };
         // In a fleet, a halt or rollback that met a change made meanwhile elsewhere is applied
-        // again on top of it: stopping exposure always wins.
-        let attempts = if durability == Durability::BestEffort {
-            5
-        } else {
-            1
-        };
+        // again on top of it: stopping exposure always wins. Any other command is the
+        // operator's to reconsider, unless the key changed without changing the rollout (it
+        // holds something unreadable, or what this instance has already): then it goes again.
         let mut attempt = 0;
         let changed = loop {
             attempt += 1;
+            let before = self.rollout.clone();
             let mut next = self.rollout.clone();
             apply(&mut next, &command, Instant::now())?;
             match self
                 .change(next, None, source.clone(), command.name(), durability)
                 .await
             {
-                Err(ControlError::ChangedMeanwhile { .. }) if attempt < attempts => continue,
+                Err(ControlError::ChangedMeanwhile { .. })
+                    if attempt < 5
+                        && (durability == Durability::BestEffort || self.rollout == before) =>
+                {
+                    continue;
+                }
                 other => break other?,
             }
         };
@@ -381,14 +427,21 @@ impl Controller {
         let changed = next != self.rollout;
         let saved = match durability {
             Durability::Adopted(revision) => {
-                // Stamped by the instance that made it.
+                // Stamped by the instance that made it; readable, so whatever was wrong with the
+                // key before is over.
                 self.store.adopted(&next, revision).await;
+                self.notes.state_file_error = None;
                 Ok(())
             }
             Durability::Required | Durability::BestEffort if changed || self.unsaved => {
                 if changed {
                     next.changed_at = SystemTime::now();
                     next.changed_by = source.clone();
+                }
+                if changed && durability == Durability::BestEffort {
+                    // Stopping exposure waits for neither the disk nor etcd.
+                    self.current
+                        .publish(build(&self.config, &next, &self.registry, &self.tls));
                 }
                 let saved = self.store.save(&next).await;
                 match &saved {
@@ -406,6 +459,11 @@ impl Controller {
         let saved = match saved {
             Err(StoreError::Conflict(now)) => return Err(ControlError::Conflict(now)),
             Err(error) if durability == Durability::Required => {
+                if matches!(self.store, Store::File(..)) {
+                    // A write that timed out may still land: the file is written again with the
+                    // state in force.
+                    self.unsaved = true;
+                }
                 return Err(ControlError::NotSaved { what, error });
             }
             Err(error) => {
@@ -437,7 +495,7 @@ impl Controller {
             }
             self.changes.push_front(status::change(&before, now, what));
             tracing::info!(
-                source = source.kind(), by = %source, command = what, rollout = %now.id,
+                source = source.kind(), by = %source, command = what, from_rollout = %before.id, rollout = %now.id,
                 from_state = before.state.as_str(), from_percent = ppm_to_percent(before.ppm),
                 to_state = now.state.as_str(), to_percent = ppm_to_percent(now.ppm),
                 "rollout changed"

@@ -29,7 +29,15 @@ impl Controller {
         let (instance, state) = match persist::open(&kv, Instant::now()) {
             Ok(found) => found,
             Err(e) => {
-                tracing::error!(error = %e, revision = kv.mod_revision, "the fleet's key holds something unreadable; ignored");
+                // Not this instance's to judge, but not to be stuck behind either: the state in
+                // force stays, and the next change made here replaces what the key holds.
+                link.revision = kv.mod_revision;
+                let why = format!(
+                    "the fleet's key {} holds something unreadable at revision {}: {e}; the state in force stays until the next change, which replaces it",
+                    link.key, kv.mod_revision
+                );
+                tracing::error!("{why}");
+                self.notes.state_file_error = Some(why);
                 return;
             }
         };

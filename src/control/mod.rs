@@ -14,6 +14,7 @@ pub mod state;
 mod status;
 pub mod store;
 pub mod watcher;
+mod writer;
 
 pub use command::{Command, MAX_LINE, ParseError, Source};
 pub use controller::{Controller, Handle, StartError};

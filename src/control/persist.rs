@@ -15,6 +15,7 @@ use crate::fleet::{self, Cas, Envelope, Etcd, FleetError, Kv};
 use super::command::Source;
 use super::state::RolloutState;
 use super::store::{self, StoreError};
+use super::writer::Writer;
 
 /// This instance's link to the fleet's key.
 #[derive(Debug)]
@@ -22,8 +23,8 @@ pub struct Link {
     pub etcd: Arc<Etcd>,
     pub key: String,
     pub instance: String,
-    /// The local cache of the fleet's state (`state.file`).
-    pub cache: Option<PathBuf>,
+    /// The local cache of the fleet's state (`state.file`), and its writer.
+    pub cache: Option<(PathBuf, Writer)>,
     /// The key's revision the state in force corresponds to (0: no key yet).
     pub revision: i64,
     pub connected: bool,
@@ -49,8 +50,17 @@ pub struct FleetStatus {
 #[derive(Debug)]
 pub enum Store {
     Nothing,
-    File(PathBuf),
+    File(PathBuf, Writer),
     Fleet(Link),
+}
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreStartError {
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error("cannot start the state file's writer thread: {0}")]
+    Writer(#[from] std::io::Error),
 }
 
 /// What start-up found.
@@ -64,19 +74,22 @@ pub enum Restored {
 }
 
 impl Store {
-    pub fn new(config: &Config) -> Result<Store, FleetError> {
+    pub fn new(config: &Config) -> Result<Store, StoreStartError> {
         Ok(match (&config.fleet, &config.state_file) {
             (Some(f), cache) => Store::Fleet(Link {
                 etcd: Arc::new(fleet::client(f)?),
                 key: f.key.clone(),
                 instance: fleet::instance(f),
-                cache: cache.clone(),
+                cache: match cache {
+                    Some(path) => Some((path.clone(), Writer::start()?)),
+                    None => None,
+                },
                 revision: 0,
                 connected: false,
                 error: None,
                 pending: None,
             }),
-            (None, Some(path)) => Store::File(path.clone()),
+            (None, Some(path)) => Store::File(path.clone(), Writer::start()?),
             (None, None) => Store::Nothing,
         })
     }
@@ -84,7 +97,7 @@ impl Store {
     pub fn link(&mut self) -> Option<&mut Link> {
         match self {
             Store::Fleet(l) => Some(l),
-            Store::Nothing | Store::File(_) => None,
+            Store::Nothing | Store::File(..) => None,
         }
     }
 
@@ -98,7 +111,7 @@ impl Store {
                 error: l.error.clone(),
                 pending: l.pending.as_ref().map(|(what, _)| (*what).to_owned()),
             }),
-            Store::Nothing | Store::File(_) => None,
+            Store::Nothing | Store::File(..) => None,
         }
     }
 
@@ -107,7 +120,7 @@ impl Store {
         let wall = SystemTime::now();
         match self {
             Store::Nothing => Restored::Nothing,
-            Store::File(path) => match store::read(path, now, wall) {
+            Store::File(path, _) => match store::read(path, now, wall) {
                 Ok(None) => Restored::Nothing,
                 Ok(Some(s)) => Restored::Found(s),
                 Err(e) => Restored::Unusable(e.to_string()),
@@ -126,7 +139,11 @@ impl Store {
                             link.revision = kv.mod_revision;
                             Restored::Found(s)
                         }
-                        Err(e) => Restored::Unusable(format!("{}: {e}", link.key)),
+                        Err(e) => {
+                            // The next change made here replaces it.
+                            link.revision = kv.mod_revision;
+                            Restored::Unusable(format!("{}: {e}", link.key))
+                        }
                     }
                 }
                 Err(e) => {
@@ -134,7 +151,7 @@ impl Store {
                     link.error = Some(e.to_string());
                     tracing::error!(error = %e, "etcd is unreachable at start: serving the last known state");
                     // The cache of the last known state, else everyone on stable.
-                    match link.cache.as_ref().map(|p| store::read(p, now, wall)) {
+                    match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
                         Some(Ok(Some(s))) => Restored::Found(s),
                         Some(Ok(None)) | None => {
                             Restored::Unusable(format!("etcd unreachable and no cache: {e}"))
@@ -152,7 +169,7 @@ impl Store {
         let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
         match self {
             Store::Nothing => Ok(()),
-            Store::File(path) => write(path.clone(), bytes).await,
+            Store::File(path, writer) => writer.write(path.clone(), bytes).await,
             Store::Fleet(link) => {
                 let value = Envelope::wrap(&link.instance, &bytes).map_err(StoreError::Encode)?;
                 match link.etcd.cas(&link.key, link.revision, &value).await {
@@ -160,10 +177,16 @@ impl Store {
                         link.revision = revision;
                         link.connected = true;
                         link.error = None;
-                        if let Some(cache) = link.cache.clone() {
-                            cache_quietly(cache, bytes).await;
+                        if let Some((cache, writer)) = &link.cache {
+                            writer.write_quietly(cache.clone(), bytes);
                         }
                         Ok(())
+                    }
+                    Ok(Cas::Conflict(None)) if link.revision != 0 => {
+                        // The key was deleted (by hand, or a cleanup): it is written anew.
+                        tracing::warn!(key = %link.key, "the fleet's key was deleted; writing it again");
+                        link.revision = 0;
+                        Box::pin(self.save(next)).await
                     }
                     Ok(Cas::Conflict(now)) => {
                         link.connected = true;
@@ -183,11 +206,11 @@ impl Store {
     pub async fn adopted(&mut self, next: &RolloutState, revision: i64) {
         if let Store::Fleet(link) = self {
             link.revision = revision;
-            if let (Some(cache), Ok(bytes)) = (
-                link.cache.clone(),
+            if let (Some((cache, writer)), Ok(bytes)) = (
+                &link.cache,
                 store::encode(next, Instant::now(), SystemTime::now()),
             ) {
-                cache_quietly(cache, bytes).await;
+                writer.write_quietly(cache.clone(), bytes);
             }
         }
     }
@@ -195,26 +218,7 @@ impl Store {
 
 /// The instance that wrote `kv` and the state in it.
 pub fn open(kv: &Kv, now: Instant) -> Result<(String, RolloutState), StoreError> {
-    let (instance, bytes) = Envelope::open(&kv.value).map_err(StoreError::Encode)?;
+    let (instance, bytes) = Envelope::open(&kv.value).map_err(StoreError::Envelope)?;
     let state = store::decode_from(&bytes, "the fleet's key", now, SystemTime::now())?;
     Ok((instance, state))
-}
-
-async fn write(path: PathBuf, bytes: Vec<u8>) -> Result<(), StoreError> {
-    let shown = path.clone();
-    tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes))
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Write {
-                path: shown,
-                error: std::io::Error::other(e),
-            })
-        })
-}
-
-/// The cache is a convenience: a failure to write it is logged, never an error of the change.
-async fn cache_quietly(path: PathBuf, bytes: Vec<u8>) {
-    if let Err(e) = write(path, bytes).await {
-        tracing::warn!(error = %e, "cannot write the local cache of the fleet's state");
-    }
 }

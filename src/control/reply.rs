@@ -65,6 +65,9 @@ pub struct Change {
     pub source: String,
     pub command: String,
     pub rollout: String,
+    /// The rollout before, when the change started a new one (users regrouped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_rollout: Option<String>,
     pub from_state: State,
     pub to_state: State,
     pub from_percent: f64,
@@ -142,6 +145,8 @@ pub enum ControlError {
     NotAllowed,
     #[error("cannot identify the peer")]
     UnknownPeer,
+    #[error("too many admin connections from uid {uid} ({most} open, none idle): close some")]
+    TooManyConnections { uid: u32, most: usize },
     #[error(
         "{what} is in effect at this instance, but etcd does not answer ({error}); it is written to the fleet as soon as etcd is back"
     )]
@@ -296,6 +301,7 @@ mod tests {
                 source: "admin".into(),
                 command: "halt".into(),
                 rollout: "checkout-v2".into(),
+                from_rollout: None,
                 from_state: State::Running,
                 to_state: State::Halted,
                 from_percent: 2.5,

@@ -104,6 +104,7 @@ pub fn change(before: &RolloutState, after: &RolloutState, command: &str) -> Cha
         source: after.changed_by.kind().to_owned(),
         command: command.to_owned(),
         rollout: after.id.clone(),
+        from_rollout: (before.id != after.id).then(|| before.id.clone()),
         from_state: before.state,
         to_state: after.state,
         from_percent: ppm_to_percent(before.ppm),

@@ -2,6 +2,7 @@
 //! rename + directory fsync, and read back at start-up. Versioned: older versions keep loading.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +53,8 @@ pub enum StoreError {
     },
     #[error("cannot encode the state: {0}")]
     Encode(serde_json::Error),
+    #[error("not a ramp fleet state: {0}")]
+    Envelope(serde_json::Error),
     #[error(transparent)]
     Fleet(#[from] EtcdError),
     /// The fleet's state changed meanwhile (at another instance): what it holds now.
@@ -293,44 +296,70 @@ fn decode(
     })
 }
 
-/// Writes `bytes` to `path` so that a crash at any moment leaves the old or the new file, whole:
-/// a temporary file beside it, fsync, rename over, fsync the directory.
+/// Writes `bytes` to `path` whole or not at all: a new file of a random name beside it
+/// (created exclusively: never a link, a FIFO or a file someone left there), synced, renamed over
+/// it, and the directory synced. A state file kept behind a symlink is written where the link
+/// points, and the link stays.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let err = |error| StoreError::Write {
         path: path.to_owned(),
         error,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let target = resolve(path);
     // Never replace what is not a regular file (a FIFO, /dev/null, a device, or a link to one):
     // the path is a mistake, and renaming over it would destroy it.
-    if let Ok(meta) = std::fs::metadata(path)
-        && !meta.file_type().is_file()
-    {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file; refusing to replace it",
-        )));
+    let mode = match std::fs::metadata(&target) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file; refusing to replace it",
+            )));
+        }
+        // The new file keeps the old one's mode.
+        Ok(meta) => meta.permissions(),
+        Err(_) => std::fs::Permissions::from_mode(0o644),
+    };
+    let dir = parent(&target);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(mode)
+        .tempfile_in(&dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(&target).map_err(|e| err(e.error))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
+}
+
+/// The file a path names once symlinks are followed (as far as they lead: a dangling link gives
+/// where it points).
+fn resolve(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    // As many links as the kernel follows (ELOOP beyond).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(meta) if meta.file_type().is_symlink() => match std::fs::read_link(&p) {
+                Ok(to) => p = parent(&p).join(to),
+                Err(_) => break,
+            },
+            _ => break,
+        }
     }
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    p
+}
+
+fn parent(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
     }
-    result.map_err(err)
 }
 
 #[cfg(test)]

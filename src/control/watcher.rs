@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
 use super::command::{Command, Source};
@@ -49,6 +50,14 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<R
     let signal = Arc::clone(&changed);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Opening or reading a file changes nothing (and ramp's own reads of it, or `ramp ctl
+        // --config`'s, would otherwise start a reload that reads it again, for ever); a write
+        // that ends is a change.
+        if let EventKind::Access(kind) = event.kind
+            && kind != AccessKind::Close(AccessMode::Write)
+        {
+            return;
+        }
         let relevant = event.paths.iter().any(|p| {
             p.file_name().is_some_and(|n| {
                 names.iter().any(|name| name == n) || n.to_string_lossy().starts_with("..")

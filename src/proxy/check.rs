@@ -35,12 +35,31 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if target > limits.max_uri_bytes {
         return Err(StatusCode::URI_TOO_LONG);
     }
-    // The HTTP/1.1 parser counts fields itself; HTTP/2 bounds only their bytes, so count here too.
-    if scan.bytes > limits.max_header_bytes || req.headers().len() > limits.max_headers {
+    // The HTTP/1.1 parser counts fields itself; HTTP/2 bounds only their bytes, so count here too
+    // (its cookies, one field each (RFC 9113 §8.2.3), as the one field HTTP/1.1 sends them in).
+    let fields = req.headers().len() - (scan.cookies as usize).saturating_sub(1);
+    if scan.bytes > limits.max_header_bytes || fields > limits.max_headers {
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
-    // None (HTTP/1.1), two, or one that is not a host[:port]: 400 (RFC 9112 §3.2).
-    if scan.hosts > 1 || scan.bad_host || (scan.hosts == 0 && req.version() == Version::HTTP_11) {
+    // An HTTP/2 field value with whitespace at either end is malformed (RFC 9113 §8.2.1): passed
+    // on, an HTTP/1.1 upstream would read it trimmed, and a sticky id unlike ramp's.
+    if req.version() == Version::HTTP_2
+        && req
+            .headers()
+            .values()
+            .any(|v| matches!(v.as_bytes(), [b' ' | b'\t', ..] | [.., b' ' | b'\t']))
+    {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    // None (HTTP/1.1), two, or one that is not a host[:port]: 400 (RFC 9112 §3.2); the same for
+    // the target's authority (absolute form, HTTP/2's :authority), which becomes the Host.
+    if scan.hosts > 1
+        || scan.bad_host
+        || (scan.hosts == 0 && req.version() == Version::HTTP_11)
+        || uri
+            .authority()
+            .is_some_and(|a| !super::forward::valid_host(a.as_str().as_bytes()))
+    {
         return Err(StatusCode::BAD_REQUEST);
     }
     if scan.content_lengths > 1 || (scan.content_lengths == 1 && scan.transfer_encoding) {

@@ -16,6 +16,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::config::Limits;
@@ -110,14 +111,54 @@ impl Open {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves one connection; `permit` is its place under `max_connections`; `h2`: TLS chose HTTP/2.
+/// Serves one plain connection; `permit` is its place under `max_connections`.
 pub async fn serve(
-    io: ClientIo,
-    h2: bool,
+    stream: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
     a: &Accepting,
 ) {
+    let (conn, _ended) = register(peer, permit, a);
+    run(ClientIo::Plain(stream), false, &conn, a).await;
+}
+
+/// Serves one TLS connection: the handshake first, within `header_read_timeout`. Meanwhile the
+/// connection is listed like any other, idle since it was accepted, so that at `max_connections`
+/// a client that never finishes its handshake makes room for a newcomer.
+pub async fn serve_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    a: &Accepting,
+) {
+    let (conn, _ended) = register(peer, permit, a);
+    let handshake = tokio::time::timeout(a.limits.header_read_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        biased;
+        () = conn.signal.to_connection.notified() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    run(ClientIo::Tls(Box::new(stream)), h2, &conn, a).await;
+}
+
+/// A new connection, listed among the open ones and watched; the guard takes it off the list.
+fn register<'a>(
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    a: &'a Accepting,
+) -> (Arc<Conn>, Ended<'a>) {
     let conn = Arc::new(Conn {
         proxy: Arc::clone(&a.proxy),
         info: ConnInfo::new(peer, a.tls),
@@ -131,10 +172,15 @@ pub async fn serve(
     // The timers live in a task of their own: polling them alongside the connection would cost
     // every request; this way the connection only checks a notification.
     tokio::spawn(watchdog(Arc::clone(&conn), a.drain.clone(), a.limits));
-    let _ended = Ended {
+    let ended = Ended {
         conn: Arc::clone(&conn),
         open: &a.open,
     };
+    (conn, ended)
+}
+
+/// Serves a connection (past its TLS handshake); `h2`: TLS chose HTTP/2.
+async fn run(io: ClientIo, h2: bool, conn: &Arc<Conn>, a: &Accepting) {
     let (read, write) = io.split();
     let mut inbound = Inbound {
         io: read,
@@ -154,7 +200,7 @@ pub async fn serve(
         }
     };
     if !h2 {
-        return http1::serve(&conn, inbound, write, &a.limits).await;
+        return http1::serve(conn, inbound, write, &a.limits).await;
     }
     let io = Rewind {
         pre: inbound.buf.freeze(),
@@ -162,7 +208,7 @@ pub async fn serve(
         write,
     };
     // Boxed: a plain connection's future is not sized for hyper's HTTP/2 state.
-    Box::pin(serve_h2(conn, io, a)).await;
+    Box::pin(serve_h2(Arc::clone(conn), io, a)).await;
 }
 
 /// Serves an HTTP/2 connection with hyper until it ends, or is told to close.

@@ -65,8 +65,27 @@ const HOST_BYTES: [bool; 256] = {
 
 /// Whether `host` could be a Host field's value (empty is allowed: a target without an
 /// authority).
-fn valid_host(host: &[u8]) -> bool {
-    host.iter().all(|&b| HOST_BYTES[b as usize])
+pub fn valid_host(host: &[u8]) -> bool {
+    if !host.iter().all(|&b| HOST_BYTES[b as usize]) {
+        return false;
+    }
+    // The port, if any, is digits (RFC 3986 §3.2.3): after an IP literal's `]`, else after the
+    // only colon.
+    let port = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => match &literal[end + 1..] {
+                [] => &[][..],
+                [b':', port @ ..] => port,
+                _ => return false,
+            },
+            None => return false,
+        },
+        None => match host.iter().position(|&b| b == b':') {
+            Some(colon) => &host[colon + 1..],
+            None => &[][..],
+        },
+    };
+    port.iter().all(u8::is_ascii_digit)
 }
 
 /// Looks at every field once; `hide` are the names the caller will remove as well.

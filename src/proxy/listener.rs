@@ -13,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Limits;
-use crate::inbound::ClientIo;
 
 use super::connection::{self, Accepting, Open};
 use super::context::Proxy;
@@ -164,7 +163,7 @@ fn spawn(
         // A task of its own size: one future sized for the TLS path as well would make every
         // plain connection carry the TLS state's room (8 KiB instead of about 4).
         tokio::spawn(async move {
-            connection::serve(ClientIo::Plain(stream), false, peer, permit, &a).await;
+            connection::serve(stream, peer, permit, &a).await;
         });
         return;
     }
@@ -173,14 +172,6 @@ fn spawn(
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let handshake = a.limits.header_read_timeout;
-        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                connection::serve(ClientIo::Tls(Box::new(stream)), h2, peer, permit, &a).await;
-            }
-            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-        }
+        connection::serve_tls(stream, acceptor, peer, permit, &a).await;
     });
 }

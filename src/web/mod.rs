@@ -103,15 +103,26 @@ async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<B
     }
 }
 
+/// Connections the metrics listener serves at once; beyond, a newcomer is closed at once, so
+/// that nobody can take the proxy's descriptors through it (scrapers and the status page need a
+/// few).
+const MAX_PEERS: usize = 256;
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, web: Web) {
+    let room = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = Arc::clone(&room).try_acquire_owned() else {
+            tracing::debug!("metrics listener full: connection closed");
+            continue;
+        };
         let web = web.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let web = web.clone();
                 async move { Ok::<_, Infallible>(route(web, req).await) }

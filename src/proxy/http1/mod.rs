@@ -50,6 +50,9 @@ enum Next {
     Close,
     /// A 101 went out: the connection goes to whoever asked for it.
     Upgrade(oneshot::Sender<Handed>),
+    /// The answer was cut short: the connection ends with a reset, never in a way a whole
+    /// answer could.
+    Reset,
 }
 
 /// The most bytes a request head may take: a target up to 64 KiB fits, so that an over-long
@@ -99,6 +102,10 @@ pub async fn serve(conn: &Arc<Conn>, inbound: Inbound, mut write: ClientWrite, l
                     let wait = std::pin::pin!(linger(&shared, &mut write));
                     signal.unless(Signal::aborting, &mut registered, wait).await;
                 }
+                return;
+            }
+            Next::Reset => {
+                write.reset();
                 return;
             }
             Next::Upgrade(to) => {
@@ -267,7 +274,7 @@ fn exchange(
         }
         if let Err(e) = answer::body(write, &mut out, &mut body, framed).await {
             tracing::debug!(peer = %conn.info.peer, error = %e, "answer not sent whole");
-            return Next::Close;
+            return Next::Reset;
         }
         drop(body);
         if close || !inbound::lock(shared).framing.is_done() {

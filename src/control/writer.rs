@@ -1,0 +1,144 @@
+//! The state file's one writer: a thread of its own, so that a disk that stops answering (a hung
+//! NFS mount, a frozen filesystem) stalls that thread and nothing else. The controller waits for
+//! a write at most [`WRITE_WAIT`]; a write still going on then counts as failed (the change is
+//! refused, or for a halt or rollback applied unsaved), and while the disk stays stuck later
+//! writes fail at once rather than wait again. Once the disk answers, the thread writes the newest
+//! state it was given by then, so the file ends up holding the state in force.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::store::{self, StoreError};
+
+/// The longest the controller waits for one write.
+pub const WRITE_WAIT: Duration = Duration::from_secs(2);
+
+struct Job {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+#[derive(Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    /// When the write in progress began (none in progress: `None`).
+    started: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("path", &self.path).finish()
+    }
+}
+
+impl Writer {
+    pub fn start() -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let started = Arc::new(Mutex::new(None));
+        let busy = Arc::clone(&started);
+        std::thread::Builder::new()
+            .name("ramp-state-writer".into())
+            .spawn(move || run(&rx, &busy))?;
+        Ok(Writer { tx, started })
+    }
+
+    /// Writes `bytes` to `path` (whole, atomically), waiting at most [`WRITE_WAIT`].
+    pub async fn write(&self, path: PathBuf, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let stuck = |path: PathBuf| StoreError::Write {
+            path,
+            error: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the disk did not answer within {} s (the write goes on; the state in force is written once it answers)",
+                    WRITE_WAIT.as_secs()
+                ),
+            ),
+        };
+        let (done, rx) = oneshot::channel();
+        let shown = path.clone();
+        let already_stuck = self.stuck();
+        if self
+            .tx
+            .send(Job {
+                path,
+                bytes,
+                done: Some(done),
+            })
+            .is_err()
+        {
+            return Err(StoreError::Write {
+                path: shown,
+                error: std::io::Error::other("the state writer has stopped"),
+            });
+        }
+        if already_stuck {
+            return Err(stuck(shown));
+        }
+        match tokio::time::timeout(WRITE_WAIT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Write {
+                path: shown,
+                error: std::io::Error::other("the state writer has stopped"),
+            }),
+            Err(_) => Err(stuck(shown)),
+        }
+    }
+
+    /// Writes without waiting (the fleet's local cache): a failure is only logged.
+    pub fn write_quietly(&self, path: PathBuf, bytes: Vec<u8>) {
+        let _ = self.tx.send(Job {
+            path,
+            bytes,
+            done: None,
+        });
+    }
+
+    /// A write has been going on for longer than [`WRITE_WAIT`].
+    fn stuck(&self) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() > WRITE_WAIT)
+    }
+}
+
+fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
+    while let Ok(first) = rx.recv() {
+        // Only the newest state for a path matters: older ones queued behind a slow write are
+        // superseded (whoever waited for them has given up by now).
+        let mut jobs = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            if let Some(old) = jobs.iter_mut().find(|j| j.path == next.path) {
+                let old = std::mem::replace(old, next);
+                if let Some(done) = old.done {
+                    let _ = done.send(Err(StoreError::Write {
+                        path: old.path,
+                        error: std::io::Error::other("superseded by a newer state"),
+                    }));
+                }
+            } else {
+                jobs.push(next);
+            }
+        }
+        for job in jobs {
+            *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            let result = store::write_atomic(&job.path, &job.bytes);
+            *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            match job.done {
+                Some(done) => {
+                    let _ = done.send(result);
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "cannot write the local cache of the fleet's state");
+                    }
+                }
+            }
+        }
+    }
+}

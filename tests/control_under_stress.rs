@@ -1,0 +1,397 @@
+//! The control plane when its surroundings misbehave: a disk that stops answering under the state
+//! file, a local peer that opens admin or metrics connections by the thousand, a script that
+//! hands `ramp ctl` an argument with a line break in it, a state file kept behind a symlink.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Backend, CONTROL, Client, Proxy, config, write};
+
+fn yaml(s: &Backend, c: &Backend, rollout: &str, control: &str) -> String {
+    config(
+        &[s],
+        &[c],
+        rollout,
+        &format!("sticky:\n  header: x-user-id\n{control}"),
+    )
+}
+
+/// How many of `n` users (ids `tag-0`…) land on canary.
+async fn users_on_canary(proxy: &Proxy, tag: &str, n: usize) -> usize {
+    let client = Client::http1();
+    let mut canary = 0;
+    for i in 0..n {
+        let id = format!("{tag}-{i}");
+        let r = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+        assert_eq!(r.status.as_u16(), 200);
+        canary += usize::from(r.body == "canary");
+    }
+    canary
+}
+
+/// One admin command, giving up after `limit` (a reply that never comes fails the test rather
+/// than hanging it).
+fn admin_within(socket: &Path, line: &str, limit: Duration) -> Value {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .unwrap_or_else(|e| panic!("no reply to {line:?} within {limit:?}: {e}"));
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A filesystem of its own (an ext4 image on a loop device) that can be frozen: what a hung NFS
+/// mount or a stalled disk looks like to the process writing to it.
+struct Disk {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+/// While it lives, the disk does not answer writes; dropped, it thaws. (Declared after the
+/// proxy, it thaws first when a test fails: a process stuck writing to a frozen filesystem
+/// cannot even be killed.)
+struct Frozen(PathBuf);
+
+impl Disk {
+    fn new() -> Disk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(16 << 20))
+            .expect("image");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).expect("mount point");
+        let (image, at) = (
+            image.to_str().expect("utf-8"),
+            mount.to_str().expect("utf-8"),
+        );
+        run("mkfs.ext4", &["-q", "-F", image]);
+        run("mount", &["-o", "loop", image, at]);
+        Disk { _dir: dir, mount }
+    }
+
+    fn freeze(&self) -> Frozen {
+        run("fsfreeze", &["-f", self.mount.to_str().expect("utf-8")]);
+        Frozen(self.mount.clone())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: mounts and freezes a filesystem"
+)]
+async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let disk = Disk::new();
+    let state = disk.mount.join("state.json");
+    let control = format!(
+        "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
+        state.display()
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: frozen\npercent: 50", &control));
+    assert_eq!(proxy.admin("status")["state"], "running");
+    assert!(state.exists(), "the first state is saved");
+    assert!(users_on_canary(&proxy, "before", 40).await > 0);
+
+    let frozen = disk.freeze();
+    let limit = Duration::from_secs(10);
+    let halt = admin_within(&proxy.socket(), "halt", limit);
+    assert_eq!(halt["ok"], false, "{halt}");
+    let why = halt["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("halt is in effect") && why.contains("did not answer"),
+        "{halt}"
+    );
+    // Status and other commands answer (a change that needs the disk is refused, and says why).
+    let status = admin_within(&proxy.socket(), "status", limit);
+    assert_eq!(status["state"], "halted");
+    assert!(
+        status["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{status}"
+    );
+    let resume = admin_within(&proxy.socket(), "resume", limit);
+    assert_eq!(resume["ok"], false, "{resume}");
+    assert!(
+        resume["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("resume not applied")),
+        "{resume}"
+    );
+    assert_eq!(
+        admin_within(&proxy.socket(), "status", limit)["state"],
+        "halted"
+    );
+    let rollback = admin_within(&proxy.socket(), "rollback", limit);
+    assert!(
+        rollback["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rollback is in effect")),
+        "{rollback}"
+    );
+    // In force at once: the users who were on the canary are on stable.
+    assert_eq!(users_on_canary(&proxy, "before", 40).await, 0);
+
+    // Once the disk answers again, the state in force is written, by ramp itself.
+    drop(frozen);
+    let saved = (0..400).find_map(|_| {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        if text.contains("\"rolled_back\"") {
+            return Some(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        None
+    });
+    assert!(
+        saved.is_some(),
+        "the rollback was never written: {:?}",
+        std::fs::read_to_string(&state)
+    );
+    proxy.wait_status("the state file error clears", |s| {
+        s["state_file_error"].is_null()
+    });
+    let (dir, path) = proxy.kill9();
+    let again = Proxy::start_in(dir, path);
+    assert_eq!(again.admin("status")["state"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_behind_a_symlink_is_written_where_it_points() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let persistent = dir.path().join("persistent");
+    std::fs::create_dir(&persistent).expect("dir");
+    std::os::unix::fs::symlink("persistent/state.json", dir.path().join("state.json"))
+        .expect("symlink");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(&s, &c, "id: linked\npercent: 5", CONTROL),
+    );
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("set 6")["ok"], true);
+    let link = std::fs::symlink_metadata(proxy.state_file()).expect("link");
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let text = std::fs::read_to_string(proxy.dir.path().join("persistent/state.json"))
+        .expect("the file the link points to");
+    assert!(text.contains("\"percent_ppm\": 60000"), "{text}");
+    // Nothing else is left beside it.
+    let names: Vec<String> = std::fs::read_dir(proxy.dir.path().join("persistent"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["state.json"]);
+}
+
+/// Lets this process open as many descriptors as it may.
+fn more_descriptors() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count()
+}
+
+/// Waits (up to 10 s) until ramp holds at most `most` descriptors more than `before` (those it
+/// refuses take a moment to close); gives how many it holds.
+fn settles_at(pid: u32, before: usize, most: usize) -> usize {
+    let mut held = 0;
+    for _ in 0..200 {
+        held = descriptors(pid).saturating_sub(before);
+        if held <= most {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_silent_admin_connections_holds_few_descriptors_and_a_halt_gets_in() {
+    more_descriptors();
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: burst\npercent: 50", CONTROL));
+    let before = descriptors(proxy.pid());
+    // All at once, sending nothing, from the operator's own uid.
+    let burst: Vec<UnixStream> = (0..2000)
+        .map(|_| UnixStream::connect(proxy.socket()).expect("connect"))
+        .collect();
+    // The ones beyond the uid's share are told why and closed.
+    let mut refused = burst.last().expect("last").try_clone().expect("clone");
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reply = String::new();
+    refused.read_to_string(&mut reply).expect("refused");
+    assert!(reply.contains("too many admin connections"), "{reply:?}");
+    let held = settles_at(proxy.pid(), before, 520);
+    assert!(held <= 520, "ramp holds {held} descriptors for the burst");
+    // Once they have sat idle for a second, the operator's halt replaces one of them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let halt = admin_within(&proxy.socket(), "halt", Duration::from_secs(10));
+    assert_eq!(
+        (halt["ok"].as_bool(), halt["state"].as_str()),
+        (Some(true), Some("halted"))
+    );
+    drop(burst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_holds_a_bounded_number_of_connections() {
+    more_descriptors();
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: scrape\npercent: 5",
+        &format!("{CONTROL}metrics:\n  listen: 127.0.0.1:0\n"),
+    ));
+    let line = proxy.wait_log("metrics at /metrics");
+    let v: Value = serde_json::from_str(&line).expect("json log");
+    let addr: std::net::SocketAddr = v["fields"]["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    let before = descriptors(proxy.pid());
+    let mut held: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // The newest are closed at once: reading gives the end, not a wait.
+    let last = held.last_mut().expect("last");
+    last.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    assert_eq!(last.read(&mut buf).expect("closed, not silent"), 0);
+    let taken = settles_at(proxy.pid(), before, 260);
+    assert!(taken <= 260, "ramp holds {taken} descriptors for them");
+    // The proxy itself is untouched.
+    let r = Client::http1()
+        .get(&proxy.url("/"), &[("x-user-id", "u")])
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_refuses_an_argument_that_would_split_or_carry_another_command() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: words\npercent: 5", CONTROL));
+    for args in [
+        &["bucket", "x\npromote"][..],
+        &["bucket", "x\rpromote"],
+        &["start", "", "1"],
+        &["bucket", "john doe"],
+        &["set", "5\n"],
+    ] {
+        let (code, out, err) = proxy.ctl(args);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(
+            err.contains("ramp ctl sends each argument as one word"),
+            "{args:?}: {err}"
+        );
+    }
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), st["state"].as_str()),
+        (Some("words"), Some("running")),
+        "nothing was run"
+    );
+    let (code, out, _) = proxy.ctl(&["bucket", "x"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn ramp_raises_its_open_files_limit() {
+    // Started with the usual soft limit, 1024.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: 127.0.0.1:0\npools:\n  stable: [127.0.0.1:9]\n  canary: [127.0.0.1:9]\nrollout:\n  id: fds\n  percent: 5\n",
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n 1024 && exec {} serve --config {}",
+            support::RAMP,
+            path.display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("listening"))),
+        "ramp did not start"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let _ = child.kill();
+    let _ = child.wait();
+    let row: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    let (soft, hard) = (row[3], row[4]);
+    let (_, ours) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let ours = if ours == nix::sys::resource::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        ours.to_string()
+    };
+    assert_eq!((soft, hard), (&*ours, &*ours), "{limits}");
+}
