@@ -1,8 +1,9 @@
 //! Build-time facts for the tests, so a test that cannot run here is marked ignored with its
 //! reason instead of passing without checking anything: whether they are built by root (the
 //! admin socket's uid checks become a second user) and whether a Chromium is installed (the
-//! status page is tested in a real browser; `.ci/run` installs Debian's `chromium`), and whether
-//! etcd is (the fleet is tested against a real one; `.ci/run` installs `etcd-server`).
+//! status page is tested in a real browser; `.ci/run` installs Debian's `chromium`), whether
+//! etcd is (the fleet is tested against a real one; `.ci/run` installs `etcd-server`), and whether
+//! a filesystem can be mounted on a loop device and frozen (a disk that stops answering).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_as_root)");
@@ -18,6 +19,18 @@ fn main() {
         .unwrap_or(false);
     if root {
         println!("cargo::rustc-cfg=ramp_tests_as_root");
+    }
+    // A filesystem the tests can mount and freeze (a disk that stops answering): root, loop
+    // devices, mkfs.ext4 and fsfreeze.
+    println!("cargo::rustc-check-cfg=cfg(ramp_tests_can_freeze)");
+    println!("cargo::rerun-if-changed=/dev/loop-control");
+    let tools = [
+        "/dev/loop-control",
+        "/usr/sbin/mkfs.ext4",
+        "/usr/sbin/fsfreeze",
+    ];
+    if root && tools.iter().all(|t| std::path::Path::new(t).exists()) {
+        println!("cargo::rustc-cfg=ramp_tests_can_freeze");
     }
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_with_browser)");
     println!("cargo::rustc-check-cfg=cfg(ramp_tests_with_etcd)");

@@ -279,11 +279,20 @@ fn ctl(
         (None, None) => anyhow::bail!("give --socket PATH, --config PATH or set RAMP_SOCKET"),
     };
     let answer = ramp::control::client::request(&socket, line)?;
-    if json {
-        println!("{}", answer.line);
+    let text = if json {
+        answer.line.clone()
     } else {
-        let text = ramp::control::client::human(&answer.reply);
-        println!("{}", text.trim_end());
+        ramp::control::client::human(&answer.reply)
+            .trim_end()
+            .to_owned()
+    };
+    // A reader that stopped early (`ramp ctl status | head -1`) is no error of the command.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        anyhow::bail!("cannot write the reply: {e}");
     }
     Ok(if answer.ok() {
         ExitCode::SUCCESS

@@ -107,8 +107,8 @@ impl Drop for Disk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(ramp_tests_as_root),
-    ignore = "needs root: mounts and freezes a filesystem"
+    not(ramp_tests_can_freeze),
+    ignore = "needs root, loop devices, mkfs.ext4 and fsfreeze: mounts and freezes a filesystem"
 )]
 async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
     let (s, c) = (
@@ -116,18 +116,26 @@ async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
         Backend::start("canary").await,
     );
     let disk = Disk::new();
-    let state = disk.mount.join("state.json");
+    let state_path = disk.mount.join("state.json");
     let control = format!(
         "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
-        state.display()
+        state_path.display()
     );
     let proxy = Proxy::start(&yaml(&s, &c, "id: frozen\npercent: 50", &control));
     assert_eq!(proxy.admin("status")["state"], "running");
-    assert!(state.exists(), "the first state is saved");
+    assert!(state_path.exists(), "the first state is saved");
     assert!(users_on_canary(&proxy, "before", 40).await > 0);
 
-    let frozen = disk.freeze();
     let limit = Duration::from_secs(10);
+    let file_says = |state: &str| {
+        std::fs::read_to_string(&state_path)
+            .unwrap_or_default()
+            .contains(&format!("\"state\": \"{state}\""))
+    };
+    assert!(file_says("running"));
+
+    // A halt while the disk does not answer.
+    let frozen = disk.freeze();
     let halt = admin_within(&proxy.socket(), "halt", limit);
     assert_eq!(halt["ok"], false, "{halt}");
     let why = halt["error"].as_str().unwrap_or_default();
@@ -144,18 +152,41 @@ async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
             .is_some_and(|e| e.contains("did not answer")),
         "{status}"
     );
-    let resume = admin_within(&proxy.socket(), "resume", limit);
-    assert_eq!(resume["ok"], false, "{resume}");
+    let start = admin_within(&proxy.socket(), "start other 10", limit);
+    assert_eq!(start["ok"], false, "{start}");
     assert!(
-        resume["error"]
+        start["error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("resume not applied")),
-        "{resume}"
+            .is_some_and(|e| e.starts_with("start not applied")),
+        "{start}"
     );
     assert_eq!(
         admin_within(&proxy.socket(), "status", limit)["state"],
         "halted"
     );
+    // The disk answers again: the halt is written, and the refused start never is, not even for
+    // a moment (a crash then would bring it back).
+    drop(frozen);
+    let refused = || {
+        std::fs::read_to_string(&state_path)
+            .unwrap_or_default()
+            .contains("\"other\"")
+    };
+    let mut halted = false;
+    for _ in 0..400 {
+        assert!(!refused(), "the refused start reached the file");
+        if file_says("halted") {
+            halted = true;
+        }
+        if halted && admin_within(&proxy.socket(), "status", limit)["state_file_error"].is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(halted, "the halt was never written");
+
+    // A rollback while the disk does not answer: in force at once for everyone.
+    let frozen = disk.freeze();
     let rollback = admin_within(&proxy.socket(), "rollback", limit);
     assert!(
         rollback["error"]
@@ -163,27 +194,10 @@ async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
             .is_some_and(|e| e.contains("rollback is in effect")),
         "{rollback}"
     );
-    // In force at once: the users who were on the canary are on stable.
     assert_eq!(users_on_canary(&proxy, "before", 40).await, 0);
-
-    // Once the disk answers again, the state in force is written, by ramp itself.
     drop(frozen);
-    let saved = (0..400).find_map(|_| {
-        let text = std::fs::read_to_string(&state).unwrap_or_default();
-        if text.contains("\"rolled_back\"") {
-            return Some(text);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        None
-    });
-    assert!(
-        saved.is_some(),
-        "the rollback was never written: {:?}",
-        std::fs::read_to_string(&state)
-    );
-    proxy.wait_status("the state file error clears", |s| {
-        s["state_file_error"].is_null()
-    });
+    proxy.wait_status("the rollback is saved", |s| s["state_file_error"].is_null());
+    assert!(file_says("rolled_back"));
     let (dir, path) = proxy.kill9();
     let again = Proxy::start_in(dir, path);
     assert_eq!(again.admin("status")["state"], "rolled_back");
@@ -281,7 +295,7 @@ async fn a_burst_of_silent_admin_connections_holds_few_descriptors_and_a_halt_ge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_metrics_listener_holds_a_bounded_number_of_connections() {
+async fn the_metrics_listener_holds_a_bounded_number_of_connections_and_probes_get_in() {
     more_descriptors();
     let (s, c) = (
         Backend::start("stable").await,
@@ -301,18 +315,28 @@ async fn the_metrics_listener_holds_a_bounded_number_of_connections() {
         .parse()
         .expect("addr");
     let before = descriptors(proxy.pid());
+    // Connections that send half a request and wait, far more than the listener serves.
     let mut held: Vec<std::net::TcpStream> = (0..1000)
-        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\n").expect("write");
+            s
+        })
         .collect();
-    // The newest are closed at once: reading gives the end, not a wait.
-    let last = held.last_mut().expect("last");
-    last.set_read_timeout(Some(Duration::from_secs(5)))
+    // The oldest were closed to make room: reading gives the end, not a wait.
+    let first = held.first_mut().expect("first");
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 16];
-    assert_eq!(last.read(&mut buf).expect("closed, not silent"), 0);
+    assert_eq!(first.read(&mut buf).expect("closed, not silent"), 0);
     let taken = settles_at(proxy.pid(), before, 260);
     assert!(taken <= 260, "ramp holds {taken} descriptors for them");
-    // The proxy itself is untouched.
+    // A health probe still gets in, and the proxy itself is untouched.
+    let probe = Client::http1()
+        .get(&format!("http://{addr}/healthz"), &[])
+        .await;
+    assert_eq!((probe.status.as_u16(), probe.body.as_str()), (200, "ok\n"));
     let r = Client::http1()
         .get(&proxy.url("/"), &[("x-user-id", "u")])
         .await;

@@ -520,6 +520,12 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
             .is_some_and(|e| e.contains("written to the fleet as soon as etcd is back")),
         "{r}"
     );
+    // While etcd hangs, retrying the halt holds up neither status nor commands for long.
+    for _ in 0..6 {
+        let s = status_within(&fleet.proxies[0].socket(), Duration::from_secs(2));
+        assert_eq!(s["fleet"]["pending"], "halt", "{s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     etcd.pause(false);
     // The status page polls every second, scrapers and scripts more often: the retry is not put
     // off by them.
@@ -536,4 +542,17 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
     fleet
         .all("the halt reaches the fleet", |v| v["state"] == "halted")
         .await;
+}
+
+/// `status` on an admin socket, failing the test if no reply comes within `limit`.
+fn status_within(socket: &std::path::Path, limit: Duration) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(b"status\n").expect("write");
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("no status within {limit:?}: {e}"));
+    serde_json::from_str(&line).expect("json")
 }

@@ -311,7 +311,7 @@ async fn a_slow_upload_does_not_count_against_the_response_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bare_line_feed_in_the_trailers_is_400_and_hides_no_request() {
+async fn a_bare_line_feed_in_the_trailers_hides_no_request() {
     let (b, proxy) = start().await;
     // Read as a line end by a lenient parser in front, and not here, the LF would turn the next
     // request into trailer text: it is refused instead, at once.
@@ -323,8 +323,13 @@ async fn a_bare_line_feed_in_the_trailers_is_400_and_hides_no_request() {
         let reply = tokio::task::spawn_blocking(move || raw(addr, attack.as_bytes()))
             .await
             .expect("raw");
-        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        // 400, or the upstream's own answer if it answered before the trailers came (the
+        // connection closes after it either way).
         assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
     }
     still_serves(&proxy).await;
     assert!(b.seen().iter().all(|s| s.uri != "/hidden"));

@@ -259,7 +259,7 @@ impl Controller {
 
     /// Writes the state in force, which the state file does not hold yet.
     async fn resave(&mut self) {
-        match self.store.save(&self.rollout).await {
+        match self.store.save(&self.rollout, true).await {
             Ok(()) => {
                 self.unsaved = false;
                 self.notes.state_file_error = None;
@@ -443,7 +443,10 @@ impl Controller {
                     self.current
                         .publish(build(&self.config, &next, &self.registry, &self.tls));
                 }
-                let saved = self.store.save(&next).await;
+                let saved = self
+                    .store
+                    .save(&next, durability == Durability::BestEffort)
+                    .await;
                 match &saved {
                     Ok(()) => self.notes.state_file_error = None,
                     Err(StoreError::Conflict(_)) => {}
@@ -460,9 +463,11 @@ impl Controller {
             Err(StoreError::Conflict(now)) => return Err(ControlError::Conflict(now)),
             Err(error) if durability == Durability::Required => {
                 if matches!(self.store, Store::File(..)) {
-                    // A write that timed out may still land: the file is written again with the
-                    // state in force.
+                    // The file may not hold the state in force any more (a write that timed out
+                    // is dropped, but it may have been renamed into place just before): it is
+                    // written again with the state in force, first thing.
                     self.unsaved = true;
+                    self.save_retry = Some(Instant::now());
                 }
                 return Err(ControlError::NotSaved { what, error });
             }

@@ -13,6 +13,10 @@ use super::command::{Command, Source};
 use super::controller::{Controller, Durability, Handle};
 use super::persist;
 
+/// How long a retry of a pending halt or rollback waits for etcd to answer a read before it
+/// gives up until the next try.
+const PENDING_PROBE: Duration = Duration::from_millis(250);
+
 /// The longest wait between attempts to reach etcd again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -92,8 +96,17 @@ impl Controller {
         };
         let etcd = Arc::clone(&link.etcd);
         let key = link.key.clone();
-        if let Ok((Some(kv), _)) = etcd.get(&key).await {
-            self.adopt(kv).await;
+        // A quick look first: while etcd hangs, each try holds commands and status up this long
+        // at most, not the seconds a write may take.
+        match tokio::time::timeout(PENDING_PROBE, etcd.get(&key)).await {
+            Ok(Ok((Some(kv), _))) => self.adopt(kv).await,
+            Ok(Ok((None, _))) => {}
+            Ok(Err(_)) | Err(_) => {
+                if let Some(link) = self.store.link() {
+                    link.pending.get_or_insert((what, source));
+                }
+                return;
+            }
         }
         let command = match what {
             "rollback" => Command::Rollback,

@@ -81,7 +81,7 @@ impl Store {
                 key: f.key.clone(),
                 instance: fleet::instance(f),
                 cache: match cache {
-                    Some(path) => Some((path.clone(), Writer::start()?)),
+                    Some(path) => Some((path.clone(), Writer::start(path)?)),
                     None => None,
                 },
                 revision: 0,
@@ -89,7 +89,7 @@ impl Store {
                 error: None,
                 pending: None,
             }),
-            (None, Some(path)) => Store::File(path.clone(), Writer::start()?),
+            (None, Some(path)) => Store::File(path.clone(), Writer::start(path)?),
             (None, None) => Store::Nothing,
         })
     }
@@ -164,12 +164,13 @@ impl Store {
     }
 
     /// Saves `next` before it is put in force: the file written whole, or the fleet's key
-    /// swapped only if nobody changed it since this instance last saw it.
-    pub async fn save(&mut self, next: &RolloutState) -> Result<(), StoreError> {
+    /// swapped only if nobody changed it since this instance last saw it. `keep`: the file is to
+    /// hold it even if the write outlasts the wait (a halt, a rollback, the state in force).
+    pub async fn save(&mut self, next: &RolloutState, keep: bool) -> Result<(), StoreError> {
         let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
         match self {
             Store::Nothing => Ok(()),
-            Store::File(path, writer) => writer.write(path.clone(), bytes).await,
+            Store::File(path, writer) => writer.write(path.clone(), bytes, keep).await,
             Store::Fleet(link) => {
                 let value = Envelope::wrap(&link.instance, &bytes).map_err(StoreError::Encode)?;
                 match link.etcd.cas(&link.key, link.revision, &value).await {
@@ -186,7 +187,7 @@ impl Store {
                         // The key was deleted (by hand, or a cleanup): it is written anew.
                         tracing::warn!(key = %link.key, "the fleet's key was deleted; writing it again");
                         link.revision = 0;
-                        Box::pin(self.save(next)).await
+                        Box::pin(self.save(next, keep)).await
                     }
                     Ok(Cas::Conflict(now)) => {
                         link.connected = true;

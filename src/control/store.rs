@@ -298,9 +298,13 @@ fn decode(
 
 /// Writes `bytes` to `path` whole or not at all: a new file of a random name beside it
 /// (created exclusively: never a link, a FIFO or a file someone left there), synced, renamed over
-/// it, and the directory synced. A state file kept behind a symlink is written where the link
+/// it unless `given_up` says by then that it is no longer wanted, and the directory synced. A state file kept behind a symlink is written where the link
 /// points, and the link stays.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    given_up: impl Fn() -> bool,
+) -> Result<(), StoreError> {
     let err = |error| StoreError::Write {
         path: path.to_owned(),
         error,
@@ -332,10 +336,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
+    if given_up() {
+        // Refused meanwhile: the temporary file goes, the state file stays as it is.
+        return Err(err(std::io::Error::other(
+            "given up before it was complete; the state file is unchanged",
+        )));
+    }
     tmp.persist(&target).map_err(|e| err(e.error))?;
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(err)
+}
+
+/// Removes the temporary files a write that never finished left beside the state file (a process
+/// that ended while its disk did not answer): `.NAME.*.tmp`, and `.NAME.tmp-PID` of older ramps,
+/// once a minute old (a ramp taking over from this one may be writing one now).
+pub fn remove_stale_temporaries(path: &Path) {
+    let target = resolve(path);
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent(&target)) else {
+        return;
+    };
+    let (ours, older) = (format!(".{name}."), format!(".{name}.tmp-"));
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let temporary =
+            (file.starts_with(&ours) && file.ends_with(".tmp")) || file.starts_with(&older);
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60));
+        if temporary && stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The file a path names once symlinks are followed (as far as they lead: a dangling link gives

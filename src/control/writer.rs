@@ -20,7 +20,27 @@ pub const WRITE_WAIT: Duration = Duration::from_secs(2);
 struct Job {
     path: PathBuf,
     bytes: Vec<u8>,
+    /// Written even once its caller has stopped waiting (a halt or rollback, which is in force
+    /// whatever the disk does, or the state in force written again). Any other job whose caller
+    /// gave up was refused: it is dropped, never renamed into place late.
+    keep: bool,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Job {
+    /// Its caller gave up on it and it is not to be kept.
+    fn abandoned(&self) -> bool {
+        !self.keep && self.done.as_ref().is_some_and(oneshot::Sender::is_closed)
+    }
+
+    fn superseded(self) {
+        if let Some(done) = self.done {
+            let _ = done.send(Err(StoreError::Write {
+                path: self.path,
+                error: std::io::Error::other("superseded by a newer state"),
+            }));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -37,18 +57,25 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writer {
-    pub fn start() -> std::io::Result<Writer> {
+    /// The writer of the file at `path`; first it removes what a writer that never finished left
+    /// beside it.
+    pub fn start(path: &std::path::Path) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let started = Arc::new(Mutex::new(None));
         let busy = Arc::clone(&started);
+        let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("ramp-state-writer".into())
-            .spawn(move || run(&rx, &busy))?;
+            .spawn(move || {
+                store::remove_stale_temporaries(&path);
+                run(&rx, &busy);
+            })?;
         Ok(Writer { tx, started })
     }
 
-    /// Writes `bytes` to `path` (whole, atomically), waiting at most [`WRITE_WAIT`].
-    pub async fn write(&self, path: PathBuf, bytes: Vec<u8>) -> Result<(), StoreError> {
+    /// Writes `bytes` to `path` (whole, atomically), waiting at most [`WRITE_WAIT`]. Unless
+    /// `keep`, a write given up on is dropped rather than finished later.
+    pub async fn write(&self, path: PathBuf, bytes: Vec<u8>, keep: bool) -> Result<(), StoreError> {
         let stuck = |path: PathBuf| StoreError::Write {
             path,
             error: std::io::Error::new(
@@ -67,6 +94,7 @@ impl Writer {
             .send(Job {
                 path,
                 bytes,
+                keep,
                 done: Some(done),
             })
             .is_err()
@@ -94,6 +122,7 @@ impl Writer {
         let _ = self.tx.send(Job {
             path,
             bytes,
+            keep: true,
             done: None,
         });
     }
@@ -110,24 +139,23 @@ impl Writer {
 fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
     while let Ok(first) = rx.recv() {
         // Only the newest state for a path matters: older ones queued behind a slow write are
-        // superseded (whoever waited for them has given up by now).
+        // superseded (whoever waited for them has given up by now) — except that the newest one
+        // to keep stays ahead of a newer one that may yet be dropped.
         let mut jobs = vec![first];
         while let Ok(next) = rx.try_recv() {
-            if let Some(old) = jobs.iter_mut().find(|j| j.path == next.path) {
-                let old = std::mem::replace(old, next);
-                if let Some(done) = old.done {
-                    let _ = done.send(Err(StoreError::Write {
-                        path: old.path,
-                        error: std::io::Error::other("superseded by a newer state"),
-                    }));
+            let mut i = 0;
+            while i < jobs.len() {
+                if jobs[i].path == next.path && (next.keep || !jobs[i].keep) {
+                    jobs.remove(i).superseded();
+                } else {
+                    i += 1;
                 }
-            } else {
-                jobs.push(next);
             }
+            jobs.push(next);
         }
         for job in jobs {
             *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-            let result = store::write_atomic(&job.path, &job.bytes);
+            let result = store::write_atomic(&job.path, &job.bytes, || job.abandoned());
             *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
             match job.done {
                 Some(done) => {

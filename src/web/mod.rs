@@ -103,26 +103,44 @@ async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<B
     }
 }
 
-/// Connections the metrics listener serves at once; beyond, a newcomer is closed at once, so
-/// that nobody can take the proxy's descriptors through it (scrapers and the status page need a
-/// few).
+/// Connections the metrics listener serves at once; beyond, the oldest is closed for a newcomer
+/// (as the proxy makes room at `max_connections`), so that nobody can take the proxy's
+/// descriptors through it, nor keep a probe of `/healthz` out by holding every place.
 const MAX_PEERS: usize = 256;
+
+/// The listener's open connections, oldest first.
+#[derive(Default)]
+struct Peers {
+    next: u64,
+    open: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, web: Web) {
-    let room = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
+    let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = Arc::clone(&room).try_acquire_owned() else {
-            tracing::debug!("metrics listener full: connection closed");
-            continue;
+        let id = {
+            let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+            if p.open.len() >= MAX_PEERS
+                && let Some((_, oldest)) = p.open.pop_front()
+            {
+                tracing::debug!("metrics listener full: its oldest connection is closed");
+                oldest.abort();
+            }
+            p.next += 1;
+            p.next
         };
         let web = web.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let (listed, on_list) = tokio::sync::oneshot::channel::<()>();
+        let mine = Arc::clone(&peers);
+        let task = tokio::spawn(async move {
+            // Served once listed, so that it always leaves the list after it was put on it.
+            let _ = on_list.await;
+            let _leave = Leave { peers: mine, id };
             let svc = service_fn(move |req| {
                 let web = web.clone();
                 async move { Ok::<_, Infallible>(route(web, req).await) }
@@ -133,5 +151,26 @@ pub async fn serve(listener: tokio::net::TcpListener, web: Web) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+        peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .push_back((id, task.abort_handle()));
+        let _ = listed.send(());
+    }
+}
+
+/// Takes a connection off the list when its task ends (an evicted one is off it already).
+struct Leave {
+    peers: Arc<std::sync::Mutex<Peers>>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let mut p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.open.iter().position(|(id, _)| *id == self.id) {
+            p.open.remove(i);
+        }
     }
 }
