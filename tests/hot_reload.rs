@@ -285,3 +285,48 @@ async fn reading_the_config_file_reloads_nothing() {
         assert_eq!(reloads().await, n, "reloads after edit {n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_directory_link_switched_is_followed_and_edits_there_are_seen() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    // A deploy tool's layout: current -> releases/v1, the config read as current/ramp.yaml (the
+    // admin socket and state file beside the link, outside the releases).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let d = root.as_path();
+    let text = |percent: u32| {
+        yaml(&[&s], &[&c], &format!("id: rel\npercent: {percent}"))
+            .replace(
+                "socket: admin.sock",
+                &format!("socket: {}", d.join("admin.sock").display()),
+            )
+            .replace(
+                "file: state.json",
+                &format!("file: {}", d.join("state.json").display()),
+            )
+    };
+    for (release, percent) in [("v1", 1), ("v2", 2)] {
+        std::fs::create_dir_all(d.join("releases").join(release)).expect("mkdir");
+        std::fs::write(
+            d.join("releases").join(release).join("ramp.yaml"),
+            text(percent),
+        )
+        .expect("write");
+    }
+    std::os::unix::fs::symlink("releases/v1", d.join("current")).expect("link");
+    let path = d.join("current/ramp.yaml");
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(percent(&proxy.admin("status")), Some(1.0));
+    // The switch: a new link renamed over the old one.
+    std::os::unix::fs::symlink("releases/v2", d.join("current.new")).expect("link");
+    std::fs::rename(d.join("current.new"), d.join("current")).expect("switch");
+    proxy.wait_status("the switch is picked up", |v| percent(v) == Some(2.0));
+    // An edit in the release now in use.
+    replace_file(&d.join("releases/v2/ramp.yaml"), &text(3));
+    proxy.wait_status("the edit in the new release is picked up", |v| {
+        percent(v) == Some(3.0)
+    });
+}

@@ -20,35 +20,66 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// change event tries again).
 const MAX_SETTLE_ROUNDS: usize = 50;
 
+/// What to watch for `files`: directories, and the names in them that matter.
+#[derive(Debug, Default)]
+struct Targets {
+    dirs: Vec<PathBuf>,
+    names: Vec<OsString>,
+}
+
+impl Targets {
+    /// Each file's own directory (editors that write a new file and rename it over the old one;
+    /// Kubernetes' `..data` symlink swap) and the directory of the file it resolves to, if that
+    /// is elsewhere; and for every symlink on a file's path (a `current` link switched between
+    /// release directories), the directory holding that link.
+    fn of(files: &[PathBuf]) -> Targets {
+        let mut t = Targets::default();
+        for file in files {
+            let real = std::fs::canonicalize(file).ok();
+            for p in std::iter::once(file.clone()).chain(real) {
+                t.add(parent(&p), p.file_name());
+            }
+            for link in file.ancestors().skip(1).filter(|a| {
+                !a.as_os_str().is_empty()
+                    && std::fs::symlink_metadata(a).is_ok_and(|m| m.file_type().is_symlink())
+            }) {
+                t.add(parent(link), link.file_name());
+            }
+        }
+        t
+    }
+
+    fn add(&mut self, dir: PathBuf, name: Option<&std::ffi::OsStr>) {
+        if !self.dirs.contains(&dir) {
+            self.dirs.push(dir);
+        }
+        if let Some(n) = name
+            && !self.names.iter().any(|m| m == n)
+        {
+            self.names.push(n.to_owned());
+        }
+    }
+}
+
+/// The notify watcher, kept alive while it is held; dropping it stops watching.
+pub type Watching = Arc<std::sync::Mutex<RecommendedWatcher>>;
+
 /// Watches the directories that can change what `files` (the config, TLS certificate and key)
-/// read: each file's own directory (editors that write a new file and rename it over the old one;
-/// Kubernetes' `..data` symlink swap) and the directory of the file it resolves to, if that is
-/// elsewhere. Keep the returned watcher alive; dropping it stops watching.
+/// read (see [`Targets::of`]), again after every change, since a switched link leads elsewhere.
 ///
 /// A change is applied only once the config file's content is stable: the same bytes read twice,
 /// a quiet period apart. A slow in-place rewrite is never applied half-written.
-pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<RecommendedWatcher> {
+pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<Watching> {
     let config = config.to_path_buf();
-    let files: Vec<&Path> = std::iter::once(config.as_path())
-        .chain(files.iter().copied())
+    let files: Vec<PathBuf> = std::iter::once(config.clone())
+        .chain(files.iter().map(|f| f.to_path_buf()))
         .collect();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut names: Vec<OsString> = Vec::new();
-    for file in &files {
-        let real = std::fs::canonicalize(file).ok();
-        for p in std::iter::once(file.to_path_buf()).chain(real) {
-            let dir = parent(&p);
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-            if let Some(n) = p.file_name() {
-                names.push(n.to_owned());
-            }
-        }
-    }
+    let targets = Targets::of(&files);
+    let names = Arc::new(std::sync::Mutex::new(targets.names.clone()));
     let changed = Arc::new(Notify::new());
     let signal = Arc::clone(&changed);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let known = Arc::clone(&names);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // Opening or reading a file changes nothing (and ramp's own reads of it, or `ramp ctl
         // --config`'s, would otherwise start a reload that reads it again, for ever); a write
@@ -58,6 +89,7 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<R
         {
             return;
         }
+        let names = known.lock().unwrap_or_else(|e| e.into_inner());
         let relevant = event.paths.iter().any(|p| {
             p.file_name().is_some_and(|n| {
                 names.iter().any(|name| name == n) || n.to_string_lossy().starts_with("..")
@@ -67,9 +99,13 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<R
             signal.notify_one();
         }
     })?;
-    for dir in &dirs {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let watching: Watching = Arc::new(std::sync::Mutex::new(watcher));
+    let mut dirs = Vec::new();
+    for dir in targets.dirs {
+        lock(&watching).watch(&dir, RecursiveMode::NonRecursive)?;
+        dirs.push(dir);
     }
+    let more = Arc::clone(&watching);
     tokio::spawn(async move {
         loop {
             changed.notified().await;
@@ -78,6 +114,23 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<R
                 .await
                 .is_ok()
             {}
+            // A switched link leads to directories not watched yet.
+            let now = Targets::of(&files);
+            for dir in now.dirs {
+                if !dirs.contains(&dir)
+                    && lock(&more).watch(&dir, RecursiveMode::NonRecursive).is_ok()
+                {
+                    dirs.push(dir);
+                }
+            }
+            {
+                let mut known = names.lock().unwrap_or_else(|e| e.into_inner());
+                for n in now.names {
+                    if !known.contains(&n) {
+                        known.push(n);
+                    }
+                }
+            }
             let command = match settled(&config).await {
                 Some(Ok(text)) => Command::FileChanged(text),
                 // Unreadable (gone, not a regular file): the controller reads it and says why.
@@ -91,7 +144,11 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<R
             let _ = handle.send(command, Source::File).await;
         }
     });
-    Ok(watcher)
+    Ok(watching)
+}
+
+fn lock(w: &Watching) -> std::sync::MutexGuard<'_, RecommendedWatcher> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The file's content once two reads a quiet period apart agree; `None` if it never settles.
