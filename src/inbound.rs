@@ -58,9 +58,10 @@ pub enum ClientWrite {
 }
 
 impl ClientWrite {
-    /// Closes the connection with a reset (once the read half is dropped): an answer cut short (the upstream failed
-    /// mid-body) must not end in the FIN that also ends a whole answer framed by its close, as
-    /// an HTTP/1.0 client's is. (Over TLS the missing close_notify says so.)
+    /// Closes the connection with a reset (once the read half is dropped): an answer cut short
+    /// (the upstream failed mid-body) must not end in the FIN that also ends a whole answer
+    /// framed by its close, as an HTTP/1.0 client's is. (Over TLS the missing close_notify says
+    /// so.)
     pub fn reset(self) {
         if let ClientWrite::Plain(w) = self {
             let _ = w.as_ref().set_zero_linger();

@@ -298,8 +298,8 @@ fn decode(
 
 /// Writes `bytes` to `path` whole or not at all: a new file of a random name beside it
 /// (created exclusively: never a link, a FIFO or a file someone left there), synced, renamed over
-/// it unless `given_up` says by then that it is no longer wanted, and the directory synced. A state file kept behind a symlink is written where the link
-/// points, and the link stays.
+/// it unless `given_up` says by then that it is no longer wanted, and the directory synced. A
+/// state file kept behind a symlink is written where the link points, and the link stays.
 pub fn write_atomic(
     path: &Path,
     bytes: &[u8],
