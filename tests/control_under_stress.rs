@@ -6,12 +6,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{Backend, CONTROL, Client, Proxy, config, write};
+use support::{Backend, CONTROL, Client, Proxy, admin_within, config, write};
 
 fn yaml(s: &Backend, c: &Backend, rollout: &str, control: &str) -> String {
     config(
@@ -33,19 +32,6 @@ async fn users_on_canary(proxy: &Proxy, tag: &str, n: usize) -> usize {
         canary += usize::from(r.body == "canary");
     }
     canary
-}
-
-/// One admin command, giving up after `limit` (a reply that never comes fails the test rather
-/// than hanging it).
-fn admin_within(socket: &Path, line: &str, limit: Duration) -> Value {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(limit)).expect("timeout");
-    s.write_all(format!("{line}\n").as_bytes()).expect("write");
-    let mut reply = String::new();
-    BufReader::new(s)
-        .read_line(&mut reply)
-        .unwrap_or_else(|e| panic!("no reply to {line:?} within {limit:?}: {e}"));
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
 }
 
 fn run(cmd: &str, args: &[&str]) {
@@ -307,13 +293,7 @@ async fn the_metrics_listener_holds_a_bounded_number_of_connections_and_probes_g
         "id: scrape\npercent: 5",
         &format!("{CONTROL}metrics:\n  listen: 127.0.0.1:0\n"),
     ));
-    let line = proxy.wait_log("metrics at /metrics");
-    let v: Value = serde_json::from_str(&line).expect("json log");
-    let addr: std::net::SocketAddr = v["fields"]["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let addr = proxy.metrics_addr();
     let before = descriptors(proxy.pid());
     // Connections that send half a request and wait, far more than the listener serves.
     let mut held: Vec<std::net::TcpStream> = (0..1000)

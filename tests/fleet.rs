@@ -165,12 +165,6 @@ impl Fleet {
     }
 }
 
-async fn metrics_addr(p: &Proxy) -> String {
-    let line = p.wait_log("metrics at /metrics");
-    let v: Value = serde_json::from_str(&line).expect("json");
-    v["fields"]["addr"].as_str().expect("addr").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(ramp_tests_with_etcd),
@@ -293,7 +287,7 @@ async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
         .await;
-    let web = metrics_addr(&fleet.proxies[1]).await;
+    let web = fleet.proxies[1].metrics_addr();
     etcd.kill();
     // Every instance keeps serving.
     for p in &fleet.proxies {
@@ -522,7 +516,7 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
     );
     // While etcd hangs, retrying the halt holds up neither status nor commands for long.
     for _ in 0..6 {
-        let s = status_within(&fleet.proxies[0].socket(), Duration::from_secs(2));
+        let s = support::admin_within(&fleet.proxies[0].socket(), "status", Duration::from_secs(2));
         assert_eq!(s["fleet"]["pending"], "halt", "{s}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -542,17 +536,4 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
     fleet
         .all("the halt reaches the fleet", |v| v["state"] == "halted")
         .await;
-}
-
-/// `status` on an admin socket, failing the test if no reply comes within `limit`.
-fn status_within(socket: &std::path::Path, limit: Duration) -> Value {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(limit)).expect("timeout");
-    s.write_all(b"status\n").expect("write");
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("no status within {limit:?}: {e}"));
-    serde_json::from_str(&line).expect("json")
 }

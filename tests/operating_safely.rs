@@ -67,9 +67,7 @@ async fn the_restart_recipe_works_with_metrics_on() {
     ));
     pin_port(&old);
     // Pin the metrics port as well.
-    let line = old.wait_log("metrics at /metrics");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-    let metrics = v["fields"]["addr"].as_str().expect("addr").to_owned();
+    let metrics = old.metrics_addr().to_string();
     let text = std::fs::read_to_string(&old.config_path).expect("config");
     std::fs::write(&old.config_path, text.replace("127.0.0.1:0", &metrics)).expect("pin");
     let new = old.start_successor();

@@ -155,9 +155,7 @@ async fn the_page_shows_the_counters_and_updates_live_in_a_real_browser() {
         "id: page-demo\npercent: 30\nguard: {action: halt, max_error_rate_increase: 0.5}",
         &format!("sticky:\n  header: x-user-id\nmetrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}"),
     ));
-    let line = proxy.wait_log("metrics at /metrics");
-    let v: Value = serde_json::from_str(&line).expect("json");
-    let web = v["fields"]["addr"].as_str().expect("addr").to_owned();
+    let web = proxy.metrics_addr();
     let load = Load::start(proxy.url("/"), 4, Ids::Distinct);
     load.wait("some traffic", |t| t.before.ok() >= 300).await;
 

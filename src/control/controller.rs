@@ -224,18 +224,10 @@ impl Controller {
                 .map(|d| self.schedule_retry.map_or(d, |r| d.max(r)));
             // A halt or rollback made while etcd was away is written as soon as it can be.
             let pending = self.store.link().is_some_and(|l| l.pending.is_some());
-            self.pending_retry = match self.pending_retry {
-                _ if !pending => None,
-                Some(at) => Some(at),
-                None => Some(Instant::now() + PENDING_RETRY),
-            };
+            self.pending_retry = retry_at(self.pending_retry, pending, PENDING_RETRY);
             // So is a state the file does not hold yet.
             let resave = self.unsaved && matches!(self.store, Store::File(..));
-            self.save_retry = match self.save_retry {
-                _ if !resave => None,
-                Some(at) => Some(at),
-                None => Some(Instant::now() + SAVE_RETRY),
-            };
+            self.save_retry = retry_at(self.save_retry, resave, SAVE_RETRY);
             tokio::select! {
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
@@ -578,6 +570,16 @@ impl Controller {
             &self.registry,
             &self.tls,
         ));
+    }
+}
+
+/// When to try something again: not at all when it is not `wanted`, else at the time already set
+/// (commands handled meanwhile do not put it off), else `after` from now.
+fn retry_at(at: Option<Instant>, wanted: bool, after: std::time::Duration) -> Option<Instant> {
+    match at {
+        _ if !wanted => None,
+        Some(at) => Some(at),
+        None => Some(Instant::now() + after),
     }
 }
 

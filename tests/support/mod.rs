@@ -755,6 +755,19 @@ impl Proxy {
     }
 }
 
+/// One command on an admin socket, failing the test if no reply comes within `limit` (a reply
+/// that never comes must not hang the test).
+pub fn admin_within(socket: &Path, line: &str, limit: Duration) -> serde_json::Value {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect admin socket");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(format!("{line}\n").as_bytes()).expect("write");
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .unwrap_or_else(|e| panic!("no reply to {line:?} within {limit:?}: {e}"));
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+}
+
 /// One command on an admin socket; the parsed reply.
 pub fn admin_at(socket: &Path, line: &str) -> serde_json::Value {
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect admin socket");
@@ -773,11 +786,20 @@ pub fn replace_file(path: &Path, text: &str) {
 }
 
 impl Proxy {
-    /// The metrics endpoint's text (the config needs `metrics: {listen: 127.0.0.1:0}`).
-    pub async fn metrics(&self) -> String {
+    /// The metrics listener's address, as ramp logs it (the config needs `metrics: {listen:
+    /// 127.0.0.1:0}`).
+    pub fn metrics_addr(&self) -> SocketAddr {
         let line = self.wait_log("metrics at /metrics");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
-        let addr = v["fields"]["addr"].as_str().expect("addr").to_owned();
+        v["fields"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("addr")
+    }
+
+    /// The metrics endpoint's text (the config needs `metrics: {listen: 127.0.0.1:0}`).
+    pub async fn metrics(&self) -> String {
+        let addr = self.metrics_addr();
         Client::http1()
             .get(&format!("http://{addr}/metrics"), &[])
             .await

@@ -411,17 +411,6 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(a.framing, Framing::Done);
-        for coded in [
-            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-        ] {
-            assert!(
-                answer(coded, Method::GET).is_err(),
-                "a coding ramp does not undo is a 502: {}",
-                String::from_utf8_lossy(coded)
-            );
-        }
         let a = answer(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             Method::HEAD,
@@ -518,6 +507,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"HTTP/1.1 099 Odd\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            // A coding ramp does not undo (it would pass the body on still coded): a 502.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
         ] {
             assert!(
                 answer(wire, Method::GET).is_err(),
