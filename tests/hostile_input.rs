@@ -365,4 +365,16 @@ async fn a_host_or_authority_with_a_port_that_is_not_digits_is_400() {
     let seen = b.last();
     assert_eq!(seen.uri, "/?x=1");
     assert_eq!(seen.headers["host"], "shop.example");
+    // OPTIONS with an empty path asks about the server as a whole: the upstream gets "*"
+    // (RFC 9112 §3.2.4); with a path, it asks about that path.
+    for (target, expected) in [("http://shop.example", "*"), ("http://shop.example/", "/")] {
+        let request = format!("OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(status(request).await, 200, "{target}");
+        let seen = b.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.uri.to_string().as_str()),
+            ("OPTIONS", expected)
+        );
+        assert_eq!(seen.headers["host"], "shop.example");
+    }
 }

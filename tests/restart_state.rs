@@ -119,6 +119,30 @@ async fn the_state_file_is_whole_after_every_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: only root may give a file to another user"
+)]
+async fn a_rewritten_state_file_keeps_its_owner_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, "id: owned\npercent: 5"));
+    assert_eq!(proxy.admin("set 6")["ok"], true);
+    let file = proxy.state_file();
+    // As an operator hands it to a service account and a group that reads it.
+    std::os::unix::fs::chown(&file, Some(4242), Some(4343)).expect("chown");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    assert_eq!(proxy.admin("set 7")["ok"], true);
+    let text = std::fs::read_to_string(&file).expect("state file");
+    assert!(text.contains("\"percent_ppm\": 70000"), "{text}");
+    let meta = std::fs::metadata(&file).expect("state file");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (4242, 4343, 0o640)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_starts_everyone_on_stable_and_says_so() {
     let (s, c) = backends().await;
     for garbage in [

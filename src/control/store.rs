@@ -2,7 +2,7 @@
 //! rename + directory fsync, and read back at start-up. Versioned: older versions keep loading.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -312,16 +312,16 @@ pub fn write_atomic(
     let target = resolve(path);
     // Never replace what is not a regular file (a FIFO, /dev/null, a device, or a link to one):
     // the path is a mistake, and renaming over it would destroy it.
-    let mode = match std::fs::metadata(&target) {
+    let (mode, owner) = match std::fs::metadata(&target) {
         Ok(meta) if !meta.file_type().is_file() => {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "not a regular file; refusing to replace it",
             )));
         }
-        // The new file keeps the old one's mode.
-        Ok(meta) => meta.permissions(),
-        Err(_) => std::fs::Permissions::from_mode(0o644),
+        // The new file keeps the old one's mode and owner.
+        Ok(meta) => (meta.permissions(), Some((meta.uid(), meta.gid()))),
+        Err(_) => (std::fs::Permissions::from_mode(0o644), None),
     };
     let dir = parent(&target);
     let name = target
@@ -334,6 +334,9 @@ pub fn write_atomic(
         .permissions(mode)
         .tempfile_in(&dir)
         .map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        keep_owner(tmp.as_file(), &target, uid, gid);
+    }
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     if given_up() {
@@ -346,6 +349,21 @@ pub fn write_atomic(
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(err)
+}
+
+/// Gives the new file the owner of the one it replaces. Only root may give a file away, so a ramp
+/// that is not root may fail to: the state is still written (owned by ramp's user), and the log
+/// says so, as saving it matters more than who owns it.
+fn keep_owner(file: &std::fs::File, target: &Path, uid: u32, gid: u32) {
+    let same = file
+        .metadata()
+        .is_ok_and(|m| m.uid() == uid && m.gid() == gid);
+    if same {
+        return;
+    }
+    if let Err(error) = std::os::unix::fs::fchown(file, Some(uid), Some(gid)) {
+        tracing::warn!(path = %target.display(), uid, gid, %error, "the state file's owner could not be kept; the new file is owned by ramp's user");
+    }
 }
 
 /// Removes the temporary files a write that never finished left beside the state file (a process

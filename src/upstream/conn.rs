@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::client::conn::http1;
@@ -158,7 +158,8 @@ impl Connector {
 #[derive(Debug)]
 struct Idle {
     wire: Box<Wire>,
-    since: Instant,
+    /// When it went idle, on [`crate::clock::now_ms`]'s coarse clock.
+    since_ms: u64,
 }
 
 #[derive(Debug)]
@@ -278,10 +279,11 @@ impl Upstream {
     /// likely to have been closed by the upstream); stale and closed ones are dropped.
     fn checkout(&self, settings: &UpstreamSettings) -> Option<Box<Wire>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = crate::clock::now_ms();
+        let limit = settings.pool_idle_timeout.as_millis() as u64;
         while idle
             .front()
-            .is_some_and(|e| now.duration_since(e.since) > settings.pool_idle_timeout)
+            .is_some_and(|e| limit == 0 || now.saturating_sub(e.since_ms) > limit)
         {
             idle.pop_front();
         }
@@ -299,7 +301,7 @@ impl Upstream {
         if idle.len() < max_idle {
             idle.push_back(Idle {
                 wire,
-                since: Instant::now(),
+                since_ms: crate::clock::now_ms(),
             });
         }
     }

@@ -5,7 +5,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
@@ -27,6 +27,14 @@ pub struct Head {
     pub expect_continue: bool,
     /// The request asks to switch protocols (`Connection: upgrade` with an `Upgrade` field).
     pub upgrade: bool,
+}
+
+/// Whether an absolute-form target has an empty path and no query (`http://host`).
+fn asks_for_server(target: &[u8]) -> bool {
+    let Some(at) = target.windows(3).position(|w| w == b"://") else {
+        return false;
+    };
+    !target[at + 3..].iter().any(|&b| matches!(b, b'/' | b'?'))
 }
 
 /// Where one field is in the buffer.
@@ -107,7 +115,7 @@ pub fn parse(
     }
     let head = buf.split_to(len).freeze();
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
-    let uri = Uri::from_maybe_shared(slice(target)).map_err(|_| {
+    let mut uri = Uri::from_maybe_shared(slice(target)).map_err(|_| {
         // `http` takes targets up to 64 KiB.
         if target.1 >= u32::from(u16::MAX) - 1 {
             StatusCode::URI_TOO_LONG
@@ -120,6 +128,19 @@ pub fn parse(
         let value = HeaderValue::from_maybe_shared(slice(span.value))
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.append(span.name, value);
+    }
+    if method == Method::OPTIONS && asks_for_server(&head[target.0 as usize..][..target.1 as usize])
+    {
+        // `OPTIONS http://host` asks about the server as a whole: it goes on as `OPTIONS *`, with
+        // the target's authority as its Host (RFC 9112 §3.2.2, §3.2.4). `http` would make the
+        // empty path "/", so this is decided here, where the target is still as it came.
+        if let Some(host) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str().rsplit('@').next()?).ok())
+        {
+            headers.insert(HOST, host);
+            uri = Uri::from_static("*");
+        }
     }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
