@@ -353,6 +353,11 @@ async fn a_host_or_authority_with_a_port_that_is_not_digits_is_400() {
         ("[::1]x", 400),
         ("[::1", 400),
         ("a:1:2", 400),
+        ("shop.example:65535", 200),
+        ("shop.example:000080", 200),
+        ("shop.example:65536", 400),
+        ("[::1]:99999999999999999999", 400),
+        ("shop.example:", 200),
     ] {
         let request = format!("GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         assert_eq!(status(request).await, expected, "Host: {host}");

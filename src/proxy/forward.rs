@@ -69,8 +69,8 @@ pub fn valid_host(host: &[u8]) -> bool {
     if !host.iter().all(|&b| HOST_BYTES[b as usize]) {
         return false;
     }
-    // The port, if any, is digits (RFC 3986 §3.2.3): after an IP literal's `]`, else after the
-    // only colon.
+    // The port, if any, is digits (RFC 3986 §3.2.3) naming a TCP port (at most 65535): after an
+    // IP literal's `]`, else after the only colon.
     let port = match host.strip_prefix(b"[") {
         Some(literal) => match literal.iter().position(|&b| b == b']') {
             Some(end) => match &literal[end + 1..] {
@@ -86,6 +86,13 @@ pub fn valid_host(host: &[u8]) -> bool {
         },
     };
     port.iter().all(u8::is_ascii_digit)
+        && port
+            .iter()
+            .try_fold(0u32, |n, &d| {
+                let n = n * 10 + u32::from(d - b'0');
+                (n <= 65535).then_some(n)
+            })
+            .is_some()
 }
 
 /// Looks at every field once; `hide` are the names the caller will remove as well.

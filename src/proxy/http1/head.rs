@@ -29,7 +29,8 @@ pub struct Head {
     pub upgrade: bool,
 }
 
-/// Whether an absolute-form target has an empty path and no query (`http://host`).
+/// Whether an absolute-form target has an empty path and no query (`http://host`): nothing
+/// after its authority.
 fn asks_for_server(target: &[u8]) -> bool {
     let Some(at) = target.windows(3).position(|w| w == b"://") else {
         return false;
@@ -129,7 +130,9 @@ pub fn parse(
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.append(span.name, value);
     }
-    if method == Method::OPTIONS && asks_for_server(&head[target.0 as usize..][..target.1 as usize])
+    if method == Method::OPTIONS
+        && uri.scheme().is_some()
+        && asks_for_server(&head[target.0 as usize..][..target.1 as usize])
     {
         // `OPTIONS http://host` asks about the server as a whole: it goes on as `OPTIONS *`, with
         // the target's authority as its Host (RFC 9112 §3.2.2, §3.2.4). `http` would make the
