@@ -48,7 +48,7 @@ fn every_invalid_value_is_listed_with_its_line_and_column() {
                 sticky:\n  header: \"bad header\"\n  cookie: \"u id\"\n  cookie_max_age: forever\n\
                 pools:\n  stable: []\n  canary: [nohost, 127.0.0.1:1, 127.0.0.1:1]\n\
                 rollout:\n  id: two words\n  percent: 5.00001\n\
-                upstream:\n  connect_timeout: 0s\n\
+                upstream:\n  connect_timeout: 0s\n  idle_timeout: 999us\n\
                 hide_response_headers: [\"a b\"]\n";
     let (code, lines) = check(yaml);
     assert_eq!(code, 1);
@@ -64,7 +64,8 @@ fn every_invalid_value_is_listed_with_its_line_and_column() {
         "11:7: rollout.id: ",
         "12:12: rollout.percent: must be a multiple of 0.0001",
         "14:20: upstream.connect_timeout: must be longer than zero",
-        "15:25: hide_response_headers: ",
+        "15:17: upstream.idle_timeout: must be at least 1ms",
+        "16:25: hide_response_headers: ",
     ];
     for e in expect {
         assert!(

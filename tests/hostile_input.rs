@@ -6,7 +6,7 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use support::{Backend, Client, Proxy, config, raw, status_of};
+use support::{Backend, Client, Proxy, config, raw, raw_reply, status_of};
 
 async fn start() -> (Backend, Proxy) {
     let b = Backend::start("stable").await;
@@ -358,12 +358,21 @@ async fn a_host_or_authority_with_a_port_that_is_not_digits_is_400() {
         ("shop.example:65536", 400),
         ("[::1]:99999999999999999999", 400),
         ("shop.example:", 200),
+        ("shop.example]", 400),
+        (":80", 400),
+        (":", 400),
     ] {
         let request = format!("GET /h HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         assert_eq!(status(request).await, expected, "Host: {host}");
     }
-    let request = "GET http://evil.example:abc/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    assert_eq!(status(request.to_owned()).await, 400);
+    for target in [
+        "http://evil.example:abc/",
+        "http://:80/",
+        "ftp://evil.example/x",
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(status(request).await, 400, "{target}");
+    }
     // An absolute-form target with an empty path and a query: the upstream gets "/?x=1".
     let request = "GET http://shop.example?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     assert_eq!(status(request.to_owned()).await, 200);
@@ -382,4 +391,29 @@ async fn a_host_or_authority_with_a_port_that_is_not_digits_is_400() {
         );
         assert_eq!(seen.headers["host"], "shop.example");
     }
+    // It is checked as it came, as any absolute-form request is.
+    for extra in ["", "Host: y\r\n"] {
+        for target in ["http://u@shop.example", "http://shop.example"] {
+            if target.contains('@') == extra.is_empty() {
+                let request = format!(
+                    "OPTIONS {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+                );
+                assert_eq!(status(request).await, 400, "{target} {extra}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_with_a_body_goes_on_as_a_plain_request_with_its_body() {
+    let (b, proxy) = start().await;
+    let request =
+        b"GET /upload HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+        Content-Length: 5\r\n\r\nhello";
+    let reply = raw_reply(proxy.addr, request).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b.last();
+    assert_eq!((seen.uri.path(), seen.body_bytes), ("/upload", 5));
+    assert!(!seen.headers.contains_key("upgrade"));
 }

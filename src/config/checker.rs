@@ -60,6 +60,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, Reason> {
     if d.is_zero() {
         return Err(Reason::ZeroDuration);
     }
+    if d < Duration::from_millis(1) {
+        return Err(Reason::UnderMillisecond);
+    }
     if d > super::MAX_DURATION {
         return Err(Reason::Duration(format!(
             "{text:?} is longer than 100 years"

@@ -33,6 +33,8 @@ pub enum Reason {
     Duration(String),
     #[error("must be longer than zero")]
     ZeroDuration,
+    #[error("must be at least 1ms: ramp keeps its timeouts in milliseconds")]
+    UnderMillisecond,
     #[error("must not be empty")]
     Empty,
     #[error("must be at most {max} bytes, got {got}")]

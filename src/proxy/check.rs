@@ -26,6 +26,13 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if authority_form || (asterisk && req.method() != Method::OPTIONS) {
         return Err(StatusCode::BAD_REQUEST);
     }
+    // An absolute-form target names a resource ramp serves: http or https (RFC 9110 §4.2).
+    if uri
+        .scheme()
+        .is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS)
+    {
+        return Err(StatusCode::BAD_REQUEST);
+    }
     if scan.transfer_encoding && !chunked_only(req) {
         // A coding ramp would have to undo to forward (gzip, chunked): RFC 9112 §6.1 allows 501.
         return Err(StatusCode::NOT_IMPLEMENTED);

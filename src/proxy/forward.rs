@@ -80,7 +80,11 @@ pub fn valid_host(host: &[u8]) -> bool {
             },
             None => return false,
         },
+        // A name or IPv4 address: not empty when a port follows (RFC 9110 §4.2.1), and no
+        // brackets, which belong to IP literals.
+        None if host.iter().any(|&b| b == b'[' || b == b']') => return false,
         None => match host.iter().position(|&b| b == b':') {
+            Some(0) => return false,
             Some(colon) => &host[colon + 1..],
             None => &[][..],
         },
@@ -161,6 +165,12 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
     }
 }
 
+/// Marks an `OPTIONS http://host` request, which asks about the server as a whole: it goes on
+/// as `OPTIONS *` (RFC 9112 §3.2.4). Set by the HTTP/1.1 parser, which still has the target as it
+/// came (`http` makes an empty path "/"); the request is checked as it came.
+#[derive(Debug, Clone, Copy)]
+pub struct WholeServer;
+
 /// Prepares a client's request head for the upstream: HTTP/1.1 in origin form with the Host the
 /// client asked for, hop-by-hop fields removed, and the client's own X-Forwarded-Proto dropped.
 /// The X-Forwarded-* fields ramp sets are [`forwarded`]'s, added by the caller.
@@ -188,10 +198,14 @@ pub fn request_head(parts: &mut http::request::Parts, scan: &Scan, fallback_host
         {
             parts.headers.insert(HOST, host);
         }
-        let origin = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let origin = if parts.extensions.get::<WholeServer>().is_some() {
+            Uri::from_static("*")
+        } else {
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
+        };
         parts.uri = origin;
     }
     parts.version = Version::HTTP_11;

@@ -86,7 +86,11 @@ pub fn handle(
         };
         let settings = &snap.config.analysis;
         let goals = analysis::candidate_goals(settings, req.method(), req.uri().path());
-        let websocket = tunnel::wanted(&req, &scan);
+        // A WebSocket handshake is a GET without a body (RFC 6455 §4.1): one with a body goes on
+        // as a plain request, body and all, without the upgrade.
+        let websocket = tunnel::wanted(&req, &scan).filter(|&kind| {
+            kind == tunnel::Kind::Connect || matches!(req.body(), ClientBody::None)
+        });
         let (result, served_by) = match choose(proxy, &snap, pool) {
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {

@@ -5,7 +5,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
@@ -116,7 +116,7 @@ pub fn parse(
     }
     let head = buf.split_to(len).freeze();
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
-    let mut uri = Uri::from_maybe_shared(slice(target)).map_err(|_| {
+    let uri = Uri::from_maybe_shared(slice(target)).map_err(|_| {
         // `http` takes targets up to 64 KiB.
         if target.1 >= u32::from(u16::MAX) - 1 {
             StatusCode::URI_TOO_LONG
@@ -130,22 +130,15 @@ pub fn parse(
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.append(span.name, value);
     }
-    if method == Method::OPTIONS
+    // `OPTIONS http://host` asks about the server as a whole: marked here, where the target is
+    // still as it came, to go on as `OPTIONS *` once it has been checked.
+    let whole_server = method == Method::OPTIONS
         && uri.scheme().is_some()
-        && asks_for_server(&head[target.0 as usize..][..target.1 as usize])
-    {
-        // `OPTIONS http://host` asks about the server as a whole: it goes on as `OPTIONS *`, with
-        // the target's authority as its Host (RFC 9112 §3.2.2, §3.2.4). `http` would make the
-        // empty path "/", so this is decided here, where the target is still as it came.
-        if let Some(host) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str().rsplit('@').next()?).ok())
-        {
-            headers.insert(HOST, host);
-            uri = Uri::from_static("*");
-        }
-    }
+        && asks_for_server(&head[target.0 as usize..][..target.1 as usize]);
     let (mut parts, ()) = Request::new(()).into_parts();
+    if whole_server {
+        parts.extensions.insert(crate::proxy::forward::WholeServer);
+    }
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
