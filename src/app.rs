@@ -93,7 +93,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         (Some((listener, owned)), Some(admin)) => {
             tracing::info!(path = %admin.socket.display(), "admin socket ready");
             Some((
-                tokio::spawn(admin::serve(listener, admin.clone(), handle.clone())),
+                tokio::spawn(admin::serve(listener, admin.clone(), owned, handle.clone())),
                 admin,
                 owned,
             ))

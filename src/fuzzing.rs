@@ -104,5 +104,7 @@ pub fn config_loader(data: &[u8]) {
             }
         }
         Err(ConfigError::Read { .. }) => panic!("parse does not read files"),
+        // A state file named like the config, its admin socket or a file it names.
+        Err(ConfigError::StateFileClash { .. }) => {}
     }
 }

@@ -151,6 +151,30 @@ fn rollout_plans_are_checked() {
 }
 
 #[test]
+fn a_state_file_that_would_overwrite_the_config_or_the_admin_socket_is_refused() {
+    for (state, what) in [
+        ("bad.yaml", "this config file"),
+        ("./sub/../bad.yaml", "this config file"),
+        ("admin.sock", "the admin socket"),
+    ] {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\nstate:\n  file: {state}\n"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("sub");
+        let path = write(dir.path(), "bad.yaml", &yaml);
+        let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{state}: {err}");
+        assert!(
+            err.contains(&format!("is {what}: ramp would write its state over it")),
+            "{err}"
+        );
+        // The config is untouched.
+        assert_eq!(std::fs::read_to_string(&path).expect("config"), yaml);
+    }
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let (code, out, err) = ramp(&["check", "--config", "/nonexistent/ramp.yaml"]);
     assert_eq!(code, 1, "{out}");

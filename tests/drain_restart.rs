@@ -144,3 +144,43 @@ async fn a_second_sigterm_while_draining_stops_at_once() {
     );
     proxy.wait_log("a second signal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_before_a_takeover_changes_nothing_and_is_told_to_connect_again() {
+    use std::io::BufRead;
+    let b = Backend::start("stable").await;
+    let extra = format!("sticky:\n  header: x-user-id\n{CONTROL}");
+    let old = Proxy::start(&config(&[&b], &[&b], "id: r\npercent: 5", &extra));
+    // An operator's session (socat, a script), opened before the restart and kept open.
+    let session = std::os::unix::net::UnixStream::connect(old.socket()).expect("connect");
+    session
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut lines = std::io::BufReader::new(session.try_clone().expect("clone")).lines();
+    let mut ask = |line: &str| -> serde_json::Value {
+        (&session)
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write");
+        let reply = lines.next().expect("a reply").expect("read");
+        serde_json::from_str(&reply).expect("JSON reply")
+    };
+    assert_eq!(ask("status")["pid"].as_u64(), Some(u64::from(old.pid())));
+    let new = old.start_successor();
+    assert_eq!(
+        new.admin("status")["pid"].as_u64(),
+        Some(u64::from(new.pid()))
+    );
+    // The old process must not take a halt the new one, serving from now on, would never see.
+    let reply = ask("halt");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("taken this admin socket over")),
+        "{reply}"
+    );
+    let text = std::fs::read_to_string(new.state_file()).unwrap_or_default();
+    assert!(!text.contains("halted"), "{text}");
+    // Connected again, the operator reaches the new one.
+    assert_eq!(new.admin("halt")["state"], "halted");
+}

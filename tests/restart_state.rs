@@ -129,16 +129,17 @@ async fn a_rewritten_state_file_keeps_its_owner_and_mode() {
     let proxy = Proxy::start(&yaml(&s, &c, "id: owned\npercent: 5"));
     assert_eq!(proxy.admin("set 6")["ok"], true);
     let file = proxy.state_file();
-    // As an operator hands it to a service account and a group that reads it.
+    // As an operator hands it to a service account and a group that shares it.
     std::os::unix::fs::chown(&file, Some(4242), Some(4343)).expect("chown");
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    // Group-writable: ramp's umask (022, as this test's) must not take that away.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).expect("chmod");
     assert_eq!(proxy.admin("set 7")["ok"], true);
     let text = std::fs::read_to_string(&file).expect("state file");
     assert!(text.contains("\"percent_ppm\": 70000"), "{text}");
     let meta = std::fs::metadata(&file).expect("state file");
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
-        (4242, 4343, 0o640)
+        (4242, 4343, 0o664)
     );
 }
 

@@ -103,6 +103,13 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<Problem>,
     },
+    /// `state.file` names a file ramp reads: writing the state would destroy it.
+    #[error("{path}: state.file {} is {what}: ramp would write its state over it", state.display())]
+    StateFileClash {
+        path: PathBuf,
+        state: PathBuf,
+        what: &'static str,
+    },
 }
 
 fn render(path: &std::path::Path, problems: &[Problem]) -> String {

@@ -297,6 +297,17 @@ pub fn ppm_to_percent(ppm: u32) -> f64 {
     f64::from(ppm) / 10_000.0
 }
 
+/// Whether two paths name one file: the same path, or (where both exist) the same file through
+/// links.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a == b
+        || matches!(
+            (std::fs::metadata(a), std::fs::metadata(b)),
+            (Ok(x), Ok(y)) if x.dev() == y.dev() && x.ino() == y.ino()
+        )
+}
+
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let read_err = |source| ConfigError::Read {
@@ -441,6 +452,36 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     .flatten()
     {
         *p = base.join(&*p);
+    }
+    if let Some(state) = &config.state_file {
+        let tls = config.tls.as_ref();
+        let fleet = config.fleet.as_ref();
+        let read = [
+            (Some(path), "this config file"),
+            (tls.map(|t| t.cert.as_path()), "the TLS certificate"),
+            (tls.map(|t| t.key.as_path()), "the TLS key"),
+            (config.upstream_ca.as_deref(), "the upstream CA file"),
+            (fleet.and_then(|f| f.ca.as_deref()), "fleet.ca"),
+            (
+                fleet.and_then(|f| f.password_file.as_deref()),
+                "fleet.password_file",
+            ),
+            (
+                config.admin.as_ref().map(|a| a.socket.as_path()),
+                "the admin socket",
+            ),
+        ];
+        for (other, what) in read {
+            if let Some(other) = other
+                && same_file(state, other)
+            {
+                return Err(ConfigError::StateFileClash {
+                    path: path.to_owned(),
+                    state: state.clone(),
+                    what,
+                });
+            }
+        }
     }
     Ok(config)
 }

@@ -82,13 +82,18 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
     Ok((listener, owned))
 }
 
-/// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
-pub fn remove(path: &Path, owned: Owned) {
-    let still_ours = std::fs::metadata(path).is_ok_and(|m| {
+/// Whether the socket file is still the one this process bound (no newer ramp has taken the
+/// path over).
+fn still_ours(path: &Path, owned: Owned) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| {
         std::os::unix::fs::MetadataExt::dev(&m) == owned.dev
             && std::os::unix::fs::MetadataExt::ino(&m) == owned.ino
-    });
-    if still_ours {
+    })
+}
+
+/// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
+pub fn remove(path: &Path, owned: Owned) {
+    if still_ours(path, owned) {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -101,7 +106,7 @@ enum Role {
 
 /// Accepts admin connections until the task is dropped. Accepting never waits for room: each
 /// peer is identified at once and held to its uid's share (see [`Peers`]).
-pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
+pub async fn serve(listener: UnixListener, admin: Admin, owned: Owned, handle: Handle) {
     let admin = Arc::new(admin);
     let peers = Arc::new(Peers::default());
     loop {
@@ -114,7 +119,7 @@ pub async fn serve(listener: UnixListener, admin: Admin, handle: Handle) {
             }
         };
         let (admin, handle, peers) = (Arc::clone(&admin), handle.clone(), Arc::clone(&peers));
-        tokio::spawn(async move { connection(stream, &admin, &handle, &peers).await });
+        tokio::spawn(async move { connection(stream, &admin, owned, &handle, &peers).await });
     }
 }
 
@@ -131,7 +136,13 @@ async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> bool
     )
 }
 
-async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle, peers: &Arc<Peers>) {
+async fn connection(
+    stream: UnixStream,
+    admin: &Admin,
+    owned: Owned,
+    handle: &Handle,
+    peers: &Arc<Peers>,
+) {
     let Ok(cred) = stream.peer_cred() else {
         return refuse(stream, ControlError::UnknownPeer).await;
     };
@@ -177,6 +188,9 @@ async fn connection(stream: UnixStream, admin: &Admin, handle: &Handle, peers: &
                     tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), "admin command refused: read-only peer");
                     Err(ControlError::ReadOnly { uid })
                 }
+                // A connection made before a restart with --takeover would change (or report) a
+                // rollout the new process, the one serving from now on, does not know of.
+                Ok(_) if !still_ours(&admin.socket, owned) => Err(ControlError::TakenOver),
                 Ok(cmd) => handle.send(cmd, source.clone()).await,
             },
         };

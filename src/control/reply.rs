@@ -156,6 +156,10 @@ pub enum ControlError {
     },
     #[error("ramp is shutting down")]
     ShuttingDown,
+    #[error(
+        "not applied: a newer ramp has taken this admin socket over (a restart with --takeover); this connection reached the old one: connect again"
+    )]
+    TakenOver,
     /// The fleet's key changed meanwhile (internal: becomes `ChangedMeanwhile` once the
     /// controller has taken the fleet's state).
     #[error("the rollout was changed meanwhile at another instance")]

@@ -331,12 +331,14 @@ pub fn write_atomic(
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
-        .permissions(mode)
+        .permissions(mode.clone())
         .tempfile_in(&dir)
         .map_err(err)?;
     if let Some((uid, gid)) = owner {
         keep_owner(tmp.as_file(), &target, uid, gid);
     }
+    // Set again: creation applied ramp's umask to it (and a change of owner may clear bits).
+    tmp.as_file().set_permissions(mode).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     if given_up() {
@@ -345,10 +347,16 @@ pub fn write_atomic(
             "given up before it was complete; the state file is unchanged",
         )));
     }
+    // Opened before the rename: a directory ramp cannot open fails the write while the file
+    // still holds the old state.
+    let dir_file = std::fs::File::open(&dir).map_err(err)?;
     tmp.persist(&target).map_err(|e| err(e.error))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    // Renamed, the file holds the new state whatever follows: a directory that cannot be synced
+    // (some filesystems refuse to) is told in the log, not as a failed write.
+    if let Err(error) = dir_file.sync_all() {
+        tracing::warn!(dir = %dir.display(), %error, "the state file's directory could not be synced; the new state is in the file, but a crash of the machine may lose it");
+    }
+    Ok(())
 }
 
 /// Gives the new file the owner of the one it replaces. Only root may give a file away, so a ramp
@@ -362,7 +370,9 @@ fn keep_owner(file: &std::fs::File, target: &Path, uid: u32, gid: u32) {
         return;
     }
     if let Err(error) = std::os::unix::fs::fchown(file, Some(uid), Some(gid)) {
-        tracing::warn!(path = %target.display(), uid, gid, %error, "the state file's owner could not be kept; the new file is owned by ramp's user");
+        // Not root: the group may still be kept, if ramp is in it.
+        let group = std::os::unix::fs::fchown(file, None, Some(gid)).is_ok();
+        tracing::warn!(path = %target.display(), uid, gid, group_kept = group, %error, "the state file's owner could not be kept; the new file is owned by ramp's user");
     }
 }
 
