@@ -336,9 +336,10 @@ pub fn write_atomic(
         .map_err(err)?;
     if let Some((uid, gid)) = owner {
         keep_owner(tmp.as_file(), &target, uid, gid);
+        // The old file's mode exactly: creation applied ramp's umask to it (a first file keeps
+        // that umask's say).
+        tmp.as_file().set_permissions(mode).map_err(err)?;
     }
-    // Set again: creation applied ramp's umask to it (and a change of owner may clear bits).
-    tmp.as_file().set_permissions(mode).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     if given_up() {
