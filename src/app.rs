@@ -51,6 +51,10 @@ pub struct Options {
 /// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
 pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Result<(), AppError> {
     tls::install_provider();
+    // Taken first, so that a SIGHUP sent while ramp starts (a reload racing a restart) is kept
+    // for later rather than ending the process, as it would with no handler yet.
+    let hup = signal(tokio::signal::unix::SignalKind::hangup())?;
+    sighup_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
     let addr = config.listen;
     let bind_err = |error| AppError::Bind { addr, error };
     let listener = net::bind(addr, options.takeover).and_then(TcpListener::from_std);
@@ -88,7 +92,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     }
     let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
     let _watcher = watcher::watch(&config_path, &files, handle.clone())?;
-    watcher::on_sighup(handle.clone()).map_err(AppError::Signal)?;
+    watcher::on_sighup(handle.clone(), hup);
     let admin_task = match (admin_bound, admin_config.clone()) {
         (Some((listener, owned)), Some(admin)) => {
             tracing::info!(path = %admin.socket.display(), "admin socket ready");
@@ -162,6 +166,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     proxy::serve(listener, tls_on, proxy, limits, shutdown).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Holds SIGHUP back (on this thread, and the threads it starts) until [`serve`] has a handler
+/// for it: a SIGHUP with no handler ends the process.
+pub fn hold_sighup() {
+    sighup_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+}
+
+fn sighup_mask(how: nix::sys::signal::SigmaskHow) {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    if let Err(e) = nix::sys::signal::pthread_sigmask(how, Some(&set), None) {
+        tracing::warn!(error = %e, "cannot change the signal mask for SIGHUP");
+    }
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, AppError> {

@@ -184,6 +184,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             log_format,
             takeover,
         } => {
+            // A SIGHUP (a reload racing a restart) sent while ramp starts waits until ramp can
+            // take it, rather than ending the process.
+            ramp::app::hold_sighup();
             init_logs(log_format);
             let path = config;
             let config = match config::load(&path) {

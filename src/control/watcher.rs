@@ -182,9 +182,8 @@ fn parent(p: &Path) -> PathBuf {
     }
 }
 
-/// Reloads on every SIGHUP.
-pub fn on_sighup(handle: Handle) -> std::io::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+/// Reloads on every SIGHUP `hup` receives.
+pub fn on_sighup(handle: Handle, mut hup: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(signal = "SIGHUP", "reloading the config");
@@ -192,5 +191,4 @@ pub fn on_sighup(handle: Handle) -> std::io::Result<()> {
             let _ = handle.send(Command::Reload, Source::File).await;
         }
     });
-    Ok(())
 }
