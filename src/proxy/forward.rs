@@ -89,14 +89,12 @@ pub fn valid_host(host: &[u8]) -> bool {
             None => &[][..],
         },
     };
-    port.iter().all(u8::is_ascii_digit)
-        && port
-            .iter()
-            .try_fold(0u32, |n, &d| {
-                let n = n * 10 + u32::from(d - b'0');
-                (n <= 65535).then_some(n)
-            })
-            .is_some()
+    port.iter()
+        .try_fold(0u32, |n, &d| {
+            let n = n * 10 + u32::from(d.wrapping_sub(b'0'));
+            (d.is_ascii_digit() && n <= 65535).then_some(n)
+        })
+        .is_some()
 }
 
 /// Looks at every field once; `hide` are the names the caller will remove as well.

@@ -283,7 +283,7 @@ impl Upstream {
         let limit = settings.pool_idle_timeout.as_millis() as u64;
         while idle
             .front()
-            .is_some_and(|e| limit == 0 || now.saturating_sub(e.since_ms) > limit)
+            .is_some_and(|e| now.saturating_sub(e.since_ms) > limit)
         {
             idle.pop_front();
         }
