@@ -220,6 +220,50 @@ async fn a_state_file_behind_a_symlink_is_written_where_it_points() {
     assert_eq!(names, ["state.json"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: only root may make a link that belongs to another user"
+)]
+async fn a_state_file_link_another_user_left_is_not_followed() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What the link aims at: a file of ramp's user, beside the state file or anywhere.
+    let victim = dir.path().join("victim.conf");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    let link = dir.path().join("state.json");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).expect("lchown");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(&s, &c, "id: linked\npercent: 5", CONTROL),
+    );
+    let proxy = Proxy::start_in(dir, path);
+    let status = proxy.admin("status");
+    let error = status["state_file_error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("does not follow"), "{status}");
+    // An unusable state file leaves everyone on stable; resuming needs a write, which is refused.
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    let reply = proxy.admin("resume");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap_or_default().contains("does not follow"),
+        "{reply}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n",
+        "the file the link aims at was overwritten"
+    );
+    // Users are still served.
+    let reply = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(reply.status, 200);
+}
+
 /// Lets this process open as many descriptors as it may.
 fn more_descriptors() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

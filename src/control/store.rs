@@ -171,7 +171,8 @@ pub fn read(
     now: Instant,
     wall: SystemTime,
 ) -> Result<Option<RolloutState>, StoreError> {
-    let text = match crate::files::read_regular(path, crate::files::MAX_FILE) {
+    let read = resolve(path).and_then(|p| crate::files::read_regular(&p, crate::files::MAX_FILE));
+    let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
@@ -309,7 +310,7 @@ pub fn write_atomic(
         path: path.to_owned(),
         error,
     };
-    let target = resolve(path);
+    let target = resolve(path).map_err(err)?;
     // Never replace what is not a regular file (a FIFO, /dev/null, a device, or a link to one):
     // the path is a mistake, and renaming over it would destroy it.
     let (mode, owner) = match std::fs::metadata(&target) {
@@ -381,7 +382,9 @@ fn keep_owner(file: &std::fs::File, target: &Path, uid: u32, gid: u32) {
 /// that ended while its disk did not answer): `.NAME.*.tmp`, and `.NAME.tmp-PID` of older ramps,
 /// once a minute old (a ramp taking over from this one may be writing one now).
 pub fn remove_stale_temporaries(path: &Path) {
-    let target = resolve(path);
+    let Ok(target) = resolve(path) else {
+        return;
+    };
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return;
     };
@@ -404,20 +407,38 @@ pub fn remove_stale_temporaries(path: &Path) {
 }
 
 /// The file a path names once symlinks are followed (as far as they lead: a dangling link gives
-/// where it points).
-fn resolve(path: &Path) -> PathBuf {
+/// where it points). A link is followed only when it belongs to ramp's user, to root or to the
+/// owner of the directory it is in — the kernel's `protected_symlinks` rule, kept in every
+/// directory: a link another user left where ramp keeps its state would otherwise aim ramp's
+/// writes at any file ramp may write.
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let own = nix::unistd::geteuid().as_raw();
     let mut p = path.to_path_buf();
     // As many links as the kernel follows (ELOOP beyond).
     for _ in 0..40 {
         match std::fs::symlink_metadata(&p) {
-            Ok(meta) if meta.file_type().is_symlink() => match std::fs::read_link(&p) {
-                Ok(to) => p = parent(&p).join(to),
-                Err(_) => break,
-            },
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let dir = parent(&p);
+                let dir_owner = std::fs::metadata(&dir).map(|m| m.uid()).ok();
+                let owner = meta.uid();
+                if owner != own && owner != 0 && Some(owner) != dir_owner {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} is a symlink of user {owner}, who is neither ramp's user nor root nor the owner of its directory; ramp does not follow it",
+                            p.display()
+                        ),
+                    ));
+                }
+                match std::fs::read_link(&p) {
+                    Ok(to) => p = dir.join(to),
+                    Err(_) => break,
+                }
+            }
             _ => break,
         }
     }
-    p
+    Ok(p)
 }
 
 fn parent(p: &Path) -> PathBuf {
