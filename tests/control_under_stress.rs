@@ -244,14 +244,20 @@ async fn a_state_file_link_another_user_left_is_not_followed() {
     );
     let proxy = Proxy::start_in(dir, path);
     let status = proxy.admin("status");
-    let error = status["state_file_error"].as_str().unwrap_or_default().to_owned();
+    let error = status["state_file_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(error.contains("does not follow"), "{status}");
     // An unusable state file leaves everyone on stable; resuming needs a write, which is refused.
     assert_eq!(status["state"], "rolled_back", "{status}");
     let reply = proxy.admin("resume");
     assert_eq!(reply["ok"], false, "{reply}");
     assert!(
-        reply["error"].as_str().unwrap_or_default().contains("does not follow"),
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not follow"),
         "{reply}"
     );
     assert_eq!(

@@ -139,6 +139,56 @@ async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
     );
 }
 
+/// ramp's connections to `port` as `ss` lists them, by TCP state (hex, as the kernel writes it:
+/// "01" established, "08" CLOSE-WAIT...), TIME-WAIT left out: it holds no descriptor.
+fn connections_to(port: u16) -> Vec<String> {
+    let mut states = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = cols
+                .get(2)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port) && cols.get(3) != Some(&"06") {
+                states.push(cols.get(3).copied().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    states
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_let_go_without_waiting_for_a_request() {
+    let (addr, _task) = closing_upstream(Duration::from_millis(20)).await;
+    let proxy = Proxy::start(&single(addr, ""));
+    // Four requests at once: four connections to the upstream, pooled after their answers.
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let url = proxy.url("/");
+            tokio::spawn(async move { Client::http1().get(&url, &[]).await })
+        })
+        .collect();
+    for r in requests {
+        let r = r.await.expect("request");
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    }
+    // The upstream closes each after 20 ms; nothing more is asked of ramp.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = connections_to(addr.port());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ramp still holds connections the upstream closed (TCP states {left:?}; 08 is CLOSE-WAIT)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_answered_before_it_ends_gets_that_answer() {
     // Refuses every upload at once, reading none of it, then closes.

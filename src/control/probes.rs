@@ -1,5 +1,6 @@
 //! The health task: probes upstreams (all of them with active checks; otherwise only those whose
-//! ejection backoff has ended) and logs every change. It lives beside the controller because it
+//! ejection backoff has ended) and logs every change; on each round it also drops the pooled
+//! connections the upstreams closed or that idled too long. It lives beside the controller because it
 //! reads the snapshot in force, as the controller publishes it.
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub async fn run(current: Arc<Current>) {
         let mut probes = tokio::task::JoinSet::new();
         for (pool, list) in snap.pools.iter() {
             for up in list.upstreams() {
+                up.sweep_idle(&snap.connector.settings);
                 if !up.health.wants_probe(now, active.is_some()) {
                     continue;
                 }

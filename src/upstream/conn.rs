@@ -295,6 +295,16 @@ impl Upstream {
         None
     }
 
+    /// Drops the pooled connections that are past the idle timeout or that the upstream has
+    /// closed: without requests to take them, they would sit open (in CLOSE-WAIT) until the
+    /// next one. Reads nothing from a connection that is not readable.
+    pub fn sweep_idle(&self, settings: &UpstreamSettings) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::clock::now_ms();
+        let limit = settings.pool_idle_timeout.as_millis() as u64;
+        idle.retain_mut(|e| now.saturating_sub(e.since_ms) <= limit && e.wire.is_reusable());
+    }
+
     /// Puts a connection whose last answer was read to the end back in the pool.
     pub(super) fn release(&self, wire: Box<Wire>, max_idle: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
