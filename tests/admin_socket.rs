@@ -207,4 +207,27 @@ async fn peers_are_checked_by_uid() {
             .iter()
             .any(|l| l.contains("admin peer refused") && l.contains("65534"))
     );
+    // A refused user looping on the socket does not fill the log: a line a second at most.
+    let started = std::time::Instant::now();
+    let script = format!(
+        "i=0; while [ $i -lt 200 ]; do {RAMP} ctl --socket {} status >/dev/null 2>&1; i=$((i+1)); done",
+        proxy.socket().display()
+    );
+    let looped = Command::new("sh")
+        .args(["-c", &script])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .expect("loop as another user");
+    assert!(looped.success());
+    let seconds = started.elapsed().as_secs();
+    let lines = proxy
+        .logs()
+        .iter()
+        .filter(|l| l.contains("admin peer refused"))
+        .count();
+    assert!(
+        (1..=seconds as usize + 3).contains(&lines),
+        "{lines} refusal lines for 200 refusals in {seconds} s"
+    );
 }

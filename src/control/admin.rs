@@ -152,11 +152,15 @@ async fn connection(
     } else if admin.readonly_uids.contains(&uid) {
         Role::ReadOnly
     } else {
-        tracing::warn!(uid, pid = ?cred.pid(), "admin peer refused");
+        if let Some(unlogged) = peers.refusals.admit_now() {
+            tracing::warn!(uid, pid = ?cred.pid(), unlogged, "admin peer refused");
+        }
         return refuse(stream, ControlError::NotAllowed).await;
     };
     let Some(slot) = peers.register(uid) else {
-        tracing::warn!(uid, pid = ?cred.pid(), "admin connection refused: the uid holds too many");
+        if let Some(unlogged) = peers.refusals.admit_now() {
+            tracing::warn!(uid, pid = ?cred.pid(), unlogged, "admin connection refused: the uid holds too many");
+        }
         return refuse(
             stream,
             ControlError::TooManyConnections {
@@ -185,7 +189,9 @@ async fn connection(
             Ok(Ok(Line::Complete)) => match command::parse(&line) {
                 Err(e) => Err(e.into()),
                 Ok(cmd) if role == Role::ReadOnly && !cmd.is_read_only() => {
-                    tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), "admin command refused: read-only peer");
+                    if let Some(unlogged) = peers.refusals.admit_now() {
+                        tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), unlogged, "admin command refused: read-only peer");
+                    }
                     Err(ControlError::ReadOnly { uid })
                 }
                 // A connection made before a restart with --takeover would change (or report) a
