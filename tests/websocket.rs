@@ -196,6 +196,46 @@ async fn a_websocket_over_http2_reaches_an_http1_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_the_upstream_answers_200_without_switching_gets_502() {
+    use http_body_util::{BodyExt, Empty};
+    // Upstreams that are no WebSocket servers: a handshake gets their plain 200.
+    let (s, c) = (
+        support::Backend::start("stable").await,
+        support::Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&support::config(&[&s], &[&c], "id: ws\npercent: 50", ""));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", proxy.addr))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender
+        .send_request(req)
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(resp.status(), 502, "{resp:?}");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"Bad Gateway\n");
+    // The connection still serves.
+    let req = http::Request::builder()
+        .uri(format!("http://{}/", proxy.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    assert_eq!(sender.send_request(req).await.expect("GET").status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_its_limit() {
     let (s, c) = (
         WsBackend::start("stable").await,

@@ -15,6 +15,10 @@ pub enum ProxyError {
     Send(#[from] SendError),
     #[error("the upstream switched protocols (101) though nobody asked it to")]
     UnaskedUpgrade,
+    /// An HTTP/2 client's WebSocket (extended CONNECT) got a success that is not a switch: passed
+    /// on, it would tell the client its tunnel is open.
+    #[error("the upstream answered a WebSocket handshake {0} without switching protocols")]
+    UpgradeNotTaken(http::StatusCode),
 }
 
 impl ProxyError {
@@ -33,9 +37,9 @@ impl ProxyError {
             ProxyError::Send(SendError::Exchange(e)) if e.closed_before_answer() => {
                 Some(UpstreamError::Reset)
             }
-            ProxyError::Send(SendError::Exchange(_)) | ProxyError::UnaskedUpgrade => {
-                Some(UpstreamError::Protocol)
-            }
+            ProxyError::Send(SendError::Exchange(_))
+            | ProxyError::UnaskedUpgrade
+            | ProxyError::UpgradeNotTaken(_) => Some(UpstreamError::Protocol),
             ProxyError::Send(SendError::ClientBody(_)) | ProxyError::NoUpstream(_) => None,
         }
     }
@@ -60,7 +64,8 @@ impl From<&ProxyError> for StatusCode {
                 | SendError::Handshake(_)
                 | SendError::Exchange(_),
             )
-            | ProxyError::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
+            | ProxyError::UnaskedUpgrade
+            | ProxyError::UpgradeNotTaken(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -105,7 +105,8 @@ async fn connect<'s>(
 /// Opens the tunnel for a user of `pool` (first try `up`): the upstream handshake on a fresh
 /// connection, then the answer to the client; the bytes flow in a task of their own once both
 /// sides have switched. An upstream that refuses the upgrade answers the client as it would any
-/// request. Gives the pool that served.
+/// request, but a success without a switch is a 502 to an HTTP/2 client (to which a 2xx means the
+/// tunnel is open). Gives the pool that served.
 pub async fn open(
     conn: &Arc<Conn>,
     snap: &Snapshot,
@@ -154,6 +155,11 @@ pub async fn open(
         Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
     };
     let hide = &snap.hide_response_headers;
+    if kind == Kind::Connect && resp.status().is_success() {
+        // To an HTTP/2 client a 2xx would mean the tunnel is open; the upstream took the
+        // handshake as a plain request.
+        return (Err(ProxyError::UpgradeNotTaken(resp.status())), pool);
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let limit = snap.config.limits.body_idle_timeout;
         forward::response_head(resp.headers_mut(), hide);
