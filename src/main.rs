@@ -63,6 +63,10 @@ enum Command {
         /// Print the raw JSON reply.
         #[arg(long)]
         json: bool,
+        /// How long to wait for the reply (e.g. 5s, 2m). A ramp that is stopped reads the
+        /// command when it runs again.
+        #[arg(long, default_value = "60s", value_parser = wait)]
+        timeout: std::time::Duration,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -234,11 +238,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             socket,
             config,
             json,
+            timeout,
             command,
         } => ctl(
             socket,
             config,
             json,
+            timeout,
             &ramp::control::client::command_line(&command)?,
         ),
         Command::Bucket {
@@ -266,10 +272,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `ramp ctl --timeout`: a duration of at least a millisecond.
+fn wait(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= std::time::Duration::from_millis(1) => Ok(d),
+        Ok(_) => Err("at least 1ms".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn ctl(
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
     json: bool,
+    timeout: std::time::Duration,
     line: &str,
 ) -> anyhow::Result<ExitCode> {
     let socket = match (socket, config) {
@@ -281,7 +297,7 @@ fn ctl(
         },
         (None, None) => anyhow::bail!("give --socket PATH, --config PATH or set RAMP_SOCKET"),
     };
-    let answer = ramp::control::client::request(&socket, line)?;
+    let answer = ramp::control::client::request(&socket, line, timeout)?;
     let text = if json {
         answer.line.clone()
     } else {

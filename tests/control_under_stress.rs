@@ -405,6 +405,31 @@ async fn ctl_refuses_an_argument_that_would_split_or_carry_another_command() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_on_a_stopped_ramp_gives_up_after_its_timeout_and_says_the_command_may_still_apply() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: stopped\npercent: 5", CONTROL));
+    let pid = Pid::from_raw(proxy.pid() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let (code, out, err) = proxy.ctl(&["--timeout", "300ms", "halt"]);
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("did not answer within 300ms"), "{err}");
+    assert!(err.contains("takes effect if ramp reads it later"), "{err}");
+    // As said: the halt was read once ramp ran again.
+    proxy.wait_status("the halt is applied", |st| st["state"] == "halted");
+    for bad in ["0s", "soon"] {
+        let (code, _, err) = proxy.ctl(&["--timeout", bad, "status"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--timeout"), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn ramp_raises_its_open_files_limit() {
     // Started with the usual soft limit, 1024.

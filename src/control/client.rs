@@ -27,6 +27,11 @@ pub enum ClientError {
     BadArgument(String),
     #[error("ramp closed the connection without replying")]
     NoReply,
+    #[error(
+        "ramp at {path} did not answer within {} (stopped, or stuck?); the command was sent, and takes effect if ramp reads it later: check with `ramp ctl status`",
+        humantime::format_duration(*wait)
+    )]
+    NoAnswer { path: String, wait: Duration },
     #[error("unreadable reply {line:?}: {error}")]
     BadReply {
         line: String,
@@ -60,8 +65,8 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
     Ok(words.join(" "))
 }
 
-/// Sends `line` and reads the reply.
-pub fn request(socket: &Path, line: &str) -> Result<Answer, ClientError> {
+/// Sends `line` and reads the reply, waiting for it at most `wait` (not zero).
+pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, ClientError> {
     let path = socket.display().to_string();
     let io = |error| ClientError::Io {
         path: path.clone(),
@@ -71,9 +76,7 @@ pub fn request(socket: &Path, line: &str) -> Result<Answer, ClientError> {
         path: path.clone(),
         error,
     })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(io)?;
+    stream.set_read_timeout(Some(wait)).map_err(io)?;
     let mut text = Vec::with_capacity(line.len() + 1);
     text.extend_from_slice(line.as_bytes());
     text.push(b'\n');
@@ -83,6 +86,14 @@ pub fn request(socket: &Path, line: &str) -> Result<Answer, ClientError> {
     let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
         sent.map_err(io)?;
+        if let Err(e) = &read
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            return Err(ClientError::NoAnswer { path, wait });
+        }
         read.map_err(io)?;
         return Err(ClientError::NoReply);
     }
