@@ -53,8 +53,8 @@ enum Command {
     /// Send a command to a running ramp's admin socket: status, set PERCENT, halt, resume,
     /// rollback, promote, start [ROLLOUT_ID [PERCENT]], reload, bucket USER_ID.
     Ctl {
-        /// The admin socket (default: $RAMP_SOCKET, else admin.socket of --config).
-        #[arg(long, env = "RAMP_SOCKET")]
+        /// The admin socket (default: $RAMP_SOCKET unless empty, else admin.socket of --config).
+        #[arg(long)]
         socket: Option<PathBuf>,
         /// Read the socket path (only admin.socket) from this config file; the rest of the file
         /// may be invalid.
@@ -288,7 +288,11 @@ fn ctl(
     timeout: std::time::Duration,
     line: &str,
 ) -> anyhow::Result<ExitCode> {
-    let socket = match (socket, config) {
+    // An empty RAMP_SOCKET counts as unset, as an empty variable usually does.
+    let from_env = std::env::var_os("RAMP_SOCKET")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let socket = match (socket.or(from_env), config) {
         (Some(s), _) => s,
         (None, Some(path)) => match config::admin_socket(&path) {
             Ok(Some(socket)) => socket,

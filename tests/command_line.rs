@@ -47,6 +47,42 @@ fn serve_on_a_busy_port_exits_with_the_reason() {
 }
 
 #[test]
+fn ctl_says_what_is_wrong_with_the_socket_it_was_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "notes.txt", "not a socket");
+    let ctl = |env: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(RAMP);
+        cmd.arg("ctl")
+            .args(args)
+            .arg("status")
+            .env_remove("RAMP_SOCKET");
+        if let Some(v) = env {
+            cmd.env("RAMP_SOCKET", v);
+        }
+        let out = cmd.output().expect("ramp ctl");
+        assert_ne!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).trim_end().to_owned()
+    };
+    let d = dir.path().to_str().expect("utf-8");
+    assert_eq!(
+        ctl(None, &["--socket", d]),
+        format!(
+            "ramp: {d} is a directory, not a socket: give the admin socket's path (admin.socket)"
+        )
+    );
+    let f = file.to_str().expect("utf-8");
+    assert_eq!(
+        ctl(Some(f), &[]),
+        format!("ramp: {f} is a file, not a socket: give the admin socket's path (admin.socket)")
+    );
+    // An empty RAMP_SOCKET is as good as none, not a missing --socket value.
+    assert_eq!(
+        ctl(Some(""), &[]),
+        "ramp: give --socket PATH, --config PATH or set RAMP_SOCKET"
+    );
+}
+
+#[test]
 fn bucket_prints_the_documented_bucket_and_pool() {
     let (code, out, err) = ramp(&[
         "bucket",

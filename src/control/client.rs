@@ -2,6 +2,7 @@
 //! the same types the controller answered with.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub enum ClientError {
         "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path?)"
     )]
     Connect { path: String, error: std::io::Error },
+    #[error("{path} is {what}, not a socket: give the admin socket's path (admin.socket)")]
+    NotASocket { path: String, what: &'static str },
     #[error("talking to {path}: {error}")]
     Io { path: String, error: std::io::Error },
     #[error(
@@ -72,9 +75,17 @@ pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, Clie
         path: path.clone(),
         error,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|error| ClientError::Connect {
-        path: path.clone(),
-        error,
+    let mut stream = UnixStream::connect(socket).map_err(|error| {
+        match std::fs::metadata(socket).map(|m| m.file_type()) {
+            Ok(t) if !t.is_socket() => ClientError::NotASocket {
+                path: path.clone(),
+                what: if t.is_dir() { "a directory" } else { "a file" },
+            },
+            _ => ClientError::Connect {
+                path: path.clone(),
+                error,
+            },
+        }
     })?;
     stream.set_read_timeout(Some(wait)).map_err(io)?;
     let mut text = Vec::with_capacity(line.len() + 1);
