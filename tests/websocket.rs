@@ -154,33 +154,51 @@ async fn each_user_s_socket_lands_on_the_user_s_version_and_70kb_cross_both_ways
     assert!(bytes > 70_000.0, "tunnel bytes counted: {bytes}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_over_http2_reaches_an_http1_upstream() {
-    use http_body_util::Empty;
-    let (s, c) = (
-        WsBackend::start("stable").await,
-        WsBackend::start("canary").await,
-    );
-    let proxy = Proxy::start(&yaml(&s, &c, ""));
+/// An HTTP/2 connection to ramp (prior knowledge).
+async fn http2_client(
+    proxy: &Proxy,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
     let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
     )
     .await
     .expect("h2 handshake");
     tokio::spawn(conn);
+    sender
+}
+
+/// A WebSocket handshake over HTTP/2 (extended CONNECT, RFC 8441) of `user`.
+fn extended_connect(
+    proxy: &Proxy,
+    user: &str,
+) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", proxy.addr))
+        .header("sec-websocket-version", "13")
+        .header("x-user-id", user)
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_reaches_an_http1_upstream() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, ""));
+    let mut sender = http2_client(&proxy).await;
     for user in ["h2-alice", "h2-bob", "h2-carol"] {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(format!("http://{}/chat", proxy.addr))
-            .header("sec-websocket-version", "13")
-            .header("x-user-id", user)
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("request");
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = sender.send_request(req).await.expect("extended CONNECT");
+        let resp = sender
+            .send_request(extended_connect(&proxy, user))
+            .await
+            .expect("extended CONNECT");
         assert_eq!(resp.status(), 200, "{resp:?}");
         assert!(resp.headers().get("sec-websocket-accept").is_none());
         let io = hyper::upgrade::on(resp).await.expect("upgraded stream");
@@ -204,24 +222,9 @@ async fn a_websocket_over_http2_the_upstream_answers_200_without_switching_gets_
         support::Backend::start("canary").await,
     );
     let proxy = Proxy::start(&support::config(&[&s], &[&c], "id: ws\npercent: 50", ""));
-    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(format!("http://{}/chat", proxy.addr))
-        .header("sec-websocket-version", "13")
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut sender = http2_client(&proxy).await;
     let resp = sender
-        .send_request(req)
+        .send_request(extended_connect(&proxy, "h2-dave"))
         .await
         .expect("an answer, not a reset");
     assert_eq!(resp.status(), 502, "{resp:?}");
