@@ -17,7 +17,7 @@ use super::reply::{self, BucketInfo, Decoded, ScheduleStatus, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path?)"
+        "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path? A ramp that is shutting down removes its socket at once, while it drains)"
     )]
     Connect { path: String, error: std::io::Error },
     #[error("{path} is {what}, not a socket: give the admin socket's path (admin.socket)")]
