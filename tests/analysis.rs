@@ -212,6 +212,19 @@ async fn users_goals_and_the_split_check_show_in_status_and_prometheus() {
         )
     };
     assert_eq!(count("stable") + count("canary"), 1_200.0);
+    // A new rollout is never shown the old one's comparison, not even in the reply to `start`.
+    let started = proxy.admin("start fresh 5");
+    assert_eq!(started["ok"], true, "{started}");
+    let shown = &started["analysis"];
+    assert!(
+        shown.is_null()
+            || (shown["rollout"] == "fresh" && shown["pools"]["stable"]["requests"] == 0),
+        "{shown}"
+    );
+    let st = proxy.wait_status("the new rollout's comparison", |v| {
+        v["analysis"]["rollout"] == "fresh"
+    });
+    assert_eq!(st["analysis"]["pools"]["stable"]["requests"], 0, "{st}");
 }
 
 fn proxy_metric(text: &str, series: &str) -> f64 {

@@ -288,6 +288,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                 settings: &config.analysis,
                 guard,
                 expected_share,
+                rollout: rollout.id.to_string(),
                 at: rfc3339(now),
                 since: rfc3339(books.since_at),
                 acted: books.acted.clone(),

@@ -170,6 +170,9 @@ pub struct Series {
 /// The whole comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisView {
+    /// The rollout these counts belong to.
+    #[serde(default)]
+    pub rollout: String,
     /// When this was computed (RFC 3339).
     pub at: String,
     /// When the comparison's counts began (the rollout's start, or its last resume).
@@ -291,6 +294,7 @@ pub struct Inputs<'a> {
     pub guard: Option<&'a Guard>,
     /// Canary share asked for, when running at a share strictly between 0 and 100%.
     pub expected_share: Option<f64>,
+    pub rollout: String,
     pub at: String,
     pub since: String,
     pub acted: Option<String>,
@@ -320,6 +324,7 @@ pub fn compute(
     });
     let g = inputs.guard;
     AnalysisView {
+        rollout: inputs.rollout,
         at: inputs.at,
         since: inputs.since,
         window_secs: inputs.settings.window.as_secs(),

@@ -386,11 +386,18 @@ impl Controller {
     }
 
     fn status(&self) -> super::reply::Status {
-        let analysis = self.analysis.view().map(|v| {
-            let mut v = (*v).clone();
-            v.series = None;
-            v
-        });
+        // Until the analysis has counted a second of a rollout just started, what it holds is the
+        // previous rollout's: not shown as this one's.
+        let analysis = self
+            .analysis
+            .view()
+            .filter(|v| v.rollout == self.rollout.id)
+            .map(|v| {
+                let mut v = (*v).clone();
+                v.series = None;
+                v
+            });
+        let hold = analysis.as_ref().and(self.analysis.hold());
         status::build(
             &self.rollout,
             &self.current.load(),
@@ -398,7 +405,7 @@ impl Controller {
             Instant::now(),
             status::Extra {
                 analysis,
-                hold: self.analysis.hold(),
+                hold,
                 changes: self.changes.iter().cloned().collect(),
                 fleet: self.store.status(),
             },

@@ -54,7 +54,11 @@ async fn status_json(web: &Web) -> Response<Full<Bytes>> {
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
     };
     let mut status = status;
-    status.analysis = web.analysis.view().map(|v| (*v).clone());
+    status.analysis = web
+        .analysis
+        .view()
+        .filter(|v| v.rollout == status.rollout)
+        .map(|v| (*v).clone());
     match serde_json::to_vec(&status) {
         Ok(body) => reply(StatusCode::OK, "application/json", body),
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
