@@ -99,6 +99,29 @@ async fn a_rollback_survives_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_survives_its_state_file_being_deleted_then_kill_9() {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, "id: tidy\npercent: 50"));
+    assert_eq!(proxy.admin("halt")["state"], "halted");
+    // A cleanup of old files (systemd-tmpfiles in /tmp, say) removes it; no command follows.
+    let file = proxy.state_file();
+    let held = std::fs::read_to_string(&file).expect("the state file");
+    std::fs::remove_file(&file).expect("rm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted state file was not written again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("again"), held);
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["state"], "halted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_file_is_whole_after_every_change() {
     let (s, c) = backends().await;
     let proxy = Proxy::start(&yaml(&s, &c, "id: w\npercent: 5"));

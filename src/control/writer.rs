@@ -5,6 +5,7 @@
 //! writes fail at once rather than wait again. Once the disk answers, the thread writes the newest
 //! state it was given by then, so the file ends up holding the state in force.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -136,8 +137,27 @@ impl Writer {
     }
 }
 
+/// How often the writer looks whether the files it wrote are still there.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// What a file last held, as this writer wrote it.
+struct Written {
+    bytes: Vec<u8>,
+    /// Writing it again failed (logged once, tried again at every look).
+    failed: bool,
+}
+
 fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
-    while let Ok(first) = rx.recv() {
+    let mut written: HashMap<PathBuf, Written> = HashMap::new();
+    loop {
+        let first = match rx.recv_timeout(LOOK_EVERY) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                write_deleted_again(&mut written, started);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         // Only the newest state for a path matters: older ones queued behind a slow write are
         // superseded (whoever waited for them has given up by now) — except that the newest one
         // to keep stays ahead of a newer one that may yet be dropped.
@@ -157,6 +177,15 @@ fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
             *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
             let result = store::write_atomic(&job.path, &job.bytes, || job.abandoned());
             *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if result.is_ok() {
+                written.insert(
+                    job.path.clone(),
+                    Written {
+                        bytes: job.bytes,
+                        failed: false,
+                    },
+                );
+            }
             match job.done {
                 Some(done) => {
                     let _ = done.send(result);
@@ -167,6 +196,37 @@ fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A file this writer wrote that has since been deleted (by hand, or a cleanup of old files in
+/// /tmp) is written again as it was: until the next change, a restart would otherwise find no
+/// state and begin the config's rollout afresh, undoing a halt or rollback.
+fn write_deleted_again(
+    written: &mut HashMap<PathBuf, Written>,
+    started: &Mutex<Option<std::time::Instant>>,
+) {
+    for (path, last) in written.iter_mut() {
+        // Followed: a link whose file is gone counts as deleted too.
+        let gone =
+            matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if !gone {
+            continue;
+        }
+        *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        let result = store::write_atomic(path, &last.bytes, || false);
+        *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match result {
+            Ok(()) => {
+                last.failed = false;
+                tracing::warn!(path = %path.display(), "the state file was deleted behind ramp's back; it is written again");
+            }
+            Err(error) if !last.failed => {
+                last.failed = true;
+                tracing::error!(path = %path.display(), %error, "the state file was deleted behind ramp's back and cannot be written again; a restart now would not find the state in force");
+            }
+            Err(_) => {}
         }
     }
 }
