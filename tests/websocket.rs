@@ -221,7 +221,12 @@ async fn a_websocket_over_http2_the_upstream_answers_200_without_switching_gets_
         support::Backend::start("stable").await,
         support::Backend::start("canary").await,
     );
-    let proxy = Proxy::start(&support::config(&[&s], &[&c], "id: ws\npercent: 50", ""));
+    let proxy = Proxy::start(&support::config(
+        &[&s],
+        &[&c],
+        "id: ws\npercent: 50",
+        support::CONTROL,
+    ));
     let mut sender = http2_client(&proxy).await;
     let resp = sender
         .send_request(extended_connect(&proxy, "h2-dave"))
@@ -236,6 +241,16 @@ async fn a_websocket_over_http2_the_upstream_answers_200_without_switching_gets_
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
     assert_eq!(sender.send_request(req).await.expect("GET").status(), 200);
+    // The upstream did nothing wrong: neither pool is charged an error (else any client could
+    // push the guard to roll back a healthy canary, one such request at a time).
+    let count = |v: &serde_json::Value, what: &str| {
+        ["stable", "canary"]
+            .iter()
+            .map(|p| v["analysis"]["pools"][p][what].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let st = proxy.wait_status("both requests counted", |v| count(v, "requests") == 2);
+    assert_eq!(count(&st, "errors"), 0, "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The kind of upstream failure this is; `None` for the client's own failures and a pool
-    /// without a healthy upstream.
+    /// The kind of upstream failure this is; `None` for the client's own failures (a WebSocket
+    /// asked for where the upstream has none among them) and a pool without a healthy upstream.
     pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
             ProxyError::Send(
@@ -37,10 +37,14 @@ impl ProxyError {
             ProxyError::Send(SendError::Exchange(e)) if e.closed_before_answer() => {
                 Some(UpstreamError::Reset)
             }
-            ProxyError::Send(SendError::Exchange(_))
-            | ProxyError::UnaskedUpgrade
-            | ProxyError::UpgradeNotTaken(_) => Some(UpstreamError::Protocol),
-            ProxyError::Send(SendError::ClientBody(_)) | ProxyError::NoUpstream(_) => None,
+            ProxyError::Send(SendError::Exchange(_)) | ProxyError::UnaskedUpgrade => {
+                Some(UpstreamError::Protocol)
+            }
+            // The upstream answered as HTTP/1.1 allows (it need not switch); the client asked for
+            // a WebSocket where there is none.
+            ProxyError::Send(SendError::ClientBody(_))
+            | ProxyError::NoUpstream(_)
+            | ProxyError::UpgradeNotTaken(_) => None,
         }
     }
 }

@@ -140,6 +140,12 @@ pub fn handle(
                 (answered, to)
             }
         };
+        // What the comparison judges is the upstream's answer: a WebSocket the upstream declined
+        // with a 2xx is no upstream failure, though an HTTP/2 client gets a 502 for it.
+        let judged = match &result {
+            Err(ProxyError::UpgradeNotTaken(status)) => Some(*status),
+            _ => None,
+        };
         let mut resp = match result {
             Ok(mut resp) => {
                 // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
@@ -149,6 +155,10 @@ pub fn handle(
             }
             Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {
                 tracing::debug!(peer = %info.peer, reason = %e, "client request body failed");
+                error_response(StatusCode::from(&e))
+            }
+            Err(e @ ProxyError::UpgradeNotTaken(_)) => {
+                tracing::debug!(peer = %info.peer, reason = %e, "websocket declined");
                 error_response(StatusCode::from(&e))
             }
             Err(e) => {
@@ -161,12 +171,13 @@ pub fn handle(
         };
         let status = resp.status();
         proxy.metrics.response(served_by, status);
+        let judged = judged.unwrap_or(status).as_u16();
         proxy.analysis.recorder.record(
             served_by,
-            settings.error_statuses.contains(status.as_u16()),
+            settings.error_statuses.contains(judged),
             start.elapsed().as_micros() as u64,
             user,
-            analysis::converted(settings, goals, status.as_u16()),
+            analysis::converted(settings, goals, judged),
         );
         if let Some(id) = minted
             && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
