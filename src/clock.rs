@@ -30,3 +30,11 @@ pub fn now_ms() -> u64 {
     let epoch = epoch();
     raw_ms().saturating_sub(epoch)
 }
+
+/// Microseconds on the precise monotonic clock since its first reading in this process: a moment
+/// kept in an atomic, to be measured against `now_us()` later (callers that use 0 as "unset"
+/// store `now_us().max(1)`).
+pub fn now_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}

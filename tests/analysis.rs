@@ -1,6 +1,7 @@
 //! Canary and stable compared by the running binary: the guard rolls back a canary that fails
 //! and from then on no request reaches it; an A/A split is left alone; goals, distinct users and
-//! the sample-ratio check show in status and in Prometheus; a schedule waits for data.
+//! the sample-ratio check show in status and in Prometheus; a schedule waits for data; a client's
+//! slow upload is not the upstream's latency, and a request its client gave up on still counts.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
-use support::{Backend, CONTROL, Client, Proxy, config};
+use support::{Backend, CONTROL, Client, Proxy, config, single};
 
 /// Sends `n` requests over 16 keep-alive lanes, user ids `{prefix}-{i}` (each id used
 /// `repeat` times); gives how many answers each body got.
@@ -279,4 +280,72 @@ async fn a_schedule_waits_for_data_when_the_guard_requires_it() {
     let st = proxy.wait_status("the schedule moves on", |v| v["state"] == "completed");
     assert_eq!(st["changed_by"], "schedule");
     let _: Value = st;
+}
+
+/// The stable pool's figure `what` in status, once it has counted `n` requests.
+fn stable_after(proxy: &Proxy, n: u64, what: &str) -> Value {
+    let st = proxy.wait_status("the request is counted", |v| {
+        v["analysis"]["pools"]["stable"]["requests"].as_u64() == Some(n)
+    });
+    st["analysis"]["pools"]["stable"][what].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_the_client_s_time_not_the_upstream_s_latency() {
+    use std::io::{Read, Write};
+    let s = Backend::start("stable").await;
+    let proxy = Proxy::start(&single(s.addr, CONTROL));
+    let addr = proxy.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
+            .expect("head");
+        // The second byte of the body comes 1.5 s later; the upstream answers as soon as it has it.
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        c.write_all(b"b").expect("rest");
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).expect("answer");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .expect("client");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let p99 = stable_after(&proxy, 1, "p99_ms").as_f64().expect("p99");
+    assert!(
+        p99 < 500.0,
+        "the upload's 1.5 s counted as latency: p99 {p99} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_client_gave_up_on_counts_with_the_time_it_waited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that takes requests and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = hung.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = hung.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let proxy = Proxy::start(&single(addr, CONTROL));
+    let mut c = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // The client gives up after 400 ms, as impatient clients and their timeouts do.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    drop(c);
+    let p50 = stable_after(&proxy, 1, "p50_ms").as_f64().expect("p50");
+    assert!(
+        p50 >= 350.0,
+        "counted, but not with the time it waited: {p50} ms"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, SET_COOKIE};
@@ -91,6 +91,8 @@ pub fn handle(
         let websocket = tunnel::wanted(&req, &scan).filter(|&kind| {
             kind == tunnel::Kind::Connect || matches!(req.body(), ClientBody::None)
         });
+        // When a streamed body had reached the upstream whole (the latency runs from there).
+        let mut body_end = None;
         let (result, served_by) = match choose(proxy, &snap, pool) {
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {
@@ -102,6 +104,14 @@ pub fn handle(
             }
             Ok((first, served_by)) => {
                 let (parts, xff, mut body) = upstream_request(req, &scan, info, &snap, &first.host);
+                let mut unanswered = Unanswered {
+                    recorder: &proxy.analysis.recorder,
+                    pool: served_by,
+                    start,
+                    body_end: body.done(),
+                    user,
+                    armed: true,
+                };
                 let added = [
                     ("x-forwarded-for", &xff),
                     ("x-forwarded-proto", &info.proto),
@@ -137,6 +147,8 @@ pub fn handle(
                     }
                     Ok(resp.map(ProxyBody::upstream))
                 });
+                unanswered.armed = false;
+                body_end = unanswered.body_end.take();
                 (answered, to)
             }
         };
@@ -175,7 +187,7 @@ pub fn handle(
         proxy.analysis.recorder.record(
             served_by,
             settings.error_statuses.contains(judged),
-            start.elapsed().as_micros() as u64,
+            latency(start, body_end.as_deref()),
             user,
             analysis::converted(settings, goals, judged),
         );
@@ -189,6 +201,43 @@ pub fn handle(
             resp.headers_mut().insert(CONNECTION, CLOSE);
         }
         finish(resp, busy, head)
+    }
+}
+
+/// The latency the comparison judges: from when ramp had the whole request to the answer's head
+/// — from the request's head, or from when its body had reached the upstream whole if it had by
+/// the time the answer came. A client's slow upload is its own, not the upstream's.
+fn latency(start: Instant, body_end: Option<&AtomicU64>) -> u64 {
+    match body_end.map(|at| at.load(Ordering::Relaxed)) {
+        Some(at) if at != 0 => crate::clock::now_us().saturating_sub(at),
+        _ => start.elapsed().as_micros() as u64,
+    }
+}
+
+/// A request sent upstream whose client went away before the answer's head (its future dropped):
+/// still counted, with the time it had waited as its latency (a lower bound), so that a canary
+/// that hangs until clients give up shows in the comparison. Not counted while its body was still
+/// coming (the client stopped its own upload), nor once answered.
+struct Unanswered<'a> {
+    recorder: &'a analysis::Recorder,
+    pool: PoolName,
+    start: Instant,
+    body_end: Option<Arc<AtomicU64>>,
+    user: Option<u64>,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let whole = self
+            .body_end
+            .as_ref()
+            .is_none_or(|at| at.load(Ordering::Relaxed) != 0);
+        if self.armed && whole {
+            let waited = latency(self.start, self.body_end.as_deref());
+            self.recorder
+                .record(self.pool, false, waited, self.user, None);
+        }
     }
 }
 

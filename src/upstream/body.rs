@@ -13,7 +13,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::clock::now_ms;
 use crate::inbound::{InboundBody, LINGER_MOST, LINGER_QUIET};
 
 use super::Upstream;
@@ -223,8 +222,9 @@ pub enum ReqBody {
         inner: ClientBody,
         idle: IdleTimer,
         limit: Duration,
-        /// When the request was written to the upstream whole ([`now_ms`]), 0 until then: the
-        /// response timeout starts there, so a long upload does not count against it.
+        /// When the request was written to the upstream whole ([`crate::clock::now_us`]), 0
+        /// until then: the response timeout starts there, so a long upload does not count
+        /// against it, and so does the latency the comparison judges.
         done: Arc<AtomicU64>,
     },
 }
@@ -251,12 +251,13 @@ impl ReqBody {
     /// timeout runs from now.
     pub(super) fn stopped(&self) {
         if let ReqBody::Stream { done, .. } = self {
-            let _ = done.compare_exchange(0, now_ms().max(1), Ordering::Relaxed, Ordering::Relaxed);
+            let now = crate::clock::now_us().max(1);
+            let _ = done.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
-    /// Where the end of a streamed body will be recorded.
-    pub(super) fn done(&self) -> Option<Arc<AtomicU64>> {
+    /// Where the end of a streamed body will be recorded ([`crate::clock::now_us`]).
+    pub fn done(&self) -> Option<Arc<AtomicU64>> {
         match self {
             ReqBody::Empty => None,
             ReqBody::Stream { done, .. } => Some(Arc::clone(done)),

@@ -439,7 +439,7 @@ async fn respond_after_body<F: std::future::Future>(
     done: Arc<AtomicU64>,
 ) -> Option<F::Output> {
     let mut response = std::pin::pin!(response);
-    let limit_ms = limit.as_millis() as u64;
+    let limit_us = limit.as_micros() as u64;
     let mut wait = limit;
     loop {
         if let Ok(out) = tokio::time::timeout(wait, response.as_mut()).await {
@@ -448,11 +448,11 @@ async fn respond_after_body<F: std::future::Future>(
         wait = match done.load(Ordering::Relaxed) {
             0 => limit,
             at => {
-                let since = crate::clock::now_ms().saturating_sub(at);
-                if since >= limit_ms {
+                let since = crate::clock::now_us().saturating_sub(at);
+                if since >= limit_us {
                     return None;
                 }
-                Duration::from_millis(limit_ms - since)
+                Duration::from_micros(limit_us - since)
             }
         };
     }
