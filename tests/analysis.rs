@@ -244,7 +244,7 @@ async fn a_broken_split_is_flagged_loudly() {
         .local_addr()
         .expect("addr");
     let text = format!(
-        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{dead}']}}\nrollout: {{id: srm, percent: 50}}\n{CONTROL}",
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{dead}']}}\nrollout:\n  id: srm\n  steps: [{{percent: 50, hold: 1s}}, {{percent: 100}}]\n  guard: {{action: halt, min_requests: 100, require_data: true}}\n{CONTROL}",
         s.addr
     );
     let proxy = Proxy::start(&text);
@@ -256,6 +256,13 @@ async fn a_broken_split_is_flagged_loudly() {
     let (code, out, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("SAMPLE RATIO MISMATCH"), "{out}");
+    // Nor does the schedule raise exposure on a split it cannot trust.
+    let st = proxy.wait_status("the schedule is held by the split check", |v| {
+        v["schedule"]["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("the split check failed"))
+    });
+    assert_eq!(st["percent"].as_f64(), Some(50.0), "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,23 +264,17 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                     .await;
             }
         }
-        let hold = if regressed {
-            Some(format!(
+        let regressed = regressed.then(|| {
+            format!(
                 "a metric regressed: {}",
                 reason(&books.since, errors, &latency)
-            ))
-        } else {
-            guard.filter(|g| g.require_data).and_then(|g| {
-                let short = |c: &Counts| g.min_requests.saturating_sub(c.requests);
-                let more = short(&books.step.canary).max(short(&books.step.stable));
-                (more > 0).then(|| format!("waiting for data at this step: {more} more requests"))
-            })
-        };
+            )
+        });
         let expected_share = (rollout.state == State::Running
             && rollout.ppm > 0
             && rollout.ppm < crate::routing::BUCKETS)
             .then(|| f64::from(rollout.ppm) / f64::from(crate::routing::BUCKETS));
-        let view = view::compute(
+        let mut view = view::compute(
             &books.since,
             &books.step,
             &books.window,
@@ -292,9 +286,26 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                 at: rfc3339(now),
                 since: rfc3339(books.since_at),
                 acted: books.acted.clone(),
-                holding_schedule: hold.clone(),
             },
         );
+        // Why a schedule may not advance: a regression; a split the check finds broken (canary
+        // users served elsewhere, a canary that gets no one: exposure is not raised on figures
+        // that cannot be trusted); with `require_data`, too few requests at this step.
+        let split = view.sample_ratio.as_ref().filter(|s| s.mismatch).map(|s| {
+            format!(
+                "the split check failed: canary has {:.2}% of users, {:.2}% expected",
+                s.observed * 100.0,
+                s.expected * 100.0
+            )
+        });
+        let hold = regressed.or(split).or_else(|| {
+            guard.filter(|g| g.require_data).and_then(|g| {
+                let short = |c: &Counts| g.min_requests.saturating_sub(c.requests);
+                let more = short(&books.step.canary).max(short(&books.step.stable));
+                (more > 0).then(|| format!("waiting for data at this step: {more} more requests"))
+            })
+        });
+        view.guard.holding_schedule.clone_from(&hold);
         publish_metrics(&view, &books, config);
         analysis.view.store(Some(Arc::new(view)));
         *analysis.hold.lock().unwrap_or_else(|e| e.into_inner()) = hold;

@@ -298,7 +298,6 @@ pub struct Inputs<'a> {
     pub at: String,
     pub since: String,
     pub acted: Option<String>,
-    pub holding_schedule: Option<String>,
 }
 
 pub fn compute(
@@ -362,7 +361,7 @@ pub fn compute(
             min_requests: t.min_requests,
             require_data: g.is_some_and(|g| g.require_data),
             acted: inputs.acted,
-            holding_schedule: inputs.holding_schedule,
+            holding_schedule: None,
         },
         series: Some(series(window)),
     }
