@@ -12,11 +12,18 @@ pub const REGISTERS: usize = 1 << P;
 /// The estimate's relative standard error.
 pub const REL_ERROR: f64 = 1.04 / 64.0;
 
-/// Register index and rank of a user hash. The hash is mixed first (it also decided the pool,
-/// which conditions its low bits).
+/// A random key of this process, mixed into every hash before it is placed. The assignment hash
+/// is public (anyone who knows the rollout id can compute it), so without a key a client could
+/// pick ids whose ranks are high and make a few thousand requests look like millions of users.
+static KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+
+/// Register index and rank of a user hash. The hash is keyed and mixed first (it also decided
+/// the pool, which conditions its low bits).
 #[inline]
 fn place(hash: u64) -> (usize, u8) {
-    let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    let h = (hash ^ *KEY)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(17);
     let index = (h >> (64 - P)) as usize;
     let rank = ((h << P) | (1 << (P - 1))).leading_zeros() as u8 + 1;
     (index, rank)
@@ -146,6 +153,33 @@ mod tests {
             atomic.drain_into(&mut again);
             assert_eq!(again.estimate(), 0.0, "drained");
         }
+    }
+
+    #[test]
+    fn ids_picked_for_high_ranks_without_the_key_count_as_what_they_are() {
+        // What a client who knows the public hash would send: of 400,000 ids, the one with the
+        // highest rank per register as placed without a key.
+        let unkeyed = |hash: u64| {
+            let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+            ((h >> (64 - P)) as usize, ((h << P) | (1 << (P - 1))).leading_zeros())
+        };
+        let mut best = vec![(0u32, 0u64); REGISTERS];
+        for i in 0..400_000u64 {
+            let hash = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            let (index, rank) = unkeyed(hash);
+            if rank >= best[index].0 {
+                best[index] = (rank, hash);
+            }
+        }
+        let mut crafted = Users::default();
+        for (_, hash) in &best {
+            crafted.add(*hash);
+        }
+        let est = crafted.estimate();
+        assert!(
+            (est - REGISTERS as f64).abs() < REGISTERS as f64 * 4.0 * REL_ERROR,
+            "{REGISTERS} ids estimated {est}"
+        );
     }
 
     #[test]
