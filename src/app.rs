@@ -199,7 +199,10 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
         };
         tracing::warn!(action = name, reason = %act.reason, "the guard acts: the canary regressed");
         counter.increment(1);
-        let source = Source::Guard { reason: act.reason };
+        let source = Source::Guard {
+            reason: act.reason,
+            rollout: act.rollout.to_string(),
+        };
         if let Err(e) = handle.send(command, source).await {
             tracing::error!(action = name, error = %e, "the guard's action failed");
         }

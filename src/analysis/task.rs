@@ -31,10 +31,11 @@ pub struct Analysis {
     lifetime: Mutex<PerPool<Box<[u64]>>>,
 }
 
-/// The guard's request: apply `action`, for `reason`.
+/// The guard's request: apply `action` to `rollout`, for `reason`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Act {
     pub action: GuardAction,
+    pub rollout: Arc<str>,
     pub reason: String,
 }
 
@@ -259,6 +260,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                 let _ = act
                     .send(Act {
                         action: g.action,
+                        rollout: Arc::clone(&rollout.id),
                         reason: why,
                     })
                     .await;

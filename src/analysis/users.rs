@@ -161,7 +161,10 @@ mod tests {
         // highest rank per register as placed without a key.
         let unkeyed = |hash: u64| {
             let h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-            ((h >> (64 - P)) as usize, ((h << P) | (1 << (P - 1))).leading_zeros())
+            (
+                (h >> (64 - P)) as usize,
+                ((h << P) | (1 << (P - 1))).leading_zeros(),
+            )
         };
         let mut best = vec![(0u32, 0u64); REGISTERS];
         for i in 0..400_000u64 {

@@ -72,8 +72,12 @@ pub enum Source {
     Schedule,
     /// ramp itself at start-up (first start, or a state file it could not read).
     Startup,
-    /// The analysis guard, with the figures that made it act.
-    Guard { reason: String },
+    /// The analysis guard, with the figures that made it act and the rollout they are of.
+    Guard {
+        reason: String,
+        #[serde(default)]
+        rollout: String,
+    },
     /// Another instance of the fleet, through the shared store.
     Fleet { instance: String },
     /// The status page and its JSON (reads only).
@@ -102,7 +106,7 @@ impl fmt::Display for Source {
                 pid: Some(pid),
             } => write!(f, "admin (uid {uid}, pid {pid})"),
             Source::Admin { uid, pid: None } => write!(f, "admin (uid {uid})"),
-            Source::Guard { reason } => write!(f, "guard ({reason})"),
+            Source::Guard { reason, .. } => write!(f, "guard ({reason})"),
             Source::Fleet { instance } => write!(f, "fleet (instance {instance})"),
             Source::File | Source::Schedule | Source::Startup | Source::Page => {
                 f.write_str(self.kind())

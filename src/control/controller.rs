@@ -322,6 +322,15 @@ impl Controller {
             | Command::Promote
             | Command::Start { .. } => {}
         }
+        // The guard judged figures of one rollout; a `start` since began another, which its
+        // action must not stop.
+        if let Source::Guard { rollout, .. } = &source
+            && *rollout != self.rollout.id
+        {
+            return Err(ControlError::GuardLate {
+                judged: rollout.clone(),
+            });
+        }
         let durability = match command {
             Command::Halt | Command::Rollback => Durability::BestEffort,
             _ => Durability::Required,
@@ -672,4 +681,38 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         new.metrics = running.metrics;
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_guard_action_for_a_rollout_no_longer_in_force_is_not_applied() {
+        let config = crate::config::parse(
+            "listen: 127.0.0.1:0\npools: {stable: ['127.0.0.1:9'], canary: ['127.0.0.1:9']}\nrollout: {id: second, percent: 5}\n",
+            std::path::Path::new("ramp.yaml"),
+        )
+        .expect("config");
+        let analysis = Arc::new(Analysis::new());
+        let (controller, current, handle) =
+            Controller::start(PathBuf::from("ramp.yaml"), config, analysis)
+                .await
+                .expect("controller");
+        tokio::spawn(controller.run());
+        let guard = |rollout: &str| Source::Guard {
+            reason: "error rate".into(),
+            rollout: rollout.into(),
+        };
+        // Judged while `first` was in force; `second` was started since.
+        let late = handle.send(Command::Rollback, guard("first")).await;
+        assert!(
+            matches!(&late, Err(ControlError::GuardLate { judged }) if judged == "first"),
+            "{late:?}"
+        );
+        assert_eq!(current.load().routing.rollout.state, State::Running);
+        let due = handle.send(Command::Rollback, guard("second")).await;
+        assert!(due.is_ok(), "{due:?}");
+        assert_eq!(current.load().routing.rollout.state, State::RolledBack);
+    }
 }

@@ -168,6 +168,8 @@ pub enum ControlError {
         "not applied: the rollout was changed meanwhile at another instance; now: {now}. Run the command again if it still applies"
     )]
     ChangedMeanwhile { now: String },
+    #[error("not applied: the guard judged rollout {judged}, which is no longer in force")]
+    GuardLate { judged: String },
 }
 
 /// A command's result.
