@@ -55,6 +55,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     // for later rather than ending the process, as it would with no handler yet.
     let hup = signal(tokio::signal::unix::SignalKind::hangup())?;
     sighup_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+    // Every file the config names is read before anything is taken from a running ramp: a
+    // restart with --takeover that cannot start leaves the old one its ports and admin socket.
+    Controller::preflight(&config)?;
     let addr = config.listen;
     let bind_err = |error| AppError::Bind { addr, error };
     let listener = net::bind(addr, options.takeover).and_then(TcpListener::from_std);

@@ -210,6 +210,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {
+            Ok(c) if let Err(e) = ramp::control::Controller::preflight(&c) => {
+                eprintln!("{}: {e}", config.display());
+                Ok(ExitCode::FAILURE)
+            }
             Ok(c) => {
                 println!(
                     "{}: ok (listen {}, {} stable and {} canary upstreams, rollout {:?} from {}%)",

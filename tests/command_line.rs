@@ -83,6 +83,25 @@ fn ctl_says_what_is_wrong_with_the_socket_it_was_given() {
 }
 
 #[test]
+fn check_reads_the_files_the_config_names_as_serve_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:9'], canary: ['127.0.0.1:9']}}\nrollout: {{id: r, percent: 5}}\nstate:\n  etcd: {{endpoints: ['http://127.0.0.1:2379'], key: /k, username: ramp, password_file: {d}}}\n"
+        ),
+    );
+    let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("password_file") && err.contains("not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bucket_prints_the_documented_bucket_and_pool() {
     let (code, out, err) = ramp(&[
         "bucket",

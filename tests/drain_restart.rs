@@ -184,3 +184,38 @@ async fn a_session_opened_before_a_takeover_changes_nothing_and_is_told_to_conne
     // Connected again, the operator reaches the new one.
     assert_eq!(new.admin("halt")["state"], "halted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_cannot_start_leaves_the_running_ramp_its_admin_socket() {
+    let b = Backend::start("stable").await;
+    let old = Proxy::start(&config(&[&b], &[&b], "id: r\npercent: 5", CONTROL));
+    // The successor's config names a certificate file that holds no certificate.
+    let cert = support::write(old.dir.path(), "cert.pem", "not a certificate\n");
+    let next = support::write(
+        old.dir.path(),
+        "next.yaml",
+        &format!(
+            "listen: {}\npools: {{stable: ['{}'], canary: ['{}']}}\nrollout: {{id: r, percent: 5}}\nadmin: {{socket: {}}}\ntls: {{cert: {}, key: {}}}\n",
+            old.addr,
+            b.addr,
+            b.addr,
+            old.socket().display(),
+            cert.display(),
+            cert.display()
+        ),
+    );
+    let (code, _, err) = support::ramp(&[
+        "serve",
+        "--config",
+        next.to_str().expect("utf-8"),
+        "--takeover",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no certificate"), "{err}");
+    // The running ramp can still be halted.
+    assert_eq!(
+        old.admin("status")["pid"].as_u64(),
+        Some(u64::from(old.pid()))
+    );
+    assert_eq!(old.admin("halt")["state"], "halted");
+}

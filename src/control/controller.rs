@@ -135,6 +135,17 @@ const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 const SCHEDULE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Controller {
+    /// Reads every file `config` names beyond itself (TLS certificates, keys and CAs, the fleet's
+    /// password file and CA) the way starting would, changing nothing: `ramp check` runs it, and
+    /// `serve` runs it before it takes anything (a port, the admin socket) from a running ramp.
+    pub fn preflight(config: &Config) -> Result<(), StartError> {
+        TlsConfigs::load(config, &TlsConfigs::default())?;
+        if let Some(f) = &config.fleet {
+            crate::fleet::client(f).map_err(super::persist::StoreStartError::from)?;
+        }
+        Ok(())
+    }
+
     /// Restores the rollout (state file, else the config's plan), publishes the first snapshot,
     /// and commits what start-up changed (a first state file, edits made while ramp was down).
     pub async fn start(

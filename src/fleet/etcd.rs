@@ -311,10 +311,11 @@ impl Etcd {
             )
             .await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
+        // Bounded like every answer: a body that stalls would hold the token's lock, and with
+        // it every request, forever.
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
             .await
+            .map_err(|_| EtcdError::Garbled("the answer did not finish".into()))?
             .map_err(|e| EtcdError::Garbled(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
