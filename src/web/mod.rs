@@ -66,15 +66,17 @@ async fn status_json(web: &Web) -> Response<Full<Bytes>> {
 }
 
 /// Ready: the config is loaded, the listeners are bound (both before this serves), and the
-/// rollout state is in sync (in a fleet: etcd answers).
+/// controller answers. An etcd that does not answer leaves an instance ready (it serves the last
+/// known state, as its users need): readiness failing on every instance at once would take the
+/// whole fleet out of its load balancer. The text says so; status and `ramp_fleet_connected` too.
 async fn ready(web: &Web) -> Response<Full<Bytes>> {
     match web.handle.send(Command::Status, Source::Page).await {
         Ok(Outcome::Status(s)) => match s.fleet {
             Some(f) if !f.connected => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::OK,
                 TEXT,
                 format!(
-                    "not ready: etcd does not answer ({}); serving the last known state\n",
+                    "ready; etcd does not answer ({}): serving the last known state\n",
                     f.error.unwrap_or_default()
                 ),
             ),
