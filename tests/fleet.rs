@@ -322,7 +322,11 @@ async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_
         .get(&format!("http://{web}/readyz"), &[])
         .await;
     assert_eq!(ready.status, 200, "{}", ready.body);
-    assert!(ready.body.contains("etcd does not answer"), "{}", ready.body);
+    assert!(
+        ready.body.contains("etcd does not answer"),
+        "{}",
+        ready.body
+    );
     // etcd comes back: the halt reaches everyone.
     etcd.run().await;
     fleet

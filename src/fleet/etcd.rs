@@ -101,24 +101,38 @@ fn kv(v: &Value) -> Result<Kv, EtcdError> {
     })
 }
 
+/// The longest watch message read: a key's value is at most 1.5 MiB in etcd (its default
+/// request limit), base64 in JSON a third more. Beyond, the stream is not etcd's.
+const MAX_MESSAGE: usize = 4 << 20;
+
 /// A stream of JSON messages, one per line (the watch).
 pub struct Lines {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no line break.
+    scanned: usize,
 }
 
 impl Lines {
     /// The next message; `None` at the end of the stream.
     pub async fn next(&mut self) -> Option<Result<Value, EtcdError>> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=self.scanned + i).collect();
+                self.scanned = 0;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 return Some(
                     serde_json::from_slice(&line).map_err(|e| EtcdError::Garbled(e.to_string())),
                 );
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > MAX_MESSAGE {
+                return Some(Err(EtcdError::Garbled(format!(
+                    "a watch message longer than {} MiB",
+                    MAX_MESSAGE >> 20
+                ))));
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -386,6 +400,7 @@ impl Etcd {
         Ok(Lines {
             body: resp.into_body(),
             buf: Vec::new(),
+            scanned: 0,
         })
     }
 }
@@ -427,6 +442,42 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watch_stream_without_line_breaks_ends_instead_of_growing() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = [b'a'; 64 * 1024];
+            let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+            frame.extend_from_slice(&chunk);
+            frame.extend_from_slice(b"\r\n");
+            // Endless: only the reader can end it.
+            while s.write_all(&frame).await.is_ok() {}
+        });
+        let etcd = Etcd::new(Endpoints {
+            urls: vec![format!("http://{addr}")],
+            credentials: None,
+            tls: None,
+        });
+        let mut lines = etcd.watch("k", 1).await.expect("watch");
+        match lines.next().await {
+            Some(Err(EtcdError::Garbled(why))) => assert!(why.contains("longer than"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(lines.buf.len() <= MAX_MESSAGE + 64 * 1024);
+    }
 
     #[test]
     fn watch_messages_read_as_the_gateway_sends_them() {
