@@ -99,6 +99,11 @@ impl Etcd {
         assert!(ok.success());
     }
 
+    /// etcd's data directory (while it is stopped: to wipe it, or to keep a copy).
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -543,4 +548,158 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
     fleet
         .all("the halt reaches the fleet", |v| v["state"] == "halted")
         .await;
+}
+
+/// Copies a directory tree (etcd's data, while etcd is stopped).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let ok = Command::new("cp")
+        .args(["-a", &from.display().to_string(), &to.display().to_string()])
+        .status()
+        .expect("cp");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_etcd_wiped_or_restored_from_an_older_copy_never_splits_or_locks_the_fleet() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: reset\npercent: 10");
+    let at = |percent: f64| move |v: &Value| v["percent"].as_f64() == Some(percent);
+    assert_eq!(fleet.proxies[0].admin("set 40")["ok"], true);
+    fleet.all("40% everywhere", at(40.0)).await;
+    // A copy of etcd's data as it is now, for a restore later.
+    etcd.kill();
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_tree(&etcd.data(), &copy.path().join("data"));
+    etcd.run().await;
+    assert_eq!(fleet.proxies[0].admin("set 41")["ok"], true);
+    assert_eq!(fleet.proxies[0].admin("set 42")["ok"], true);
+    fleet.all("42% everywhere", at(42.0)).await;
+    // Restored from the older copy: the key says 40% at a revision the instances have passed.
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data()).expect("rm");
+    copy_tree(&copy.path().join("data"), &etcd.data());
+    etcd.run().await;
+    // The newer state in force is written over it; no instance is left apart or locked.
+    fleet
+        .all("42% everywhere, connected", |v| {
+            v["percent"].as_f64() == Some(42.0) && v["fleet"]["connected"] == true
+        })
+        .await;
+    let r = fleet.proxies[2].admin("set 43");
+    assert_eq!(r["ok"], true, "{r}");
+    fleet.all("43% everywhere", at(43.0)).await;
+    // Wiped: the key is gone and revisions start again from 1. A rollback made now reaches all.
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data()).expect("rm");
+    etcd.run().await;
+    let r = fleet.proxies[1].admin("rollback");
+    assert_eq!(r["ok"], true, "{r}");
+    fleet
+        .all("rolled back everywhere", |v| v["state"] == "rolled_back")
+        .await;
+    let r = fleet.proxies[0].admin("resume");
+    assert_eq!(r["ok"], true, "{r}");
+    fleet
+        .all("running again everywhere", |v| v["state"] == "running")
+        .await;
+}
+
+/// A TCP relay to `to` that can be made to go silent without closing anything, as a member
+/// behind a dropped route or a hung host does.
+async fn relay(
+    to: u16,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let silent = std::sync::Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let flag = std::sync::Arc::clone(&silent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut into, flag) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    std::sync::Arc::clone(&flag),
+                ),
+                (Box::new(sr), Box::new(cw), std::sync::Arc::clone(&flag)),
+            ] {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if into.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, silent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_instance_whose_watch_goes_silent_still_takes_the_fleet_s_changes() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let (via, silent) = relay(etcd.client).await;
+    // `a` reaches etcd through the relay first, then directly; `b` directly.
+    let both = format!("http://{via}', '{}", etcd.url());
+    let a = Proxy::start(&yaml(&s, &c, &both, "a", "id: quiet\npercent: 10", true));
+    let b = Proxy::start(&yaml(
+        &s,
+        &c,
+        &etcd.url(),
+        "b",
+        "id: quiet\npercent: 10",
+        true,
+    ));
+    let fleet = Fleet {
+        proxies: vec![a, b],
+    };
+    fleet
+        .all("both connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fleet.proxies[1].admin("set 30")["ok"], true);
+    fleet
+        .all(
+            "the change reaches the instance behind the silent relay",
+            |v| v["percent"].as_f64() == Some(30.0),
+        )
+        .await;
+    silent.store(false, std::sync::atomic::Ordering::SeqCst);
 }

@@ -27,8 +27,11 @@ impl Controller {
         let Some(link) = self.store.link() else {
             return;
         };
-        if kv.mod_revision <= link.revision {
+        if kv.mod_revision == link.revision {
             return;
+        }
+        if kv.mod_revision < link.revision {
+            return Box::pin(self.went_back(kv)).await;
         }
         let (instance, state) = match persist::open(&kv, Instant::now()) {
             Ok(found) => found,
@@ -53,6 +56,52 @@ impl Controller {
             .await
         {
             tracing::error!(error = %e, "cannot take the fleet's state");
+        }
+    }
+
+    /// The key holds `kv` at a revision older than the one this instance has seen: etcd's data was
+    /// wiped (and a change since written anew) or restored from an older copy. The newer of the
+    /// two states wins, by when each was changed: the key's is taken, or the state in force is
+    /// written over it. Never ignored, which would leave instances apart for good.
+    async fn went_back(&mut self, kv: Kv) {
+        let Some(link) = self.store.link() else {
+            return;
+        };
+        let seen = link.revision;
+        let theirs = persist::open(&kv, Instant::now()).ok();
+        let newer = theirs
+            .as_ref()
+            .is_some_and(|(_, s)| s.changed_at > self.rollout.changed_at);
+        tracing::warn!(
+            seen,
+            now = kv.mod_revision,
+            key_is_newer = newer,
+            "etcd's revision went back (its data was wiped or restored)"
+        );
+        if let Some((instance, state)) = theirs.filter(|_| newer) {
+            let source = Source::Fleet { instance };
+            let revision = kv.mod_revision;
+            if let Err(e) = self
+                .commit(state, None, source, "fleet", Durability::Adopted(revision))
+                .await
+            {
+                tracing::error!(error = %e, "cannot take the fleet's state");
+            }
+            return;
+        }
+        link.revision = kv.mod_revision;
+        match self.store.save(&self.rollout, true).await {
+            Ok(()) => {
+                tracing::info!(rollout = %self.rollout.id, state = self.rollout.state.as_str(), "the state in force is written to etcd again");
+            }
+            Err(super::store::StoreError::Conflict(Some(now))) => self.adopt(now).await,
+            Err(e) => {
+                // Tried again when the watch next reads the key.
+                tracing::error!(error = %e, "cannot write the state in force to etcd again");
+                if let Some(link) = self.store.link() {
+                    link.revision = seen;
+                }
+            }
         }
     }
 
@@ -144,6 +193,19 @@ impl Controller {
     }
 }
 
+/// How long a watch may stay silent before etcd is asked directly whether the key moved: a
+/// member that stops answering without closing the stream, or a route that drops it, would
+/// otherwise leave this instance on an old state for good.
+const CHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// Why a watch ended.
+enum Ended {
+    /// etcd does not answer (or the stream broke): reported, and retried with a backoff.
+    Broken(String),
+    /// The watch fell behind the key (or etcd's history went back): watched again at once.
+    Behind,
+}
+
 /// Watches the fleet's key and hands every change to the controller; says when etcd stops and
 /// starts answering, and catches up (read, then watch from there) each time it is back.
 pub async fn watch(etcd: Arc<Etcd>, key: String, handle: Handle) {
@@ -159,7 +221,10 @@ pub async fn watch(etcd: Arc<Etcd>, key: String, handle: Handle) {
                 if let Some(kv) = kv {
                     let _ = handle.send(Command::FleetState(kv), Source::Startup).await;
                 }
-                follow(&etcd, &key, revision + 1, &handle).await
+                match follow(&etcd, &key, revision, &handle).await {
+                    Ended::Behind => continue,
+                    Ended::Broken(why) => why,
+                }
             }
         };
         let _ = handle
@@ -170,29 +235,50 @@ pub async fn watch(etcd: Arc<Etcd>, key: String, handle: Handle) {
     }
 }
 
-/// Follows the key from `revision` until the watch ends; gives why it ended.
-async fn follow(etcd: &Etcd, key: &str, revision: i64, handle: &Handle) -> String {
-    let mut lines = match etcd.watch(key, revision).await {
+/// Follows the key from after `seen` (the store's revision it was read at) until the watch ends;
+/// after each [`CHECK_AFTER`] of silence, reads the key to check that nothing was missed.
+async fn follow(etcd: &Etcd, key: &str, mut seen: i64, handle: &Handle) -> Ended {
+    let mut lines = match etcd.watch(key, seen + 1).await {
         Ok(l) => l,
-        Err(e) => return e.to_string(),
+        Err(e) => return Ended::Broken(e.to_string()),
     };
     loop {
-        let message = match lines.next().await {
-            None => return "the watch stream ended".into(),
-            Some(Err(e)) => return e.to_string(),
-            Some(Ok(m)) => m,
+        let message = match tokio::time::timeout(CHECK_AFTER, lines.next()).await {
+            Err(_) => match etcd.get(key).await {
+                Err(e) => return Ended::Broken(format!("etcd did not answer a check: {e}")),
+                Ok((kv, revision)) => {
+                    let _ = handle
+                        .send(Command::FleetLink { error: None }, Source::Startup)
+                        .await;
+                    let missed = kv.as_ref().is_some_and(|kv| kv.mod_revision > seen);
+                    if missed || revision < seen {
+                        tracing::warn!(
+                            seen,
+                            now = revision,
+                            "the fleet's watch fell behind the key; watching again"
+                        );
+                        return Ended::Behind;
+                    }
+                    continue;
+                }
+            },
+            Ok(None) => return Ended::Broken("the watch stream ended".into()),
+            Ok(Some(Err(e))) => return Ended::Broken(e.to_string()),
+            Ok(Some(Ok(m))) => m,
         };
         match etcd::read_watch(&message) {
-            Err(e) => return e.to_string(),
-            Ok(Watched::Ended(why)) => return why,
+            Err(e) => return Ended::Broken(e.to_string()),
+            Ok(Watched::Ended(why)) => return Ended::Broken(why),
             Ok(Watched::Quiet) => {}
             Ok(Watched::Events(events)) => {
                 for e in events {
                     match e {
                         Event::Put(kv) => {
+                            seen = seen.max(kv.mod_revision);
                             let _ = handle.send(Command::FleetState(kv), Source::Startup).await;
                         }
                         Event::Delete(revision) => {
+                            seen = seen.max(revision);
                             tracing::warn!(
                                 revision,
                                 "the fleet's key was deleted; the state in force stays until the next change"

@@ -189,6 +189,13 @@ impl Store {
                         link.revision = 0;
                         Box::pin(self.save(next, keep)).await
                     }
+                    Ok(Cas::Conflict(Some(now))) if now.mod_revision < link.revision => {
+                        // An older revision than this instance has seen: etcd's data was wiped
+                        // or restored from a copy. This change is the newest: written over it.
+                        tracing::warn!(key = %link.key, seen = link.revision, now = now.mod_revision, "etcd's revision went back (its data was wiped or restored); writing the change over what it holds");
+                        link.revision = now.mod_revision;
+                        Box::pin(self.save(next, keep)).await
+                    }
                     Ok(Cas::Conflict(now)) => {
                         link.connected = true;
                         Err(StoreError::Conflict(now))
