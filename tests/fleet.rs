@@ -703,3 +703,61 @@ async fn an_instance_whose_watch_goes_silent_still_takes_the_fleet_s_changes() {
         .await;
     silent.store(false, std::sync::atomic::Ordering::SeqCst);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cached_state() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: keep\npercent: 30");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    // etcd goes away; a halt typed at `a` applies there and waits for etcd...
+    etcd.kill();
+    let r = fleet.proxies[0].admin("halt");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("as soon as etcd is back")),
+        "{r}"
+    );
+    // ...and `a` is restarted before etcd is back.
+    let (dir, path) = fleet.proxies.remove(0).kill9();
+    etcd.run().await;
+    let a = Proxy::start_in(dir, path);
+    assert_eq!(a.admin("status")["state"], "halted", "the halt was lost");
+    fleet.proxies.insert(0, a);
+    fleet
+        .all("the halt reaches the fleet", |v| {
+            v["state"] == "halted" && v["fleet"]["pending"].is_null()
+        })
+        .await;
+    // etcd's data is wiped; `c` restarts and finds no key: its cache goes back into etcd.
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data()).expect("rm");
+    etcd.run().await;
+    let (dir, path) = fleet.proxies.remove(2).kill9();
+    let c2 = Proxy::start_in(dir, path);
+    assert_eq!(
+        c2.admin("status")["state"],
+        "halted",
+        "started from the config"
+    );
+    fleet.proxies.push(c2);
+    fleet
+        .all("halted everywhere, connected", |v| {
+            v["state"] == "halted" && v["fleet"]["connected"] == true
+        })
+        .await;
+    assert_eq!(fleet.proxies[1].admin("resume")["ok"], true);
+    fleet
+        .all("running everywhere", |v| v["state"] == "running")
+        .await;
+}

@@ -175,6 +175,10 @@ impl Controller {
                 tracing::info!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "state restored");
                 (saved, false)
             }
+            Restored::Cached(saved) => {
+                tracing::warn!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "the fleet's key is missing: state restored from the local cache, and written back");
+                (saved, true)
+            }
             Restored::Unusable(e) => {
                 if matches!(store, Store::Fleet(_)) {
                     tracing::error!(error = %e, "FLEET STATE UNAVAILABLE: serving everyone from stable (rolled_back) until etcd answers or an operator acts");
@@ -187,6 +191,16 @@ impl Controller {
                 (s, false)
             }
         };
+        // A halt or rollback made here before a restart that etcd never took: in force from the
+        // first request, and written to the fleet when etcd answers.
+        let mut rollout = rollout;
+        match store.link().and_then(|l| l.pending.as_ref()).map(|p| p.0) {
+            Some("rollback") => rollout.rollback(now),
+            Some(_) => {
+                let _ = rollout.halt(now);
+            }
+            None => {}
+        }
         let registry = Registry::new();
         let config = Arc::new(config);
         let current = Arc::new(Current::new(build(&config, &rollout, &registry, &tls)));
@@ -492,8 +506,8 @@ impl Controller {
             }
             Err(error) => {
                 // A halt or rollback in force but unsaved: in a fleet, written when etcd is back.
-                if let (StoreError::Fleet(_), Some(link)) = (&error, self.store.link()) {
-                    link.pending = Some((what, source.clone()));
+                if matches!(error, StoreError::Fleet(_)) {
+                    self.store.pending(&next, what, source.clone()).await;
                 }
                 Err(error)
             }

@@ -69,6 +69,8 @@ pub enum Restored {
     Found(RolloutState),
     /// Nothing saved yet: start fresh and save it.
     Nothing,
+    /// The fleet's key is missing: the local cache's state, to be written back to it.
+    Cached(RolloutState),
     /// Unreadable (or unreachable with no cache): everyone on stable, and why.
     Unusable(String),
 }
@@ -115,9 +117,18 @@ impl Store {
         }
     }
 
-    /// What was saved before this start.
+    /// What was saved before this start, and (in a fleet) the halt or rollback made here that
+    /// etcd never took, from the local cache.
     pub async fn restore(&mut self, now: Instant) -> Restored {
         let wall = SystemTime::now();
+        if let Store::Fleet(link) = self
+            && let Some(what) = link
+                .cache
+                .as_ref()
+                .and_then(|(p, _)| store::cached_pending(p))
+        {
+            link.pending = Some((what, Source::Startup));
+        }
         match self {
             Store::Nothing => Restored::Nothing,
             Store::File(path, _) => match store::read(path, now, wall) {
@@ -130,7 +141,12 @@ impl Store {
             }) {
                 Ok((None, _)) => {
                     link.connected = true;
-                    Restored::Nothing
+                    // The key is gone (deleted, or etcd's data wiped): this instance's cache is
+                    // the last state the fleet held, and goes back into the key.
+                    match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
+                        Some(Ok(Some(s))) => Restored::Cached(s),
+                        _ => Restored::Nothing,
+                    }
                 }
                 Ok((Some(kv), _)) => {
                     link.connected = true;
@@ -178,9 +194,7 @@ impl Store {
                         link.revision = revision;
                         link.connected = true;
                         link.error = None;
-                        if let Some((cache, writer)) = &link.cache {
-                            writer.write_quietly(cache.clone(), bytes);
-                        }
+                        link.write_cache(next);
                         Ok(())
                     }
                     Ok(Cas::Conflict(None)) if link.revision != 0 => {
@@ -214,12 +228,37 @@ impl Store {
     pub async fn adopted(&mut self, next: &RolloutState, revision: i64) {
         if let Store::Fleet(link) = self {
             link.revision = revision;
+            link.write_cache(next);
+        }
+    }
+
+    /// A halt or rollback (`what`, by `source`) is in force here but etcd did not take it: it is
+    /// written to the fleet when etcd answers, and kept in the local cache meanwhile (with the
+    /// state `next`) so that a restart does not lose it.
+    /// Before the reply, like the state file's writes: a `kill -9` right after it keeps it.
+    pub async fn pending(&mut self, next: &RolloutState, what: &'static str, source: Source) {
+        if let Store::Fleet(link) = self {
+            link.pending = Some((what, source));
             if let (Some((cache, writer)), Ok(bytes)) = (
                 &link.cache,
-                store::encode(next, Instant::now(), SystemTime::now()),
-            ) {
-                writer.write_quietly(cache.clone(), bytes);
+                store::encode_cache(next, Some(what), Instant::now(), SystemTime::now()),
+            ) && let Err(e) = writer.write(cache.clone(), bytes, true).await
+            {
+                tracing::warn!(error = %e, "cannot keep the pending halt or rollback in the local cache: a restart before etcd answers would lose it");
             }
+        }
+    }
+}
+
+impl Link {
+    /// Writes the local cache (if any): `state`, and the halt or rollback still pending.
+    fn write_cache(&self, state: &RolloutState) {
+        let pending = self.pending.as_ref().map(|(what, _)| *what);
+        if let (Some((cache, writer)), Ok(bytes)) = (
+            &self.cache,
+            store::encode_cache(state, pending, Instant::now(), SystemTime::now()),
+        ) {
+            writer.write_quietly(cache.clone(), bytes);
         }
     }
 }

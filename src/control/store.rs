@@ -76,6 +76,10 @@ struct FileV2 {
     pending_rollout: bool,
     changed_at_unix_ms: u64,
     changed_by: Source,
+    /// In a fleet's local cache only: a halt or rollback applied at this instance while etcd did
+    /// not answer, not written to the fleet yet (`halt` or `rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_pending: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +115,45 @@ fn ms(d: Duration) -> u64 {
 
 /// The file's text for `s`, taken at (`now`, `wall`).
 pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8>, StoreError> {
+    encode_file(s, None, now, wall)
+}
+
+/// A fleet's local cache: the state, and the halt or rollback (`pending`) still to be written to
+/// the fleet, so that a restart keeps it.
+pub fn encode_cache(
+    s: &RolloutState,
+    pending: Option<&str>,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<Vec<u8>, StoreError> {
+    encode_file(s, pending, now, wall)
+}
+
+/// What a fleet's local cache at `path` holds still to be written to the fleet: `halt`,
+/// `rollback`, or nothing (also when it cannot be read).
+pub fn cached_pending(path: &Path) -> Option<&'static str> {
+    #[derive(Deserialize)]
+    struct Pending {
+        #[serde(default)]
+        fleet_pending: Option<String>,
+    }
+    let text = resolve(path)
+        .and_then(|p| crate::files::read_regular(&p, crate::files::MAX_FILE))
+        .ok()?;
+    let p: Pending = serde_json::from_slice(&text).ok()?;
+    match p.fleet_pending.as_deref() {
+        Some("halt") => Some("halt"),
+        Some("rollback") => Some("rollback"),
+        _ => None,
+    }
+}
+
+fn encode_file(
+    s: &RolloutState,
+    pending: Option<&str>,
+    now: Instant,
+    wall: SystemTime,
+) -> Result<Vec<u8>, StoreError> {
     let schedule = s.schedule.map(|sc| {
         let (deadline, remaining) = match sc.timing {
             Timing::Until(at) => (
@@ -159,6 +202,7 @@ pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8
         pending_rollout: s.pending_rollout,
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
+        fleet_pending: pending.map(str::to_owned),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
     text.push(b'\n');
