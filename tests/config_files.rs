@@ -49,7 +49,8 @@ fn every_invalid_value_is_listed_with_its_line_and_column() {
                 pools:\n  stable: []\n  canary: [nohost, 127.0.0.1:1, 127.0.0.1:1]\n\
                 rollout:\n  id: two words\n  percent: 5.00001\n\
                 upstream:\n  connect_timeout: 0s\n  idle_timeout: 999us\n\
-                hide_response_headers: [\"a b\"]\n";
+                hide_response_headers: [\"a b\"]\n\
+                state:\n  etcd: {endpoints: [127.0.0.1:2379], key: /k}\n";
     let (code, lines) = check(yaml);
     assert_eq!(code, 1);
     let expect = [
@@ -66,6 +67,7 @@ fn every_invalid_value_is_listed_with_its_line_and_column() {
         "14:20: upstream.connect_timeout: must be longer than zero",
         "15:17: upstream.idle_timeout: must be at least 1ms",
         "16:25: hide_response_headers: ",
+        "18:22: state.etcd.endpoints: not an etcd endpoint like http://127.0.0.1:2379",
     ];
     for e in expect {
         assert!(

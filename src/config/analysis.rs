@@ -167,11 +167,12 @@ pub(super) fn fleet(c: &mut Checker, e: &EtcdFile) -> Option<Fleet> {
         .filter_map(|u| {
             c.check(u, "state.etcd.endpoints", |u| {
                 let u = u.trim().trim_end_matches('/');
+                let bad = || Reason::EtcdEndpoint(u.to_owned());
                 let rest = u
                     .strip_prefix("http://")
                     .or_else(|| u.strip_prefix("https://"))
-                    .ok_or_else(|| Reason::UpstreamAddress(u.to_owned()))?;
-                super::upstream_addr(rest)?;
+                    .ok_or_else(bad)?;
+                super::upstream_addr(rest).map_err(|_| bad())?;
                 Ok(u.to_owned())
             })
         })

@@ -27,6 +27,8 @@ pub enum Reason {
     ListenAddress(String),
     #[error("not an upstream address like 127.0.0.1:9101 or host:port: {0:?}")]
     UpstreamAddress(String),
+    #[error("not an etcd endpoint like http://127.0.0.1:2379 or https://etcd:2379: {0:?}")]
+    EtcdEndpoint(String),
     #[error("listed twice in this pool: {0:?}")]
     DuplicateUpstream(String),
     #[error("not a duration like 500ms, 30s, 10m or 365d: {0}")]

@@ -153,6 +153,8 @@ impl Store {
                     match open(&kv, now) {
                         Ok((_, s)) => {
                             link.revision = kv.mod_revision;
+                            // The cache holds it from the start, not only after the next change.
+                            link.write_cache(&s);
                             Restored::Found(s)
                         }
                         Err(e) => {
