@@ -356,3 +356,54 @@ async fn a_request_its_client_gave_up_on_counts_with_the_time_it_waited() {
         "counted, but not with the time it waited: {p50} ms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_s_prometheus_counter_keeps_counting_across_an_edit_of_the_goals() {
+    let s = Backend::start("stable").await;
+    let goals = |list: &str| {
+        single(
+            s.addr,
+            &format!("metrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}analysis:\n  goals:\n{list}"),
+        )
+    };
+    let purchase = "    - {name: purchase, path: /checkout/done}\n";
+    let proxy = Proxy::start(&goals(purchase));
+    let series = "ramp_goal_total{pool=\"stable\",goal=\"purchase\"}";
+    let url = proxy.url("/checkout/done");
+    let convert = |n: usize| {
+        let url = url.clone();
+        async move {
+            for _ in 0..n {
+                assert_eq!(Client::http1().get(&url, &[]).await.status, 200);
+            }
+        }
+    };
+    let proxy = &proxy;
+    let counted = |want: f64| async move {
+        for _ in 0..100 {
+            if proxy.metric(series).await == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{series} never reached {want}: {}",
+            proxy.metric(series).await
+        );
+    };
+    convert(3).await;
+    counted(3.0).await;
+    // A goal added ahead of it: the edit is reloaded, and the counter goes on from 3.
+    std::fs::write(
+        &proxy.config_path,
+        goals(&format!(
+            "    - {{name: signup, path: /signup}}\n{purchase}"
+        )),
+    )
+    .expect("edit");
+    proxy.wait_status("the edit is in force", |v| {
+        v["analysis"]["goals"][0]["name"] == "signup"
+    });
+    convert(4).await;
+    counted(7.0).await;
+}

@@ -325,8 +325,10 @@ fn publish_metrics(view: &AnalysisView, books: &Books, config: &Config) {
     }
     for (i, goal) in config.analysis.goals.iter().enumerate() {
         for pool in crate::routing::PoolName::BOTH {
+            // Added second by second: the counts since start-up begin again when the goals are
+            // edited, and a Prometheus counter must never go down.
             metrics::counter!("ramp_goal_total", "pool" => pool.as_str(), "goal" => goal.name.clone())
-                .absolute(books.lifetime[pool].goals[i]);
+                .increment(books.tick[pool].goals[i]);
         }
     }
     let code = |v: &str| match v {
