@@ -16,7 +16,9 @@ fn every_example_in_config_parses() {
             if let Err(e) = ramp::config::load(&path) {
                 panic!("{} does not load:\n{e}", path.display());
             }
-            let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+            // The examples name certificates this machine does not have.
+            let path = path.to_str().expect("utf-8");
+            let (code, out, err) = ramp(&["check", "--config", path, "--config-only"]);
             assert_eq!(code, 0, "{out}{err}");
             n += 1;
         }
