@@ -236,8 +236,8 @@ impl Store {
 
     /// A halt or rollback (`what`, by `source`) is in force here but etcd did not take it: it is
     /// written to the fleet when etcd answers, and kept in the local cache meanwhile (with the
-    /// state `next`) so that a restart does not lose it.
-    /// Before the reply, like the state file's writes: a `kill -9` right after it keeps it.
+    /// state `next`) so that a restart does not lose it — written before the reply, like the
+    /// state file, so that even a `kill -9` right after it keeps it.
     pub async fn pending(&mut self, next: &RolloutState, what: &'static str, source: Source) {
         if let Store::Fleet(link) = self {
             link.pending = Some((what, source));
