@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::analysis::{self, Act, Analysis};
 use crate::config::{Config, ConfigError, GuardAction, ppm_to_percent};
-use crate::control::{Command, Controller, Handle, Source, admin, probes, watcher};
+use crate::control::{Command, ControlError, Controller, Handle, Source, admin, probes, watcher};
 use crate::metrics::{self, Metrics};
 use crate::net;
 use crate::proxy::{self, Proxy};
@@ -201,13 +201,25 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
             GuardAction::Rollback => (Command::Rollback, "rollback", &rollbacks),
         };
         tracing::warn!(action = name, reason = %act.reason, "the guard acts: the canary regressed");
-        counter.increment(1);
         let source = Source::Guard {
             reason: act.reason,
             rollout: act.rollout.to_string(),
         };
-        if let Err(e) = handle.send(command, source).await {
-            tracing::error!(action = name, error = %e, "the guard's action failed");
+        match handle.send(command, source).await {
+            Ok(_) => counter.increment(1),
+            Err(e @ ControlError::GuardLate { .. }) => {
+                tracing::info!(action = name, reason = %e, "the guard's action is dropped");
+            }
+            Err(e) => {
+                // A halt or rollback is in force even when it could not be saved: it counts.
+                if matches!(
+                    e,
+                    ControlError::Unsaved { .. } | ControlError::UnsavedInFleet { .. }
+                ) {
+                    counter.increment(1);
+                }
+                tracing::error!(action = name, error = %e, "the guard's action failed");
+            }
         }
     }
 }

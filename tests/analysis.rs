@@ -297,37 +297,120 @@ fn stable_after(proxy: &Proxy, n: u64, what: &str) -> Value {
     st["analysis"]["pools"]["stable"][what].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_upload_is_the_client_s_time_not_the_upstream_s_latency() {
+/// Sends `head` and `first` at once, `rest` 1.5 s later (or, if `None`, ends the upload there:
+/// `shutdown` closes the write side, else the connection is reset); the answer's text.
+fn upload_slowly(
+    addr: std::net::SocketAddr,
+    head_and_first: &'static [u8],
+    rest: Option<&'static [u8]>,
+    shutdown: bool,
+) -> String {
     use std::io::{Read, Write};
-    let s = Backend::start("stable").await;
-    let proxy = Proxy::start(&single(s.addr, CONTROL));
-    let addr = proxy.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        let mut c = std::net::TcpStream::connect(addr).expect("connect");
-        c.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
-            .expect("head");
-        // The second byte of the body comes 1.5 s later; the upstream answers as soon as it has it.
-        std::thread::sleep(std::time::Duration::from_millis(1_500));
-        c.write_all(b"b").expect("rest");
-        let mut buf = [0u8; 512];
-        let n = c.read(&mut buf).expect("answer");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    })
-    .await
-    .expect("client");
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let p99 = stable_after(&proxy, 1, "p99_ms").as_f64().expect("p99");
-    assert!(
-        p99 < 500.0,
-        "the upload's 1.5 s counted as latency: p99 {p99} ms"
-    );
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.write_all(head_and_first).expect("head");
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    match rest {
+        Some(rest) => c.write_all(rest).expect("rest"),
+        None if shutdown => c.shutdown(std::net::Shutdown::Write).expect("shutdown"),
+        None => {
+            // A reset, not an orderly close.
+            c.set_nonblocking(true).expect("nonblocking");
+            let _rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("runtime");
+            let _enter = _rt.enter();
+            let c = tokio::net::TcpStream::from_std(c).expect("tokio stream");
+            c.set_zero_linger().expect("linger");
+            return String::new();
+        }
+    }
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_its_client_gave_up_on_counts_with_the_time_it_waited() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An upstream that takes requests and never answers.
+async fn a_slow_upload_is_the_client_s_time_not_the_upstream_s_latency() {
+    let s = Backend::start("stable").await;
+    let proxy = Proxy::start(&single(s.addr, CONTROL));
+    let addr = proxy.addr;
+    let blocking = |f: Box<dyn FnOnce() -> String + Send>| tokio::task::spawn_blocking(f);
+    // Uploads whose last part comes 1.5 s after the head; the upstream answers once it has it.
+    let sized = blocking(Box::new(move || {
+        upload_slowly(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\na",
+            Some(b"b"),
+            false,
+        )
+    }));
+    let chunked = blocking(Box::new(move || {
+        upload_slowly(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n",
+            Some(b"0\r\n\r\n"),
+            false,
+        )
+    }));
+    // Uploads the client breaks off: a 400 or nothing, and no pool's doing.
+    let closed = blocking(Box::new(move || {
+        upload_slowly(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde",
+            None,
+            true,
+        )
+    }));
+    let reset = blocking(Box::new(move || {
+        upload_slowly(
+            addr,
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde",
+            None,
+            false,
+        )
+    }));
+    // HTTP/2: the whole declared body, 1.5 s after the head, and no END_STREAM after it.
+    let h2 = tokio::spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::post(format!("http://{addr}/upload"))
+            .header("content-length", "2")
+            .body(())
+            .expect("request");
+        let (answer, mut stream) = client.send_request(req, false).expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        stream
+            .send_data(bytes::Bytes::from_static(b"ab"), false)
+            .expect("data");
+        let status = answer.await.expect("answer").status();
+        (status, stream)
+    });
+    for (name, done) in [("sized", sized), ("chunked", chunked)] {
+        let reply = done.await.expect("client");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{name}: {reply}");
+    }
+    let closed = closed.await.expect("client");
+    assert!(closed.starts_with("HTTP/1.1 400"), "{closed}");
+    reset.await.expect("client");
+    let (status, _open) = h2.await.expect("h2 client");
+    assert_eq!(status, 200);
+    // Three answered uploads counted, none with its upload time; the broken ones not at all.
+    let p99 = stable_after(&proxy, 3, "p99_ms").as_f64().expect("p99");
+    assert!(
+        p99 < 500.0,
+        "an upload's 1.5 s counted as latency: p99 {p99} ms"
+    );
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+    stable_after(&proxy, 4, "requests");
+}
+
+/// An upstream that takes requests and never answers.
+async fn hung_upstream() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -340,19 +423,34 @@ async fn a_request_its_client_gave_up_on_counts_with_the_time_it_waited() {
             });
         }
     });
-    let proxy = Proxy::start(&single(addr, CONTROL));
-    let mut c = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("request");
-    // The client gives up after 400 ms, as impatient clients and their timeouts do.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    drop(c);
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_client_gave_up_on_counts_with_the_time_it_waited() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = Proxy::start(&single(hung_upstream().await, CONTROL));
+    let give_up_after = |ms: u64| {
+        let addr = proxy.addr;
+        async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("request");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    };
+    // Clients that give up at once say nothing of the upstream: not counted (else anyone could
+    // add "successes" by the thousand).
+    let quick: Vec<_> = (0..20).map(|_| tokio::spawn(give_up_after(50))).collect();
+    for q in quick {
+        q.await.expect("client");
+    }
+    // One that waited 1.5 s before giving up, as impatient clients and their timeouts do.
+    give_up_after(1_500).await;
     let p50 = stable_after(&proxy, 1, "p50_ms").as_f64().expect("p50");
     assert!(
-        p50 >= 350.0,
+        p50 >= 1_400.0,
         "counted, but not with the time it waited: {p50} ms"
     );
 }

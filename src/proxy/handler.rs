@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, SET_COOKIE};
@@ -14,7 +14,7 @@ use crate::config::CanaryUnavailable;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::Snapshot;
 use crate::upstream::{
-    ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
+    BodyTimes, ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
 };
 
 use super::body::{Busy, ProxyBody, error_response};
@@ -91,8 +91,8 @@ pub fn handle(
         let websocket = tunnel::wanted(&req, &scan).filter(|&kind| {
             kind == tunnel::Kind::Connect || matches!(req.body(), ClientBody::None)
         });
-        // When a streamed body had reached the upstream whole (the latency runs from there).
-        let mut body_end = None;
+        // A streamed body's progress (the latency runs from its last move at the latest).
+        let mut body_times = None;
         let (result, served_by) = match choose(proxy, &snap, pool) {
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {
@@ -108,7 +108,7 @@ pub fn handle(
                     recorder: &proxy.analysis.recorder,
                     pool: served_by,
                     start,
-                    body_end: body.done(),
+                    body: body.times(),
                     user,
                     armed: true,
                 };
@@ -132,6 +132,7 @@ pub fn handle(
                             Ok((upstream, to)) => {
                                 proxy.metrics.retries.increment(1);
                                 tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
+                                unanswered.pool = to;
                                 let again = upstream.send(out, &mut body, &snap.connector).await;
                                 snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
                                 (again.map_err(|f| ProxyError::from(f.error)), to)
@@ -148,7 +149,7 @@ pub fn handle(
                     Ok(resp.map(ProxyBody::upstream))
                 });
                 unanswered.armed = false;
-                body_end = unanswered.body_end.take();
+                body_times = unanswered.body.take();
                 (answered, to)
             }
         };
@@ -158,6 +159,7 @@ pub fn handle(
             Err(ProxyError::UpgradeNotTaken(status)) => Some(*status),
             _ => None,
         };
+        let client_failed = matches!(&result, Err(ProxyError::Send(SendError::ClientBody(_))));
         let mut resp = match result {
             Ok(mut resp) => {
                 // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
@@ -183,14 +185,18 @@ pub fn handle(
         };
         let status = resp.status();
         proxy.metrics.response(served_by, status);
-        let judged = judged.unwrap_or(status).as_u16();
-        proxy.analysis.recorder.record(
-            served_by,
-            settings.error_statuses.contains(judged),
-            latency(start, body_end.as_deref()),
-            user,
-            analysis::converted(settings, goals, judged),
-        );
+        // A request whose own body failed (cut off, stalled, malformed) is the client's doing,
+        // judged like one refused before routing: no pool's.
+        if !client_failed {
+            let judged = judged.unwrap_or(status).as_u16();
+            proxy.analysis.recorder.record(
+                served_by,
+                settings.error_statuses.contains(judged),
+                latency(start, body_times.as_deref()),
+                user,
+                analysis::converted(settings, goals, judged),
+            );
+        }
         if let Some(id) = minted
             && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
         {
@@ -205,36 +211,46 @@ pub fn handle(
 }
 
 /// The latency the comparison judges: from when ramp had the whole request to the answer's head
-/// — from the request's head, or from when its body had reached the upstream whole if it had by
-/// the time the answer came. A client's slow upload is its own, not the upstream's.
-fn latency(start: Instant, body_end: Option<&AtomicU64>) -> u64 {
-    match body_end.map(|at| at.load(Ordering::Relaxed)) {
-        Some(at) if at != 0 => crate::clock::now_us().saturating_sub(at),
-        _ => start.elapsed().as_micros() as u64,
+/// — from the request's head, or from the last move of its body (a data frame, its end) if that
+/// came later. A client's slow upload is its own, not the upstream's.
+fn latency(start: Instant, body: Option<&BodyTimes>) -> u64 {
+    let since_head = start.elapsed().as_micros() as u64;
+    match body.map(|t| t.moved.load(Ordering::Relaxed)) {
+        Some(at) if at != 0 => since_head.min(crate::clock::now_us().saturating_sub(at)),
+        _ => since_head,
     }
 }
 
-/// A request sent upstream whose client went away before the answer's head (its future dropped):
-/// still counted, with the time it had waited as its latency (a lower bound), so that a canary
-/// that hangs until clients give up shows in the comparison. Not counted while its body was still
-/// coming (the client stopped its own upload), nor once answered.
+/// How long a client must have waited before it gave up for its request to count: giving up
+/// sooner says nothing of the upstream (and would let anyone add fast "successes" by the
+/// thousand without an upstream ever seeing them).
+const GAVE_UP_AFTER_US: u64 = 1_000_000;
+
+/// A request sent upstream whose client went away before the answer's head (its future dropped)
+/// after waiting at least [`GAVE_UP_AFTER_US`]: still counted, with the time it had waited as its
+/// latency (a lower bound), so that a canary that hangs until clients give up shows in the
+/// comparison. Not counted while its body was still coming (the client stopped its own upload),
+/// nor once answered.
 struct Unanswered<'a> {
     recorder: &'a analysis::Recorder,
     pool: PoolName,
     start: Instant,
-    body_end: Option<Arc<AtomicU64>>,
+    body: Option<Arc<BodyTimes>>,
     user: Option<u64>,
     armed: bool,
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let whole = self
-            .body_end
+            .body
             .as_ref()
-            .is_none_or(|at| at.load(Ordering::Relaxed) != 0);
-        if self.armed && whole {
-            let waited = latency(self.start, self.body_end.as_deref());
+            .is_none_or(|t| t.done.load(Ordering::Relaxed) != 0);
+        let waited = latency(self.start, self.body.as_deref());
+        if whole && waited >= GAVE_UP_AFTER_US {
             self.recorder
                 .record(self.pool, false, waited, self.user, None);
         }

@@ -213,6 +213,17 @@ where
     }
 }
 
+/// When a streamed request body moved ([`crate::clock::now_us`]; 0: not yet).
+#[derive(Debug, Default)]
+pub struct BodyTimes {
+    /// Sending the request ended: written to the upstream whole, or stopped by a failed write.
+    /// The response timeout runs from here, so a long upload does not count against it.
+    pub done: AtomicU64,
+    /// The client's body last moved (a data frame read, or its end): the latency the comparison
+    /// judges runs from here at the latest, so a client's slow upload is not the upstream's.
+    pub moved: AtomicU64,
+}
+
 /// The body ramp sends upstream.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -222,10 +233,7 @@ pub enum ReqBody {
         inner: ClientBody,
         idle: IdleTimer,
         limit: Duration,
-        /// When the request was written to the upstream whole ([`crate::clock::now_us`]), 0
-        /// until then: the response timeout starts there, so a long upload does not count
-        /// against it, and so does the latency the comparison judges.
-        done: Arc<AtomicU64>,
+        times: Arc<BodyTimes>,
     },
 }
 
@@ -238,7 +246,7 @@ impl ReqBody {
                 inner,
                 idle: IdleTimer::new(limit),
                 limit,
-                done: Arc::new(AtomicU64::new(0)),
+                times: Arc::default(),
             }
         }
     }
@@ -250,17 +258,19 @@ impl ReqBody {
     /// Sending the request ended: written whole, or stopped by a failed write. The response
     /// timeout runs from now.
     pub(super) fn stopped(&self) {
-        if let ReqBody::Stream { done, .. } = self {
+        if let ReqBody::Stream { times, .. } = self {
             let now = crate::clock::now_us().max(1);
-            let _ = done.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = times
+                .done
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
-    /// Where the end of a streamed body will be recorded ([`crate::clock::now_us`]).
-    pub fn done(&self) -> Option<Arc<AtomicU64>> {
+    /// Where a streamed body's progress is recorded.
+    pub fn times(&self) -> Option<Arc<BodyTimes>> {
         match self {
             ReqBody::Empty => None,
-            ReqBody::Stream { done, .. } => Some(Arc::clone(done)),
+            ReqBody::Stream { times, .. } => Some(Arc::clone(times)),
         }
     }
 }
@@ -276,8 +286,19 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Stream {
-                inner, idle, limit, ..
-            } => poll_idle(inner, idle, *limit, cx),
+                inner,
+                idle,
+                limit,
+                times,
+            } => {
+                let polled = poll_idle(inner, idle, *limit, cx);
+                if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
+                    times
+                        .moved
+                        .store(crate::clock::now_us().max(1), Ordering::Relaxed);
+                }
+                polled
+            }
         }
     }
 

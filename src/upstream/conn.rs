@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -211,7 +211,7 @@ impl Upstream {
                 },
             };
             let limit = settings.response_timeout;
-            let body_done = body.done();
+            let body_done = body.times();
             let mut timer = wire.timer.take();
             let exchange = wire::exchange(&mut wire, request, body, connector.body_idle_timeout);
             let result = match body_done {
@@ -436,7 +436,7 @@ async fn within<F: std::future::Future>(
 async fn respond_after_body<F: std::future::Future>(
     response: F,
     limit: Duration,
-    done: Arc<AtomicU64>,
+    times: Arc<super::body::BodyTimes>,
 ) -> Option<F::Output> {
     let mut response = std::pin::pin!(response);
     let limit_us = limit.as_micros() as u64;
@@ -445,7 +445,7 @@ async fn respond_after_body<F: std::future::Future>(
         if let Ok(out) = tokio::time::timeout(wait, response.as_mut()).await {
             return Some(out);
         }
-        wait = match done.load(Ordering::Relaxed) {
+        wait = match times.done.load(Ordering::Relaxed) {
             0 => limit,
             at => {
                 let since = crate::clock::now_us().saturating_sub(at);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::UpstreamAddr;
 
-pub use body::{ClientBody, H2Body, Leftover, ReqBody, UpstreamBody};
+pub use body::{BodyTimes, ClientBody, H2Body, Leftover, ReqBody, UpstreamBody};
 pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
