@@ -761,3 +761,52 @@ async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cache
         .all("running everywhere", |v| v["state"] == "running")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_stale_cache_written_back_never_undoes_a_later_change() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: stale\npercent: 10");
+    assert_eq!(fleet.proxies[0].admin("set 24")["ok"], true);
+    fleet.all("24% everywhere", |v| v["percent"] == 24.0).await;
+    // `c` stops with 24% in its cache; the fleet rolls back; the key is deleted by hand.
+    let (c_dir, c_path) = fleet.proxies.remove(2).kill9();
+    assert_eq!(fleet.proxies[0].admin("rollback")["ok"], true);
+    fleet
+        .all("rolled back", |v| v["state"] == "rolled_back")
+        .await;
+    by_hand(&etcd, None).await;
+    // `c` starts, finds no key and writes its cache back: an older state, which must not win.
+    fleet.proxies.push(Proxy::start_in(c_dir, c_path));
+    fleet
+        .all("still rolled back everywhere", |v| {
+            v["state"] == "rolled_back" && v["fleet"]["connected"] == true
+        })
+        .await;
+    // Two restarts after a wipe, the older cache first: the later change (resume) still wins.
+    let (b_dir, b_path) = fleet.proxies.remove(1).kill9();
+    assert_eq!(fleet.proxies[0].admin("resume")["ok"], true);
+    let (a_dir, a_path) = fleet.proxies.remove(0).kill9();
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data()).expect("rm");
+    etcd.run().await;
+    let b = Proxy::start_in(b_dir, b_path);
+    b.wait_status("b wrote its cache back", |v| {
+        v["fleet"]["connected"] == true
+    });
+    let a = Proxy::start_in(a_dir, a_path);
+    fleet.proxies.insert(0, a);
+    fleet.proxies.insert(1, b);
+    fleet
+        .all("running (the resume) everywhere", |v| {
+            v["state"] == "running" && v["percent"] == 24.0
+        })
+        .await;
+}

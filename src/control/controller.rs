@@ -81,6 +81,18 @@ pub enum StartError {
     Store(#[from] super::persist::StoreStartError),
 }
 
+/// The generation of a change made on top of one at `previous`, at `now`: one more, or the wall
+/// clock in milliseconds if that is later (a hybrid logical clock). A change made after another
+/// one it knew of is always later, whatever the clocks; of two changes that knew nothing of each
+/// other (an instance that could not read the fleet's state, two sides of a wiped etcd), the
+/// later by the clock wins.
+fn generation_after(previous: u64, now: SystemTime) -> u64 {
+    let wall = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (previous + 1).max(wall)
+}
+
 /// A configuration read from the file, to be put in force with a change.
 pub(super) struct NewConfig {
     config: Arc<Config>,
@@ -470,6 +482,7 @@ impl Controller {
                 if changed {
                     next.changed_at = SystemTime::now();
                     next.changed_by = source.clone();
+                    next.generation = generation_after(self.rollout.generation, next.changed_at);
                 }
                 if changed && durability == Durability::BestEffort {
                     // Stopping exposure waits for neither the disk nor etcd.
@@ -711,6 +724,21 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_is_later_than_the_one_it_changed_whatever_the_clock() {
+        let now = SystemTime::now();
+        let wall = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        // Made by an instance whose clock ran an hour ahead: the change on top is still later.
+        let ahead = wall + 3_600_000;
+        assert_eq!(generation_after(ahead, now), ahead + 1);
+        // Otherwise the clock: a change by an instance that knew no state beats older ones.
+        assert_eq!(generation_after(0, now), wall);
+        assert_eq!(generation_after(7, now), wall);
+    }
 
     #[tokio::test]
     async fn a_guard_action_for_a_rollout_no_longer_in_force_is_not_applied() {

@@ -22,16 +22,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Controller {
     /// Takes the fleet's state from `kv` (what another instance wrote, or what a conflict
-    /// revealed), unless this instance already has it.
+    /// revealed), unless this instance already has it. Generations decide first, whatever etcd's
+    /// revisions say (they start again when its data is wiped or restored): a state fewer changes
+    /// along than the one in force (a stale cache written back, an older copy restored) never
+    /// replaces it, and is written over.
     pub(super) async fn adopt(&mut self, kv: Kv) {
+        let ours = self.rollout.generation;
+        let theirs = persist::open(&kv, Instant::now())
+            .ok()
+            .map(|(_, s)| s.generation);
         let Some(link) = self.store.link() else {
             return;
         };
-        if kv.mod_revision == link.revision {
-            return;
-        }
-        if kv.mod_revision < link.revision {
-            return Box::pin(self.went_back(kv)).await;
+        match theirs {
+            Some(g) if g < ours => return Box::pin(self.write_over(kv)).await,
+            Some(g) if g > ours => {}
+            _ if kv.mod_revision == link.revision => return,
+            _ if kv.mod_revision < link.revision => return Box::pin(self.went_back(kv)).await,
+            _ => {}
         }
         let (instance, state) = match persist::open(&kv, Instant::now()) {
             Ok(found) => found,
@@ -59,9 +67,9 @@ impl Controller {
         }
     }
 
-    /// The key holds `kv` at a revision older than the one this instance has seen: etcd's data was
-    /// wiped (and a change since written anew) or restored from an older copy. The newer of the
-    /// two states wins, by when each was changed: the key's is taken, or the state in force is
+    /// The key holds `kv` at a revision older than the one this instance has seen (etcd's data was
+    /// wiped, or restored from an older copy) and as many changes along as the state in force (or
+    /// something unreadable): the later changed wins, the key's taken or the state in force
     /// written over it. Never ignored, which would leave instances apart for good.
     async fn went_back(&mut self, kv: Kv) {
         let Some(link) = self.store.link() else {
@@ -89,6 +97,21 @@ impl Controller {
             }
             return;
         }
+        self.write_over(kv).await;
+    }
+
+    /// Writes the state in force over the older one `kv` holds (kept as it is: re-published, not
+    /// changed again).
+    async fn write_over(&mut self, kv: Kv) {
+        let Some(link) = self.store.link() else {
+            return;
+        };
+        let seen = link.revision;
+        tracing::warn!(
+            seen,
+            now = kv.mod_revision,
+            "the fleet's key holds an older state than the one in force: writing it over"
+        );
         link.revision = kv.mod_revision;
         match self.store.save(&self.rollout, true).await {
             Ok(()) => {

@@ -153,9 +153,22 @@ impl Store {
                     match open(&kv, now) {
                         Ok((_, s)) => {
                             link.revision = kv.mod_revision;
-                            // The cache holds it from the start, not only after the next change.
-                            link.write_cache(&s);
-                            Restored::Found(s)
+                            let cached = link
+                                .cache
+                                .as_ref()
+                                .and_then(|(p, _)| store::read(p, now, wall).ok().flatten());
+                            match cached {
+                                // More changes along than the key (written back after a wipe by
+                                // an instance with an older cache, or an older copy restored):
+                                // the cache's state, written over the key.
+                                Some(c) if c.generation > s.generation => Restored::Cached(c),
+                                _ => {
+                                    // The cache holds it from the start, not only after the next
+                                    // change.
+                                    link.write_cache(&s);
+                                    Restored::Found(s)
+                                }
+                            }
                         }
                         Err(e) => {
                             // The next change made here replaces it.
@@ -205,9 +218,13 @@ impl Store {
                         link.revision = 0;
                         Box::pin(self.save(next, keep)).await
                     }
-                    Ok(Cas::Conflict(Some(now))) if now.mod_revision < link.revision => {
-                        // An older revision than this instance has seen: etcd's data was wiped
-                        // or restored from a copy. This change is the newest: written over it.
+                    Ok(Cas::Conflict(Some(now)))
+                        if now.mod_revision < link.revision
+                            && open(&now, Instant::now())
+                                .is_ok_and(|(_, s)| s.generation <= next.generation) =>
+                    {
+                        // An older revision than this instance has seen (etcd's data was wiped
+                        // or restored from a copy), holding no later state: written over.
                         tracing::warn!(key = %link.key, seen = link.revision, now = now.mod_revision, "etcd's revision went back (its data was wiped or restored); writing the change over what it holds");
                         link.revision = now.mod_revision;
                         Box::pin(self.save(next, keep)).await

@@ -29,6 +29,12 @@ pub struct RolloutState {
     pub pending_rollout: bool,
     pub changed_at: SystemTime,
     pub changed_by: Source,
+    /// Orders states: set at each change made here to one more than the state it changed, or to
+    /// the wall clock in milliseconds if that is later (a hybrid logical clock); kept as it is
+    /// when taken from the fleet or written back. Unlike etcd's revisions, it does not start
+    /// again when etcd's data is wiped or restored, and unlike `changed_at` a clock running
+    /// ahead cannot put a change before one made on top of it.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -69,6 +75,7 @@ impl RolloutState {
             pending_rollout: false,
             changed_at: SystemTime::now(),
             changed_by: by,
+            generation: 0,
         };
         s.follow_plan(now);
         s

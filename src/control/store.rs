@@ -76,6 +76,9 @@ struct FileV2 {
     pending_rollout: bool,
     changed_at_unix_ms: u64,
     changed_by: Source,
+    /// New in version 2 (absent before: 0). See [`RolloutState::generation`].
+    #[serde(default)]
+    generation: u64,
     /// In a fleet's local cache only: a halt or rollback applied at this instance while etcd did
     /// not answer, not written to the fleet yet (`halt` or `rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +205,7 @@ fn encode_file(
         pending_rollout: s.pending_rollout,
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
+        generation: s.generation,
         fleet_pending: pending.map(str::to_owned),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
@@ -338,6 +342,7 @@ fn decode(
         pending_rollout: f.pending_rollout && f.plan_pending,
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
+        generation: f.generation,
     })
 }
 

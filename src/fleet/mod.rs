@@ -67,8 +67,9 @@ pub fn client(settings: &Settings) -> Result<Etcd, FleetError> {
         }
         _ => None,
     };
+    // A CA named is read even for http:// endpoints: a file ramp was told of must be there.
     let https = settings.endpoints.iter().any(|u| u.starts_with("https://"));
-    let tls = if https {
+    let tls = if https || settings.ca.is_some() {
         Some(crate::tls::client_config(settings.ca.as_deref())?)
     } else {
         None
