@@ -610,6 +610,18 @@ async fn an_etcd_wiped_or_restored_from_an_older_copy_never_splits_or_locks_the_
     fleet
         .all("running again everywhere", |v| v["state"] == "running")
         .await;
+    // Wiped again, and two operators at once: a halt at `a`, a `set` at `b` right after, which
+    // knew nothing of the halt. The halt is not overwritten.
+    etcd.kill();
+    std::fs::remove_dir_all(etcd.data()).expect("rm");
+    etcd.run().await;
+    let r = fleet.proxies[0].admin("halt");
+    assert_eq!(r["ok"], true, "{r}");
+    let r = fleet.proxies[1].admin("set 50");
+    assert_eq!(r["ok"], false, "a set overwrote a halt it never saw: {r}");
+    fleet
+        .all("halted everywhere", |v| v["state"] == "halted")
+        .await;
 }
 
 /// A TCP relay to `to` that can be made to go silent without closing anything, as a member
@@ -728,15 +740,35 @@ async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cache
             .is_some_and(|e| e.contains("as soon as etcd is back")),
         "{r}"
     );
-    // ...and `a` is restarted before etcd is back.
+    // ...and `a` is restarted after etcd is back, once `b` has made a change there and stopped
+    // with it in its cache.
     let (dir, path) = fleet.proxies.remove(0).kill9();
     etcd.run().await;
+    fleet
+        .all("b and c reconnect", |v| v["fleet"]["connected"] == true)
+        .await;
+    assert_eq!(fleet.proxies[0].admin("set 60")["ok"], true);
+    let cache = fleet.proxies[0].dir.path().join("cache.json");
+    support::eventually("b's cache holds 60%", || {
+        std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("\"percent_ppm\": 600000"))
+    })
+    .await;
+    let (b_dir, b_path) = fleet.proxies.remove(0).kill9();
     let a = Proxy::start_in(dir, path);
     assert_eq!(a.admin("status")["state"], "halted", "the halt was lost");
     fleet.proxies.insert(0, a);
     fleet
         .all("the halt reaches the fleet", |v| {
             v["state"] == "halted" && v["fleet"]["pending"].is_null()
+        })
+        .await;
+    // The key is deleted and `b` comes back, writing its cache (60%, before the halt) back: the
+    // halt, a change made after it, stays.
+    by_hand(&etcd, None).await;
+    fleet.proxies.insert(1, Proxy::start_in(b_dir, b_path));
+    fleet
+        .all("still halted everywhere", |v| {
+            v["state"] == "halted" && v["fleet"]["connected"] == true
         })
         .await;
     // etcd's data is wiped; `c` restarts and finds no key: its cache goes back into etcd.

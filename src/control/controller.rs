@@ -86,11 +86,11 @@ pub enum StartError {
 /// one it knew of is always later, whatever the clocks; of two changes that knew nothing of each
 /// other (an instance that could not read the fleet's state, two sides of a wiped etcd), the
 /// later by the clock wins.
-fn generation_after(previous: u64, now: SystemTime) -> u64 {
+pub(super) fn generation_after(previous: u64, now: SystemTime) -> u64 {
     let wall = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    (previous + 1).max(wall)
+    previous.saturating_add(1).max(wall)
 }
 
 /// A configuration read from the file, to be put in force with a change.
@@ -288,7 +288,8 @@ impl Controller {
 
     /// Writes the state in force, which the state file does not hold yet.
     async fn resave(&mut self) {
-        match self.store.save(&self.rollout, true).await {
+        let generation = self.rollout.generation;
+        match self.store.save(&self.rollout, generation, true).await {
             Ok(()) => {
                 self.unsaved = false;
                 self.notes.state_file_error = None;
@@ -491,7 +492,11 @@ impl Controller {
                 }
                 let saved = self
                     .store
-                    .save(&next, durability == Durability::BestEffort)
+                    .save(
+                        &next,
+                        self.rollout.generation,
+                        durability == Durability::BestEffort,
+                    )
                     .await;
                 match &saved {
                     Ok(()) => self.notes.state_file_error = None,

@@ -113,8 +113,10 @@ impl Controller {
             "the fleet's key holds an older state than the one in force: writing it over"
         );
         link.revision = kv.mod_revision;
-        match self.store.save(&self.rollout, true).await {
+        let generation = self.rollout.generation;
+        match self.store.save(&self.rollout, generation, true).await {
             Ok(()) => {
+                self.notes.state_file_error = None;
                 tracing::info!(rollout = %self.rollout.id, state = self.rollout.state.as_str(), "the state in force is written to etcd again");
             }
             Err(super::store::StoreError::Conflict(Some(now))) => self.adopt(now).await,
@@ -195,6 +197,12 @@ impl Controller {
             _ => {
                 let _ = next.halt(now);
             }
+        }
+        if next == self.rollout {
+            // In force already (applied at start, from the local cache): still a change on top of
+            // what the fleet holds, so it gets a generation of its own.
+            next.generation =
+                super::controller::generation_after(next.generation, std::time::SystemTime::now());
         }
         self.unsaved = true;
         if let Err(e) = self

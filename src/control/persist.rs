@@ -197,7 +197,17 @@ impl Store {
     /// Saves `next` before it is put in force: the file written whole, or the fleet's key
     /// swapped only if nobody changed it since this instance last saw it. `keep`: the file is to
     /// hold it even if the write outlasts the wait (a halt, a rollback, the state in force).
-    pub async fn save(&mut self, next: &RolloutState, keep: bool) -> Result<(), StoreError> {
+    ///
+    /// `base` is the generation of the state `next` was made from (its own when re-published): a
+    /// key at an older revision than this instance has seen (etcd's data wiped or restored) is
+    /// written over only if it holds nothing later than that — else it holds a change made since
+    /// that this one knew nothing of, and the conflict is reported.
+    pub async fn save(
+        &mut self,
+        next: &RolloutState,
+        base: u64,
+        keep: bool,
+    ) -> Result<(), StoreError> {
         let bytes = store::encode(next, Instant::now(), SystemTime::now())?;
         match self {
             Store::Nothing => Ok(()),
@@ -216,18 +226,18 @@ impl Store {
                         // The key was deleted (by hand, or a cleanup): it is written anew.
                         tracing::warn!(key = %link.key, "the fleet's key was deleted; writing it again");
                         link.revision = 0;
-                        Box::pin(self.save(next, keep)).await
+                        Box::pin(self.save(next, base, keep)).await
                     }
                     Ok(Cas::Conflict(Some(now)))
                         if now.mod_revision < link.revision
                             && open(&now, Instant::now())
-                                .is_ok_and(|(_, s)| s.generation <= next.generation) =>
+                                .is_ok_and(|(_, s)| s.generation <= base) =>
                     {
                         // An older revision than this instance has seen (etcd's data was wiped
                         // or restored from a copy), holding no later state: written over.
                         tracing::warn!(key = %link.key, seen = link.revision, now = now.mod_revision, "etcd's revision went back (its data was wiped or restored); writing the change over what it holds");
                         link.revision = now.mod_revision;
-                        Box::pin(self.save(next, keep)).await
+                        Box::pin(self.save(next, base, keep)).await
                     }
                     Ok(Cas::Conflict(now)) => {
                         link.connected = true;

@@ -76,9 +76,10 @@ struct FileV2 {
     pending_rollout: bool,
     changed_at_unix_ms: u64,
     changed_by: Source,
-    /// New in version 2 (absent before: 0). See [`RolloutState::generation`].
-    #[serde(default)]
-    generation: u64,
+    /// New in version 2; see [`RolloutState::generation`]. Absent (written by an older ramp):
+    /// `changed_at_unix_ms`, which a generation never falls behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     /// In a fleet's local cache only: a halt or rollback applied at this instance while etcd did
     /// not answer, not written to the fleet yet (`halt` or `rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,7 +206,7 @@ fn encode_file(
         pending_rollout: s.pending_rollout,
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
-        generation: s.generation,
+        generation: Some(s.generation),
         fleet_pending: pending.map(str::to_owned),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
@@ -329,6 +330,10 @@ fn decode(
     if f.changed_at_unix_ms > LATEST_MS {
         return Err(invalid("changed_at after the year 9999"));
     }
+    let generation = f.generation.unwrap_or(f.changed_at_unix_ms);
+    if generation > LATEST_MS {
+        return Err(invalid("generation after the year 9999"));
+    }
     Ok(RolloutState {
         id: f.rollout,
         state: f.state,
@@ -342,7 +347,7 @@ fn decode(
         pending_rollout: f.pending_rollout && f.plan_pending,
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
-        generation: f.generation,
+        generation,
     })
 }
 
@@ -580,5 +585,36 @@ mod tests {
             decode(bad, p, now, wall),
             Err(StoreError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_generation_is_read_back_or_taken_from_when_the_state_changed() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let p = Path::new("state.json");
+        let state = |generation: &str| {
+            format!(
+                r#"{{"version":2,"rollout":"r","state":"halted","percent_ppm":5,"schedule":null,
+                "file_plan":{{"id":"r","percent_ppm":5,"steps":null}},"plan_pending":false,
+                "changed_at_unix_ms":1767225600000,"changed_by":{{"kind":"file"}}{generation}}}"#
+            )
+        };
+        // Written by a ramp from before generations: as late as its change.
+        let old = decode(state("").as_bytes(), p, now, wall).expect("decode");
+        assert_eq!(old.generation, 1_767_225_600_000);
+        let read = decode(
+            state(r#","generation":1767225600123"#).as_bytes(),
+            p,
+            now,
+            wall,
+        );
+        assert_eq!(read.expect("decode").generation, 1_767_225_600_123);
+        // One that would overtake every change to come is refused, like an unreadable state.
+        let max = decode(
+            state(r#","generation":18446744073709551615"#).as_bytes(),
+            p,
+            now,
+            wall,
+        );
+        assert!(matches!(max, Err(StoreError::Invalid { .. })), "{max:?}");
     }
 }
