@@ -85,12 +85,17 @@ pub enum StartError {
 /// clock in milliseconds if that is later (a hybrid logical clock). A change made after another
 /// one it knew of is always later, whatever the clocks; of two changes that knew nothing of each
 /// other (an instance that could not read the fleet's state, two sides of a wiped etcd), the
-/// later by the clock wins.
+/// later by the clock wins. It stops at the year 9999, as far as a state file can say.
 pub(super) fn generation_after(previous: u64, now: SystemTime) -> u64 {
     let wall = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    previous.saturating_add(1).max(wall)
+    // Never past what every instance reads (a key written by hand at the limit would otherwise
+    // make each change after it unreadable to the others).
+    previous
+        .saturating_add(1)
+        .max(wall)
+        .min(super::store::LATEST_MS)
 }
 
 /// A configuration read from the file, to be put in force with a change.
@@ -743,6 +748,9 @@ mod tests {
         // Otherwise the clock: a change by an instance that knew no state beats older ones.
         assert_eq!(generation_after(0, now), wall);
         assert_eq!(generation_after(7, now), wall);
+        // At the limit every instance reads, it stays there.
+        let limit = crate::control::store::LATEST_MS;
+        assert_eq!(generation_after(limit, now), limit);
     }
 
     #[tokio::test]
