@@ -841,4 +841,22 @@ async fn a_stale_cache_written_back_never_undoes_a_later_change() {
             v["state"] == "running" && v["percent"] == 24.0
         })
         .await;
+    // A halt written by hand at the last generation any instance reads: taken, and the change
+    // after it still reaches everyone.
+    let cache = fleet.proxies[0].dir.path().join("cache.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).expect("cache")).expect("json");
+    state["state"] = "halted".into();
+    state["generation"] = 253_402_300_799_000u64.into();
+    let envelope = serde_json::json!({"instance": "hand", "state": state});
+    by_hand(&etcd, Some(&envelope.to_string())).await;
+    fleet
+        .all("halted by hand", |v| v["state"] == "halted")
+        .await;
+    assert_eq!(fleet.proxies[1].admin("resume")["ok"], true);
+    fleet
+        .all("the resume reaches everyone", |v| {
+            v["state"] == "running" && v["state_file_error"].is_null()
+        })
+        .await;
 }
