@@ -505,3 +505,17 @@ async fn a_goal_s_prometheus_counter_keeps_counting_across_an_edit_of_the_goals(
     convert(4).await;
     counted(7.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_and_a_resume_within_a_second_start_a_fresh_comparison() {
+    let s = Backend::start("stable").await;
+    let proxy = Proxy::start(&single(s.addr, CONTROL));
+    for _ in 0..10 {
+        assert_eq!(Client::http1().get(&proxy.url("/"), &[]).await.status, 200);
+    }
+    stable_after(&proxy, 10, "requests");
+    // Typed one after the other: the analysis, which looks once a second, may never see the halt.
+    assert_eq!(proxy.admin("halt")["ok"], true);
+    assert_eq!(proxy.admin("resume")["ok"], true);
+    stable_after(&proxy, 0, "requests");
+}

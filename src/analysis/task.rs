@@ -29,6 +29,9 @@ pub struct Analysis {
     hold: Mutex<Option<String>>,
     /// Latency histograms since start-up, for Prometheus.
     lifetime: Mutex<PerPool<Box<[u64]>>>,
+    /// Counts the comparison's fresh starts (a resume, a new rollout), told by the controller as
+    /// it makes them: a halt and a resume within the task's second would otherwise go unseen.
+    restarts: std::sync::atomic::AtomicU64,
 }
 
 /// The guard's request: apply `action` to `rollout`, for `reason`.
@@ -42,6 +45,12 @@ pub struct Act {
 impl Analysis {
     pub fn new() -> Analysis {
         Analysis::default()
+    }
+
+    /// The comparison starts afresh (a resume, a new rollout).
+    pub fn restart(&self) {
+        self.restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The latest comparison (none before the first second has passed).
@@ -96,6 +105,8 @@ struct Books {
     goals: Vec<String>,
     /// What the guard did since the comparison began.
     acted: Option<String>,
+    /// [`Analysis::restart`]s seen.
+    restarts: u64,
 }
 
 impl Books {
@@ -115,14 +126,16 @@ impl Books {
                 .map(|g| g.name.clone())
                 .collect(),
             acted: None,
+            restarts: 0,
         }
     }
 
     /// Starts counts afresh where the rollout changed: a new rollout resets everything; a resume
     /// restarts the comparison (so the guard judges what comes after it); a new share or state
     /// starts a new step.
-    fn follow(&mut self, r: &Rollout, config: &Config) {
+    fn follow(&mut self, r: &Rollout, config: &Config, restarts: u64) {
         let now = Seen::of(r);
+        let told = std::mem::replace(&mut self.restarts, restarts) != restarts;
         let clear = |c: &mut PerPool<Counts>| {
             c.stable.clear();
             c.canary.clear();
@@ -131,7 +144,7 @@ impl Books {
             let new_rollout = before.id != now.id;
             let resumed = matches!(before.state, State::Halted | State::RolledBack)
                 && now.state == State::Running;
-            if new_rollout || resumed {
+            if new_rollout || resumed || told {
                 clear(&mut self.since);
                 self.since_at = SystemTime::now();
                 self.acted = None;
@@ -219,7 +232,8 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         every.tick().await;
         let snap = current.load();
         let (config, rollout) = (&snap.config, &snap.routing.rollout);
-        books.follow(rollout, config);
+        let restarts = analysis.restarts.load(std::sync::atomic::Ordering::Relaxed);
+        books.follow(rollout, config, restarts);
         analysis.recorder.drain(&mut books.tick);
         let now = SystemTime::now();
         let unix = now

@@ -549,6 +549,12 @@ impl Controller {
         if changed || config_changed {
             self.publish();
         }
+        // After the snapshot: the analysis restarts on what is in force now.
+        let resumed = matches!(before.state, State::Halted | State::RolledBack)
+            && self.rollout.state == State::Running;
+        if before.id != self.rollout.id || resumed {
+            self.analysis.restart();
+        }
         if changed {
             let now = &self.rollout;
             if self.changes.len() >= CHANGES_KEPT {
