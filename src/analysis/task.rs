@@ -142,9 +142,8 @@ impl Books {
         };
         if let Some(before) = &self.seen {
             let new_rollout = before.id != now.id;
-            let resumed = matches!(before.state, State::Halted | State::RolledBack)
-                && now.state == State::Running;
-            if new_rollout || resumed || told {
+            // A resume is told by the controller (it may come and go within this second).
+            if new_rollout || told {
                 clear(&mut self.since);
                 self.since_at = SystemTime::now();
                 self.acted = None;

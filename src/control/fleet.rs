@@ -12,6 +12,7 @@ use crate::fleet::{Etcd, Event, Kv, Watched, etcd};
 use super::command::{Command, Source};
 use super::controller::{Controller, Durability, Handle};
 use super::persist;
+use super::state::RolloutState;
 
 /// How long a retry of a pending halt or rollback waits for etcd to answer a read before it
 /// gives up until the next try.
@@ -27,22 +28,22 @@ impl Controller {
     /// along than the one in force (a stale cache written back, an older copy restored) never
     /// replaces it, and is written over.
     pub(super) async fn adopt(&mut self, kv: Kv) {
+        let opened = persist::open(&kv, Instant::now());
         let ours = self.rollout.generation;
-        let theirs = persist::open(&kv, Instant::now())
-            .ok()
-            .map(|(_, s)| s.generation);
         let Some(link) = self.store.link() else {
             return;
         };
-        match theirs {
+        match opened.as_ref().ok().map(|(_, s)| s.generation) {
             Some(g) if g < ours => return Box::pin(self.write_over(kv)).await,
             Some(g) if g > ours => {}
             _ if kv.mod_revision == link.revision => return,
-            _ if kv.mod_revision < link.revision => return Box::pin(self.went_back(kv)).await,
+            _ if kv.mod_revision < link.revision => {
+                return Box::pin(self.went_back(kv, opened.ok())).await;
+            }
             _ => {}
         }
-        let (instance, state) = match persist::open(&kv, Instant::now()) {
-            Ok(found) => found,
+        match opened {
+            Ok((instance, state)) => self.take(instance, state, kv.mod_revision).await,
             Err(e) => {
                 // Not this instance's to judge, but not to be stuck behind either: the state in
                 // force stays, and the next change made here replaces what the key holds.
@@ -53,12 +54,14 @@ impl Controller {
                 );
                 tracing::error!("{why}");
                 self.notes.state_file_error = Some(why);
-                return;
             }
-        };
-        // The state keeps its own stamp (who changed it, when); the log says it came by the fleet.
+        }
+    }
+
+    /// Puts the fleet's `state` (written by `instance`, at `revision`) in force. It keeps its
+    /// own stamp (who changed it, when); the log says it came by the fleet.
+    async fn take(&mut self, instance: String, state: RolloutState, revision: i64) {
         let source = Source::Fleet { instance };
-        let revision = kv.mod_revision;
         if let Err(e) = self
             .commit(state, None, source, "fleet", Durability::Adopted(revision))
             .await
@@ -67,16 +70,16 @@ impl Controller {
         }
     }
 
-    /// The key holds `kv` at a revision older than the one this instance has seen (etcd's data was
-    /// wiped, or restored from an older copy) and as many changes along as the state in force (or
-    /// something unreadable): the later changed wins, the key's taken or the state in force
-    /// written over it. Never ignored, which would leave instances apart for good.
-    async fn went_back(&mut self, kv: Kv) {
+    /// The key holds `kv` (`theirs`, if readable) at a revision older than the one this instance
+    /// has seen (etcd's data was wiped, or restored from an older copy) and as many changes along
+    /// as the state in force (or something unreadable): the later changed wins, the key's taken
+    /// or the state in force written over it. Never ignored, which would leave instances apart
+    /// for good.
+    async fn went_back(&mut self, kv: Kv, theirs: Option<(String, RolloutState)>) {
         let Some(link) = self.store.link() else {
             return;
         };
         let seen = link.revision;
-        let theirs = persist::open(&kv, Instant::now()).ok();
         let newer = theirs
             .as_ref()
             .is_some_and(|(_, s)| s.changed_at > self.rollout.changed_at);
@@ -86,18 +89,10 @@ impl Controller {
             key_is_newer = newer,
             "etcd's revision went back (its data was wiped or restored)"
         );
-        if let Some((instance, state)) = theirs.filter(|_| newer) {
-            let source = Source::Fleet { instance };
-            let revision = kv.mod_revision;
-            if let Err(e) = self
-                .commit(state, None, source, "fleet", Durability::Adopted(revision))
-                .await
-            {
-                tracing::error!(error = %e, "cannot take the fleet's state");
-            }
-            return;
+        match theirs.filter(|_| newer) {
+            Some((instance, state)) => self.take(instance, state, kv.mod_revision).await,
+            None => self.write_over(kv).await,
         }
-        self.write_over(kv).await;
     }
 
     /// Writes the state in force over the older one `kv` holds (kept as it is: re-published, not
