@@ -762,6 +762,11 @@ async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cache
             v["state"] == "halted" && v["fleet"]["pending"].is_null()
         })
         .await;
+    // ...stamped with who typed it, not with the restart.
+    for p in &fleet.proxies {
+        let st = p.admin("status");
+        assert_eq!(st["source"], "admin", "{st}");
+    }
     // The key is deleted and `b` comes back, writing its cache (60%, before the halt) back: the
     // halt, a change made after it, stays.
     by_hand(&etcd, None).await;

@@ -122,12 +122,12 @@ impl Store {
     pub async fn restore(&mut self, now: Instant) -> Restored {
         let wall = SystemTime::now();
         if let Store::Fleet(link) = self
-            && let Some(what) = link
+            && let Some(pending) = link
                 .cache
                 .as_ref()
                 .and_then(|(p, _)| store::cached_pending(p))
         {
-            link.pending = Some((what, Source::Startup));
+            link.pending = Some(pending);
         }
         match self {
             Store::Nothing => Restored::Nothing,
@@ -267,14 +267,19 @@ impl Store {
     /// state file, so that even a `kill -9` right after it keeps it.
     pub async fn pending(&mut self, next: &RolloutState, what: &'static str, source: Source) {
         if let Store::Fleet(link) = self {
-            link.pending = Some((what, source));
             if let (Some((cache, writer)), Ok(bytes)) = (
                 &link.cache,
-                store::encode_cache(next, Some(what), Instant::now(), SystemTime::now()),
+                store::encode_cache(
+                    next,
+                    Some((what, &source)),
+                    Instant::now(),
+                    SystemTime::now(),
+                ),
             ) && let Err(e) = writer.write(cache.clone(), bytes, true).await
             {
                 tracing::warn!(error = %e, "cannot keep the pending halt or rollback in the local cache: a restart before etcd answers would lose it");
             }
+            link.pending = Some((what, source));
         }
     }
 }
@@ -282,7 +287,7 @@ impl Store {
 impl Link {
     /// Writes the local cache (if any): `state`, and the halt or rollback still pending.
     fn write_cache(&self, state: &RolloutState) {
-        let pending = self.pending.as_ref().map(|(what, _)| *what);
+        let pending = self.pending.as_ref().map(|(what, by)| (*what, by));
         if let (Some((cache, writer)), Ok(bytes)) = (
             &self.cache,
             store::encode_cache(state, pending, Instant::now(), SystemTime::now()),

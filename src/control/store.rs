@@ -84,6 +84,9 @@ struct FileV2 {
     /// not answer, not written to the fleet yet (`halt` or `rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fleet_pending: Option<String>,
+    /// Who made the pending halt or rollback, so that the fleet is told after a restart too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_pending_by: Option<Source>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,39 +125,43 @@ pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8
     encode_file(s, None, now, wall)
 }
 
-/// A fleet's local cache: the state, and the halt or rollback (`pending`) still to be written to
-/// the fleet, so that a restart keeps it.
+/// A fleet's local cache: the state, and the halt or rollback (`pending`, with who made it) still
+/// to be written to the fleet, so that a restart keeps it.
 pub fn encode_cache(
     s: &RolloutState,
-    pending: Option<&str>,
+    pending: Option<(&str, &Source)>,
     now: Instant,
     wall: SystemTime,
 ) -> Result<Vec<u8>, StoreError> {
     encode_file(s, pending, now, wall)
 }
 
-/// What a fleet's local cache at `path` holds still to be written to the fleet: `halt`,
-/// `rollback`, or nothing (also when it cannot be read).
-pub fn cached_pending(path: &Path) -> Option<&'static str> {
+/// What a fleet's local cache at `path` holds still to be written to the fleet: `halt` or
+/// `rollback` and who made it (`startup` in a cache written by an older ramp), or nothing (also
+/// when it cannot be read).
+pub fn cached_pending(path: &Path) -> Option<(&'static str, Source)> {
     #[derive(Deserialize)]
     struct Pending {
         #[serde(default)]
         fleet_pending: Option<String>,
+        #[serde(default)]
+        fleet_pending_by: Option<Source>,
     }
     let text = resolve(path)
         .and_then(|p| crate::files::read_regular(&p, crate::files::MAX_FILE))
         .ok()?;
     let p: Pending = serde_json::from_slice(&text).ok()?;
-    match p.fleet_pending.as_deref() {
-        Some("halt") => Some("halt"),
-        Some("rollback") => Some("rollback"),
-        _ => None,
-    }
+    let what = match p.fleet_pending.as_deref() {
+        Some("halt") => "halt",
+        Some("rollback") => "rollback",
+        _ => return None,
+    };
+    Some((what, p.fleet_pending_by.unwrap_or(Source::Startup)))
 }
 
 fn encode_file(
     s: &RolloutState,
-    pending: Option<&str>,
+    pending: Option<(&str, &Source)>,
     now: Instant,
     wall: SystemTime,
 ) -> Result<Vec<u8>, StoreError> {
@@ -207,7 +214,8 @@ fn encode_file(
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
         generation: Some(s.generation),
-        fleet_pending: pending.map(str::to_owned),
+        fleet_pending: pending.map(|(what, _)| what.to_owned()),
+        fleet_pending_by: pending.map(|(_, by)| by.clone()),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
     text.push(b'\n');
@@ -563,6 +571,33 @@ mod tests {
             back.schedule.map(|x| x.timing),
             Some(Timing::Paused(Duration::from_secs(480)))
         );
+    }
+
+    #[test]
+    fn a_cache_keeps_a_pending_halt_and_who_made_it() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let plan = RolloutPlan {
+            id: "r".into(),
+            plan: Plan::Percent(50_000),
+        };
+        let s = RolloutState::fresh(plan, now, Source::Startup);
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cache.json");
+        let by = Source::Admin {
+            uid: 1000,
+            pid: Some(42),
+        };
+        let text = encode_cache(&s, Some(("rollback", &by)), now, wall).expect("encode");
+        std::fs::write(&path, &text).expect("write");
+        assert_eq!(cached_pending(&path), Some(("rollback", by)));
+        // A cache written by a ramp that did not keep who made it.
+        let old = String::from_utf8(text)
+            .expect("utf8")
+            .replace("\"fleet_pending_by\"", "\"ignored\"");
+        std::fs::write(&path, old).expect("write");
+        assert_eq!(cached_pending(&path), Some(("rollback", Source::Startup)));
+        std::fs::write(&path, encode_cache(&s, None, now, wall).expect("encode")).expect("write");
+        assert_eq!(cached_pending(&path), None);
     }
 
     #[test]
