@@ -142,10 +142,10 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Raises the soft limit on open files to the hard one (as Go's runtime does): each client
-/// connection, its upstream connection and each admin or metrics peer take a descriptor, and the
+/// connection, each upstream connection and each admin or metrics peer take a descriptor, and the
 /// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
-/// stays too low for `max_connections`.
-fn open_files(max_connections: usize) {
+/// stays too low for `limits.max_connections` and `upstream.max_connections`.
+fn open_files(max_connections: usize, max_upstream: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
@@ -161,15 +161,15 @@ fn open_files(max_connections: usize) {
     } else {
         soft
     };
-    // A client's connection and its upstream's, and room for the rest.
+    // Every client connection and every upstream one, and room for the rest.
     let needed = (max_connections as u64)
-        .saturating_mul(2)
+        .saturating_add(max_upstream as u64)
         .saturating_add(256);
     if limit < needed {
         tracing::warn!(
             limit,
-            max_connections,
-            "the open files limit is below what limits.max_connections needs (2 per connection); raise it (LimitNOFILE=, ulimit -n) or lower max_connections"
+            needed,
+            "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those"
         );
     }
 }
@@ -208,7 +208,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
-            open_files(config.limits.max_connections);
+            open_files(
+                config.limits.max_connections,
+                config.upstream.max_connections,
+            );
             let options = ramp::app::Options { takeover };
             runtime(config.workers)?.block_on(ramp::app::serve(path, config, options))?;
             Ok(ExitCode::SUCCESS)
@@ -342,24 +345,37 @@ fn bucket(rollout: &str, percent: Option<f64>, ids: &[OsString]) -> anyhow::Resu
         .transpose()
         .map_err(|e| anyhow::anyhow!("--percent: {e}"))?;
     let r = Rollout::new(&id, ppm.unwrap_or(0), State::Running);
-    println!(
-        "{:<24} {:>7} {:>13}  pool",
-        "user id", "bucket", "canary from"
-    );
-    for user in ids {
-        let bytes = user.as_bytes();
-        let name = user.to_string_lossy();
-        if !(1..=routing::MAX_ID_LEN).contains(&bytes.len()) {
-            println!(
-                "{name:<24} {:>7} {:>13}  (not an id: 1 to 1024 bytes)",
-                "-", "-"
-            );
-            continue;
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = (|| {
+        writeln!(
+            out,
+            "{:<24} {:>7} {:>13}  pool",
+            "user id", "bucket", "canary from"
+        )?;
+        for user in ids {
+            let bytes = user.as_bytes();
+            let name = user.to_string_lossy();
+            if !(1..=routing::MAX_ID_LEN).contains(&bytes.len()) {
+                writeln!(
+                    out,
+                    "{name:<24} {:>7} {:>13}  (not an id: 1 to 1024 bytes)",
+                    "-", "-"
+                )?;
+                continue;
+            }
+            let b = routing::bucket(&r.salt, bytes);
+            let pool = ppm.map_or("-", |_| routing::assign(&r, bytes).as_str());
+            let from = format!("{}%", ppm_to_percent(b + 1));
+            writeln!(out, "{name:<24} {b:>7} {from:>13}  {pool}")?;
         }
-        let b = routing::bucket(&r.salt, bytes);
-        let pool = ppm.map_or("-", |_| routing::assign(&r, bytes).as_str());
-        let from = format!("{}%", ppm_to_percent(b + 1));
-        println!("{name:<24} {b:>7} {from:>13}  {pool}");
+        out.flush()
+    })();
+    match written {
+        // A reader that stopped early (`| head`) is no error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            anyhow::bail!("cannot write the buckets: {e}")
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }

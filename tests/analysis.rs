@@ -519,3 +519,124 @@ async fn a_halt_and_a_resume_within_a_second_start_a_fresh_comparison() {
     assert_eq!(proxy.admin("resume")["ok"], true);
     stable_after(&proxy, 0, "requests");
 }
+
+/// A canary upstream that answers "canary" on keep-alive connections, but closes the connection
+/// without a word when the path is `/crash` — a process that dies on some requests.
+async fn crashing_canary() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    if head.starts_with("GET /crash ") {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_crashes_on_some_requests_shows_though_stable_serves_them_again() {
+    let s = Backend::start("stable").await;
+    let canary = crashing_canary().await;
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools: {{stable: ['{}'], canary: ['{canary}']}}\nrollout: {{id: crash, percent: 100}}\nsticky: {{header: x-user-id}}\nmetrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}",
+        s.addr
+    ));
+    let client = Client::http1();
+    for i in 0..10 {
+        let id = format!("u{i}");
+        let ok = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+        assert_eq!((ok.status.as_u16(), ok.body.as_str()), (200, "canary"));
+        // The canary dies on this one; stable answers it again, and the user sees nothing.
+        let saved = client
+            .get(&proxy.url("/crash"), &[("x-user-id", &id)])
+            .await;
+        assert_eq!(
+            (saved.status.as_u16(), saved.body.as_str()),
+            (200, "stable")
+        );
+    }
+    // The comparison still sees a canary that failed half its requests.
+    let st = proxy.wait_status("the canary's failures are counted", |v| {
+        v["analysis"]["pools"]["canary"]["requests"].as_u64() == Some(20)
+    });
+    let canary = &st["analysis"]["pools"]["canary"];
+    assert_eq!(canary["errors"], 10, "{st}");
+    assert_eq!(st["analysis"]["pools"]["stable"]["errors"], 0, "{st}");
+    let text = proxy.metrics().await;
+    assert_eq!(
+        proxy_metric(
+            &text,
+            "ramp_upstream_errors_total{pool=\"canary\",kind=\"reset\"}"
+        ),
+        10.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answer_cut_off_mid_body_is_an_error_and_a_client_hanging_up_is_not() {
+    use std::io::{Read, Write};
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: cut\npercent: 100", ""));
+    // The canary sends its head and part of the body, then drops the connection.
+    for i in 0..5 {
+        let r = Client::http1()
+            .try_get(&proxy.url("/reset"), &[("x-user-id", &format!("u{i}"))])
+            .await;
+        assert!(r.is_err(), "a whole answer: {r:?}");
+    }
+    // A client that reads the start of a long answer and goes away broke nothing upstream.
+    for _ in 0..3 {
+        let mut raw = std::net::TcpStream::connect(proxy.addr).expect("connect");
+        raw.write_all(b"GET /download/50000000 HTTP/1.1\r\nHost: x\r\nX-User-Id: v\r\n\r\n")
+            .expect("request");
+        let mut buf = [0u8; 4096];
+        assert!(raw.read(&mut buf).expect("head") > 0);
+    }
+    let st = proxy.wait_status("every answer is counted", |v| {
+        v["analysis"]["pools"]["canary"]["requests"].as_u64() == Some(8)
+    });
+    // Give a late error from the downloads time to show, if it were (wrongly) counted.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let st2 = proxy.admin("status");
+    assert_eq!(
+        st2["analysis"]["pools"]["canary"]["errors"], 5,
+        "{st}\n{st2}"
+    );
+    let text = proxy.metrics().await;
+    assert_eq!(
+        proxy_metric(
+            &text,
+            "ramp_upstream_errors_total{pool=\"canary\",kind=\"reset\"}"
+        ),
+        5.0,
+        "{text}"
+    );
+}

@@ -169,3 +169,26 @@ async fn the_demo_serves_v1_and_v2_behind_the_proxy() {
     let v2 = versions.get("v2").copied().unwrap_or(0);
     assert!((5..=40).contains(&v2), "v2 served {v2} of 200 users at 10%");
 }
+
+#[test]
+fn bucket_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::BufRead;
+    let ids: Vec<String> = (0..50_000).map(|i| format!("user-{i}")).collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args(["bucket", "--rollout", "r", "--percent", "5"])
+        .args(&ids)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // As `| head -1` does: one line, then the pipe is closed.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("line");
+    assert!(first.starts_with("user id"), "{first}");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.is_empty(), "{err}");
+}

@@ -179,6 +179,30 @@ fn a_state_file_that_would_overwrite_the_config_or_the_admin_socket_is_refused()
 }
 
 #[test]
+fn a_metrics_listener_on_the_proxy_s_own_port_is_refused() {
+    // Both take SO_REUSEPORT: on one port, users would get the status page, rollout id and all.
+    for (listen, metrics, refused) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080", true),
+        ("0.0.0.0:8080", "127.0.0.1:8080", true),
+        ("127.0.0.1:8080", "[::]:8080", true),
+        ("127.0.0.1:8080", "127.0.0.2:8080", false),
+        ("127.0.0.1:8080", "127.0.0.1:9100", false),
+    ] {
+        let (code, lines) = check(&format!(
+            "listen: {listen}\n{GOOD_TAIL}metrics:\n  listen: '{metrics}'\n"
+        ));
+        let said = lines
+            .iter()
+            .any(|l| l.contains("metrics.listen") && l.contains("the proxy's own address"));
+        assert_eq!(
+            (code == 1, said),
+            (refused, refused),
+            "{listen} {metrics}: {lines:?}"
+        );
+    }
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let (code, out, err) = ramp(&["check", "--config", "/nonexistent/ramp.yaml"]);
     assert_eq!(code, 1, "{out}");

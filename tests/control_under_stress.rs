@@ -270,6 +270,43 @@ async fn a_state_file_link_another_user_left_is_not_followed() {
     assert_eq!(reply.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: only root may give a file to another user"
+)]
+async fn a_state_file_another_user_put_in_a_shared_directory_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory every user may write, as /tmp is, and in it a state file of another user's
+    // making: the whole rollout, completed, everyone on canary.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(&s, &c, "id: shared\npercent: 5", CONTROL),
+    );
+    let planted = r#"{"version": 2, "rollout": "shared", "state": "completed", "percent_ppm": 1000000, "schedule": null, "file_plan": {"id": "shared", "percent_ppm": 50000, "steps": null}, "plan_pending": false, "changed_at_unix_ms": 1, "changed_by": "startup"}"#;
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, planted).expect("plant");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    let proxy = Proxy::start_in(dir, path);
+    let status = proxy.admin("status");
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert!(
+        status["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not trust")),
+        "{status}"
+    );
+    let reply = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(reply.body, "stable");
+}
+
 /// Lets this process open as many descriptors as it may.
 fn more_descriptors() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -417,3 +417,71 @@ async fn a_websocket_handshake_with_a_body_goes_on_as_a_plain_request_with_its_b
     assert_eq!((seen.uri.path(), seen.body_bytes), ("/upload", 5));
     assert!(!seen.headers.contains_key("upgrade"));
 }
+
+/// An upstream with the common bug of sending a body with its answer to HEAD, and with the worst
+/// timing: the stray body (itself shaped like an answer) reaches the connection just as the next
+/// request does. Every other request gets its own answer, naming the path.
+async fn head_body_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut buf, mut chunk, mut after_head) = (Vec::new(), [0u8; 4096], false);
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let mut answer = Vec::new();
+                    if after_head {
+                        answer.extend_from_slice(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison",
+                        );
+                    }
+                    after_head = head.starts_with("HEAD ");
+                    answer.extend_from_slice(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", path.len())
+                            .as_bytes(),
+                    );
+                    if !after_head {
+                        answer.extend_from_slice(path.as_bytes());
+                    }
+                    if conn.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_an_upstream_sends_after_a_head_answer_never_reaches_the_next_user() {
+    let proxy = Proxy::start(&support::single(head_body_upstream().await, ""));
+    let client = Client::http1();
+    for i in 0..5 {
+        let head = client
+            .send(
+                http::Method::HEAD,
+                &proxy.url("/h"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(head.status.as_u16(), 200);
+        let path = format!("/next-{i}");
+        let next = client.get(&proxy.url(&path), &[]).await;
+        assert_eq!(next.body, path, "another answer reached this user");
+    }
+}

@@ -230,3 +230,46 @@ async fn an_idle_http2_connection_gets_a_goaway() {
     eprintln!("h2 idle ended after {:?}: {ended:?}", t0.elapsed());
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_upstream_max_connections_a_request_gets_503_and_no_upstream_is_blamed() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: cap\npercent: 0",
+        "upstream:\n  max_connections: 1\nmetrics: {listen: '127.0.0.1:0'}\n",
+    ));
+    // One request holds the only upstream connection for a while...
+    let slow = {
+        let url = proxy.url("/slow/1500");
+        tokio::spawn(async move { Client::http1().get(&url, &[]).await })
+    };
+    support::eventually("the slow request reaches the upstream", || {
+        b.in_flight() == 1
+    })
+    .await;
+    // ...so others that need a connection of their own are refused at once by ramp itself.
+    for _ in 0..8 {
+        let r = Client::http1().get(&proxy.url("/"), &[]).await;
+        assert_eq!(r.status.as_u16(), 503, "{}", r.body);
+    }
+    assert_eq!(slow.await.expect("slow").status.as_u16(), 200);
+    // The upstream was not charged for ramp's own limit: not ejected, no upstream error.
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+    let text = proxy.metrics().await;
+    for series in [
+        "ramp_upstream_ejections_total{pool=\"stable\"}",
+        "ramp_upstream_errors_total{pool=\"stable\",kind=\"connect\"}",
+    ] {
+        let n = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        assert_eq!(n, 0.0, "{series}: {text}");
+    }
+}

@@ -59,6 +59,8 @@ impl Counts {
 #[derive(Debug)]
 struct Cells {
     errors: AtomicU64,
+    /// Failed attempts a retry answered elsewhere: requests (and errors) without a latency.
+    failed: AtomicU64,
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
@@ -68,6 +70,7 @@ impl Default for Cells {
     fn default() -> Self {
         Cells {
             errors: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -106,6 +109,24 @@ impl Recorder {
         }
     }
 
+    /// An attempt an upstream of `pool` failed (it refused the connection, or closed or reset it
+    /// without an answer) that a retry answered elsewhere: the user did not see it, but it is a
+    /// request `pool` failed, so it counts as one, and as an error (with no latency). Otherwise a
+    /// canary that crashes on some requests would look flawless while stable serves them again.
+    #[inline]
+    pub fn failed_attempt(&self, pool: PoolName) {
+        let c = &self.pools[pool];
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        c.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An answer from `pool`, recorded already, whose body the upstream broke off (cut short,
+    /// reset, stalled, malformed): an error after all.
+    #[inline]
+    pub fn broken_body(&self, pool: PoolName) {
+        self.pools[pool].errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Moves everything recorded since the last drain into `into` (cleared first).
     pub fn drain(&self, into: &mut PerPool<Counts>) {
         for pool in PoolName::BOTH {
@@ -118,7 +139,7 @@ impl Recorder {
                     requests += *n;
                 }
             }
-            counts.requests = requests;
+            counts.requests = requests + cells.failed.swap(0, Ordering::Relaxed);
             counts.errors = cells.errors.swap(0, Ordering::Relaxed);
             cells.users.drain_into(&mut counts.users);
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {

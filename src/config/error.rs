@@ -67,6 +67,10 @@ pub enum Reason {
     UnknownKey(String),
     #[error("{0}")]
     Shape(String),
+    #[error(
+        "is the proxy's own address ({0}): the status page and the metrics, which show the rollout id, would be served to users"
+    )]
+    SameAsListen(std::net::SocketAddr),
     #[error("not a status (100 to 599) or a class (1xx to 5xx): {0:?}")]
     Status(String),
 }

@@ -222,5 +222,7 @@ pub struct UpstreamFile {
     #[serde(default)]
     pub max_idle_per_upstream: Option<S<u64>>,
     #[serde(default)]
+    pub max_connections: Option<S<u64>>,
+    #[serde(default)]
     pub ca: Option<S<String>>,
 }

@@ -268,6 +268,10 @@ pub struct UpstreamSettings {
     /// A pooled keep-alive connection idle longer than this is closed instead of reused.
     pub pool_idle_timeout: Duration,
     pub max_idle_per_upstream: usize,
+    /// Upstream connections open at once, all upstreams together (in use and pooled): beyond,
+    /// a request that needs a new one gets 503, so no number of client streams can take all of
+    /// ramp's file descriptors.
+    pub max_connections: usize,
 }
 
 /// The longest duration any setting takes (100 years): long enough to mean "never", short enough

@@ -17,6 +17,14 @@ use super::{
 /// The longest rollout id: it is hashed on every request and shown in status.
 pub const MAX_ROLLOUT_ID: usize = 256;
 
+/// Two listening addresses that would take the same connections: the same port (not 0) on the
+/// same address, or on a wildcard address and any other.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
     let listen = c.check(&file.listen, "listen", |s| {
@@ -75,6 +83,13 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 })
             })
             .unwrap_or(1024),
+        max_connections: c.int(
+            upstream.and_then(|u| u.max_connections.as_ref()),
+            "upstream.max_connections",
+            1,
+            1_000_000,
+            10_000,
+        ) as usize,
     };
     let hide: Vec<HeaderName> = file
         .hide_response_headers
@@ -117,9 +132,16 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     );
     let metrics = file.metrics.as_ref().and_then(|m| {
         c.check(&m.listen, "metrics.listen", |s| {
-            s.trim()
+            let addr = s
+                .trim()
                 .parse::<SocketAddr>()
-                .map_err(|_| Reason::ListenAddress(s.clone()))
+                .map_err(|_| Reason::ListenAddress(s.clone()))?;
+            // Both listeners take SO_REUSEPORT (for --takeover), so the kernel would let them
+            // share a port and split connections between them.
+            match listen {
+                Some(l) if overlap(l, addr) => Err(Reason::SameAsListen(l)),
+                _ => Ok(addr),
+            }
         })
     });
     let analysis = super::analysis::analysis(&mut c, file.analysis.as_ref());

@@ -35,9 +35,12 @@ pub async fn run(current: Arc<Current>) {
                     .map_or(connector.settings.connect_timeout, |a| a.timeout);
                 probes.spawn(async move {
                     let path = active.as_ref().and_then(|a| a.path.as_deref());
-                    let ok = tokio::time::timeout(limit, up.probe(&connector, path))
+                    let Some(ok) = tokio::time::timeout(limit, up.probe(&connector, path))
                         .await
-                        .unwrap_or(false);
+                        .unwrap_or(Some(false))
+                    else {
+                        return;
+                    };
                     if let Some(t) = up
                         .health
                         .probed(ok, Instant::now(), active.as_ref(), &passive)

@@ -147,9 +147,7 @@ pub fn cached_pending(path: &Path) -> Option<(&'static str, Source)> {
         #[serde(default)]
         fleet_pending_by: Option<Source>,
     }
-    let text = resolve(path)
-        .and_then(|p| crate::files::read_regular(&p, crate::files::MAX_FILE))
-        .ok()?;
+    let text = resolve(path).and_then(|p| read_trusted(&p)).ok()?;
     let p: Pending = serde_json::from_slice(&text).ok()?;
     let what = match p.fleet_pending.as_deref() {
         Some("halt") => "halt",
@@ -228,7 +226,7 @@ pub fn read(
     now: Instant,
     wall: SystemTime,
 ) -> Result<Option<RolloutState>, StoreError> {
-    let read = resolve(path).and_then(|p| crate::files::read_regular(&p, crate::files::MAX_FILE));
+    let read = resolve(path).and_then(|p| read_trusted(&p));
     let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -501,6 +499,32 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(p)
+}
+
+/// A state file's text. In a directory every user may write (`/tmp`), a file that belongs to
+/// neither ramp's user nor root nor the directory's owner is refused, as the kernel's
+/// `protected_regular` refuses to open one there: another user could have put it in place of
+/// ramp's (after a cleanup deleted it) to choose the state a restart begins with. Refused, it
+/// counts as unreadable: everyone on stable until an operator acts.
+fn read_trusted(p: &Path) -> std::io::Result<Vec<u8>> {
+    let owner = std::fs::metadata(p)?.uid();
+    let dir = std::fs::metadata(parent(p)).ok();
+    let open_to_all = dir.as_ref().is_some_and(|d| d.mode() & 0o002 != 0);
+    let dir_owner = dir.map(|d| d.uid());
+    if open_to_all
+        && owner != nix::unistd::geteuid().as_raw()
+        && owner != 0
+        && Some(owner) != dir_owner
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to user {owner}, who is neither ramp's user nor root nor the owner of its directory, which every user may write; ramp does not trust it",
+                p.display()
+            ),
+        ));
+    }
+    crate::files::read_regular(p, crate::files::MAX_FILE)
 }
 
 fn parent(p: &Path) -> PathBuf {

@@ -8,6 +8,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::routing::PoolName;
 use crate::upstream::UpstreamBody;
 
 use super::context::Conn;
@@ -19,6 +20,8 @@ use super::error::body_for;
 pub struct ProxyBody {
     inner: Either<UpstreamBody, Full<Bytes>>,
     pub(super) busy: Option<Busy>,
+    /// The pool whose answer this is, charged if its upstream breaks the body off.
+    pub(super) pool: Option<PoolName>,
 }
 
 impl http_body::Body for ProxyBody {
@@ -37,8 +40,19 @@ impl http_body::Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         };
-        if let (std::task::Poll::Ready(Some(Ok(_))), Some(busy)) = (&frame, &this.busy) {
-            busy.conn.activity.progress();
+        match (&frame, &this.busy) {
+            (std::task::Poll::Ready(Some(Ok(_))), Some(busy)) => busy.conn.activity.progress(),
+            (std::task::Poll::Ready(Some(Err(e))), Some(busy)) => {
+                if let (Some(pool), Some(kind)) = (this.pool.take(), e.upstream_kind()) {
+                    // The answer was judged by its head; its body failing at the upstream's end
+                    // makes it an error after all (a client that stops reading is no error).
+                    let proxy = &busy.conn.proxy;
+                    proxy.analysis.recorder.broken_body(pool);
+                    proxy.metrics.upstream_error(pool, kind);
+                    tracing::debug!(pool = pool.as_str(), error = %e, "upstream answer broken off");
+                }
+            }
+            _ => {}
         }
         frame
     }
@@ -76,6 +90,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Left(body),
             busy: None,
+            pool: None,
         }
     }
 
@@ -110,6 +125,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Right(Full::default()),
             busy: None,
+            pool: None,
         }
     }
 }
@@ -130,6 +146,7 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
         inner: Either::Right(Full::new(body_for(status))),
         busy: None,
+        pool: None,
     });
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -5,7 +5,7 @@ use http::StatusCode;
 
 use crate::metrics::UpstreamError;
 use crate::routing::PoolName;
-use crate::upstream::{Exchange, SendError};
+use crate::upstream::{Exchange, Failure, SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -26,26 +26,47 @@ impl ProxyError {
     /// asked for where the upstream has none among them) and a pool without a healthy upstream.
     pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
-            ProxyError::Send(
-                SendError::Connect(_) | SendError::Tls(_) | SendError::Handshake(_),
-            ) => Some(UpstreamError::Connect),
-            ProxyError::Send(
-                SendError::ConnectTimeout
-                | SendError::Timeout(_)
-                | SendError::Exchange(Exchange::Stalled(_)),
-            ) => Some(UpstreamError::Timeout),
-            ProxyError::Send(SendError::Exchange(e)) if e.closed_before_answer() => {
-                Some(UpstreamError::Reset)
-            }
-            ProxyError::Send(SendError::Exchange(_)) | ProxyError::UnaskedUpgrade => {
-                Some(UpstreamError::Protocol)
-            }
+            ProxyError::Send(e) => send_kind(e),
+            ProxyError::UnaskedUpgrade => Some(UpstreamError::Protocol),
             // The upstream answered as HTTP/1.1 allows (it need not switch); the client asked for
             // a WebSocket where there is none.
-            ProxyError::Send(SendError::ClientBody(_))
-            | ProxyError::NoUpstream(_)
-            | ProxyError::UpgradeNotTaken(_) => None,
+            ProxyError::NoUpstream(_) | ProxyError::UpgradeNotTaken(_) => None,
         }
+    }
+
+    /// ramp's own failure to open a connection, or the client's body failing: no pool's doing.
+    pub fn unjudged(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Send(SendError::ClientBody(_) | SendError::Local(_))
+        )
+    }
+}
+
+/// The kind of upstream failure a failed send is; `None` for the client's own body failing and
+/// for ramp's own lack of descriptors, memory or ports.
+fn send_kind(e: &SendError) -> Option<UpstreamError> {
+    match e {
+        SendError::Connect(_) | SendError::Tls(_) | SendError::Handshake(_) => {
+            Some(UpstreamError::Connect)
+        }
+        SendError::ConnectTimeout
+        | SendError::Timeout(_)
+        | SendError::Exchange(Exchange::Stalled(_)) => Some(UpstreamError::Timeout),
+        SendError::Exchange(e) if e.closed_before_answer() => Some(UpstreamError::Reset),
+        SendError::Exchange(_) => Some(UpstreamError::Protocol),
+        SendError::ClientBody(_) | SendError::Local(_) => None,
+    }
+}
+
+/// What a failed attempt that is tried again costs its upstream's pool in the comparison: the
+/// kind of failure, or `None` when the upstream had no part in it — the request came back unsent
+/// (a pooled connection closed under it, which any keep-alive connection may), or the failure is
+/// ramp's own or the client's.
+pub fn charged(f: &Failure) -> Option<UpstreamError> {
+    match &f.error {
+        SendError::Exchange(_) if !f.wrote => None,
+        e => send_kind(e),
     }
 }
 
@@ -56,7 +77,9 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::REQUEST_TIMEOUT
             }
             ProxyError::Send(SendError::ClientBody(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::NoUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream(_) | ProxyError::Send(SendError::Local(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Send(
                 SendError::ConnectTimeout
                 | SendError::Timeout(_)

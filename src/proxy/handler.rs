@@ -128,9 +128,15 @@ pub fn handle(
                     Ok(resp) => (Ok(resp), served_by),
                     Err(failure) => {
                         let repeatable = body.is_empty() && idempotent(&parts.method);
+                        let charged = super::error::charged(&failure);
                         match retry(proxy, &snap, failure, repeatable, served_by, first) {
                             Ok((upstream, to)) => {
                                 proxy.metrics.retries.increment(1);
+                                if let Some(kind) = charged {
+                                    // The user may not see it, but the pool failed a request.
+                                    proxy.metrics.upstream_error(served_by, kind);
+                                    proxy.analysis.recorder.failed_attempt(served_by);
+                                }
                                 tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
                                 unanswered.pool = to;
                                 let again = upstream.send(out, &mut body, &snap.connector).await;
@@ -159,12 +165,13 @@ pub fn handle(
             Err(ProxyError::UpgradeNotTaken(status)) => Some(*status),
             _ => None,
         };
-        let client_failed = matches!(&result, Err(ProxyError::Send(SendError::ClientBody(_))));
+        let unjudged = matches!(&result, Err(e) if e.unjudged());
         let mut resp = match result {
             Ok(mut resp) => {
                 // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
                 // not make ramp close the client's keep-alive connection).
                 *resp.version_mut() = version;
+                resp.body_mut().pool = Some(served_by);
                 resp
             }
             Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {
@@ -186,8 +193,9 @@ pub fn handle(
         let status = resp.status();
         proxy.metrics.response(served_by, status);
         // A request whose own body failed (cut off, stalled, malformed) is the client's doing,
-        // judged like one refused before routing: no pool's.
-        if !client_failed {
+        // judged like one refused before routing: no pool's; so is one ramp could not send for
+        // want of a file descriptor.
+        if !unjudged {
             let judged = judged.unwrap_or(status).as_u16();
             proxy.analysis.recorder.record(
                 served_by,

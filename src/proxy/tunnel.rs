@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::routing::PoolName;
 use crate::snapshot::Snapshot;
 use crate::upstream::{
-    ClientBody, Exchange, Outcome, ReqBody, SendError, Sender, Upstream, UpstreamBody,
+    ClientBody, Exchange, Outcome, ReqBody, SendError, Sender, Slot, Upstream, UpstreamBody,
 };
 
 use super::body::ProxyBody;
@@ -78,10 +78,12 @@ async fn connect<'s>(
     snap: &'s Snapshot,
     up: &'s Arc<Upstream>,
     pool: PoolName,
-) -> Result<(Sender, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
+) -> Result<(Sender, Slot, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
     let passive = &snap.config.passive_health;
     let error = match up.connect_upgradable(&snap.connector).await {
-        Ok(s) => return Ok((s, up, pool)),
+        Ok((s, slot)) => return Ok((s, slot, up, pool)),
+        // ramp's own shortage: nothing to try elsewhere, nothing to charge the upstream.
+        Err(e @ SendError::Local(_)) => return Err((e.into(), pool)),
         Err(e) => e,
     };
     snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
@@ -94,7 +96,8 @@ async fn connect<'s>(
     };
     proxy.metrics.retries.increment(1);
     match next.connect_upgradable(&snap.connector).await {
-        Ok(s) => Ok((s, next, to)),
+        Ok((s, slot)) => Ok((s, slot, next, to)),
+        Err(e @ SendError::Local(_)) => Err((e.into(), to)),
         Err(e) => {
             snap.pools[to].record(next, Outcome::Unreachable, passive, to);
             Err((e.into(), to))
@@ -116,7 +119,7 @@ pub async fn open(
     up: &Arc<Upstream>,
     pool: PoolName,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    let (mut sender, up, pool) = match connect(&conn.proxy, snap, up, pool).await {
+    let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, up, pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };
@@ -186,7 +189,7 @@ pub async fn open(
     let proxy = Arc::clone(&conn.proxy);
     let idle = snap.config.limits.tunnel_idle_timeout;
     tokio::spawn(async move {
-        let _permit = permit;
+        let (_permit, _slot) = (permit, slot);
         let Ok(upstream) = upstream.await else {
             return;
         };

@@ -464,7 +464,7 @@ impl Body for UpstreamBody {
                 }
                 Err(Failed::ClientBody(e)) => {
                     *slot = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(BodyError::Upload(Box::new(e)))));
                 }
                 Err(Failed::Exchange { .. }) => {
                     *slot = None;

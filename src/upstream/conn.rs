@@ -21,11 +21,11 @@ use tokio::net::TcpStream;
 
 use crate::config::{PassiveHealth, UpstreamAddr, UpstreamSettings};
 
-use super::UpstreamBody;
 use super::body::{ReqBody, Sending};
 use super::health::Health;
 use super::idle::BodyError;
 use super::wire::{self, Exchange, Failed, Io, Outbound, Wire};
+use super::{Slot, UpstreamBody};
 
 pub type Sender = http1::SendRequest<ReqBody>;
 
@@ -33,6 +33,10 @@ pub type Sender = http1::SendRequest<ReqBody>;
 pub enum SendError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// ramp itself ran out of something a connection needs (file descriptors, memory, local
+    /// ports): nothing is known about the upstream, which is not charged for it.
+    #[error("cannot open a connection here: {0}")]
+    Local(std::io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
     #[error("tls: {0}")]
@@ -54,6 +58,32 @@ impl SendError {
     pub fn client_stalled(&self) -> bool {
         matches!(self, SendError::ClientBody(BodyError::Idle(_)))
     }
+}
+
+/// A place for one more upstream connection, or ramp's own error if `upstream.max_connections`
+/// are open.
+fn slot(connector: &Connector) -> Result<Slot, SendError> {
+    Slot::take(connector.settings.max_connections).ok_or_else(|| {
+        SendError::Local(std::io::Error::other(
+            "upstream.max_connections upstream connections are open",
+        ))
+    })
+}
+
+/// A connect error that is ramp's own: out of file descriptors (its own or the system's), memory
+/// or buffers, or local ports.
+fn local(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::ENOBUFS,
+            Errno::EADDRNOTAVAIL,
+        ]
+        .contains(&Errno::from_raw(n))
+    })
 }
 
 /// The request may have been sent, but the connection closed (or reset) before a byte of an
@@ -115,7 +145,7 @@ impl Failure {
                     Retry::Never
                 }
             }
-            SendError::Timeout(_) | SendError::ClientBody(_) => Retry::Never,
+            SendError::Timeout(_) | SendError::ClientBody(_) | SendError::Local(_) => Retry::Never,
         }
     }
 }
@@ -232,7 +262,12 @@ impl Upstream {
                     // Answered before the whole request went out: the rest goes with the
                     // answer's body (unless the answer has none, or writing failed).
                     let more = !out.sent && out.error.is_none() && !answer.framing.is_done();
-                    let keep_alive = answer.keep_alive && (out.sent || more);
+                    // Not after HEAD: an upstream that wrongly sends a body with its answer to
+                    // HEAD (a common bug) would have those bytes, arriving late, read as the
+                    // answer to the next user's request on this connection.
+                    let keep_alive = answer.keep_alive
+                        && (out.sent || more)
+                        && request.parts.method != http::Method::HEAD;
                     let sending = more.then(|| {
                         Box::new(Sending {
                             out,
@@ -324,7 +359,13 @@ impl Upstream {
         )
         .await
         .map_err(|_| SendError::ConnectTimeout)?
-        .map_err(SendError::Connect)?;
+        .map_err(|e| {
+            if local(&e) {
+                SendError::Local(e)
+            } else {
+                SendError::Connect(e)
+            }
+        })?;
         // Latency matters more than packet count for a proxy; a failure here is harmless.
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -348,31 +389,46 @@ impl Upstream {
     }
 
     async fn connect(&self, connector: &Connector) -> Result<Box<Wire>, SendError> {
+        let slot = slot(connector)?;
         let tcp = self.tcp(connector).await?;
         let io = if self.addr.tls {
             Io::Tls(Box::new(self.tls(tcp, connector).await?))
         } else {
             Io::Tcp(tcp)
         };
-        Ok(Wire::new(io))
+        Ok(Wire::new(io, slot))
     }
 
-    /// A fresh connection (never pooled) that can be upgraded: for a WebSocket handshake.
-    pub async fn connect_upgradable(&self, connector: &Connector) -> Result<Sender, SendError> {
+    /// A fresh connection (never pooled) that can be upgraded: for a WebSocket handshake. Its
+    /// slot is the caller's to keep while the connection (or the tunnel it becomes) lives.
+    pub async fn connect_upgradable(
+        &self,
+        connector: &Connector,
+    ) -> Result<(Sender, Slot), SendError> {
+        let slot = slot(connector)?;
         let tcp = self.tcp(connector).await?;
-        if self.addr.tls {
+        let sender = if self.addr.tls {
             handshake(self.tls(tcp, connector).await?, &self.addr, true).await
         } else {
             handshake(tcp, &self.addr, true).await
-        }
+        }?;
+        Ok((sender, slot))
     }
 
     /// A health probe: a connection (TCP, and TLS for `https://`), then `GET path` when given,
-    /// answered below 400.
-    pub async fn probe(&self, connector: &Connector, path: Option<&str>) -> bool {
-        let Ok(tcp) = self.tcp(connector).await else {
-            return false;
+    /// answered below 400. `None` when ramp could not open a connection for want of file
+    /// descriptors, memory or ports: that says nothing of the upstream.
+    pub async fn probe(&self, connector: &Connector, path: Option<&str>) -> Option<bool> {
+        let tcp = match self.tcp(connector).await {
+            Ok(tcp) => tcp,
+            // ramp's own shortage says nothing of the upstream.
+            Err(SendError::Local(_)) => return None,
+            Err(_) => return Some(false),
         };
+        Some(self.probe_on(tcp, connector, path).await)
+    }
+
+    async fn probe_on(&self, tcp: TcpStream, connector: &Connector, path: Option<&str>) -> bool {
         let Some(path) = path else {
             return !self.addr.tls || self.tls(tcp, connector).await.is_ok();
         };

@@ -65,4 +65,21 @@ pub enum BodyError {
     /// The client's HTTP/1.1 request body failed.
     #[error(transparent)]
     Client(#[from] crate::inbound::InboundError),
+    /// The client's request body failed while the upstream's answer was already coming.
+    #[error("the request body: {0}")]
+    Upload(Box<BodyError>),
+}
+
+impl BodyError {
+    /// The kind of upstream failure a response body's error is; `None` for the client's own
+    /// (its upload failing while the answer streams).
+    pub fn upstream_kind(&self) -> Option<crate::metrics::UpstreamError> {
+        use crate::metrics::UpstreamError;
+        match self {
+            BodyError::Truncated | BodyError::Io(_) => Some(UpstreamError::Reset),
+            BodyError::Idle(_) => Some(UpstreamError::Timeout),
+            BodyError::Invalid(_) | BodyError::Http(_) => Some(UpstreamError::Protocol),
+            BodyError::Client(_) | BodyError::Upload(_) => None,
+        }
+    }
 }

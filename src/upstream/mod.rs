@@ -6,6 +6,7 @@ mod conn;
 pub mod health;
 mod idle;
 mod pool;
+mod slot;
 mod wire;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ pub use body::{BodyTimes, ClientBody, H2Body, Leftover, ReqBody, UpstreamBody};
 pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
+pub use slot::Slot;
 pub use wire::Fields;
 pub use wire::{Exchange, Outbound};
 

@@ -27,8 +27,9 @@ pub enum Outcome {
     Unreachable,
     /// Connected, then no usable answer (reset, garbage, timeout).
     Failed,
-    /// The client's own body failed: nothing is known about the upstream.
-    ClientFault,
+    /// The client's own body failed, or ramp could not open a connection: nothing is known
+    /// about the upstream.
+    Unknown,
 }
 
 impl Outcome {
@@ -41,7 +42,7 @@ impl Outcome {
                 | SendError::Tls(_)
                 | SendError::Handshake(_) => Outcome::Unreachable,
                 SendError::Exchange(_) | SendError::Timeout(_) => Outcome::Failed,
-                SendError::ClientBody(_) => Outcome::ClientFault,
+                SendError::ClientBody(_) | SendError::Local(_) => Outcome::Unknown,
             },
         }
     }
@@ -108,7 +109,7 @@ impl Pool {
         let failed = match outcome {
             Outcome::Answered(status) => passive.failure_statuses.contains(status),
             Outcome::Unreachable | Outcome::Failed => true,
-            Outcome::ClientFault => return,
+            Outcome::Unknown => return,
         };
         if !failed {
             up.health.success();

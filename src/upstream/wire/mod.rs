@@ -92,12 +92,15 @@ pub struct Wire {
     /// The response timeout's timer, kept for the connection's next request: moving a timer
     /// later is cheaper than making one.
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its place among the upstream connections open at once.
+    _slot: super::Slot,
 }
 
 impl Wire {
-    pub fn new(io: Io) -> Box<Wire> {
+    pub fn new(io: Io, slot: super::Slot) -> Box<Wire> {
         Box::new(Wire {
             io,
+            _slot: slot,
             buf: BytesMut::new(),
             out: Vec::with_capacity(1024),
             timer: None,
