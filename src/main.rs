@@ -57,7 +57,7 @@ enum Command {
     /// Send a command to a running ramp's admin socket: status, set PERCENT, halt, resume,
     /// rollback, promote, start [ROLLOUT_ID [PERCENT]], reload, bucket USER_ID.
     Ctl {
-        /// The admin socket (default: $RAMP_SOCKET unless empty, else admin.socket of --config).
+        /// The admin socket (default: admin.socket of --config, else $RAMP_SOCKET unless empty).
         #[arg(long)]
         socket: Option<PathBuf>,
         /// Read the socket path (only admin.socket) from this config file; the rest of the file
@@ -306,14 +306,19 @@ fn ctl(
     let from_env = std::env::var_os("RAMP_SOCKET")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let socket = match (socket.or(from_env), config) {
-        (Some(s), _) => s,
-        (None, Some(path)) => match config::admin_socket(&path) {
+    // What is on the command line wins over the environment: an operator who names a config
+    // means that ramp, whatever RAMP_SOCKET an earlier session left set.
+    let socket = match (socket, config, from_env) {
+        (Some(s), _, _) => s,
+        (None, Some(path), _) => match config::admin_socket(&path) {
             Ok(Some(socket)) => socket,
             Ok(None) => anyhow::bail!("{} has no admin.socket; give --socket PATH", path.display()),
-            Err(e) => anyhow::bail!("{e} (give --socket PATH or set RAMP_SOCKET)"),
+            Err(e) => anyhow::bail!("{e} (give --socket PATH)"),
         },
-        (None, None) => anyhow::bail!("give --socket PATH, --config PATH or set RAMP_SOCKET"),
+        (None, None, Some(s)) => s,
+        (None, None, None) => {
+            anyhow::bail!("give --socket PATH, --config PATH or set RAMP_SOCKET")
+        }
     };
     let answer = ramp::control::client::request(&socket, line, timeout)?;
     let text = if json {

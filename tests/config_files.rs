@@ -203,6 +203,40 @@ fn a_metrics_listener_on_the_proxy_s_own_port_is_refused() {
 }
 
 #[test]
+fn admin_lists_that_would_lock_everyone_out_or_say_nothing_are_refused() {
+    for (admin, field, says) in [
+        (
+            "allowed_uids: []",
+            "admin.allowed_uids",
+            "nobody could run any command",
+        ),
+        (
+            "allowed_uids: [0, 1000]\n  readonly_uids: [1000]",
+            "admin.readonly_uids",
+            "uid 1000, which may run every command already",
+        ),
+        (
+            "readonly_uids: [0]",
+            "admin.readonly_uids",
+            "uid 0, which may run every command already",
+        ),
+    ] {
+        let (code, lines) = check(&format!(
+            "listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\n  {admin}\n"
+        ));
+        assert_eq!(code, 1, "{admin}: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains(field) && l.contains(says)),
+            "{admin}: {lines:?}"
+        );
+    }
+    let (code, lines) = check(&format!(
+        "listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\n  allowed_uids: [0]\n  readonly_uids: [1001]\n"
+    ));
+    assert_eq!(code, 0, "{lines:?}");
+}
+
+#[test]
 fn a_missing_file_is_a_clear_error() {
     let (code, out, err) = ramp(&["check", "--config", "/nonexistent/ramp.yaml"]);
     assert_eq!(code, 1, "{out}");

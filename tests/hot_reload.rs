@@ -250,6 +250,34 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_a_restart_could_not_start_from_is_refused_at_reload() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: tls-later\npercent: 0"));
+    // TLS added to a cleartext listener waits for a restart; its files do not exist.
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    std::fs::write(
+        &proxy.config_path,
+        format!("{text}tls:\n  cert: missing-cert.pem\n  key: missing-key.pem\n"),
+    )
+    .expect("write");
+    let r = proxy.admin("reload");
+    assert_eq!(r["ok"], false, "{r}");
+    let st = proxy.admin("status");
+    assert!(
+        st["last_reload_error"].as_str().is_some_and(
+            |e| e.contains("a restart could not start") && e.contains("missing-cert.pem")
+        ),
+        "{st}"
+    );
+    assert_eq!(st["restart_required"], serde_json::json!([]), "{st}");
+    // The proxy still serves as before.
+    assert_eq!(bodies(&proxy, 3).await, vec!["stable"; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_the_config_file_reloads_nothing() {
     let (s, c) = (
         Backend::start("stable").await,
@@ -329,4 +357,84 @@ async fn a_release_directory_link_switched_is_followed_and_edits_there_are_seen(
     proxy.wait_status("the edit in the new release is picked up", |v| {
         percent(v) == Some(3.0)
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_moved_by_an_edit_takes_the_state_along_at_once() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: moved\npercent: 5"));
+    assert_eq!(proxy.admin("rollback")["ok"], true);
+    std::fs::create_dir(proxy.dir.path().join("var")).expect("mkdir");
+    let text = std::fs::read_to_string(&proxy.config_path)
+        .expect("config")
+        .replace("file: state.json", "file: var/state.json");
+    replace_file(&proxy.config_path, &text);
+    let st = proxy.wait_status("the move is picked up", |v| {
+        v["state_file"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("var/state.json"))
+    });
+    assert_eq!(st["restart_required"], serde_json::json!([]), "{st}");
+    assert_eq!(st["last_reload_error"], Value::Null, "{st}");
+    // The restart the edit was made for finds the rollback there, and keeps writing there.
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
+    assert_eq!(proxy.admin("resume")["ok"], true);
+    let kept = std::fs::read_to_string(proxy.dir.path().join("var/state.json")).expect("moved");
+    assert!(kept.contains("\"state\": \"running\""), "{kept}");
+    // A move to where nothing can be written is refused, and the running config stays.
+    let text = text.replace("file: var/state.json", "file: missing/state.json");
+    replace_file(&proxy.config_path, &text);
+    let st = proxy.wait_status("the refused move shows", |v| {
+        v["last_reload_error"].is_string()
+    });
+    let error = st["last_reload_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("state.file") && error.contains("missing/state.json"),
+        "{st}"
+    );
+    assert!(
+        st["state_file"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("var/state.json")),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_state_file_through_a_switched_link_keeps_the_state() {
+    let (s, s2, c) = (
+        Backend::start("stable").await,
+        Backend::start("stable-2").await,
+        Backend::start("canary").await,
+    );
+    // The config read as current/ramp.yaml, its state file beside it in each release.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let text = |stable: &[&Backend]| {
+        yaml(stable, &[&c], "id: rel\npercent: 5").replace(
+            "socket: admin.sock",
+            &format!("socket: {}", d.join("admin.sock").display()),
+        )
+    };
+    // The new release changes nothing of the rollout, only the pool list (an upstream more).
+    for (release, text) in [("v1", text(&[&s])), ("v2", text(&[&s, &s2]))] {
+        std::fs::create_dir_all(d.join(release)).expect("mkdir");
+        std::fs::write(d.join(release).join("ramp.yaml"), &text).expect("write");
+    }
+    std::os::unix::fs::symlink("v1", d.join("current")).expect("link");
+    let proxy = Proxy::start_in(dir, d.join("current/ramp.yaml"));
+    assert_eq!(proxy.admin("rollback")["ok"], true);
+    std::os::unix::fs::symlink("v2", d.join("current.new")).expect("link");
+    std::fs::rename(d.join("current.new"), d.join("current")).expect("switch");
+    // The switch reloads, and the state in force is written where the path now leads before
+    // the reload is done, so a restart right after the switch still finds the rollback.
+    proxy.wait_status("the switch is picked up", |v| v["upstreams"]["stable"] == 2);
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
 }

@@ -232,6 +232,16 @@ async fn ctl_works_while_the_config_is_broken_and_says_what_a_typo_means() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("not a number"), "{text}");
     assert!(!text.contains("NaN"), "{text}");
+    // ...but a --config typed on the command line wins over a RAMP_SOCKET left set for another
+    // ramp.
+    let out = std::process::Command::new(support::RAMP)
+        .args(["ctl", "--config", &path, "status"])
+        .env("RAMP_SOCKET", "/nonexistent/other-ramp.sock")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("rollout     ctl"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

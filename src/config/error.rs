@@ -68,6 +68,14 @@ pub enum Reason {
     #[error("{0}")]
     Shape(String),
     #[error(
+        "is empty: nobody could run any command, not even status; leave it out for the default (root and ramp's own user)"
+    )]
+    NobodyAllowed,
+    #[error(
+        "lists uid {0}, which may run every command already (allowed_uids: by default root and ramp's own user)"
+    )]
+    BothLists(u32),
+    #[error(
         "is the proxy's own address ({0}): the status page and the metrics, which show the rollout id, would be served to users"
     )]
     SameAsListen(std::net::SocketAddr),

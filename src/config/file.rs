@@ -146,9 +146,9 @@ pub struct AdminFile {
     #[serde(default)]
     pub group: Option<S<String>>,
     #[serde(default)]
-    pub allowed_uids: Option<Vec<u32>>,
+    pub allowed_uids: Option<S<Vec<u32>>>,
     #[serde(default)]
-    pub readonly_uids: Option<Vec<u32>>,
+    pub readonly_uids: Option<S<Vec<u32>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -391,14 +391,34 @@ fn admin(c: &mut Checker, a: &AdminFile) -> Option<Admin> {
         None => Some(None),
     };
     let own = nix::unistd::getuid().as_raw();
-    let mut allowed = a.allowed_uids.clone().unwrap_or_else(|| vec![0, own]);
+    let allowed = match &a.allowed_uids {
+        Some(list) => c.check(list, "admin.allowed_uids", |l| {
+            if l.is_empty() {
+                Err(Reason::NobodyAllowed)
+            } else {
+                Ok(l.clone())
+            }
+        }),
+        None => Some(vec![0, own]),
+    };
+    let readonly = match (&a.readonly_uids, &allowed) {
+        (Some(list), Some(allowed)) => c.check(list, "admin.readonly_uids", |l| {
+            match l.iter().find(|u| allowed.contains(u)) {
+                Some(&uid) => Err(Reason::BothLists(uid)),
+                None => Ok(l.clone()),
+            }
+        }),
+        (Some(list), None) => Some(list.value.clone()),
+        (None, _) => Some(Vec::new()),
+    };
+    let mut allowed = allowed?;
     allowed.dedup();
     Some(Admin {
         socket: socket?,
         mode: mode?,
         group: group?,
         allowed_uids: allowed,
-        readonly_uids: a.readonly_uids.clone().unwrap_or_default(),
+        readonly_uids: readonly?,
     })
 }
 

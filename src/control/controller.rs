@@ -595,7 +595,38 @@ impl Controller {
             Ok(Err(e)) => return rejected(&mut self.notes, e.into()),
             Err(e) => return Err(ControlError::ReloadTask(e.to_string())),
         };
-        let restart_required = keep_restart_only(&self.config, &mut new);
+        // Every file the new config names must be usable, those of parts that wait for a restart
+        // too (a new TLS section, a fleet's password): a config a restart could not start from
+        // is refused now, not at the restart.
+        if let Err(e) = Controller::preflight(&new) {
+            return rejected(&mut self.notes, ControlError::Unstartable(e.to_string()));
+        }
+        // A state file moved to another path: the state in force goes there now, so that the
+        // restart the edit is made for finds it (a restart would otherwise begin the config's
+        // plan afresh, undoing a halt or rollback).
+        let moved_to = match (&self.config.state_file, &new.state_file) {
+            (Some(from), Some(to)) if from != to => Some(to.clone()),
+            _ => None,
+        };
+        let moved = match &moved_to {
+            Some(to) => match self.store.move_file(to, &self.rollout).await {
+                Ok(moved) => moved,
+                Err(e) => {
+                    let e = ControlError::StateNotMoved {
+                        to: to.display().to_string(),
+                        error: e.to_string(),
+                    };
+                    return rejected(&mut self.notes, e);
+                }
+            },
+            None => false,
+        };
+        let mut restart_required = keep_restart_only(&self.config, &mut new);
+        if moved {
+            restart_required.retain(|&part| part != "state");
+            new.state_file = moved_to;
+            self.notes.state_file = new.state_file.as_ref().map(|p| p.display().to_string());
+        }
         let tls = match TlsConfigs::load(&new, &self.tls) {
             Ok(t) => t,
             Err(e) => return rejected(&mut self.notes, e.into()),
@@ -623,7 +654,14 @@ impl Controller {
             )
             .await;
         self.reloads[usize::from(committed.is_err())].increment(1);
+        if let Err(e) = &committed {
+            // The config is in force or not as the error says; either way, say it in status.
+            self.notes.last_reload_error = Some(e.to_string());
+        }
         committed?;
+        // The state file's path may lead somewhere new (a `current` link switched between
+        // release directories): the state is written there too.
+        self.store.rewrite(&self.rollout).await;
         if differs {
             tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
         }

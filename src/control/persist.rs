@@ -2,7 +2,7 @@
 //! every instance (with the state file as this instance's cache of it). The controller does not
 //! care which: it saves through [`Store::save`] before every reply.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -250,6 +250,37 @@ impl Store {
                     }
                 }
             }
+        }
+    }
+
+    /// A state file moved by a config edit (`state.file` from one path to another): the state in
+    /// force is written at `to` — in full, before the reply — and kept there from now on, so a
+    /// restart finds it. The old file is left as it was. Does nothing for a fleet or no file.
+    pub async fn move_file(&mut self, to: &Path, state: &RolloutState) -> Result<bool, StoreError> {
+        let Store::File(path, writer) = self else {
+            return Ok(false);
+        };
+        if path == to {
+            return Ok(false);
+        }
+        let bytes = store::encode(state, Instant::now(), SystemTime::now())?;
+        writer.write(to.to_owned(), bytes, true).await?;
+        tracing::info!(from = %path.display(), to = %to.display(), "the state file moved; the old one is left as it was");
+        *path = to.to_owned();
+        Ok(true)
+    }
+
+    /// Writes the state in force again, before the reload's reply: after a reload, the state
+    /// file's path may lead somewhere new (a `current` link switched between release
+    /// directories), and a restart right after must find the state there. A failure is logged
+    /// (the file is written again at the next change).
+    pub async fn rewrite(&self, state: &RolloutState) {
+        if let (Store::File(path, writer), Ok(bytes)) = (
+            self,
+            store::encode(state, Instant::now(), SystemTime::now()),
+        ) && let Err(e) = writer.write(path.clone(), bytes, true).await
+        {
+            tracing::warn!(error = %e, "cannot write the state file again after the reload");
         }
     }
 

@@ -139,6 +139,12 @@ pub enum ControlError {
     Tls(#[from] TlsError),
     #[error("reload failed: {0}")]
     ReloadTask(String),
+    #[error("a restart could not start from this config: {0}")]
+    Unstartable(String),
+    #[error(
+        "state.file: cannot write the state in force to {to} ({error}); the running config stays"
+    )]
+    StateNotMoved { to: String, error: String },
     #[error("permission denied: uid {uid} may only run status and bucket")]
     ReadOnly { uid: u32 },
     #[error("permission denied: this uid may not use the admin socket")]

@@ -192,7 +192,7 @@ fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
                 }
                 None => {
                     if let Err(e) = result {
-                        tracing::warn!(error = %e, "cannot write the local cache of the fleet's state");
+                        tracing::warn!(error = %e, "cannot write the state (the fleet's local cache, or the state file again after a reload)");
                     }
                 }
             }
