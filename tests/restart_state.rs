@@ -288,3 +288,50 @@ async fn a_plan_edited_while_halted_survives_a_restart_and_applies_on_resume() {
         "{r}"
     );
 }
+
+/// Unmounts a bind mount when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(ramp_tests_as_root), ignore = "needs root: a bind mount")]
+async fn a_state_file_that_is_a_single_file_bind_mount_is_still_written() {
+    let (s, c) = backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, yaml(&s, &c, "id: mounted\npercent: 5")).expect("write");
+    // As `docker run -v /host/state.json:/app/state.json`: the state file is a mount point,
+    // which no file can be renamed over.
+    let host = tempfile::tempdir().expect("host dir");
+    let outside = host.path().join("state.json");
+    // The host's file holds a state already (a first ramp's, at 6%).
+    let first = Proxy::start(&yaml(&s, &c, "id: mounted\npercent: 5"));
+    assert_eq!(first.admin("set 6")["ok"], true);
+    std::fs::copy(first.state_file(), &outside).expect("host file");
+    drop(first);
+    let inside = dir.path().join("state.json");
+    std::fs::write(&inside, "").expect("mount point");
+    let ok = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&outside)
+        .arg(&inside)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount --bind failed");
+    let _mounted = Mounted(inside.clone());
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["percent"], 6.0);
+    let reply = proxy.admin("set 7");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let text = std::fs::read_to_string(&outside).expect("state");
+    assert!(text.contains("\"percent_ppm\": 70000"), "on the host: {text}");
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("status")["percent"], 7.0);
+    drop(proxy);
+}

@@ -412,7 +412,23 @@ pub fn write_atomic(
     // Opened before the rename: a directory ramp cannot open fails the write while the file
     // still holds the old state.
     let dir_file = std::fs::File::open(&dir).map_err(err)?;
-    tmp.persist(&target).map_err(|e| err(e.error))?;
+    if let Err(e) = tmp.persist(&target) {
+        if e.error.raw_os_error() != Some(nix::errno::Errno::EBUSY as i32) {
+            return Err(err(e.error));
+        }
+        // The file is a mount point (a container's single-file bind mount): it cannot be
+        // replaced, only written in place — not atomically, so a crash mid-write can leave it
+        // torn (read back as unusable: everyone on stable). Mount its directory instead.
+        tracing::warn!(path = %target.display(), "the state file is a mount point (a single-file bind mount?) and is written in place, not atomically; mount its directory instead");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&target)
+            .map_err(err)?;
+        file.write_all(bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        return Ok(());
+    }
     // Renamed, the file holds the new state whatever follows: a directory that cannot be synced
     // (some filesystems refuse to) is told in the log, not as a failed write.
     if let Err(error) = dir_file.sync_all() {
