@@ -256,3 +256,43 @@ fn the_old_name_of_h2_idle_timeout_still_reads() {
         );
     }
 }
+
+#[test]
+fn check_refuses_paths_serve_could_not_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir(d.join("a-dir")).expect("mkdir");
+    std::fs::write(d.join("plain"), "not a socket").expect("write");
+    let long = format!("{}/{}.sock", d.display(), "s".repeat(120));
+    for (section, says) in [
+        ("state:\n  file: missing/state.json", "state.file"),
+        ("state:\n  file: a-dir", "is a directory"),
+        ("admin:\n  socket: missing/admin.sock", "admin.socket"),
+        ("admin:\n  socket: plain", "is not a socket"),
+        (&format!("admin:\n  socket: {long}") as &str, "longer than a socket's path"),
+    ] {
+        let path = write(
+            d,
+            "ramp.yaml",
+            &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}{section}\n"),
+        );
+        let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{section}: {out}{err}");
+        assert!(err.contains(says), "{section}: {err}");
+        // serve refuses it before taking a port (killed if it served after all).
+        let mut serve = std::process::Command::new(support::RAMP)
+            .args(["serve", "--config", path.to_str().expect("utf-8")])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while serve.try_wait().expect("wait").is_none() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = serve.kill();
+        let out = serve.wait_with_output().expect("output");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{section}: {err}");
+        assert!(err.contains(says), "{section}: {err}");
+    }
+}

@@ -77,8 +77,35 @@ pub(super) enum Durability {
 pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Path(String),
     #[error(transparent)]
     Store(#[from] super::persist::StoreStartError),
+}
+
+/// Whether `path` (the `field` of the config) can be made: its directory exists, and the path is
+/// not a directory — nor, for a socket (`socket`), an existing file other than a socket.
+fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let problem = match std::fs::metadata(dir) {
+        Err(e) => Some(format!("its directory {} cannot be used: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        Ok(_) => match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
+            Ok(m) if socket && !m.file_type().is_socket() && !m.file_type().is_symlink() => {
+                Some("exists and is not a socket: ramp would not replace it".to_owned())
+            }
+            _ => None,
+        },
+    };
+    match problem {
+        Some(p) => Err(StartError::Path(format!("{field}: {}: {p}", path.display()))),
+        None => Ok(()),
+    }
 }
 
 /// The generation of a change made on top of one at `previous`, at `now`: one more, or the wall
@@ -159,6 +186,19 @@ impl Controller {
         TlsConfigs::load(config, &TlsConfigs::default())?;
         if let Some(f) = &config.fleet {
             crate::fleet::client(f).map_err(super::persist::StoreStartError::from)?;
+        }
+        if let Some(path) = &config.state_file {
+            places(path, "state.file", false)?;
+        }
+        if let Some(admin) = &config.admin {
+            // The kernel's limit on a socket's path (`sun_path`, 108 bytes with its NUL).
+            if admin.socket.as_os_str().len() > 107 {
+                return Err(StartError::Path(format!(
+                    "admin.socket: {} is longer than a socket's path may be (107 bytes)",
+                    admin.socket.display()
+                )));
+            }
+            places(&admin.socket, "admin.socket", true)?;
         }
         Ok(())
     }
