@@ -269,7 +269,10 @@ fn check_refuses_paths_serve_could_not_use() {
         ("state:\n  file: a-dir", "is a directory"),
         ("admin:\n  socket: missing/admin.sock", "admin.socket"),
         ("admin:\n  socket: plain", "is not a socket"),
-        (&format!("admin:\n  socket: {long}") as &str, "longer than a socket's path"),
+        (
+            &format!("admin:\n  socket: {long}") as &str,
+            "longer than a socket's path",
+        ),
     ] {
         let path = write(
             d,

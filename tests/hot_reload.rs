@@ -438,3 +438,36 @@ async fn a_relative_state_file_through_a_switched_link_keeps_the_state() {
     let proxy = Proxy::start_in(dir, path);
     assert_eq!(proxy.admin("status")["state"], "rolled_back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_directory_removed_and_made_again_is_watched_again() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let text = |percent: u32| {
+        yaml(&[&s], &[&c], &format!("id: again\npercent: {percent}"))
+            .replace(
+                "socket: admin.sock",
+                &format!("socket: {}", d.join("admin.sock").display()),
+            )
+            .replace(
+                "file: state.json",
+                &format!("file: {}", d.join("state.json").display()),
+            )
+    };
+    std::fs::create_dir(d.join("conf")).expect("mkdir");
+    std::fs::write(d.join("conf/ramp.yaml"), text(1)).expect("write");
+    let proxy = Proxy::start_in(dir, d.join("conf/ramp.yaml"));
+    // A deploy script's way: the directory goes, and comes back with a new file.
+    std::fs::remove_dir_all(d.join("conf")).expect("rm");
+    std::fs::create_dir(d.join("conf")).expect("mkdir");
+    std::fs::write(d.join("conf/ramp.yaml"), text(2)).expect("write");
+    proxy.wait_status("the new file is read", |v| percent(v) == Some(2.0));
+    // And edits there are seen from then on.
+    replace_file(&d.join("conf/ramp.yaml"), &text(3));
+    let st = proxy.wait_status("the edit is read", |v| percent(v) == Some(3.0));
+    assert_eq!(st["last_reload_error"], Value::Null, "{st}");
+}

@@ -329,7 +329,10 @@ async fn a_state_file_that_is_a_single_file_bind_mount_is_still_written() {
     let reply = proxy.admin("set 7");
     assert_eq!(reply["ok"], true, "{reply}");
     let text = std::fs::read_to_string(&outside).expect("state");
-    assert!(text.contains("\"percent_ppm\": 70000"), "on the host: {text}");
+    assert!(
+        text.contains("\"percent_ppm\": 70000"),
+        "on the host: {text}"
+    );
     let (dir, path) = proxy.kill9();
     let proxy = Proxy::start_in(dir, path);
     assert_eq!(proxy.admin("status")["percent"], 7.0);

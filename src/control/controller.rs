@@ -92,7 +92,10 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
         _ => std::path::Path::new("."),
     };
     let problem = match std::fs::metadata(dir) {
-        Err(e) => Some(format!("its directory {} cannot be used: {e}", dir.display())),
+        Err(e) => Some(format!(
+            "its directory {} cannot be used: {e}",
+            dir.display()
+        )),
         Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
         Ok(_) => match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
@@ -103,7 +106,10 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
         },
     };
     match problem {
-        Some(p) => Err(StartError::Path(format!("{field}: {}: {p}", path.display()))),
+        Some(p) => Err(StartError::Path(format!(
+            "{field}: {}: {p}",
+            path.display()
+        ))),
         None => Ok(()),
     }
 }

@@ -103,12 +103,20 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<W
     let mut dirs = Vec::new();
     for dir in targets.dirs {
         lock(&watching).watch(&dir, RecursiveMode::NonRecursive)?;
-        dirs.push(dir);
+        let id = identity(&dir);
+        dirs.push((dir, id));
     }
     let more = Arc::clone(&watching);
     tokio::spawn(async move {
         loop {
-            changed.notified().await;
+            tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep(RECHECK) => {
+                    if !rewatch(&more, &mut dirs) {
+                        continue;
+                    }
+                }
+            }
             // Debounce: wait for a quiet spell.
             while tokio::time::timeout(DEBOUNCE, changed.notified())
                 .await
@@ -117,10 +125,11 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<W
             // A switched link leads to directories not watched yet.
             let now = Targets::of(&files);
             for dir in now.dirs {
-                if !dirs.contains(&dir)
+                if !dirs.iter().any(|(d, _)| *d == dir)
                     && lock(&more).watch(&dir, RecursiveMode::NonRecursive).is_ok()
                 {
-                    dirs.push(dir);
+                    let id = identity(&dir);
+                    dirs.push((dir, id));
                 }
             }
             {
@@ -145,6 +154,44 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<W
         }
     });
     Ok(watching)
+}
+
+/// How often the watched directories are looked at: one removed and made again (`rm -rf conf;
+/// mkdir conf`, a restore from a backup) takes its watch with it, and no event would ever come.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A directory's identity (device, inode, and when it was made: a directory made again at once
+/// may get the inode of the one removed), `None` while it is missing.
+type Identity = Option<(u64, u64, Option<std::time::SystemTime>)>;
+
+fn identity(dir: &Path) -> Identity {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.created().ok()))
+}
+
+/// Watches again every directory that was removed and is back (or replaced): gives whether one
+/// was, so that what it holds now is read.
+fn rewatch(w: &Watching, dirs: &mut [(PathBuf, Identity)]) -> bool {
+    let mut back = false;
+    for (dir, id) in dirs.iter_mut() {
+        let now = identity(dir);
+        if now == *id {
+            continue;
+        }
+        if now.is_some() {
+            let mut w = lock(w);
+            let _ = w.unwatch(dir);
+            if w.watch(dir, RecursiveMode::NonRecursive).is_err() {
+                continue;
+            }
+            tracing::info!(dir = %dir.display(), "a watched directory was made again; watching it anew");
+            back = true;
+        }
+        *id = now;
+    }
+    back
 }
 
 fn lock(w: &Watching) -> std::sync::MutexGuard<'_, RecommendedWatcher> {
