@@ -55,6 +55,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     // for later rather than ending the process, as it would with no handler yet.
     let hup = signal(tokio::signal::unix::SignalKind::hangup())?;
     sighup_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+    // SIGUSR1 and SIGUSR2 mean something to other servers (nginx reopens its logs on USR1, and a
+    // logrotate script may send it to every process it knows): here they are logged and
+    // ignored, rather than ending ramp as their default action would.
+    for (kind, name) in [
+        (tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1"),
+        (tokio::signal::unix::SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        let mut s = signal(kind)?;
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                tracing::info!(signal = name, "ignored: ramp has no use for it");
+            }
+        });
+    }
     // Every file the config names is read before anything is taken from a running ramp: a
     // restart with --takeover that cannot start leaves the old one its ports and admin socket.
     Controller::preflight(&config)?;

@@ -219,3 +219,20 @@ async fn a_takeover_that_cannot_start_leaves_the_running_ramp_its_admin_socket()
     );
     assert_eq!(old.admin("halt")["state"], "halted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_and_sigusr2_sent_by_a_log_rotation_script_leave_ramp_serving() {
+    let b = Backend::start("stable").await;
+    let mut proxy = Proxy::start(&config(&[&b], &[&b], "id: usr\npercent: 0", CONTROL));
+    for (sig, name) in [(10, "SIGUSR1"), (12, "SIGUSR2")] {
+        proxy.signal(sig);
+        proxy.wait_log(name);
+    }
+    assert_eq!(
+        proxy.wait_exit(Duration::from_millis(300)),
+        None,
+        "ramp ended"
+    );
+    let r = support::Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+}

@@ -45,7 +45,9 @@ pub enum Reason {
     HeaderName(String),
     #[error("not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~): {0:?}")]
     CookieName(String),
-    #[error("must not contain control characters or whitespace: {0:?}")]
+    #[error(
+        "must not contain control characters, invisible or direction-changing characters, or whitespace: {0:?}"
+    )]
     Printable(String),
     #[error("give either `percent` or `steps`, not both")]
     PercentAndSteps,

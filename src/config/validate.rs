@@ -295,10 +295,41 @@ pub fn rollout_id(id: &str) -> Result<String, Reason> {
             got: id.len(),
         });
     }
-    if id.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+    if id
+        .chars()
+        .any(|ch| ch.is_control() || ch.is_whitespace() || invisible(ch))
+    {
         return Err(Reason::Printable(id.to_owned()));
     }
     Ok(id.to_owned())
+}
+
+/// Unicode's format characters (category Cf): invisible, or turning text around (U+202E), so an
+/// id holding one looks like another id while salting the hash differently.
+fn invisible(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 fn rollout(c: &mut Checker, file: &File) -> Option<RolloutPlan> {

@@ -210,6 +210,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rollout_id_that_looks_like_another_is_refused() {
+        // Invisible or direction-changing characters: the id would read as "checkout-v2" while
+        // salting the hash differently.
+        for id in [
+            "checkout\u{200B}-v2",
+            "\u{FEFF}checkout-v2",
+            "checkout-\u{202E}2v",
+            "check\u{2060}out-v2",
+            "checkout\u{00AD}-v2",
+        ] {
+            let line = format!("start {id}");
+            assert!(
+                matches!(parse(line.as_bytes()), Err(ParseError::RolloutId(_))),
+                "{id:?}"
+            );
+        }
+        assert!(parse("start déploiement-été".as_bytes()).is_ok());
+    }
+
+    #[test]
     fn parses_every_command() {
         assert_eq!(parse(b"status"), Ok(Command::Status));
         assert_eq!(parse(b"  HALT \r"), Ok(Command::Halt));
