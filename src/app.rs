@@ -122,6 +122,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         _ => None,
     };
     let controller_task = tokio::spawn(controller.run());
+    if let Some((_, admin, owned)) = &admin_task {
+        // A successor started with --takeover owns the rollout state from now on: this process
+        // stops changing it (a schedule step or a guard action written over a change made at the
+        // successor) and serves with the state it has until its SIGTERM.
+        let (controller, path, owned) =
+            (controller_task.abort_handle(), admin.socket.clone(), *owned);
+        tokio::spawn(async move {
+            admin::taken_over(path, owned).await;
+            tracing::warn!(
+                "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write) and serves with the state it has until its SIGTERM"
+            );
+            controller.abort();
+        });
+    }
     tokio::spawn(probes::run(Arc::clone(&current)));
     let (act_tx, act_rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(analysis::run(

@@ -404,3 +404,34 @@ async fn a_fifo_at_the_state_path_is_never_replaced() {
     let kind = std::fs::symlink_metadata(proxy.state_file()).expect("still there");
     assert!(kind.file_type().is_fifo(), "the FIFO was replaced");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_takeover_the_old_process_changes_nothing_before_its_sigterm() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    // A schedule that would step twice in the minutes a restart takes.
+    let old = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: t\nsteps:\n  - {percent: 1, hold: 2s}\n  - {percent: 50, hold: 2s}\n  - {percent: 100}",
+        "",
+    ));
+    pin_port(&old);
+    let new = old.start_successor();
+    new.wait_status("the successor answers", |v| {
+        v["pid"].as_u64() == Some(u64::from(new.pid()))
+    });
+    old.wait_log("a newer ramp has taken the admin socket over");
+    // The operator rolls back at the new process, before the old one's SIGTERM.
+    assert_eq!(new.admin("rollback")["ok"], true);
+    // Past both of the old schedule's holds: the file still holds the rollback.
+    std::thread::sleep(Duration::from_millis(5_000));
+    let text = std::fs::read_to_string(new.state_file()).expect("state");
+    assert!(text.contains("\"state\": \"rolled_back\""), "{text}");
+    drop(old);
+    let (dir, path) = new.kill9();
+    let again = Proxy::start_in(dir, path);
+    assert_eq!(again.admin("status")["state"], "rolled_back");
+}

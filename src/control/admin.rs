@@ -2,7 +2,7 @@
 //! Peers are identified with SO_PEERCRED; nothing a peer sends can crash or stall the proxy.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +89,29 @@ fn still_ours(path: &Path, owned: Owned) -> bool {
         std::os::unix::fs::MetadataExt::dev(&m) == owned.dev
             && std::os::unix::fs::MetadataExt::ino(&m) == owned.ino
     })
+}
+
+/// Waits until a newer ramp has taken the socket's path over (`--takeover`): a socket other than
+/// the one this process bound is there, and answers. A socket file merely deleted is no takeover.
+pub async fn taken_over(path: PathBuf, owned: Owned) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let path = path.clone();
+        let other = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileTypeExt;
+            let replaced = std::fs::metadata(&path).is_ok_and(|m| {
+                m.file_type().is_socket()
+                    && (std::os::unix::fs::MetadataExt::dev(&m) != owned.dev
+                        || std::os::unix::fs::MetadataExt::ino(&m) != owned.ino)
+            });
+            replaced && std::os::unix::net::UnixStream::connect(&path).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if other {
+            return;
+        }
+    }
 }
 
 /// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
