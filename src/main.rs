@@ -225,7 +225,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
             Ok(c) => {
-                println!(
+                use std::io::Write;
+                // A reader that went away (`| true`) is no reason to fail: the exit code says it.
+                let _ = writeln!(
+                    std::io::stdout(),
                     "{}: ok (listen {}, {} stable and {} canary upstreams, rollout {:?} from {}%)",
                     config.display(),
                     c.listen,

@@ -305,6 +305,24 @@ async fn a_state_file_another_user_put_in_a_shared_directory_is_not_trusted() {
     );
     let reply = Client::http1().get(&proxy.url("/"), &[]).await;
     assert_eq!(reply.body, "stable");
+    // The operator's next change replaces the plant with a file of ramp's own (not the
+    // planter's owner and mode), which a restart then reads.
+    let reply = proxy.admin("start shared 7");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let meta = std::fs::metadata(&state).expect("state");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (nix::unistd::geteuid().as_raw(), 0o644)
+    );
+    let (dir, path) = proxy.kill9();
+    let again = Proxy::start_in(dir, path);
+    let st = again.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("running"), Some(7.0)),
+        "{st}"
+    );
 }
 
 /// Lets this process open as many descriptors as it may.

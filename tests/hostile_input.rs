@@ -418,9 +418,10 @@ async fn a_websocket_handshake_with_a_body_goes_on_as_a_plain_request_with_its_b
     assert!(!seen.headers.contains_key("upgrade"));
 }
 
-/// An upstream with the common bug of sending a body with its answer to HEAD, and with the worst
-/// timing: the stray body (itself shaped like an answer) reaches the connection just as the next
-/// request does. Every other request gets its own answer, naming the path.
+/// An upstream with the common bug of sending a body with an answer that has none (to HEAD, 204,
+/// 304), and with the worst timing: the stray body (itself shaped like an answer) reaches the
+/// connection just as the next request does. Every other request gets its own answer, naming the
+/// path; `/204` and `/304` get those statuses.
 async fn head_body_upstream() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -448,10 +449,18 @@ async fn head_body_upstream() -> std::net::SocketAddr {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison",
                         );
                     }
-                    after_head = head.starts_with("HEAD ");
+                    let status = match path.as_str() {
+                        "/204" => "204 No Content",
+                        "/304" => "304 Not Modified",
+                        _ => "200 OK",
+                    };
+                    after_head = head.starts_with("HEAD ") || status != "200 OK";
                     answer.extend_from_slice(
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", path.len())
-                            .as_bytes(),
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                            path.len()
+                        )
+                        .as_bytes(),
                     );
                     if !after_head {
                         answer.extend_from_slice(path.as_bytes());
@@ -467,19 +476,19 @@ async fn head_body_upstream() -> std::net::SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_an_upstream_sends_after_a_head_answer_never_reaches_the_next_user() {
+async fn a_body_an_upstream_sends_after_a_bodiless_answer_never_reaches_the_next_user() {
     let proxy = Proxy::start(&support::single(head_body_upstream().await, ""));
     let client = Client::http1();
-    for i in 0..5 {
-        let head = client
-            .send(
-                http::Method::HEAD,
-                &proxy.url("/h"),
-                &[],
-                bytes::Bytes::new(),
-            )
+    for i in 0..6 {
+        let (method, path, status) = match i % 3 {
+            0 => (http::Method::HEAD, "/h", 200),
+            1 => (http::Method::GET, "/204", 204),
+            _ => (http::Method::GET, "/304", 304),
+        };
+        let first = client
+            .send(method, &proxy.url(path), &[], bytes::Bytes::new())
             .await;
-        assert_eq!(head.status.as_u16(), 200);
+        assert_eq!(first.status.as_u16(), status);
         let path = format!("/next-{i}");
         let next = client.get(&proxy.url(&path), &[]).await;
         assert_eq!(next.body, path, "another answer reached this user");

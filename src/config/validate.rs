@@ -18,11 +18,14 @@ use super::{
 pub const MAX_ROLLOUT_ID: usize = 256;
 
 /// Two listening addresses that would take the same connections: the same port (not 0) on the
-/// same address, or on a wildcard address and any other.
+/// same address (an IPv4-mapped IPv6 one is its IPv4 one), or on a wildcard address and another
+/// it covers — `0.0.0.0` every IPv4 address, `[::]` every address (dual-stack, Linux's default).
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: std::net::IpAddr, o: std::net::IpAddr| {
+        w.is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
 }
 
 pub fn validate(file: File) -> Result<Config, Vec<Problem>> {

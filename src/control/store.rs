@@ -380,6 +380,8 @@ pub fn write_atomic(
                 "not a regular file; refusing to replace it",
             )));
         }
+        // Another user's plant: replaced by a file of ramp's own, as a first file would be.
+        Ok(meta) if foreign(&target, meta.uid()) => (std::fs::Permissions::from_mode(0o644), None),
         // The new file keeps the old one's mode and owner.
         Ok(meta) => (meta.permissions(), Some((meta.uid(), meta.gid()))),
         Err(_) => (std::fs::Permissions::from_mode(0o644), None),
@@ -524,14 +526,7 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
 /// counts as unreadable: everyone on stable until an operator acts.
 fn read_trusted(p: &Path) -> std::io::Result<Vec<u8>> {
     let owner = std::fs::metadata(p)?.uid();
-    let dir = std::fs::metadata(parent(p)).ok();
-    let open_to_all = dir.as_ref().is_some_and(|d| d.mode() & 0o002 != 0);
-    let dir_owner = dir.map(|d| d.uid());
-    if open_to_all
-        && owner != nix::unistd::geteuid().as_raw()
-        && owner != 0
-        && Some(owner) != dir_owner
-    {
+    if foreign(p, owner) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
@@ -541,6 +536,18 @@ fn read_trusted(p: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     crate::files::read_regular(p, crate::files::MAX_FILE)
+}
+
+/// Whether a file at `p` owned by `owner` could be another user's plant: its directory is open
+/// to every user, and `owner` is neither ramp's user nor root nor the directory's owner.
+fn foreign(p: &Path, owner: u32) -> bool {
+    let dir = std::fs::metadata(parent(p)).ok();
+    let open_to_all = dir.as_ref().is_some_and(|d| d.mode() & 0o002 != 0);
+    let dir_owner = dir.map(|d| d.uid());
+    open_to_all
+        && owner != nix::unistd::geteuid().as_raw()
+        && owner != 0
+        && Some(owner) != dir_owner
 }
 
 fn parent(p: &Path) -> PathBuf {

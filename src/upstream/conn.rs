@@ -262,12 +262,13 @@ impl Upstream {
                     // Answered before the whole request went out: the rest goes with the
                     // answer's body (unless the answer has none, or writing failed).
                     let more = !out.sent && out.error.is_none() && !answer.framing.is_done();
-                    // Not after HEAD: an upstream that wrongly sends a body with its answer to
-                    // HEAD (a common bug) would have those bytes, arriving late, read as the
-                    // answer to the next user's request on this connection.
-                    let keep_alive = answer.keep_alive
-                        && (out.sent || more)
-                        && request.parts.method != http::Method::HEAD;
+                    // Not after an answer that has no body by definition (to HEAD, 204, 304): an
+                    // upstream that wrongly sends one anyway (a common bug) would have those
+                    // bytes, arriving late, read as the answer to the next user's request on
+                    // this connection.
+                    let bodiless = request.parts.method == http::Method::HEAD
+                        || matches!(answer.status.as_u16(), 204 | 304);
+                    let keep_alive = answer.keep_alive && (out.sent || more) && !bodiless;
                     let sending = more.then(|| {
                         Box::new(Sending {
                             out,
