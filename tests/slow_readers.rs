@@ -106,3 +106,89 @@ async fn http2_streams_that_read_nothing_hold_little_memory() {
     );
     drop((bodies, clients));
 }
+
+/// An upstream that answers a request's head at once and sends the body only once the whole
+/// upload is in (as HTTP allows): "got N".
+async fn answers_before_the_upload() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match conn.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = buf.len() - end - 4;
+                let text = format!("got {length}");
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len());
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while body < length {
+                    match conn.read(&mut chunk).await {
+                        Ok(n) if n > 0 => body += n,
+                        _ => return,
+                    }
+                }
+                let _ = conn.write_all(text.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_waiting_for_a_moving_upload_is_not_taken_for_a_stalled_reader() {
+    let up = answers_before_the_upload().await;
+    let proxy = Proxy::start(&support::single(up, "limits:\n  body_idle_timeout: 1s\n"));
+    let addr = proxy.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The answer is read as it comes, as a browser would.
+        let mut reader = c.try_clone().expect("clone");
+        let read = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&text).ends_with("got 6") {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => text.extend_from_slice(&buf[..n]),
+                }
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+            .expect("head");
+        // One byte every 0.6 s: the upload keeps moving, for 3.6 s in all — over three times
+        // the body idle limit, with the answer's head out and its body waiting for the upload.
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(600));
+            if c.write_all(b"z").is_err() {
+                break;
+            }
+        }
+        read.join().expect("reader")
+    })
+    .await
+    .expect("client");
+    assert!(answer.ends_with("got 6"), "cut short: {answer:?}");
+}

@@ -42,6 +42,12 @@ impl http_body::Body for ProxyBody {
         };
         match (&frame, &this.busy) {
             (std::task::Poll::Ready(Some(Ok(_))), Some(busy)) => busy.conn.activity.progress(),
+            // Nothing to send while the upstream waits for the rest of the upload (polled again
+            // as the upload moves): the client is not the one stalling the answer.
+            (std::task::Poll::Pending, Some(busy)) if matches!(&this.inner, Either::Left(b) if b.uploading()) =>
+            {
+                busy.conn.activity.progress();
+            }
             (std::task::Poll::Ready(Some(Err(e))), Some(busy)) => {
                 if let (Some(pool), Some(kind)) = (this.pool.take(), e.upstream_kind()) {
                     // The answer was judged by its head; its body failing at the upstream's end

@@ -396,6 +396,19 @@ impl UpstreamBody {
         }
     }
 
+    /// The request is still going out while its answer is read (the upstream answered before
+    /// it had all of the upload): an answer with nothing to send yet waits for the client's
+    /// upload, not for the client to read.
+    pub fn uploading(&self) -> bool {
+        matches!(
+            &self.source,
+            Source::Wire {
+                sending: Some(_),
+                ..
+            }
+        )
+    }
+
     /// The upstream's fields, to be written before the response's own.
     pub fn fields(&self) -> Option<&Fields> {
         self.fields.as_deref()
