@@ -640,3 +640,53 @@ async fn a_canary_answer_cut_off_mid_body_is_an_error_and_a_client_hanging_up_is
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: one\npercent: 50\nguard: {action: rollback, min_requests: 100}",
+        "",
+    ));
+    // Both versions answer 500 to the same bad input; ordinary users meet none.
+    traffic(&proxy, 600, "u", 1, "/").await;
+    // One client with an id on the canary sends that input, over and over.
+    let client = Client::http1();
+    let mut id = None;
+    for i in 0.. {
+        let candidate = format!("bot-{i}");
+        let r = client
+            .get(&proxy.url("/"), &[("x-user-id", &candidate)])
+            .await;
+        if r.body == "canary" {
+            id = Some(candidate);
+            break;
+        }
+    }
+    let id = id.expect("an id on the canary");
+    for _ in 0..80 {
+        let r = client
+            .get(&proxy.url("/status/500"), &[("x-user-id", &id)])
+            .await;
+        assert_eq!(r.status.as_u16(), 500);
+    }
+    let st = proxy.wait_status("the errors are counted", |v| {
+        v["analysis"]["pools"]["canary"]["errors"].as_u64() == Some(80)
+    });
+    let errors = &st["analysis"]["errors"];
+    assert_eq!(errors["verdict"], "not_enough_data", "{st}");
+    assert!(
+        errors["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("come from 1 user ")),
+        "{st}"
+    );
+    // Given the time to act, the guard does not.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    assert_eq!(proxy.admin("status")["state"], "running");
+}

@@ -10,11 +10,79 @@ use crate::routing::{PerPool, PoolName};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
+/// How many distinct users with errors are told apart: enough to tell one client's errors
+/// (a bot, an attacker, one user's bad input) from errors many users meet.
+pub const ERROR_USERS: usize = 8;
+
+/// Up to [`ERROR_USERS`] distinct users (by the hash routing computes), exact; more are not
+/// told apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UserSet {
+    users: [u64; ERROR_USERS],
+    len: usize,
+}
+
+impl UserSet {
+    fn insert(&mut self, user: u64) {
+        if self.len < ERROR_USERS && !self.users[..self.len].contains(&user) {
+            self.users[self.len] = user;
+            self.len += 1;
+        }
+    }
+
+    /// Distinct users, at most [`ERROR_USERS`].
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn merge(&mut self, other: &UserSet) {
+        for &u in &other.users[..other.len] {
+            self.insert(u);
+        }
+    }
+}
+
+/// The request path's side of a [`UserSet`]: a compare-and-swap per errored request at most.
+#[derive(Debug, Default)]
+struct AtomicUserSet {
+    /// Users (hash | 1, so 0 means free).
+    slots: [AtomicU64; ERROR_USERS],
+}
+
+impl AtomicUserSet {
+    #[inline]
+    fn add(&self, user: u64) {
+        let user = user | 1;
+        for slot in &self.slots {
+            match slot.compare_exchange(0, user, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(held) if held == user => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn drain_into(&self, into: &mut UserSet) {
+        for slot in &self.slots {
+            let user = slot.swap(0, Ordering::Relaxed);
+            if user != 0 {
+                into.insert(user);
+            }
+        }
+    }
+}
+
 /// One pool's figures over some span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
+    /// The distinct users the errors came from (up to [`ERROR_USERS`]).
+    pub error_users: UserSet,
     /// Requests per latency bucket (see [`histogram`]).
     pub latency: Box<[u64]>,
     pub users: Users,
@@ -27,6 +95,7 @@ impl Default for Counts {
         Counts {
             requests: 0,
             errors: 0,
+            error_users: UserSet::default(),
             latency: vec![0; BUCKETS].into_boxed_slice(),
             users: Users::default(),
             goals: [0; MAX_GOALS],
@@ -38,6 +107,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.error_users.merge(&other.error_users);
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
@@ -50,6 +120,7 @@ impl Counts {
     pub fn clear(&mut self) {
         self.requests = 0;
         self.errors = 0;
+        self.error_users = UserSet::default();
         self.latency.fill(0);
         self.users.clear();
         self.goals = [0; MAX_GOALS];
@@ -61,6 +132,7 @@ struct Cells {
     errors: AtomicU64,
     /// Failed attempts a retry answered elsewhere: requests (and errors) without a latency.
     failed: AtomicU64,
+    error_users: AtomicUserSet,
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
@@ -71,6 +143,7 @@ impl Default for Cells {
         Cells {
             errors: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            error_users: AtomicUserSet::default(),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -100,6 +173,9 @@ impl Recorder {
         c.latency[histogram::index(micros)].fetch_add(1, Ordering::Relaxed);
         if error {
             c.errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(u) = user {
+                c.error_users.add(u);
+            }
         }
         if let Some(u) = user {
             c.users.add(u);
@@ -114,17 +190,24 @@ impl Recorder {
     /// request `pool` failed, so it counts as one, and as an error (with no latency). Otherwise a
     /// canary that crashes on some requests would look flawless while stable serves them again.
     #[inline]
-    pub fn failed_attempt(&self, pool: PoolName) {
+    pub fn failed_attempt(&self, pool: PoolName, user: Option<u64>) {
         let c = &self.pools[pool];
         c.failed.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(u) = user {
+            c.error_users.add(u);
+        }
     }
 
     /// An answer from `pool`, recorded already, whose body the upstream broke off (cut short,
     /// reset, stalled, malformed): an error after all.
     #[inline]
-    pub fn broken_body(&self, pool: PoolName) {
-        self.pools[pool].errors.fetch_add(1, Ordering::Relaxed);
+    pub fn broken_body(&self, pool: PoolName, user: Option<u64>) {
+        let c = &self.pools[pool];
+        c.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(u) = user {
+            c.error_users.add(u);
+        }
     }
 
     /// Moves everything recorded since the last drain into `into` (cleared first).
@@ -141,6 +224,7 @@ impl Recorder {
             }
             counts.requests = requests + cells.failed.swap(0, Ordering::Relaxed);
             counts.errors = cells.errors.swap(0, Ordering::Relaxed);
+            cells.error_users.drain_into(&mut counts.error_users);
             cells.users.drain_into(&mut counts.users);
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
                 *n = cell.swap(0, Ordering::Relaxed);
@@ -168,5 +252,33 @@ mod tests {
         assert_eq!(tick.canary.latency[histogram::index(40_000)], 1);
         r.drain(&mut tick);
         assert_eq!((tick.canary.requests, tick.stable.requests), (0, 0));
+    }
+
+    #[test]
+    fn the_users_errors_came_from_are_told_apart_up_to_a_few() {
+        let r = Recorder::default();
+        let mut since = PerPool::<Counts>::default();
+        let mut tick = PerPool::<Counts>::default();
+        // One user's many errors, second after second, are one user.
+        for _ in 0..3 {
+            for _ in 0..50 {
+                r.record(PoolName::Canary, true, 1_000, Some(42), None);
+            }
+            r.failed_attempt(PoolName::Canary, Some(42));
+            r.broken_body(PoolName::Canary, Some(42));
+            r.record(PoolName::Canary, false, 1_000, Some(7), None);
+            r.drain(&mut tick);
+            since.canary.add(&tick.canary);
+        }
+        assert_eq!(since.canary.error_users.len(), 1);
+        assert_eq!(since.canary.errors, 156);
+        // Others' errors add users, up to the few that are told apart.
+        for u in 100..120 {
+            r.record(PoolName::Canary, true, 1_000, Some(u), None);
+        }
+        r.drain(&mut tick);
+        since.canary.add(&tick.canary);
+        assert_eq!(since.canary.error_users.len(), ERROR_USERS);
+        assert!(since.stable.error_users.is_empty());
     }
 }

@@ -19,7 +19,7 @@ use http::Method;
 
 use crate::config::Analysis as Settings;
 
-pub use counts::{Counts, Recorder};
+pub use counts::{Counts, ERROR_USERS, Recorder};
 pub use task::{Act, Analysis, run};
 pub use view::AnalysisView;
 

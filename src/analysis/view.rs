@@ -54,6 +54,14 @@ impl From<Verdict> for VerdictView {
                 Some(more),
                 format!("not enough data: {more} more requests"),
             ),
+            Verdict::FewUsers { users, needed } => (
+                "not_enough_data",
+                None,
+                format!(
+                    "not enough data: the canary's error rate is above the margin, but its errors come from {users} user{} (the guard acts on errors from {needed} or more)",
+                    if users == 1 { "" } else { "s" }
+                ),
+            ),
         };
         VerdictView {
             verdict: verdict.to_owned(),
@@ -206,6 +214,7 @@ pub fn thresholds(guard: Option<&Guard>) -> Thresholds {
         t.max_error_rate_increase = g.max_error_rate_increase;
         t.max_p99_ratio = g.max_p99_ratio;
         t.min_requests = g.min_requests;
+        t.min_error_users = g.min_error_users;
     }
     t
 }
@@ -216,8 +225,16 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict)
         n: c.requests,
         hits: c.errors,
     };
+    let mut errors = guard::errors(arm(&since.canary), arm(&since.stable), t);
+    let users = since.canary.error_users.len() as u64;
+    if errors.1 == Verdict::Regressed && users < t.min_error_users {
+        errors.1 = Verdict::FewUsers {
+            users,
+            needed: t.min_error_users,
+        };
+    }
     (
-        guard::errors(arm(&since.canary), arm(&since.stable), t),
+        errors,
         guard::latency(&since.canary.latency, &since.stable.latency, t),
     )
 }

@@ -137,6 +137,13 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         100_000_000,
         300,
     );
+    let min_error_users = c.int(
+        g.min_error_users.as_ref(),
+        "rollout.guard.min_error_users",
+        1,
+        crate::analysis::ERROR_USERS as u64,
+        5,
+    );
     let action = match &g.action {
         Some(a) => c
             .check(a, "rollout.guard.action", |a| match a.trim() {
@@ -151,6 +158,7 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         max_error_rate_increase,
         max_p99_ratio,
         min_requests,
+        min_error_users,
         action,
         require_data: g.require_data.unwrap_or(false),
     })

@@ -71,6 +71,8 @@ pub struct GuardFile {
     #[serde(default)]
     pub min_requests: Option<S<u64>>,
     #[serde(default)]
+    pub min_error_users: Option<S<u64>>,
+    #[serde(default)]
     pub action: Option<S<String>>,
     #[serde(default)]
     pub require_data: Option<bool>,

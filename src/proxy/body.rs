@@ -20,8 +20,9 @@ use super::error::body_for;
 pub struct ProxyBody {
     inner: Either<UpstreamBody, Full<Bytes>>,
     pub(super) busy: Option<Busy>,
-    /// The pool whose answer this is, charged if its upstream breaks the body off.
-    pub(super) pool: Option<PoolName>,
+    /// The pool whose answer this is, and the user's hash: charged if its upstream breaks the
+    /// body off.
+    pub(super) judged: Option<(PoolName, Option<u64>)>,
 }
 
 impl http_body::Body for ProxyBody {
@@ -49,11 +50,11 @@ impl http_body::Body for ProxyBody {
                 busy.conn.activity.progress();
             }
             (std::task::Poll::Ready(Some(Err(e))), Some(busy)) => {
-                if let (Some(pool), Some(kind)) = (this.pool.take(), e.upstream_kind()) {
+                if let (Some((pool, user)), Some(kind)) = (this.judged.take(), e.upstream_kind()) {
                     // The answer was judged by its head; its body failing at the upstream's end
                     // makes it an error after all (a client that stops reading is no error).
                     let proxy = &busy.conn.proxy;
-                    proxy.analysis.recorder.broken_body(pool);
+                    proxy.analysis.recorder.broken_body(pool, user);
                     proxy.metrics.upstream_error(pool, kind);
                     tracing::debug!(pool = pool.as_str(), error = %e, "upstream answer broken off");
                 }
@@ -96,7 +97,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Left(body),
             busy: None,
-            pool: None,
+            judged: None,
         }
     }
 
@@ -131,7 +132,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Right(Full::default()),
             busy: None,
-            pool: None,
+            judged: None,
         }
     }
 }
@@ -152,7 +153,7 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
         inner: Either::Right(Full::new(body_for(status))),
         busy: None,
-        pool: None,
+        judged: None,
     });
     *resp.status_mut() = status;
     resp.headers_mut().insert(

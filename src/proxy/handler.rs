@@ -135,7 +135,7 @@ pub fn handle(
                                 if let Some(kind) = charged {
                                     // The user may not see it, but the pool failed a request.
                                     proxy.metrics.upstream_error(served_by, kind);
-                                    proxy.analysis.recorder.failed_attempt(served_by);
+                                    proxy.analysis.recorder.failed_attempt(served_by, user);
                                 }
                                 tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
                                 unanswered.pool = to;
@@ -171,7 +171,7 @@ pub fn handle(
                 // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
                 // not make ramp close the client's keep-alive connection).
                 *resp.version_mut() = version;
-                resp.body_mut().pool = Some(served_by);
+                resp.body_mut().judged = Some((served_by, user));
                 resp
             }
             Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {
