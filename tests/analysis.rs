@@ -683,10 +683,112 @@ async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
     assert!(
         errors["text"]
             .as_str()
-            .is_some_and(|t| t.contains("come from 1 user ")),
+            .is_some_and(|t| t.contains("for 1 user only")),
         "{st}"
     );
     // Given the time to act, the guard does not.
     std::thread::sleep(std::time::Duration::from_millis(2_500));
     assert_eq!(proxy.admin("status")["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_s_slow_requests_on_the_canary_do_not_roll_a_healthy_canary_back() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: slow-one\npercent: 50\nguard: {action: rollback, min_requests: 100}",
+        "",
+    ));
+    traffic(&proxy, 600, "u", 1, "/").await;
+    proxy.wait_status("the latency check has a threshold", |v| {
+        v["analysis"]["latency"]["slow_ms"].is_number()
+    });
+    // Let the analysis hand its threshold to the request path.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // One client on the canary asks for a report that is slow on both versions, again and again.
+    let client = Client::http1();
+    let mut id = None;
+    for i in 0.. {
+        let candidate = format!("reporter-{i}");
+        let r = client
+            .get(&proxy.url("/"), &[("x-user-id", &candidate)])
+            .await;
+        if r.body == "canary" {
+            id = Some(candidate);
+            break;
+        }
+    }
+    let id = id.expect("an id on the canary");
+    let before = proxy.admin("status")["analysis"]["pools"]["canary"]["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    for _ in 0..40 {
+        client
+            .get(&proxy.url("/slow/200"), &[("x-user-id", &id)])
+            .await;
+    }
+    let st = proxy.wait_status("the slow requests are counted", |v| {
+        v["analysis"]["pools"]["canary"]["requests"].as_u64() >= Some(before + 40)
+    });
+    let latency = &st["analysis"]["latency"];
+    assert_eq!(latency["verdict"], "not_enough_data", "{st}");
+    assert!(
+        latency["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("for 1 user only")),
+        "{st}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    assert_eq!(proxy.admin("status")["state"], "running");
+}
+
+/// A canary upstream that answers "canary" after `ms` milliseconds: a slower version.
+async fn slow_canary(ms: u64) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_halts_a_canary_that_is_slower_for_everyone() {
+    let s = Backend::start("stable").await;
+    let canary = slow_canary(40).await;
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools: {{stable: ['{}'], canary: ['{canary}']}}\nrollout:\n  id: slower\n  percent: 50\n  guard: {{action: halt, min_requests: 100}}\nsticky: {{header: x-user-id}}\n{CONTROL}",
+        s.addr
+    ));
+    traffic(&proxy, 1_200, "u", 1, "/").await;
+    let st = proxy.wait_status("the guard acts", |v| v["state"] == "halted");
+    assert_eq!(st["source"], "guard", "{st}");
+    assert_eq!(st["analysis"]["latency"]["verdict"], "regressed", "{st}");
 }

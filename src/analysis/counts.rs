@@ -83,6 +83,9 @@ pub struct Counts {
     pub errors: u64,
     /// The distinct users the errors came from (up to [`ERROR_USERS`]).
     pub error_users: UserSet,
+    /// The distinct users with a request slower than the latency check's threshold at the time
+    /// (up to [`ERROR_USERS`]).
+    pub slow_users: UserSet,
     /// Requests per latency bucket (see [`histogram`]).
     pub latency: Box<[u64]>,
     pub users: Users,
@@ -96,6 +99,7 @@ impl Default for Counts {
             requests: 0,
             errors: 0,
             error_users: UserSet::default(),
+            slow_users: UserSet::default(),
             latency: vec![0; BUCKETS].into_boxed_slice(),
             users: Users::default(),
             goals: [0; MAX_GOALS],
@@ -108,6 +112,7 @@ impl Counts {
         self.requests += other.requests;
         self.errors += other.errors;
         self.error_users.merge(&other.error_users);
+        self.slow_users.merge(&other.slow_users);
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
@@ -121,6 +126,7 @@ impl Counts {
         self.requests = 0;
         self.errors = 0;
         self.error_users = UserSet::default();
+        self.slow_users = UserSet::default();
         self.latency.fill(0);
         self.users.clear();
         self.goals = [0; MAX_GOALS];
@@ -133,6 +139,7 @@ struct Cells {
     /// Failed attempts a retry answered elsewhere: requests (and errors) without a latency.
     failed: AtomicU64,
     error_users: AtomicUserSet,
+    slow_users: AtomicUserSet,
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
@@ -144,6 +151,7 @@ impl Default for Cells {
             errors: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             error_users: AtomicUserSet::default(),
+            slow_users: AtomicUserSet::default(),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -152,9 +160,21 @@ impl Default for Cells {
 }
 
 /// The request path's side: a few relaxed atomic adds per answer, no lock, no allocation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recorder {
     pools: PerPool<Cells>,
+    /// The latency check's "slow" threshold, µs, as the analysis last set it (`u64::MAX`: none
+    /// yet): an answer slower than this adds its user to the pool's slow users.
+    slow_over: AtomicU64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            pools: PerPool::default(),
+            slow_over: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Recorder {
@@ -177,12 +197,25 @@ impl Recorder {
                 c.error_users.add(u);
             }
         }
+        if micros > self.slow_over.load(Ordering::Relaxed)
+            && let Some(u) = user
+        {
+            c.slow_users.add(u);
+        }
         if let Some(u) = user {
             c.users.add(u);
         }
         if let Some(g) = goal.and_then(|g| c.goals.get(g)) {
             g.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sets the threshold above which an answer is slow (the latency check's, µs; `None`: none).
+    pub fn slow_over(&self, micros: Option<f64>) {
+        let v = micros
+            .filter(|m| m.is_finite())
+            .map_or(u64::MAX, |m| m as u64);
+        self.slow_over.store(v, Ordering::Relaxed);
     }
 
     /// An attempt an upstream of `pool` failed (it refused the connection, or closed or reset it
@@ -225,6 +258,7 @@ impl Recorder {
             counts.requests = requests + cells.failed.swap(0, Ordering::Relaxed);
             counts.errors = cells.errors.swap(0, Ordering::Relaxed);
             cells.error_users.drain_into(&mut counts.error_users);
+            cells.slow_users.drain_into(&mut counts.slow_users);
             cells.users.drain_into(&mut counts.users);
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
                 *n = cell.swap(0, Ordering::Relaxed);

@@ -70,9 +70,9 @@ pub struct Thresholds {
     pub max_p99_ratio: f64,
     /// Requests each pool needs before any verdict. Default 300.
     pub min_requests: u64,
-    /// Distinct canary users its errors must come from before they make a regression (at most
-    /// [`crate::analysis::ERROR_USERS`]). Default 5.
-    pub min_error_users: u64,
+    /// Distinct canary users a regression must show in — its errors, or its slow answers —
+    /// before it counts (at most [`crate::analysis::ERROR_USERS`]). Default 5.
+    pub min_users: u64,
     /// α of the confidence sequences. Default [`ALPHA`].
     pub alpha: f64,
     /// τ of the error-rate sequence. Default [`ERROR_TAU`].
@@ -90,7 +90,7 @@ impl Default for Thresholds {
             max_error_rate_increase: 0.01,
             max_p99_ratio: 1.5,
             min_requests: 300,
-            min_error_users: 5,
+            min_users: 5,
             alpha: ALPHA,
             error_tau: ERROR_TAU,
             slow_tau: SLOW_TAU,
@@ -113,11 +113,11 @@ pub enum Verdict {
         /// Requests still needed by the pool furthest from `min_requests`.
         more: u64,
     },
-    /// The canary's error rate is above the margin, but its errors come from fewer than
-    /// `min_error_users` users: one client's doing (a bot, one user's bad input, an attacker
-    /// with an id on the canary) is no regression of the version.
+    /// The canary is worse than the margin allows, but only for fewer than `min_users` users
+    /// (its errors, or its slow answers): one client's doing (a bot, one user's bad input or
+    /// heavy report, an attacker with an id on the canary) is no regression of the version.
     FewUsers {
-        /// Distinct canary users its errors came from.
+        /// Distinct canary users it showed in.
         users: u64,
         needed: u64,
     },

@@ -248,6 +248,8 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
         let (errors, latency) = view::verdicts(&books.since, &t);
+        // Answers slower than this from now on mark their users as ones the canary was slow for.
+        analysis.recorder.slow_over(latency.slow_micros);
         // The difference's range is drawn once both sides have a few requests (before, it spans
         // everything and says nothing).
         let enough = books.since.canary.requests.min(books.since.stable.requests) >= 30;

@@ -58,7 +58,7 @@ impl From<Verdict> for VerdictView {
                 "not_enough_data",
                 None,
                 format!(
-                    "not enough data: the canary's error rate is above the margin, but its errors come from {users} user{} (the guard acts on errors from {needed} or more)",
+                    "not enough data: the canary is worse than the margin, but for {users} user{} only (the guard acts when {needed} or more are)",
                     if users == 1 { "" } else { "s" }
                 ),
             ),
@@ -214,7 +214,7 @@ pub fn thresholds(guard: Option<&Guard>) -> Thresholds {
         t.max_error_rate_increase = g.max_error_rate_increase;
         t.max_p99_ratio = g.max_p99_ratio;
         t.min_requests = g.min_requests;
-        t.min_error_users = g.min_error_users;
+        t.min_users = g.min_users;
     }
     t
 }
@@ -225,18 +225,21 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict)
         n: c.requests,
         hits: c.errors,
     };
+    // A regression counts only when it shows for enough distinct canary users.
+    let few = |v: &mut Verdict, users: &crate::analysis::counts::UserSet| {
+        let users = users.len() as u64;
+        if *v == Verdict::Regressed && users < t.min_users {
+            *v = Verdict::FewUsers {
+                users,
+                needed: t.min_users,
+            };
+        }
+    };
     let mut errors = guard::errors(arm(&since.canary), arm(&since.stable), t);
-    let users = since.canary.error_users.len() as u64;
-    if errors.1 == Verdict::Regressed && users < t.min_error_users {
-        errors.1 = Verdict::FewUsers {
-            users,
-            needed: t.min_error_users,
-        };
-    }
-    (
-        errors,
-        guard::latency(&since.canary.latency, &since.stable.latency, t),
-    )
+    few(&mut errors.1, &since.canary.error_users);
+    let mut latency = guard::latency(&since.canary.latency, &since.stable.latency, t);
+    few(&mut latency.verdict, &since.canary.slow_users);
+    (errors, latency)
 }
 
 fn figures(since: &Counts, window: &Counts) -> PoolFigures {

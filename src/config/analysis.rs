@@ -137,9 +137,9 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         100_000_000,
         300,
     );
-    let min_error_users = c.int(
-        g.min_error_users.as_ref(),
-        "rollout.guard.min_error_users",
+    let min_users = c.int(
+        g.min_users.as_ref(),
+        "rollout.guard.min_users",
         1,
         crate::analysis::ERROR_USERS as u64,
         5,
@@ -158,7 +158,7 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         max_error_rate_increase,
         max_p99_ratio,
         min_requests,
-        min_error_users,
+        min_users,
         action,
         require_data: g.require_data.unwrap_or(false),
     })

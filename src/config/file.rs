@@ -71,7 +71,7 @@ pub struct GuardFile {
     #[serde(default)]
     pub min_requests: Option<S<u64>>,
     #[serde(default)]
-    pub min_error_users: Option<S<u64>>,
+    pub min_users: Option<S<u64>>,
     #[serde(default)]
     pub action: Option<S<String>>,
     #[serde(default)]

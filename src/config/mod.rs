@@ -110,8 +110,8 @@ pub struct Guard {
     pub max_p99_ratio: f64,
     /// Requests per pool before any verdict.
     pub min_requests: u64,
-    /// Distinct canary users its errors must come from before the guard acts on them.
-    pub min_error_users: u64,
+    /// Distinct canary users a regression (errors, or slow answers) must show for.
+    pub min_users: u64,
     pub action: GuardAction,
     /// A schedule advances only after `min_requests` on both sides at the current step.
     pub require_data: bool,
