@@ -302,3 +302,39 @@ fn check_refuses_paths_serve_could_not_use() {
         assert!(err.contains(says), "{section}: {err}");
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: runs ramp check as another user"
+)]
+fn check_refuses_a_state_directory_ramp_s_user_may_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Root's directory, readable by all, writable by root only.
+    std::fs::create_dir(d.join("rootonly")).expect("mkdir");
+    let path = write(
+        d,
+        "ramp.yaml",
+        &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}state:\n  file: rootonly/state.json\n"),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            support::RAMP,
+        ])
+        .args(["check", "--config", path.to_str().expect("utf-8")])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("state.file") && err.contains("may not make files"),
+        "{err}"
+    );
+}

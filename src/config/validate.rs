@@ -307,31 +307,39 @@ pub fn rollout_id(id: &str) -> Result<String, Reason> {
     Ok(id.to_owned())
 }
 
-/// Unicode's format characters (category Cf): invisible, or turning text around (U+202E), so an
-/// id holding one looks like another id while salting the hash differently.
+/// Characters that show nothing: Unicode's default-ignorable code points and its other format
+/// characters (category Cf), such as U+200B, U+FEFF, U+034F, the variation selectors, and the
+/// ones that turn text around (U+202E). An id holding one looks like another id while salting the
+/// hash differently.
 fn invisible(ch: char) -> bool {
     matches!(
         ch,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
             | '\u{06DD}'
             | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
             | '\u{08E2}'
-            | '\u{180E}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
             | '\u{110BD}'
             | '\u{110CD}'
             | '\u{13430}'..='\u{1343F}'
+            | '\u{16FE4}'
             | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0001}'
-            | '\u{E0020}'..='\u{E007F}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 

@@ -219,6 +219,10 @@ mod tests {
             "checkout-\u{202E}2v",
             "check\u{2060}out-v2",
             "checkout\u{00AD}-v2",
+            "checkout-v2\u{034F}",
+            "checkout-v2\u{FE0F}",
+            "checkout\u{3164}-v2",
+            "checkout-v2\u{E0100}",
         ] {
             let line = format!("start {id}");
             assert!(

@@ -97,6 +97,19 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
             dir.display()
         )),
         Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        // The state file is replaced whole by a new file made beside it, and the socket is made
+        // there: either needs a directory ramp's user may make files in.
+        Ok(_)
+            if let Err(e) = nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            ) =>
+        {
+            Some(format!(
+                "ramp's user may not make files in its directory {}: {e}",
+                dir.display()
+            ))
+        }
         Ok(_) => match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
             Ok(m) if socket && !m.file_type().is_socket() && !m.file_type().is_symlink() => {
