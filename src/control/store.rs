@@ -421,7 +421,10 @@ pub fn write_atomic(
         // The file is a mount point (a container's single-file bind mount): it cannot be
         // replaced, only written in place — not atomically, so a crash mid-write can leave it
         // torn (read back as unusable: everyone on stable). Mount its directory instead.
-        tracing::warn!(path = %target.display(), "the state file is a mount point (a single-file bind mount?) and is written in place, not atomically; mount its directory instead");
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(path = %target.display(), "the state file is a mount point (a single-file bind mount?) and is written in place, not atomically; mount its directory instead");
+        }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
