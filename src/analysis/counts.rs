@@ -10,8 +10,8 @@ use crate::routing::{PerPool, PoolName};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
-/// How many distinct users with errors are told apart: enough to tell one client's errors
-/// (a bot, an attacker, one user's bad input) from errors many users meet.
+/// How many distinct users with errors (or slow answers) are told apart: enough to tell one
+/// client's doing (a bot, an attacker, one user's bad input) from what many users meet.
 pub const ERROR_USERS: usize = 8;
 
 /// Up to [`ERROR_USERS`] distinct users (by the hash routing computes), exact; more are not

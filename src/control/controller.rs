@@ -83,11 +83,18 @@ pub enum StartError {
     Store(#[from] super::persist::StoreStartError),
 }
 
-/// Whether `path` (the `field` of the config) can be made: its directory exists, and the path is
-/// not a directory — nor, for a socket (`socket`), an existing file other than a socket.
+/// Whether `path` (the `field` of the config) can be made: its directory (for a state file behind
+/// a symlink, the directory it points into) exists and ramp's user may make files in it, and the
+/// path is not a directory — nor, for a socket (`socket`), an existing file other than a socket.
 fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), StartError> {
     use std::os::unix::fs::FileTypeExt;
-    let dir = match path.parent() {
+    // Where a write goes: a state file behind a symlink is written where the link points.
+    let real = if socket {
+        None
+    } else {
+        std::fs::canonicalize(path).ok()
+    };
+    let dir = match real.as_deref().unwrap_or(path).parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
