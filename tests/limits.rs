@@ -273,3 +273,52 @@ async fn beyond_upstream_max_connections_a_request_gets_503_and_no_upstream_is_b
         assert_eq!(n, 0.0, "{series}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_of_one_upstream_do_not_keep_another_from_connecting_at_the_cap() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&config(
+        &[&s],
+        &[&c],
+        "id: crowd\npercent: 50",
+        "sticky: {header: x-user-id}\nupstream:\n  max_connections: 4\n",
+    ));
+    let client = Client::http1();
+    let mut ids = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let id = format!("u{i}");
+        let r = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+        match r.body.as_str() {
+            "canary" if ids.0.len() < 4 => ids.0.push(id),
+            "stable" if ids.1.is_empty() => ids.1.push(id),
+            _ => {}
+        }
+        if ids.0.len() == 4 && !ids.1.is_empty() {
+            break;
+        }
+    }
+    // Four canary users at once take every place; their connections then go idle.
+    let slow: Vec<_> = ids
+        .0
+        .iter()
+        .map(|id| {
+            let (url, id) = (proxy.url("/slow/300"), id.clone());
+            tokio::spawn(async move {
+                support::Client::http1()
+                    .get(&url, &[("x-user-id", &id)])
+                    .await
+            })
+        })
+        .collect();
+    for r in slow {
+        assert_eq!(r.await.expect("slow").status.as_u16(), 200);
+    }
+    // A stable user still gets a connection to stable.
+    let r = client
+        .get(&proxy.url("/"), &[("x-user-id", &ids.1[0])])
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+}

@@ -275,10 +275,14 @@ impl Upstream {
                             body: std::mem::replace(body, ReqBody::Empty),
                         })
                     });
+                    // Near `upstream.max_connections`, a connection is not kept idle: pooled
+                    // ones count too, and those of one upstream must not keep another from
+                    // opening the connection it needs.
+                    let crowded = Slot::open() >= settings.max_connections / 10 * 9;
                     let mut body = UpstreamBody::new(
                         wire,
                         answer.framing,
-                        keep_alive,
+                        keep_alive && !crowded,
                         sending,
                         Arc::clone(self),
                         settings.max_idle_per_upstream,
