@@ -95,7 +95,10 @@ async fn a_broken_chunked_answer_is_cut_off_not_ended_and_its_connection_dropped
 
 /// An upstream that answers one request per connection, keep-alive in appearance, and closes the
 /// connection `after` its answer — as servers do with idle keep-alive connections.
-async fn closing_upstream(after: Duration) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+async fn closing_upstream(
+    answer_after: Duration,
+    after: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -111,6 +114,7 @@ async fn closing_upstream(after: Duration) -> (std::net::SocketAddr, tokio::task
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                tokio::time::sleep(answer_after).await;
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;
@@ -123,7 +127,7 @@ async fn closing_upstream(after: Duration) -> (std::net::SocketAddr, tokio::task
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
-    let (addr, _task) = closing_upstream(Duration::from_millis(20)).await;
+    let (addr, _task) = closing_upstream(Duration::ZERO, Duration::from_millis(20)).await;
     let proxy = Proxy::start(&single(addr, "metrics: {listen: 127.0.0.1:0}\n"));
     let client = Client::http1();
     for _ in 0..4 {
@@ -161,7 +165,11 @@ fn connections_to(port: u16) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_the_upstream_closed_are_let_go_without_waiting_for_a_request() {
-    let (addr, _task) = closing_upstream(Duration::from_millis(20)).await;
+    // It answers a connection's one request after 300 ms, so that the four requests below are
+    // all in flight at once, each on a connection of its own (one of them reusing another's,
+    // which the upstream never answers twice, would fail it), however slow the machine.
+    let (addr, _task) =
+        closing_upstream(Duration::from_millis(300), Duration::from_millis(20)).await;
     let proxy = Proxy::start(&single(addr, ""));
     // Four requests at once: four connections to the upstream, pooled after their answers.
     let requests: Vec<_> = (0..4)
