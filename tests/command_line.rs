@@ -192,3 +192,28 @@ fn bucket_piped_into_a_reader_that_stops_early_ends_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.is_empty(), "{err}");
 }
+
+#[test]
+fn ctl_options_typed_after_the_command_are_named_not_sent() {
+    for args in [
+        [
+            "ctl",
+            "--socket",
+            "/nonexistent/ramp.sock",
+            "halt",
+            "--json",
+        ],
+        [
+            "ctl",
+            "--socket",
+            "/nonexistent/ramp.sock",
+            "set",
+            "--timeout=5s",
+        ],
+    ] {
+        let (code, _, err) = ramp(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("comes after the command"), "{err}");
+        assert!(!err.contains("cannot connect"), "it tried to send: {err}");
+    }
+}

@@ -28,6 +28,10 @@ pub enum ClientError {
         "argument {0:?}: empty, or holds a space, line break or other control character; ramp ctl sends each argument as one word of one line"
     )]
     BadArgument(String),
+    #[error(
+        "{0} comes after the command, where it would be sent as a word of it: put it before the command (ramp ctl {0} ... COMMAND)"
+    )]
+    LateOption(String),
     #[error("ramp closed the connection without replying")]
     NoReply,
     #[error(
@@ -64,6 +68,16 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         .find(|w| w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
         return Err(ClientError::BadArgument(bad.clone()));
+    }
+    // `ramp ctl halt --json`: an option of ctl's own typed after the command. Sent, it would make
+    // the command refuse (or, worse, mean something else); said here, nothing is sent.
+    if let Some(option) = words.iter().skip(1).find_map(|w| {
+        let name = w.split('=').next().unwrap_or(w);
+        ["--json", "--timeout", "--socket", "--config"]
+            .contains(&name)
+            .then(|| name.to_owned())
+    }) {
+        return Err(ClientError::LateOption(option));
     }
     Ok(words.join(" "))
 }
