@@ -523,38 +523,20 @@ async fn a_halt_and_a_resume_within_a_second_start_a_fresh_comparison() {
 /// A canary upstream that answers "canary" on keep-alive connections, but closes the connection
 /// without a word when the path is `/crash` — a process that dies on some requests.
 async fn crashing_canary() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    if head.starts_with("GET /crash ") {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
-                    if conn.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    use tokio::io::AsyncWriteExt;
+    support::raw_upstream(|mut conn| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = support::next_head(&mut conn, &mut buf).await {
+            if head.starts_with("GET /crash ") {
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
+            if conn.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,35 +730,18 @@ async fn one_client_s_slow_requests_on_the_canary_do_not_roll_a_healthy_canary_b
 
 /// A canary upstream that answers "canary" after `ms` milliseconds: a slower version.
 async fn slow_canary(ms: u64) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    buf.drain(..end + 4);
-                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
-                    if conn.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    use tokio::io::AsyncWriteExt;
+    support::raw_upstream(move |mut conn| async move {
+        let mut buf = Vec::new();
+        while support::next_head(&mut conn, &mut buf).await.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
+            if conn.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,56 +423,37 @@ async fn a_websocket_handshake_with_a_body_goes_on_as_a_plain_request_with_its_b
 /// connection just as the next request does. Every other request gets its own answer, naming the
 /// path; `/204` and `/304` get those statuses.
 async fn head_body_upstream() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut buf, mut chunk, mut after_head) = (Vec::new(), [0u8; 4096], false);
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut chunk).await {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    let mut answer = Vec::new();
-                    if after_head {
-                        answer.extend_from_slice(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison",
-                        );
-                    }
-                    let status = match path.as_str() {
-                        "/204" => "204 No Content",
-                        "/304" => "304 Not Modified",
-                        _ => "200 OK",
-                    };
-                    after_head = head.starts_with("HEAD ") || status != "200 OK";
-                    answer.extend_from_slice(
-                        format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-                            path.len()
-                        )
-                        .as_bytes(),
-                    );
-                    if !after_head {
-                        answer.extend_from_slice(path.as_bytes());
-                    }
-                    if conn.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    use tokio::io::AsyncWriteExt;
+    support::raw_upstream(|mut conn| async move {
+        let (mut buf, mut after_head) = (Vec::new(), false);
+        while let Some(head) = support::next_head(&mut conn, &mut buf).await {
+            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let mut answer = Vec::new();
+            if after_head {
+                answer.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison");
+            }
+            let status = match path.as_str() {
+                "/204" => "204 No Content",
+                "/304" => "304 Not Modified",
+                _ => "200 OK",
+            };
+            after_head = head.starts_with("HEAD ") || status != "200 OK";
+            answer.extend_from_slice(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                    path.len()
+                )
+                .as_bytes(),
+            );
+            if !after_head {
+                answer.extend_from_slice(path.as_bytes());
+            }
+            if conn.write_all(&answer).await.is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,47 +111,32 @@ async fn http2_streams_that_read_nothing_hold_little_memory() {
 /// upload is in (as HTTP allows): "got N".
 async fn answers_before_the_upload() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end;
-                    }
-                    match conn.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                let mut body = buf.len() - end - 4;
-                let text = format!("got {length}");
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len());
-                if conn.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                while body < length {
-                    match conn.read(&mut chunk).await {
-                        Ok(n) if n > 0 => body += n,
-                        _ => return,
-                    }
-                }
-                let _ = conn.write_all(text.as_bytes()).await;
-            });
+    support::raw_upstream(|mut conn| async move {
+        let mut buf = Vec::new();
+        let Some(head) = support::next_head(&mut conn, &mut buf).await else {
+            return;
+        };
+        let length: usize = head
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(str::to_owned))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let text = format!("got {length}");
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len());
+        if conn.write_all(answer.as_bytes()).await.is_err() {
+            return;
         }
-    });
-    addr
+        let (mut body, mut chunk) = (buf.len(), [0u8; 4096]);
+        while body < length {
+            match conn.read(&mut chunk).await {
+                Ok(n) if n > 0 => body += n,
+                _ => return,
+            }
+        }
+        let _ = conn.write_all(text.as_bytes()).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

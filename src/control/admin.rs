@@ -99,12 +99,10 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
         let path = path.clone();
         let other = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileTypeExt;
-            let replaced = std::fs::metadata(&path).is_ok_and(|m| {
-                m.file_type().is_socket()
-                    && (std::os::unix::fs::MetadataExt::dev(&m) != owned.dev
-                        || std::os::unix::fs::MetadataExt::ino(&m) != owned.ino)
-            });
-            replaced && std::os::unix::net::UnixStream::connect(&path).is_ok()
+            let a_socket = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+            a_socket
+                && !still_ours(&path, owned)
+                && std::os::unix::net::UnixStream::connect(&path).is_ok()
         })
         .await
         .unwrap_or(false);

@@ -493,16 +493,14 @@ pub fn remove_stale_temporaries(path: &Path) {
 /// directory: a link another user left where ramp keeps its state would otherwise aim ramp's
 /// writes at any file ramp may write.
 fn resolve(path: &Path) -> std::io::Result<PathBuf> {
-    let own = nix::unistd::geteuid().as_raw();
     let mut p = path.to_path_buf();
     // As many links as the kernel follows (ELOOP beyond).
     for _ in 0..40 {
         match std::fs::symlink_metadata(&p) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let dir = parent(&p);
-                let dir_owner = std::fs::metadata(&dir).map(|m| m.uid()).ok();
                 let owner = meta.uid();
-                if owner != own && owner != 0 && Some(owner) != dir_owner {
+                if !ours(owner, std::fs::metadata(&dir).ok().as_ref()) {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::PermissionDenied,
                         format!(
@@ -546,11 +544,13 @@ fn read_trusted(p: &Path) -> std::io::Result<Vec<u8>> {
 fn foreign(p: &Path, owner: u32) -> bool {
     let dir = std::fs::metadata(parent(p)).ok();
     let open_to_all = dir.as_ref().is_some_and(|d| d.mode() & 0o002 != 0);
-    let dir_owner = dir.map(|d| d.uid());
-    open_to_all
-        && owner != nix::unistd::geteuid().as_raw()
-        && owner != 0
-        && Some(owner) != dir_owner
+    open_to_all && !ours(owner, dir.as_ref())
+}
+
+/// Whether `owner` is ramp's user, root, or the owner of the directory (`dir`) a file or link is
+/// in: the users the kernel's `protected_*` rules trust there.
+fn ours(owner: u32, dir: Option<&std::fs::Metadata>) -> bool {
+    owner == nix::unistd::geteuid().as_raw() || owner == 0 || dir.is_some_and(|d| d.uid() == owner)
 }
 
 fn parent(p: &Path) -> PathBuf {

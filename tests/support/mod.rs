@@ -861,9 +861,44 @@ impl Drop for RawUpstream {
     }
 }
 
+/// An upstream of the test's own making on 127.0.0.1:0: `serve` runs for every connection it
+/// accepts, with ramp on the other end.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn));
+        }
+    });
+    addr
+}
+
+/// The next request head read from `conn` (its text, up to the blank line), whatever follows it
+/// kept in `buf` (pipelined requests, the start of a body); `None` once the peer closes.
+pub async fn next_head(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match conn.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
 impl RawUpstream {
     pub async fn start(answer: &'static [u8], close: bool) -> RawUpstream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -876,23 +911,10 @@ impl RawUpstream {
                 let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Ok(n) = s.read(&mut chunk).await else {
+                    while let Some(head) = next_head(&mut s, &mut buf).await {
+                        seen.lock().expect("heads").push(format!("{head}\r\n\r\n"));
+                        if s.write_all(answer).await.is_err() || close {
                             return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = buf.drain(..end + 4).collect();
-                            seen.lock()
-                                .expect("heads")
-                                .push(String::from_utf8_lossy(&head).into_owned());
-                            if s.write_all(answer).await.is_err() || close {
-                                return;
-                            }
                         }
                     }
                 });
