@@ -66,11 +66,12 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&config(&[&b], &[&b], "id: t\npercent: 0", ""));
     let addr = proxy.addr;
-    let cases: [(&[u8], u16); 5] = [
+    let cases: [(&[u8], u16); 6] = [
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
             405,
         ),
+        (b"TRACE / HTTP/1.1\r\nHost: x\r\nCookie: uid=u-1\r\n\r\n", 405),
         (b"GET abc HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (
@@ -91,6 +92,10 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
             String::from_utf8_lossy(request)
         );
     }
+    let trace = Client::http2()
+        .send(http::Method::TRACE, &proxy.url("/"), &[], Default::default())
+        .await;
+    assert_eq!(trace.status, 405, "TRACE over HTTP/2");
     assert!(
         b.seen().is_empty(),
         "nothing refused reached the upstream: {:?}",

@@ -1,4 +1,4 @@
-//! Requests refused before routing: a missing (HTTP/1.1) or doubled Host, oversized targets and
+//! Requests refused before routing: TRACE, a missing (HTTP/1.1) or doubled Host, oversized targets and
 //! header sections, and any framing ambiguity that gets this far. The HTTP/1.1 head parser
 //! already refuses what it cannot parse (bare CR, obs-fold, whitespace before a colon, invalid or
 //! differing Content-Length) and reads no body it cannot frame; Content-Length together with
@@ -17,6 +17,11 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
     if req.method() == Method::CONNECT && super::tunnel::wanted(req, scan).is_none() {
         // A reverse proxy opens no tunnels to arbitrary hosts; the only CONNECT ramp serves is a
         // WebSocket over HTTP/2 (extended CONNECT, RFC 8441).
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if req.method() == Method::TRACE {
+        // TRACE echoes the request as the upstream received it: the headers ramp adds, and
+        // cookies a page's script must not read (cross-site tracing). nginx refuses it the same way.
         return Err(StatusCode::METHOD_NOT_ALLOWED);
     }
     // Origin form (/path), absolute form (http://host/path), or * for OPTIONS; an authority
