@@ -166,7 +166,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         "listening"
     );
     drop(first);
-    let proxy = Arc::new(Proxy::new(current, Metrics::new(), analysis));
+    let proxy = Arc::new(Proxy::new(current, Metrics::new(), analysis, local));
 
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -93,7 +93,12 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
         );
     }
     let trace = Client::http2()
-        .send(http::Method::TRACE, &proxy.url("/"), &[], Default::default())
+        .send(
+            http::Method::TRACE,
+            &proxy.url("/"),
+            &[],
+            Default::default(),
+        )
         .await;
     assert_eq!(trace.status, 405, "TRACE over HTTP/2");
     assert!(

@@ -244,7 +244,7 @@ async fn a_request_always_reaches_the_upstream_with_a_host() {
         .find(|s| s.uri == "/named")
         .expect("seen");
     assert_eq!(seen.headers["host"], "shop.example");
-    // HTTP/1.0 without Host: the upstream still gets one (its own address).
+    // HTTP/1.0 without Host: the upstream still gets one.
     let reply = raw(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n");
     assert_eq!(status_of(&reply), 200, "{reply}");
     let seen = b
@@ -252,7 +252,41 @@ async fn a_request_always_reaches_the_upstream_with_a_host() {
         .into_iter()
         .find(|s| s.uri == "/old")
         .expect("seen");
-    assert_eq!(seen.headers["host"], b.addr.to_string());
+    assert!(!seen.headers["host"].is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_host_gets_the_same_one_from_either_pool() {
+    // An answer that repeats the Host (an absolute redirect, a canonical link) must not name
+    // the pool: the upstream's own address would.
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let proxy = Proxy::start(&config(
+        &[&stable],
+        &[&canary],
+        "id: hosts\npercent: 50",
+        "",
+    ));
+    for user in 0..40 {
+        let request = format!("GET /u{user} HTTP/1.0\r\nCookie: uid=user-{user}\r\n\r\n");
+        let reply = raw(proxy.addr, request.as_bytes());
+        assert_eq!(status_of(&reply), 200, "{reply}");
+    }
+    let hosts = |b: &Backend| -> Vec<String> {
+        b.seen()
+            .iter()
+            .map(|s| s.headers["host"].to_str().expect("text").to_owned())
+            .collect()
+    };
+    let (on_stable, on_canary) = (hosts(&stable), hosts(&canary));
+    assert!(
+        !on_stable.is_empty() && !on_canary.is_empty(),
+        "both pools served"
+    );
+    let listening = proxy.addr.to_string();
+    for host in on_stable.iter().chain(&on_canary) {
+        assert_eq!(host, &listening, "the Host is ramp's listen address");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

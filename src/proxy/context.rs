@@ -24,16 +24,28 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Where every answer is recorded for the comparison of the pools.
     pub analysis: Arc<Analysis>,
+    /// The Host for requests that name none (HTTP/1.0, HTTP/2 without `:authority`): the
+    /// listener's address, the same whichever pool serves. The upstream's own address would name
+    /// the pool to anyone whose answer repeats its Host (an absolute redirect, a canonical link).
+    pub(super) host: HeaderValue,
     pub(super) draining: AtomicBool,
     canary_down: AtomicBool,
 }
 
 impl Proxy {
-    pub fn new(current: Arc<Current>, metrics: Metrics, analysis: Arc<Analysis>) -> Self {
+    /// `listening`: the address the proxy's listener is bound to.
+    pub fn new(
+        current: Arc<Current>,
+        metrics: Metrics,
+        analysis: Arc<Analysis>,
+        listening: SocketAddr,
+    ) -> Self {
         Proxy {
             current,
             metrics,
             analysis,
+            host: HeaderValue::from_str(&listening.to_string())
+                .unwrap_or(HeaderValue::from_static("localhost")),
             draining: AtomicBool::new(false),
             canary_down: AtomicBool::new(false),
         }

@@ -103,7 +103,7 @@ pub fn handle(
                 .await
             }
             Ok((first, served_by)) => {
-                let (parts, xff, mut body) = upstream_request(req, &scan, info, &snap, &first.host);
+                let (parts, xff, mut body) = upstream_request(req, &scan, info, &snap, &proxy.host);
                 let mut unanswered = Unanswered {
                     recorder: &proxy.analysis.recorder,
                     pool: served_by,

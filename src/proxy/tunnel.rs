@@ -73,15 +73,15 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 
 /// A fresh connection for the handshake: to `up`, else (nothing reached it) another upstream of
 /// the pool, else — for a canary user, with fallback on — stable. Gives the pool it is in.
-async fn connect<'s>(
+async fn connect(
     proxy: &Proxy,
-    snap: &'s Snapshot,
-    up: &'s Arc<Upstream>,
+    snap: &Snapshot,
+    up: &Arc<Upstream>,
     pool: PoolName,
-) -> Result<(Sender, Slot, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
+) -> Result<(Sender, Slot, PoolName), (ProxyError, PoolName)> {
     let passive = &snap.config.passive_health;
     let error = match up.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => return Ok((s, slot, up, pool)),
+        Ok((s, slot)) => return Ok((s, slot, pool)),
         // ramp's own shortage: nothing to try elsewhere, nothing to charge the upstream.
         Err(e @ SendError::Local(_)) => return Err((e.into(), pool)),
         Err(e) => e,
@@ -96,7 +96,7 @@ async fn connect<'s>(
     };
     proxy.metrics.retries.increment(1);
     match next.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => Ok((s, slot, next, to)),
+        Ok((s, slot)) => Ok((s, slot, to)),
         Err(e @ SendError::Local(_)) => Err((e.into(), to)),
         Err(e) => {
             snap.pools[to].record(next, Outcome::Unreachable, passive, to);
@@ -119,7 +119,7 @@ pub async fn open(
     up: &Arc<Upstream>,
     pool: PoolName,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, up, pool).await {
+    let (mut sender, slot, pool) = match connect(&conn.proxy, snap, up, pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };
@@ -131,7 +131,7 @@ pub async fn open(
         None => Client::H2(hyper::upgrade::on(&mut req)),
     };
     let (mut parts, _) = req.into_parts();
-    forward::request_head(&mut parts, scan, &up.host);
+    forward::request_head(&mut parts, scan, &conn.proxy.host);
     forward::add_forwarded(
         &mut parts.headers,
         scan,

@@ -195,19 +195,13 @@ struct Idle {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: UpstreamAddr,
-    /// `host:port`, the Host for requests that name none.
-    pub host: http::HeaderValue,
     pub health: Health,
     idle: Mutex<VecDeque<Idle>>,
 }
 
 impl Upstream {
     pub fn new(addr: UpstreamAddr) -> Self {
-        let authority = addr.to_string();
-        let authority = authority.trim_start_matches("https://");
         Upstream {
-            host: http::HeaderValue::from_str(authority)
-                .unwrap_or(http::HeaderValue::from_static("localhost")),
             addr,
             health: Health::default(),
             idle: Mutex::new(VecDeque::new()),
