@@ -77,7 +77,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let listener = net::bind(addr, options.takeover).and_then(TcpListener::from_std);
     let listener = listener.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
-    let metrics_listener = match config.metrics {
+    let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
         Some(addr) => Some((
             net::bind(addr, options.takeover)
                 .and_then(TcpListener::from_std)
@@ -91,6 +91,11 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         None => None,
     };
     let admin_config = config.admin.clone();
+    let page_hosts: Arc<[String]> = config
+        .metrics
+        .as_ref()
+        .map(|m| m.allowed_hosts.clone().into())
+        .unwrap_or_default();
     let admin_bound = admin_config
         .as_ref()
         .map(|a| admin::bind(a, options.takeover))
@@ -151,6 +156,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             exporter,
             handle: handle.clone(),
             analysis: Arc::clone(&analysis),
+            allowed_hosts: page_hosts,
         };
         tokio::spawn(web::serve(listener, web));
     }

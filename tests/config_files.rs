@@ -206,6 +206,26 @@ fn a_metrics_listener_on_the_proxy_s_own_port_is_refused() {
 }
 
 #[test]
+fn the_status_page_s_allowed_hosts_are_names_only() {
+    for (hosts, refused) in [
+        ("[ramp-a, ramp-a.internal., status.example.com]", false),
+        ("['ramp-a:9100']", true),
+        ("['http://ramp-a']", true),
+        ("['']", true),
+        ("['-bad.example']", true),
+        ("['two words']", true),
+    ] {
+        let (code, lines) = check(&format!(
+            "listen: 127.0.0.1:8080\n{GOOD_TAIL}metrics:\n  listen: '127.0.0.1:9100'\n  allowed_hosts: {hosts}\n"
+        ));
+        let said = lines
+            .iter()
+            .any(|l| l.contains("metrics.allowed_hosts") && l.contains("not a host name"));
+        assert_eq!((code == 1, said), (refused, refused), "{hosts}: {lines:?}");
+    }
+}
+
+#[test]
 fn admin_lists_that_would_lock_everyone_out_or_say_nothing_are_refused() {
     for (admin, field, says) in [
         (

@@ -81,6 +81,8 @@ fn the_dockerfile_compose_file_configs_and_manifests_agree() {
         );
         let metrics = c
             .metrics
+            .as_ref()
+            .map(|m| m.listen)
             .unwrap_or_else(|| panic!("{path}: no metrics listener"));
         assert!(
             exposed.contains(&metrics.port()),

@@ -231,3 +231,60 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .expect("base64")
 }
+
+/// `GET path` to the metrics listener with `host` as Host: the status code and the whole reply.
+fn get_with_host(addr: std::net::SocketAddr, path: &str, host: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let reply = support::raw(addr, request.as_bytes());
+    (support::status_of(&reply), reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_its_json_answer_no_other_site_s_name() {
+    // DNS rebinding: a page on evil.example whose name then resolves to the listener's address is
+    // same-origin with it, and would read the rollout id (the salt) from /api/status.
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: secret-salt\npercent: 5",
+        "metrics: {listen: '127.0.0.1:0', allowed_hosts: [Ramp-A.internal.]}\n",
+    ));
+    let web = proxy.metrics_addr();
+    let port = web.port();
+    for path in ["/", "/api/status"] {
+        let (status, reply) = get_with_host(web, path, &format!("evil.example:{port}"));
+        assert_eq!(status, 403, "{path}: {reply}");
+        assert!(!reply.contains("secret-salt"), "{reply}");
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            "ramp-a.internal".to_owned(),
+            format!("RAMP-A.internal:{port}"),
+        ] {
+            let (status, reply) = get_with_host(web, path, &host);
+            assert_eq!(status, 200, "{path} with Host {host}: {reply}");
+        }
+    }
+    let (status, reply) = get_with_host(web, "/api/status", &format!("127.0.0.1:{port}"));
+    assert_eq!(status, 200);
+    assert!(reply.contains("secret-salt"), "{reply}");
+    // Prometheus may scrape by any name: the counters show no salt.
+    let (status, reply) = get_with_host(web, "/metrics", "evil.example");
+    assert_eq!(status, 200, "{reply}");
+    assert!(!reply.contains("secret-salt"), "{reply}");
+    // Never framed by another site, never sniffed; a write is refused with what is allowed.
+    let lower = get_with_host(web, "/", "127.0.0.1").1.to_ascii_lowercase();
+    assert!(lower.contains("x-frame-options: deny"), "{lower}");
+    assert!(lower.contains("x-content-type-options: nosniff"), "{lower}");
+    let reply = support::raw(
+        web,
+        b"POST /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(support::status_of(&reply), 405, "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("allow: get, head"),
+        "{reply}"
+    );
+}

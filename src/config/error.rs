@@ -83,6 +83,8 @@ pub enum Reason {
     SameAsListen(std::net::SocketAddr),
     #[error("not a status (100 to 599) or a class (1xx to 5xx): {0:?}")]
     Status(String),
+    #[error("not a host name (letters, digits, '-' and '.', no port): {0:?}")]
+    HostName(String),
 }
 
 /// One problem found while validating, with where it is and which field it concerns.

@@ -138,6 +138,8 @@ pub struct LimitsFile {
 #[derive(Debug, Deserialize)]
 pub struct MetricsFile {
     pub listen: S<String>,
+    #[serde(default)]
+    pub allowed_hosts: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,15 @@ pub use error::{ConfigError, Position, Problem, Reason};
 pub use statuses::StatusSet;
 pub use validate::{rollout_id, upstream_addr};
 
+/// The metrics listener (`metrics`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+    /// Host names (lowercase) the status page and its JSON answer to, besides an IP address and
+    /// `localhost`: any other name may be a DNS-rebinding page reading the rollout id.
+    pub allowed_hosts: Vec<String>,
+}
+
 /// A validated configuration. Everything in it has been checked; building a snapshot cannot fail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -48,7 +57,7 @@ pub struct Config {
     /// How long a SIGTERM waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// Where Prometheus metrics, the status page and its JSON are served.
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<Metrics>,
     /// How the two pools are measured and compared.
     pub analysis: Analysis,
     /// The guard that halts or rolls back a regressed canary by itself (`rollout.guard`).

@@ -134,7 +134,15 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
         Duration::from_secs(30),
     );
     let metrics = file.metrics.as_ref().and_then(|m| {
-        c.check(&m.listen, "metrics.listen", |s| {
+        let allowed_hosts = match &m.allowed_hosts {
+            Some(list) => c.check(list, "metrics.allowed_hosts", |l| {
+                l.iter()
+                    .map(|h| host_name(h))
+                    .collect::<Result<Vec<_>, _>>()
+            })?,
+            None => Vec::new(),
+        };
+        let listen = c.check(&m.listen, "metrics.listen", |s| {
             let addr = s
                 .trim()
                 .parse::<SocketAddr>()
@@ -145,6 +153,10 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
                 Some(l) if overlap(l, addr) => Err(Reason::SameAsListen(l)),
                 _ => Ok(addr),
             }
+        })?;
+        Some(super::Metrics {
+            listen,
+            allowed_hosts,
         })
     });
     let analysis = super::analysis::analysis(&mut c, file.analysis.as_ref());
@@ -473,4 +485,20 @@ fn group_id(g: &str) -> Result<u32, Reason> {
         Ok(Some(group)) => Ok(group.gid.as_raw()),
         _ => Err(Reason::Group(g.to_owned())),
     }
+}
+
+/// A DNS name as a Host field carries it (RFC 1123 labels), lowercased, without a trailing dot.
+fn host_name(s: &str) -> Result<String, Reason> {
+    let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(Reason::HostName(s.to_owned()));
+    }
+    Ok(name)
 }

@@ -836,7 +836,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     }
     if new.metrics != running.metrics {
         changed.push("metrics");
-        new.metrics = running.metrics;
+        new.metrics = running.metrics.clone();
     }
     changed
 }

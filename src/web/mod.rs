@@ -24,6 +24,9 @@ pub struct Web {
     pub exporter: PrometheusHandle,
     pub handle: Handle,
     pub analysis: Arc<Analysis>,
+    /// `metrics.allowed_hosts`: names the page and its JSON answer to, besides an IP address and
+    /// `localhost`.
+    pub allowed_hosts: Arc<[String]>,
 }
 
 fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -31,9 +34,27 @@ fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Resp
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
+    );
+    // Never sniffed as another type, never framed by another site's page, no referrer out.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
     );
     r
 }
@@ -88,25 +109,69 @@ async fn ready(web: &Web) -> Response<Full<Bytes>> {
 
 async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
+        let mut r = reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "read-only: GET only\n",
         );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/" | "/api/status") && !page_host(&req, &web.allowed_hosts) {
+        // A page on another site whose name was made to resolve here (DNS rebinding) would be
+        // same-origin with this one and could read the rollout id, the assignment's salt.
+        return reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "the status page answers to an IP address, localhost, or a name in metrics.allowed_hosts\n",
+        );
+    }
+    match path {
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
         "/api/status" => status_json(&web).await,
         "/metrics" => {
             web.exporter.run_upkeep();
             let mut text = web.exporter.render();
             text.push_str(&crate::metrics::render_durations(&web.analysis.lifetime()));
-            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            )
         }
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" => ready(&web).await,
         _ => reply(StatusCode::NOT_FOUND, TEXT, "Not Found\n"),
     }
+}
+
+/// Whether the request's Host is one the status page answers to: none (not a browser), an IP
+/// address, `localhost` (or a name under it), or an allowed name; any port.
+fn page_host<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    let Some(host) = req.headers().get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    if host.starts_with('[') {
+        // An IPv6 literal, with or without a port.
+        return host
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip[1..].parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.contains(&name)
 }
 
 /// Connections the metrics listener serves at once; beyond, the oldest is closed for a newcomer
