@@ -187,6 +187,15 @@ async fn users_goals_and_the_split_check_show_in_status_and_prometheus() {
     let conversions = |p: &str| purchase["conversions"][p].as_u64().expect("conversions");
     assert_eq!(conversions("stable") + conversions("canary"), 1_200);
     assert_eq!(purchase["per_request"]["canary"].as_f64(), Some(1.0));
+    // Every user converted: the verdict's share of users converting is all of them.
+    for pool in ["stable", "canary"] {
+        assert_eq!(
+            purchase["converted"][pool].as_f64(),
+            a["pools"][pool]["users"].as_f64(),
+            "{purchase}"
+        );
+        assert_eq!(purchase["converted_share"][pool].as_f64(), Some(1.0));
+    }
     assert_eq!(
         a["goals"][1]["conversions"]["canary"], 0,
         "GET is not the POST goal"

@@ -76,6 +76,10 @@ impl AtomicUserSet {
     }
 }
 
+/// Per goal, the distinct users who converted (a sketch each): the goal's verdict compares the
+/// share of users who converted, so that one user's many requests or conversions weigh as one.
+pub type Converted = [Users; MAX_GOALS];
+
 /// One pool's figures over some span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
@@ -143,6 +147,7 @@ struct Cells {
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
+    converted: [AtomicUsers; MAX_GOALS],
 }
 
 impl Default for Cells {
@@ -155,6 +160,7 @@ impl Default for Cells {
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
+            converted: std::array::from_fn(|_| AtomicUsers::default()),
         }
     }
 }
@@ -205,8 +211,11 @@ impl Recorder {
         if let Some(u) = user {
             c.users.add(u);
         }
-        if let Some(g) = goal.and_then(|g| c.goals.get(g)) {
-            g.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = goal.filter(|&g| g < MAX_GOALS) {
+            c.goals[g].fetch_add(1, Ordering::Relaxed);
+            if let Some(u) = user {
+                c.converted[g].add(u);
+            }
         }
     }
 
@@ -240,6 +249,15 @@ impl Recorder {
         c.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(u) = user {
             c.error_users.add(u);
+        }
+    }
+
+    /// Adds the users who converted since the last drain to `into` (not cleared: it grows).
+    pub fn drain_converted(&self, into: &mut PerPool<Converted>) {
+        for pool in PoolName::BOTH {
+            for (cell, users) in self.pools[pool].converted.iter().zip(into[pool].iter_mut()) {
+                cell.drain_into(users);
+            }
         }
     }
 

@@ -83,6 +83,29 @@ pub fn diff_sequence(canary: Arm, stable: Arm, alpha: f64, tau: f64) -> Interval
     clipped(estimate, half, -1.0)
 }
 
+/// As [`diff_sequence`], for rates whose counts are themselves estimates (distinct-user
+/// sketches) with relative standard error `rel_error` each: each rate's variance adds what the
+/// two estimates' errors add to a ratio, p²·2σ² (as [`sample_ratio`] does for the share). That
+/// term does not shrink with more data, so differences within a few percent of the rates are not
+/// told apart from the sketches' error.
+pub fn diff_sequence_estimated(
+    canary: Arm,
+    stable: Arm,
+    alpha: f64,
+    tau: f64,
+    rel_error: f64,
+) -> Interval {
+    let sigma2 = if rel_error.is_finite() {
+        rel_error * rel_error
+    } else {
+        0.0
+    };
+    let extra = |a: Arm| a.rate() * a.rate() * 2.0 * sigma2;
+    let estimate = canary.rate() - stable.rate();
+    let variance = canary.variance() + stable.variance() + extra(canary) + extra(stable);
+    clipped(estimate, mixture_half_width(variance, alpha, tau), -1.0)
+}
+
 /// The confidence sequence for one pool's rate: at every look at once, the true rate lies in
 /// [low, high] with probability ≥ 1 − α (normal approximation, variance p(1−p)/n with the
 /// shrunk rate). Clipped to [0, 1].

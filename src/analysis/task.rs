@@ -13,7 +13,7 @@ use crate::config::{Config, GuardAction};
 use crate::routing::{PerPool, Rollout, State};
 use crate::snapshot::Current;
 
-use super::counts::{Counts, Recorder};
+use super::counts::{Converted, Counts, Recorder};
 use super::guard::{LatencyCheck, Verdict};
 use super::stats::Interval;
 use super::view::{self, AnalysisView, Inputs};
@@ -95,6 +95,8 @@ impl Seen {
 struct Books {
     /// Since the rollout started or was last resumed: the comparison and the guard.
     since: PerPool<Counts>,
+    /// Since then too: the users who converted, per goal.
+    converted: PerPool<Converted>,
     since_at: SystemTime,
     /// At the current step (share and state): the sample-ratio check, `require_data`.
     step: PerPool<Counts>,
@@ -113,6 +115,7 @@ impl Books {
     fn new(config: &Config) -> Books {
         Books {
             since: PerPool::default(),
+            converted: PerPool::default(),
             since_at: SystemTime::now(),
             step: PerPool::default(),
             window: Window::new(config.analysis.window),
@@ -145,6 +148,7 @@ impl Books {
             // A resume is told by the controller (it may come and go within this second).
             if new_rollout || told {
                 clear(&mut self.since);
+                self.converted = PerPool::default();
                 self.since_at = SystemTime::now();
                 self.acted = None;
             }
@@ -168,6 +172,7 @@ impl Books {
                 c.stable.goals = Default::default();
                 c.canary.goals = Default::default();
             }
+            self.converted = PerPool::default();
             self.window.clear();
             self.goals = goals;
         }
@@ -234,6 +239,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let restarts = analysis.restarts.load(std::sync::atomic::Ordering::Relaxed);
         books.follow(rollout, config, restarts);
         analysis.recorder.drain(&mut books.tick);
+        analysis.recorder.drain_converted(&mut books.converted);
         let now = SystemTime::now();
         let unix = now
             .duration_since(UNIX_EPOCH)
@@ -298,6 +304,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
             Inputs {
                 settings: &config.analysis,
                 guard,
+                converted: &books.converted,
                 expected_share,
                 rollout: rollout.id.to_string(),
                 at: rfc3339(now),

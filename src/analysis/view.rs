@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Analysis as Settings, Guard};
 use crate::routing::{PerPool, PoolName};
 
-use super::counts::Counts;
+use super::counts::{Converted, Counts};
 use super::guard::{self, LatencyCheck, Thresholds, Verdict};
 use super::histogram;
 use super::stats::{self, Arm, Interval};
@@ -126,7 +126,12 @@ pub struct GoalView {
     pub per_request: PerPool<Option<f64>>,
     /// Conversions per distinct user.
     pub per_user: PerPool<Option<f64>>,
-    /// canary − stable conversions per request, with its confidence sequence.
+    /// Distinct users who converted (estimated).
+    pub converted: PerPool<u64>,
+    /// The share of users who converted: what the verdict compares, since users (not requests)
+    /// are what the split draws, and one user's many requests or conversions weigh as one.
+    pub converted_share: PerPool<Option<f64>>,
+    /// canary − stable share of users who converted, with its confidence sequence.
     pub difference: Option<Range>,
     /// canary − stable conversions per user.
     pub per_user_difference: Option<f64>,
@@ -273,25 +278,33 @@ fn quantile_difference(since: &PerPool<Counts>, q: f64) -> Option<Range> {
     })
 }
 
-fn goal(name: &str, i: usize, since: &PerPool<Counts>, t: &Thresholds) -> GoalView {
-    let arm = |c: &Counts| Arm {
-        n: c.requests,
-        hits: c.goals[i],
+fn goal(
+    name: &str,
+    i: usize,
+    since: &PerPool<Counts>,
+    converted: &PerPool<Converted>,
+    t: &Thresholds,
+) -> GoalView {
+    let users = PerPool::from_fn(|p| since[p].users.estimate().round() as u64);
+    // A user who converted made a request: never more converted than users.
+    let converted = PerPool::from_fn(|p| (converted[p][i].estimate().round() as u64).min(users[p]));
+    let arm = |p: PoolName| Arm {
+        n: users[p],
+        hits: converted[p],
     };
-    let (canary, stable) = (arm(&since.canary), arm(&since.stable));
-    let per_user = PerPool::from_fn(|p| {
-        let users = since[p].users.estimate();
-        (users >= 1.0).then(|| since[p].goals[i] as f64 / users)
-    });
+    let (canary, stable) = (arm(PoolName::Canary), arm(PoolName::Stable));
+    let per_user =
+        PerPool::from_fn(|p| (users[p] >= 1).then(|| since[p].goals[i] as f64 / users[p] as f64));
     let difference = (canary.n > 0 && stable.n > 0)
-        .then(|| stats::diff_sequence(canary, stable, t.alpha, t.error_tau));
+        .then(|| stats::diff_sequence_estimated(canary, stable, t.alpha, t.error_tau, REL_ERROR));
+    let requests = since.canary.requests.min(since.stable.requests);
     // A goal is better when higher: its "regressed" is a confident drop below stable.
-    let verdict = match (canary.n.min(stable.n) >= t.min_requests, difference) {
+    let verdict = match (requests >= t.min_requests, difference) {
         (false, _) | (_, None) => Verdict::NotEnoughData {
             more: t
                 .min_requests
-                .saturating_sub(canary.n)
-                .max(t.min_requests.saturating_sub(stable.n)),
+                .saturating_sub(since.canary.requests)
+                .max(t.min_requests.saturating_sub(since.stable.requests)),
         },
         (true, Some(d)) if d.high < 0.0 => Verdict::Regressed,
         (true, Some(d)) if d.low > 0.0 => Verdict::Improved,
@@ -302,6 +315,8 @@ fn goal(name: &str, i: usize, since: &PerPool<Counts>, t: &Thresholds) -> GoalVi
         conversions: PerPool::from_fn(|p| since[p].goals[i]),
         per_request: PerPool::from_fn(|p| rate(since[p].goals[i], since[p].requests)),
         per_user,
+        converted,
+        converted_share: PerPool::from_fn(|p| rate(converted[p], users[p])),
         difference: difference.map(Range::from),
         per_user_difference: per_user.canary.zip(per_user.stable).map(|(c, s)| c - s),
         verdict: verdict.into(),
@@ -312,6 +327,8 @@ fn goal(name: &str, i: usize, since: &PerPool<Counts>, t: &Thresholds) -> GoalVi
 pub struct Inputs<'a> {
     pub settings: &'a Settings,
     pub guard: Option<&'a Guard>,
+    /// The users who converted, per goal, over the same span as `since`.
+    pub converted: &'a PerPool<Converted>,
     /// Canary share asked for, when running at a share strictly between 0 and 100%.
     pub expected_share: Option<f64>,
     pub rollout: String,
@@ -367,7 +384,7 @@ pub fn compute(
             .goals
             .iter()
             .enumerate()
-            .map(|(i, gl)| goal(&gl.name, i, since, &t))
+            .map(|(i, gl)| goal(&gl.name, i, since, inputs.converted, &t))
             .collect(),
         sample_ratio,
         guard: GuardView {
@@ -405,4 +422,78 @@ fn series(window: &Window) -> Series {
         s.error_difference.push(slot.diff.map(Range::from));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::counts::Recorder;
+
+    /// `users` users a side, each making three requests; in each pool, the users whose number
+    /// `converts` accepts convert once. `extra` adds one canary user's requests (`GETs`) and
+    /// conversions.
+    fn goal_verdict(
+        converts: impl Fn(PoolName, u64) -> bool,
+        extra_requests: u64,
+        extra_conversions: u64,
+    ) -> GoalView {
+        let r = Recorder::default();
+        for pool in PoolName::BOTH {
+            for u in 0..200u64 {
+                let user = (u + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (pool as u64);
+                for _ in 0..3 {
+                    r.record(pool, false, 1_000, Some(user), None);
+                }
+                if converts(pool, u) {
+                    r.record(pool, false, 1_000, Some(user), Some(0));
+                }
+            }
+        }
+        let heavy = Some(0xDEAD_BEEF);
+        for _ in 0..extra_requests {
+            r.record(PoolName::Canary, false, 1_000, heavy, None);
+        }
+        for _ in 0..extra_conversions {
+            r.record(PoolName::Canary, false, 1_000, heavy, Some(0));
+        }
+        let mut since = PerPool::<Counts>::default();
+        let mut converted = PerPool::<Converted>::default();
+        r.drain(&mut since);
+        r.drain_converted(&mut converted);
+        goal("purchase", 0, &since, &converted, &thresholds(None))
+    }
+
+    #[test]
+    fn one_user_s_many_requests_or_conversions_do_not_decide_a_goal() {
+        let every_tenth = |_: PoolName, u: u64| u % 10 == 0;
+        let same = goal_verdict(every_tenth, 0, 0);
+        assert_eq!(same.verdict.verdict, "ok", "{same:?}");
+        // One canary user's 3,000 requests made the conversions per request drop by a third.
+        let diluted = goal_verdict(every_tenth, 3_000, 0);
+        assert_eq!(diluted.verdict.verdict, "ok", "{diluted:?}");
+        // One canary user's 300 purchases made them triple.
+        let inflated = goal_verdict(every_tenth, 0, 300);
+        assert_eq!(inflated.verdict.verdict, "ok", "{inflated:?}");
+        assert_eq!(inflated.conversions.canary, 320);
+        assert_eq!(inflated.converted.canary, 21, "{inflated:?}");
+    }
+
+    #[test]
+    fn a_goal_fewer_users_reach_on_canary_regresses() {
+        // 40% of stable's users convert, 5% of canary's.
+        let worse = |p: PoolName, u: u64| match p {
+            PoolName::Stable => u % 5 < 2,
+            PoolName::Canary => u % 20 == 0,
+        };
+        let v = goal_verdict(worse, 0, 0);
+        assert_eq!(v.verdict.verdict, "regressed", "{v:?}");
+        let d = v.difference.expect("a difference");
+        assert!(d.high < 0.0 && (d.estimate + 0.35).abs() < 0.03, "{d:?}");
+        let flipped = |p: PoolName| match p {
+            PoolName::Stable => PoolName::Canary,
+            PoolName::Canary => PoolName::Stable,
+        };
+        let better = goal_verdict(|p, u| worse(flipped(p), u), 0, 0);
+        assert_eq!(better.verdict.verdict, "improved", "{better:?}");
+    }
 }

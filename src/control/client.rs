@@ -304,8 +304,8 @@ fn analysis(a: &AnalysisView) -> String {
     for g in &a.goals {
         rows.push([
             g.name.clone(),
-            opt(g.per_request.stable, rate),
-            opt(g.per_request.canary, rate),
+            opt(g.converted_share.stable, rate),
+            opt(g.converted_share.canary, rate),
             g.difference.as_ref().map_or("-".into(), points),
             g.verdict.text.clone(),
         ]);
