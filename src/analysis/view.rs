@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn one_user_s_many_requests_or_conversions_do_not_decide_a_goal() {
-        let every_tenth = |_: PoolName, u: u64| u % 10 == 0;
+        let every_tenth = |_: PoolName, u: u64| u.is_multiple_of(10);
         let same = goal_verdict(every_tenth, 0, 0);
         assert_eq!(same.verdict.verdict, "ok", "{same:?}");
         // One canary user's 3,000 requests made the conversions per request drop by a third.
@@ -483,7 +483,7 @@ mod tests {
         // 40% of stable's users convert, 5% of canary's.
         let worse = |p: PoolName, u: u64| match p {
             PoolName::Stable => u % 5 < 2,
-            PoolName::Canary => u % 20 == 0,
+            PoolName::Canary => u.is_multiple_of(20),
         };
         let v = goal_verdict(worse, 0, 0);
         assert_eq!(v.verdict.verdict, "regressed", "{v:?}");
