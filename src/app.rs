@@ -79,9 +79,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let local = listener.local_addr().map_err(bind_err)?;
     let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
         Some(addr) => Some((
-            net::bind(addr, options.takeover)
-                .and_then(TcpListener::from_std)
-                .map_err(|e| AppError::Bind { addr, error: e })?,
+            net::bind(addr, options.takeover).map_err(|e| AppError::Bind { addr, error: e })?,
             addr,
         )),
         None => None,
@@ -158,7 +156,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             analysis: Arc::clone(&analysis),
             allowed_hosts: page_hosts,
         };
-        tokio::spawn(web::serve(listener, web));
+        // On a thread and runtime of its own: a scrape, or a flood of requests to the page, never
+        // waits in line with the proxy's requests (with `workers: 1` there is one such line).
+        web::spawn(listener, web).map_err(|e| AppError::Bind { addr, error: e })?;
     }
 
     let first = current.load();

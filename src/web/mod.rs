@@ -186,8 +186,27 @@ struct Peers {
     open: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
 }
 
+/// Serves `listener` on a thread of its own, with a single-threaded runtime, for as long as the
+/// process lives.
+pub fn spawn(listener: std::net::TcpListener, web: Web) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ramp-web".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, web).await,
+                    Err(e) => tracing::error!(error = %e, "the metrics listener cannot be served"),
+                }
+            });
+        })?;
+    Ok(())
+}
+
 /// Serves until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, web: Web) {
+async fn serve(listener: tokio::net::TcpListener, web: Web) {
     let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
