@@ -46,6 +46,8 @@ pub enum AppError {
 pub struct Options {
     /// Take the admin socket over from a running ramp (the restart recipe).
     pub takeover: bool,
+    /// Log lines dropped because stderr's reader fell behind.
+    pub dropped_logs: Option<tracing_appender::non_blocking::ErrorCounter>,
 }
 
 /// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
@@ -140,6 +142,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         });
     }
     tokio::spawn(probes::run(Arc::clone(&current)));
+    if let Some(dropped) = options.dropped_logs.clone() {
+        tokio::spawn(count_dropped_logs(dropped));
+    }
     let (act_tx, act_rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(analysis::run(
         Arc::clone(&analysis),
@@ -254,6 +259,24 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
                 }
                 tracing::error!(action = name, error = %e, "the guard's action failed");
             }
+        }
+    }
+}
+
+/// `ramp_log_lines_dropped_total`, once a second, and one line when stderr's reader is back.
+async fn count_dropped_logs(dropped: tracing_appender::non_blocking::ErrorCounter) {
+    let mut said = 0;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let n = dropped.dropped_lines();
+        ::metrics::counter!("ramp_log_lines_dropped_total").absolute(n as u64);
+        if n > said {
+            tracing::warn!(
+                dropped = n - said,
+                "log lines dropped: stderr's reader fell behind (ramp never waits for it)"
+            );
+            said = n;
         }
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -110,17 +111,32 @@ enum LogFormat {
 /// a client sent (an IP address as SNI, say), one line per connection for any client to trigger.
 const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
 
-fn init_logs(format: LogFormat) {
+/// Log lines waiting for stderr before more are dropped (about 2 MB of lines).
+const LOG_LINES_WAITING: usize = 10_000;
+
+/// Logs go to stderr from a thread of their own. A reader of stderr that stalls (journald on a
+/// hung disk, a blocking log driver, a stopped `| tee`) would otherwise stop every thread that
+/// logs, the proxy's and the controller's too, once the pipe is full: past
+/// [`LOG_LINES_WAITING`] lines waiting, lines are dropped and counted instead. The guard writes
+/// out what waits when it is dropped.
+fn init_logs(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_WAITING)
+        .thread_name("ramp-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    (guard, dropped)
 }
 
 /// One worker: a single-threaded runtime, whose one first-in first-out run queue serves every
@@ -195,7 +211,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // A SIGHUP (a reload racing a restart) sent while ramp starts waits until ramp can
             // take it, rather than ending the process.
             ramp::app::hold_sighup();
-            init_logs(log_format);
+            // Held until ramp ends: dropping it writes out the lines still waiting.
+            let (_logs, dropped_logs) = init_logs(log_format);
             let path = config;
             let config = match config::load(&path) {
                 Ok(c) => c,
@@ -212,7 +229,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 config.limits.max_connections,
                 config.upstream.max_connections,
             );
-            let options = ramp::app::Options { takeover };
+            let options = ramp::app::Options {
+                takeover,
+                dropped_logs: Some(dropped_logs),
+            };
             runtime(config.workers)?.block_on(ramp::app::serve(path, config, options))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -247,7 +267,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { listen, log_format } => {
-            init_logs(log_format);
+            let _logs = init_logs(log_format);
             runtime(1)?.block_on(ramp::demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -270,7 +290,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             user_ids,
         } => bucket(&rollout, percent, &user_ids),
         Command::DemoUpstream { name, listen } => {
-            init_logs(LogFormat::Text);
+            let _logs = init_logs(LogFormat::Text);
             runtime(1)?.block_on(ramp::demo::upstream(&name, listen))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -435,3 +435,107 @@ async fn after_a_takeover_the_old_process_changes_nothing_before_its_sigterm() {
     let again = Proxy::start_in(dir, path);
     assert_eq!(again.admin("status")["state"], "rolled_back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_of_the_logs_stops_neither_the_proxy_nor_a_halt() {
+    // journald on a hung disk, a blocking log driver, a stopped `| tee`: once the pipe is full,
+    // a process that writes its logs there itself waits with it.
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(
+            &s,
+            &c,
+            "id: logs\npercent: 100",
+            "metrics: {listen: '127.0.0.1:0'}\n",
+        ),
+    );
+    let mut child = std::process::Command::new(support::RAMP)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info,mio=trace")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ramp");
+    // Read until ramp listens, then never again (the pipe stays open).
+    let mut stalled = BufReader::new(child.stderr.take().expect("stderr"));
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let (mut proxy, mut metrics) = (None, None);
+    while proxy.is_none() {
+        let mut line = String::new();
+        if stalled.read_line(&mut line).expect("a log line") == 0 {
+            panic!("ramp ended before it listened");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+        match v["fields"]["message"].as_str() {
+            Some("metrics at /metrics") => metrics = addr,
+            Some("listening") => proxy = addr,
+            _ => {}
+        }
+    }
+    let (proxy, metrics): (std::net::SocketAddr, std::net::SocketAddr) =
+        (proxy.expect("proxy"), metrics.expect("metrics"));
+    // mio traced, each connection writes a few lines: far more than a pipe holds (64 KiB), until
+    // lines are dropped rather than waited for. Before, the first full pipe stopped everything.
+    let client = support::Client::http1();
+    let dropped = || async {
+        let text = client
+            .get(&format!("http://{metrics}/metrics"), &[])
+            .await
+            .body;
+        text.lines()
+            .find_map(|l| l.strip_prefix("ramp_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let flood = async {
+        for round in 0..60 {
+            let answers = tokio::task::spawn_blocking(move || {
+                (0..500)
+                    .map(|_| {
+                        support::status_of(&support::raw(
+                            proxy,
+                            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("client");
+            assert!(
+                answers.iter().all(|&s| s == 200),
+                "round {round}: {answers:?}"
+            );
+            if dropped().await > 0.0 {
+                return;
+            }
+        }
+        panic!("no log line was ever dropped");
+    };
+    tokio::time::timeout(Duration::from_secs(120), flood)
+        .await
+        .expect("the proxy stopped answering while its log reader stalled");
+    let socket = dir.path().join("admin.sock");
+    let halt = tokio::task::spawn_blocking(move || support::admin_at(&socket, "halt"));
+    let reply = tokio::time::timeout(Duration::from_secs(10), halt)
+        .await
+        .expect("a halt got no reply while the log reader stalled")
+        .expect("admin client");
+    assert_eq!(reply["ok"], true, "{reply}");
+    drop(stalled);
+}
