@@ -21,6 +21,7 @@ pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

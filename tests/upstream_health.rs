@@ -294,3 +294,36 @@ async fn a_dead_canary_costs_no_request_with_fallback_on() {
     );
     assert!(proxy.metric("ramp_canary_fallback_total").await >= 100.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_logs_a_line_a_second_not_a_line_a_request() {
+    // Every request fails while the pools are down: one line per request would fill the log (or
+    // its disk) during exactly the incident someone is reading it for.
+    let dead = dead_addr().to_string();
+    let proxy = Proxy::start(&yaml(
+        std::slice::from_ref(&dead),
+        std::slice::from_ref(&dead),
+        "0",
+        "passive_health: {eject_after: 1000}\n",
+    ));
+    let started = std::time::Instant::now();
+    let got = bodies(&proxy, 300, "/").await;
+    assert!(got.iter().all(|(s, _)| *s == 502), "{got:?}");
+    let seconds = started.elapsed().as_secs() as usize;
+    proxy.wait_log("upstream request failed");
+    let lines: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("upstream request failed"))
+        .collect();
+    assert!(
+        (1..=seconds + 2).contains(&lines.len()),
+        "{} lines in {seconds} s",
+        lines.len()
+    );
+    // Each line counts the failures it stands for.
+    assert!(
+        lines.iter().skip(1).all(|l| l.contains("unlogged")),
+        "{lines:?}"
+    );
+}

@@ -6,8 +6,8 @@
 //! holds more than [`MOST_PER_UID`] connections: beyond, a newcomer that finds none idle to
 //! replace is refused, so that no burst can take the process's descriptors.
 
+use crate::logs::EverySecond;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -34,48 +34,9 @@ struct Entry {
 pub struct Peers {
     inner: Mutex<Inner>,
     /// Refused peers and commands are logged at most once a second.
-    pub refusals: RefusalLog,
-}
-
-/// At most one log line a second for refusals: a local user looping on the socket must not fill
-/// the log (or the disk under it). Each line counts the refusals it stands for.
-#[derive(Debug)]
-pub struct RefusalLog {
-    second: AtomicU64,
-    unlogged: AtomicU64,
-}
-
-impl Default for RefusalLog {
-    fn default() -> Self {
-        RefusalLog {
-            second: AtomicU64::new(u64::MAX),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-}
-
-impl RefusalLog {
-    /// A refusal at `now_s` (seconds on any monotonic clock): `Some(n)` to log it now, `n` the
-    /// refusals left unlogged since the last line; `None` to leave it unlogged.
-    pub fn admit(&self, now_s: u64) -> Option<u64> {
-        let last = self.second.load(Ordering::Relaxed);
-        if last != now_s
-            && self
-                .second
-                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.unlogged.swap(0, Ordering::Relaxed))
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-
-    /// [`Self::admit`] now.
-    pub fn admit_now(&self) -> Option<u64> {
-        self.admit(crate::clock::now_ms() / 1000)
-    }
+    pub refusals: EverySecond,
+    /// Connections closed for a newcomer of the same uid, likewise.
+    evictions: EverySecond,
 }
 
 #[derive(Debug, Default)]
@@ -118,10 +79,13 @@ impl Peers {
                 Some((_, i)) => {
                     let evicted = list.swap_remove(i);
                     evicted.close.notify_one();
-                    tracing::info!(
-                        uid,
-                        "admin connection closed: the uid is at its limit and opened another"
-                    );
+                    if let Some(unlogged) = self.evictions.admit_now() {
+                        tracing::info!(
+                            uid,
+                            unlogged,
+                            "admin connection closed: the uid is at its limit and opened another"
+                        );
+                    }
                 }
                 None if list.len() >= MOST_PER_UID => return None,
                 None => {}
@@ -180,17 +144,6 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusals_are_logged_once_a_second_with_the_count_of_those_left_out() {
-        let log = RefusalLog::default();
-        assert_eq!(log.admit(7), Some(0));
-        assert_eq!(log.admit(7), None);
-        assert_eq!(log.admit(7), None);
-        assert_eq!(log.admit(8), Some(2));
-        assert_eq!(log.admit(8), None);
-        assert_eq!(log.admit(30), Some(1));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_never_holds_more_than_the_most_per_uid() {

@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::analysis;
 use crate::config::CanaryUnavailable;
+use crate::logs::EverySecond;
 use crate::routing::{self, Decision, PoolName};
 use crate::snapshot::Snapshot;
 use crate::upstream::{
@@ -183,7 +184,11 @@ pub fn handle(
                 error_response(StatusCode::from(&e))
             }
             Err(e) => {
-                tracing::warn!(peer = %info.peer, pool = served_by.as_str(), reason = %e, "upstream request failed");
+                // During an outage every request fails: one line a second says so.
+                static FAILED: EverySecond = EverySecond::new();
+                if let Some(unlogged) = FAILED.admit_now() {
+                    tracing::warn!(peer = %info.peer, pool = served_by.as_str(), reason = %e, unlogged, "upstream request failed");
+                }
                 if let Some(kind) = e.upstream_kind() {
                     proxy.metrics.upstream_error(served_by, kind);
                 }

@@ -1,0 +1,65 @@
+//! Log lines any client or local user can cause, at most one a second per kind: a loop of bad
+//! requests, refused admin connections or failing upstreams must not fill the log (or the disk
+//! under it). Each line counts the ones it stands for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One kind of line, logged at most once a second.
+#[derive(Debug)]
+pub struct EverySecond {
+    second: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+impl Default for EverySecond {
+    fn default() -> Self {
+        EverySecond::new()
+    }
+}
+
+impl EverySecond {
+    pub const fn new() -> Self {
+        EverySecond {
+            second: AtomicU64::new(u64::MAX),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// One occurrence at `now_s` (seconds on any monotonic clock): `Some(n)` to log it now, `n`
+    /// the occurrences left unlogged since the last line; `None` to leave it unlogged.
+    pub fn admit(&self, now_s: u64) -> Option<u64> {
+        let last = self.second.load(Ordering::Relaxed);
+        if last != now_s
+            && self
+                .second
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.unlogged.swap(0, Ordering::Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// [`Self::admit`] now.
+    pub fn admit_now(&self) -> Option<u64> {
+        self.admit(crate::clock::now_ms() / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_a_second_with_the_count_of_those_left_out() {
+        let log = EverySecond::default();
+        assert_eq!(log.admit(7), Some(0));
+        assert_eq!(log.admit(7), None);
+        assert_eq!(log.admit(7), None);
+        assert_eq!(log.admit(8), Some(2));
+        assert_eq!(log.admit(8), None);
+        assert_eq!(log.admit(30), Some(1));
+    }
+}
