@@ -218,7 +218,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => {
                     let lines = e.lines();
-                    let more = match lines.len() {
+                    let more = match e.count() {
                         0 | 1 => String::new(),
                         n => format!(" (and {} more: run `ramp check`)", n - 1),
                     };

@@ -358,3 +358,24 @@ fn check_refuses_a_state_directory_ramp_s_user_may_not_write() {
         "{err}"
     );
 }
+
+#[test]
+fn a_file_of_thousands_of_mistakes_gets_a_bounded_answer() {
+    // 5,000 unknown keys: every one named would make an error of megabytes, kept in status and
+    // carried by every reply after a rejected reload.
+    let keys: String = (0..5_000).map(|i| format!("typo_{i}: 1\n")).collect();
+    let yaml = format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}{keys}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "bad.yaml", &yaml);
+    let (code, _, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("(and 4999 more: run `ramp check`)"), "{err}");
+    let (code, lines) = check(&yaml);
+    assert_eq!(code, 1);
+    let told = lines.iter().filter(|l| l.contains("typo_")).count();
+    assert_eq!(told, 50, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("and 4950 more problems")),
+        "{lines:?}"
+    );
+}

@@ -130,11 +130,23 @@ pub enum ConfigError {
     },
 }
 
+/// The most problems told one by one: a file of a hundred thousand bad keys would otherwise make
+/// an error as large as thirty files (kept in status, and in every reply that carries it).
+pub const MOST_PROBLEMS_TOLD: usize = 50;
+
 fn render(path: &std::path::Path, problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems
+    let mut lines: Vec<String> = problems
         .iter()
+        .take(MOST_PROBLEMS_TOLD)
         .map(|p| format!("{}:{p}", path.display()))
         .collect();
+    if problems.len() > MOST_PROBLEMS_TOLD {
+        lines.push(format!(
+            "{}: and {} more problems",
+            path.display(),
+            problems.len() - MOST_PROBLEMS_TOLD
+        ));
+    }
     lines.join("\n")
 }
 
@@ -142,5 +154,14 @@ impl ConfigError {
     /// Every problem as its own line, `path:line:column field: reason`.
     pub fn lines(&self) -> Vec<String> {
         self.to_string().lines().map(str::to_owned).collect()
+    }
+
+    /// How many problems were found (more than [`Self::lines`] tells past
+    /// [`MOST_PROBLEMS_TOLD`]).
+    pub fn count(&self) -> usize {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.len(),
+            _ => self.lines().len(),
+        }
     }
 }
