@@ -539,3 +539,33 @@ async fn a_stalled_reader_of_the_logs_stops_neither_the_proxy_nor_a_halt() {
     assert_eq!(reply["ok"], true, "{reply}");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_does_not_wait_for_a_large_config_file_to_be_parsed() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let good = yaml(&s, &c, "id: big\npercent: 50", "");
+    let proxy = Proxy::start(&good);
+    // 150,000 mistaken keys: seconds of parsing before the reload is refused.
+    let typos: String = (0..150_000).map(|i| format!("typo_{i}: 1\n")).collect();
+    std::fs::write(&proxy.config_path, format!("{good}{typos}")).expect("write");
+    let socket = proxy.socket();
+    let started = std::time::Instant::now();
+    let reload = std::thread::spawn(move || {
+        let reply = support::admin_at(&socket, "reload");
+        (reply, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let halt = proxy.admin("halt");
+    let halted_after = started.elapsed();
+    assert_eq!(halt["ok"], true, "{halt}");
+    let (reload, reloaded_after) = reload.join().expect("reload");
+    assert_eq!(reload["ok"], false, "{reload}");
+    assert!(
+        halted_after < reloaded_after,
+        "the halt ({halted_after:?}) waited for the reload ({reloaded_after:?})"
+    );
+    assert_eq!(proxy.admin("status")["state"], "halted");
+}

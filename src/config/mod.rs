@@ -325,12 +325,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_err = |source| ConfigError::Read {
+    parse_bytes(&read(path)?, path)
+}
+
+/// The config file's bytes (a regular file of at most 4 MiB).
+pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    crate::files::read_regular(path, crate::files::MAX_FILE).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    };
-    let bytes = crate::files::read_regular(path, crate::files::MAX_FILE).map_err(read_err)?;
-    parse_bytes(&bytes, path)
+    })
 }
 
 /// Only `admin.socket` of the file at `path` (relative to the file's directory), read leniently:

@@ -30,6 +30,8 @@ pub enum Command {
     /// The watcher saw the config file change and settle: this text, read twice the same across
     /// the quiet period (internal; never parsed from a line).
     FileChanged(Vec<u8>),
+    /// A reload's file, read and parsed by the [`super::Handle`] that sent it (internal).
+    Parsed(std::sync::Arc<super::controller::Parsed>),
     /// The fleet's key holds this now (internal: from the fleet watch).
     FleetState(crate::fleet::Kv),
     /// etcd answers again (`error` is `None`), or stopped answering (internal).
@@ -49,7 +51,7 @@ impl Command {
             Command::Rollback => "rollback",
             Command::Promote => "promote",
             Command::Start { .. } => "start",
-            Command::Reload | Command::FileChanged(_) => "reload",
+            Command::Reload | Command::FileChanged(_) | Command::Parsed(_) => "reload",
             Command::FleetState(_) | Command::FleetLink { .. } => "fleet",
         }
     }

@@ -35,6 +35,12 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Request>,
+    /// The config file, read and parsed here (on a blocking thread) for a reload, so that the
+    /// controller takes a halt or rollback while a large file is parsed.
+    config_path: Arc<std::path::Path>,
+    /// Reads of the config file so far: a parse that finishes after a later read's is not
+    /// applied over it.
+    reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Request {
@@ -48,6 +54,11 @@ impl std::fmt::Debug for Request {
 impl Handle {
     /// Sends a command and waits for its outcome: by then the change is live and persisted.
     pub async fn send(&self, command: Command, source: Source) -> Reply {
+        let command = match command {
+            Command::Reload => self.parse(None).await?,
+            Command::FileChanged(text) => self.parse(Some(text)).await?,
+            other => other,
+        };
         let (reply, rx) = oneshot::channel();
         let req = Request {
             command,
@@ -59,7 +70,37 @@ impl Handle {
         }
         rx.await.unwrap_or(Err(ControlError::ShuttingDown))
     }
+
+    /// Reads the config file (or takes the `text` the watcher read of it) and parses it.
+    async fn parse(&self, text: Option<Vec<u8>>) -> Result<Command, ControlError> {
+        let path = Arc::clone(&self.config_path);
+        let reads = Arc::clone(&self.reads);
+        tokio::task::spawn_blocking(move || {
+            let text = text.map_or_else(|| config::read(&path), Ok);
+            // Numbered once the text is in hand: a later number means a later read.
+            let seq = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let loaded = text.and_then(|text| config::parse_bytes(&text, &path));
+            Command::Parsed(Arc::new(Parsed { seq, loaded }))
+        })
+        .await
+        .map_err(|e| ControlError::ReloadTask(e.to_string()))
+    }
 }
+
+/// A config file read and parsed for a reload, numbered in the order of the reads.
+#[derive(Debug)]
+pub struct Parsed {
+    seq: u64,
+    loaded: Result<Config, config::ConfigError>,
+}
+
+impl PartialEq for Parsed {
+    fn eq(&self, other: &Parsed) -> bool {
+        self.seq == other.seq
+    }
+}
+
+impl Eq for Parsed {}
 
 /// What a failed write does to a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +202,8 @@ pub(super) struct NewConfig {
 
 pub struct Controller {
     config_path: PathBuf,
+    /// The number of the latest read of the config file a reload judged (see [`Parsed`]).
+    reloaded_seq: u64,
     pub(super) config: Arc<Config>,
     pub(super) rollout: RolloutState,
     /// The rollout in force is not saved yet (first start, or a write that failed).
@@ -290,6 +333,7 @@ impl Controller {
         let (tx, rx) = mpsc::channel(256);
         let mut c = Controller {
             config_path,
+            reloaded_seq: 0,
             config,
             rollout,
             unsaved,
@@ -320,7 +364,12 @@ impl Controller {
         {
             tracing::error!(error = %e, "cannot save the rollout state");
         }
-        Ok((c, current, Handle { tx }))
+        let handle = Handle {
+            tx,
+            config_path: Arc::from(c.config_path.as_path()),
+            reads: Arc::default(),
+        };
+        Ok((c, current, handle))
     }
 
     /// Serves commands and the schedule until every handle is dropped.
@@ -411,10 +460,17 @@ impl Controller {
             Command::Bucket(user) => {
                 return Ok(Outcome::Bucket(status::bucket(&self.current.load(), user)));
             }
-            Command::Reload => return self.reload(None, source).await,
-            Command::FileChanged(text) => {
-                let text = text.clone();
-                return self.reload(Some(text), source).await;
+            Command::Parsed(parsed) => {
+                let parsed = Arc::clone(parsed);
+                drop(command);
+                return match Arc::try_unwrap(parsed) {
+                    Ok(parsed) => self.reload(parsed, source).await,
+                    Err(_) => Err(ControlError::ReloadTask("the parsed file is shared".into())),
+                };
+            }
+            // A Handle parses these before they come here.
+            Command::Reload | Command::FileChanged(_) => {
+                return Err(ControlError::ReloadTask("the file was not parsed".into()));
             }
             Command::FleetState(kv) => {
                 self.fleet_state(kv.clone()).await;
@@ -641,14 +697,15 @@ impl Controller {
         }
     }
 
-    /// Reads the config file (or takes the `text` the watcher read of it) and puts it in force.
-    async fn reload(&mut self, text: Option<Vec<u8>>, trigger: Source) -> Reply {
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || match text {
-            Some(text) => config::parse_bytes(&text, &path),
-            None => config::load(&path),
-        })
-        .await;
+    /// Puts the config file a [`Handle`] read and parsed in force.
+    async fn reload(&mut self, parsed: Parsed, trigger: Source) -> Reply {
+        if parsed.seq < self.reloaded_seq {
+            // A later read of the file was applied already (or refused) while this one parsed.
+            return Err(ControlError::ReloadTask(
+                "superseded by a later read of the file".into(),
+            ));
+        }
+        self.reloaded_seq = parsed.seq;
         let failed = &self.reloads[1];
         let rejected = |notes: &mut Notes, e: ControlError| {
             failed.increment(1);
@@ -656,10 +713,9 @@ impl Controller {
             notes.last_reload_error = Some(e.to_string());
             Err(e)
         };
-        let mut new = match loaded {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return rejected(&mut self.notes, e.into()),
-            Err(e) => return Err(ControlError::ReloadTask(e.to_string())),
+        let mut new = match parsed.loaded {
+            Ok(c) => c,
+            Err(e) => return rejected(&mut self.notes, e.into()),
         };
         // Every file the new config names must be usable, those of parts that wait for a restart
         // too (a new TLS section, a fleet's password): a config a restart could not start from
@@ -779,6 +835,7 @@ fn apply(next: &mut RolloutState, command: &Command, now: Instant) -> Result<(),
         | Command::Bucket(_)
         | Command::Reload
         | Command::FileChanged(_)
+        | Command::Parsed(_)
         | Command::FleetState(_)
         | Command::FleetLink { .. } => Ok(()),
     }
