@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::{Backend, Proxy, config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Cert {
     cert: String,
@@ -117,6 +118,18 @@ async fn https_serves_http1_and_http2_by_alpn() {
         200
     );
     assert_eq!(b.last().uri, "/h1");
+
+    // An HTTP/1.0 client (`curl --http1.0`) offers only http/1.0.
+    let mut tls = dial(&proxy, &[&c], b"http/1.0").await.expect("tls");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    tls.write_all(b"GET /h10 HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply).await.expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert_eq!(b.last().uri, "/h10");
 
     // Plain HTTP on a TLS port is not served.
     let reply = support::raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");

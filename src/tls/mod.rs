@@ -74,7 +74,7 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 /// What a TLS setting was built from, to tell when the files changed.
 pub type Fingerprint = Vec<u8>;
 
-/// The listener's TLS config from PEM files: ALPN h2 and http/1.1.
+/// The listener's TLS config from PEM files: ALPN h2, http/1.1 and http/1.0.
 fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
@@ -89,7 +89,9 @@ fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), T
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too: `curl --http1.0` offers only that, and rustls refuses a client none of whose
+    // protocols it offers (as nginx does not).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     let mut fingerprint = cert_pem;
     fingerprint.extend_from_slice(&key_pem);
     Ok((Arc::new(config), fingerprint))

@@ -95,11 +95,16 @@ pub async fn serve(conn: &Arc<Conn>, inbound: Inbound, mut write: ClientWrite, l
         };
         match next {
             Next::KeepAlive if !conn.signal.closing() => inbound::lock(&shared).release(),
-            Next::KeepAlive => return,
-            Next::Close => {
+            Next::KeepAlive | Next::Close => {
                 if !inbound::lock(&shared).framing.is_done() {
                     // The client may still be sending the body nobody read.
                     let wait = std::pin::pin!(linger(&shared, &mut write));
+                    signal.unless(Signal::aborting, &mut registered, wait).await;
+                } else {
+                    // Shut, not dropped: over TLS, a close_notify tells the client the answer
+                    // ended here (one that ends with the connection, an HTTP/1.0 one, is
+                    // otherwise a cut to it: curl's "unexpected eof").
+                    let wait = std::pin::pin!(write.shutdown());
                     signal.unless(Signal::aborting, &mut registered, wait).await;
                 }
                 return;
