@@ -322,3 +322,91 @@ async fn idle_connections_of_one_upstream_do_not_keep_another_from_connecting_at
         .await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
 }
+
+/// A request body that sends one byte of the many its Content-Length announces, then nothing.
+struct Trickle(bool);
+
+impl hyper::body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+            bytes::Bytes::from_static(b"x"),
+        ))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_s_http2_streams_cannot_take_every_upstream_connection() {
+    // Each stream uploads a byte now and then: never idle long enough to be cut, and each holds
+    // an upstream connection. Nothing limited one client's share, so three connections of
+    // twenty streams took all twenty places and everyone else got 503.
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: share\npercent: 0",
+        "upstream:\n  max_connections: 20\n",
+    ));
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2");
+        streams.push(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        for _ in 0..20 {
+            let req = http::Request::post(format!("http://{}/upload", proxy.addr))
+                .header("content-length", "1000")
+                .body(Trickle(false))
+                .expect("request");
+            let sent = h2.send_request(req);
+            streams.push(tokio::spawn(async move {
+                let _ = sent.await;
+            }));
+        }
+    }
+    // Every upload the proxy let through has reached the upstream and holds a connection.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = b.in_flight();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    // Half the places freely, then one at a time per connection: 10 + 3.
+    assert!(b.in_flight() <= 13, "{} upstream requests", b.in_flight());
+    // Everyone else is still served, over HTTP/1.1 and HTTP/2 alike.
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+    let h2 = Client::http2();
+    let gets: Vec<_> = (0..5)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), proxy.url(&format!("/g{i}")));
+            tokio::spawn(async move { h2.get(&url, &[]).await })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.expect("get").status.as_u16(), 200);
+    }
+    for s in streams {
+        s.abort();
+    }
+}

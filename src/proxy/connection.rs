@@ -28,7 +28,7 @@ use super::body::ProxyBody;
 use super::context::{Conn, ConnInfo, Proxy};
 use super::handler::handle;
 use super::http1;
-use super::watchdog::{ABORT, Activity, Expiry, FINISH, Signal};
+use super::watchdog::{ABORT, Expiry, FINISH};
 
 /// What every connection task of one listener needs.
 pub struct Accepting {
@@ -159,14 +159,12 @@ fn register<'a>(
     permit: Option<OwnedSemaphorePermit>,
     a: &'a Accepting,
 ) -> (Arc<Conn>, Ended<'a>) {
-    let conn = Arc::new(Conn {
-        proxy: Arc::clone(&a.proxy),
-        info: ConnInfo::new(peer, a.tls),
-        activity: Activity::default(),
-        signal: Signal::default(),
-        id: a.open.id(),
-        permit: Mutex::new(permit),
-    });
+    let conn = Arc::new(Conn::new(
+        Arc::clone(&a.proxy),
+        ConnInfo::new(peer, a.tls),
+        a.open.id(),
+        permit,
+    ));
     a.open.add(&conn);
     conn.proxy.metrics.open_connections.increment(1.0);
     // The timers live in a task of their own: polling them alongside the connection would cost

@@ -122,9 +122,37 @@ pub struct Conn {
     /// Its place under `max_connections`; a WebSocket tunnel takes it over, since it outlives
     /// the HTTP connection it came from.
     pub permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Past half of `upstream.max_connections`, an HTTP/2 connection's requests take upstream
+    /// connections one at a time, in turn (made when first needed).
+    turns: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Conn {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        info: ConnInfo,
+        id: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Conn {
+        Conn {
+            proxy,
+            info,
+            activity: Activity::default(),
+            signal: Signal::default(),
+            id,
+            permit: Mutex::new(permit),
+            turns: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Waits for this connection's turn to hold an upstream connection; the turn passes on when
+    /// the guard is dropped (the answer sent, or abandoned).
+    pub(super) async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(self.turns.get_or_init(Arc::default))
+            .lock_owned()
+            .await
+    }
+
     /// Takes the connection's place under `max_connections` (for a tunnel).
     pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permit.lock().unwrap_or_else(|e| e.into_inner()).take()

@@ -18,7 +18,7 @@ use crate::upstream::{
     BodyTimes, ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
 };
 
-use super::body::{Busy, ProxyBody, error_response};
+use super::body::{Busy, ProxyBody, Turn, error_response};
 use super::context::{Conn, ConnInfo, Proxy};
 use super::error::ProxyError;
 use super::{check, forward, tunnel};
@@ -56,9 +56,9 @@ pub fn handle(
     req: Request<ClientBody>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
     async move {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let version = req.version();
-        let busy = Busy::begin(conn, version == Version::HTTP_2);
+        let mut busy = Busy::begin(conn, version == Version::HTTP_2);
         let (proxy, info) = (&*busy.conn.proxy, &busy.conn.info);
         let snap = proxy.current.load();
         let h1 = version <= Version::HTTP_11;
@@ -92,6 +92,16 @@ pub fn handle(
         let websocket = tunnel::wanted(&req, &scan).filter(|&kind| {
             kind == tunnel::Kind::Connect || matches!(req.body(), ClientBody::None)
         });
+        // Past half of `upstream.max_connections`, an HTTP/2 connection's requests hold upstream
+        // connections one at a time (a tunnel lives long and is not made to wait).
+        if version == Version::HTTP_2 && websocket.is_none() {
+            let turn = Turn::take(&busy.conn, snap.config.upstream.max_connections).await;
+            if turn.waited() {
+                // The wait is not the upstream's time.
+                start = Instant::now();
+            }
+            busy.turn = Some(turn);
+        }
         // A streamed body's progress (the latency runs from its last move at the latest).
         let mut body_times = None;
         let (result, served_by) = match choose(proxy, &snap, pool) {
