@@ -101,11 +101,22 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
         )
         .await;
     assert_eq!(trace.status, 405, "TRACE over HTTP/2");
+    let other = Client::http2()
+        .get(&proxy.url("/"), &[("host", "other.example")])
+        .await;
+    assert_eq!(other.status, 400, "an HTTP/2 Host other than :authority");
     assert!(
         b.seen().is_empty(),
         "nothing refused reached the upstream: {:?}",
         b.seen()
     );
+    // The same server named twice, in another case, is no conflict (RFC 9113 §8.3.1).
+    let url = proxy.url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let same = Client::http2()
+        .get(&url, &[("host", &authority.to_ascii_uppercase())])
+        .await;
+    assert_eq!(same.status, 200, "Host the same as :authority");
     // Plain chunked still flows.
     let reply = raw_reply(addr, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
     assert_eq!(status_of(&reply), 200, "{reply}");

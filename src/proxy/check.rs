@@ -4,7 +4,7 @@
 //! differing Content-Length) and reads no body it cannot frame; Content-Length together with
 //! Transfer-Encoding is refused here, and the connection closes after the answer.
 
-use http::header::TRANSFER_ENCODING;
+use http::header::{HOST, TRANSFER_ENCODING};
 use http::{Method, Request, StatusCode, Version};
 
 use crate::config::Limits;
@@ -71,6 +71,18 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
         || uri
             .authority()
             .is_some_and(|a| !super::forward::valid_host(a.as_str().as_bytes()))
+    {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    // An HTTP/2 request whose Host names another server than its :authority is malformed (RFC
+    // 9113 §8.3.1): the upstream would get the authority as Host, an app reading both another.
+    if req.version() == Version::HTTP_2
+        && scan.hosts == 1
+        && let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(HOST))
+        && !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
     {
         return Err(StatusCode::BAD_REQUEST);
     }
