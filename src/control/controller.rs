@@ -354,15 +354,23 @@ impl Controller {
         // Edits of the file made while ramp was down apply now, by the usual rules.
         let mut next = c.rollout.clone();
         let effect = next.file_plan(c.config.rollout.clone(), now);
-        let source = match effect {
-            FileEffect::Unchanged => Source::Startup,
-            _ => Source::File,
+        let (source, what) = match effect {
+            FileEffect::Unchanged => (Source::Startup, "start"),
+            _ => (
+                Source::File,
+                "the config file's edits made while ramp was down",
+            ),
         };
-        if let Err(e) = c
-            .change(next, None, source, "start", Durability::Required)
+        match c
+            .change(next, None, source, what, Durability::Required)
             .await
         {
-            tracing::error!(error = %e, "cannot save the rollout state");
+            Ok(_) => {}
+            // Nothing to apply: the state is in force, only not saved yet.
+            Err(ControlError::Unsaved { error, .. }) if effect == FileEffect::Unchanged => {
+                tracing::error!(%error, rollout = %c.rollout.id, state = c.rollout.state.as_str(), "the rollout state in force cannot be saved yet: it is tried again every 2 s");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot save the rollout state"),
         }
         let handle = Handle {
             tx,
