@@ -379,3 +379,32 @@ fn a_file_of_thousands_of_mistakes_gets_a_bounded_answer() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn yaml_the_parser_refuses_is_explained_in_the_file_s_terms() {
+    let deep = format!("a: {}{}\n", "[".repeat(70), "]".repeat(70));
+    let mut bomb = String::from("listen: 127.0.0.1:8080\nx0: &a0 [1,1,1,1,1,1,1,1,1,1]\n");
+    for i in 1..8 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(",");
+        bomb.push_str(&format!("x{i}: &a{i} [{refs}]\n"));
+    }
+    for (yaml, says) in [
+        (
+            format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}---\nlisten: 127.0.0.1:8081\n"),
+            "more than one YAML document",
+        ),
+        ("~: 1\n".to_owned(), "empty (null) where a value is needed"),
+        (deep, "nested too deep"),
+        (bomb, "too large once its anchors and aliases are expanded"),
+    ] {
+        let (code, lines) = check(&yaml);
+        assert_eq!(code, 1);
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("Option<") || l.contains("budget")),
+            "{lines:?}"
+        );
+    }
+}

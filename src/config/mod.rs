@@ -520,7 +520,23 @@ fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
         .split(", set DuplicateKeyPolicy")
         .next()
         .unwrap_or(what);
-    let message = what.trim().to_owned();
+    // The parser's own advice is for programmers ("use Option<String>"): say what is wrong in
+    // the file instead.
+    let message = if what.contains("multiple YAML documents") {
+        "more than one YAML document (a `---` line between them): the config is one".to_owned()
+    } else if what.contains("budget breached: Depth") {
+        "nested too deep (more than 64 levels)".to_owned()
+    } else if what.contains("budget breached") {
+        "too large once its anchors and aliases are expanded (over 250,000 values)".to_owned()
+    } else if what.starts_with("cannot deserialize null") {
+        "empty (null) where a value is needed".to_owned()
+    } else {
+        what.split("; use ")
+            .next()
+            .unwrap_or(what)
+            .trim()
+            .to_owned()
+    };
     ConfigError::Parse {
         path: path.to_owned(),
         at,
