@@ -53,10 +53,10 @@ pub struct Options {
 /// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
 pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Result<(), AppError> {
     tls::install_provider();
-    // Taken first, so that a SIGHUP sent while ramp starts (a reload racing a restart) is kept
-    // for later rather than ending the process, as it would with no handler yet.
+    // Taken first, so that a SIGHUP (a reload racing a restart), or a SIGUSR1 or SIGUSR2 (a
+    // logrotate script), sent while ramp starts is kept for later rather than ending the process,
+    // as it would with no handler yet.
     let hup = signal(tokio::signal::unix::SignalKind::hangup())?;
-    sighup_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
     // SIGUSR1 and SIGUSR2 mean something to other servers (nginx reopens its logs on USR1, and a
     // logrotate script may send it to every process it knows): here they are logged and
     // ignored, rather than ending ramp as their default action would.
@@ -71,6 +71,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             }
         });
     }
+    held_signals(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
     // Every file the config names is read before anything is taken from a running ramp: a
     // restart with --takeover that cannot start leaves the old one its ports and admin socket.
     Controller::preflight(&config)?;
@@ -210,17 +211,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     Ok(())
 }
 
-/// Holds SIGHUP back (on this thread, and the threads it starts) until [`serve`] has a handler
-/// for it: a SIGHUP with no handler ends the process.
-pub fn hold_sighup() {
-    sighup_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+/// Holds SIGHUP, SIGUSR1 and SIGUSR2 back (on this thread, and the threads it starts) until
+/// [`serve`] has handlers for them: any of them with no handler ends the process.
+pub fn hold_signals() {
+    held_signals(nix::sys::signal::SigmaskHow::SIG_BLOCK);
 }
 
-fn sighup_mask(how: nix::sys::signal::SigmaskHow) {
+fn held_signals(how: nix::sys::signal::SigmaskHow) {
+    use nix::sys::signal::Signal::{SIGHUP, SIGUSR1, SIGUSR2};
     let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGHUP);
+    for s in [SIGHUP, SIGUSR1, SIGUSR2] {
+        set.add(s);
+    }
     if let Err(e) = nix::sys::signal::pthread_sigmask(how, Some(&set), None) {
-        tracing::warn!(error = %e, "cannot change the signal mask for SIGHUP");
+        tracing::warn!(error = %e, "cannot change the signal mask for SIGHUP, SIGUSR1 and SIGUSR2");
     }
 }
 

@@ -208,9 +208,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             log_format,
             takeover,
         } => {
-            // A SIGHUP (a reload racing a restart) sent while ramp starts waits until ramp can
-            // take it, rather than ending the process.
-            ramp::app::hold_sighup();
+            // A SIGHUP (a reload racing a restart), SIGUSR1 or SIGUSR2 sent while ramp starts
+            // waits until ramp can take it, rather than ending the process.
+            ramp::app::hold_signals();
             // Held until ramp ends: dropping it writes out the lines still waiting.
             let (_logs, dropped_logs) = init_logs(log_format);
             let path = config;
