@@ -267,20 +267,22 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
     }
 }
 
-/// `ramp_log_lines_dropped_total`, once a second, and one line when stderr's reader is back.
+/// `ramp_log_lines_dropped_total`, once a second, and one line once stderr's reader is back
+/// (a second with no line dropped: a line said while it is still behind would be dropped too).
 async fn count_dropped_logs(dropped: tracing_appender::non_blocking::ErrorCounter) {
-    let mut said = 0;
+    let (mut said, mut before) = (0, 0);
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         every.tick().await;
         let n = dropped.dropped_lines();
         ::metrics::counter!("ramp_log_lines_dropped_total").absolute(n as u64);
-        if n > said {
+        if n > said && n == before {
             tracing::warn!(
                 dropped = n - said,
                 "log lines dropped: stderr's reader fell behind (ramp never waits for it)"
             );
             said = n;
         }
+        before = n;
     }
 }

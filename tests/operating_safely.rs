@@ -537,7 +537,25 @@ async fn a_stalled_reader_of_the_logs_stops_neither_the_proxy_nor_a_halt() {
         .expect("a halt got no reply while the log reader stalled")
         .expect("admin client");
     assert_eq!(reply["ok"], true, "{reply}");
-    drop(stalled);
+    // The reader comes back: one line says how many were dropped, all of them.
+    let said = std::thread::spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stalled.read_line(&mut line).unwrap_or(0) == 0 {
+                return None;
+            }
+            if line.contains("log lines dropped") {
+                let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+                return v["fields"]["dropped"].as_f64();
+            }
+        }
+    });
+    let said = tokio::task::spawn_blocking(move || said.join().expect("reader"))
+        .await
+        .expect("reader")
+        .expect("a line saying how many were dropped");
+    assert_eq!(said, dropped().await, "dropped lines said and counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
