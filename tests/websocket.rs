@@ -436,3 +436,101 @@ async fn a_side_that_ends_cleanly_still_gets_the_other_s_last_bytes_then_the_tun
     }
     assert_eq!(proxy.metric(series).await, 0.0, "{series}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_s_websockets_over_http2_cannot_take_every_upstream_connection() {
+    // Tunnels live for an hour: three connections of thirty took all forty places, and every
+    // other user got 503. Past half, a connection holds eight at most.
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "upstream: {max_connections: 40}\n"));
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let sender = http2_client(&proxy).await;
+        for i in 0..30 {
+            let (mut sender, req) = (
+                sender.clone(),
+                extended_connect(&proxy, &format!("h2-{n}-{i}")),
+            );
+            held.push(tokio::spawn(async move {
+                let Ok(resp) = sender.send_request(req).await else {
+                    return;
+                };
+                if let Ok(io) = hyper::upgrade::on(resp).await {
+                    // Held open, quiet, until the test ends.
+                    std::future::pending::<()>().await;
+                    drop(io);
+                }
+            }));
+        }
+    }
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = s.open() + c.open();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    // Half the places freely, then eight at most per connection: 20 + 8 + 8.
+    assert!(s.open() + c.open() <= 36, "{} tunnels", s.open() + c.open());
+    // Everyone else still gets a socket.
+    let mut ws = connect(&proxy, "bystander").await;
+    assert_eq!(exchange(&mut ws).await, pool_of("bystander"));
+    for h in held {
+        h.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_websocket_s_answer_keeps_its_place_under_the_cap() {
+    // The upstream refuses the upgrade with a long answer that stalls: its connection is open
+    // while the answer is read, and was not counted under `upstream.max_connections` — twenty
+    // handshakes opened twenty connections past a cap of five.
+    let up = support::RawUpstream::start(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 1000000\r\n\r\nnot a socket",
+        false,
+    )
+    .await;
+    let proxy = Proxy::start(&support::single(
+        up.addr,
+        "upstream: {max_connections: 5}\nlimits: {body_idle_timeout: 30s}\n",
+    ));
+    let sender = http2_client(&proxy).await;
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let (mut sender, req) = (sender.clone(), extended_connect(&proxy, &format!("r-{i}")));
+        answers.push(tokio::spawn(async move {
+            // The head, and the body left unread.
+            let resp = sender.send_request(req).await.expect("an answer");
+            let status = resp.status().as_u16();
+            (status, resp)
+        }));
+    }
+    let mut statuses = Vec::new();
+    let mut bodies = Vec::new();
+    for a in answers {
+        let (status, resp) = a.await.expect("task");
+        statuses.push(status);
+        bodies.push(resp);
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 404).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        15,
+        "{statuses:?}"
+    );
+    assert!(
+        up.connections() <= 5,
+        "{} upstream connections",
+        up.connections()
+    );
+    drop(bodies);
+}

@@ -2,7 +2,6 @@
 //! its request counts as in progress, and each frame sent counts as progress for the watchdog.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -10,10 +9,11 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::routing::PoolName;
-use crate::upstream::{Slot, UpstreamBody};
+use crate::upstream::UpstreamBody;
 
 use super::context::Conn;
 use super::error::body_for;
+use super::share::Share;
 
 /// What ramp answers with: an upstream's streamed body, or a short error of its own. While it
 /// lives, its connection counts as busy for the slow-head watchdog.
@@ -81,45 +81,8 @@ pub(super) struct Busy {
     pub(super) conn: Arc<Conn>,
     /// The answer's body is going out (watched for a client that takes nothing).
     pub(super) sending: bool,
-    /// Its place among HTTP/2 requests in flight, and its connection's turn if it took one.
-    pub(super) turn: Option<Turn>,
-}
-
-/// HTTP/2 requests in progress in this process, each from its [`Turn::take`] to its answer's
-/// end: with the upstream connections open, how crowded `upstream.max_connections` is. (Counted
-/// before the upstream connection is opened, so that a burst of streams sees itself.)
-static H2_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// An HTTP/2 request's place in [`H2_IN_FLIGHT`], and its connection's turn to hold an upstream
-/// connection when it had to take one; both given back when dropped.
-#[derive(Debug)]
-pub(super) struct Turn(Option<tokio::sync::OwnedMutexGuard<()>>);
-
-impl Turn {
-    /// Past half of `max` upstream connections, waits for `conn`'s turn to hold one: an HTTP/2
-    /// connection's requests then take upstream connections one at a time. Otherwise one
-    /// client's streams, uploading slowly or never reading their answers, could hold every
-    /// place and leave everyone else a 503.
-    pub(super) async fn take(conn: &Conn, max: usize) -> Turn {
-        let before = H2_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        let mut turn = Turn(None);
-        if before.max(Slot::open()) >= max / 2 {
-            // Boxed: rare; inline it would enlarge every request's future.
-            turn.0 = Some(Box::pin(conn.turn()).await);
-        }
-        turn
-    }
-
-    /// Whether it waited for the connection's turn.
-    pub(super) fn waited(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        H2_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// An HTTP/2 request's share of the upstream connections (see [`super::share`]).
+    pub(super) share: Option<Share>,
 }
 
 impl Drop for Busy {
@@ -184,7 +147,7 @@ impl Busy {
         Busy {
             conn,
             sending: false,
-            turn: None,
+            share: None,
         }
     }
 }

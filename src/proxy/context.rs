@@ -122,9 +122,8 @@ pub struct Conn {
     /// Its place under `max_connections`; a WebSocket tunnel takes it over, since it outlives
     /// the HTTP connection it came from.
     pub permit: Mutex<Option<OwnedSemaphorePermit>>,
-    /// Past half of `upstream.max_connections`, an HTTP/2 connection's requests take upstream
-    /// connections one at a time, in turn (made when first needed).
-    turns: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>>,
+    /// Its HTTP/2 requests' share of the upstream connections (made at the first).
+    shares: std::sync::OnceLock<Box<super::share::Shares>>,
 }
 
 impl Conn {
@@ -141,16 +140,13 @@ impl Conn {
             signal: Signal::default(),
             id,
             permit: Mutex::new(permit),
-            turns: std::sync::OnceLock::new(),
+            shares: std::sync::OnceLock::new(),
         }
     }
 
-    /// Waits for this connection's turn to hold an upstream connection; the turn passes on when
-    /// the guard is dropped (the answer sent, or abandoned).
-    pub(super) async fn turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        Arc::clone(self.turns.get_or_init(Arc::default))
-            .lock_owned()
-            .await
+    /// Its HTTP/2 requests' holders and waiters.
+    pub(super) fn shares(&self) -> &super::share::Shares {
+        self.shares.get_or_init(Box::default)
     }
 
     /// Takes the connection's place under `max_connections` (for a tunnel).

@@ -18,9 +18,10 @@ use crate::upstream::{
     BodyTimes, ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
 };
 
-use super::body::{Busy, ProxyBody, Turn, error_response};
+use super::body::{Busy, ProxyBody, error_response};
 use super::context::{Conn, ConnInfo, Proxy};
 use super::error::ProxyError;
+use super::share::Share;
 use super::{check, forward, tunnel};
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
@@ -92,15 +93,20 @@ pub fn handle(
         let websocket = tunnel::wanted(&req, &scan).filter(|&kind| {
             kind == tunnel::Kind::Connect || matches!(req.body(), ClientBody::None)
         });
-        // Past half of `upstream.max_connections`, an HTTP/2 connection's requests hold upstream
-        // connections one at a time (a tunnel lives long and is not made to wait).
-        if version == Version::HTTP_2 && websocket.is_none() {
-            let turn = Turn::take(&busy.conn, snap.config.upstream.max_connections).await;
-            if turn.waited() {
-                // The wait is not the upstream's time.
-                start = Instant::now();
-            }
-            busy.turn = Some(turn);
+        // Past half of `upstream.max_connections`, an HTTP/2 connection's requests hold a few
+        // upstream connections at most (`share`).
+        if version == Version::HTTP_2 {
+            let max = snap.config.upstream.max_connections;
+            busy.share = match Share::try_take(&busy.conn, max) {
+                Some(share) => Some(share),
+                None => {
+                    // Boxed: rare; inline it would enlarge every request's future.
+                    let share = Box::pin(Share::wait(&busy.conn, max)).await;
+                    // The wait is not the upstream's time.
+                    start = Instant::now();
+                    Some(share)
+                }
+            };
         }
         // A streamed body's progress (the latency runs from its last move at the latest).
         let mut body_times = None;
@@ -108,8 +114,18 @@ pub fn handle(
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {
                 // Boxed: rare, and large; inline it would enlarge every request's future.
+                let to = tunnel::Target {
+                    up: first,
+                    pool: served_by,
+                };
                 Box::pin(tunnel::open(
-                    &busy.conn, &snap, req, kind, &scan, first, served_by,
+                    &busy.conn,
+                    &mut busy.share,
+                    &snap,
+                    req,
+                    kind,
+                    &scan,
+                    to,
                 ))
                 .await
             }

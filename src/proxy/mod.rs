@@ -9,6 +9,7 @@ mod forward;
 mod handler;
 mod http1;
 mod listener;
+mod share;
 mod tunnel;
 mod watchdog;
 

@@ -28,6 +28,7 @@ use super::context::{Conn, Proxy};
 use super::error::ProxyError;
 use super::forward::{self, Scan};
 use super::http1;
+use super::share::Share;
 
 /// After one side of a tunnel has closed, how long the other may take to finish.
 const HALF_CLOSED: Duration = Duration::from_secs(10);
@@ -105,21 +106,28 @@ async fn connect(
     }
 }
 
-/// Opens the tunnel for a user of `pool` (first try `up`): the upstream handshake on a fresh
-/// connection, then the answer to the client; the bytes flow in a task of their own once both
-/// sides have switched. An upstream that refuses the upgrade answers the client as it would any
-/// request, but a success without a switch is a 502 to an HTTP/2 client (to which a 2xx means the
-/// tunnel is open). Gives the pool that served.
+/// The upstream to try first, and the user's pool.
+pub struct Target<'s> {
+    pub up: &'s Arc<Upstream>,
+    pub pool: PoolName,
+}
+
+/// Opens the tunnel for a user of `to.pool` (first try `to.up`): the upstream handshake on a
+/// fresh connection, then the answer to the client; the bytes flow in a task of their own once
+/// both sides have switched, which takes the HTTP/2 request's `share` of the upstream
+/// connections along. An upstream that refuses the upgrade answers the client as it would any
+/// request, but a success without a switch is a 502 to an HTTP/2 client (to which a 2xx means
+/// the tunnel is open). Gives the pool that served.
 pub async fn open(
     conn: &Arc<Conn>,
+    share: &mut Option<Share>,
     snap: &Snapshot,
     mut req: Request<ClientBody>,
     kind: Kind,
     scan: &Scan,
-    up: &Arc<Upstream>,
-    pool: PoolName,
+    to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    let (mut sender, slot, pool) = match connect(&conn.proxy, snap, up, pool).await {
+    let (mut sender, slot, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };
@@ -166,7 +174,7 @@ pub async fn open(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let limit = snap.config.limits.body_idle_timeout;
         forward::response_head(resp.headers_mut(), hide);
-        let answer = resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, limit)));
+        let answer = resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, slot, limit)));
         return (Ok(answer), pool);
     }
     let upstream = hyper::upgrade::on(&mut resp);
@@ -185,11 +193,18 @@ pub async fn open(
         }
     }
     *answer.headers_mut() = headers;
-    let permit = conn.take_permit();
+    // An HTTP/1.1 tunnel outlives the connection it came from and takes over its place under
+    // `max_connections`; an HTTP/2 one lives inside its connection, which keeps its place (given
+    // to the first tunnel, it was given back when that tunnel ended, with the connection open).
+    let permit = match client {
+        Client::H1(_) => conn.take_permit(),
+        Client::H2(_) => None,
+    };
     let proxy = Arc::clone(&conn.proxy);
     let idle = snap.config.limits.tunnel_idle_timeout;
+    let share = share.take();
     tokio::spawn(async move {
-        let (_permit, _slot) = (permit, slot);
+        let (_permit, _slot, _share) = (permit, slot, share);
         let Ok(upstream) = upstream.await else {
             return;
         };

@@ -334,8 +334,9 @@ enum Source {
         /// The rest of a request the upstream answered before it had all of it.
         sending: Option<Box<Sending>>,
     },
-    /// From hyper's client (a refused WebSocket handshake): never pooled.
-    Hyper(Incoming),
+    /// From hyper's client (a refused WebSocket handshake): never pooled. The connection keeps
+    /// its place under `upstream.max_connections` until the answer has been read.
+    Hyper(Incoming, super::Slot),
 }
 
 /// A request still going out while its answer is read (an upstream that streams its answer
@@ -386,10 +387,11 @@ impl UpstreamBody {
         body
     }
 
-    /// A body on a connection that is not pooled (a refused WebSocket handshake).
-    pub fn unpooled(inner: Incoming, limit: Duration) -> Self {
+    /// A body on a connection that is not pooled (a refused WebSocket handshake), holding the
+    /// connection's `slot`.
+    pub fn unpooled(inner: Incoming, slot: super::Slot, limit: Duration) -> Self {
         UpstreamBody {
-            source: Source::Hyper(inner),
+            source: Source::Hyper(inner, slot),
             idle: IdleTimer::new(limit),
             limit,
             fields: None,
@@ -449,7 +451,7 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let (slot, framing, sending, reuse) = match &mut this.source {
-            Source::Hyper(inner) => return poll_idle(inner, &mut this.idle, this.limit, cx),
+            Source::Hyper(inner, _) => return poll_idle(inner, &mut this.idle, this.limit, cx),
             Source::Wire {
                 wire,
                 framing,
@@ -532,7 +534,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Wire { framing, .. } => framing.is_done(),
-            Source::Hyper(inner) => inner.is_end_stream(),
+            Source::Hyper(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -547,7 +549,7 @@ impl Body for UpstreamBody {
                 ..
             } => SizeHint::with_exact(0),
             Source::Wire { .. } => SizeHint::default(),
-            Source::Hyper(inner) => inner.size_hint(),
+            Source::Hyper(inner, _) => inner.size_hint(),
         }
     }
 }
