@@ -203,6 +203,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             tracing::warn!(
                 "a second signal: exiting now, without waiting for the connections still open"
             );
+            crate::logs::flush();
             std::process::exit(1);
         });
     };

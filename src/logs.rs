@@ -2,7 +2,26 @@
 //! requests, refused admin connections or failing upstreams must not fill the log (or the disk
 //! under it). Each line counts the ones it stands for.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing_appender::non_blocking::WorkerGuard;
+
+/// The log writer's guard: dropped, it writes out the lines still waiting.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Keeps the log writer's `guard` until [`flush`].
+pub fn keep_until_exit(guard: WorkerGuard) {
+    *WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+}
+
+/// Writes out the log lines still waiting (for at most a second, if stderr's reader has
+/// stalled), before the process ends: an exit that skips it loses its last lines, the reason
+/// for the exit among them.
+pub fn flush() {
+    let guard = WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(guard);
+}
 
 /// One kind of line, logged at most once a second.
 #[derive(Debug)]

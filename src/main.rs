@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
+use tracing_appender::non_blocking::ErrorCounter;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -118,8 +118,8 @@ const LOG_LINES_WAITING: usize = 10_000;
 /// hung disk, a blocking log driver, a stopped `| tee`) would otherwise stop every thread that
 /// logs, the proxy's and the controller's too, once the pipe is full: past
 /// [`LOG_LINES_WAITING`] lines waiting, lines are dropped and counted instead. The guard writes
-/// out what waits when it is dropped.
-fn init_logs(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
+/// out what waits when it is dropped ([`ramp::logs::flush`]).
+fn init_logs(format: LogFormat) -> ErrorCounter {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_LINES_WAITING)
@@ -136,7 +136,8 @@ fn init_logs(format: LogFormat) -> (WorkerGuard, ErrorCounter) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    (guard, dropped)
+    ramp::logs::keep_until_exit(guard);
+    dropped
 }
 
 /// One worker: a single-threaded runtime, whose one first-in first-out run queue serves every
@@ -192,7 +193,10 @@ fn open_files(max_connections: usize, max_upstream: usize) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    let ran = run(cli.command);
+    // The log lines still waiting go out before anything else is said.
+    ramp::logs::flush();
+    match ran {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ramp: {e:#}");
@@ -211,8 +215,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // A SIGHUP (a reload racing a restart), SIGUSR1 or SIGUSR2 sent while ramp starts
             // waits until ramp can take it, rather than ending the process.
             ramp::app::hold_signals();
-            // Held until ramp ends: dropping it writes out the lines still waiting.
-            let (_logs, dropped_logs) = init_logs(log_format);
+            let dropped_logs = init_logs(log_format);
             let path = config;
             let config = match config::load(&path) {
                 Ok(c) => c,
@@ -267,7 +270,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo { listen, log_format } => {
-            let _logs = init_logs(log_format);
+            init_logs(log_format);
             runtime(1)?.block_on(ramp::demo::run(listen))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -290,7 +293,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             user_ids,
         } => bucket(&rollout, percent, &user_ids),
         Command::DemoUpstream { name, listen } => {
-            let _logs = init_logs(LogFormat::Text);
+            init_logs(LogFormat::Text);
             runtime(1)?.block_on(ramp::demo::upstream(&name, listen))?;
             Ok(ExitCode::SUCCESS)
         }
