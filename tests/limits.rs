@@ -419,6 +419,25 @@ async fn one_client_s_http2_streams_cannot_take_every_upstream_connection() {
     }
     assert!(!long.is_finished(), "the page waited for the long request");
     assert_eq!(long.await.expect("long").status.as_u16(), 200);
+    // Eight long requests on one connection (event streams, long polls) hold its share: a ninth
+    // waits, but not forever.
+    let tabs = Client::http2();
+    let held = b.in_flight();
+    let longs: Vec<_> = (0..8)
+        .map(|i| {
+            let (tabs, url) = (tabs.clone(), proxy.url(&format!("/slow/30000?{i}")));
+            tokio::spawn(async move { tabs.get(&url, &[]).await })
+        })
+        .collect();
+    support::eventually("eight long requests reach the upstream", || {
+        b.in_flight() >= held + 8
+    })
+    .await;
+    let ninth = tabs.get(&proxy.url("/ninth"), &[]).await;
+    assert_eq!(ninth.status.as_u16(), 503, "{}", ninth.body);
+    for l in longs {
+        l.abort();
+    }
     for s in streams {
         s.abort();
     }

@@ -101,7 +101,15 @@ pub fn handle(
                 Some(share) => Some(share),
                 None => {
                     // Boxed: rare; inline it would enlarge every request's future.
-                    let share = Box::pin(Share::wait(&busy.conn, max)).await;
+                    let Some(share) = Box::pin(Share::wait(&busy.conn, max)).await else {
+                        // Ramp's own answer, charged to no pool.
+                        static WAITED: EverySecond = EverySecond::new();
+                        if let Some(unlogged) = WAITED.admit_now() {
+                            tracing::warn!(peer = %info.peer, unlogged, "an HTTP/2 connection's request waited 10 s for one of the 8 upstream connections its streams may hold past half of upstream.max_connections: 503");
+                        }
+                        let resp = error_response(StatusCode::SERVICE_UNAVAILABLE);
+                        return finish(resp, busy, head);
+                    };
                     // The wait is not the upstream's time.
                     start = Instant::now();
                     Some(share)
