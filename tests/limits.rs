@@ -442,3 +442,38 @@ async fn one_client_s_http2_streams_cannot_take_every_upstream_connection() {
         s.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_do_not_hold_http2_clients_to_their_share() {
+    // A burst leaves connections idle in the pool: they hold nothing, so an HTTP/2 client after
+    // it is not held to eight at a time as if the proxy were crowded (for a minute, until they
+    // aged out).
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: idle\npercent: 0",
+        "upstream:\n  max_connections: 40\n",
+    ));
+    let burst: Vec<_> = (0..25)
+        .map(|_| {
+            let url = proxy.url("/slow/300");
+            tokio::spawn(async move { Client::http1().get(&url, &[]).await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.expect("burst").status.as_u16(), 200);
+    }
+    support::eventually("the burst is over", || b.in_flight() == 0).await;
+    let h2 = Client::http2();
+    let page: Vec<_> = (0..16)
+        .map(|i| {
+            let (h2, url) = (h2.clone(), proxy.url(&format!("/slow/1500?{i}")));
+            tokio::spawn(async move { h2.get(&url, &[]).await })
+        })
+        .collect();
+    support::eventually("all sixteen at once", || b.in_flight() == 16).await;
+    for r in page {
+        assert_eq!(r.await.expect("page").status.as_u16(), 200);
+    }
+}
