@@ -475,7 +475,11 @@ mod tests {
         let inflated = goal_verdict(every_tenth, 0, 300);
         assert_eq!(inflated.verdict.verdict, "ok", "{inflated:?}");
         assert_eq!(inflated.conversions.canary, 320);
-        assert_eq!(inflated.converted.canary, 21, "{inflated:?}");
+        // 21 users converted; the sketch (keyed at random per process) may merge a pair.
+        assert!(
+            (19..=22).contains(&inflated.converted.canary),
+            "{inflated:?}"
+        );
     }
 
     #[test]
