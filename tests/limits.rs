@@ -382,15 +382,7 @@ async fn one_client_s_http2_streams_cannot_take_every_upstream_connection() {
         }
     }
     // Every upload the proxy let through has reached the upstream and holds a connection.
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = b.in_flight();
-        if now == last && now > 0 {
-            break;
-        }
-        last = now;
-    }
+    support::settled(|| b.in_flight()).await;
     // Half the places freely, then eight at most per connection: 100 + 8 + 8.
     assert!(b.in_flight() <= 116, "{} upstream requests", b.in_flight());
     // Everyone else is still served, over HTTP/1.1 and HTTP/2 alike.

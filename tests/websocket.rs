@@ -466,15 +466,7 @@ async fn one_client_s_websockets_over_http2_cannot_take_every_upstream_connectio
             }));
         }
     }
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = s.open() + c.open();
-        if now == last && now > 0 {
-            break;
-        }
-        last = now;
-    }
+    support::settled(|| s.open() + c.open()).await;
     // Half the places freely, then eight at most per connection: 20 + 8 + 8.
     assert!(s.open() + c.open() <= 36, "{} tunnels", s.open() + c.open());
     // Everyone else still gets a socket.

@@ -837,6 +837,19 @@ impl Proxy {
 }
 
 /// Polls `done` every 20 ms until it holds; panics naming `what` after 20 s.
+/// Waits until `count` is above zero and stays the same for 300 ms; gives that count.
+pub async fn settled(mut count: impl FnMut() -> usize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = count();
+        if now == last && now > 0 {
+            return now;
+        }
+        last = now;
+    }
+}
+
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while !done() {
