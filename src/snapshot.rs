@@ -67,13 +67,22 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Current {
     inner: ArcSwap<Snapshot>,
+    /// Told of every publish, for what outlives a request (a WebSocket tunnel) and has to follow
+    /// its user when the rollout moves them.
+    published: tokio::sync::watch::Sender<()>,
 }
 
 impl Current {
     pub fn new(first: Snapshot) -> Self {
         Current {
             inner: ArcSwap::from_pointee(first),
+            published: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// A receiver whose `changed()` completes at the next publish after this call.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.published.subscribe()
     }
 
     /// The current snapshot, owned: safe to keep across `.await`.
@@ -85,5 +94,6 @@ impl Current {
     /// Makes `next` current. Only the controller calls this; the next request sees it.
     pub fn publish(&self, next: Snapshot) {
         self.inner.store(Arc::new(next));
+        self.published.send_replace(());
     }
 }

@@ -526,3 +526,99 @@ async fn a_refused_websocket_s_answer_keeps_its_place_under_the_cap() {
     );
     drop(bodies);
 }
+
+/// The first id `user-{prefix}-N` whose bucket, under rollout `ws`, lies in `from..to` (ppm).
+fn user_in(prefix: &str, from: u32, to: u32) -> String {
+    let salt = routing::bucket::salt("ws");
+    (0..)
+        .map(|i| format!("user-{prefix}-{i}"))
+        .find(|u| (from..to).contains(&routing::bucket(&salt, u.as_bytes())))
+        .expect("some id")
+}
+
+/// Completes once the peer has closed the socket (its next read ends or fails).
+async fn closed<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Err(_) => panic!("the tunnel is still open 10 s later"),
+            Ok(None | Some(Err(_))) => return,
+            Ok(Some(Ok(m))) if m.is_close() => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_the_canary_closes_once_the_rollout_sends_its_user_to_stable() {
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, support::CONTROL));
+    // At 50%: one user stays on the canary at 10%, one leaves it there; one is on stable.
+    let (stays, leaves, stable) = (
+        user_in("stays", 0, 100_000),
+        user_in("leaves", 100_000, 500_000),
+        user_in("stable", 500_000, 1_000_000),
+    );
+    let mut ws_stays = connect(&proxy, &stays).await;
+    let mut ws_leaves = connect(&proxy, &leaves).await;
+    let mut ws_stable = connect(&proxy, &stable).await;
+    assert_eq!(exchange(&mut ws_stays).await, "canary");
+    assert_eq!(exchange(&mut ws_leaves).await, "canary");
+    assert_eq!(exchange(&mut ws_stable).await, "stable");
+    // The same over HTTP/2: a user who leaves the canary at 10%.
+    let mut sender = http2_client(&proxy).await;
+    let h2_user = user_in("h2-leaves", 100_000, 500_000);
+    let resp = sender
+        .send_request(extended_connect(&proxy, &h2_user))
+        .await
+        .expect("extended CONNECT");
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    let io = hyper::upgrade::on(resp).await.expect("upgraded stream");
+    let mut ws_h2 = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(io),
+        Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(exchange(&mut ws_h2).await, "canary");
+
+    // A halt moves nobody: every tunnel stays open.
+    assert_eq!(proxy.admin("halt")["ok"], true);
+    assert_eq!(proxy.admin("resume")["ok"], true);
+    // Lowering the percent sends two of them to stable: their tunnels close at once, and their
+    // reconnect lands on stable.
+    assert_eq!(proxy.admin("set 10")["ok"], true);
+    closed(&mut ws_leaves).await;
+    closed(&mut ws_h2).await;
+    let mut again = connect(&proxy, &leaves).await;
+    assert_eq!(exchange(&mut again).await, "stable");
+    // The others still carry messages both ways.
+    assert_eq!(c.open(), 1, "only the user who stays is on the canary");
+    for ws in [&mut ws_stays, &mut ws_stable] {
+        ws.send(Message::text("still there?")).await.expect("send");
+        let answer = ws.next().await.expect("answer").expect("frame");
+        assert_eq!(answer.into_data().len(), "still there?".len());
+    }
+    // A rollback sends everyone to stable: the last canary tunnel closes, stable's stay.
+    assert_eq!(proxy.admin("rollback")["ok"], true);
+    closed(&mut ws_stays).await;
+    eventually("the canary's tunnels closed", || c.open() == 0).await;
+    ws_stable
+        .send(Message::text("and now?"))
+        .await
+        .expect("send");
+    assert!(ws_stable.next().await.expect("answer").is_ok());
+    assert_eq!(s.open(), 2, "stable's tunnels stay open");
+    let logs = proxy.logs().join("\n");
+    assert!(
+        logs.contains(
+            "a WebSocket tunnel to the canary closed: the rollout now sends its user to stable"
+        ),
+        "{logs}"
+    );
+}

@@ -122,9 +122,14 @@ pub fn handle(
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {
                 // Boxed: rare, and large; inline it would enlarge every request's future.
+                let id = match &minted {
+                    Some(id) => Some(id.as_bytes().into()),
+                    None => routing::user_id(&snap.routing.sticky, req.headers()).map(Into::into),
+                };
                 let to = tunnel::Target {
                     up: first,
                     pool: served_by,
+                    id,
                 };
                 Box::pin(tunnel::open(
                     &busy.conn,

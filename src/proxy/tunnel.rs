@@ -2,7 +2,9 @@
 //! HTTP/2 (extended CONNECT, RFC 8441), routed by the user's sticky id like any request, becomes
 //! an HTTP/1.1 upgrade to the upstream and then a tunnel of bytes both ways. A tunnel holds its
 //! client connection's place under `max_connections`, closes after `tunnel_idle_timeout` without
-//! a byte either way, and ends with the process's drain.
+//! a byte either way, and ends with the process's drain. A tunnel to the canary closes as soon
+//! as the rollout sends its user to stable (a rollback, a lowered percent, a new rollout id), as
+//! every later request of that user goes there: the client's reconnect lands on stable.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,8 @@ use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::clock::now_ms;
-use crate::routing::PoolName;
+use crate::logs::EverySecond;
+use crate::routing::{self, PoolName};
 use crate::snapshot::Snapshot;
 use crate::upstream::{
     ClientBody, Exchange, Outcome, ReqBody, SendError, Sender, Slot, Upstream, UpstreamBody,
@@ -106,10 +109,12 @@ async fn connect(
     }
 }
 
-/// The upstream to try first, and the user's pool.
+/// The upstream to try first, the user's pool, and the user's id (none: a request without one,
+/// minting off).
 pub struct Target<'s> {
     pub up: &'s Arc<Upstream>,
     pub pool: PoolName,
+    pub id: Option<Box<[u8]>>,
 }
 
 /// Opens the tunnel for a user of `to.pool` (first try `to.up`): the upstream handshake on a
@@ -127,6 +132,8 @@ pub async fn open(
     scan: &Scan,
     to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
+    // Before anything can change where the user belongs: a publish from here on is seen.
+    let published = conn.proxy.current.watch();
     let (mut sender, slot, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
@@ -203,6 +210,11 @@ pub async fn open(
     let proxy = Arc::clone(&conn.proxy);
     let idle = snap.config.limits.tunnel_idle_timeout;
     let share = share.take();
+    let user = User {
+        id: to.id,
+        pool,
+        published,
+    };
     tokio::spawn(async move {
         let (_permit, _slot, _share) = (permit, slot, share);
         let Ok(upstream) = upstream.await else {
@@ -212,12 +224,12 @@ pub async fn open(
         match client {
             Client::H1(from) => {
                 if let Ok(client) = from.await {
-                    carry(client, upstream, &proxy, pool, idle).await;
+                    carry(client, upstream, &proxy, user, idle).await;
                 }
             }
             Client::H2(on) => {
                 if let Ok(client) = on.await {
-                    carry(TokioIo::new(client), upstream, &proxy, pool, idle).await;
+                    carry(TokioIo::new(client), upstream, &proxy, user, idle).await;
                 }
             }
         }
@@ -231,22 +243,70 @@ enum Client {
     H2(hyper::upgrade::OnUpgrade),
 }
 
+/// Whose tunnel it is: the user's id, the pool that serves it, and news of every publish.
+struct User {
+    id: Option<Box<[u8]>>,
+    pool: PoolName,
+    published: tokio::sync::watch::Receiver<()>,
+}
+
+impl User {
+    /// Completes once the rollout in force sends this user to stable while the canary serves
+    /// the tunnel; never for a tunnel to stable (a canary user's fallback included: the canary
+    /// did not serve it).
+    async fn moved(mut self, proxy: &Proxy) {
+        if self.pool == PoolName::Canary {
+            loop {
+                let snap = proxy.current.load();
+                let rollout = &snap.routing.rollout;
+                let now = match &self.id {
+                    Some(id) => routing::assign(rollout, id),
+                    None => routing::anonymous(rollout),
+                };
+                if now == PoolName::Stable {
+                    return;
+                }
+                if self.published.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        std::future::pending().await
+    }
+}
+
 /// Runs a tunnel, counted in the pool's metrics.
-async fn carry<C, U>(client: C, upstream: U, proxy: &Proxy, pool: PoolName, idle: Duration)
+async fn carry<C, U>(client: C, upstream: U, proxy: &Proxy, user: User, idle: Duration)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let metrics = &proxy.metrics;
+    let (metrics, pool) = (&proxy.metrics, user.pool);
     metrics.tunnels[pool].increment(1.0);
     let [to_upstream, to_client] = &metrics.tunnel_bytes[pool];
-    run(client, upstream, [to_upstream, to_client], idle).await;
+    let moved = user.moved(proxy);
+    if run(client, upstream, [to_upstream, to_client], idle, moved).await {
+        static MOVED: EverySecond = EverySecond::new();
+        if let Some(unlogged) = MOVED.admit_now() {
+            tracing::info!(
+                unlogged,
+                "a WebSocket tunnel to the canary closed: the rollout now sends its user to stable"
+            );
+        }
+    }
     metrics.tunnels[pool].decrement(1.0);
 }
 
 /// Carries bytes both ways until both sides are done, one side is done and the other has not
-/// finished within [`HALF_CLOSED`], or nothing has moved for `idle`.
-async fn run<C, U>(client: C, upstream: U, bytes: [&Counter; 2], idle: Duration)
+/// finished within [`HALF_CLOSED`], nothing has moved for `idle`, or `moved` completes (then
+/// both sides are closed at once, and it gives true).
+async fn run<C, U>(
+    client: C,
+    upstream: U,
+    bytes: [&Counter; 2],
+    idle: Duration,
+    moved: impl Future<Output = ()>,
+) -> bool
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -258,16 +318,25 @@ where
     let down = pump(upstream_read, client_write, bytes[1], &last);
     let (mut up, mut down) = (std::pin::pin!(up), std::pin::pin!(down));
     let quiet = idle_for(&last, idle);
+    let mut moved = std::pin::pin!(moved);
     // A clean end of one side leaves the other a moment to finish; a reset ends both at once.
     tokio::select! {
         ended = up.as_mut() => if ended.is_ok() {
-            let _ = tokio::time::timeout(HALF_CLOSED, down).await;
+            tokio::select! {
+                _ = tokio::time::timeout(HALF_CLOSED, down) => {}
+                () = moved => return true,
+            }
         },
         ended = down.as_mut() => if ended.is_ok() {
-            let _ = tokio::time::timeout(HALF_CLOSED, up).await;
+            tokio::select! {
+                _ = tokio::time::timeout(HALF_CLOSED, up) => {}
+                () = moved => return true,
+            }
         },
         () = quiet => tracing::debug!(idle_secs = idle.as_secs(), "tunnel idle: closed"),
+        () = moved.as_mut() => return true,
     }
+    false
 }
 
 /// Copies `from` to `to` until `from` ends (then shuts `to`'s write side) or either fails.
