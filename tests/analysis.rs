@@ -1,7 +1,8 @@
 //! Canary and stable compared by the running binary: the guard rolls back a canary that fails
 //! and from then on no request reaches it; an A/A split is left alone; goals, distinct users and
 //! the sample-ratio check show in status and in Prometheus; a schedule waits for data; a client's
-//! slow upload is not the upstream's latency, and a request its client gave up on still counts.
+//! slow upload is not the upstream's latency, a request its client gave up on still counts, and
+//! one client's flood counts for its share of a second.
 
 mod support;
 
@@ -666,8 +667,11 @@ async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
             .await;
         assert_eq!(r.status.as_u16(), 500);
     }
+    // Each second, the first 20 of them count; the rest are one user's flood.
     let st = proxy.wait_status("the errors are counted", |v| {
-        v["analysis"]["pools"]["canary"]["errors"].as_u64() == Some(80)
+        let canary = &v["analysis"]["pools"]["canary"];
+        let errors = canary["errors"].as_u64().unwrap_or(0);
+        errors > 0 && errors + canary["uncounted"].as_u64().unwrap_or(0) == 80
     });
     let errors = &st["analysis"]["errors"];
     assert_eq!(errors["verdict"], "not_enough_data", "{st}");
@@ -765,4 +769,36 @@ async fn the_guard_halts_a_canary_that_is_slower_for_everyone() {
     let st = proxy.wait_status("the guard acts", |v| v["state"] == "halted");
     assert_eq!(st["source"], "guard", "{st}");
     assert_eq!(st["analysis"]["latency"]["verdict"], "regressed", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_s_flood_counts_for_its_share_of_a_second() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: flood\npercent: 0", ""));
+    // 100 users once each, and one client 400 times as fast as it can.
+    traffic(&proxy, 100, "user", 1, "/").await;
+    traffic(&proxy, 400, "flood", 400, "/").await;
+    let st = proxy.wait_status("every answer is counted or left out", |v| {
+        let stable = &v["analysis"]["pools"]["stable"];
+        let (counted, left_out) = (stable["requests"].as_u64(), stable["uncounted"].as_u64());
+        counted.zip(left_out).is_some_and(|(c, l)| c + l == 500)
+    });
+    let stable = &st["analysis"]["pools"]["stable"];
+    let left_out = stable["uncounted"].as_u64().unwrap_or(0);
+    // 400 answers within a second or two: all but 20 a second are left out, none of the users'.
+    assert!(left_out > 0, "{st}");
+    assert!(stable["requests"].as_u64() >= Some(120), "{st}");
+    // 101 users, estimated.
+    let users = stable["users"].as_f64().unwrap_or(0.0);
+    assert!((97.0..=105.0).contains(&users), "{st}");
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("not counted"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(&left_out.to_string()), "{row}");
 }

@@ -2,7 +2,7 @@
 //! by the analysis task into plain [`Counts`]. Fixed memory whatever the traffic: a latency
 //! histogram, a distinct-user sketch, and a few counters; nothing per user, path or id.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::config::MAX_GOALS;
 use crate::routing::{PerPool, PoolName};
@@ -76,6 +76,30 @@ impl AtomicUserSet {
     }
 }
 
+/// Cells of the per-user share: a user's answers in one second are counted in a cell its hash
+/// (keyed) picks.
+const SHARE_CELLS: usize = 4_096;
+
+/// Answers one user may count for in a second at least, whatever the traffic: a page and its
+/// first assets.
+pub const SHARE_FLOOR: u32 = 20;
+
+/// Past the floor, one user may count for this fraction of the pool's answers in the last second:
+/// 1/512, eight times a cell's average load, so that users who share a cell are not cut short.
+/// (A flood in the pool raises it too, so a flood at 100 times the pool's own traffic still
+/// counts for a fifth of it: a p99 moved to the users' own p99.2.)
+const SHARE_OF_POOL: u64 = 512;
+
+/// A random key of this process, mixed into every hash before it picks a cell: the assignment
+/// hash is public, and a client who could pick ids sharing a cell with other users' could cut
+/// those users' answers out of the comparison.
+static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+
+#[inline]
+fn share_cell(user: u64) -> usize {
+    ((user ^ *SHARE_KEY).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 52) as usize % SHARE_CELLS
+}
+
 /// Per goal, the distinct users who converted (a sketch each): the goal's verdict compares the
 /// share of users who converted, so that one user's many requests or conversions weigh as one.
 pub type Converted = [Users; MAX_GOALS];
@@ -95,6 +119,9 @@ pub struct Counts {
     pub users: Users,
     /// Conversions per configured goal.
     pub goals: [u64; MAX_GOALS],
+    /// Answers past their user's share of a second (see [`Recorder::record`]): in none of the
+    /// figures above but the distinct users and the goals' converted users.
+    pub uncounted: u64,
 }
 
 impl Default for Counts {
@@ -107,6 +134,7 @@ impl Default for Counts {
             latency: vec![0; BUCKETS].into_boxed_slice(),
             users: Users::default(),
             goals: [0; MAX_GOALS],
+            uncounted: 0,
         }
     }
 }
@@ -124,6 +152,7 @@ impl Counts {
         for (a, b) in self.goals.iter_mut().zip(other.goals.iter()) {
             *a += b;
         }
+        self.uncounted += other.uncounted;
     }
 
     pub fn clear(&mut self) {
@@ -134,6 +163,7 @@ impl Counts {
         self.latency.fill(0);
         self.users.clear();
         self.goals = [0; MAX_GOALS];
+        self.uncounted = 0;
     }
 }
 
@@ -148,6 +178,36 @@ struct Cells {
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
     converted: [AtomicUsers; MAX_GOALS],
+    /// Per cell, the answers of the users in it this second.
+    share: Box<[AtomicU32]>,
+    /// The most answers one cell counts this second.
+    share_cap: AtomicU32,
+    uncounted: AtomicU64,
+}
+
+impl Cells {
+    /// Whether `user`'s answer counts in the comparison: false past its share of this second.
+    #[inline]
+    fn counts(&self, user: Option<u64>) -> bool {
+        let Some(user) = user else {
+            return true;
+        };
+        let seen = self.share[share_cell(user)].fetch_add(1, Ordering::Relaxed);
+        if seen < self.share_cap.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.uncounted.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Within the share of this second: for an answer counted already, turned into an error.
+    #[inline]
+    fn counted(&self, user: Option<u64>) -> bool {
+        user.is_none_or(|u| {
+            self.share[share_cell(u)].load(Ordering::Relaxed)
+                <= self.share_cap.load(Ordering::Relaxed)
+        })
+    }
 }
 
 impl Default for Cells {
@@ -161,6 +221,9 @@ impl Default for Cells {
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
             converted: std::array::from_fn(|_| AtomicUsers::default()),
+            share: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
+            share_cap: AtomicU32::new(SHARE_FLOOR),
+            uncounted: AtomicU64::new(0),
         }
     }
 }
@@ -186,6 +249,12 @@ impl Default for Recorder {
 impl Recorder {
     /// One answer from `pool`: whether it counts as an error, its latency (head to head), the
     /// user's hash if it has an id, and the goal it converts, if any.
+    ///
+    /// One user counts for at most [`SHARE_FLOOR`] answers a second, or for 1/512 of the pool's
+    /// answers in the last second if that is more. Past that, an answer still counts its
+    /// user (as one of the distinct users, and as a goal's converted user) but not in the
+    /// requests, errors, latencies and conversions: else one client's flood of fast answers on
+    /// stable would pull stable's figures to its own, and the canary would look worse beside them.
     #[inline]
     pub fn record(
         &self,
@@ -196,6 +265,16 @@ impl Recorder {
         goal: Option<usize>,
     ) {
         let c = &self.pools[pool];
+        let goal = goal.filter(|&g| g < MAX_GOALS);
+        if let Some(u) = user {
+            c.users.add(u);
+            if let Some(g) = goal {
+                c.converted[g].add(u);
+            }
+        }
+        if !c.counts(user) {
+            return;
+        }
         c.latency[histogram::index(micros)].fetch_add(1, Ordering::Relaxed);
         if error {
             c.errors.fetch_add(1, Ordering::Relaxed);
@@ -208,14 +287,8 @@ impl Recorder {
         {
             c.slow_users.add(u);
         }
-        if let Some(u) = user {
-            c.users.add(u);
-        }
-        if let Some(g) = goal.filter(|&g| g < MAX_GOALS) {
+        if let Some(g) = goal {
             c.goals[g].fetch_add(1, Ordering::Relaxed);
-            if let Some(u) = user {
-                c.converted[g].add(u);
-            }
         }
     }
 
@@ -234,6 +307,9 @@ impl Recorder {
     #[inline]
     pub fn failed_attempt(&self, pool: PoolName, user: Option<u64>) {
         let c = &self.pools[pool];
+        if !c.counts(user) {
+            return;
+        }
         c.failed.fetch_add(1, Ordering::Relaxed);
         c.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(u) = user {
@@ -246,6 +322,9 @@ impl Recorder {
     #[inline]
     pub fn broken_body(&self, pool: PoolName, user: Option<u64>) {
         let c = &self.pools[pool];
+        if !c.counted(user) {
+            return;
+        }
         c.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(u) = user {
             c.error_users.add(u);
@@ -281,6 +360,14 @@ impl Recorder {
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
                 *n = cell.swap(0, Ordering::Relaxed);
             }
+            counts.uncounted = cells.uncounted.swap(0, Ordering::Relaxed);
+            // A new second of shares, the cap from what this one counted.
+            for cell in cells.share.iter() {
+                cell.store(0, Ordering::Relaxed);
+            }
+            let answers = counts.requests + counts.uncounted;
+            let cap = (answers / SHARE_OF_POOL).clamp(u64::from(SHARE_FLOOR), u64::from(u32::MAX));
+            cells.share_cap.store(cap as u32, Ordering::Relaxed);
         }
     }
 }
@@ -307,6 +394,55 @@ mod tests {
     }
 
     #[test]
+    fn one_user_s_flood_counts_for_its_share_of_a_second() {
+        let r = Recorder::default();
+        let mut tick = PerPool::<Counts>::default();
+        // Stand-ins for assignment hashes: xxh3 of distinct ids.
+        let user = |u: u64| xxhash_rust::xxh3::xxh3_64(&u.to_le_bytes());
+        let flood = xxhash_rust::xxh3::xxh3_64(b"flood");
+        // 1,000 users' answers at 200 ms, and one client's 100,000 at 1 ms.
+        for u in 0..1_000u64 {
+            r.record(PoolName::Stable, false, 200_000, Some(user(u)), None);
+        }
+        for _ in 0..100_000 {
+            r.record(PoolName::Stable, false, 1_000, Some(flood), None);
+        }
+        r.drain(&mut tick);
+        let s = &tick.stable;
+        // The flood's cell may hold a user or two of the thousand, whose answers share its 20.
+        let floor = u64::from(SHARE_FLOOR);
+        assert!(
+            (1_000 + floor - 3..=1_000 + floor).contains(&s.requests),
+            "{}",
+            s.requests
+        );
+        assert_eq!(s.requests + s.uncounted, 101_000);
+        let median = histogram::quantile(&s.latency, 0.5).expect("a median");
+        assert!(
+            median > 150_000.0,
+            "the users' latency, not the flood's: {median}"
+        );
+        assert!(
+            (s.users.estimate() - 1_001.0).abs() < 40.0,
+            "every user counted"
+        );
+        // The share grows with the pool's traffic: 1/512 of its answers in the last second.
+        for u in 0..102_400u64 {
+            r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
+        }
+        r.drain(&mut tick);
+        for _ in 0..1_000 {
+            r.record(PoolName::Stable, false, 1_000, Some(flood), None);
+        }
+        r.drain(&mut tick);
+        assert!(
+            (190..=200).contains(&tick.stable.requests),
+            "{}",
+            tick.stable.requests
+        );
+    }
+
+    #[test]
     fn the_users_errors_came_from_are_told_apart_up_to_a_few() {
         let r = Recorder::default();
         let mut since = PerPool::<Counts>::default();
@@ -323,7 +459,10 @@ mod tests {
             since.canary.add(&tick.canary);
         }
         assert_eq!(since.canary.error_users.len(), 1);
-        assert_eq!(since.canary.errors, 156);
+        // Each second, 42's first 20 answers count; the rest, the failed attempt among them, do
+        // not, nor does the body broken off past them.
+        assert_eq!(since.canary.errors, 3 * u64::from(SHARE_FLOOR));
+        assert!((93..=94).contains(&since.canary.uncounted), "{since:?}");
         // Others' errors add users, up to the few that are told apart.
         for u in 100..120 {
             r.record(PoolName::Canary, true, 1_000, Some(u), None);

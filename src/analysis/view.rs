@@ -76,6 +76,9 @@ impl From<Verdict> for VerdictView {
 pub struct PoolFigures {
     /// Since the comparison began (the rollout's start, or its last resume).
     pub requests: u64,
+    /// Answers past their user's share of a second: in no figure here but the users.
+    #[serde(default)]
+    pub uncounted: u64,
     pub errors: u64,
     pub error_rate: Option<f64>,
     /// Distinct users (estimate, ±1.6%).
@@ -251,6 +254,7 @@ fn figures(since: &Counts, window: &Counts) -> PoolFigures {
     let p = guard::Percentiles::of(&since.latency);
     PoolFigures {
         requests: since.requests,
+        uncounted: since.uncounted,
         errors: since.errors,
         error_rate: rate(since.errors, since.requests),
         // An estimate: never more users than requests.
@@ -474,7 +478,14 @@ mod tests {
         // One canary user's 300 purchases made them triple.
         let inflated = goal_verdict(every_tenth, 0, 300);
         assert_eq!(inflated.verdict.verdict, "ok", "{inflated:?}");
-        assert_eq!(inflated.conversions.canary, 320);
+        // Counted per request, that user's purchases count up to their share of a second (which
+        // a user or two sharing its cell may have used some of).
+        let share = u64::from(crate::analysis::counts::SHARE_FLOOR);
+        let conversions = inflated.conversions.canary;
+        assert!(
+            (20 + share - 8..=20 + share).contains(&conversions),
+            "{conversions}"
+        );
         // 21 users converted; the sketch (keyed at random per process) may merge a pair.
         assert!(
             (19..=22).contains(&inflated.converted.canary),

@@ -261,14 +261,24 @@ fn analysis(a: &AnalysisView) -> String {
     let (s, c) = (&a.pools.stable, &a.pools.canary);
     let rate = |x: f64| format!("{:.2}%", x * 100.0);
     let ms = |x: f64| format!("{x:.1} ms");
-    let mut rows: Vec<[String; 5]> = vec![
-        [
-            "requests".into(),
-            s.requests.to_string(),
-            c.requests.to_string(),
+    let mut rows: Vec<[String; 5]> = vec![[
+        "requests".into(),
+        s.requests.to_string(),
+        c.requests.to_string(),
+        String::new(),
+        String::new(),
+    ]];
+    if s.uncounted + c.uncounted > 0 {
+        // One user's answers past their share of a second.
+        rows.push([
+            "not counted".into(),
+            s.uncounted.to_string(),
+            c.uncounted.to_string(),
             String::new(),
-            String::new(),
-        ],
+            "past their user's share of a second".into(),
+        ]);
+    }
+    rows.extend([
         [
             "users".into(),
             format!("{}", s.users),
@@ -283,7 +293,7 @@ fn analysis(a: &AnalysisView) -> String {
             a.errors.difference.as_ref().map_or("-".into(), points),
             a.errors.verdict.text.clone(),
         ],
-    ];
+    ]);
     for (name, sv, cv, d) in [
         ("p50", s.p50_ms, c.p50_ms, &a.latency.p50_ms),
         ("p95", s.p95_ms, c.p95_ms, &a.latency.p95_ms),
