@@ -7,19 +7,19 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::HeaderName;
 
 use crate::config::Config;
 use crate::routing::{PerPool, Rollout, Routing, StickyRules};
 use crate::tls::TlsConfigs;
-use crate::upstream::{Connector, Pool, Registry};
+use crate::upstream::{Connector, Hide, Pool, Registry};
 
 #[derive(Debug)]
 pub struct Snapshot {
     /// What `routing::decide` reads.
     pub routing: Routing,
     pub pools: PerPool<Pool>,
-    pub hide_response_headers: Box<[HeaderName]>,
+    /// What of an upstream's answer never reaches the client.
+    pub hide: Hide,
     pub connector: Connector,
     /// The listener's TLS config (certificates rotate with reloads).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -50,7 +50,10 @@ impl Snapshot {
                 stable: Pool::new(registry.get_all(&config.pools.stable)),
                 canary: Pool::new(registry.get_all(&config.pools.canary)),
             },
-            hide_response_headers: config.hide_response_headers.clone().into(),
+            hide: Hide {
+                fields: config.hide_response_headers.clone().into(),
+                own_cookie: (!s.app_sets_cookie).then(|| s.cookie.as_bytes().into()),
+            },
             connector: Connector::new(
                 config.upstream,
                 config.passive_health,

@@ -540,6 +540,10 @@ async fn crashing_canary() -> std::net::SocketAddr {
             if head.starts_with("GET /crash ") {
                 return;
             }
+            if head.starts_with("GET /crash-late ") {
+                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                return;
+            }
             let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\ncanary";
             if conn.write_all(answer).await.is_err() {
                 return;
@@ -571,20 +575,35 @@ async fn a_canary_that_crashes_on_some_requests_shows_though_stable_serves_them_
             (200, "stable")
         );
     }
+    // It hangs on this one before it dies: stable's answer is as fast as ever, and the time
+    // the canary took is not charged to stable.
+    for i in 0..3 {
+        let saved = client
+            .get(
+                &proxy.url("/crash-late"),
+                &[("x-user-id", &format!("u{i}"))],
+            )
+            .await;
+        assert_eq!(saved.body, "stable");
+    }
     // The comparison still sees a canary that failed half its requests.
     let st = proxy.wait_status("the canary's failures are counted", |v| {
-        v["analysis"]["pools"]["canary"]["requests"].as_u64() == Some(20)
+        v["analysis"]["pools"]["canary"]["requests"].as_u64() == Some(23)
     });
     let canary = &st["analysis"]["pools"]["canary"];
-    assert_eq!(canary["errors"], 10, "{st}");
-    assert_eq!(st["analysis"]["pools"]["stable"]["errors"], 0, "{st}");
+    assert_eq!(canary["errors"], 13, "{st}");
+    let stable = &st["analysis"]["pools"]["stable"];
+    assert_eq!(stable["errors"], 0, "{st}");
+    assert_eq!(stable["requests"], 13, "{st}");
+    let p99 = stable["p99_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(p99 < 400.0, "stable's p99 {p99} ms: {st}");
     let text = proxy.metrics().await;
     assert_eq!(
         proxy_metric(
             &text,
             "ramp_upstream_errors_total{pool=\"canary\",kind=\"reset\"}"
         ),
-        10.0,
+        13.0,
         "{text}"
     );
 }

@@ -408,3 +408,36 @@ fn yaml_the_parser_refuses_is_explained_in_the_file_s_terms() {
         );
     }
 }
+
+#[test]
+fn a_sticky_header_or_cookie_age_that_would_lose_the_user_is_refused() {
+    for (sticky, expect) in [
+        (
+            "  header: Connection\n",
+            "2:11: sticky.header: \"connection\" cannot carry a user id",
+        ),
+        (
+            "  header: x-forwarded-for\n",
+            "2:11: sticky.header: \"x-forwarded-for\" cannot carry a user id",
+        ),
+        ("  header: cookie\n", "2:11: sticky.header: \"cookie\""),
+        (
+            "  cookie_max_age: 500ms\n",
+            "2:19: sticky.cookie_max_age: must be at least 1s",
+        ),
+    ] {
+        let (code, lines) = check(&format!(
+            "sticky:\n{sticky}listen: 127.0.0.1:8080\n{GOOD_TAIL}"
+        ));
+        assert_eq!(code, 1, "{sticky}");
+        assert!(
+            lines.first().is_some_and(|l| l.starts_with(expect)),
+            "{expect:?} in {lines:#?}"
+        );
+    }
+    // Any other name, and a second, are fine.
+    let (code, lines) = check(&format!(
+        "sticky:\n  header: authorization\n  cookie_max_age: 1s\n  app_sets_cookie: true\nlisten: 127.0.0.1:8080\n{GOOD_TAIL}"
+    ));
+    assert_eq!(code, 0, "{lines:#?}");
+}

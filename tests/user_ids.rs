@@ -234,3 +234,69 @@ async fn the_minted_cookie_carries_secure_and_the_configured_max_age() {
         "{cookie}"
     );
 }
+
+const PINNING: &[u8] =
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: uid=pinned; Max-Age=99999\r\nSet-Cookie: cart=3\r\nContent-Length: 2\r\n\r\nok";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_set_ramp_s_cookie_unless_the_app_sets_it_itself() {
+    // A canary that gives every user the same id: all its users would be one, kept on it.
+    let up = support::RawUpstream::start(PINNING, false).await;
+    let proxy = Proxy::start(&support::single(up.addr, STICKY));
+    for client in [Client::http1(), Client::http2()] {
+        // A newcomer gets ramp's minted cookie, and the app's others.
+        let r = client.get(&proxy.url("/"), &[]).await;
+        let cookies = r.cookies();
+        let ids: Vec<&String> = cookies.iter().filter(|c| c.starts_with("uid=")).collect();
+        assert_eq!(ids.len(), 1, "{cookies:?}");
+        assert!(!ids[0].starts_with("uid=pinned"), "{cookies:?}");
+        assert!(cookies.iter().any(|c| c == "cart=3"), "{cookies:?}");
+        // A user with an id gets no uid cookie at all.
+        let r = client.get(&proxy.url("/"), &[("cookie", "uid=mine")]).await;
+        assert_eq!(r.cookies(), ["cart=3"], "{:?}", r.headers);
+    }
+    // Where the app sets the cookie itself (its own login id, say), its Set-Cookie goes on.
+    let proxy = Proxy::start(&support::single(
+        up.addr,
+        &format!("{STICKY}  app_sets_cookie: true\n"),
+    ));
+    let r = Client::http1()
+        .get(&proxy.url("/"), &[("cookie", "uid=mine")])
+        .await;
+    assert_eq!(r.cookies(), ["uid=pinned; Max-Age=99999", "cart=3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
+    let (s, c, proxy) = start(STICKY).await;
+    for client in [Client::http1(), Client::http2()] {
+        let r = client
+            .get(&proxy.url("/"), &[("cookie", "theme=dark")])
+            .await;
+        let cookie = r.cookies().pop().expect("a minted cookie");
+        let pair = cookie.split(';').next().expect("name=value");
+        // The upstream that answered got the same id, first among the client's cookies.
+        let seen = if r.body == "stable" {
+            s.last()
+        } else {
+            c.last()
+        };
+        let sent = seen.headers.get("cookie").expect("a cookie");
+        assert_eq!(sent, &format!("{pair}; theme=dark")[..], "{seen:?}");
+        assert_eq!(
+            r.headers.get("cache-control").map(|v| v.as_bytes()),
+            Some(&b"private"[..]),
+            "{:?}",
+            r.headers
+        );
+        // A user with an id: nothing added either way.
+        let r = client.get(&proxy.url("/"), &[("cookie", pair)]).await;
+        assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
+        let seen = if r.body == "stable" {
+            s.last()
+        } else {
+            c.last()
+        };
+        assert_eq!(seen.headers.get("cookie").expect("cookie"), pair);
+    }
+}

@@ -43,6 +43,12 @@ pub enum Reason {
     TooLong { max: usize, got: usize },
     #[error("not a valid HTTP header name: {0:?}")]
     HeaderName(String),
+    #[error(
+        "{0:?} cannot carry a user id: hop-by-hop fields never reach the upstream, ramp writes X-Forwarded-For and -Proto, Host and Content-Length are the request's own, and the cookie is sticky.cookie"
+    )]
+    NotAnIdHeader(String),
+    #[error("must be at least 1s: a cookie's Max-Age counts whole seconds")]
+    UnderSecond,
     #[error("not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~): {0:?}")]
     CookieName(String),
     #[error(

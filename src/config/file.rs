@@ -189,6 +189,8 @@ pub struct StickyFile {
     pub cookie_max_age: Option<S<String>>,
     #[serde(default)]
     pub cookie_secure: Option<bool>,
+    #[serde(default)]
+    pub app_sets_cookie: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

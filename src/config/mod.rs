@@ -211,6 +211,9 @@ pub struct Sticky {
     pub assign: bool,
     pub cookie_max_age: Duration,
     pub cookie_secure: bool,
+    /// Upstreams' `Set-Cookie` for `cookie` reach the client (the app sets ids itself); else
+    /// they are dropped, so that no upstream can move users between pools or make many users one.
+    pub app_sets_cookie: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -208,28 +208,63 @@ fn header_name(s: &str) -> Result<HeaderName, Reason> {
         .map_err(|_| Reason::HeaderName(s.to_owned()))
 }
 
+/// The header a user id comes in: any name but the hop-by-hop ones (removed before the upstream
+/// sees them: ramp and the app would disagree on the user), those ramp writes, the request's own
+/// framing and Host, and Cookie (`sticky.cookie` reads it).
+fn id_header_name(s: &str) -> Result<HeaderName, Reason> {
+    let name = header_name(s)?;
+    const NOT_AN_ID: [&str; 12] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "host",
+        "content-length",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+    ];
+    if NOT_AN_ID.contains(&name.as_str()) {
+        return Err(Reason::NotAnIdHeader(name.as_str().to_owned()));
+    }
+    Ok(name)
+}
+
 fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
     let s = file.sticky.as_ref();
     let header = s.and_then(|s| s.header.as_ref());
     let header = match header {
-        Some(h) => c.check(h, "sticky.header", |s| header_name(s)).map(Some),
+        Some(h) => c.check(h, "sticky.header", |s| id_header_name(s)).map(Some),
         None => Some(None),
     };
     let cookie = match s.and_then(|s| s.cookie.as_ref()) {
         Some(name) => c.check(name, "sticky.cookie", |n| cookie_name(n)),
         None => Some("uid".to_owned()),
     };
-    let max_age = c.duration(
-        s.and_then(|s| s.cookie_max_age.as_ref()),
-        "sticky.cookie_max_age",
-        Duration::from_secs(365 * 86_400),
-    );
+    let max_age = match s.and_then(|s| s.cookie_max_age.as_ref()) {
+        // Max-Age counts whole seconds: under one, the minted cookie would be gone at once, and
+        // every request a new user.
+        Some(text) => c.check(text, "sticky.cookie_max_age", |t| {
+            parse_duration(t).and_then(|d| {
+                (d >= Duration::from_secs(1))
+                    .then_some(d)
+                    .ok_or(Reason::UnderSecond)
+            })
+        })?,
+        None => Duration::from_secs(365 * 86_400),
+    };
+    let assign = s.and_then(|s| s.assign).unwrap_or(true);
     Some(Sticky {
         header: header?,
         cookie: cookie?,
-        assign: s.and_then(|s| s.assign).unwrap_or(true),
+        assign,
         cookie_max_age: max_age,
         cookie_secure: s.and_then(|s| s.cookie_secure).unwrap_or(false),
+        // By default the cookie is ramp's where ramp mints it, the app's where it does not.
+        app_sets_cookie: s.and_then(|s| s.app_sets_cookie).unwrap_or(!assign),
     })
 }
 

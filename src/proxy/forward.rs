@@ -6,6 +6,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, Version};
 
+use crate::upstream::Hide;
+
 // Constants, not statics: comparisons against them compile to cheap checks on the known names.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -253,15 +255,45 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Gives the upstream the id ramp minted for this request, as the cookie the client will send
+/// from now on (first, so that an app reading the first `name=` finds it, not a value ramp
+/// found unusable): the app and ramp agree on the user from the first request.
+pub fn add_minted(headers: &mut HeaderMap, cookie: &str, id: &str) {
+    let mut value = Vec::with_capacity(cookie.len() + id.len() + 1);
+    value.extend_from_slice(cookie.as_bytes());
+    value.push(b'=');
+    value.extend_from_slice(id.as_bytes());
+    // After `request_head`: one Cookie field at most.
+    if let Some(theirs) = headers.get(COOKIE) {
+        value.extend_from_slice(b"; ");
+        value.extend_from_slice(theirs.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Prepares an upstream's response head for the client: hop-by-hop fields and the configured
-/// version-revealing headers removed. An answer framed by both Content-Length and
+/// version-revealing headers removed, and a `Set-Cookie` for the sticky cookie where upstreams may
+/// not set it. An answer framed by both Content-Length and
 /// Transfer-Encoding loses its Content-Length (chunked wins, RFC 9112 §6.3) and gives true: its
 /// connection must not be reused.
 #[inline]
-pub fn response_head(headers: &mut HeaderMap, hide: &[HeaderName]) -> bool {
-    let s = scan(headers, hide);
+pub fn response_head(headers: &mut HeaderMap, hide: &Hide) -> bool {
+    let s = scan(headers, &hide.fields);
     if s.hop != 0 || s.hide {
-        strip(headers, &s, hide);
+        strip(headers, &s, &hide.fields);
+    }
+    if hide.own_cookie.is_some()
+        && let http::header::Entry::Occupied(cookies) = headers.entry(http::header::SET_COOKIE)
+    {
+        let (_, all) = cookies.remove_entry_mult();
+        let kept: Vec<HeaderValue> = all
+            .filter(|v| !hide.drops_set_cookie(v.as_bytes()))
+            .collect();
+        for v in kept {
+            headers.append(http::header::SET_COOKIE, v);
+        }
     }
     let conflict = s.transfer_encoding && s.content_lengths > 0;
     if conflict {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::analysis;
@@ -25,6 +25,7 @@ use super::share::Share;
 use super::{check, forward, tunnel};
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
+const PRIVATE: HeaderValue = HeaderValue::from_static("private");
 
 fn finish(
     mut resp: Response<ProxyBody>,
@@ -130,6 +131,7 @@ pub fn handle(
                     up: first,
                     pool: served_by,
                     id,
+                    minted: minted.as_deref(),
                 };
                 Box::pin(tunnel::open(
                     &busy.conn,
@@ -143,7 +145,11 @@ pub fn handle(
                 .await
             }
             Ok((first, served_by)) => {
-                let (parts, xff, mut body) = upstream_request(req, &scan, info, &snap, &proxy.host);
+                let (mut parts, xff, mut body) =
+                    upstream_request(req, &scan, info, &snap, &proxy.host);
+                if let Some(id) = &minted {
+                    forward::add_minted(&mut parts.headers, &snap.routing.sticky.cookie, id);
+                }
                 let mut unanswered = Unanswered {
                     recorder: &proxy.analysis.recorder,
                     pool: served_by,
@@ -159,7 +165,7 @@ pub fn handle(
                 let out = Outbound {
                     parts: &parts,
                     added: &added,
-                    hide: &snap.hide_response_headers,
+                    hide: &snap.hide,
                 };
                 let passive = &snap.config.passive_health;
                 let sent = first.send(out, &mut body, &snap.connector).await;
@@ -179,6 +185,10 @@ pub fn handle(
                                 }
                                 tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
                                 unanswered.pool = to;
+                                // The time the failed attempt took is not the retry's: else a
+                                // canary that hangs, then closes, would slow stable's figures.
+                                start = Instant::now();
+                                unanswered.start = start;
                                 let again = upstream.send(out, &mut body, &snap.connector).await;
                                 snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
                                 (again.map_err(|f| ProxyError::from(f.error)), to)
@@ -253,6 +263,8 @@ pub fn handle(
             && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
         {
             resp.headers_mut().append(SET_COOKIE, cookie);
+            // A shared cache must not keep this answer: it would hand the id to everyone.
+            resp.headers_mut().append(CACHE_CONTROL, PRIVATE);
         }
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if h1 && !switching && proxy.draining.load(Ordering::Relaxed) {

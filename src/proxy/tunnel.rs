@@ -115,6 +115,8 @@ pub struct Target<'s> {
     pub up: &'s Arc<Upstream>,
     pub pool: PoolName,
     pub id: Option<Box<[u8]>>,
+    /// The id, if ramp minted it for this request.
+    pub minted: Option<&'s str>,
 }
 
 /// Opens the tunnel for a user of `to.pool` (first try `to.up`): the upstream handshake on a
@@ -147,6 +149,9 @@ pub async fn open(
     };
     let (mut parts, _) = req.into_parts();
     forward::request_head(&mut parts, scan, &conn.proxy.host);
+    if let Some(id) = to.minted {
+        forward::add_minted(&mut parts.headers, &snap.routing.sticky.cookie, id);
+    }
     forward::add_forwarded(
         &mut parts.headers,
         scan,
@@ -172,7 +177,7 @@ pub async fn open(
         Ok(Err(e)) => return (Err(SendError::Exchange(Exchange::Hyper(e)).into()), pool),
         Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
     };
-    let hide = &snap.hide_response_headers;
+    let hide = &snap.hide;
     if kind == Kind::Connect && resp.status().is_success() {
         // To an HTTP/2 client a 2xx would mean the tunnel is open; the upstream took the
         // handshake as a plain request.

@@ -4,6 +4,7 @@
 mod body;
 mod conn;
 pub mod health;
+mod hide;
 mod idle;
 mod pool;
 mod slot;
@@ -16,6 +17,7 @@ use crate::config::UpstreamAddr;
 
 pub use body::{BodyTimes, ClientBody, H2Body, Leftover, ReqBody, UpstreamBody};
 pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
+pub use hide::Hide;
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
 pub use slot::Slot;

@@ -4,12 +4,13 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode, Version};
 use smallvec::SmallVec;
 
 use crate::framing::{Chunk, Framing, is, length, list};
 
 use super::fields::{At, Fields};
+use crate::upstream::Hide;
 
 /// The most header fields an answer may have.
 pub const MAX_HEADERS: usize = 100;
@@ -114,23 +115,27 @@ enum Role {
     ContentLength,
     TransferEncoding,
     Connection,
+    /// Passed on unless it sets the sticky cookie ([`Hide::drops_set_cookie`]).
+    SetCookie,
     /// Not passed on: another hop-by-hop field (RFC 9110 §7.6.1), `Trailer` (trailers are not
     /// forwarded), or one of the configured fields to hide.
     Dropped,
 }
 
-fn role(name: &[u8], hide: &[HeaderName]) -> Role {
+fn role(name: &[u8], hide: &Hide) -> Role {
     let named = |known: &[u8]| is(name, known);
     match name.len() {
         14 if named(b"content-length") => Role::ContentLength,
         17 if named(b"transfer-encoding") => Role::TransferEncoding,
         10 if named(b"connection") => Role::Connection,
         10 if named(b"keep-alive") => Role::Dropped,
+        10 if hide.own_cookie.is_some() && named(b"set-cookie") => Role::SetCookie,
         16 if named(b"proxy-connection") => Role::Dropped,
         2 if named(b"te") => Role::Dropped,
         7 if named(b"trailer") || named(b"upgrade") => Role::Dropped,
         // A configured name may hold any token byte: compared byte by byte.
         _ if hide
+            .fields
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes())) =>
         {
@@ -151,11 +156,7 @@ struct Span {
 /// Parses the answer to a `method` request at the start of `buf`, taking it out when complete;
 /// interim (1xx) answers other than 101 are skipped. The answer's fields come without the
 /// hop-by-hop ones and without `hide`. `Ok(None)`: more bytes are needed.
-pub fn parse(
-    buf: &mut BytesMut,
-    method: &Method,
-    hide: &[HeaderName],
-) -> Result<Option<Answer>, Invalid> {
+pub fn parse(buf: &mut BytesMut, method: &Method, hide: &Hide) -> Result<Option<Answer>, Invalid> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
@@ -177,7 +178,12 @@ pub fn parse(
             buf.advance(len);
             continue;
         }
-        let status = StatusCode::from_u16(code).map_err(|_| Invalid("bad status code"))?;
+        // Three digits, 100 to 599 (RFC 9110 §15): a 600 is no answer a client or the
+        // comparison could judge.
+        let status = StatusCode::from_u16(code)
+            .ok()
+            .filter(|_| code < 600)
+            .ok_or(Invalid("bad status code"))?;
         let version = if r.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -191,7 +197,7 @@ pub fn parse(
         let mut named: Vec<&[u8]> = Vec::new();
         for field in r.headers.iter() {
             let name = field.name.as_bytes();
-            let role = role(name, hide);
+            let mut role = role(name, hide);
             match role {
                 Role::ContentLength => frame.length(field.value)?,
                 Role::TransferEncoding => {
@@ -211,6 +217,13 @@ pub fn parse(
                             named.push(t);
                         }
                     }
+                }
+                Role::SetCookie => {
+                    role = if hide.drops_set_cookie(field.value) {
+                        Role::Dropped
+                    } else {
+                        Role::Kept
+                    };
                 }
                 Role::Kept | Role::Dropped => {}
             }
@@ -349,10 +362,12 @@ impl Frame {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderName;
+
     use super::*;
 
     fn answer(wire: &[u8], method: Method) -> Result<Option<Answer>, Invalid> {
-        parse(&mut BytesMut::from(wire), &method, &[])
+        parse(&mut BytesMut::from(wire), &method, &Hide::default())
     }
 
     #[test]
@@ -460,9 +475,35 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_s_set_cookie_for_the_sticky_cookie_is_not_passed_on() {
+        let wire = b"HTTP/1.1 200 OK\r\nSet-Cookie: uid=pinned; Max-Age=9999\r\nSet-Cookie: cart=3\r\nset-cookie:  uid = other\r\nContent-Length: 0\r\n\r\n";
+        let own = Hide {
+            fields: Box::new([]),
+            own_cookie: Some(b"uid".as_slice().into()),
+        };
+        let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &own)
+            .unwrap()
+            .unwrap();
+        let values: Vec<&[u8]> = a.fields.iter().map(|(_, value)| value).collect();
+        assert_eq!(values, [&b"cart=3"[..], b"0"]);
+        // Where the app sets the cookie itself, every one goes on.
+        let a = parse(
+            &mut BytesMut::from(&wire[..]),
+            &Method::GET,
+            &Hide::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.fields.iter().count(), 4);
+    }
+
+    #[test]
     fn hop_by_hop_named_and_hidden_fields_are_not_passed_on() {
         let wire = b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-App-Version: 2.1\r\nTrailer: x\r\nServer: s\r\nContent-Length: 0\r\n\r\n";
-        let hide = [HeaderName::from_static("x-app-version")];
+        let hide = Hide {
+            fields: Box::new([HeaderName::from_static("x-app-version")]),
+            own_cookie: None,
+        };
         let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &hide)
             .unwrap()
             .unwrap();
@@ -477,9 +518,13 @@ mod tests {
         assert_eq!(names, ["server", "content-length"]);
         assert!(a.keep_alive);
         let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let a = parse(&mut BytesMut::from(&wire[..]), &Method::GET, &[])
-            .unwrap()
-            .unwrap();
+        let a = parse(
+            &mut BytesMut::from(&wire[..]),
+            &Method::GET,
+            &Hide::default(),
+        )
+        .unwrap()
+        .unwrap();
         assert!(
             a.fields.is_empty() && a.fields.length.is_none(),
             "a length beside chunked is not passed on"
@@ -490,11 +535,17 @@ mod tests {
     #[test]
     fn interim_answers_are_skipped_and_partial_heads_wait() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..]);
-        let a = parse(&mut buf, &Method::POST, &[]).unwrap().unwrap();
+        let a = parse(&mut buf, &Method::POST, &Hide::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(a.status, StatusCode::CREATED);
         assert_eq!(&buf[..], b"ok");
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
-        assert!(parse(&mut buf, &Method::GET, &[]).unwrap().is_none());
+        assert!(
+            parse(&mut buf, &Method::GET, &Hide::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -506,6 +557,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
             b"HTTP/1.1 099 Odd\r\n\r\n",
+            b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
             // A coding ramp does not undo (it would pass the body on still coded): a 502.
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",

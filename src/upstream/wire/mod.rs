@@ -150,7 +150,7 @@ pub struct Outbound<'a> {
     /// Fields written after the head's own (X-Forwarded-For and -Proto).
     pub added: &'a [(&'static str, &'a http::HeaderValue)],
     /// Answer fields dropped (besides the hop-by-hop ones).
-    pub hide: &'a [http::HeaderName],
+    pub hide: &'a super::Hide,
 }
 
 /// Sends the request — `request`, and `body` — and reads the answer's head; gives it, and the
