@@ -108,8 +108,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     }
 
     let analysis = Arc::new(Analysis::new());
+    // A restart takes the state file's handover lock to read it: a change the old process was
+    // writing lands first, and any later one is refused there (see `handover`).
+    let handover = match (&config.state_file, options.takeover) {
+        (Some(state), true) => Some(crate::control::handover::lock(state).await),
+        _ => None,
+    };
     let (mut controller, current, handle) =
         Controller::start(config_path.clone(), config, Arc::clone(&analysis)).await?;
+    drop(handover);
+    if let Some((_, owned)) = &admin_bound
+        && let Some(admin) = &admin_config
+    {
+        controller.own(admin.socket.clone(), *owned);
+    }
     if let Some((etcd, key)) = controller.fleet() {
         tokio::spawn(crate::control::watch_fleet(etcd, key, handle.clone()));
     }
@@ -127,19 +139,20 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         }
         _ => None,
     };
+    let stop = admin_task.as_ref().map(|_| controller.stop_when());
     let controller_task = tokio::spawn(controller.run());
-    if let Some((_, admin, owned)) = &admin_task {
+    if let (Some((_, admin, owned)), Some(stop)) = (&admin_task, stop) {
         // A successor started with --takeover owns the rollout state from now on: this process
         // stops changing it (a schedule step or a guard action written over a change made at the
-        // successor) and serves with the state it has until its SIGTERM.
-        let (controller, path, owned) =
-            (controller_task.abort_handle(), admin.socket.clone(), *owned);
+        // successor) and serves with the state it has until its SIGTERM. (Every change checks
+        // first, and the state file's writer again as it writes: this ends the rest.)
+        let (path, owned) = (admin.socket.clone(), *owned);
         tokio::spawn(async move {
             admin::taken_over(path, owned).await;
             tracing::warn!(
                 "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write) and serves with the state it has until its SIGTERM"
             );
-            controller.abort();
+            let _ = stop.send(());
         });
     }
     tokio::spawn(probes::run(Arc::clone(&current)));

@@ -529,3 +529,48 @@ fn ramp_raises_its_open_files_limit() {
     };
     assert_eq!((soft, hard), (&*ours, &*ours), "{limits}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_can_freeze),
+    ignore = "needs root, loop devices, mkfs.ext4 and fsfreeze: mounts and freezes a filesystem"
+)]
+async fn a_restart_reads_the_state_after_the_change_the_old_ramp_is_writing() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let disk = Disk::new();
+    let state_path = disk.mount.join("state.json");
+    let control = format!(
+        "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
+        state_path.display()
+    );
+    let old = Proxy::start(&yaml(&s, &c, "id: handover\npercent: 50", &control));
+    assert_eq!(old.admin("status")["state"], "running");
+    // A halt whose write the disk holds up for a second: it is acknowledged once it is written.
+    let frozen = disk.freeze();
+    let socket = old.socket();
+    let halt = std::thread::spawn(move || admin_within(&socket, "halt", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1_200));
+        drop(frozen);
+    });
+    // Meanwhile a restart: the successor takes the admin socket, then reads the state.
+    let new = old.start_successor();
+    thaw.join().expect("thaw");
+    let halt = halt.join().expect("halt");
+    assert_eq!(
+        (&halt["ok"], &halt["state"]),
+        (&true.into(), &"halted".into()),
+        "{halt}"
+    );
+    // What the old ramp acknowledged, the successor starts from.
+    let status = new.admin("status");
+    assert_eq!(status["state"], "halted", "{status}");
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(new.pid())));
+    // And from now on the old ramp changes nothing, even if a command reaches it.
+    let text = std::fs::read_to_string(&state_path).unwrap_or_default();
+    assert!(text.contains("\"state\": \"halted\""), "{text}");
+}

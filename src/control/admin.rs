@@ -84,7 +84,7 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
 
 /// Whether the socket file is still the one this process bound (no newer ramp has taken the
 /// path over).
-fn still_ours(path: &Path, owned: Owned) -> bool {
+pub fn still_ours(path: &Path, owned: Owned) -> bool {
     std::fs::metadata(path).is_ok_and(|m| {
         std::os::unix::fs::MetadataExt::dev(&m) == owned.dev
             && std::os::unix::fs::MetadataExt::ino(&m) == owned.ino

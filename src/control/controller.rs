@@ -24,6 +24,7 @@ use super::reply::{Change, ControlError, Outcome, Reply};
 use super::state::{FileEffect, Refusal, RolloutState};
 use super::status::{self, Notes};
 use super::store::StoreError;
+use super::{admin, handover};
 
 struct Request {
     command: Command,
@@ -230,6 +231,12 @@ pub struct Controller {
     changes: VecDeque<Change>,
     /// `ramp_config_reloads_total{result}`: `[ok, error]`.
     reloads: [metrics::Counter; 2],
+    /// With a state file and an admin socket: what tells a change that no successor has taken
+    /// the rollout state over ([`handover`]).
+    owner: Option<handover::Owner>,
+    /// Told once a successor has taken the admin socket over: the controller stops after the
+    /// command in hand (see [`Controller::stop_when`]).
+    taken_over: Option<oneshot::Receiver<()>>,
 }
 
 /// Changes kept for status.
@@ -350,6 +357,8 @@ impl Controller {
             changes: VecDeque::with_capacity(CHANGES_KEPT),
             reloads: ["ok", "error"]
                 .map(|r| metrics::counter!("ramp_config_reloads_total", "result" => r)),
+            owner: None,
+            taken_over: None,
         };
         // Edits of the file made while ramp was down apply now, by the usual rules.
         let mut next = c.rollout.clone();
@@ -380,6 +389,38 @@ impl Controller {
         Ok((c, current, handle))
     }
 
+    /// From now on no change is made once a successor has taken the admin socket over
+    /// (`socket`, bound as `owned`), and the state file is written under the handover lock.
+    pub fn own(&mut self, socket: PathBuf, owned: admin::Owned) {
+        if let Store::File(state, writer) = &self.store {
+            let owner = handover::Owner {
+                state: state.clone(),
+                socket,
+                owned,
+            };
+            writer.own(owner.clone());
+            self.owner = Some(owner);
+        }
+    }
+
+    /// The sender that tells this controller a successor has taken the admin socket over: it
+    /// finishes the command in hand (its reply true to what happened), answers every command
+    /// still queued that it was taken over, and stops — no more schedule steps or guard actions.
+    pub fn stop_when(&mut self) -> oneshot::Sender<()> {
+        let (tx, rx) = oneshot::channel();
+        self.taken_over = Some(rx);
+        tx
+    }
+
+    /// Refused once a successor has taken the admin socket over (the state file's writer checks
+    /// again, under the handover lock, as it writes).
+    fn ours(&self) -> Result<(), ControlError> {
+        match &self.owner {
+            Some(owner) if !owner.ours() => Err(ControlError::TakenOver),
+            _ => Ok(()),
+        }
+    }
+
     /// Serves commands and the schedule until every handle is dropped.
     pub async fn run(mut self) {
         loop {
@@ -393,7 +434,23 @@ impl Controller {
             // So is a state the file does not hold yet.
             let resave = self.unsaved && matches!(self.store, Store::File(..));
             self.save_retry = retry_at(self.save_retry, resave, SAVE_RETRY);
+            let taken_over = async {
+                match self.taken_over.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                biased;
+                () = taken_over => {
+                    self.rx.close();
+                    while let Some(req) = self.rx.recv().await {
+                        let _ = req.reply.send(Err(ControlError::TakenOver));
+                    }
+                    return;
+                }
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
                     let reply = self.handle(req.command, req.source).await;
@@ -416,6 +473,9 @@ impl Controller {
 
     /// Writes the state in force, which the state file does not hold yet.
     async fn resave(&mut self) {
+        if self.ours().is_err() {
+            return;
+        }
         let generation = self.rollout.generation;
         match self.store.save(&self.rollout, generation, true).await {
             Ok(()) => {
@@ -615,6 +675,8 @@ impl Controller {
                 Ok(())
             }
             Durability::Required | Durability::BestEffort if changed || self.unsaved => {
+                // Before anything is in force: a successor may have read the state already.
+                self.ours()?;
                 if changed {
                     next.changed_at = SystemTime::now();
                     next.changed_by = source.clone();
@@ -791,7 +853,9 @@ impl Controller {
         committed?;
         // The state file's path may lead somewhere new (a `current` link switched between
         // release directories): the state is written there too.
-        self.store.rewrite(&self.rollout).await;
+        if self.ours().is_ok() {
+            self.store.rewrite(&self.rollout).await;
+        }
         if differs {
             tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
         }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 mod controller;
 mod fleet;
+pub mod handover;
 mod persist;
 pub mod probes;
 pub mod reply;

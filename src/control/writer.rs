@@ -6,13 +6,14 @@
 //! state it was given by then, so the file ends up holding the state in force.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::handover;
 use super::store::{self, StoreError};
 
 /// The longest the controller waits for one write.
@@ -49,6 +50,9 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
     /// When the write in progress began (none in progress: `None`).
     started: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Once set, every write takes the handover lock and is dropped if a successor has taken
+    /// the admin socket over ([`handover`]).
+    owner: Arc<OnceLock<handover::Owner>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -64,14 +68,23 @@ impl Writer {
         let (tx, rx) = mpsc::channel::<Job>();
         let started = Arc::new(Mutex::new(None));
         let busy = Arc::clone(&started);
+        let owner = Arc::new(OnceLock::new());
+        let owns = Arc::clone(&owner);
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("ramp-state-writer".into())
             .spawn(move || {
                 store::remove_stale_temporaries(&path);
-                run(&rx, &busy);
+                run(&rx, &busy, &owns);
             })?;
-        Ok(Writer { tx, started })
+        Ok(Writer { tx, started, owner })
+    }
+
+    /// From now on, writes only while the rollout state is this process's ([`handover`]). The
+    /// lock file is made now, while the disk answers.
+    pub fn own(&self, owner: handover::Owner) {
+        drop(owner.lock_if_ours());
+        let _ = self.owner.set(owner);
     }
 
     /// Writes `bytes` to `path` (whole, atomically), waiting at most [`WRITE_WAIT`]. Unless
@@ -147,13 +160,39 @@ struct Written {
     failed: bool,
 }
 
-fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
+/// Writes `bytes` to `path` under the handover lock, unless a successor owns the state now.
+fn write(
+    path: &Path,
+    bytes: &[u8],
+    owner: &OnceLock<handover::Owner>,
+    abandoned: impl Fn() -> bool,
+) -> Result<(), StoreError> {
+    let _held = match owner.get().map(handover::Owner::lock_if_ours) {
+        Some(None) => {
+            return Err(StoreError::Write {
+                path: path.to_path_buf(),
+                error: std::io::Error::other(
+                    "a newer ramp has taken the admin socket over: the rollout state is its to write",
+                ),
+            });
+        }
+        Some(Some(held)) => Some(held),
+        None => None,
+    };
+    store::write_atomic(path, bytes, abandoned)
+}
+
+fn run(
+    rx: &mpsc::Receiver<Job>,
+    started: &Mutex<Option<std::time::Instant>>,
+    owner: &OnceLock<handover::Owner>,
+) {
     let mut written: HashMap<PathBuf, Written> = HashMap::new();
     loop {
         let first = match rx.recv_timeout(LOOK_EVERY) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                write_deleted_again(&mut written, started);
+                write_deleted_again(&mut written, started, owner);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -175,7 +214,7 @@ fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
         }
         for job in jobs {
             *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-            let result = store::write_atomic(&job.path, &job.bytes, || job.abandoned());
+            let result = write(&job.path, &job.bytes, owner, || job.abandoned());
             *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if result.is_ok() {
                 written.insert(
@@ -206,6 +245,7 @@ fn run(rx: &mpsc::Receiver<Job>, started: &Mutex<Option<std::time::Instant>>) {
 fn write_deleted_again(
     written: &mut HashMap<PathBuf, Written>,
     started: &Mutex<Option<std::time::Instant>>,
+    owner: &OnceLock<handover::Owner>,
 ) {
     for (path, last) in written.iter_mut() {
         // Followed: a link whose file is gone counts as deleted too.
@@ -215,7 +255,7 @@ fn write_deleted_again(
             continue;
         }
         *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-        let result = store::write_atomic(path, &last.bytes, || false);
+        let result = write(path, &last.bytes, owner, || false);
         *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match result {
             Ok(()) => {
