@@ -9,7 +9,7 @@ use ramp::routing::{self, Rollout, Routing, State, StickyRules};
 fn routing() -> Routing {
     Routing {
         rollout: Rollout::new("checkout-v2", 50_000, State::Running),
-        sticky: StickyRules::new(None, "uid", true, 365 * 86_400, false),
+        sticky: StickyRules::new(None, "uid", true, 365 * 86_400, false, None),
     }
 }
 

@@ -22,6 +22,7 @@ fn routing() -> &'static Routing {
             true,
             86_400,
             false,
+            None,
         ),
     })
 }

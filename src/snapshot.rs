@@ -43,6 +43,7 @@ impl Snapshot {
             s.assign,
             s.cookie_max_age.as_secs(),
             s.cookie_secure,
+            s.cookie_domain.as_deref(),
         );
         Snapshot {
             routing: Routing { rollout, sticky },

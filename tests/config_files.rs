@@ -395,7 +395,10 @@ fn yaml_the_parser_refuses_is_explained_in_the_file_s_terms() {
         ),
         ("~: 1\n".to_owned(), "empty (null) where a value is needed"),
         (deep, "nested too deep"),
-        (bomb, "too large once its anchors and aliases are expanded"),
+        (
+            bomb,
+            "too large: over 250,000 values, counting those its anchors",
+        ),
     ] {
         let (code, lines) = check(&yaml);
         assert_eq!(code, 1);
@@ -424,6 +427,10 @@ fn a_sticky_header_or_cookie_age_that_would_lose_the_user_is_refused() {
         (
             "  cookie_max_age: 500ms\n",
             "2:19: sticky.cookie_max_age: must be at least 1s",
+        ),
+        (
+            "  cookie_domain: shop.example/x\n",
+            "2:18: sticky.cookie_domain: ",
         ),
     ] {
         let (code, lines) = check(&format!(

@@ -14,6 +14,7 @@ fn rules() -> StickyRules {
         true,
         60,
         false,
+        None,
     )
 }
 
@@ -140,7 +141,7 @@ proptest! {
         for v in &values {
             headers.append("cookie", HeaderValue::from_bytes(v).expect("value"));
         }
-        let rules = StickyRules::new(None, "uid", true, 60, false);
+        let rules = StickyRules::new(None, "uid", true, 60, false, None);
         prop_assert_eq!(
             routing::user_id(&rules, &headers).map(<[u8]>::to_vec),
             reference_cookie(&values)

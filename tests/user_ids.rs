@@ -223,7 +223,7 @@ async fn with_assign_off_users_without_an_id_get_stable_and_no_cookie() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_minted_cookie_carries_secure_and_the_configured_max_age() {
+async fn the_minted_cookie_carries_secure_the_configured_max_age_and_domain() {
     let (_s, _c, proxy) =
         start("sticky:\n  cookie: sid\n  cookie_max_age: 2h\n  cookie_secure: true\n").await;
     let r = Client::http1().get(&proxy.url("/"), &[]).await;
@@ -231,6 +231,14 @@ async fn the_minted_cookie_carries_secure_and_the_configured_max_age() {
     assert!(cookie.starts_with("sid="), "{cookie}");
     assert!(
         cookie.ends_with("; Path=/; Max-Age=7200; HttpOnly; SameSite=Lax; Secure"),
+        "{cookie}"
+    );
+    // One id for www.shop.example and shop.example alike.
+    let (_s, _c, proxy) = start("sticky:\n  cookie_domain: .Shop.Example\n").await;
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    let cookie = &r.cookies()[0];
+    assert!(
+        cookie.ends_with("; SameSite=Lax; Domain=shop.example"),
         "{cookie}"
     );
 }

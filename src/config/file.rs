@@ -191,6 +191,8 @@ pub struct StickyFile {
     pub cookie_secure: Option<bool>,
     #[serde(default)]
     pub app_sets_cookie: Option<bool>,
+    #[serde(default)]
+    pub cookie_domain: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

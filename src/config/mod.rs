@@ -211,6 +211,8 @@ pub struct Sticky {
     pub assign: bool,
     pub cookie_max_age: Duration,
     pub cookie_secure: bool,
+    /// The minted cookie's `Domain` (shared by a site's subdomains); none: the host's only.
+    pub cookie_domain: Option<String>,
     /// Upstreams' `Set-Cookie` for `cookie` reach the client (the app sets ids itself); else
     /// they are dropped, so that no upstream can move users between pools or make many users one.
     pub app_sets_cookie: bool,
@@ -530,7 +532,7 @@ fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
     } else if what.contains("budget breached: Depth") {
         "nested too deep (more than 64 levels)".to_owned()
     } else if what.contains("budget breached") {
-        "too large once its anchors and aliases are expanded (over 250,000 values)".to_owned()
+        "too large: over 250,000 values, counting those its anchors and aliases expand to (a config has a few hundred)".to_owned()
     } else if what.starts_with("cannot deserialize null") {
         "empty (null) where a value is needed".to_owned()
     } else {

@@ -257,12 +257,22 @@ fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
         None => Duration::from_secs(365 * 86_400),
     };
     let assign = s.and_then(|s| s.assign).unwrap_or(true);
+    let domain = match s.and_then(|s| s.cookie_domain.as_ref()) {
+        // A leading dot is what older specifications wrote; browsers ignore it.
+        Some(d) => c
+            .check(d, "sticky.cookie_domain", |d| {
+                host_name(d.trim().trim_start_matches('.'))
+            })
+            .map(Some),
+        None => Some(None),
+    };
     Some(Sticky {
         header: header?,
         cookie: cookie?,
         assign,
         cookie_max_age: max_age,
         cookie_secure: s.and_then(|s| s.cookie_secure).unwrap_or(false),
+        cookie_domain: domain?,
         // By default the cookie is ramp's where ramp mints it, the app's where it does not.
         app_sets_cookie: s.and_then(|s| s.app_sets_cookie).unwrap_or(!assign),
     })

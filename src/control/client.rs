@@ -321,7 +321,7 @@ fn analysis(a: &AnalysisView) -> String {
         ]);
     }
     let mut out = format!(
-        "compared since {} (the rollout's start or last resume)\n{:<11} {:>10} {:>10}  {:<32} {}\n",
+        "compared since {} (the rollout's start, its last resume, or ramp's own start)\n{:<11} {:>10} {:>10}  {:<32} {}\n",
         a.since, "", "stable", "canary", "canary - stable", "verdict"
     );
     for r in rows {

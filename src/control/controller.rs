@@ -770,9 +770,18 @@ impl Controller {
     /// Puts the config file a [`Handle`] read and parsed in force.
     async fn reload(&mut self, parsed: Parsed, trigger: Source) -> Reply {
         if parsed.seq < self.reloaded_seq {
-            // A later read of the file was applied already (or refused) while this one parsed.
+            // A later read of the file was applied already (or refused) while this one parsed:
+            // its outcome is this one's.
             return Err(ControlError::ReloadTask(
-                "superseded by a later read of the file".into(),
+                match &self.notes.last_reload_error {
+                    Some(e) => {
+                        format!("a later read of the file was judged first, and refused: {e}")
+                    }
+                    None => {
+                        "a later read of the file was judged first, and is in force (see status)"
+                            .into()
+                    }
+                },
             ));
         }
         self.reloaded_seq = parsed.seq;

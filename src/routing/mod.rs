@@ -86,8 +86,13 @@ impl StickyRules {
         assign: bool,
         max_age_secs: u64,
         secure: bool,
+        domain: Option<&str>,
     ) -> Self {
         let mut attributes = format!("; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax");
+        if let Some(domain) = domain {
+            attributes.push_str("; Domain=");
+            attributes.push_str(domain);
+        }
         if secure {
             attributes.push_str("; Secure");
         }
