@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::admin::{self, Owned};
 
@@ -26,15 +27,36 @@ pub struct Held {
     _file: Option<File>,
 }
 
+/// The longest a write or a successor's read waits for the lock: longer than any write takes
+/// (a write counts as failed after 2 s). Past it they go on without: a process that holds the
+/// lock for good (it has to be ramp's own user or root: the file is theirs only) must not stop
+/// ramp's writes or a restart.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 fn lock_now(state: &Path) -> Held {
-    let file = std::fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(lock_path(state))
-        .ok()
-        .filter(|f| f.lock().is_ok());
-    Held { _file: file }
+    else {
+        return Held { _file: None };
+    };
+    let since = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Held { _file: Some(file) },
+            Err(std::fs::TryLockError::WouldBlock) if since.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => {
+                tracing::warn!(path = %lock_path(state).display(), "the state file's lock is held by another process for too long: going on without it");
+                return Held { _file: None };
+            }
+        }
+    }
 }
 
 /// Takes the lock of `state`'s file, waiting for it off the runtime's threads.
