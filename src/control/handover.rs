@@ -40,6 +40,8 @@ fn lock_now(state: &Path) -> Held {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        // Never a link: one planted beside the state file would have ramp make files elsewhere.
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(lock_path(state))
     else {
         return Held { _file: None };
