@@ -622,3 +622,125 @@ async fn a_tunnel_to_the_canary_closes_once_the_rollout_sends_its_user_to_stable
         "{logs}"
     );
 }
+
+/// An upstream that answers every request with an endless stream, an event every 50 ms (its
+/// name in each): `Content-Type: text/event-stream`, or `text/plain` for `/plain`.
+async fn streaming(name: &'static str) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    support::raw_upstream(move |mut conn| async move {
+        let mut buf = Vec::new();
+        let Some(head) = support::next_head(&mut conn, &mut buf).await else {
+            return;
+        };
+        let kind = if head.starts_with("GET /plain ") {
+            "text/plain"
+        } else {
+            "text/event-stream; charset=utf-8"
+        };
+        let start = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        if conn.write_all(start.as_bytes()).await.is_err() {
+            return;
+        }
+        loop {
+            let event = format!("data: {name}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if conn.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// An HTTP/1.1 request for `path` as `user`, its answer's head read: the stream, and the head.
+async fn open_stream(proxy: &Proxy, path: &str, user: &str) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nx-user-id: {user}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.expect("read"), 1, "an answer head");
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// What arrives on `s` within half a second (empty: it ended).
+async fn next_bytes(s: &mut TcpStream) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+        Err(_) => Err("nothing within 0.5 s".into()),
+        Ok(Err(e)) => Ok(format!("ended: {e}")),
+        Ok(Ok(n)) => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+    }
+}
+
+/// Reads until the stream ends (within 10 s): whether it ended without the chunked body's last
+/// chunk (cut, as opposed to finished).
+async fn cut(s: &mut TcpStream) -> bool {
+    let mut all = String::new();
+    let since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(10) {
+        match next_bytes(s).await {
+            Ok(b) if b.is_empty() || b.starts_with("ended") => return !all.ends_with("0\r\n\r\n"),
+            Ok(b) => all.push_str(&b),
+            Err(_) => {}
+        }
+    }
+    panic!("the stream is still open 10 s later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_event_stream_ends_once_the_rollout_sends_its_user_to_stable() {
+    let (s, c) = (streaming("stable").await, streaming("canary").await);
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{s}'], canary: ['{c}']}}\nrollout: {{id: ws, percent: 50}}\n{}",
+        support::CONTROL
+    ));
+    let (stays, leaves, stable) = (
+        user_in("sse-stays", 0, 100_000),
+        user_in("sse-leaves", 100_000, 500_000),
+        user_in("sse-stable", 500_000, 1_000_000),
+    );
+    let (mut sse_stays, head) = open_stream(&proxy, "/events", &stays).await;
+    assert!(head.contains("text/event-stream"), "{head}");
+    let (mut sse_leaves, _) = open_stream(&proxy, "/events", &leaves).await;
+    let (mut sse_stable, _) = open_stream(&proxy, "/events", &stable).await;
+    // A download that is no event stream finishes where it began, whatever happens meanwhile.
+    let (mut plain, _) = open_stream(&proxy, "/plain", &leaves).await;
+    for (s, pool) in [
+        (&mut sse_stays, "canary"),
+        (&mut sse_leaves, "canary"),
+        (&mut sse_stable, "stable"),
+        (&mut plain, "canary"),
+    ] {
+        let b = next_bytes(s).await.expect("events");
+        assert!(b.contains(&format!("data: {pool}")), "{b}");
+    }
+    // Lowering the percent sends one of them to stable: that stream is cut at once.
+    assert_eq!(proxy.admin("set 10")["ok"], true);
+    assert!(cut(&mut sse_leaves).await, "cut, not finished");
+    for s in [&mut sse_stays, &mut sse_stable, &mut plain] {
+        let b = next_bytes(s).await.expect("still flowing");
+        assert!(b.contains("data: "), "{b}");
+    }
+    // A rollback sends everyone to stable: the canary's last event stream is cut too.
+    assert_eq!(proxy.admin("rollback")["ok"], true);
+    assert!(cut(&mut sse_stays).await, "cut, not finished");
+    for s in [&mut sse_stable, &mut plain] {
+        let b = next_bytes(s).await.expect("still flowing");
+        assert!(b.contains("data: "), "{b}");
+    }
+    // Ramp's doing, not the canary's: no error is charged to it.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let st = proxy.wait_status("the canary's three answers are counted", |v| {
+        v["analysis"]["pools"]["canary"]["requests"] == 3
+    });
+    assert_eq!(st["analysis"]["pools"]["canary"]["errors"], 0, "{st}");
+}

@@ -1,6 +1,7 @@
 //! What ramp answers with, and the bookkeeping that rides on it: while an answer's body is alive
 //! its request counts as in progress, and each frame sent counts as progress for the watchdog.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +25,18 @@ pub struct ProxyBody {
     /// The pool whose answer this is, and the user's hash: charged if its upstream breaks the
     /// body off.
     pub(super) judged: Option<(PoolName, Option<u64>)>,
+    /// A canary's event stream: ended once the rollout sends its user to stable
+    /// ([`super::follow`]).
+    pub(super) follow: Option<Moved>,
+}
+
+/// The future that completes once an event stream's user is sent to stable.
+pub(super) struct Moved(pub(super) Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Moved")
+    }
 }
 
 impl http_body::Body for ProxyBody {
@@ -36,6 +49,13 @@ impl http_body::Body for ProxyBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(moved) = &mut this.follow
+            && moved.0.as_mut().poll(cx).is_ready()
+        {
+            this.follow = None;
+            this.inner = Either::Right(Full::default());
+            return std::task::Poll::Ready(Some(Err(crate::upstream::BodyError::Moved)));
+        }
         let frame = match &mut this.inner {
             Either::Left(b) => std::pin::Pin::new(b).poll_frame(cx),
             Either::Right(b) => std::pin::Pin::new(b)
@@ -101,6 +121,7 @@ impl ProxyBody {
             inner: Either::Left(body),
             busy: None,
             judged: None,
+            follow: None,
         }
     }
 
@@ -136,6 +157,7 @@ impl ProxyBody {
             inner: Either::Right(Full::default()),
             busy: None,
             judged: None,
+            follow: None,
         }
     }
 }
@@ -158,6 +180,7 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
         inner: Either::Right(Full::new(body_for(status))),
         busy: None,
         judged: None,
+        follow: None,
     });
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -18,9 +18,10 @@ use crate::upstream::{
     BodyTimes, ClientBody, Failure, Outbound, Outcome, ReqBody, Retry, SendError, Upstream,
 };
 
-use super::body::{Busy, ProxyBody, error_response};
+use super::body::{Busy, Moved, ProxyBody, error_response};
 use super::context::{Conn, ConnInfo, Proxy};
 use super::error::ProxyError;
+use super::follow::{self, Follow};
 use super::share::Share;
 use super::{check, forward, tunnel};
 
@@ -123,14 +124,10 @@ pub fn handle(
             Err(e) => (Err(e), pool),
             Ok((first, served_by)) if let Some(kind) = websocket => {
                 // Boxed: rare, and large; inline it would enlarge every request's future.
-                let id = match &minted {
-                    Some(id) => Some(id.as_bytes().into()),
-                    None => routing::user_id(&snap.routing.sticky, req.headers()).map(Into::into),
-                };
                 let to = tunnel::Target {
                     up: first,
                     pool: served_by,
-                    id,
+                    user,
                     minted: minted.as_deref(),
                 };
                 Box::pin(tunnel::open(
@@ -222,6 +219,22 @@ pub fn handle(
                 // not make ramp close the client's keep-alive connection).
                 *resp.version_mut() = version;
                 resp.body_mut().judged = Some((served_by, user));
+                if served_by == PoolName::Canary
+                    && resp
+                        .body()
+                        .upstream_fields()
+                        .is_some_and(|f| follow::is_event_stream(f.iter()))
+                {
+                    // Boxed: rare; an event stream from the canary follows its user.
+                    let follow = Follow {
+                        rollout: Arc::clone(&snap.routing.rollout.id),
+                        user,
+                        pool: served_by,
+                        published: proxy.current.watch(),
+                    };
+                    let moved = follow.moved(Arc::clone(&proxy.current));
+                    resp.body_mut().follow = Some(Moved(Box::pin(moved)));
+                }
                 resp
             }
             Err(e @ ProxyError::Send(SendError::ClientBody(_))) => {

@@ -5,6 +5,7 @@ mod check;
 mod connection;
 mod context;
 mod error;
+mod follow;
 mod forward;
 mod handler;
 mod http1;

@@ -2,9 +2,7 @@
 //! HTTP/2 (extended CONNECT, RFC 8441), routed by the user's sticky id like any request, becomes
 //! an HTTP/1.1 upgrade to the upstream and then a tunnel of bytes both ways. A tunnel holds its
 //! client connection's place under `max_connections`, closes after `tunnel_idle_timeout` without
-//! a byte either way, and ends with the process's drain. A tunnel to the canary closes as soon
-//! as the rollout sends its user to stable (a rollback, a lowered percent, a new rollout id), as
-//! every later request of that user goes there: the client's reconnect lands on stable.
+//! a byte either way, ends with the process's drain, and follows its user ([`super::follow`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::clock::now_ms;
 use crate::logs::EverySecond;
-use crate::routing::{self, PoolName};
+use crate::routing::PoolName;
 use crate::snapshot::Snapshot;
 use crate::upstream::{
     ClientBody, Exchange, Outcome, ReqBody, SendError, Sender, Slot, Upstream, UpstreamBody,
@@ -29,6 +27,7 @@ use crate::upstream::{
 use super::body::ProxyBody;
 use super::context::{Conn, Proxy};
 use super::error::ProxyError;
+use super::follow::Follow;
 use super::forward::{self, Scan};
 use super::http1;
 use super::share::Share;
@@ -109,12 +108,12 @@ async fn connect(
     }
 }
 
-/// The upstream to try first, the user's pool, and the user's id (none: a request without one,
-/// minting off).
+/// The upstream to try first, the user's pool, and the user's hash (none: a request without an
+/// id, minting off).
 pub struct Target<'s> {
     pub up: &'s Arc<Upstream>,
     pub pool: PoolName,
-    pub id: Option<Box<[u8]>>,
+    pub user: Option<u64>,
     /// The id, if ramp minted it for this request.
     pub minted: Option<&'s str>,
 }
@@ -215,8 +214,9 @@ pub async fn open(
     let proxy = Arc::clone(&conn.proxy);
     let idle = snap.config.limits.tunnel_idle_timeout;
     let share = share.take();
-    let user = User {
-        id: to.id,
+    let user = Follow {
+        rollout: Arc::clone(&snap.routing.rollout.id),
+        user: to.user,
         pool,
         published,
     };
@@ -248,40 +248,8 @@ enum Client {
     H2(hyper::upgrade::OnUpgrade),
 }
 
-/// Whose tunnel it is: the user's id, the pool that serves it, and news of every publish.
-struct User {
-    id: Option<Box<[u8]>>,
-    pool: PoolName,
-    published: tokio::sync::watch::Receiver<()>,
-}
-
-impl User {
-    /// Completes once the rollout in force sends this user to stable while the canary serves
-    /// the tunnel; never for a tunnel to stable (a canary user's fallback included: the canary
-    /// did not serve it).
-    async fn moved(mut self, proxy: &Proxy) {
-        if self.pool == PoolName::Canary {
-            loop {
-                let snap = proxy.current.load();
-                let rollout = &snap.routing.rollout;
-                let now = match &self.id {
-                    Some(id) => routing::assign(rollout, id),
-                    None => routing::anonymous(rollout),
-                };
-                if now == PoolName::Stable {
-                    return;
-                }
-                if self.published.changed().await.is_err() {
-                    break;
-                }
-            }
-        }
-        std::future::pending().await
-    }
-}
-
 /// Runs a tunnel, counted in the pool's metrics.
-async fn carry<C, U>(client: C, upstream: U, proxy: &Proxy, user: User, idle: Duration)
+async fn carry<C, U>(client: C, upstream: U, proxy: &Proxy, user: Follow, idle: Duration)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -289,7 +257,7 @@ where
     let (metrics, pool) = (&proxy.metrics, user.pool);
     metrics.tunnels[pool].increment(1.0);
     let [to_upstream, to_client] = &metrics.tunnel_bytes[pool];
-    let moved = user.moved(proxy);
+    let moved = user.moved(Arc::clone(&proxy.current));
     if run(client, upstream, [to_upstream, to_client], idle, moved).await {
         static MOVED: EverySecond = EverySecond::new();
         if let Some(unlogged) = MOVED.admit_now() {

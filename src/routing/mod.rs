@@ -147,7 +147,13 @@ pub fn assign(rollout: &Rollout, id: &[u8]) -> PoolName {
 #[inline]
 pub fn assign_hashed(rollout: &Rollout, id: &[u8]) -> (PoolName, u64) {
     let hash = bucket::hash(&rollout.salt, id);
-    let pool = match rollout.state {
+    (assign_hash(rollout, hash), hash)
+}
+
+/// The pool of the user whose id hashes (with this rollout's salt) to `hash`.
+#[inline]
+pub fn assign_hash(rollout: &Rollout, hash: u64) -> PoolName {
+    match rollout.state {
         State::RolledBack => PoolName::Stable,
         State::Completed => PoolName::Canary,
         State::Running | State::Halted => {
@@ -157,8 +163,7 @@ pub fn assign_hashed(rollout: &Rollout, id: &[u8]) -> (PoolName, u64) {
                 PoolName::Stable
             }
         }
-    };
-    (pool, hash)
+    }
 }
 
 /// The pool of a request with no id when minting is off: stable, unless the rollout completed.

@@ -68,6 +68,9 @@ pub enum BodyError {
     /// The client's request body failed while the upstream's answer was already coming.
     #[error("the request body: {0}")]
     Upload(Box<BodyError>),
+    /// An event stream from the canary, ended by ramp: the rollout sends its user to stable now.
+    #[error("the rollout sends this user to stable now: the canary's event stream is closed")]
+    Moved,
 }
 
 impl BodyError {
@@ -79,7 +82,7 @@ impl BodyError {
             BodyError::Truncated | BodyError::Io(_) => Some(UpstreamError::Reset),
             BodyError::Idle(_) => Some(UpstreamError::Timeout),
             BodyError::Invalid(_) | BodyError::Http(_) => Some(UpstreamError::Protocol),
-            BodyError::Client(_) | BodyError::Upload(_) => None,
+            BodyError::Client(_) | BodyError::Upload(_) | BodyError::Moved => None,
         }
     }
 }
