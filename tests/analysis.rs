@@ -821,3 +821,75 @@ async fn one_client_s_flood_counts_for_its_share_of_a_second() {
         .unwrap_or_else(|| panic!("{out}"));
     assert!(row.contains(&left_out.to_string()), "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_s_last_requests_still_count_when_they_are_the_ones_that_fail() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: pages\npercent: 50", ""));
+    // Each user loads a page: 36 assets, then 4 API calls, which the canary fails.
+    let client = Client::http1();
+    let mut failed = 0;
+    for u in 0..40 {
+        let id = format!("page-user-{u}");
+        let mut on_canary = false;
+        for _ in 0..36 {
+            let r = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+            on_canary = r.body == "canary";
+        }
+        let api = if on_canary { "/status/500" } else { "/" };
+        for _ in 0..4 {
+            let r = client.get(&proxy.url(api), &[("x-user-id", &id)]).await;
+            failed += usize::from(r.status == 500);
+        }
+    }
+    assert!(failed > 0, "some users are on the canary");
+    let st = proxy.wait_status("every answer is counted or left out", |v| {
+        let p = &v["analysis"]["pools"];
+        let all = |pool: &str| {
+            p[pool]["requests"].as_u64().unwrap_or(0) + p[pool]["uncounted"].as_u64().unwrap_or(0)
+        };
+        all("stable") + all("canary") == 40 * 40
+    });
+    // Past a user's first 20 answers of a second, the n-th counts with a chance of 20/n: the
+    // failing calls at the end of each page show, not only those who came first.
+    let canary = &st["analysis"]["pools"]["canary"];
+    let errors = canary["errors"].as_u64().unwrap_or(0);
+    assert!(
+        errors * 4 >= failed as u64,
+        "{errors} of {failed} failures counted: {st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_requests_without_an_id_are_none_of_the_comparison_s() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: anon\npercent: 50", "").replace(
+        "sticky:\n  header: x-user-id\n",
+        "sticky:\n  header: x-user-id\n  assign: false\n",
+    ));
+    // Without an id they all go to stable, by rule rather than at random: a flood of them must
+    // not pull stable's figures.
+    traffic(&proxy, 40, "user", 1, "/").await;
+    let client = Client::http1();
+    for _ in 0..300 {
+        assert_eq!(client.get(&proxy.url("/"), &[]).await.body, "stable");
+    }
+    let st = proxy.wait_status("every answer is counted or left out", |v| {
+        let p = &v["analysis"]["pools"];
+        let all = |pool: &str| {
+            p[pool]["requests"].as_u64().unwrap_or(0) + p[pool]["uncounted"].as_u64().unwrap_or(0)
+        };
+        all("stable") + all("canary") == 340
+    });
+    let p = &st["analysis"]["pools"];
+    assert_eq!(p["stable"]["uncounted"], 300, "{st}");
+    let counted = p["stable"]["requests"].as_u64().unwrap_or(0)
+        + p["canary"]["requests"].as_u64().unwrap_or(0);
+    assert_eq!(counted, 40, "{st}");
+}

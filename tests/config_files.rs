@@ -432,6 +432,14 @@ fn a_sticky_header_or_cookie_age_that_would_lose_the_user_is_refused() {
             "  cookie_domain: shop.example/x\n",
             "2:18: sticky.cookie_domain: ",
         ),
+        (
+            "  cookie: __Host-uid\n  cookie_secure: true\n  cookie_domain: shop.example\n",
+            "2:11: sticky.cookie: a cookie of this prefix needs cookie_secure: true and no cookie_domain",
+        ),
+        (
+            "  cookie: __Secure-uid\n",
+            "2:11: sticky.cookie: a cookie of this prefix needs cookie_secure: true",
+        ),
     ] {
         let (code, lines) = check(&format!(
             "sticky:\n{sticky}listen: 127.0.0.1:8080\n{GOOD_TAIL}"

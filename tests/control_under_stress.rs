@@ -574,3 +574,41 @@ async fn a_restart_reads_the_state_after_the_change_the_old_ramp_is_writing() {
     let text = std::fs::read_to_string(&state_path).unwrap_or_default();
     assert!(text.contains("\"state\": \"halted\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_admin_socket_or_a_fifo_for_the_lock_file_stops_no_change() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A FIFO where the state file's lock file goes: never waited on, never used.
+    let lock = dir.path().join("state.json.lock");
+    nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &yaml(&s, &c, "id: gone\npercent: 5", CONTROL),
+    );
+    let proxy = Proxy::start_in(dir, path.clone());
+    assert_eq!(proxy.admin("set 6")["ok"], true);
+    proxy.wait_log("the state file's lock file is not used");
+    // The admin socket deleted (a cleanup of /tmp, a slip of the hand): no successor took it,
+    // so ramp still makes changes — here a config edit's new percent, saved as ever.
+    std::fs::remove_file(proxy.socket()).expect("delete the socket");
+    let text = std::fs::read_to_string(&path).expect("config");
+    support::replace_file(&path, &text.replace("percent: 5", "percent: 7"));
+    let state = proxy.state_file();
+    support::eventually("the edit's percent is saved", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("70000"))
+    })
+    .await;
+    assert!(
+        !proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("taken this admin socket over")),
+        "{:#?}",
+        proxy.logs()
+    );
+}

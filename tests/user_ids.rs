@@ -235,12 +235,25 @@ async fn the_minted_cookie_carries_secure_the_configured_max_age_and_domain() {
     );
     // One id for www.shop.example and shop.example alike.
     let (_s, _c, proxy) = start("sticky:\n  cookie_domain: .Shop.Example\n").await;
-    let r = Client::http1().get(&proxy.url("/"), &[]).await;
-    let cookie = &r.cookies()[0];
-    assert!(
-        cookie.ends_with("; SameSite=Lax; Domain=shop.example"),
-        "{cookie}"
-    );
+    for host in ["www.shop.example", "Shop.Example:8080"] {
+        let r = Client::http1()
+            .get(&proxy.url("/"), &[("host", host)])
+            .await;
+        let cookie = &r.cookies()[0];
+        assert!(
+            cookie.ends_with("; SameSite=Lax; Domain=shop.example"),
+            "{host}: {cookie}"
+        );
+    }
+    // A host outside it gets a cookie of its own host's, which a browser keeps (one with the
+    // Domain it would refuse, and be a new user at every request).
+    for host in ["other.example", "evilshop.example"] {
+        let r = Client::http1()
+            .get(&proxy.url("/"), &[("host", host)])
+            .await;
+        let cookie = &r.cookies()[0];
+        assert!(cookie.ends_with("; SameSite=Lax"), "{host}: {cookie}");
+    }
 }
 
 const PINNING: &[u8] =
@@ -296,6 +309,21 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
             Some(&b"private"[..]),
             "{:?}",
             r.headers
+        );
+        // An unusable id of that name (empty, here) gives way to the minted one.
+        let r = client
+            .get(&proxy.url("/"), &[("cookie", "uid=; theme=dark")])
+            .await;
+        let cookie = r.cookies().pop().expect("a minted cookie");
+        let minted = cookie.split(';').next().expect("name=value");
+        let seen = if r.body == "stable" {
+            s.last()
+        } else {
+            c.last()
+        };
+        assert_eq!(
+            seen.headers.get("cookie").expect("a cookie"),
+            &format!("{minted}; theme=dark")[..]
         );
         // A user with an id: nothing added either way.
         let r = client.get(&proxy.url("/"), &[("cookie", pair)]).await;

@@ -744,3 +744,20 @@ async fn a_canary_event_stream_ends_once_the_rollout_sends_its_user_to_stable() 
     });
     assert_eq!(st["analysis"]["pools"]["canary"]["errors"], 0, "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_handshake_answered_with_a_status_of_600_or_more_is_a_502() {
+    let odd =
+        support::RawUpstream::start(b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", true).await;
+    let proxy = Proxy::start(&support::single(odd.addr, ""));
+    let mut req = format!("ws://{}/chat", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("x-user-id", "odd".parse().expect("header"));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 502),
+        other => panic!("{other:?}"),
+    }
+}

@@ -49,6 +49,8 @@ pub enum Reason {
     NotAnIdHeader(String),
     #[error("must be at least 1s: a cookie's Max-Age counts whole seconds")]
     UnderSecond,
+    #[error("a cookie of this prefix needs {0}: browsers refuse it otherwise")]
+    CookiePrefix(&'static str),
     #[error("not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~): {0:?}")]
     CookieName(String),
     #[error(

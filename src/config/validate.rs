@@ -257,6 +257,25 @@ fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
         None => Duration::from_secs(365 * 86_400),
     };
     let assign = s.and_then(|s| s.assign).unwrap_or(true);
+    let secure = s.and_then(|s| s.cookie_secure).unwrap_or(false);
+    let has_domain = s.is_some_and(|s| s.cookie_domain.is_some());
+    // A browser refuses a cookie of these prefixes without what they promise (RFC 6265bis
+    // §4.1.3): every request would be a new user.
+    if let (Some(name), Some(given)) = (&cookie, s.and_then(|s| s.cookie.as_ref())) {
+        let lower = name.to_ascii_lowercase();
+        let needs = if lower.starts_with("__host-") && (!secure || has_domain) {
+            Some("cookie_secure: true and no cookie_domain")
+        } else if lower.starts_with("__secure-") && !secure {
+            Some("cookie_secure: true")
+        } else {
+            None
+        };
+        if let Some(needs) = needs {
+            c.check(given, "sticky.cookie", |_| -> Result<(), Reason> {
+                Err(Reason::CookiePrefix(needs))
+            });
+        }
+    }
     let domain = match s.and_then(|s| s.cookie_domain.as_ref()) {
         // A leading dot is what older specifications wrote; browsers ignore it.
         Some(d) => c
@@ -271,7 +290,7 @@ fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
         cookie: cookie?,
         assign,
         cookie_max_age: max_age,
-        cookie_secure: s.and_then(|s| s.cookie_secure).unwrap_or(false),
+        cookie_secure: secure,
         cookie_domain: domain?,
         // By default the cookie is ramp's where ramp mints it, the app's where it does not.
         app_sets_cookie: s.and_then(|s| s.app_sets_cookie).unwrap_or(!assign),

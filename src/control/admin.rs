@@ -91,6 +91,14 @@ pub fn still_ours(path: &Path, owned: Owned) -> bool {
     })
 }
 
+/// Another socket than the one this process bound is at `path` (a successor's): not a socket
+/// file merely deleted, nor some other kind of file put there.
+pub fn another_socket(path: &Path, owned: Owned) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && !still_ours(path, owned)
+}
+
 /// Waits until a newer ramp has taken the socket's path over (`--takeover`): a socket other than
 /// the one this process bound is there, and answers. A socket file merely deleted is no takeover.
 pub async fn taken_over(path: PathBuf, owned: Owned) {
@@ -217,7 +225,7 @@ async fn connection(
                 }
                 // A connection made before a restart with --takeover would change (or report) a
                 // rollout the new process, the one serving from now on, does not know of.
-                Ok(_) if !still_ours(&admin.socket, owned) => Err(ControlError::TakenOver),
+                Ok(_) if another_socket(&admin.socket, owned) => Err(ControlError::TakenOver),
                 Ok(cmd) => handle.send(cmd, source.clone()).await,
             },
         };

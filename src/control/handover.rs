@@ -2,13 +2,20 @@
 //! socket's path, then reads the state file; until the old process notices (within a second) it
 //! could still write a change queued before — after the successor read the file, which would
 //! never see it, while the old process acknowledged it. So a lock beside the state file orders
-//! the two: the old process's writer takes it, checks that the admin socket is still this
-//! process's, and keeps it until the file is written (else it drops the write); a successor
+//! the two: the old process's writer takes it, checks that no successor has taken the admin
+//! socket over, and keeps it until the file is written (else it drops the write); a successor
 //! takes it to read the state. A change either lands before the successor reads, or is refused.
+//!
+//! The lock never stops ramp: a lock file that is not a regular file of ramp's own user (a FIFO,
+//! a directory, a link, another user's file in a shared directory) is not used, and a lock held
+//! elsewhere is waited for only so long ([`WRITE_LOCK_WAIT`], [`READ_LOCK_WAIT`]); either way
+//! ramp goes on without it and says so.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::logs::EverySecond;
 
 use super::admin::{self, Owned};
 
@@ -19,52 +26,76 @@ fn lock_path(state: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The lock, held until dropped (closing the file releases it). A lock file that cannot be
-/// opened (the directory is not writable) holds nothing: the state file's own write then fails
-/// and says why.
+/// The lock, held until dropped (closing the file releases it).
 #[derive(Debug)]
 pub struct Held {
     _file: Option<File>,
 }
 
-/// The longest a write or a successor's read waits for the lock: longer than any write takes
-/// (a write counts as failed after 2 s). Past it they go on without: a process that holds the
-/// lock for good (it has to be ramp's own user or root: the file is theirs only) must not stop
-/// ramp's writes or a restart.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a write waits for the lock: well within the 2 s a write may take in all.
+const WRITE_LOCK_WAIT: Duration = Duration::from_millis(500);
 
-fn lock_now(state: &Path) -> Held {
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(file) = std::fs::OpenOptions::new()
+/// How long a successor waits for the lock to read the state: longer than the old process's
+/// write may take (2 s).
+const READ_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the lock file without ever blocking on it (a FIFO put there would block a plain open
+/// for good), and only if it is a regular file of this process's user.
+fn open(path: &Path) -> Result<File, &'static str> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         // Never a link: one planted beside the state file would have ramp make files elsewhere.
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(lock_path(state))
-    else {
-        return Held { _file: None };
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|_| "cannot be opened (not a regular file, or not writable)")?;
+    let meta = file.metadata().map_err(|_| "cannot be read")?;
+    if !meta.is_file() {
+        return Err("is not a regular file");
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err("belongs to another user");
+    }
+    Ok(file)
+}
+
+fn lock_now(state: &Path, wait: Duration) -> Held {
+    let path = lock_path(state);
+    static TOLD: EverySecond = EverySecond::new();
+    let file = match open(&path) {
+        Ok(file) => file,
+        Err(why) => {
+            if let Some(unlogged) = TOLD.admit_now() {
+                tracing::warn!(path = %path.display(), why, unlogged, "the state file's lock file is not used: a restart with --takeover could miss a change made during it");
+            }
+            return Held { _file: None };
+        }
     };
     let since = Instant::now();
     loop {
         match file.try_lock() {
             Ok(()) => return Held { _file: Some(file) },
-            Err(std::fs::TryLockError::WouldBlock) if since.elapsed() < LOCK_WAIT => {
+            Err(std::fs::TryLockError::WouldBlock) if since.elapsed() < wait => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(_) => {
-                tracing::warn!(path = %lock_path(state).display(), "the state file's lock is held by another process for too long: going on without it");
+                if let Some(unlogged) = TOLD.admit_now() {
+                    tracing::warn!(path = %path.display(), unlogged, "the state file's lock is held elsewhere: going on without it");
+                }
                 return Held { _file: None };
             }
         }
     }
 }
 
-/// Takes the lock of `state`'s file, waiting for it off the runtime's threads.
+/// Takes the lock of `state`'s file to read the state at a restart, waiting for it off the
+/// runtime's threads.
 pub async fn lock(state: &Path) -> Held {
     let state = state.to_path_buf();
-    tokio::task::spawn_blocking(move || lock_now(&state))
+    tokio::task::spawn_blocking(move || lock_now(&state, READ_LOCK_WAIT))
         .await
         .unwrap_or(Held { _file: None })
 }
@@ -78,15 +109,16 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// No successor has taken the admin socket over.
+    /// No successor has taken the admin socket over: the socket file there is still this
+    /// process's, or there is none (a socket file merely deleted is no takeover).
     pub fn ours(&self) -> bool {
-        admin::still_ours(&self.socket, self.owned)
+        !admin::another_socket(&self.socket, self.owned)
     }
 
     /// The lock, if the rollout state is still this process's to write (blocking: for the
     /// writer's thread).
     pub fn lock_if_ours(&self) -> Option<Held> {
-        let held = lock_now(&self.state);
+        let held = lock_now(&self.state, WRITE_LOCK_WAIT);
         self.ours().then_some(held)
     }
 }

@@ -24,7 +24,7 @@ pub struct ProxyBody {
     pub(super) busy: Option<Busy>,
     /// The pool whose answer this is, and the user's hash: charged if its upstream breaks the
     /// body off.
-    pub(super) judged: Option<(PoolName, Option<u64>)>,
+    pub(super) judged: Option<(PoolName, Option<u64>, bool)>,
     /// A canary's event stream: ended once the rollout sends its user to stable
     /// ([`super::follow`]).
     pub(super) follow: Option<Moved>,
@@ -71,11 +71,15 @@ impl http_body::Body for ProxyBody {
                 busy.conn.activity.progress();
             }
             (std::task::Poll::Ready(Some(Err(e))), Some(busy)) => {
-                if let (Some((pool, user)), Some(kind)) = (this.judged.take(), e.upstream_kind()) {
+                if let (Some((pool, user, counted)), Some(kind)) =
+                    (this.judged.take(), e.upstream_kind())
+                {
                     // The answer was judged by its head; its body failing at the upstream's end
                     // makes it an error after all (a client that stops reading is no error).
                     let proxy = &busy.conn.proxy;
-                    proxy.analysis.recorder.broken_body(pool, user);
+                    if counted {
+                        proxy.analysis.recorder.broken_body(pool, user);
+                    }
                     proxy.metrics.upstream_error(pool, kind);
                     tracing::debug!(pool = pool.as_str(), error = %e, "upstream answer broken off");
                 }

@@ -256,8 +256,8 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Gives the upstream the id ramp minted for this request, as the cookie the client will send
-/// from now on (first, so that an app reading the first `name=` finds it, not a value ramp
-/// found unusable): the app and ramp agree on the user from the first request.
+/// from now on, in place of any pair of that name the request had (one ramp found unusable:
+/// empty, too long): the app and ramp agree on the user from the first request.
 pub fn add_minted(headers: &mut HeaderMap, cookie: &str, id: &str) {
     let mut value = Vec::with_capacity(cookie.len() + id.len() + 1);
     value.extend_from_slice(cookie.as_bytes());
@@ -265,8 +265,14 @@ pub fn add_minted(headers: &mut HeaderMap, cookie: &str, id: &str) {
     value.extend_from_slice(id.as_bytes());
     // After `request_head`: one Cookie field at most.
     if let Some(theirs) = headers.get(COOKIE) {
-        value.extend_from_slice(b"; ");
-        value.extend_from_slice(theirs.as_bytes());
+        for pair in theirs.as_bytes().split(|&b| b == b';') {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            if pair.trim_ascii().is_empty() || name.trim_ascii() == cookie.as_bytes() {
+                continue;
+            }
+            value.extend_from_slice(b"; ");
+            value.extend_from_slice(pair.trim_ascii());
+        }
     }
     if let Ok(value) = HeaderValue::from_bytes(&value) {
         headers.insert(COOKIE, value);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::analysis;
@@ -78,11 +78,15 @@ pub fn handle(
             return finish(resp, busy, head);
         }
         let rollout = &snap.routing.rollout;
+        let mut domain_fits = true;
         let (pool, user, minted) = match routing::decide(&snap.routing, req.headers()) {
             Decision::User { pool, user } => (pool, Some(user), None),
             Decision::Anonymous(pool) => (pool, None, None),
             Decision::Mint => {
                 proxy.metrics.ids_minted.increment(1);
+                let host = req.uri().authority().map(|a| a.as_str().as_bytes());
+                let host = host.or_else(|| req.headers().get(HOST).map(HeaderValue::as_bytes));
+                domain_fits = routing::sticky::domain_fits(&snap.routing.sticky, host);
                 let id = routing::mint(rollout);
                 let (pool, user) = routing::assign_hashed(rollout, id.as_bytes());
                 (pool, Some(user), Some(id))
@@ -218,7 +222,7 @@ pub fn handle(
                 // The client's own version, whatever the upstream spoke (an HTTP/1.0 upstream must
                 // not make ramp close the client's keep-alive connection).
                 *resp.version_mut() = version;
-                resp.body_mut().judged = Some((served_by, user));
+                resp.body_mut().judged = Some((served_by, user, false));
                 if served_by == PoolName::Canary
                     && resp
                         .body()
@@ -264,16 +268,19 @@ pub fn handle(
         // want of a file descriptor.
         if !unjudged {
             let judged = judged.unwrap_or(status).as_u16();
-            proxy.analysis.recorder.record(
+            let counted = proxy.analysis.recorder.record(
                 served_by,
                 settings.error_statuses.contains(judged),
                 latency(start, body_times.as_deref()),
                 user,
                 analysis::converted(settings, goals, judged),
             );
+            if let Some(j) = &mut resp.body_mut().judged {
+                j.2 = counted;
+            }
         }
         if let Some(id) = minted
-            && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id)
+            && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id, domain_fits)
         {
             resp.headers_mut().append(SET_COOKIE, cookie);
             // A shared cache must not keep this answer: it would hand the id to everyone.

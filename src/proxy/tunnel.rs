@@ -176,6 +176,11 @@ pub async fn open(
         Ok(Err(e)) => return (Err(SendError::Exchange(Exchange::Hyper(e)).into()), pool),
         Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
     };
+    if resp.status().as_u16() >= 600 {
+        // Three digits, 100 to 599, as for every answer: no success the comparison cannot judge.
+        let invalid = Exchange::Invalid(crate::upstream::InvalidAnswer("bad status code"));
+        return (Err(SendError::Exchange(invalid).into()), pool);
+    }
     let hide = &snap.hide;
     if kind == Kind::Connect && resp.status().is_success() {
         // To an HTTP/2 client a 2xx would mean the tunnel is open; the upstream took the

@@ -76,6 +76,10 @@ pub struct StickyRules {
     pub assign: bool,
     /// Everything after `name=value` in a minted Set-Cookie.
     pub cookie_attributes: Box<str>,
+    /// The configured `Domain`, and the attributes without it: for a request to a host outside
+    /// it, which a browser would refuse the cookie for (and so be a new user at every request).
+    pub cookie_domain: Option<Box<str>>,
+    pub host_only_attributes: Box<str>,
 }
 
 impl StickyRules {
@@ -88,19 +92,23 @@ impl StickyRules {
         secure: bool,
         domain: Option<&str>,
     ) -> Self {
-        let mut attributes = format!("; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax");
+        let mut host_only = format!("; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax");
+        let mut attributes = host_only.clone();
         if let Some(domain) = domain {
             attributes.push_str("; Domain=");
             attributes.push_str(domain);
         }
         if secure {
             attributes.push_str("; Secure");
+            host_only.push_str("; Secure");
         }
         StickyRules {
             header,
             cookie: cookie.into(),
             assign,
             cookie_attributes: attributes.into(),
+            cookie_domain: domain.map(Into::into),
+            host_only_attributes: host_only.into(),
         }
     }
 }

@@ -90,7 +90,39 @@ pub fn mint(rollout: &Rollout) -> String {
 
 /// The Set-Cookie value that gives a newcomer `id`. Every newcomer gets the same kind, whichever
 /// pool they land in.
-pub fn set_cookie(rules: &StickyRules, id: &str) -> Option<HeaderValue> {
-    let text = format!("{}={id}{}", rules.cookie, rules.cookie_attributes);
+/// `domain_fits`: [`domain_fits`] for the request's host (else the cookie goes without the
+/// configured `Domain`).
+pub fn set_cookie(rules: &StickyRules, id: &str, domain_fits: bool) -> Option<HeaderValue> {
+    let attributes = if domain_fits {
+        &rules.cookie_attributes
+    } else {
+        &rules.host_only_attributes
+    };
+    let text = format!("{}={id}{attributes}", rules.cookie);
     HeaderValue::try_from(text).ok()
+}
+
+/// Whether a minted cookie may carry the configured `Domain` for a request to `host`: the host
+/// is that domain or one of its subdomains, as a browser requires (RFC 6265 §5.3 step 6); a
+/// browser refuses the cookie otherwise, and would be a new user at every request.
+pub fn domain_fits(rules: &StickyRules, host: Option<&[u8]>) -> bool {
+    match &rules.cookie_domain {
+        Some(domain) => host.is_some_and(|h| within(h, domain.as_bytes())),
+        None => true,
+    }
+}
+
+/// Whether `host` (a Host field's value, maybe with a port) is `domain` or one of its
+/// subdomains.
+fn within(host: &[u8], domain: &[u8]) -> bool {
+    let name = match host.iter().rposition(|&b| b == b':') {
+        // A port, unless it is an IPv6 literal's colon.
+        Some(i) if !host.starts_with(b"[") => &host[..i],
+        _ => host,
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    name.eq_ignore_ascii_case(domain)
+        || (name.len() > domain.len()
+            && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain)
+            && name[name.len() - domain.len() - 1] == b'.')
 }

@@ -22,7 +22,7 @@ pub use idle::BodyError;
 pub use pool::{Outcome, Pool};
 pub use slot::Slot;
 pub use wire::Fields;
-pub use wire::{Exchange, Outbound};
+pub use wire::{Exchange, InvalidAnswer, Outbound};
 
 /// Every live upstream by address. Only the controller touches it, when building a snapshot.
 #[derive(Debug, Default)]

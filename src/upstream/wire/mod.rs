@@ -23,7 +23,7 @@ use super::idle::BodyError;
 
 pub use crate::framing::{Framing, Step};
 pub use fields::Fields;
-pub use head::Answer;
+pub use head::{Answer, Invalid as InvalidAnswer};
 pub use io::Io;
 pub use send::Outgoing;
 
