@@ -119,7 +119,8 @@ pub struct Counts {
     pub users: Users,
     /// Conversions per configured goal.
     pub goals: [u64; MAX_GOALS],
-    /// Answers past their user's share of a second (see [`Recorder::record`]): in none of the
+    /// Answers past their user's share of a second, or without a user id (see
+    /// [`Recorder::record`]): in none of the
     /// figures above but the distinct users and the goals' converted users.
     pub uncounted: u64,
 }

@@ -76,7 +76,8 @@ impl From<Verdict> for VerdictView {
 pub struct PoolFigures {
     /// Since the comparison began (the rollout's start, or its last resume).
     pub requests: u64,
-    /// Answers past their user's share of a second: in no figure here but the users.
+    /// Answers past their user's share of a second, or without a user id: in no figure here but
+    /// the users.
     #[serde(default)]
     pub uncounted: u64,
     pub errors: u64,

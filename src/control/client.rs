@@ -269,13 +269,13 @@ fn analysis(a: &AnalysisView) -> String {
         String::new(),
     ]];
     if s.uncounted + c.uncounted > 0 {
-        // One user's answers past their share of a second.
+        // Answers past their user's share of a second, or without a user id.
         rows.push([
             "not counted".into(),
             s.uncounted.to_string(),
             c.uncounted.to_string(),
             String::new(),
-            "past their user's share of a second".into(),
+            "past a user's share of a second, or without an id".into(),
         ]);
     }
     rows.extend([
