@@ -84,10 +84,8 @@ const SHARE_CELLS: usize = 4_096;
 /// assets (past it, some of the rest: see [`Cells::counts`]).
 pub const SHARE_FLOOR: u32 = 20;
 
-/// Past the floor, one user may count for this fraction of the pool's answers in the last second:
+/// Past the floor, one user's share is this fraction of the pool's answers in the last second:
 /// 1/512, eight times a cell's average load, so that users who share a cell are not cut short.
-/// (A flood in the pool raises it too, so a flood at 100 times the pool's own traffic still
-/// counts for a fifth of it: a p99 moved to the users' own p99.2.)
 const SHARE_OF_POOL: u64 = 512;
 
 /// A random key of this process, mixed into every hash before it picks a cell: the assignment
@@ -120,8 +118,8 @@ pub struct Counts {
     /// Conversions per configured goal.
     pub goals: [u64; MAX_GOALS],
     /// Answers past their user's share of a second, or without a user id (see
-    /// [`Recorder::record`]): in none of the
-    /// figures above but the distinct users and the goals' converted users.
+    /// [`Recorder::record`]): in none of the figures above but the distinct users and the goals'
+    /// converted users.
     pub uncounted: u64,
 }
 
@@ -200,7 +198,7 @@ impl Cells {
         };
         let seen = self.share[share_cell(user)].fetch_add(1, Ordering::Relaxed);
         let share = self.share_cap.load(Ordering::Relaxed);
-        if seen < share || rand::random::<u32>() % (seen + 1) < share {
+        if seen < share || rand::random::<u32>() % seen.saturating_add(1) < share {
             return true;
         }
         self.uncounted.fetch_add(1, Ordering::Relaxed);
@@ -248,11 +246,12 @@ impl Recorder {
     /// One answer from `pool`: whether it counts as an error, its latency (head to head), the
     /// user's hash if it has an id, and the goal it converts, if any.
     ///
-    /// One user counts for at most [`SHARE_FLOOR`] answers a second, or for 1/512 of the pool's
-    /// answers in the last second if that is more. Past that, an answer still counts its
-    /// user (as one of the distinct users, and as a goal's converted user) but not in the
-    /// requests, errors, latencies and conversions: else one client's flood of fast answers on
-    /// stable would pull stable's figures to its own, and the canary would look worse beside them.
+    /// One user's answers count whole up to [`SHARE_FLOOR`] a second, or 1/512 of the pool's
+    /// answers in the last second if that is more, and past that share only by chance
+    /// ([`Cells::counts`]). An answer left out still counts its user (as one of the distinct
+    /// users, and as a goal's converted user) but not in the requests, errors, latencies and
+    /// conversions: else one client's flood of fast answers on stable would pull stable's figures
+    /// to its own, and the canary would look worse beside them. Gives whether it counted.
     #[inline]
     pub fn record(
         &self,
