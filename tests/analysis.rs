@@ -790,6 +790,17 @@ async fn the_guard_halts_a_canary_that_is_slower_for_everyone() {
     assert_eq!(st["analysis"]["latency"]["verdict"], "regressed", "{st}");
 }
 
+/// Every answer the comparison saw in both pools: counted, or left out.
+fn answers(status: &Value) -> u64 {
+    let p = &status["analysis"]["pools"];
+    ["stable", "canary"]
+        .iter()
+        .map(|pool| {
+            p[pool]["requests"].as_u64().unwrap_or(0) + p[pool]["uncounted"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_s_flood_counts_for_its_share_of_a_second() {
     let (s, c) = (
@@ -800,11 +811,8 @@ async fn one_client_s_flood_counts_for_its_share_of_a_second() {
     // 100 users once each, and one client 400 times as fast as it can.
     traffic(&proxy, 100, "user", 1, "/").await;
     traffic(&proxy, 400, "flood", 400, "/").await;
-    let st = proxy.wait_status("every answer is counted or left out", |v| {
-        let stable = &v["analysis"]["pools"]["stable"];
-        let (counted, left_out) = (stable["requests"].as_u64(), stable["uncounted"].as_u64());
-        counted.zip(left_out).is_some_and(|(c, l)| c + l == 500)
-    });
+    // All on stable (percent 0).
+    let st = proxy.wait_status("every answer is counted or left out", |v| answers(v) == 500);
     let stable = &st["analysis"]["pools"]["stable"];
     let left_out = stable["uncounted"].as_u64().unwrap_or(0);
     // 400 answers within a second or two: all but 20 a second are left out, none of the users'.
@@ -847,11 +855,7 @@ async fn a_page_s_last_requests_still_count_when_they_are_the_ones_that_fail() {
     }
     assert!(failed > 0, "some users are on the canary");
     let st = proxy.wait_status("every answer is counted or left out", |v| {
-        let p = &v["analysis"]["pools"];
-        let all = |pool: &str| {
-            p[pool]["requests"].as_u64().unwrap_or(0) + p[pool]["uncounted"].as_u64().unwrap_or(0)
-        };
-        all("stable") + all("canary") == 40 * 40
+        answers(v) == 40 * 40
     });
     // Past a user's first 20 answers of a second, the n-th counts with a chance of 20/n: the
     // failing calls at the end of each page show, not only those who came first.
@@ -880,13 +884,7 @@ async fn answers_to_requests_without_an_id_are_none_of_the_comparison_s() {
     for _ in 0..300 {
         assert_eq!(client.get(&proxy.url("/"), &[]).await.body, "stable");
     }
-    let st = proxy.wait_status("every answer is counted or left out", |v| {
-        let p = &v["analysis"]["pools"];
-        let all = |pool: &str| {
-            p[pool]["requests"].as_u64().unwrap_or(0) + p[pool]["uncounted"].as_u64().unwrap_or(0)
-        };
-        all("stable") + all("canary") == 340
-    });
+    let st = proxy.wait_status("every answer is counted or left out", |v| answers(v) == 340);
     let p = &st["analysis"]["pools"];
     assert_eq!(p["stable"]["uncounted"], 300, "{st}");
     let counted = p["stable"]["requests"].as_u64().unwrap_or(0)

@@ -73,6 +73,16 @@ impl Disk {
         Disk { _dir: dir, mount }
     }
 
+    /// The state file on this disk, and the config's admin and state sections with it.
+    fn control(&self) -> (PathBuf, String) {
+        let state = self.mount.join("state.json");
+        let control = format!(
+            "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
+            state.display()
+        );
+        (state, control)
+    }
+
     fn freeze(&self) -> Frozen {
         run("fsfreeze", &["-f", self.mount.to_str().expect("utf-8")]);
         Frozen(self.mount.clone())
@@ -102,11 +112,7 @@ async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
         Backend::start("canary").await,
     );
     let disk = Disk::new();
-    let state_path = disk.mount.join("state.json");
-    let control = format!(
-        "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
-        state_path.display()
-    );
+    let (state_path, control) = disk.control();
     let proxy = Proxy::start(&yaml(&s, &c, "id: frozen\npercent: 50", &control));
     assert_eq!(proxy.admin("status")["state"], "running");
     assert!(state_path.exists(), "the first state is saved");
@@ -541,11 +547,7 @@ async fn a_restart_reads_the_state_after_the_change_the_old_ramp_is_writing() {
         Backend::start("canary").await,
     );
     let disk = Disk::new();
-    let state_path = disk.mount.join("state.json");
-    let control = format!(
-        "admin:\n  socket: admin.sock\nstate:\n  file: {}\n",
-        state_path.display()
-    );
+    let (state_path, control) = disk.control();
     let old = Proxy::start(&yaml(&s, &c, "id: handover\npercent: 50", &control));
     assert_eq!(old.admin("status")["state"], "running");
     // A halt whose write the disk holds up for a second: it is acknowledged once it is written.

@@ -290,6 +290,14 @@ async fn an_upstream_cannot_set_ramp_s_cookie_unless_the_app_sets_it_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
     let (s, c, proxy) = start(STICKY).await;
+    // What the upstream that answered got.
+    let upstream_of = |r: &support::Reply| {
+        if r.body == "stable" {
+            s.last()
+        } else {
+            c.last()
+        }
+    };
     for client in [Client::http1(), Client::http2()] {
         let r = client
             .get(&proxy.url("/"), &[("cookie", "theme=dark")])
@@ -297,11 +305,7 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         let cookie = r.cookies().pop().expect("a minted cookie");
         let pair = cookie.split(';').next().expect("name=value");
         // The upstream that answered got the same id, first among the client's cookies.
-        let seen = if r.body == "stable" {
-            s.last()
-        } else {
-            c.last()
-        };
+        let seen = upstream_of(&r);
         let sent = seen.headers.get("cookie").expect("a cookie");
         assert_eq!(sent, &format!("{pair}; theme=dark")[..], "{seen:?}");
         assert_eq!(
@@ -316,11 +320,7 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
             .await;
         let cookie = r.cookies().pop().expect("a minted cookie");
         let minted = cookie.split(';').next().expect("name=value");
-        let seen = if r.body == "stable" {
-            s.last()
-        } else {
-            c.last()
-        };
+        let seen = upstream_of(&r);
         assert_eq!(
             seen.headers.get("cookie").expect("a cookie"),
             &format!("{minted}; theme=dark")[..]
@@ -328,11 +328,7 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         // A user with an id: nothing added either way.
         let r = client.get(&proxy.url("/"), &[("cookie", pair)]).await;
         assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
-        let seen = if r.body == "stable" {
-            s.last()
-        } else {
-            c.last()
-        };
+        let seen = upstream_of(&r);
         assert_eq!(seen.headers.get("cookie").expect("cookie"), pair);
     }
 }

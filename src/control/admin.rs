@@ -106,11 +106,7 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let path = path.clone();
         let other = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileTypeExt;
-            let a_socket = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket());
-            a_socket
-                && !still_ours(&path, owned)
-                && std::os::unix::net::UnixStream::connect(&path).is_ok()
+            another_socket(&path, owned) && std::os::unix::net::UnixStream::connect(&path).is_ok()
         })
         .await
         .unwrap_or(false);

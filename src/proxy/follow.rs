@@ -10,21 +10,21 @@ use crate::routing::{self, PoolName};
 use crate::snapshot::Current;
 
 /// Whose stream it is: the rollout it began in and the user's hash under it (none: a request
-/// without an id, minting off), the pool that serves it, and news of every publish (the state
-/// in force is looked at first, so that no change is missed).
+/// without an id, minting off), and the pool that serves it.
 pub struct Follow {
     pub rollout: Arc<str>,
     pub user: Option<u64>,
     pub pool: PoolName,
-    pub published: tokio::sync::watch::Receiver<()>,
 }
 
 impl Follow {
     /// Completes once the rollout in force sends this user to stable while the canary serves
     /// them; never for stable (a canary user's fallback to stable included: the canary did not
-    /// serve it).
-    pub async fn moved(mut self, current: Arc<Current>) {
+    /// serve it). It subscribes to every publish first, then looks at the state in force: no
+    /// change before or after is missed.
+    pub async fn moved(self, current: Arc<Current>) {
         if self.pool == PoolName::Canary {
+            let mut published = current.watch();
             loop {
                 let snap = current.load();
                 let rollout = &snap.routing.rollout;
@@ -37,7 +37,7 @@ impl Follow {
                 if now == PoolName::Stable {
                     return;
                 }
-                if self.published.changed().await.is_err() {
+                if published.changed().await.is_err() {
                     break;
                 }
             }

@@ -234,7 +234,6 @@ pub fn handle(
                         rollout: Arc::clone(&snap.routing.rollout.id),
                         user,
                         pool: served_by,
-                        published: proxy.current.watch(),
                     };
                     let moved = follow.moved(Arc::clone(&proxy.current));
                     resp.body_mut().follow = Some(Moved(Box::pin(moved)));

@@ -133,8 +133,6 @@ pub async fn open(
     scan: &Scan,
     to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    // Before anything can change where the user belongs: a publish from here on is seen.
-    let published = conn.proxy.current.watch();
     let (mut sender, slot, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
@@ -223,7 +221,6 @@ pub async fn open(
         rollout: Arc::clone(&snap.routing.rollout.id),
         user: to.user,
         pool,
-        published,
     };
     tokio::spawn(async move {
         let (_permit, _slot, _share) = (permit, slot, share);
