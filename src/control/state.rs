@@ -27,6 +27,9 @@ pub struct RolloutState {
     pub plan_pending: bool,
     /// The pending plan carries a new rollout id: `resume` (or a bare `start`) begins it.
     pub pending_rollout: bool,
+    /// Rolled back from completed: `resume` completes it again (unless the file gave a new plan
+    /// meanwhile, which then applies).
+    pub completed_before: bool,
     pub changed_at: SystemTime,
     pub changed_by: Source,
     /// Orders states: set at each change made here to one more than the state it changed, or to
@@ -73,6 +76,7 @@ impl RolloutState {
             plan,
             plan_pending: false,
             pending_rollout: false,
+            completed_before: false,
             changed_at: SystemTime::now(),
             changed_by: by,
             generation: 0,
@@ -169,9 +173,12 @@ impl RolloutState {
                     self.start(None, None, now);
                 } else if self.plan_pending {
                     self.follow_plan(now);
+                } else if self.completed_before {
+                    self.promote();
                 } else if let Some(s) = &mut self.schedule {
                     s.unpause(now);
                 }
+                self.completed_before = false;
                 Ok(())
             }
         }
@@ -179,6 +186,7 @@ impl RolloutState {
 
     pub fn rollback(&mut self, now: Instant) {
         if self.state != State::RolledBack {
+            self.completed_before = self.state == State::Completed;
             self.state = State::RolledBack;
             if let Some(s) = &mut self.schedule {
                 s.pause(now);
@@ -190,6 +198,7 @@ impl RolloutState {
         self.state = State::Completed;
         self.ppm = BUCKETS;
         self.schedule = None;
+        self.completed_before = false;
     }
 
     /// A new rollout: new salt, running, at `ppm` or else at the file plan's start. Without an
@@ -198,6 +207,7 @@ impl RolloutState {
         self.id = id.unwrap_or_else(|| self.plan.id.clone());
         self.state = State::Running;
         self.schedule = None;
+        self.completed_before = false;
         self.ppm = 0;
         match ppm {
             Some(ppm) => {
@@ -395,5 +405,34 @@ mod tests {
         assert_eq!(s.set(5), Err(Refusal::Completed));
         assert_eq!(s.halt(t0), Err(Refusal::CannotHalt(State::Completed)));
         assert_eq!(s.resume(t0), Err(Refusal::Completed));
+    }
+
+    #[test]
+    fn resume_after_rolling_back_a_completed_rollout_completes_it_again() {
+        let t0 = Instant::now();
+        let mut s = RolloutState::fresh(plan("r", Plan::Percent(50_000)), t0, Source::Startup);
+        s.promote();
+        s.rollback(t0);
+        s.resume(t0).expect("resume");
+        assert_eq!((s.state, s.ppm), (State::Completed, 1_000_000));
+        // From a running 100% it stays running, as before the rollback.
+        s.start(None, Some(1_000_000), t0);
+        s.rollback(t0);
+        s.resume(t0).expect("resume");
+        assert_eq!((s.state, s.ppm), (State::Running, 1_000_000));
+        // A plan the file gave while rolled back applies instead.
+        s.promote();
+        s.rollback(t0);
+        assert_eq!(
+            s.file_plan(plan("r", Plan::Percent(20_000)), t0),
+            FileEffect::Pending
+        );
+        s.resume(t0).expect("resume");
+        assert_eq!((s.state, s.ppm), (State::Running, 20_000));
+        // Halted and rolled back: resume runs it at its percent.
+        s.halt(t0).expect("halt");
+        s.rollback(t0);
+        s.resume(t0).expect("resume");
+        assert_eq!((s.state, s.ppm), (State::Running, 20_000));
     }
 }

@@ -80,6 +80,10 @@ struct FileV2 {
     /// `changed_at_unix_ms`, which a generation never falls behind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generation: Option<u64>,
+    /// New in version 2: rolled back from completed (`resume` completes it again). Absent
+    /// (false, or written by an older ramp): `resume` runs it at its percent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    completed_before: bool,
     /// In a fleet's local cache only: a halt or rollback applied at this instance while etcd did
     /// not answer, not written to the fleet yet (`halt` or `rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +216,7 @@ fn encode_file(
         changed_at_unix_ms: unix_ms(s.changed_at),
         changed_by: s.changed_by.clone(),
         generation: Some(s.generation),
+        completed_before: s.completed_before && s.state == State::RolledBack,
         fleet_pending: pending.map(|(what, _)| what.to_owned()),
         fleet_pending_by: pending.map(|(_, by)| by.clone()),
     };
@@ -351,6 +356,7 @@ fn decode(
         },
         plan_pending: f.plan_pending,
         pending_rollout: f.pending_rollout && f.plan_pending,
+        completed_before: f.completed_before && f.state == State::RolledBack,
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
         generation,
@@ -621,6 +627,13 @@ mod tests {
             back.schedule.map(|x| x.timing),
             Some(Timing::Paused(Duration::from_secs(480)))
         );
+        // A completed rollout rolled back still completes on `resume` after a restart.
+        s.promote();
+        s.rollback(now);
+        let text = encode(&s, now, wall).expect("encode");
+        let mut back = decode(&text, Path::new("t"), now, wall).expect("decode");
+        back.resume(now).expect("resume");
+        assert_eq!((back.state, back.ppm), (State::Completed, 1_000_000));
     }
 
     #[test]
