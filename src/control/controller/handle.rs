@@ -1,0 +1,87 @@
+//! How the rest of ramp reaches the controller: a command in, its reply back; a reload's file is
+//! read and parsed on the caller's side.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, Config};
+use crate::control::command::{Command, Source};
+use crate::control::reply::{ControlError, Reply};
+
+pub(super) struct Request {
+    pub(super) command: Command,
+    pub(super) source: Source,
+    pub(super) reply: oneshot::Sender<Reply>,
+}
+
+/// How the rest of ramp talks to the controller.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(super) tx: mpsc::Sender<Request>,
+    /// The config file, read and parsed here (on a blocking thread) for a reload, so that the
+    /// controller takes a halt or rollback while a large file is parsed.
+    pub(super) config_path: Arc<std::path::Path>,
+    /// Reads of the config file so far: a parse that finishes after a later read's is not
+    /// applied over it.
+    pub(super) reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Sends a command and waits for its outcome: by then the change is live and persisted.
+    pub async fn send(&self, command: Command, source: Source) -> Reply {
+        let command = match command {
+            Command::Reload => self.parse(None).await?,
+            Command::FileChanged(text) => self.parse(Some(text)).await?,
+            other => other,
+        };
+        let (reply, rx) = oneshot::channel();
+        let req = Request {
+            command,
+            source,
+            reply,
+        };
+        if self.tx.send(req).await.is_err() {
+            return Err(ControlError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(ControlError::ShuttingDown))
+    }
+
+    /// Reads the config file (or takes the `text` the watcher read of it) and parses it.
+    async fn parse(&self, text: Option<Vec<u8>>) -> Result<Command, ControlError> {
+        let path = Arc::clone(&self.config_path);
+        let reads = Arc::clone(&self.reads);
+        tokio::task::spawn_blocking(move || {
+            let text = text.map_or_else(|| config::read(&path), Ok);
+            // Numbered once the text is in hand: a later number means a later read.
+            let seq = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let loaded = text.and_then(|text| config::parse_bytes(&text, &path));
+            Command::Parsed(Arc::new(Parsed { seq, loaded }))
+        })
+        .await
+        .map_err(|e| ControlError::ReloadTask(e.to_string()))
+    }
+}
+
+/// A config file read and parsed for a reload, numbered in the order of the reads.
+#[derive(Debug)]
+pub struct Parsed {
+    pub(super) seq: u64,
+    pub(super) loaded: Result<Config, config::ConfigError>,
+}
+
+impl PartialEq for Parsed {
+    fn eq(&self, other: &Parsed) -> bool {
+        self.seq == other.seq
+    }
+}
+
+impl Eq for Parsed {}

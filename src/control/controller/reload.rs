@@ -1,0 +1,159 @@
+//! A reload: the config file a [`Handle`](super::Handle) read and parsed, put in force.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::control::command::Source;
+use crate::control::reply::{ControlError, Outcome, Reply};
+use crate::control::status::Notes;
+use crate::tls::TlsConfigs;
+
+use super::commit::{Durability, NewConfig};
+use super::{Controller, Parsed};
+
+impl Controller {
+    /// Puts the config file a [`Handle`] read and parsed in force.
+    pub(super) async fn reload(&mut self, parsed: Parsed, trigger: Source) -> Reply {
+        if parsed.seq < self.reloaded_seq {
+            // A later read of the file was applied already (or refused) while this one parsed:
+            // its outcome is this one's.
+            return Err(ControlError::ReloadTask(
+                match &self.notes.last_reload_error {
+                    Some(e) => {
+                        format!("a later read of the file was judged first, and refused: {e}")
+                    }
+                    None => {
+                        "a later read of the file was judged first, and is in force (see status)"
+                            .into()
+                    }
+                },
+            ));
+        }
+        self.reloaded_seq = parsed.seq;
+        let failed = &self.reloads[1];
+        let rejected = |notes: &mut Notes, e: ControlError| {
+            failed.increment(1);
+            tracing::error!(trigger = trigger.kind(), error = %e, "reload rejected: the running config stays");
+            notes.last_reload_error = Some(e.to_string());
+            Err(e)
+        };
+        let mut new = match parsed.loaded {
+            Ok(c) => c,
+            Err(e) => return rejected(&mut self.notes, e.into()),
+        };
+        // Every file the new config names must be usable, those of parts that wait for a restart
+        // too (a new TLS section, a fleet's password): a config a restart could not start from
+        // is refused now, not at the restart.
+        if let Err(e) = Controller::preflight(&new) {
+            return rejected(&mut self.notes, ControlError::Unstartable(e.to_string()));
+        }
+        // A state file moved to another path: the state in force goes there now, so that the
+        // restart the edit is made for finds it (a restart would otherwise begin the config's
+        // plan afresh, undoing a halt or rollback).
+        let moved_to = match (&self.config.state_file, &new.state_file) {
+            (Some(from), Some(to)) if from != to => Some(to.clone()),
+            _ => None,
+        };
+        let moved = match &moved_to {
+            Some(to) => match self.store.move_file(to, &self.rollout).await {
+                Ok(moved) => moved,
+                Err(e) => {
+                    let e = ControlError::StateNotMoved {
+                        to: to.display().to_string(),
+                        error: e.to_string(),
+                    };
+                    return rejected(&mut self.notes, e);
+                }
+            },
+            None => false,
+        };
+        let mut restart_required = keep_restart_only(&self.config, &mut new);
+        if moved {
+            restart_required.retain(|&part| part != "state");
+            new.state_file = moved_to;
+            self.notes.state_file = new.state_file.as_ref().map(|p| p.display().to_string());
+        }
+        let tls = match TlsConfigs::load(&new, &self.tls) {
+            Ok(t) => t,
+            Err(e) => return rejected(&mut self.notes, e.into()),
+        };
+        self.notes.last_reload_error = None;
+        self.notes.restart_required = restart_required;
+        if !self.notes.restart_required.is_empty() {
+            tracing::warn!(fields = ?self.notes.restart_required, "these changes need a restart; everything else was applied");
+        }
+        let mut next = self.rollout.clone();
+        let effect = next.file_plan(new.rollout.clone(), Instant::now());
+        let differs = new != *self.config || tls.differs(&self.tls);
+        let new = NewConfig {
+            config: Arc::new(new),
+            tls,
+            differs,
+        };
+        let committed = self
+            .change(
+                next,
+                Some(new),
+                Source::File,
+                "reload",
+                Durability::Required,
+            )
+            .await;
+        self.reloads[usize::from(committed.is_err())].increment(1);
+        if let Err(e) = &committed {
+            // The config is in force or not as the error says; either way, say it in status.
+            self.notes.last_reload_error = Some(e.to_string());
+        }
+        committed?;
+        // The state file's path may lead somewhere new (a `current` link switched between
+        // release directories): the state is written there too.
+        if self.ours().is_ok() {
+            self.store.rewrite(&self.rollout).await;
+        }
+        if differs {
+            tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
+        }
+        Ok(Outcome::Reloaded {
+            effect,
+            status: self.status(),
+        })
+    }
+}
+
+/// Settings that only take effect at start-up: keeps the running values in `new` and names the
+/// ones the file changed.
+fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if new.listen != running.listen {
+        changed.push("listen");
+        new.listen = running.listen;
+    }
+    if new.workers != running.workers {
+        changed.push("workers");
+        new.workers = running.workers;
+    }
+    if new.admin != running.admin {
+        changed.push("admin");
+        new.admin = running.admin.clone();
+    }
+    if new.state_file != running.state_file {
+        changed.push("state");
+        new.state_file = running.state_file.clone();
+    }
+    // Certificates rotate on reload; turning TLS on or off changes the listener.
+    if new.tls.is_some() != running.tls.is_some() {
+        changed.push("tls");
+        new.tls = running.tls.clone();
+    }
+    if new.limits != running.limits {
+        changed.push("limits");
+        new.limits = running.limits;
+    }
+    if new.metrics != running.metrics {
+        changed.push("metrics");
+        new.metrics = running.metrics.clone();
+    }
+    changed
+}
