@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{CanaryUnavailable, Config};
 use crate::routing::{PerPool, Rollout, Routing, StickyRules};
 use crate::tls::TlsConfigs;
 use crate::upstream::{Connector, Hide, Pool, Registry};
@@ -45,11 +45,19 @@ impl Snapshot {
             s.cookie_secure,
             s.cookie_domain.as_deref(),
         );
+        let stable = registry.get_all(&config.pools.stable);
+        let canary = registry.get_all(&config.pools.canary);
+        // A canary that falls back to stable may lose its last upstream to ejection: its users
+        // are served by stable meanwhile — unless that upstream serves stable too.
+        let canary_may_empty = config.canary_unavailable == CanaryUnavailable::Fallback
+            && !canary
+                .iter()
+                .any(|c| stable.iter().any(|s| Arc::ptr_eq(c, s)));
         Snapshot {
             routing: Routing { rollout, sticky },
             pools: PerPool {
-                stable: Pool::new(registry.get_all(&config.pools.stable)),
-                canary: Pool::new(registry.get_all(&config.pools.canary)),
+                stable: Pool::new(stable, false),
+                canary: Pool::new(canary, canary_may_empty),
             },
             hide: Hide {
                 fields: config.hide_response_headers.clone().into(),

@@ -227,6 +227,42 @@ async fn an_application_s_errors_never_eject_the_only_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_s_only_upstream_is_ejected_when_its_users_can_fall_back() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    canary.set_unhealthy(true);
+    let extra = "passive_health: {eject_after: 3, backoff: 1m}\n";
+    let pools = ([stable.addr.to_string()], [canary.addr.to_string()]);
+    // Everyone on the canary, which answers 503: after three, its users are served by stable.
+    let proxy = Proxy::start(&yaml(&pools.0, &pools.1, "100", extra));
+    let got = bodies(&proxy, 30, "/").await;
+    let errors = got.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        (3..=4).contains(&errors),
+        "{errors} failed answers before the canary's ejection: {got:?}"
+    );
+    assert!(
+        got[errors..]
+            .iter()
+            .all(|(s, b)| *s == 200 && b == "stable"),
+        "{got:?}"
+    );
+    let line = proxy.wait_log("upstream ejected");
+    assert!(line.contains("\"canary\""), "{line}");
+    // Without a fallback, ejecting it would turn its errors into an outage: it stays in.
+    let extra = format!("{extra}canary_unavailable: error\n");
+    let proxy = Proxy::start(&yaml(&pools.0, &pools.1, "100", &extra));
+    let got = bodies(&proxy, 12, "/").await;
+    assert!(
+        got.iter().all(|(s, b)| *s == 503 && b != "stable"),
+        "{got:?}"
+    );
+    assert!(!proxy.logs().iter().any(|l| l.contains("upstream ejected")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_most_of_a_pool_is_ejected_requests_go_to_all_of_it() {
     let (a, b, c) = (
         Backend::start("a").await,

@@ -16,6 +16,9 @@ use super::{Upstream, UpstreamBody, health};
 pub struct Pool {
     upstreams: Box<[Arc<Upstream>]>,
     next: AtomicUsize,
+    /// Its users have another pool to go to when none of its upstreams is healthy (the canary,
+    /// with `canary_unavailable: fallback`): its last healthy upstream may be ejected too.
+    may_empty: bool,
 }
 
 /// What one exchange says about its upstream.
@@ -49,10 +52,11 @@ impl Outcome {
 }
 
 impl Pool {
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
+    pub fn new(upstreams: Vec<Arc<Upstream>>, may_empty: bool) -> Self {
         Pool {
             upstreams: upstreams.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            may_empty,
         }
     }
 
@@ -104,7 +108,8 @@ impl Pool {
 
     /// Feeds `outcome` of an exchange with `up` into its passive health. An upstream that answers
     /// (even badly) is never ejected when it is the last healthy one of the pool: ejecting it
-    /// would turn one bad endpoint into an outage. An unreachable one may be.
+    /// would turn one bad endpoint into an outage. An unreachable one may be, and so may any of a
+    /// pool whose users have somewhere else to go (a canary that falls back to stable).
     pub fn record(&self, up: &Upstream, outcome: Outcome, passive: &PassiveHealth, pool: PoolName) {
         let failed = match outcome {
             Outcome::Answered(status) => passive.failure_statuses.contains(status),
@@ -115,7 +120,8 @@ impl Pool {
             up.health.success();
             return;
         }
-        let may_eject = outcome == Outcome::Unreachable || self.others_available(up);
+        let may_eject =
+            outcome == Outcome::Unreachable || self.may_empty || self.others_available(up);
         if let Some(t) = up.health.failure(passive, may_eject) {
             health::log(&up.addr, pool, t);
         }
