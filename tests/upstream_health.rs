@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{Backend, Client, Proxy};
+use support::{Backend, Client, Proxy, replace_file};
 
 fn dead_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -260,6 +260,79 @@ async fn a_failing_canary_s_only_upstream_is_ejected_when_its_users_can_fall_bac
         "{got:?}"
     );
     assert!(!proxy.logs().iter().any(|l| l.contains("upstream ejected")));
+}
+
+fn count_logs(proxy: &Proxy, needle: &str) -> usize {
+    proxy.logs().iter().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_or_removes_the_active_checks_takes_effect_at_once() {
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    canary.set_unhealthy(true);
+    let checks = |interval: &str| {
+        format!(
+            "health: {{path: /healthz, interval: {interval}, timeout: 500ms, unhealthy_after: 1, healthy_after: 1}}\n"
+        )
+    };
+    let pools = ([stable.addr.to_string()], [canary.addr.to_string()]);
+    let proxy = Proxy::start(&yaml(&pools.0, &pools.1, "100", &checks("1h")));
+    proxy.wait_log("upstream failed its health checks");
+    let got = bodies(&proxy, 4, "/").await;
+    assert!(got.iter().all(|(_, b)| b == "stable"), "{got:?}");
+    // Fixed, and checked every 100 ms from now on: back without waiting out the hour.
+    canary.set_unhealthy(false);
+    replace_file(
+        &proxy.config_path,
+        &yaml(&pools.0, &pools.1, "100", &checks("100ms")),
+    );
+    proxy.wait_log("upstream passed its health checks");
+    // Down again; then the checks are taken out of the file: nothing would ever probe it back,
+    // so it is up again (passive health still watches it).
+    canary.set_unhealthy(true);
+    support::eventually("down again", || {
+        count_logs(&proxy, "upstream failed its health checks") == 2
+    })
+    .await;
+    replace_file(&proxy.config_path, &yaml(&pools.0, &pools.1, "100", ""));
+    proxy.wait_log("upstream back in: active health checks are off now");
+    canary.set_unhealthy(false);
+    let got = bodies(&proxy, 4, "/").await;
+    assert!(got.iter().all(|(_, b)| b == "canary"), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_no_healthy_upstream_spreads_its_requests_over_all_of_them() {
+    let (a, b, canary) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("canary").await,
+    );
+    a.set_unhealthy(true);
+    b.set_unhealthy(true);
+    let extra = "health: {path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 1}\n";
+    let proxy = Proxy::start(&yaml(
+        &[a.addr.to_string(), b.addr.to_string()],
+        &[canary.addr.to_string()],
+        "0",
+        extra,
+    ));
+    support::eventually("both down", || {
+        count_logs(&proxy, "upstream failed its health checks") == 2
+    })
+    .await;
+    let got = bodies(&proxy, 20, "/").await;
+    assert!(got.iter().all(|(s, _)| *s == 503), "{got:?}");
+    let served = |x: &Backend| x.seen().iter().filter(|s| s.uri == "/").count();
+    assert!(
+        served(&a) >= 5 && served(&b) >= 5,
+        "a got {}, b got {}",
+        served(&a),
+        served(&b)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ const PASSIVE_TICK: Duration = Duration::from_millis(250);
 /// Runs forever, reading the current snapshot on every round.
 pub async fn run(current: Arc<Current>) {
     loop {
+        // Subscribed before the snapshot is read: a publish from here on is seen below.
+        let mut published = current.watch();
         let snap = current.load();
         let active = snap.config.health.clone();
         let passive = snap.config.passive_health;
@@ -25,6 +27,11 @@ pub async fn run(current: Arc<Current>) {
         for (pool, list) in snap.pools.iter() {
             for up in list.upstreams() {
                 up.sweep_idle(&snap.connector.settings);
+                if active.is_none()
+                    && let Some(t) = up.health.unchecked()
+                {
+                    health::log(&up.addr, pool, t);
+                }
                 if !up.health.wants_probe(now, active.is_some()) {
                     continue;
                 }
@@ -53,6 +60,19 @@ pub async fn run(current: Arc<Current>) {
         let tick = active.as_ref().map_or(PASSIVE_TICK, |a| a.interval);
         drop(snap);
         while probes.join_next().await.is_some() {}
-        tokio::time::sleep(tick).await;
+        // The next round at the interval, or at once when a reload changed the checks (a
+        // shorter interval, a fixed path, checks turned off): not after the old interval.
+        let next = tokio::time::sleep(tick);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                () = &mut next => break,
+                changed = published.changed() => {
+                    if changed.is_err() || current.load().config.health != active {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

@@ -48,6 +48,8 @@ pub enum Transition {
     Reinstated,
     Down,
     Up,
+    /// Back in because active checks were turned off.
+    Unchecked,
 }
 
 impl Health {
@@ -93,6 +95,23 @@ impl Health {
     pub fn wants_probe(&self, now: Instant, active: bool) -> bool {
         let inner = self.inner();
         active || (inner.ejected && inner.until.is_none_or(|u| u <= now))
+    }
+
+    /// Active checks are off (a reload removed them): an upstream they had marked down is up
+    /// again, as nothing would ever probe it back.
+    pub fn unchecked(&self) -> Option<Transition> {
+        if self.is_available() {
+            return None;
+        }
+        let mut inner = self.inner();
+        inner.probe_failures = 0;
+        inner.probe_successes = 0;
+        if !inner.down {
+            return None;
+        }
+        inner.down = false;
+        self.refresh(&inner);
+        Some(Transition::Unchecked)
     }
 
     /// A probe's result.
@@ -155,6 +174,11 @@ pub fn log(addr: &UpstreamAddr, pool: PoolName, t: Transition) {
         }
         Transition::Down => tracing::warn!(upstream, pool, "upstream failed its health checks"),
         Transition::Up => tracing::info!(upstream, pool, "upstream passed its health checks"),
+        Transition::Unchecked => tracing::info!(
+            upstream,
+            pool,
+            "upstream back in: active health checks are off now"
+        ),
     }
 }
 

@@ -70,19 +70,20 @@ impl Pool {
     #[inline]
     pub fn pick(&self, panic_threshold: u32) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
-        let start = match n {
-            0 => return None,
-            1 => 0,
-            _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
-        };
         let healthy = self
             .upstreams
             .iter()
             .filter(|u| u.health.is_available())
             .count();
+        // Nothing taken from the turn when none is healthy: [`Pool::any`] takes it then (two
+        // steps a request would skip every other upstream).
         if healthy == 0 {
             return None;
         }
+        let start = match n {
+            1 => 0,
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
         if healthy * 100 < n * panic_threshold as usize {
             return Some(&self.upstreams[start]);
         }
