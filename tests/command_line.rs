@@ -217,3 +217,25 @@ fn ctl_options_typed_after_the_command_are_named_not_sent() {
         assert!(!err.contains("cannot connect"), "it tried to send: {err}");
     }
 }
+
+#[test]
+fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
+    let socket = ["ctl", "--socket", "/nonexistent/ramp.sock"];
+    for (words, says) in [
+        // Sent, it would start a rollout named `--help`: a new group of users on the canary.
+        (&["start", "--help"][..], "looks like an option"),
+        (&["start", "r2", "-h"][..], "looks like an option"),
+        (&["--jsn", "status"][..], "is not an option of ramp ctl"),
+        (&["bucket", "user-1", "user-2"][..], "takes one user id"),
+    ] {
+        let args: Vec<&str> = socket.iter().chain(words).copied().collect();
+        let (code, _, err) = ramp(&args);
+        assert_eq!(code, 1, "{words:?}: {err}");
+        assert!(err.contains(says), "{words:?}: {err}");
+        assert!(!err.contains("cannot connect"), "it tried to send: {err}");
+    }
+    // A negative number is ramp's to refuse, with its reason.
+    let (code, _, err) = ramp(&["ctl", "--socket", "/nonexistent/ramp.sock", "set", "-5"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}

@@ -20,6 +20,10 @@ pub enum ClientError {
         "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path? A ramp that is shutting down removes its socket at once, while it drains)"
     )]
     Connect { path: String, error: std::io::Error },
+    #[error(
+        "cannot connect to {path}: permission denied: the socket's mode and group (admin.mode, admin.group) do not let this user (uid {uid}) in, whatever admin.allowed_uids says"
+    )]
+    Denied { path: String, uid: u32 },
     #[error("{path} is {what}, not a socket: give the admin socket's path (admin.socket)")]
     NotASocket { path: String, what: &'static str },
     #[error("talking to {path}: {error}")]
@@ -32,6 +36,18 @@ pub enum ClientError {
         "{0} comes after the command, where it would be sent as a word of it: put it before the command (ramp ctl {0} ... COMMAND)"
     )]
     LateOption(String),
+    #[error(
+        "{0} is not an option of ramp ctl (it takes --socket, --config, --json and --timeout, before the command; `ramp ctl --help` says more)"
+    )]
+    UnknownOption(String),
+    #[error(
+        "{0} after the command looks like an option, and would be sent as a word of the command (a rollout id beginning with - is taken for one too): nothing was sent; `ramp ctl --help` says what the commands take"
+    )]
+    OptionWord(String),
+    #[error(
+        "bucket takes one user id, and was given {0}: ask for each in turn, or use `ramp bucket --rollout ID USER_ID...`, which takes several"
+    )]
+    BucketIds(usize),
     #[error("ramp closed the connection without replying")]
     NoReply,
     #[error(
@@ -79,6 +95,25 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
     }) {
         return Err(ClientError::LateOption(option));
     }
+    // `ramp ctl start --help`, `ramp ctl --jsn status`: taken as words they would start a
+    // rollout named `--help`, or be an unknown command. A negative number (`set -5`) is left
+    // to ramp, which says why it is refused.
+    let option_like = |w: &str| {
+        w.strip_prefix('-')
+            .is_some_and(|rest| rest.starts_with(|c: char| c == '-' || c.is_ascii_alphabetic()))
+    };
+    match words {
+        [first, ..] if option_like(first) => {
+            return Err(ClientError::UnknownOption(first.clone()));
+        }
+        [_, rest @ ..] if let Some(w) = rest.iter().find(|w| option_like(w)) => {
+            return Err(ClientError::OptionWord(w.clone()));
+        }
+        [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
+            return Err(ClientError::BucketIds(ids.len()));
+        }
+        _ => {}
+    }
     Ok(words.join(" "))
 }
 
@@ -94,6 +129,10 @@ pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, Clie
             Ok(t) if !t.is_socket() => ClientError::NotASocket {
                 path: path.clone(),
                 what: if t.is_dir() { "a directory" } else { "a file" },
+            },
+            _ if error.kind() == std::io::ErrorKind::PermissionDenied => ClientError::Denied {
+                path: path.clone(),
+                uid: nix::unistd::getuid().as_raw(),
             },
             _ => ClientError::Connect {
                 path: path.clone(),
