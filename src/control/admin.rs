@@ -64,15 +64,42 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
             } else {
                 tracing::info!(path = %shown, "replacing a stale admin socket");
             }
-            std::fs::remove_file(path).map_err(io)?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(admin.mode)).map_err(io)?;
-    if let Some(gid) = admin.group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+    // Made beside the path under a name of its own, given its mode and group, and only then
+    // renamed over the path (atomically): a restart that fails here (a group ramp's user may
+    // not give the socket) leaves the running ramp its socket. A path too long for the name
+    // beside it is replaced in place.
+    let beside = path.with_file_name(format!(".ramp-{}.sock", std::process::id()));
+    let at = if beside.as_os_str().len() <= 107 {
+        beside.as_path()
+    } else {
+        path.as_path()
+    };
+    match std::fs::remove_file(at) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(at).map_err(io)?;
+    let prepared = std::fs::set_permissions(at, std::fs::Permissions::from_mode(admin.mode))
+        .and_then(|()| match admin.group {
+            Some(gid) => std::os::unix::fs::chown(at, None, Some(gid)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot give the socket to group {gid} (admin.group): {e}"),
+                )
+            }),
+            None => Ok(()),
+        })
+        .and_then(|()| match at == path.as_path() {
+            true => Ok(()),
+            false => std::fs::rename(at, path),
+        });
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(at);
+        return Err(io(e));
     }
     let meta = std::fs::metadata(path).map_err(io)?;
     let owned = Owned {

@@ -104,6 +104,14 @@ impl Controller {
                 )));
             }
             places(&admin.socket, "admin.socket", true)?;
+            if let Some(gid) = admin.group
+                && !may_give_group(gid)
+            {
+                return Err(StartError::Path(format!(
+                    "admin.group: ramp's user (uid {}) is not in group {gid}, and may not give the socket to it: run ramp as a member of it, or leave admin.group out",
+                    nix::unistd::geteuid()
+                )));
+            }
         }
         Ok(())
     }
@@ -217,4 +225,13 @@ impl Controller {
         };
         Ok((c, current, handle))
     }
+}
+
+/// Whether ramp's user may give a file of its own to group `gid`: root may; anyone else only to a
+/// group they are in.
+fn may_give_group(gid: u32) -> bool {
+    let gid = nix::unistd::Gid::from_raw(gid);
+    nix::unistd::geteuid().is_root()
+        || nix::unistd::getegid() == gid
+        || nix::unistd::getgroups().is_ok_and(|groups| groups.contains(&gid))
 }
