@@ -102,10 +102,6 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         .map(|a| admin::bind(a, options.takeover))
         .transpose()?;
     let (limits, tls_on) = (config.limits, config.tls.is_some());
-    let mut watched = Vec::new();
-    if let Some(t) = &config.tls {
-        watched.extend([t.cert.clone(), t.key.clone()]);
-    }
 
     let analysis = Arc::new(Analysis::new());
     // A restart takes the state file's handover lock to read it: a change the old process was
@@ -125,8 +121,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     if let Some((etcd, key)) = controller.fleet() {
         tokio::spawn(crate::control::watch_fleet(etcd, key, handle.clone()));
     }
-    let files: Vec<&std::path::Path> = watched.iter().map(PathBuf::as_path).collect();
-    let _watcher = watcher::watch(&config_path, &files, handle.clone())?;
+    let _watcher = watcher::watch(&config_path, Arc::clone(&current), handle.clone())?;
     watcher::on_sighup(handle.clone(), hup);
     let admin_task = match (admin_bound, admin_config.clone()) {
         (Some((listener, owned)), Some(admin)) => {

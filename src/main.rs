@@ -109,7 +109,7 @@ enum LogFormat {
 
 /// `RUST_LOG` when set; otherwise info, but only errors from rustls: its warnings describe what
 /// a client sent (an IP address as SNI, say), one line per connection for any client to trigger.
-const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error,notify=error";
 
 /// Log lines waiting for stderr before more are dropped (about 2 MB of lines).
 const LOG_LINES_WAITING: usize = 10_000;

@@ -187,6 +187,49 @@ async fn a_rotated_certificate_is_used_for_new_connections_while_old_ones_keep_w
     assert_eq!(peer_cert(&tls), new_der);
 }
 
+/// The certificate `proxy` gives a new connection, once it is `want` (waits up to 10 s).
+async fn serves(proxy: &Proxy, roots: &[&Cert], want: &Cert) -> bool {
+    let want = CertificateDer::from_pem_slice(want.cert.as_bytes())
+        .expect("der")
+        .to_vec();
+    for _ in 0..100 {
+        if let Ok(tls) = dial(proxy, roots, b"http/1.1").await
+            && peer_cert(&tls) == want
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_moved_by_a_reload_are_watched_where_they_are_now() {
+    let (first, moved, renewed) = (cert(), cert(), cert());
+    let (_b, proxy) = start(&first).await;
+    let roots = [&first, &moved, &renewed];
+    // The config now names files in another directory.
+    let dir = proxy.dir.path();
+    std::fs::create_dir(dir.join("tls2")).expect("dir");
+    std::fs::write(dir.join("tls2/cert.pem"), &moved.cert).expect("cert");
+    std::fs::write(dir.join("tls2/key.pem"), &moved.key).expect("key");
+    let yaml = std::fs::read_to_string(&proxy.config_path).expect("config");
+    support::replace_file(
+        &proxy.config_path,
+        &yaml
+            .replace("cert: cert.pem", "cert: tls2/cert.pem")
+            .replace("key: key.pem", "key: tls2/key.pem"),
+    );
+    assert!(serves(&proxy, &roots, &moved).await, "the moved pair");
+    // Renewed there: new connections get it, with no edit of the config.
+    support::replace_file(&dir.join("tls2/key.pem"), &renewed.key);
+    support::replace_file(&dir.join("tls2/cert.pem"), &renewed.cert);
+    assert!(
+        serves(&proxy, &roots, &renewed).await,
+        "a renewal where the reload moved the files was never seen"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstreams_are_verified_against_the_configured_ca() {
     let c = cert();

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::command::{Command, Source};
 use super::controller::Handle;
+use crate::snapshot::Current;
 
 /// Quiet time after the last change before reloading (editors write in several steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -64,17 +65,29 @@ impl Targets {
 /// The notify watcher, kept alive while it is held; dropping it stops watching.
 pub type Watching = Arc<std::sync::Mutex<RecommendedWatcher>>;
 
-/// Watches the directories that can change what `files` (the config, TLS certificate and key)
-/// read (see [`Targets::of`]), again after every change, since a switched link leads elsewhere.
+/// The files whose changes reload: the config file, and the TLS certificate and key the config in
+/// force names (a reload may name others).
+fn files(config: &Path, current: &Current) -> Vec<PathBuf> {
+    let snap = current.load();
+    std::iter::once(config.to_path_buf())
+        .chain(
+            snap.config
+                .tls
+                .iter()
+                .flat_map(|t| [t.cert.clone(), t.key.clone()]),
+        )
+        .collect()
+}
+
+/// Watches the directories that can change what the config file and the TLS certificate and key
+/// read (see [`Targets::of`]), again after every change and every reload, since a switched link
+/// leads elsewhere and a reload may name other files.
 ///
 /// A change is applied only once the config file's content is stable: the same bytes read twice,
 /// a quiet period apart. A slow in-place rewrite is never applied half-written.
-pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<Watching> {
+pub fn watch(config: &Path, current: Arc<Current>, handle: Handle) -> notify::Result<Watching> {
     let config = config.to_path_buf();
-    let files: Vec<PathBuf> = std::iter::once(config.clone())
-        .chain(files.iter().map(|f| f.to_path_buf()))
-        .collect();
-    let targets = Targets::of(&files);
+    let targets = Targets::of(&files(&config, &current));
     let names = Arc::new(std::sync::Mutex::new(targets.names.clone()));
     let changed = Arc::new(Notify::new());
     let signal = Arc::clone(&changed);
@@ -123,23 +136,12 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<W
                 .is_ok()
             {}
             // A switched link leads to directories not watched yet.
-            let now = Targets::of(&files);
-            for dir in now.dirs {
-                if !dirs.iter().any(|(d, _)| *d == dir)
-                    && lock(&more).watch(&dir, RecursiveMode::NonRecursive).is_ok()
-                {
-                    let id = identity(&dir);
-                    dirs.push((dir, id));
-                }
-            }
-            {
-                let mut known = names.lock().unwrap_or_else(|e| e.into_inner());
-                for n in now.names {
-                    if !known.contains(&n) {
-                        known.push(n);
-                    }
-                }
-            }
+            follow(
+                &more,
+                &mut dirs,
+                &names,
+                Targets::of(&files(&config, &current)),
+            );
             let command = match settled(&config).await {
                 Some(Ok(text)) => Command::FileChanged(text),
                 // Unreadable (gone, not a regular file): the controller reads it and says why.
@@ -151,9 +153,43 @@ pub fn watch(config: &Path, files: &[&Path], handle: Handle) -> notify::Result<W
             };
             // The controller logs a rejected reload and shows it in status.
             let _ = handle.send(command, Source::File).await;
+            // The config in force may name other TLS files now: their directories are watched
+            // from here on.
+            follow(
+                &more,
+                &mut dirs,
+                &names,
+                Targets::of(&files(&config, &current)),
+            );
         }
     });
     Ok(watching)
+}
+
+/// Watches what `now` names and no longer what it does not (a release directory left behind,
+/// a Kubernetes `..data` target replaced, a certificate's old directory).
+fn follow(
+    w: &Watching,
+    dirs: &mut Vec<(PathBuf, Identity)>,
+    names: &std::sync::Mutex<Vec<OsString>>,
+    now: Targets,
+) {
+    dirs.retain(|(d, _)| {
+        let kept = now.dirs.contains(d);
+        if !kept {
+            let _ = lock(w).unwatch(d);
+        }
+        kept
+    });
+    for dir in now.dirs {
+        if !dirs.iter().any(|(d, _)| *d == dir)
+            && lock(w).watch(&dir, RecursiveMode::NonRecursive).is_ok()
+        {
+            let id = identity(&dir);
+            dirs.push((dir, id));
+        }
+    }
+    *names.lock().unwrap_or_else(|e| e.into_inner()) = now.names;
 }
 
 /// How often the watched directories are looked at: one removed and made again (`rm -rf conf;
