@@ -235,6 +235,15 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
     std::fs::write(&proxy.config_path, moved).expect("write");
     let r = proxy.admin("reload");
     assert_eq!(r["restart_required"], serde_json::json!(["listen"]), "{r}");
+    // The reply names what changed: the rollout is as it was, the pools are not.
+    assert_eq!(
+        (&r["reload"], &r["applied"]),
+        (
+            &serde_json::json!("unchanged"),
+            &serde_json::json!(["pools"])
+        ),
+        "{r}"
+    );
     assert!(
         bodies(&proxy, 6).await.iter().all(|b| b == "stable-2"),
         "the new pool serves"
@@ -247,6 +256,12 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
     let (code, out, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("restart     needed for: listen"), "{out}");
+    let (code, out, _) = proxy.ctl(&["reload"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("reload      the rollout as it was; no setting changed\n"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use crate::analysis::AnalysisView;
 use crate::analysis::view::Range;
 
 use super::reply::{self, BucketInfo, Decoded, ScheduleStatus, Status};
+use super::state::FileEffect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -404,7 +405,32 @@ pub fn human(reply: &Decoded) -> String {
         Decoded::Error(e) => format!("error: {e}"),
         Decoded::Bucket(b) => bucket(b),
         Decoded::Status {
-            status: s, changed, ..
-        } => status(s, *changed),
+            status: s,
+            changed,
+            reload,
+            applied,
+        } => match reload {
+            Some(effect) => format!(
+                "reload      {}; {}\n{}",
+                reload_effect(*effect),
+                match applied.as_deref() {
+                    Some([]) | None => "no setting changed".to_owned(),
+                    Some(names) => format!("changed: {}", names.join(", ")),
+                },
+                status(s, *changed)
+            ),
+            None => status(s, *changed),
+        },
+    }
+}
+
+/// What a reloaded file did to the rollout, in words.
+fn reload_effect(effect: FileEffect) -> &'static str {
+    match effect {
+        FileEffect::Unchanged => "the rollout as it was",
+        FileEffect::NewRollout => "a new rollout began (the file's new id)",
+        FileEffect::Applied => "the file's percent or steps apply",
+        FileEffect::Pending => "the file's percent or steps wait for `resume`",
+        FileEffect::Ignored => "the rollout is completed: the file's plan is recorded, not applied",
     }
 }

@@ -108,8 +108,12 @@ pub enum Outcome {
     Status(Status),
     /// A change command: whether anything changed, and where the rollout stands now.
     Applied { changed: bool, status: Status },
-    /// `reload`: what the file did to the rollout.
-    Reloaded { effect: FileEffect, status: Status },
+    /// `reload`: what the file did to the rollout, and the settings it changed.
+    Reloaded {
+        effect: FileEffect,
+        applied: Vec<String>,
+        status: Status,
+    },
     /// `bucket`.
     Bucket(BucketInfo),
 }
@@ -190,6 +194,9 @@ struct StatusLine {
     changed: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reload: Option<FileEffect>,
+    /// With `reload`: the settings it changed (the file's section names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    applied: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,18 +214,23 @@ struct ErrorLine {
 
 /// The reply as one JSON line (with its newline).
 pub fn encode(reply: &Reply) -> Vec<u8> {
-    let status = |status: &Status, changed, reload| {
+    let status = |status: &Status, changed, reload: Option<(FileEffect, &Vec<String>)>| {
         serde_json::to_vec(&StatusLine {
             ok: true,
             status: status.clone(),
             changed,
-            reload,
+            reload: reload.map(|r| r.0),
+            applied: reload.map(|r| r.1.clone()),
         })
     };
     let line = match reply {
         Ok(Outcome::Status(s)) => status(s, None, None),
         Ok(Outcome::Applied { changed, status: s }) => status(s, Some(*changed), None),
-        Ok(Outcome::Reloaded { effect, status: s }) => status(s, None, Some(*effect)),
+        Ok(Outcome::Reloaded {
+            effect,
+            applied,
+            status: s,
+        }) => status(s, None, Some((*effect, applied))),
         Ok(Outcome::Bucket(b)) => serde_json::to_vec(&BucketLine {
             ok: true,
             bucket: b.clone(),
@@ -247,6 +259,7 @@ pub enum Decoded {
         status: Box<Status>,
         changed: Option<bool>,
         reload: Option<FileEffect>,
+        applied: Option<Vec<String>>,
     },
     Bucket(BucketInfo),
     Error(String),
@@ -269,6 +282,7 @@ pub fn decode(line: &str, bucket: bool) -> Result<Decoded, serde_json::Error> {
                 status: Box::new(s.status),
                 changed: s.changed,
                 reload: s.reload,
+                applied: s.applied,
             }
         }
     })
@@ -354,16 +368,22 @@ mod tests {
     fn every_reply_reads_back_into_the_same_types() {
         let reload = Ok(Outcome::Reloaded {
             effect: FileEffect::NewRollout,
+            applied: vec!["pools".into(), "rollout".into()],
             status: status(),
         });
         let line = String::from_utf8_lossy(&encode(&reload)).into_owned();
         assert!(line.contains("\"reload\":\"new_rollout\""), "{line}");
+        assert!(
+            line.contains("\"applied\":[\"pools\",\"rollout\"]"),
+            "{line}"
+        );
         assert_eq!(
             decode(&line, false).expect("decode"),
             Decoded::Status {
                 status: Box::new(status()),
                 changed: None,
-                reload: Some(FileEffect::NewRollout)
+                reload: Some(FileEffect::NewRollout),
+                applied: Some(vec!["pools".into(), "rollout".into()]),
             }
         );
         let err = String::from_utf8_lossy(&encode(&Err(ControlError::ShuttingDown))).into_owned();

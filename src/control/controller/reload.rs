@@ -86,7 +86,11 @@ impl Controller {
         }
         let mut next = self.rollout.clone();
         let effect = next.file_plan(new.rollout.clone(), Instant::now());
-        let differs = new != *self.config || tls.differs(&self.tls);
+        let mut applied = applied(&self.config, &new);
+        if tls.differs(&self.tls) && !applied.contains(&"tls") {
+            applied.push("tls");
+        }
+        let differs = !applied.is_empty();
         let new = NewConfig {
             config: Arc::new(new),
             tls,
@@ -113,10 +117,11 @@ impl Controller {
             self.store.rewrite(&self.rollout).await;
         }
         if differs {
-            tracing::info!(trigger = trigger.kind(), effect = ?effect, "config reloaded");
+            tracing::info!(trigger = trigger.kind(), effect = ?effect, applied = ?applied, "config reloaded");
         }
         Ok(Outcome::Reloaded {
             effect,
+            applied: applied.into_iter().map(str::to_owned).collect(),
             status: self.status(),
         })
     }
@@ -154,6 +159,52 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.metrics != running.metrics {
         changed.push("metrics");
         new.metrics = running.metrics.clone();
+    }
+    changed
+}
+
+/// The settings a reload changes (the restart-only ones already put back), by their names in the
+/// file; the certificates' content is compared apart.
+fn applied(running: &Config, new: &Config) -> Vec<&'static str> {
+    let sections = [
+        (running.sticky != new.sticky, "sticky"),
+        (running.pools != new.pools, "pools"),
+        (running.rollout != new.rollout, "rollout"),
+        (
+            running.upstream != new.upstream || running.upstream_ca != new.upstream_ca,
+            "upstream",
+        ),
+        (
+            running.hide_response_headers != new.hide_response_headers,
+            "hide_response_headers",
+        ),
+        (running.tls != new.tls, "tls"),
+        (running.health != new.health, "health"),
+        (
+            running.passive_health != new.passive_health,
+            "passive_health",
+        ),
+        (
+            running.canary_unavailable != new.canary_unavailable,
+            "canary_unavailable",
+        ),
+        (
+            running.shutdown_grace != new.shutdown_grace,
+            "shutdown_grace",
+        ),
+        (
+            running.analysis != new.analysis || running.guard != new.guard,
+            "analysis",
+        ),
+        (running.fleet != new.fleet, "state"),
+    ];
+    let mut changed: Vec<_> = sections
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect();
+    // Anything else the comparison of the whole finds (a field added without a name here).
+    if changed.is_empty() && running != new {
+        changed.push("other settings");
     }
     changed
 }
