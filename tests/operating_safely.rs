@@ -369,6 +369,14 @@ async fn ctl_finds_the_socket_even_in_a_file_that_is_not_yaml_any_more() {
         good.replace("percent: 5", "percent: 5\n  percent: 6"),
         good.replace("id: y", "id: 'y"),
         format!("{good}\npools: [unclosed\n"),
+        // The admin section in flow style, and the file broken below it.
+        format!(
+            "{}\npools: [unclosed\n",
+            good.replace(
+                "admin:\n  socket: admin.sock\n",
+                "admin: {socket: admin.sock, mode: \"0600\"}\n"
+            )
+        ),
     ] {
         std::fs::write(&proxy.config_path, &broken).expect("write");
         let (code, out, err) = ramp(&["ctl", "--config", &path, "status"]);

@@ -393,9 +393,16 @@ fn scan_admin_socket(text: &str) -> Option<String> {
         let indented = line.starts_with([' ', '\t']);
         let trimmed = line.trim();
         if !indented {
-            in_admin = trimmed
-                .strip_prefix("admin:")
-                .is_some_and(|r| r.trim().is_empty());
+            let rest = trimmed.strip_prefix("admin:").map(str::trim);
+            // `admin: {socket: /run/ramp/admin.sock, mode: "0660"}`
+            if let Some(flow) = rest.and_then(|r| r.strip_prefix('{')) {
+                let value = flow
+                    .split([',', '}'])
+                    .find_map(|pair| pair.trim().strip_prefix("socket:"))
+                    .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\''));
+                return value.filter(|v| !v.is_empty()).map(str::to_owned);
+            }
+            in_admin = rest.is_some_and(str::is_empty);
             continue;
         }
         if in_admin && let Some(value) = trimmed.strip_prefix("socket:") {
