@@ -517,7 +517,7 @@ async fn a_goal_s_prometheus_counter_keeps_counting_across_an_edit_of_the_goals(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_halt_and_a_resume_within_a_second_start_a_fresh_comparison() {
+async fn a_halt_and_a_resume_or_a_start_of_the_same_rollout_start_a_fresh_comparison() {
     let s = Backend::start("stable").await;
     let proxy = Proxy::start(&single(s.addr, CONTROL));
     for _ in 0..10 {
@@ -527,6 +527,13 @@ async fn a_halt_and_a_resume_within_a_second_start_a_fresh_comparison() {
     // Typed one after the other: the analysis, which looks once a second, may never see the halt.
     assert_eq!(proxy.admin("halt")["ok"], true);
     assert_eq!(proxy.admin("resume")["ok"], true);
+    stable_after(&proxy, 0, "requests");
+    // `start` of the rollout in force (its id, a percent) is a fresh rollout too.
+    for _ in 0..10 {
+        assert_eq!(Client::http1().get(&proxy.url("/"), &[]).await.status, 200);
+    }
+    stable_after(&proxy, 10, "requests");
+    assert_eq!(proxy.admin("start edge 0")["ok"], true);
     stable_after(&proxy, 0, "requests");
 }
 

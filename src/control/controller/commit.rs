@@ -174,10 +174,11 @@ impl Controller {
         if changed || config_changed {
             self.publish();
         }
-        // After the snapshot: the analysis restarts on what is in force now.
+        // After the snapshot: the analysis restarts on what is in force now (a `start` of the
+        // rollout in force is a fresh one too).
         let resumed = matches!(before.state, State::Halted | State::RolledBack)
             && self.rollout.state == State::Running;
-        if before.id != self.rollout.id || resumed {
+        if before.id != self.rollout.id || resumed || what == "start" {
             self.analysis.restart();
         }
         if changed {
