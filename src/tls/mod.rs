@@ -20,17 +20,29 @@ pub enum TlsError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{path}: not PEM: {error}")]
-    Pem {
-        path: PathBuf,
-        error: rustls_pki_types::pem::Error,
-    },
+    #[error("{path}: not PEM: {reason}")]
+    Pem { path: PathBuf, reason: String },
     #[error("{0}: no certificate in it")]
     NoCert(PathBuf),
     #[error("{0}: the certificate and key do not go together or are not usable: {1}")]
     Unusable(PathBuf, rustls::Error),
     #[error("no root certificates for https:// upstreams (set upstream.ca)")]
     NoRoots,
+    /// The setting that named the file.
+    #[error("{field}: {source}")]
+    Field {
+        field: &'static str,
+        source: Box<TlsError>,
+    },
+}
+
+impl TlsError {
+    fn of(self, field: &'static str) -> TlsError {
+        TlsError::Field {
+            field,
+            source: Box::new(self),
+        }
+    }
 }
 
 mod hkdf;
@@ -63,7 +75,7 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| TlsError::Pem {
             path: path.to_owned(),
-            error,
+            reason: pem_reason(&error),
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert(path.to_owned()));
@@ -71,24 +83,44 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certs)
 }
 
+/// What is wrong with a PEM file, in words (the markers as text, not as bytes).
+fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "cut short: no \"-----END {}-----\" line (a file still being written?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a malformed \"-----BEGIN\" line: {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        Error::NoItemsFound => "no private key in it".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// What a TLS setting was built from, to tell when the files changed.
 pub type Fingerprint = Vec<u8>;
 
 /// The listener's TLS config from PEM files: ALPN h2, http/1.1 and http/1.0.
 fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let chain = certs(&cert_pem, cert)?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::Pem {
-        path: key.to_owned(),
-        error,
+    let cert_pem = read(cert).map_err(|e| e.of("tls.cert"))?;
+    let key_pem = read(key).map_err(|e| e.of("tls.key"))?;
+    let chain = certs(&cert_pem, cert).map_err(|e| e.of("tls.cert"))?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+        TlsError::Pem {
+            path: key.to_owned(),
+            reason: pem_reason(&error),
+        }
+        .of("tls.key")
     })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?;
+        .map_err(|e| TlsError::Unusable(cert.to_owned(), e).of("tls.cert and tls.key"))?;
     // http/1.0 too: `curl --http1.0` offers only that, and rustls refuses a client none of whose
     // protocols it offers (as nginx does not).
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
@@ -155,13 +187,21 @@ impl TlsConfigs {
             .chain(&config.pools.canary)
             .any(|u| u.tls);
         let client = match (https, &prev.client, &config.upstream_ca) {
-            (false, _, _) => None,
+            // Unused until a pool is `https://`, and read all the same: a mistake shows now.
+            (false, _, Some(ca)) => {
+                client(Some(ca)).map_err(|e| e.of("upstream.ca"))?;
+                None
+            }
+            (false, _, None) => None,
             // The system's roots are read once.
             (true, Some((old, fp)), None) if fp.as_slice() == b"system" => {
                 Some((Arc::clone(old), fp.clone()))
             }
             (true, _, ca) => {
-                let (fresh, fp) = client(ca.as_deref())?;
+                let (fresh, fp) = client(ca.as_deref()).map_err(|e| match ca {
+                    Some(_) => e.of("upstream.ca"),
+                    None => e,
+                })?;
                 Some(match &prev.client {
                     Some((old, old_fp)) if *old_fp == fp => (Arc::clone(old), fp),
                     _ => (fresh, fp),
