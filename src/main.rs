@@ -243,8 +243,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             config_only,
         } => match config::load(&config) {
-            Ok(c) if !config_only && let Err(e) = ramp::control::Controller::preflight(&c) => {
-                eprintln!("{}: {e}", config.display());
+            Ok(c)
+                if !config_only
+                    && let problems = ramp::control::Controller::check(&c)
+                    && !problems.is_empty() =>
+            {
+                for e in problems {
+                    eprintln!("{}: {e}", config.display());
+                }
                 Ok(ExitCode::FAILURE)
             }
             Ok(c) => {

@@ -360,6 +360,65 @@ fn check_refuses_a_state_directory_ramp_s_user_may_not_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: runs ramp check as another user"
+)]
+fn check_and_serve_refuse_a_socket_group_ramp_s_user_may_not_give() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let path = write(
+        d,
+        "ramp.yaml",
+        &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\n  group: \"0\"\n"),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    for command in ["check", "serve"] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                support::RAMP,
+            ])
+            .args([command, "--config", path.to_str().expect("utf-8")])
+            .output()
+            .expect("setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("admin.group: ramp's user (uid 65534) is not in group 0"),
+            "{command}: {err}"
+        );
+    }
+    assert!(!d.join("admin.sock").exists(), "serve made the socket");
+}
+
+#[test]
+fn check_names_every_file_serve_could_not_use_not_only_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\n{GOOD_TAIL}tls: {{cert: missing-cert.pem, key: missing-key.pem}}\nstate: {{file: missing/state.json}}\nadmin: {{socket: missing/admin.sock}}\n"
+        ),
+    );
+    let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{err}");
+    let d = dir.path().display();
+    for says in [
+        format!("tls.cert: {d}/missing-cert.pem: cannot read"),
+        format!("state.file: {d}/missing/state.json: its directory"),
+        format!("admin.socket: {d}/missing/admin.sock: its directory"),
+    ] {
+        assert!(err.contains(&says), "{says}: {err}");
+    }
+}
+
+#[test]
 fn a_file_of_thousands_of_mistakes_gets_a_bounded_answer() {
     // 5,000 unknown keys: every one named would make an error of megabytes, kept in status and
     // carried by every reply after a rejected reload.

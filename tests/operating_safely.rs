@@ -144,6 +144,14 @@ async fn a_fifo_or_a_device_where_a_file_should_be_never_hangs_ramp() {
             "ramp.yaml",
             &yaml(&s, &c, "id: f\npercent: 100", ""),
         );
+        // `check` says so before any start, with what serve would do about it.
+        let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{bad}: {err}");
+        assert!(
+            err.contains("state.file: ")
+                && err.contains("serve would start with everyone on stable"),
+            "{bad}: {err}"
+        );
         let mut proxy = Proxy::start_in(dir, path);
         let st = proxy.admin("status");
         assert_eq!(st["state"], "rolled_back", "{bad}: {st}");

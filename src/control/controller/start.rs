@@ -85,35 +85,32 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
 
 impl Controller {
     /// Reads every file `config` names beyond itself (TLS certificates, keys and CAs, the fleet's
-    /// password file and CA) the way starting would, changing nothing: `ramp check` runs it, and
-    /// `serve` runs it before it takes anything (a port, the admin socket) from a running ramp.
+    /// password file and CA) the way starting would, changing nothing: `serve` runs it before it
+    /// takes anything (a port, the admin socket) from a running ramp. The first problem.
     pub fn preflight(config: &Config) -> Result<(), StartError> {
-        TlsConfigs::load(config, &TlsConfigs::default())?;
-        if let Some(f) = &config.fleet {
-            crate::fleet::client(f).map_err(crate::control::persist::StoreStartError::from)?;
+        match unstartable(config).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        if let Some(path) = &config.state_file {
-            places(path, "state.file", false)?;
+    }
+
+    /// What `ramp check` reports beyond the file itself: every problem [`Controller::preflight`]
+    /// finds, not only the first, and a state file `serve` could not read (it would start with
+    /// everyone on stable until an operator acts).
+    pub fn check(config: &Config) -> Vec<String> {
+        let mut problems: Vec<String> = unstartable(config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if let Some(path) = &config.state_file
+            && let Err(e) =
+                crate::control::store::read(path, Instant::now(), std::time::SystemTime::now())
+        {
+            problems.push(format!(
+                "state.file: {e}: serve would start with everyone on stable until an operator acts"
+            ));
         }
-        if let Some(admin) = &config.admin {
-            // The kernel's limit on a socket's path (`sun_path`, 108 bytes with its NUL).
-            if admin.socket.as_os_str().len() > 107 {
-                return Err(StartError::Path(format!(
-                    "admin.socket: {} is longer than a socket's path may be (107 bytes)",
-                    admin.socket.display()
-                )));
-            }
-            places(&admin.socket, "admin.socket", true)?;
-            if let Some(gid) = admin.group
-                && !may_give_group(gid)
-            {
-                return Err(StartError::Path(format!(
-                    "admin.group: ramp's user (uid {}) is not in group {gid}, and may not give the socket to it: run ramp as a member of it, or leave admin.group out",
-                    nix::unistd::geteuid()
-                )));
-            }
-        }
-        Ok(())
+        problems
     }
 
     /// Restores the rollout (state file, else the config's plan), publishes the first snapshot,
@@ -234,4 +231,42 @@ fn may_give_group(gid: u32) -> bool {
     nix::unistd::geteuid().is_root()
         || nix::unistd::getegid() == gid
         || nix::unistd::getgroups().is_ok_and(|groups| groups.contains(&gid))
+}
+
+/// Everything that would stop `serve` from starting on `config`, beyond the file itself.
+fn unstartable(config: &Config) -> Vec<StartError> {
+    let mut problems = Vec::new();
+    if let Err(e) = TlsConfigs::load(config, &TlsConfigs::default()) {
+        problems.push(e.into());
+    }
+    if let Some(f) = &config.fleet
+        && let Err(e) = crate::fleet::client(f)
+    {
+        problems.push(crate::control::persist::StoreStartError::from(e).into());
+    }
+    if let Some(path) = &config.state_file
+        && let Err(e) = places(path, "state.file", false)
+    {
+        problems.push(e);
+    }
+    if let Some(admin) = &config.admin {
+        // The kernel's limit on a socket's path (`sun_path`, 108 bytes with its NUL).
+        if admin.socket.as_os_str().len() > 107 {
+            problems.push(StartError::Path(format!(
+                "admin.socket: {} is longer than a socket's path may be (107 bytes)",
+                admin.socket.display()
+            )));
+        } else if let Err(e) = places(&admin.socket, "admin.socket", true) {
+            problems.push(e);
+        }
+        if let Some(gid) = admin.group
+            && !may_give_group(gid)
+        {
+            problems.push(StartError::Path(format!(
+                "admin.group: ramp's user (uid {}) is not in group {gid}, and may not give the socket to it: run ramp as a member of it, or leave admin.group out",
+                nix::unistd::geteuid()
+            )));
+        }
+    }
+    problems
 }
