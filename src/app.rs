@@ -136,18 +136,23 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     };
     let stop = admin_task.as_ref().map(|_| controller.stop_when());
     let controller_task = tokio::spawn(controller.run());
+    // Set once a successor has taken over: the metrics listener then leaves its address to the
+    // successor's, so that a scrape never reads this process's counters after the other's.
+    let handed_over = tokio::sync::watch::Sender::new(false);
     if let (Some((_, admin, owned)), Some(stop)) = (&admin_task, stop) {
         // A successor started with --takeover owns the rollout state from now on: this process
         // stops changing it (a schedule step or a guard action written over a change made at the
         // successor) and serves with the state it has until its SIGTERM. (Every change checks
         // first, and the state file's writer again as it writes: this ends the rest.)
         let (path, owned) = (admin.socket.clone(), *owned);
+        let handed_over = handed_over.clone();
         tokio::spawn(async move {
             admin::taken_over(path, owned).await;
             tracing::warn!(
-                "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write) and serves with the state it has until its SIGTERM"
+                "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write), leaves the metrics address to it, and serves with the state it has until its SIGTERM"
             );
             let _ = stop.send(());
+            handed_over.send_replace(true);
         });
     }
     tokio::spawn(probes::run(Arc::clone(&current)));
@@ -172,7 +177,8 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         };
         // On a thread and runtime of its own: a scrape, or a flood of requests to the page, never
         // waits in line with the proxy's requests (with `workers: 1` there is one such line).
-        web::spawn(listener, web).map_err(|e| AppError::Bind { addr, error: e })?;
+        web::spawn(listener, web, handed_over.subscribe())
+            .map_err(|e| AppError::Bind { addr, error: e })?;
     }
 
     let first = current.load();

@@ -112,7 +112,76 @@ impl Default for Metrics {
 
 /// Installs the Prometheus recorder for this process.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new().install_recorder()
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Every series' `# HELP` line (what README's Metrics table says of it).
+fn describe() {
+    use metrics::{describe_counter as counter, describe_gauge as gauge};
+    counter!(
+        "ramp_responses_total",
+        "Answers, by the pool that served them and status class."
+    );
+    counter!(
+        "ramp_upstream_errors_total",
+        "Failed exchanges with upstreams (those a retry saved too), by pool and kind."
+    );
+    counter!("ramp_goal_total", "Goal conversions, by pool and goal.");
+    counter!(
+        "ramp_guard_actions_total",
+        "Halts and rollbacks the guard applied."
+    );
+    counter!("ramp_config_reloads_total", "Config reloads, ok or error.");
+    counter!(
+        "ramp_log_lines_dropped_total",
+        "Log lines dropped because stderr's reader fell behind."
+    );
+    counter!("ramp_ids_minted_total", "User ids minted for newcomers.");
+    counter!(
+        "ramp_canary_fallback_total",
+        "Canary requests served by stable (no healthy canary upstream, or a retry)."
+    );
+    counter!(
+        "ramp_no_healthy_upstream_total",
+        "Requests that found no healthy upstream in their pool."
+    );
+    counter!(
+        "ramp_retries_total",
+        "Requests sent again to another upstream."
+    );
+    counter!(
+        "ramp_rejected_requests_total",
+        "Requests refused before routing (limits, malformed)."
+    );
+    counter!(
+        "ramp_upstream_ejections_total",
+        "Upstreams ejected by passive health, by pool."
+    );
+    counter!(
+        "ramp_tunnel_bytes_total",
+        "Bytes through WebSocket tunnels, by pool and direction."
+    );
+    gauge!("ramp_fleet_connected", "In a fleet: 1 while etcd answers.");
+    gauge!(
+        "ramp_guard_verdict",
+        "The guard's verdict per metric: 0 ok, 1 regressed, -1 improved, 2 not enough data."
+    );
+    gauge!("ramp_open_connections", "Client connections open.");
+    gauge!(
+        "ramp_rollout_percent",
+        "The share of users on canary now (0 rolled back, 100 completed)."
+    );
+    gauge!(
+        "ramp_rollout_state",
+        "1 for the rollout's state, 0 for the others."
+    );
+    gauge!("ramp_tunnels_open", "WebSocket tunnels open, by pool.");
+    gauge!(
+        "ramp_users",
+        "Distinct users over the analysis window, by pool (estimate)."
+    );
 }
 
 /// The explicit buckets (seconds) of `ramp_request_duration_seconds`.
@@ -126,7 +195,7 @@ const DURATION_BUCKETS: [f64; 13] = [
 /// is taken at the fine buckets' midpoints.
 pub fn render_durations(per_pool: &PerPool<Box<[u64]>>) -> String {
     let mut out = String::from(
-        "# HELP ramp_request_duration_seconds Time from the request head to the response head.\n# TYPE ramp_request_duration_seconds histogram\n",
+        "# HELP ramp_request_duration_seconds Time from the request head to the response head, of the answers the comparison counts (a user's share of each second, requests with a user id).\n# TYPE ramp_request_duration_seconds histogram\n",
     );
     for (pool, counts) in per_pool.iter() {
         let mut cumulative = [0u64; DURATION_BUCKETS.len()];

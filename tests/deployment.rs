@@ -227,12 +227,22 @@ async fn every_metric_the_dashboard_and_prometheus_name_exists() {
     }
     // Once the analysis has had a second, every series is there.
     let mut names = BTreeSet::new();
+    let mut text = String::new();
     for _ in 0..100 {
-        names = metric_names(&proxy.metrics().await);
+        text = proxy.metrics().await;
+        names = metric_names(&text);
         if names.contains("ramp_goal_total") && names.contains("ramp_users") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Each says what it is (`promtool check metrics` wants a HELP line for every series).
+    for typed in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = typed.split(' ').next().unwrap_or_default();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP line"
+        );
     }
     let dashboard = read("deploy/compose/grafana/dashboards/ramp.json");
     let _: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");

@@ -453,6 +453,56 @@ async fn after_a_takeover_the_old_process_changes_nothing_before_its_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_takeover_every_new_scrape_reaches_the_successor() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let old = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: m\npercent: 5",
+        "metrics: {listen: '127.0.0.1:0'}\n",
+    ));
+    pin_port(&old);
+    let metrics = old.metrics_addr();
+    let text = std::fs::read_to_string(&old.config_path).expect("config");
+    std::fs::write(
+        &old.config_path,
+        text.replace("127.0.0.1:0", &metrics.to_string()),
+    )
+    .expect("pin the metrics port");
+    let new = old.start_successor();
+    new.wait_status("the successor answers", |v| {
+        v["pid"].as_u64() == Some(u64::from(new.pid()))
+    });
+    old.wait_log("a newer ramp has taken the admin socket over");
+    // Both listen on the address (SO_REUSEPORT): a scraper's new connection could reach either,
+    // and read the old process's counters after the new one's. Only the successor answers now.
+    let pid_of = |reply: &str| {
+        let at = reply.find("\"pid\":").map(|i| i + 6);
+        at.map(|i| {
+            reply[i..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+    };
+    for _ in 0..20 {
+        let reply = support::raw(
+            metrics,
+            b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(
+            pid_of(&reply),
+            Some(new.pid().to_string()),
+            "old {}: {reply}",
+            old.pid()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_of_the_logs_stops_neither_the_proxy_nor_a_halt() {
     // journald on a hung disk, a blocking log driver, a stopped `| tee`: once the pipe is full,
     // a process that writes its logs there itself waits with it.

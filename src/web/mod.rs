@@ -176,8 +176,12 @@ struct Peers {
 }
 
 /// Serves `listener` on a thread of its own, with a single-threaded runtime, for as long as the
-/// process lives.
-pub fn spawn(listener: std::net::TcpListener, web: Web) -> std::io::Result<()> {
+/// process lives or until `handed_over` turns true (a successor serves the address then).
+pub fn spawn(
+    listener: std::net::TcpListener,
+    web: Web,
+    handed_over: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -186,7 +190,7 @@ pub fn spawn(listener: std::net::TcpListener, web: Web) -> std::io::Result<()> {
         .spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, web).await,
+                    Ok(listener) => serve(listener, web, handed_over).await,
                     Err(e) => tracing::error!(error = %e, "the metrics listener cannot be served"),
                 }
             });
@@ -194,11 +198,30 @@ pub fn spawn(listener: std::net::TcpListener, web: Web) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves until the task is dropped.
-async fn serve(listener: tokio::net::TcpListener, web: Web) {
+/// Completes once a successor has taken over (never, if nobody can tell any more).
+async fn handed_over_to_successor(handed_over: &mut tokio::sync::watch::Receiver<bool>) {
+    if handed_over.wait_for(|h| *h).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How long connections open at a handover may take to finish the request in hand.
+const HANDOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves until `handed_over` turns true: then the listener closes (new connections reach the
+/// successor's), and each open connection closes once its request in hand is answered.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    web: Web,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
+) {
     let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = handed_over_to_successor(&mut handed_over) => break,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -216,6 +239,7 @@ async fn serve(listener: tokio::net::TcpListener, web: Web) {
         let web = web.clone();
         let (listed, on_list) = tokio::sync::oneshot::channel::<()>();
         let mine = Arc::clone(&peers);
+        let mut handed = handed_over.clone();
         let task = tokio::spawn(async move {
             // Served once listed, so that it always leaves the list after it was put on it.
             let _ = on_list.await;
@@ -224,11 +248,18 @@ async fn serve(listener: tokio::net::TcpListener, web: Web) {
                 let web = web.clone();
                 async move { Ok::<_, Infallible>(route(web, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = handed_over_to_successor(&mut handed) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
         peers
             .lock()
@@ -236,6 +267,18 @@ async fn serve(listener: tokio::net::TcpListener, web: Web) {
             .open
             .push_back((id, task.abort_handle()));
         let _ = listed.send(());
+    }
+    drop(listener);
+    // The runtime ends with this function: open connections get a moment to finish.
+    let end = tokio::time::Instant::now() + HANDOVER_GRACE;
+    while !peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .open
+        .is_empty()
+        && tokio::time::Instant::now() < end
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
