@@ -86,7 +86,7 @@ enum Command {
     },
     /// Exit 0 if GET URL answers 2xx within 3 s (for container health checks).
     Probe { url: String },
-    /// Print shell completions for bash, zsh or fish.
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
     /// Print each user id's bucket, the percent from which it is on canary, and its pool.
     Bucket {
