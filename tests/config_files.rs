@@ -105,9 +105,42 @@ fn shape_errors_name_the_key_and_position() {
         GOOD_TAIL.replace("5\n", "lots\n")
     ));
     assert!(
-        lines[0].starts_with("7:12: invalid floating point"),
+        lines[0].starts_with("7:12: not a number (like 5, 0.5 or 0.01)"),
         "{lines:?}"
     );
+    // What a newcomer can act on, rather than the parser's words.
+    for (yaml, says) in [
+        (
+            "",
+            "1:1: the file holds no settings: it needs at least listen, pools and rollout",
+        ),
+        ("# nothing yet\n\n", "1:1: the file holds no settings"),
+        (
+            &format!(
+                "listen: 127.0.0.1:8080\n{GOOD_TAIL}admin: {{socket: a.sock, allowed_uids: [-1]}}\n"
+            ) as &str,
+            "8:40: not a whole number from 0 to 4294967295",
+        ),
+        (
+            &format!(
+                "listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{goals: [{{name: buy, path: '/x?y=1'}}, {{name: buy, path: /y, method: 'GE T'}}]}}\n"
+            ),
+            "analysis.goals[0].path: a path like /checkout/done, starting with / and without a query",
+        ),
+    ] {
+        let (code, lines) = check(yaml);
+        assert_eq!(code, 1, "{yaml}");
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+    }
+    let (_, lines) = check(&format!(
+        "listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{goals: [{{name: buy, path: /x}}, {{name: buy, path: /y}}, {{name: b, path: /z, method: 'GE T'}}]}}\n"
+    ));
+    for says in [
+        "another goal has this name: \"buy\"",
+        "not an HTTP method (a token such as GET, POST or PURCHASE): \"GE T\"",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+    }
 }
 
 #[test]

@@ -59,7 +59,7 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
                 Some(m) => c
                     .check(m, &field("method"), |m| {
                         http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-                            .map_err(|_| Reason::OneOf("an HTTP method", m.clone()))
+                            .map_err(|_| Reason::Method(m.clone()))
                     })
                     .map(Some),
                 None => Some(None),
@@ -68,7 +68,7 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
                 if p.starts_with('/') && !p.contains('?') {
                     Ok(p.clone())
                 } else {
-                    Err(Reason::AbsolutePath(p.clone()))
+                    Err(Reason::GoalPath(p.clone()))
                 }
             });
             let status = match &g.status {
@@ -79,7 +79,7 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
                 (name, method, path, status)
             {
                 if goals.iter().any(|g: &Goal| g.name == name) {
-                    c.fail(at(&g.name), &field("name"), Reason::DuplicateUpstream(name));
+                    c.fail(at(&g.name), &field("name"), Reason::DuplicateGoal(name));
                     continue;
                 }
                 goals.push(Goal {
@@ -210,8 +210,8 @@ pub(super) fn fleet(c: &mut Checker, e: &EtcdFile) -> Option<Fleet> {
     if username.is_some() != password_file.is_some() {
         c.fail(
             at(&e.key),
-            "state.etcd",
-            Reason::OneOf("username and password_file together", "one of them".into()),
+            "state.etcd.username and password_file",
+            Reason::BothOrNeither,
         );
     }
     (endpoints.len() == e.endpoints.value.len() && !endpoints.is_empty()).then_some(Fleet {

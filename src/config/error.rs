@@ -31,6 +31,14 @@ pub enum Reason {
     EtcdEndpoint(String),
     #[error("listed twice in this pool: {0:?}")]
     DuplicateUpstream(String),
+    #[error("another goal has this name: {0:?}")]
+    DuplicateGoal(String),
+    #[error("not an HTTP method (a token such as GET, POST or PURCHASE): {0:?}")]
+    Method(String),
+    #[error("a path like /checkout/done, starting with / and without a query (?...): {0:?}")]
+    GoalPath(String),
+    #[error("give both or neither")]
+    BothOrNeither,
     #[error("not a duration like 500ms, 30s, 10m or 365d: {0}")]
     Duration(String),
     #[error("must be longer than zero")]

@@ -425,6 +425,18 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates YAML text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    // Nothing but blank lines and comments (a file emptied by mistake, a failed template).
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(ConfigError::Parse {
+            path: path.to_owned(),
+            at: Position { line: 1, column: 1 },
+            message: "the file holds no settings: it needs at least listen, pools and rollout"
+                .to_owned(),
+        });
+    }
     let unknown = keys::unknown(text);
     let invalid = |mut problems: Vec<Problem>| {
         problems.sort_by_key(|p| (p.at.line, p.at.column));
@@ -542,6 +554,18 @@ fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
         "too large: over 250,000 values, counting those its anchors and aliases expand to (a config has a few hundred)".to_owned()
     } else if what.starts_with("cannot deserialize null") {
         "empty (null) where a value is needed".to_owned()
+    } else if let Some(kind) = what.strip_prefix("invalid ")
+        && let Some(max) = match kind.trim() {
+            "u8" => Some(u64::from(u8::MAX)),
+            "u16" => Some(u64::from(u16::MAX)),
+            "u32" => Some(u64::from(u32::MAX)),
+            "u64" | "usize" => Some(u64::MAX),
+            _ => None,
+        }
+    {
+        format!("not a whole number from 0 to {max}")
+    } else if what.starts_with("invalid floating point") {
+        "not a number (like 5, 0.5 or 0.01)".to_owned()
     } else {
         what.split("; use ")
             .next()

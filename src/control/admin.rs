@@ -205,13 +205,18 @@ async fn connection(
         Role::ReadOnly
     } else {
         if let Some(unlogged) = peers.refusals.admit_now() {
-            tracing::warn!(uid, pid = ?cred.pid(), unlogged, "admin peer refused");
+            tracing::warn!(uid, pid = cred.pid(), unlogged, "admin peer refused");
         }
         return refuse(stream, ControlError::NotAllowed).await;
     };
     let Some(slot) = peers.register(uid) else {
         if let Some(unlogged) = peers.refusals.admit_now() {
-            tracing::warn!(uid, pid = ?cred.pid(), unlogged, "admin connection refused: the uid holds too many");
+            tracing::warn!(
+                uid,
+                pid = cred.pid(),
+                unlogged,
+                "admin connection refused: the uid holds too many"
+            );
         }
         return refuse(
             stream,
@@ -242,7 +247,13 @@ async fn connection(
                 Err(e) => Err(e.into()),
                 Ok(cmd) if role == Role::ReadOnly && !cmd.is_read_only() => {
                     if let Some(unlogged) = peers.refusals.admit_now() {
-                        tracing::warn!(uid, pid = ?cred.pid(), command = cmd.name(), unlogged, "admin command refused: read-only peer");
+                        tracing::warn!(
+                            uid,
+                            pid = cred.pid(),
+                            command = cmd.name(),
+                            unlogged,
+                            "admin command refused: read-only peer"
+                        );
                     }
                     Err(ControlError::ReadOnly { uid })
                 }
