@@ -33,7 +33,12 @@ pub async fn page_server(version: &'static str) -> std::io::Result<SocketAddr> {
 
 /// `ramp demo-upstream`: the demo's page server on `listen`, in the foreground.
 pub async fn upstream(version: &str, listen: SocketAddr) -> Result<(), AppError> {
-    let listener = TcpListener::bind(listen).await.map_err(AppError::Demo)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|error| AppError::Bind {
+            addr: listen,
+            error,
+        })?;
     tracing::info!(addr = %listen, version, "demo upstream serving");
     serve_page(listener, version.to_owned()).await;
     Ok(())
@@ -44,20 +49,25 @@ pub fn probe(url: &str) -> Result<(), String> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("http://")
-        .ok_or("only http:// URLs are probed")?;
+        .ok_or("only http:// URLs are probed (the metrics listener's /healthz or /readyz, say)")?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
     let timeout = std::time::Duration::from_secs(3);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("{url}: no answer within 3 s")
+        }
+        _ => format!("{url}: {e}"),
+    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(failed)?;
+    s.set_read_timeout(Some(timeout)).map_err(failed)?;
     let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(failed)?;
     let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let n = s.read(&mut head).map_err(failed)?;
     let line = String::from_utf8_lossy(&head[..n]);
     match line.split_whitespace().nth(1) {
         Some(code) if code.starts_with('2') => Ok(()),
@@ -118,10 +128,23 @@ fn this_program() -> String {
         .ok()
         .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_path_buf()))
         .unwrap_or_else(|| exe.clone());
-    shown.display().to_string()
+    // A bare name would be looked up on PATH, and could run another ramp.
+    match shown.parent() {
+        Some(p) if p.as_os_str().is_empty() => format!("./{}", shown.display()),
+        _ => shown.display().to_string(),
+    }
 }
 
 pub async fn run(listen: SocketAddr) -> Result<(), AppError> {
+    // The address first: the advice printed below is no use if the proxy cannot start.
+    if let Err(error) = std::net::TcpListener::bind(listen) {
+        return Err(AppError::Demo(std::io::Error::new(
+            error.kind(),
+            format!(
+                "{listen}: {error} (another program listens there? try `ramp demo --listen 127.0.0.1:8090`)"
+            ),
+        )));
+    }
     let v1 = page_server("v1").await.map_err(AppError::Demo)?;
     let v2 = page_server("v2").await.map_err(AppError::Demo)?;
     // A real file in a private directory, so hot reload and `ramp ctl` can be tried too.
