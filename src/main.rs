@@ -255,6 +255,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(c) => {
                 use std::io::Write;
+                for warning in c.warnings() {
+                    eprintln!("{}: warning: {warning}", config.display());
+                }
                 // A reader that went away (`| true`) is no reason to fail: the exit code says it.
                 let _ = writeln!(
                     std::io::stdout(),

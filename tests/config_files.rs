@@ -548,3 +548,20 @@ fn a_sticky_header_or_cookie_age_that_would_lose_the_user_is_refused() {
     ));
     assert_eq!(code, 0, "{lines:#?}");
 }
+
+#[test]
+fn check_warns_of_settings_that_are_valid_but_likely_mistakes() {
+    let (code, lines) = check(
+        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9101]}\nrollout: {id: r, percent: 5}\npassive_health: {backoff: 2m, max_backoff: 1m}\n",
+    );
+    assert_eq!(code, 0, "{lines:?}");
+    for says in [
+        " warning: pools: 127.0.0.1:9101 is in both stable and canary",
+        " warning: passive_health.backoff (2m) is longer than max_backoff (1m)",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+    }
+    let (code, lines) = check(&format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}"));
+    assert_eq!(code, 0);
+    assert!(!lines.iter().any(|l| l.contains("warning")), "{lines:?}");
+}

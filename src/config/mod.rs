@@ -328,6 +328,33 @@ fn same_file(a: &Path, b: &Path) -> bool {
         )
 }
 
+impl Config {
+    /// Settings that are valid but most likely a mistake: `ramp check` prints them, and `serve`
+    /// logs them at start and at each reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for shared in self
+            .pools
+            .canary
+            .iter()
+            .filter(|c| self.pools.stable.contains(c))
+        {
+            out.push(format!(
+                "pools: {shared} is in both stable and canary: the pools share its health, and the comparison compares it with itself"
+            ));
+        }
+        let p = &self.passive_health;
+        if p.backoff > p.max_backoff {
+            out.push(format!(
+                "passive_health.backoff ({}) is longer than max_backoff ({}): every ejection lasts max_backoff",
+                humantime::format_duration(p.backoff),
+                humantime::format_duration(p.max_backoff)
+            ));
+        }
+        out
+    }
+}
+
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_bytes(&read(path)?, path)

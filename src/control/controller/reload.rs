@@ -81,6 +81,9 @@ impl Controller {
         };
         self.notes.last_reload_error = None;
         self.notes.restart_required = restart_required;
+        for warning in new.warnings() {
+            tracing::warn!("{warning}");
+        }
         if !self.notes.restart_required.is_empty() {
             tracing::warn!(fields = ?self.notes.restart_required, "these changes need a restart; everything else was applied");
         }

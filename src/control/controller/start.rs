@@ -121,6 +121,9 @@ impl Controller {
         analysis: Arc<Analysis>,
     ) -> Result<(Controller, Arc<Current>, Handle), StartError> {
         let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let now = Instant::now();
         let mut notes = Notes {
             state_file: config.state_file.as_ref().map(|p| p.display().to_string()),
