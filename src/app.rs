@@ -31,7 +31,7 @@ pub enum AppError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Start(#[from] crate::control::StartError),
-    #[error("cannot watch the config file: {0}")]
+    #[error("cannot make the config file's watcher: {0}")]
     Watch(#[from] notify::Error),
     #[error("cannot start the metrics exporter: {0}")]
     Metrics(String),
@@ -97,6 +97,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         .as_ref()
         .map(|m| m.allowed_hosts.clone().into())
         .unwrap_or_default();
+    // Made before the admin socket is taken: a restart that cannot watch files (no inotify
+    // instance left) leaves the running ramp as it was.
+    let watcher = watcher::prepare()?;
     let admin_bound = admin_config
         .as_ref()
         .map(|a| admin::bind(a, options.takeover))
@@ -121,7 +124,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     if let Some((etcd, key)) = controller.fleet() {
         tokio::spawn(crate::control::watch_fleet(etcd, key, handle.clone()));
     }
-    let _watcher = watcher::watch(&config_path, Arc::clone(&current), handle.clone())?;
+    let _watcher = watcher::watch(watcher, &config_path, Arc::clone(&current), handle.clone());
     watcher::on_sighup(handle.clone(), hup);
     let admin_task = match (admin_bound, admin_config.clone()) {
         (Some((listener, owned)), Some(admin)) => {

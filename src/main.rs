@@ -243,20 +243,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             config_only,
         } => match config::load(&config) {
-            Ok(c)
-                if !config_only
-                    && let problems = ramp::control::Controller::check(&c)
-                    && !problems.is_empty() =>
-            {
-                for e in problems {
-                    eprintln!("{}: {e}", config.display());
-                }
-                Ok(ExitCode::FAILURE)
-            }
             Ok(c) => {
                 use std::io::Write;
-                for warning in c.warnings() {
+                let mut warnings = c.warnings();
+                let mut problems = Vec::new();
+                if !config_only {
+                    problems = ramp::control::Controller::check(&c);
+                    warnings.extend(
+                        ramp::control::watcher::unwatchable(&config, &c)
+                            .into_iter()
+                            .map(|dir| format!("cannot watch {dir}: changes to the files there are read only at a reload (ramp ctl reload, SIGHUP)")),
+                    );
+                }
+                for warning in warnings {
                     eprintln!("{}: warning: {warning}", config.display());
+                }
+                if !problems.is_empty() {
+                    for e in problems {
+                        eprintln!("{}: {e}", config.display());
+                    }
+                    return Ok(ExitCode::FAILURE);
                 }
                 // A reader that went away (`| true`) is no reason to fail: the exit code says it.
                 let _ = writeln!(

@@ -533,7 +533,12 @@ async fn a_halt_and_a_resume_or_a_start_of_the_same_rollout_start_a_fresh_compar
         assert_eq!(Client::http1().get(&proxy.url("/"), &[]).await.status, 200);
     }
     stable_after(&proxy, 10, "requests");
-    assert_eq!(proxy.admin("start edge 0")["ok"], true);
+    let r = proxy.admin("start edge 0");
+    assert_eq!(r["ok"], true);
+    assert!(
+        r["analysis"].is_null(),
+        "the reply shows the comparison from before the start: {r}"
+    );
     stable_after(&proxy, 0, "requests");
 }
 

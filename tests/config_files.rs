@@ -565,3 +565,77 @@ fn check_warns_of_settings_that_are_valid_but_likely_mistakes() {
     assert_eq!(code, 0);
     assert!(!lines.iter().any(|l| l.contains("warning")), "{lines:?}");
 }
+
+#[test]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: runs ramp as another user"
+)]
+fn certificates_in_a_directory_ramp_may_not_list_are_served_and_said_unwatched() {
+    use std::io::BufRead;
+    use std::os::unix::fs::{PermissionsExt, chown};
+    // Debian's /etc/ssl/private: files ramp's user may read by name, in a directory it may not
+    // list, so it cannot watch it either.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let private = d.join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    for (name, pem) in [
+        ("cert.pem", c.cert.pem()),
+        ("key.pem", c.signing_key.serialize_pem()),
+    ] {
+        let file = write(&private, name, &pem);
+        chown(&file, Some(65534), None).expect("chown");
+    }
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let path = write(
+        d,
+        "ramp.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\n{GOOD_TAIL}tls: {{cert: private/cert.pem, key: private/key.pem}}\n"
+        ),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let as_nobody = |command: &str| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            support::RAMP,
+        ])
+        .args([command, "--config", path.to_str().expect("utf-8")]);
+        cmd
+    };
+    let out = as_nobody("check").output().expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: cannot watch") && err.contains("private"),
+        "{err}"
+    );
+    // serve starts (it was refused before), and says so in its log.
+    let mut serve = as_nobody("serve")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = std::io::BufReader::new(serve.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    for line in lines.lines().map_while(Result::ok) {
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("cannot watch this directory")),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().any(|l| l.contains("listening")), "{seen:#?}");
+}

@@ -232,6 +232,25 @@ async fn certificates_moved_by_a_reload_are_watched_where_they_are_now() {
         serves(&proxy, &roots, &renewed).await,
         "a renewal where the reload moved the files was never seen"
     );
+    // Named before they exist: the file's reload is refused; once they are there, a reload by
+    // SIGHUP (or `ramp ctl reload`) puts them in force, and their directory is watched from then
+    // on too.
+    let (third, fourth) = (cert(), cert());
+    let roots = [&first, &moved, &renewed, &third, &fourth];
+    let yaml = std::fs::read_to_string(&proxy.config_path).expect("config");
+    support::replace_file(&proxy.config_path, &yaml.replace("tls2/", "tls3/"));
+    proxy.wait_log("reload rejected");
+    std::fs::create_dir(dir.join("tls3")).expect("dir");
+    std::fs::write(dir.join("tls3/cert.pem"), &third.cert).expect("cert");
+    std::fs::write(dir.join("tls3/key.pem"), &third.key).expect("key");
+    proxy.signal(1);
+    assert!(serves(&proxy, &roots, &third).await, "the reload by SIGHUP");
+    support::replace_file(&dir.join("tls3/key.pem"), &fourth.key);
+    support::replace_file(&dir.join("tls3/cert.pem"), &fourth.cert);
+    assert!(
+        serves(&proxy, &roots, &fourth).await,
+        "a renewal where a reload by SIGHUP moved the files was never seen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

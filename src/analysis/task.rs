@@ -32,6 +32,8 @@ pub struct Analysis {
     /// Counts the comparison's fresh starts (a resume, a new rollout), told by the controller as
     /// it makes them: a halt and a resume within the task's second would otherwise go unseen.
     restarts: std::sync::atomic::AtomicU64,
+    /// `restarts` as the view in `view` saw it.
+    view_restarts: std::sync::atomic::AtomicU64,
 }
 
 /// The guard's request: apply `action` to `rollout`, for `reason`.
@@ -56,6 +58,16 @@ impl Analysis {
     /// The latest comparison (none before the first second has passed).
     pub fn view(&self) -> Option<Arc<AnalysisView>> {
         self.view.load_full()
+    }
+
+    /// The latest comparison if it began at the latest fresh start (none in the second after a
+    /// restart, whose figures are still those before it).
+    pub fn fresh_view(&self) -> Option<Arc<AnalysisView>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.view();
+        (self.view_restarts.load(Relaxed) == self.restarts.load(Relaxed))
+            .then_some(view)
+            .flatten()
     }
 
     /// Why a schedule step must wait now, if it must: a metric regressed, or (with
@@ -332,6 +344,9 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         view.guard.holding_schedule.clone_from(&hold);
         publish_metrics(&view, &books, config);
         analysis.view.store(Some(Arc::new(view)));
+        analysis
+            .view_restarts
+            .store(restarts, std::sync::atomic::Ordering::Relaxed);
         *analysis.hold.lock().unwrap_or_else(|e| e.into_inner()) = hold;
         *analysis.lifetime.lock().unwrap_or_else(|e| e.into_inner()) =
             PerPool::from_fn(|p| books.lifetime[p].latency.clone());

@@ -296,11 +296,11 @@ impl Controller {
     }
 
     fn status(&self) -> super::reply::Status {
-        // Until the analysis has counted a second of a rollout just started, what it holds is the
-        // previous rollout's: not shown as this one's.
+        // Until the analysis has counted a second since a fresh start (a new rollout, a resume, a
+        // `start`), what it holds is from before: not shown as this one's.
         let analysis = self
             .analysis
-            .view()
+            .fresh_view()
             .filter(|v| v.rollout == self.rollout.id)
             .map(|v| {
                 let mut v = (*v).clone();

@@ -14,6 +14,7 @@ pub mod schedule;
 pub mod state;
 mod status;
 pub mod store;
+pub mod watched;
 pub mod watcher;
 mod writer;
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher};
 use tokio::sync::Notify;
 
 use super::command::{Command, Source};
 use super::controller::Handle;
+use super::watched::{self, Dirs, Watching};
 use crate::snapshot::Current;
 
 /// Quiet time after the last change before reloading (editors write in several steps).
@@ -62,33 +63,36 @@ impl Targets {
     }
 }
 
-/// The notify watcher, kept alive while it is held; dropping it stops watching.
-pub type Watching = Arc<std::sync::Mutex<RecommendedWatcher>>;
-
 /// The files whose changes reload: the config file, and the TLS certificate and key the config in
 /// force names (a reload may name others).
-fn files(config: &Path, current: &Current) -> Vec<PathBuf> {
-    let snap = current.load();
+fn files(config: &Path, tls: Option<&crate::config::ServerCert>) -> Vec<PathBuf> {
     std::iter::once(config.to_path_buf())
-        .chain(
-            snap.config
-                .tls
-                .iter()
-                .flat_map(|t| [t.cert.clone(), t.key.clone()]),
-        )
+        .chain(tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]))
         .collect()
 }
 
-/// Watches the directories that can change what the config file and the TLS certificate and key
-/// read (see [`Targets::of`]), again after every change and every reload, since a switched link
-/// leads elsewhere and a reload may name other files.
-///
-/// A change is applied only once the config file's content is stable: the same bytes read twice,
-/// a quiet period apart. A slow in-place rewrite is never applied half-written.
-pub fn watch(config: &Path, current: Arc<Current>, handle: Handle) -> notify::Result<Watching> {
-    let config = config.to_path_buf();
-    let targets = Targets::of(&files(&config, &current));
-    let names = Arc::new(std::sync::Mutex::new(targets.names.clone()));
+/// What the config in force needs watched.
+fn targets(config: &Path, current: &Current) -> Targets {
+    Targets::of(&files(config, current.load().config.tls.as_ref()))
+}
+
+/// The directories `config` (read from `path`) needs watched that cannot be, with why: `ramp
+/// check`'s warnings.
+pub fn unwatchable(path: &Path, config: &crate::config::Config) -> Vec<String> {
+    watched::unwatchable(&Targets::of(&files(path, config.tls.as_ref())).dirs)
+}
+
+/// The file watcher, made before ramp takes anything from a running one (making it is the one
+/// step of watching that can fail), not watching anything yet.
+pub struct Prepared {
+    watcher: RecommendedWatcher,
+    names: Arc<std::sync::Mutex<Vec<OsString>>>,
+    changed: Arc<Notify>,
+}
+
+/// Makes the file watcher: it tells of changes to the names the watch loop puts in `names`.
+pub fn prepare() -> notify::Result<Prepared> {
+    let names: Arc<std::sync::Mutex<Vec<OsString>>> = Arc::default();
     let changed = Arc::new(Notify::new());
     let signal = Arc::clone(&changed);
     let known = Arc::clone(&names);
@@ -112,22 +116,53 @@ pub fn watch(config: &Path, current: Arc<Current>, handle: Handle) -> notify::Re
             signal.notify_one();
         }
     })?;
+    Ok(Prepared {
+        watcher,
+        names,
+        changed,
+    })
+}
+
+/// Watches the directories that can change what the config file and the TLS certificate and key
+/// of the config in force read (see [`Targets::of`]), again after every change and every publish
+/// (a reload by any means may name other files; a switched link leads elsewhere). A directory
+/// that cannot be watched is logged, not fatal.
+///
+/// A change is applied only once the config file's content is stable: the same bytes read twice,
+/// a quiet period apart. A slow in-place rewrite is never applied half-written.
+pub fn watch(prepared: Prepared, config: &Path, current: Arc<Current>, handle: Handle) -> Watching {
+    let Prepared {
+        watcher,
+        names,
+        changed,
+    } = prepared;
+    let config = config.to_path_buf();
     let watching: Watching = Arc::new(std::sync::Mutex::new(watcher));
-    let mut dirs = Vec::new();
-    for dir in targets.dirs {
-        lock(&watching).watch(&dir, RecursiveMode::NonRecursive)?;
-        let id = identity(&dir);
-        dirs.push((dir, id));
-    }
-    let more = Arc::clone(&watching);
+    let mut dirs = Dirs::new(Arc::clone(&watching));
+    let path = config.clone();
+    let follow = move |dirs: &mut Dirs, current: &Current| {
+        let now = targets(&path, current);
+        dirs.follow(&now.dirs);
+        *names.lock().unwrap_or_else(|e| e.into_inner()) = now.names;
+    };
+    follow(&mut dirs, &current);
+    let mut published = current.watch();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = changed.notified() => {}
                 () = tokio::time::sleep(RECHECK) => {
-                    if !rewatch(&more, &mut dirs) {
+                    if !dirs.rewatch() {
                         continue;
                     }
+                }
+                changed = published.changed() => {
+                    // A reload (by a file change, `ramp ctl reload`, SIGHUP) may name other TLS
+                    // files: their directories are watched from here on.
+                    if changed.is_ok() {
+                        follow(&mut dirs, &current);
+                    }
+                    continue;
                 }
             }
             // Debounce: wait for a quiet spell.
@@ -136,12 +171,7 @@ pub fn watch(config: &Path, current: Arc<Current>, handle: Handle) -> notify::Re
                 .is_ok()
             {}
             // A switched link leads to directories not watched yet.
-            follow(
-                &more,
-                &mut dirs,
-                &names,
-                Targets::of(&files(&config, &current)),
-            );
+            follow(&mut dirs, &current);
             let command = match settled(&config).await {
                 Some(Ok(text)) => Command::FileChanged(text),
                 // Unreadable (gone, not a regular file): the controller reads it and says why.
@@ -153,86 +183,15 @@ pub fn watch(config: &Path, current: Arc<Current>, handle: Handle) -> notify::Re
             };
             // The controller logs a rejected reload and shows it in status.
             let _ = handle.send(command, Source::File).await;
-            // The config in force may name other TLS files now: their directories are watched
-            // from here on.
-            follow(
-                &more,
-                &mut dirs,
-                &names,
-                Targets::of(&files(&config, &current)),
-            );
         }
     });
-    Ok(watching)
-}
-
-/// Watches what `now` names and no longer what it does not (a release directory left behind,
-/// a Kubernetes `..data` target replaced, a certificate's old directory).
-fn follow(
-    w: &Watching,
-    dirs: &mut Vec<(PathBuf, Identity)>,
-    names: &std::sync::Mutex<Vec<OsString>>,
-    now: Targets,
-) {
-    dirs.retain(|(d, _)| {
-        let kept = now.dirs.contains(d);
-        if !kept {
-            let _ = lock(w).unwatch(d);
-        }
-        kept
-    });
-    for dir in now.dirs {
-        if !dirs.iter().any(|(d, _)| *d == dir)
-            && lock(w).watch(&dir, RecursiveMode::NonRecursive).is_ok()
-        {
-            let id = identity(&dir);
-            dirs.push((dir, id));
-        }
-    }
-    *names.lock().unwrap_or_else(|e| e.into_inner()) = now.names;
+    watching
 }
 
 /// How often the watched directories are looked at: one removed and made again (`rm -rf conf;
-/// mkdir conf`, a restore from a backup) takes its watch with it, and no event would ever come.
+/// mkdir conf`, a restore from a backup) takes its watch with it, and no event would ever come;
+/// one that could not be watched may be now.
 const RECHECK: Duration = Duration::from_secs(2);
-
-/// A directory's identity (device, inode, and when it was made: a directory made again at once
-/// may get the inode of the one removed), `None` while it is missing.
-type Identity = Option<(u64, u64, Option<std::time::SystemTime>)>;
-
-fn identity(dir: &Path) -> Identity {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.created().ok()))
-}
-
-/// Watches again every directory that was removed and is back (or replaced): gives whether one
-/// was, so that what it holds now is read.
-fn rewatch(w: &Watching, dirs: &mut [(PathBuf, Identity)]) -> bool {
-    let mut back = false;
-    for (dir, id) in dirs.iter_mut() {
-        let now = identity(dir);
-        if now == *id {
-            continue;
-        }
-        if now.is_some() {
-            let mut w = lock(w);
-            let _ = w.unwatch(dir);
-            if w.watch(dir, RecursiveMode::NonRecursive).is_err() {
-                continue;
-            }
-            tracing::info!(dir = %dir.display(), "a watched directory was made again; watching it anew");
-            back = true;
-        }
-        *id = now;
-    }
-    back
-}
-
-fn lock(w: &Watching) -> std::sync::MutexGuard<'_, RecommendedWatcher> {
-    w.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The file's content once two reads a quiet period apart agree; `None` if it never settles.
 async fn settled(path: &Path) -> Option<std::io::Result<Vec<u8>>> {

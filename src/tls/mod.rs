@@ -211,6 +211,40 @@ impl TlsConfigs {
         Ok(TlsConfigs { server, client })
     }
 
+    /// Every problem with the files `config` names, each file on its own (`ramp check`), where
+    /// [`TlsConfigs::load`] stops at the first.
+    pub fn problems(config: &Config) -> Vec<TlsError> {
+        let mut out = Vec::new();
+        if let Some(t) = &config.tls {
+            let cert = read(&t.cert).and_then(|pem| certs(&pem, &t.cert));
+            let key = read(&t.key).and_then(|pem| {
+                PrivateKeyDer::from_pem_slice(&pem).map_err(|error| TlsError::Pem {
+                    path: t.key.clone(),
+                    reason: pem_reason(&error),
+                })
+            });
+            match (cert, key) {
+                (Ok(_), Ok(_)) => out.extend(server(&t.cert, &t.key).err()),
+                (cert, key) => {
+                    out.extend(cert.err().map(|e| e.of("tls.cert")));
+                    out.extend(key.err().map(|e| e.of("tls.key")));
+                }
+            }
+        }
+        let https = config
+            .pools
+            .stable
+            .iter()
+            .chain(&config.pools.canary)
+            .any(|u| u.tls);
+        match &config.upstream_ca {
+            Some(ca) => out.extend(client(Some(ca)).err().map(|e| e.of("upstream.ca"))),
+            None if https => out.extend(client(None).err()),
+            None => {}
+        }
+        out
+    }
+
     /// Whether the files behind `self` and `other` differ.
     pub fn differs(&self, other: &TlsConfigs) -> bool {
         let fp = |t: &TlsConfigs| {

@@ -102,7 +102,9 @@ impl Controller {
             .iter()
             .map(ToString::to_string)
             .collect();
+        // (A directory there is a problem above: serve refuses it.)
         if let Some(path) = &config.state_file
+            && !path.is_dir()
             && let Err(e) =
                 crate::control::store::read(path, Instant::now(), std::time::SystemTime::now())
         {
@@ -238,10 +240,10 @@ fn may_give_group(gid: u32) -> bool {
 
 /// Everything that would stop `serve` from starting on `config`, beyond the file itself.
 fn unstartable(config: &Config) -> Vec<StartError> {
-    let mut problems = Vec::new();
-    if let Err(e) = TlsConfigs::load(config, &TlsConfigs::default()) {
-        problems.push(e.into());
-    }
+    let mut problems: Vec<StartError> = TlsConfigs::problems(config)
+        .into_iter()
+        .map(StartError::from)
+        .collect();
     if let Some(f) = &config.fleet
         && let Err(e) = crate::fleet::client(f)
     {
