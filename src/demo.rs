@@ -51,10 +51,19 @@ pub fn probe(url: &str) -> Result<(), String> {
         .strip_prefix("http://")
         .ok_or("only http:// URLs are probed (the metrics listener's /healthz or /readyz, say)")?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .map_err(|e| format!("{authority}: {e}"))?
+    // Without a port, HTTP's own.
+    let with_port = match authority.rsplit_once(':') {
+        Some((_, port))
+            if port.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']') =>
+        {
+            authority.to_owned()
+        }
+        _ => format!("{authority}:80"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|e| format!("{url}: cannot resolve {authority}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
+        .ok_or_else(|| format!("{url}: {authority} has no address"))?;
     let timeout = std::time::Duration::from_secs(3);
     let failed = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {

@@ -225,6 +225,9 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         // Sent, it would start a rollout named `--help`: a new group of users on the canary.
         (&["start", "--help"][..], "looks like an option"),
         (&["start", "r2", "-h"][..], "looks like an option"),
+        // An em dash is what autocorrect makes of `--`; a rollout id is never a number.
+        (&["start", "\u{2014}help"][..], "looks like an option"),
+        (&["start", "-9"][..], "looks like an option"),
         (&["--jsn", "status"][..], "is not an option of ramp ctl"),
         (&["bucket", "user-1", "user-2"][..], "takes one user id"),
     ] {

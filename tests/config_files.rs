@@ -141,6 +141,16 @@ fn shape_errors_name_the_key_and_position() {
     ] {
         assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
     }
+    // Goals that could never count.
+    let (_, lines) = check(&format!(
+        "listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{goals: [{{name: a, path: '/done#x'}}, {{name: b, path: /y, method: TRACE}}]}}\n"
+    ));
+    for says in [
+        "or fragment (#...), which requests do not carry: \"/done#x\"",
+        "ramp answers TRACE itself (405), so a goal on it would never count",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+    }
 }
 
 #[test]

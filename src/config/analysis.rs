@@ -58,14 +58,19 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
             let method = match &g.method {
                 Some(m) => c
                     .check(m, &field("method"), |m| {
-                        http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-                            .map_err(|_| Reason::Method(m.clone()))
+                        match http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
+                            Ok(m) if m == http::Method::TRACE || m == http::Method::CONNECT => {
+                                Err(Reason::NeverCounted(m.to_string()))
+                            }
+                            Ok(m) => Ok(m),
+                            Err(_) => Err(Reason::Method(m.clone())),
+                        }
                     })
                     .map(Some),
                 None => Some(None),
             };
             let path = c.check(&g.path, &field("path"), |p| {
-                if p.starts_with('/') && !p.contains('?') {
+                if p.starts_with('/') && !p.contains(['?', '#']) {
                     Ok(p.clone())
                 } else {
                     Err(Reason::GoalPath(p.clone()))

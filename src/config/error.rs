@@ -35,8 +35,12 @@ pub enum Reason {
     DuplicateGoal(String),
     #[error("not an HTTP method (a token such as GET, POST or PURCHASE): {0:?}")]
     Method(String),
-    #[error("a path like /checkout/done, starting with / and without a query (?...): {0:?}")]
+    #[error(
+        "a path like /checkout/done, starting with / and without a query (?...) or fragment (#...), which requests do not carry: {0:?}"
+    )]
     GoalPath(String),
+    #[error("ramp answers {0} itself (405), so a goal on it would never count")]
+    NeverCounted(String),
     #[error("give both or neither")]
     BothOrNeither,
     #[error("not a duration like 500ms, 30s, 10m or 365d: {0}")]

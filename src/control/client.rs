@@ -25,6 +25,10 @@ pub enum ClientError {
         "cannot connect to {path}: permission denied: the socket's mode and group (admin.mode, admin.group) do not let this user (uid {uid}) in, whatever admin.allowed_uids says"
     )]
     Denied { path: String, uid: u32 },
+    #[error(
+        "cannot connect to {path}: permission denied: this user (uid {uid}) may not enter a directory on its path"
+    )]
+    DirectoryDenied { path: String, uid: u32 },
     #[error("{path} is {what}, not a socket: give the admin socket's path (admin.socket)")]
     NotASocket { path: String, what: &'static str },
     #[error("talking to {path}: {error}")]
@@ -99,9 +103,19 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
     // `ramp ctl start --help`, `ramp ctl --jsn status`: taken as words they would start a
     // rollout named `--help`, or be an unknown command. A negative number (`set -5`) is left
     // to ramp, which says why it is refused.
+    // Dashes other than `-` too: an em dash is what autocorrect makes of `--` in documents and
+    // chat, and nobody types one in a number.
+    let unicode_dash = |c: char| {
+        matches!(
+            c,
+            '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}' | '\u{ff0d}'
+        )
+    };
     let option_like = |w: &str| {
-        w.strip_prefix('-')
-            .is_some_and(|rest| rest.starts_with(|c: char| c == '-' || c.is_ascii_alphabetic()))
+        w.starts_with(unicode_dash)
+            || w.strip_prefix('-').is_some_and(|rest| {
+                rest.starts_with(|c: char| c == '-' || c.is_ascii_alphabetic() || unicode_dash(c))
+            })
     };
     match words {
         [first, ..] if option_like(first) => {
@@ -109,6 +123,10 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         }
         [_, rest @ ..] if let Some(w) = rest.iter().find(|w| option_like(w)) => {
             return Err(ClientError::OptionWord(w.clone()));
+        }
+        // `start -9`: a rollout id, not a number, so never one beginning with a dash.
+        [start, id, ..] if start == "start" && id.starts_with('-') => {
+            return Err(ClientError::OptionWord(id.clone()));
         }
         [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
             return Err(ClientError::BucketIds(ids.len()));
@@ -131,6 +149,13 @@ pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, Clie
                 path: path.clone(),
                 what: if t.is_dir() { "a directory" } else { "a file" },
             },
+            // The socket's directory may not be entered: nothing about the socket itself.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                ClientError::DirectoryDenied {
+                    path: path.clone(),
+                    uid: nix::unistd::getuid().as_raw(),
+                }
+            }
             _ if error.kind() == std::io::ErrorKind::PermissionDenied => ClientError::Denied {
                 path: path.clone(),
                 uid: nix::unistd::getuid().as_raw(),
