@@ -802,6 +802,30 @@ async fn the_guard_halts_a_canary_that_is_slower_for_everyone() {
     assert_eq!(st["analysis"]["latency"]["verdict"], "regressed", "{st}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slower_canary_within_the_guard_s_least_increase_is_left_alone() {
+    let s = Backend::start("stable").await;
+    let canary = slow_canary(40).await;
+    // The same canary as above, 40 ms slower for everyone, with a floor of 100 ms.
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools: {{stable: ['{}'], canary: ['{canary}']}}\nrollout:\n  id: slower\n  percent: 50\n  guard: {{action: halt, min_requests: 100, min_p99_increase: 100ms}}\nsticky: {{header: x-user-id}}\n{CONTROL}",
+        s.addr
+    ));
+    traffic(&proxy, 1_200, "u", 1, "/").await;
+    let st = proxy.wait_status("both pools counted", |v| {
+        let p = &v["analysis"]["pools"];
+        p["canary"]["requests"].as_u64() >= Some(300)
+            && p["stable"]["requests"].as_u64() >= Some(300)
+    });
+    assert_eq!(st["state"], "running", "{st}");
+    let latency = &st["analysis"]["latency"];
+    assert_eq!(latency["verdict"], "ok", "{st}");
+    assert!(
+        latency["slow_ms"].as_f64().is_some_and(|ms| ms >= 100.0),
+        "{st}"
+    );
+}
+
 /// Every answer the comparison saw in both pools: counted, or left out.
 fn answers(status: &Value) -> u64 {
     let p = &status["analysis"]["pools"];

@@ -68,6 +68,8 @@ pub struct Thresholds {
     pub max_error_rate_increase: f64,
     /// Largest accepted canary p99 / stable p99. Default 1.5.
     pub max_p99_ratio: f64,
+    /// Least increase over the reference, µs, for an answer to count as slow. Default 0.
+    pub min_p99_increase_micros: f64,
     /// Requests each pool needs before any verdict. Default 300.
     pub min_requests: u64,
     /// Distinct canary users a regression must show in — its errors, or its slow answers —
@@ -89,6 +91,7 @@ impl Default for Thresholds {
         Thresholds {
             max_error_rate_increase: 0.01,
             max_p99_ratio: 1.5,
+            min_p99_increase_micros: 0.0,
             min_requests: 300,
             min_users: 5,
             alpha: ALPHA,
@@ -252,9 +255,12 @@ pub fn reference_rank(stable_n: u64, t: &Thresholds) -> u64 {
 }
 
 /// The slow threshold (µs) when the reference rank falls in bucket `bucket`:
-/// `max_p99_ratio` × the bucket's upper edge (infinite for the open-ended last bucket).
+/// `max_p99_ratio` × the bucket's upper edge (infinite for the open-ended last bucket), and at
+/// least `min_p99_increase` above that edge. A higher threshold counts fewer answers slow, so
+/// the floor can only remove alarms: the false-alarm bound holds.
 pub fn slow_threshold(bucket: usize, t: &Thresholds) -> f64 {
-    t.max_p99_ratio * histogram::upper_bound(bucket)
+    let edge = histogram::upper_bound(bucket);
+    (t.max_p99_ratio * edge).max(edge + t.min_p99_increase_micros)
 }
 
 /// The confidence sequence for the canary's slow share (`slow.hits` slow of `slow.n`).
@@ -372,6 +378,17 @@ mod tests {
         let edge = crate::analysis::histogram::upper(bucket) as f64;
         assert_eq!(slow_threshold(bucket, &t), 1.5 * edge);
         assert_eq!(slow_threshold(BUCKETS - 1, &t), f64::INFINITY);
+        // With a floor: the larger of the ratio and the least increase.
+        let floor = Thresholds {
+            min_p99_increase_micros: 100_000.0,
+            ..t
+        };
+        assert_eq!(slow_threshold(bucket, &floor), edge + 100_000.0);
+        let small = Thresholds {
+            min_p99_increase_micros: 1_000.0,
+            ..t
+        };
+        assert_eq!(slow_threshold(bucket, &small), 1.5 * edge);
         assert_eq!(reference_rank(1_000, &t), 990);
     }
 }

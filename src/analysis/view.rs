@@ -222,6 +222,7 @@ pub fn thresholds(guard: Option<&Guard>) -> Thresholds {
     if let Some(g) = guard {
         t.max_error_rate_increase = g.max_error_rate_increase;
         t.max_p99_ratio = g.max_p99_ratio;
+        t.min_p99_increase_micros = g.min_p99_increase.as_secs_f64() * 1e6;
         t.min_requests = g.min_requests;
         t.min_users = g.min_users;
     }

@@ -135,6 +135,11 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         100.0,
         1.5,
     );
+    let min_p99_increase = c.duration(
+        g.min_p99_increase.as_ref(),
+        "rollout.guard.min_p99_increase",
+        std::time::Duration::ZERO,
+    );
     let min_requests = c.int(
         g.min_requests.as_ref(),
         "rollout.guard.min_requests",
@@ -162,6 +167,7 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
     Some(Guard {
         max_error_rate_increase,
         max_p99_ratio,
+        min_p99_increase,
         min_requests,
         min_users,
         action,

@@ -69,6 +69,8 @@ pub struct GuardFile {
     #[serde(default)]
     pub max_p99_ratio: Option<S<f64>>,
     #[serde(default)]
+    pub min_p99_increase: Option<S<String>>,
+    #[serde(default)]
     pub min_requests: Option<S<u64>>,
     #[serde(default)]
     pub min_users: Option<S<u64>>,

@@ -117,6 +117,9 @@ pub struct Guard {
     pub max_error_rate_increase: f64,
     /// Largest accepted canary p99 / stable p99.
     pub max_p99_ratio: f64,
+    /// A canary answer is slow only if also at least this much slower than stable's p99 (a
+    /// ratio alone calls a millisecond on a sub-millisecond service a regression). Default 0.
+    pub min_p99_increase: Duration,
     /// Requests per pool before any verdict.
     pub min_requests: u64,
     /// Distinct canary users a regression (errors, or slow answers) must show for.
