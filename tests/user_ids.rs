@@ -332,3 +332,78 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         assert_eq!(seen.headers.get("cookie").expect("cookie"), pair);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_minted_for_newcomers_navigating_not_for_browsers_that_lost_or_hold_back_theirs() {
+    // Every newcomer with an id goes to the canary; a request without one, to stable.
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let proxy = Proxy::start(&config(
+        &[&stable],
+        &[&canary],
+        "id: ids\npercent: 100",
+        STICKY,
+    ));
+    let client = Client::http1();
+    let fetch = |mode: &'static str, site: &'static str, dest: &'static str| {
+        [
+            ("sec-fetch-mode", mode),
+            ("sec-fetch-site", site),
+            ("sec-fetch-dest", dest),
+        ]
+    };
+    let cases: [(http::Method, Vec<(&str, &str)>, bool); 7] = [
+        // curl, an API client, an old browser: a newcomer.
+        (http::Method::GET, vec![], true),
+        // A first visit, typed or from a search engine's link.
+        (
+            http::Method::GET,
+            fetch("navigate", "none", "document").to_vec(),
+            true,
+        ),
+        (
+            http::Method::GET,
+            fetch("navigate", "cross-site", "document").to_vec(),
+            true,
+        ),
+        // A payment provider's or login's return: a SameSite=Lax cookie stays behind.
+        (
+            http::Method::POST,
+            fetch("navigate", "cross-site", "document").to_vec(),
+            false,
+        ),
+        // The shop in another site's frame, where a Lax cookie is never sent.
+        (
+            http::Method::GET,
+            fetch("navigate", "cross-site", "iframe").to_vec(),
+            false,
+        ),
+        // A page's asset or API call without the cookie: the browser did not keep it.
+        (
+            http::Method::GET,
+            fetch("no-cors", "same-origin", "image").to_vec(),
+            false,
+        ),
+        (
+            http::Method::GET,
+            fetch("cors", "same-origin", "empty").to_vec(),
+            false,
+        ),
+    ];
+    for (method, headers, newcomer) in cases {
+        let r = client
+            .send(
+                method.clone(),
+                &proxy.url("/"),
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await;
+        let minted = !r.cookies().is_empty();
+        assert_eq!(
+            (minted, r.body.as_str()),
+            (newcomer, if newcomer { "canary" } else { "stable" }),
+            "{method} {headers:?}"
+        );
+    }
+}

@@ -82,6 +82,10 @@ pub fn handle(
         let (pool, user, minted) = match routing::decide(&snap.routing, req.headers()) {
             Decision::User { pool, user } => (pool, Some(user), None),
             Decision::Anonymous(pool) => (pool, None, None),
+            // A browser's request that lacks a cookie it has, or cannot keep one.
+            Decision::Mint if !routing::sticky::newcomer(req.method(), req.headers()) => {
+                (routing::anonymous(rollout), None, None)
+            }
             Decision::Mint => {
                 proxy.metrics.ids_minted.increment(1);
                 let host = req.uri().authority().map(|a| a.as_str().as_bytes());

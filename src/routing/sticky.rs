@@ -3,11 +3,41 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::COOKIE;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method};
 
 use super::{Rollout, State, StickyRules};
 
 use super::{PoolName, assign};
+
+/// Whether a request that carries no id is a newcomer's, for whom an id is minted, as a browser
+/// tells it with Fetch Metadata (`Sec-Fetch-Mode`, `-Site`, `-Dest`, sent by every current
+/// browser): a navigation — except a cross-site POST (or other unsafe method) navigation, and a
+/// cross-site frame's. Those, and a browser's subresource, `fetch()` or WebSocket request without
+/// the cookie, come from a client that has an id it did not send or cannot keep one: a
+/// `SameSite=Lax` cookie never goes with a cross-site POST (a payment provider's or a login's
+/// return) nor into a cross-site frame, and a browser that blocks cookies sends none after the
+/// first. Minting for them would replace the user's id (and maybe version) for good, or scatter
+/// one page's requests over both versions; they go to stable, as requests without an id do with
+/// `assign: false`. Without Fetch Metadata (curl, API clients, old browsers) every request is a
+/// newcomer's.
+pub fn newcomer(method: &Method, headers: &HeaderMap) -> bool {
+    let Some(mode) = headers.get("sec-fetch-mode") else {
+        return true;
+    };
+    if mode.as_bytes() != b"navigate" {
+        return false;
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    if !cross_site {
+        return true;
+    }
+    let top_level = headers
+        .get("sec-fetch-dest")
+        .is_none_or(|v| v.as_bytes() == b"document");
+    top_level && (method == Method::GET || method == Method::HEAD)
+}
 
 /// Ids longer than this (or empty) count as no id.
 pub const MAX_ID_LEN: usize = 1024;
