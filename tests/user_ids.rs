@@ -352,7 +352,8 @@ async fn ids_are_minted_for_newcomers_navigating_not_for_browsers_that_lost_or_h
             ("sec-fetch-dest", dest),
         ]
     };
-    let cases: [(http::Method, Vec<(&str, &str)>, bool); 7] = [
+    type Case<'a> = (http::Method, Vec<(&'a str, &'a str)>, bool);
+    let cases: [Case; 7] = [
         // curl, an API client, an old browser: a newcomer.
         (http::Method::GET, vec![], true),
         // A first visit, typed or from a search engine's link.
