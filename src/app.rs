@@ -116,7 +116,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let (mut controller, current, handle) =
         Controller::start(config_path.clone(), config, Arc::clone(&analysis)).await?;
     drop(handover);
-    if let Some((_, owned)) = &admin_bound
+    if let Some((_, owned, _)) = &admin_bound
         && let Some(admin) = &admin_config
     {
         controller.own(admin.socket.clone(), *owned);
@@ -126,22 +126,39 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     }
     let _watcher = watcher::watch(watcher, &config_path, Arc::clone(&current), handle.clone());
     watcher::on_sighup(handle.clone(), hup);
+    // Set once a successor has taken over: the metrics listener then leaves its address to the
+    // successor's, so that a scrape never reads this process's counters after the other's.
+    let handed_over = tokio::sync::watch::Sender::new(false);
+    if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
+        let addr = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %addr, "metrics at /metrics");
+        let web = web::Web {
+            exporter,
+            handle: handle.clone(),
+            analysis: Arc::clone(&analysis),
+            allowed_hosts: page_hosts,
+        };
+        // On a thread and runtime of its own: a scrape, or a flood of requests to the page, never
+        // waits in line with the proxy's requests (with `workers: 1` there is one such line).
+        web::spawn(listener, web, handed_over.subscribe()).map_err(|e| {
+            AppError::Metrics(format!("cannot start the metrics listener's thread: {e}"))
+        })?;
+    }
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // Everything that can fail has: from here this process serves the admin socket (a start
+    // that failed before gave a running ramp's socket back).
     let admin_task = match (admin_bound, admin_config.clone()) {
-        (Some((listener, owned)), Some(admin)) => {
+        (Some((listener, owned, takeback)), Some(admin)) => {
             tracing::info!(path = %admin.socket.display(), "admin socket ready");
-            Some((
-                tokio::spawn(admin::serve(listener, admin.clone(), owned, handle.clone())),
-                admin,
-                owned,
-            ))
+            let task = tokio::spawn(admin::serve(listener, admin.clone(), owned, handle.clone()));
+            takeback.done();
+            Some((task, admin, owned))
         }
         _ => None,
     };
     let stop = admin_task.as_ref().map(|_| controller.stop_when());
     let controller_task = tokio::spawn(controller.run());
-    // Set once a successor has taken over: the metrics listener then leaves its address to the
-    // successor's, so that a scrape never reads this process's counters after the other's.
-    let handed_over = tokio::sync::watch::Sender::new(false);
     if let (Some((_, admin, owned)), Some(stop)) = (&admin_task, stop) {
         // A successor started with --takeover owns the rollout state from now on: this process
         // stops changing it (a schedule step or a guard action written over a change made at the
@@ -169,20 +186,6 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         act_tx,
     ));
     tokio::spawn(guard_actions(act_rx, handle.clone()));
-    if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
-        let addr = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %addr, "metrics at /metrics");
-        let web = web::Web {
-            exporter,
-            handle: handle.clone(),
-            analysis: Arc::clone(&analysis),
-            allowed_hosts: page_hosts,
-        };
-        // On a thread and runtime of its own: a scrape, or a flood of requests to the page, never
-        // waits in line with the proxy's requests (with `workers: 1` there is one such line).
-        web::spawn(listener, web, handed_over.subscribe())
-            .map_err(|e| AppError::Bind { addr, error: e })?;
-    }
 
     let first = current.load();
     let rollout = &first.routing.rollout;
@@ -197,8 +200,6 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     drop(first);
     let proxy = Arc::new(Proxy::new(current, Metrics::new(), analysis, local));
 
-    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),

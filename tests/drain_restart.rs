@@ -221,6 +221,64 @@ async fn a_takeover_that_cannot_start_leaves_the_running_ramp_its_admin_socket()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_after_taking_the_admin_socket_gives_it_back() {
+    let b = Backend::start("stable").await;
+    let old = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: r\npercent: 5",
+        &format!("{CONTROL}metrics: {{listen: '127.0.0.1:0'}}\n"),
+    ));
+    let pinned = std::fs::read_to_string(&old.config_path)
+        .expect("config")
+        .replacen("127.0.0.1:0", &old.addr.to_string(), 1);
+    let next = support::write(old.dir.path(), "next.yaml", &pinned);
+    // Successors short of descriptors fail at one step or another of their start: before the
+    // admin socket (nothing taken), or after it, when they must give it back.
+    let mut given_back = 0;
+    for limit in 10..=40 {
+        let mut successor = std::process::Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .args([support::RAMP, "serve", "--takeover", "--config"])
+            .arg(&next)
+            .current_dir(old.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("prlimit");
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while successor.try_wait().expect("wait").is_none() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = successor.kill();
+        let out = successor.wait_with_output().expect("output");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) {
+            // Enough descriptors to start: it took over (and was stopped); the test is over.
+            break;
+        }
+        given_back += usize::from(err.contains("the admin socket is given back"));
+        // The running ramp can still be reached, and halted.
+        assert_eq!(
+            old.admin("status")["pid"].as_u64(),
+            Some(u64::from(old.pid())),
+            "after a successor with {limit} descriptors: {err}"
+        );
+    }
+    assert!(
+        given_back > 0,
+        "no successor failed after taking the socket"
+    );
+    assert!(
+        !std::fs::read_dir(old.dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(".ramp-")),
+        "a socket was left beside the path"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_and_sigusr2_sent_by_a_log_rotation_script_leave_ramp_serving() {
     let b = Backend::start("stable").await;
     let mut proxy = Proxy::start(&config(&[&b], &[&b], "id: usr\npercent: 0", CONTROL));

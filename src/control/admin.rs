@@ -43,13 +43,44 @@ pub struct Owned {
 /// Binds the socket: replaces a stale socket file left by a dead process, refuses a live one
 /// unless `takeover` (a restart: the new process takes the path while the old one drains), then
 /// applies the configured mode and group.
-pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), AdminError> {
+/// The socket a takeover replaced, kept under another name until the new process is ready to
+/// serve: dropped before [`Takeback::done`] (a start that failed after taking the socket), it is
+/// put back, so the running ramp keeps its admin socket.
+#[derive(Debug)]
+pub struct Takeback {
+    path: PathBuf,
+    kept: Option<PathBuf>,
+}
+
+impl Takeback {
+    /// The new process serves: the old socket goes.
+    pub fn done(mut self) {
+        if let Some(kept) = self.kept.take() {
+            let _ = std::fs::remove_file(kept);
+        }
+    }
+}
+
+impl Drop for Takeback {
+    fn drop(&mut self) {
+        if let Some(kept) = self.kept.take() {
+            if std::fs::rename(&kept, &self.path).is_ok() {
+                tracing::warn!(path = %self.path.display(), "this ramp could not start: the admin socket is given back to the running one");
+            }
+            // (A rename onto another link of the same socket leaves both.)
+            let _ = std::fs::remove_file(&kept);
+        }
+    }
+}
+
+pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned, Takeback), AdminError> {
     let path = &admin.socket;
     let shown = path.display().to_string();
     let io = |error| AdminError::Io {
         path: shown.clone(),
         error,
     };
+    let mut live = false;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
@@ -61,6 +92,7 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
                     return Err(AdminError::Live { path: shown });
                 }
                 tracing::info!(path = %shown, "taking the admin socket over from the running ramp");
+                live = true;
             } else {
                 tracing::info!(path = %shown, "replacing a stale admin socket");
             }
@@ -78,11 +110,28 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
     } else {
         path.as_path()
     };
+    // The running ramp's socket stays reachable under another name (a link to the same socket)
+    // until this process serves; a link that cannot be made only means it cannot be given back.
+    let kept = path.with_file_name(format!(".ramp-{}.old.sock", std::process::id()));
+    let _ = std::fs::remove_file(&kept);
+    let takeback = Takeback {
+        path: path.clone(),
+        kept: (live && std::fs::hard_link(path, &kept).is_ok()).then_some(kept),
+    };
     match std::fs::remove_file(at) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(at).map_err(io)?;
+    let listener = match UnixListener::bind(at) {
+        Ok(l) => l,
+        Err(e) => {
+            if at != path.as_path() {
+                // Nothing was replaced: the running ramp's socket is where it was.
+                takeback.done();
+            }
+            return Err(io(e));
+        }
+    };
     let prepared = std::fs::set_permissions(at, std::fs::Permissions::from_mode(admin.mode))
         .and_then(|()| match admin.group {
             Some(gid) => std::os::unix::fs::chown(at, None, Some(gid)).map_err(|e| {
@@ -97,8 +146,13 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
             true => Ok(()),
             false => std::fs::rename(at, path),
         });
+
     if let Err(e) = prepared {
-        let _ = std::fs::remove_file(at);
+        if at != path.as_path() {
+            let _ = std::fs::remove_file(at);
+            // Nothing was replaced: the running ramp's socket is where it was.
+            takeback.done();
+        }
         return Err(io(e));
     }
     let meta = std::fs::metadata(path).map_err(io)?;
@@ -106,7 +160,7 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned), Admi
         dev: std::os::unix::fs::MetadataExt::dev(&meta),
         ino: std::os::unix::fs::MetadataExt::ino(&meta),
     };
-    Ok((listener, owned))
+    Ok((listener, owned, takeback))
 }
 
 /// Whether the socket file is still the one this process bound (no newer ramp has taken the
@@ -127,20 +181,38 @@ pub fn another_socket(path: &Path, owned: Owned) -> bool {
 }
 
 /// Waits until a newer ramp has taken the socket's path over (`--takeover`): a socket other than
-/// the one this process bound is there, and answers. A socket file merely deleted is no takeover.
+/// the one this process bound is there, and answers a command — a successor that took the path
+/// and then could not start gives the socket back, and answers nothing meanwhile. A socket file
+/// merely deleted is no takeover.
 pub async fn taken_over(path: PathBuf, owned: Owned) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let path = path.clone();
-        let other = tokio::task::spawn_blocking(move || {
-            another_socket(&path, owned) && std::os::unix::net::UnixStream::connect(&path).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let other =
+            tokio::task::spawn_blocking(move || another_socket(&path, owned) && answers(&path))
+                .await
+                .unwrap_or(false);
         if other {
             return;
         }
     }
+}
+
+/// Whether a ramp serves the admin socket at `path`: it replies to `status` within 2 s (a
+/// refusal is a reply too).
+fn answers(path: &Path) -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
+        return false;
+    };
+    let wait = Some(std::time::Duration::from_secs(2));
+    if s.set_read_timeout(wait).is_err() || s.write_all(b"status\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .is_ok_and(|n| n > 0)
 }
 
 /// Removes the socket file at shutdown, unless a newer ramp has taken the path over.

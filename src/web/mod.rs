@@ -182,12 +182,23 @@ pub fn spawn(
     web: Web,
     handed_over: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // The runtime is made on its thread: one made here and dropped with a thread that could not
+    // start would be dropped inside the caller's runtime, which panics.
+    let (started, told) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("ramp-web".into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => serve(listener, web, handed_over).await,
@@ -195,7 +206,11 @@ pub fn spawn(
                 }
             });
         })?;
-    Ok(())
+    told.recv().unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the metrics thread ended as it started",
+        ))
+    })
 }
 
 /// Completes once a successor has taken over (never, if nobody can tell any more).
