@@ -101,6 +101,10 @@ pub enum Reason {
         "is the proxy's own address ({0}): the status page and the metrics, which show the rollout id, would be served to users"
     )]
     SameAsListen(std::net::SocketAddr),
+    #[error(
+        "is ramp's own address ({0}): every request would come back to ramp, each taking another connection"
+    )]
+    OwnAddress(std::net::SocketAddr),
     #[error("not a status (100 to 599) or a class (1xx to 5xx): {0:?}")]
     Status(String),
     #[error("not a host name (letters, digits, '-' and '.', no port): {0:?}")]

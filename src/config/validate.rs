@@ -28,6 +28,14 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
 }
 
+/// Whether `ip:port` reaches ramp's own listener at `listen` (on a wildcard address: through
+/// loopback; other addresses of this machine cannot be told from another machine's).
+fn is_own(listen: SocketAddr, ip: std::net::IpAddr, port: u16) -> bool {
+    let (l, ip) = (listen.ip().to_canonical(), ip.to_canonical());
+    let wildcard = l.is_unspecified() && (l.is_ipv6() || ip.is_ipv4());
+    listen.port() == port && (l == ip || (wildcard && ip.is_loopback()))
+}
+
 pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     let mut c = Checker::default();
     let listen = c.check(&file.listen, "listen", |s| {
@@ -50,8 +58,8 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
         None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let sticky = sticky(&mut c, &file);
-    let stable = pool(&mut c, &file.pools.stable, "pools.stable");
-    let canary = pool(&mut c, &file.pools.canary, "pools.canary");
+    let stable = pool(&mut c, &file.pools.stable, "pools.stable", listen);
+    let canary = pool(&mut c, &file.pools.canary, "pools.canary", listen);
     let rollout = rollout(&mut c, &file);
     let upstream = file.upstream.as_ref();
     let upstream = UpstreamSettings {
@@ -310,7 +318,12 @@ fn cookie_name(n: &str) -> Result<String, Reason> {
     }
 }
 
-fn pool(c: &mut Checker, list: &S<Vec<S<String>>>, field: &str) -> Option<Vec<UpstreamAddr>> {
+fn pool(
+    c: &mut Checker,
+    list: &S<Vec<S<String>>>,
+    field: &str,
+    listen: Option<SocketAddr>,
+) -> Option<Vec<UpstreamAddr>> {
     if list.value.is_empty() {
         c.fail(at(list), field, Reason::Empty);
         return None;
@@ -318,7 +331,13 @@ fn pool(c: &mut Checker, list: &S<Vec<S<String>>>, field: &str) -> Option<Vec<Up
     let mut out: Vec<UpstreamAddr> = Vec::with_capacity(list.value.len());
     let mut ok = true;
     for item in &list.value {
-        match c.check(item, field, |s| upstream_addr(s)) {
+        // ramp itself as an upstream: every request would come back to it, each taking another
+        // connection, until descriptors run out.
+        let own = |addr: UpstreamAddr| match (listen, addr.host.parse::<std::net::IpAddr>()) {
+            (Some(l), Ok(ip)) if is_own(l, ip, addr.port) => Err(Reason::OwnAddress(l)),
+            _ => Ok(addr),
+        };
+        match c.check(item, field, |s| upstream_addr(s).and_then(own)) {
             Some(addr) if out.contains(&addr) => {
                 c.fail(
                     at(item),
