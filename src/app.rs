@@ -48,6 +48,22 @@ pub struct Options {
     pub takeover: bool,
     /// Log lines dropped because stderr's reader fell behind.
     pub dropped_logs: Option<tracing_appender::non_blocking::ErrorCounter>,
+    /// The open files limit ramp runs under, if known.
+    pub open_files: Option<u64>,
+}
+
+/// The client connections ramp takes at most under `open_files`: beyond them the longest-idle
+/// connection makes room, where accepting would otherwise fail for want of descriptors, with no
+/// room left for the admin socket, the state file or upstream connections. Half of what is left
+/// after a reserve (half the limit, at most 256) goes to clients, half to upstreams (an HTTP/1.1
+/// client holds one upstream connection at a time).
+pub fn client_connections(max_connections: usize, open_files: Option<u64>) -> usize {
+    let Some(limit) = open_files else {
+        return max_connections;
+    };
+    let reserve = (limit / 2).min(256);
+    let fit = usize::try_from(limit.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
+    max_connections.min(fit.max(1))
 }
 
 /// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
@@ -104,7 +120,17 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         .as_ref()
         .map(|a| admin::bind(a, options.takeover))
         .transpose()?;
-    let (limits, tls_on) = (config.limits, config.tls.is_some());
+    let (mut limits, tls_on) = (config.limits, config.tls.is_some());
+    let fit = client_connections(limits.max_connections, options.open_files);
+    if fit < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            in_force = fit,
+            open_files = options.open_files,
+            "limits.max_connections is lowered to what the open files limit leaves room for: beyond it the longest-idle connection makes room, and the admin socket, the state file and upstreams keep descriptors"
+        );
+        limits.max_connections = fit;
+    }
 
     let analysis = Arc::new(Analysis::new());
     // A restart takes the state file's handover lock to read it: a change the old process was
@@ -303,5 +329,20 @@ async fn count_dropped_logs(dropped: tracing_appender::non_blocking::ErrorCounte
             said = n;
         }
         before = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_connections;
+
+    #[test]
+    fn client_connections_leave_room_under_the_open_files_limit() {
+        assert_eq!(client_connections(10_000, None), 10_000);
+        assert_eq!(client_connections(10_000, Some(65_536)), 10_000);
+        assert_eq!(client_connections(10_000, Some(1024)), 384);
+        assert_eq!(client_connections(10_000, Some(64)), 16);
+        assert_eq!(client_connections(10, Some(64)), 10);
+        assert_eq!(client_connections(10_000, Some(1)), 1);
     }
 }

@@ -162,10 +162,10 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// connection, each upstream connection and each admin or metrics peer take a descriptor, and the
 /// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
 /// stays too low for `limits.max_connections` and `upstream.max_connections`.
-fn open_files(max_connections: usize, max_upstream: usize) {
+fn open_files(max_connections: usize, max_upstream: usize) -> Option<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
+        return None;
     };
     let limit = if soft < hard {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
@@ -189,6 +189,7 @@ fn open_files(max_connections: usize, max_upstream: usize) {
             "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those"
         );
     }
+    Some(limit)
 }
 
 fn main() -> ExitCode {
@@ -228,13 +229,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
-            open_files(
+            let open_files = open_files(
                 config.limits.max_connections,
                 config.upstream.max_connections,
             );
             let options = ramp::app::Options {
                 takeover,
                 dropped_logs: Some(dropped_logs),
+                open_files,
             };
             runtime(config.workers)?.block_on(ramp::app::serve(path, config, options))?;
             Ok(ExitCode::SUCCESS)

@@ -67,8 +67,11 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors or a connection reset before accept: keep serving the
-                    // connections we have and try again shortly.
-                    tracing::warn!(error = %e, "accept failed");
+                    // connections we have and try again shortly (said once a second at most).
+                    static FAILED: crate::logs::EverySecond = crate::logs::EverySecond::new();
+                    if let Some(unlogged) = FAILED.admit_now() {
+                        tracing::warn!(error = %e, unlogged, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
