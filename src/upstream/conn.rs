@@ -86,6 +86,13 @@ fn local(e: &std::io::Error) -> bool {
     })
 }
 
+/// Whether ramp has no descriptor left: a name lookup that failed says only that the name was
+/// not found when the resolver could open neither `/etc/hosts` nor a socket to ask with (glibc
+/// then says `EAI_NONAME`), which is ramp's shortage, not the upstream's failure.
+fn out_of_descriptors() -> bool {
+    std::fs::File::open("/dev/null").is_err_and(|e| local(&e))
+}
+
 /// The request may have been sent, but the connection closed (or reset) before a byte of an
 /// answer came back (on hyper's client). Anything else hyper reports is not known to be safe:
 /// false.
@@ -359,7 +366,7 @@ impl Upstream {
         .await
         .map_err(|_| SendError::ConnectTimeout)?
         .map_err(|e| {
-            if local(&e) {
+            if local(&e) || (e.raw_os_error().is_none() && out_of_descriptors()) {
                 SendError::Local(e)
             } else {
                 SendError::Connect(e)
