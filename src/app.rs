@@ -39,6 +39,8 @@ pub enum AppError {
     Demo(std::io::Error),
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("the admin socket {0} does not answer a command (out of descriptors?): not started")]
+    AdminSilent(String),
 }
 
 /// How `serve` starts.
@@ -174,17 +176,33 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     // Everything that can fail has: from here this process serves the admin socket (a start
     // that failed before gave a running ramp's socket back).
+    let mut takeback = None;
     let admin_task = match (admin_bound, admin_config.clone()) {
-        (Some((listener, owned, takeback)), Some(admin)) => {
-            tracing::info!(path = %admin.socket.display(), "admin socket ready");
+        (Some((listener, owned, back)), Some(admin)) => {
             let task = tokio::spawn(admin::serve(listener, admin.clone(), owned, handle.clone()));
-            takeback.done();
+            takeback = Some(back);
             Some((task, admin, owned))
         }
         _ => None,
     };
     let stop = admin_task.as_ref().map(|_| controller.stop_when());
     let controller_task = tokio::spawn(controller.run());
+    if let (Some(back), Some((task, admin, _))) = (takeback, &admin_task) {
+        // Taken over only once it answers (a process that bound the socket but cannot accept on
+        // it, short of descriptors, would hold it unanswered): else the running ramp gets it back.
+        let path = admin.socket.clone();
+        let answered = tokio::task::spawn_blocking(move || admin::answers(&path))
+            .await
+            .unwrap_or(false);
+        if !answered {
+            task.abort();
+            controller_task.abort();
+            drop(back);
+            return Err(AppError::AdminSilent(admin.socket.display().to_string()));
+        }
+        tracing::info!(path = %admin.socket.display(), "admin socket ready");
+        back.done();
+    }
     if let (Some((_, admin, owned)), Some(stop)) = (&admin_task, stop) {
         // A successor started with --takeover owns the rollout state from now on: this process
         // stops changing it (a schedule step or a guard action written over a change made at the

@@ -237,8 +237,11 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         assert!(err.contains(says), "{words:?}: {err}");
         assert!(!err.contains("cannot connect"), "it tried to send: {err}");
     }
-    // A negative number is ramp's to refuse, with its reason.
-    let (code, _, err) = ramp(&["ctl", "--socket", "/nonexistent/ramp.sock", "set", "-5"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("cannot connect"), "{err}");
+    // A negative number is ramp's to refuse, with its reason; a user id may begin with `-`.
+    for words in [["set", "-5"], ["bucket", "-Ab3"]] {
+        let args: Vec<&str> = socket.iter().chain(&words).copied().collect();
+        let (code, _, err) = ramp(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("cannot connect"), "{words:?}: {err}");
+    }
 }

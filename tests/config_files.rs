@@ -150,6 +150,11 @@ fn shape_errors_name_the_key_and_position() {
         lines[0].starts_with("2:18: pools.stable: is ramp's own address (0.0.0.0:8080)"),
         "{lines:?}"
     );
+    let (code, lines) = check(
+        "listen: 127.0.0.1:8080\npools: {stable: ['0.0.0.0:8080'], canary: ['10.0.0.1:8080']}\nrollout: {id: r, percent: 5}\n",
+    );
+    assert_eq!(code, 1);
+    assert!(lines[0].contains("is ramp's own address"), "{lines:?}");
     // Goals that could never count.
     let (_, lines) = check(&format!(
         "listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{goals: [{{name: a, path: '/done#x'}}, {{name: b, path: /y, method: TRACE}}]}}\n"

@@ -353,7 +353,7 @@ async fn ids_are_minted_for_newcomers_navigating_not_for_browsers_that_lost_or_h
         ]
     };
     type Case<'a> = (http::Method, Vec<(&'a str, &'a str)>, bool);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         // curl, an API client, an old browser: a newcomer.
         (http::Method::GET, vec![], true),
         // A first visit, typed or from a search engine's link.
@@ -373,10 +373,16 @@ async fn ids_are_minted_for_newcomers_navigating_not_for_browsers_that_lost_or_h
             fetch("navigate", "cross-site", "document").to_vec(),
             false,
         ),
-        // The shop in another site's frame, where a Lax cookie is never sent.
+        // The shop in another site's frame, where a Lax cookie is never sent; a link clicked
+        // inside that frame says same-origin.
         (
             http::Method::GET,
             fetch("navigate", "cross-site", "iframe").to_vec(),
+            false,
+        ),
+        (
+            http::Method::GET,
+            fetch("navigate", "same-origin", "iframe").to_vec(),
             false,
         ),
         // A page's asset or API call without the cookie: the browser did not keep it.

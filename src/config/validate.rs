@@ -33,7 +33,10 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 fn is_own(listen: SocketAddr, ip: std::net::IpAddr, port: u16) -> bool {
     let (l, ip) = (listen.ip().to_canonical(), ip.to_canonical());
     let wildcard = l.is_unspecified() && (l.is_ipv6() || ip.is_ipv4());
-    listen.port() == port && (l == ip || (wildcard && ip.is_loopback()))
+    // Connecting to 0.0.0.0 (or ::) reaches this machine's loopback.
+    let local = ip.is_loopback() || ip.is_unspecified();
+    listen.port() == port
+        && (l == ip || (wildcard && local) || (ip.is_unspecified() && l.is_loopback()))
 }
 
 pub fn validate(file: File) -> Result<Config, Vec<Problem>> {

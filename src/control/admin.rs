@@ -200,7 +200,7 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
 
 /// Whether a ramp serves the admin socket at `path`: it replies to `status` within 2 s (a
 /// refusal is a reply too).
-fn answers(path: &Path) -> bool {
+pub fn answers(path: &Path) -> bool {
     use std::io::{BufRead, Write};
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
         return false;
@@ -237,7 +237,10 @@ pub async fn serve(listener: UnixListener, admin: Admin, owned: Owned, handle: H
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                static FAILED: crate::logs::EverySecond = crate::logs::EverySecond::new();
+                if let Some(unlogged) = FAILED.admit_now() {
+                    tracing::warn!(error = %e, unlogged, "admin accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -121,15 +121,17 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         [first, ..] if option_like(first) => {
             return Err(ClientError::UnknownOption(first.clone()));
         }
+        // A user id may begin with `-` (one minted id in 64 does): `bucket` only reads.
+        [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
+            return Err(ClientError::BucketIds(ids.len()));
+        }
+        [bucket, _] if bucket == "bucket" => {}
         [_, rest @ ..] if let Some(w) = rest.iter().find(|w| option_like(w)) => {
             return Err(ClientError::OptionWord(w.clone()));
         }
         // `start -9`: a rollout id, not a number, so never one beginning with a dash.
         [start, id, ..] if start == "start" && id.starts_with('-') => {
             return Err(ClientError::OptionWord(id.clone()));
-        }
-        [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
-            return Err(ClientError::BucketIds(ids.len()));
         }
         _ => {}
     }

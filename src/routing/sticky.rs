@@ -11,8 +11,7 @@ use super::{PoolName, assign};
 
 /// Whether a request that carries no id is a newcomer's, for whom an id is minted, as a browser
 /// tells it with Fetch Metadata (`Sec-Fetch-Mode`, `-Site`, `-Dest`, sent by every current
-/// browser): a navigation — except a cross-site POST (or other unsafe method) navigation, and a
-/// cross-site frame's. Those, and a browser's subresource, `fetch()` or WebSocket request without
+/// browser): a top-level navigation — except a cross-site POST (or other unsafe method) one. Those, and a browser's subresource, `fetch()` or WebSocket request without
 /// the cookie, come from a client that has an id it did not send or cannot keep one: a
 /// `SameSite=Lax` cookie never goes with a cross-site POST (a payment provider's or a login's
 /// return) nor into a cross-site frame, and a browser that blocks cookies sends none after the
@@ -27,16 +26,17 @@ pub fn newcomer(method: &Method, headers: &HeaderMap) -> bool {
     if mode.as_bytes() != b"navigate" {
         return false;
     }
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site");
-    if !cross_site {
-        return true;
-    }
+    // A frame's navigation: the page around it was a navigation that got the cookie first, so a
+    // frame without it is in another site's page (`Sec-Fetch-Site` tells the frame's own
+    // initiator, not the top-level site: a link clicked inside a cross-site frame says
+    // same-origin).
     let top_level = headers
         .get("sec-fetch-dest")
         .is_none_or(|v| v.as_bytes() == b"document");
-    top_level && (method == Method::GET || method == Method::HEAD)
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    top_level && (!cross_site || method == Method::GET || method == Method::HEAD)
 }
 
 /// Ids longer than this (or empty) count as no id.
