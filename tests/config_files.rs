@@ -41,6 +41,22 @@ fn check(yaml: &str) -> (i32, Vec<String>) {
     (code, lines)
 }
 
+/// `ramp COMMAND --config PATH` run as nobody (uid 65534, no groups): tests that need a user
+/// whom the file system refuses things (root is refused nothing).
+fn as_nobody(command: &str, path: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        support::RAMP,
+        command,
+        "--config",
+    ])
+    .arg(path);
+    cmd
+}
+
 const GOOD_TAIL: &str = "pools:\n  stable: [127.0.0.1:9101]\n  canary: [127.0.0.1:9102]\nrollout:\n  id: r1\n  percent: 5\n";
 
 #[test]
@@ -398,16 +414,7 @@ fn check_refuses_a_state_directory_ramp_s_user_may_not_write() {
         &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}state:\n  file: rootonly/state.json\n"),
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            support::RAMP,
-        ])
-        .args(["check", "--config", path.to_str().expect("utf-8")])
-        .output()
-        .expect("setpriv");
+    let out = as_nobody("check", &path).output().expect("setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -433,16 +440,7 @@ fn check_and_serve_refuse_a_socket_group_ramp_s_user_may_not_give() {
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     for command in ["check", "serve"] {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                support::RAMP,
-            ])
-            .args([command, "--config", path.to_str().expect("utf-8")])
-            .output()
-            .expect("setpriv");
+        let out = as_nobody(command, &path).output().expect("setpriv");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{command}: {err}");
         assert!(
@@ -622,18 +620,7 @@ fn certificates_in_a_directory_ramp_may_not_list_are_served_and_said_unwatched()
         ),
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let as_nobody = |command: &str| {
-        let mut cmd = std::process::Command::new("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            support::RAMP,
-        ])
-        .args([command, "--config", path.to_str().expect("utf-8")]);
-        cmd
-    };
-    let out = as_nobody("check").output().expect("setpriv");
+    let out = as_nobody("check", &path).output().expect("setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
@@ -641,7 +628,7 @@ fn certificates_in_a_directory_ramp_may_not_list_are_served_and_said_unwatched()
         "{err}"
     );
     // serve starts (it was refused before), and says so in its log.
-    let mut serve = as_nobody("serve")
+    let mut serve = as_nobody("serve", &path)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");

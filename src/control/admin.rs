@@ -201,18 +201,7 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
 /// Whether a ramp serves the admin socket at `path`: it replies to `status` within 2 s (a
 /// refusal is a reply too).
 pub fn answers(path: &Path) -> bool {
-    use std::io::{BufRead, Write};
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
-        return false;
-    };
-    let wait = Some(std::time::Duration::from_secs(2));
-    if s.set_read_timeout(wait).is_err() || s.write_all(b"status\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    std::io::BufReader::new(s)
-        .read_line(&mut line)
-        .is_ok_and(|n| n > 0)
+    super::client::request(path, "status", Duration::from_secs(2)).is_ok()
 }
 
 /// Removes the socket file at shutdown, unless a newer ramp has taken the path over.

@@ -83,6 +83,23 @@ fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certs)
 }
 
+fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|error| TlsError::Pem {
+        path: path.to_owned(),
+        reason: pem_reason(&error),
+    })
+}
+
+/// Whether any upstream is spoken to over TLS (`https://`).
+fn any_https(config: &Config) -> bool {
+    config
+        .pools
+        .stable
+        .iter()
+        .chain(&config.pools.canary)
+        .any(|u| u.tls)
+}
+
 /// What is wrong with a PEM file, in words (the markers as text, not as bytes).
 fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
     use rustls_pki_types::pem::Error;
@@ -108,13 +125,7 @@ fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), T
     let cert_pem = read(cert).map_err(|e| e.of("tls.cert"))?;
     let key_pem = read(key).map_err(|e| e.of("tls.key"))?;
     let chain = certs(&cert_pem, cert).map_err(|e| e.of("tls.cert"))?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
-        TlsError::Pem {
-            path: key.to_owned(),
-            reason: pem_reason(&error),
-        }
-        .of("tls.key")
-    })?;
+    let private = private_key(&key_pem, key).map_err(|e| e.of("tls.key"))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Unusable(cert.to_owned(), e))?
@@ -180,12 +191,7 @@ impl TlsConfigs {
             }
             None => None,
         };
-        let https = config
-            .pools
-            .stable
-            .iter()
-            .chain(&config.pools.canary)
-            .any(|u| u.tls);
+        let https = any_https(config);
         let client = match (https, &prev.client, &config.upstream_ca) {
             // Unused until a pool is `https://`, and read all the same: a mistake shows now.
             (false, _, Some(ca)) => {
@@ -217,12 +223,7 @@ impl TlsConfigs {
         let mut out = Vec::new();
         if let Some(t) = &config.tls {
             let cert = read(&t.cert).and_then(|pem| certs(&pem, &t.cert));
-            let key = read(&t.key).and_then(|pem| {
-                PrivateKeyDer::from_pem_slice(&pem).map_err(|error| TlsError::Pem {
-                    path: t.key.clone(),
-                    reason: pem_reason(&error),
-                })
-            });
+            let key = read(&t.key).and_then(|pem| private_key(&pem, &t.key));
             match (cert, key) {
                 (Ok(_), Ok(_)) => out.extend(server(&t.cert, &t.key).err()),
                 (cert, key) => {
@@ -231,12 +232,7 @@ impl TlsConfigs {
                 }
             }
         }
-        let https = config
-            .pools
-            .stable
-            .iter()
-            .chain(&config.pools.canary)
-            .any(|u| u.tls);
+        let https = any_https(config);
         match &config.upstream_ca {
             Some(ca) => out.extend(client(Some(ca)).err().map(|e| e.of("upstream.ca"))),
             None if https => out.extend(client(None).err()),
