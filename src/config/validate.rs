@@ -1,18 +1,22 @@
 //! Shape -> checked values. Collects every problem instead of stopping at the first.
 
+mod rollout;
+mod sticky;
+
+use rollout::rollout;
+pub use rollout::rollout_id;
+use sticky::sticky;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
 
-use super::checker::{Checker, at, parse_duration};
+use super::checker::{Checker, at};
 use super::error::{Problem, Reason};
-use super::file::{AdminFile, File, S, StepFile};
-use super::{
-    Admin, CanaryUnavailable, Config, Plan, Pools, RolloutPlan, ServerCert, Step, Sticky,
-    UpstreamAddr, UpstreamSettings, percent_to_ppm,
-};
+use super::file::{AdminFile, File, S};
+use super::{Admin, CanaryUnavailable, Config, Pools, ServerCert, UpstreamAddr, UpstreamSettings};
 
 /// The longest rollout id: it is hashed on every request and shown in status.
 pub const MAX_ROLLOUT_ID: usize = 256;
@@ -214,111 +218,9 @@ pub fn validate(file: File) -> Result<Config, Vec<Problem>> {
     }
 }
 
-fn header_name(s: &str) -> Result<HeaderName, Reason> {
+pub(super) fn header_name(s: &str) -> Result<HeaderName, Reason> {
     HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes())
         .map_err(|_| Reason::HeaderName(s.to_owned()))
-}
-
-/// The header a user id comes in: any name but the hop-by-hop ones (removed before the upstream
-/// sees them: ramp and the app would disagree on the user), those ramp writes, the request's own
-/// framing and Host, and Cookie (`sticky.cookie` reads it).
-fn id_header_name(s: &str) -> Result<HeaderName, Reason> {
-    let name = header_name(s)?;
-    const NOT_AN_ID: [&str; 12] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "trailer",
-        "host",
-        "content-length",
-        "cookie",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-    ];
-    if NOT_AN_ID.contains(&name.as_str()) {
-        return Err(Reason::NotAnIdHeader(name.as_str().to_owned()));
-    }
-    Ok(name)
-}
-
-fn sticky(c: &mut Checker, file: &File) -> Option<Sticky> {
-    let s = file.sticky.as_ref();
-    let header = s.and_then(|s| s.header.as_ref());
-    let header = match header {
-        Some(h) => c.check(h, "sticky.header", |s| id_header_name(s)).map(Some),
-        None => Some(None),
-    };
-    let cookie = match s.and_then(|s| s.cookie.as_ref()) {
-        Some(name) => c.check(name, "sticky.cookie", |n| cookie_name(n)),
-        None => Some("uid".to_owned()),
-    };
-    let max_age = match s.and_then(|s| s.cookie_max_age.as_ref()) {
-        // Max-Age counts whole seconds: under one, the minted cookie would be gone at once, and
-        // every request a new user.
-        Some(text) => c.check(text, "sticky.cookie_max_age", |t| {
-            parse_duration(t).and_then(|d| {
-                (d >= Duration::from_secs(1))
-                    .then_some(d)
-                    .ok_or(Reason::UnderSecond)
-            })
-        })?,
-        None => Duration::from_secs(365 * 86_400),
-    };
-    let assign = s.and_then(|s| s.assign).unwrap_or(true);
-    let secure = s.and_then(|s| s.cookie_secure).unwrap_or(false);
-    let has_domain = s.is_some_and(|s| s.cookie_domain.is_some());
-    // A browser refuses a cookie of these prefixes without what they promise (RFC 6265bis
-    // §4.1.3): every request would be a new user.
-    if let (Some(name), Some(given)) = (&cookie, s.and_then(|s| s.cookie.as_ref())) {
-        let lower = name.to_ascii_lowercase();
-        let needs = if lower.starts_with("__host-") && (!secure || has_domain) {
-            Some("cookie_secure: true and no cookie_domain")
-        } else if lower.starts_with("__secure-") && !secure {
-            Some("cookie_secure: true")
-        } else {
-            None
-        };
-        if let Some(needs) = needs {
-            c.check(given, "sticky.cookie", |_| -> Result<(), Reason> {
-                Err(Reason::CookiePrefix(needs))
-            });
-        }
-    }
-    let domain = match s.and_then(|s| s.cookie_domain.as_ref()) {
-        // A leading dot is what older specifications wrote; browsers ignore it.
-        Some(d) => c
-            .check(d, "sticky.cookie_domain", |d| {
-                host_name(d.trim().trim_start_matches('.'))
-            })
-            .map(Some),
-        None => Some(None),
-    };
-    Some(Sticky {
-        header: header?,
-        cookie: cookie?,
-        assign,
-        cookie_max_age: max_age,
-        cookie_secure: secure,
-        cookie_domain: domain?,
-        // By default the cookie is ramp's where ramp mints it, the app's where it does not.
-        app_sets_cookie: s.and_then(|s| s.app_sets_cookie).unwrap_or(!assign),
-    })
-}
-
-/// RFC 6265 cookie-name: an RFC 9110 token.
-fn cookie_name(n: &str) -> Result<String, Reason> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if n.is_empty() {
-        return Err(Reason::Empty);
-    }
-    if n.bytes().all(token) {
-        Ok(n.to_owned())
-    } else {
-        Err(Reason::CookieName(n.to_owned()))
-    }
 }
 
 fn pool(
@@ -383,129 +285,6 @@ pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
         port,
         tls,
     })
-}
-
-/// A rollout id: the salt of the assignment hash; one word (it is typed in `ramp ctl start`).
-pub fn rollout_id(id: &str) -> Result<String, Reason> {
-    if id.is_empty() {
-        return Err(Reason::Empty);
-    }
-    if id.len() > MAX_ROLLOUT_ID {
-        return Err(Reason::TooLong {
-            max: MAX_ROLLOUT_ID,
-            got: id.len(),
-        });
-    }
-    if id
-        .chars()
-        .any(|ch| ch.is_control() || ch.is_whitespace() || invisible(ch))
-    {
-        return Err(Reason::Printable(id.to_owned()));
-    }
-    Ok(id.to_owned())
-}
-
-/// Characters that show nothing: Unicode's default-ignorable code points and its other format
-/// characters (category Cf), such as U+200B, U+FEFF, U+034F, the variation selectors, and the
-/// ones that turn text around (U+202E). An id holding one looks like another id while salting the
-/// hash differently.
-fn invisible(ch: char) -> bool {
-    matches!(
-        ch,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{0600}'..='\u{0605}'
-            | '\u{061C}'
-            | '\u{06DD}'
-            | '\u{070F}'
-            | '\u{0890}'..='\u{0891}'
-            | '\u{08E2}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{110BD}'
-            | '\u{110CD}'
-            | '\u{13430}'..='\u{1343F}'
-            | '\u{16FE4}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
-}
-
-fn rollout(c: &mut Checker, file: &File) -> Option<RolloutPlan> {
-    let r = &file.rollout.value;
-    let id = c.check(&r.id, "rollout.id", |s| rollout_id(s));
-    let plan = match (&r.percent, &r.steps) {
-        (Some(p), None) => c
-            .check(p, "rollout.percent", |&p| percent_to_ppm(p))
-            .map(Plan::Percent),
-        (None, Some(steps)) => self::steps(c, steps).map(Plan::Steps),
-        (Some(p), Some(_)) => {
-            c.fail(at(p), "rollout", Reason::PercentAndSteps);
-            None
-        }
-        (None, None) => {
-            c.fail(at(&file.rollout), "rollout", Reason::NoPercent);
-            None
-        }
-    };
-    Some(RolloutPlan {
-        id: id?,
-        plan: plan?,
-    })
-}
-
-fn steps(c: &mut Checker, steps: &S<Vec<StepFile>>) -> Option<Vec<Step>> {
-    if steps.value.is_empty() {
-        c.fail(at(steps), "rollout.steps", Reason::Empty);
-        return None;
-    }
-    let before = c.problems.len();
-    let mut out = Vec::with_capacity(steps.value.len());
-    for (i, step) in steps.value.iter().enumerate() {
-        let field = format!("rollout.steps[{i}].percent");
-        let Some(ppm) = c.check(&step.percent, &field, |&p| percent_to_ppm(p)) else {
-            continue;
-        };
-        let last = i + 1 == steps.value.len();
-        let hold = match &step.hold {
-            Some(h) => c.check(h, &format!("rollout.steps[{i}].hold"), |s| {
-                parse_duration(s)
-            }),
-            None if last => None,
-            None => {
-                c.fail(
-                    at(&step.percent),
-                    &format!("rollout.steps[{i}]"),
-                    Reason::MissingHold,
-                );
-                None
-            }
-        };
-        if let Some(prev) = out.last().map(|s: &Step| s.ppm)
-            && ppm <= prev
-        {
-            c.fail(
-                at(&step.percent),
-                &field,
-                Reason::StepsNotRising {
-                    prev: super::ppm_to_percent(prev),
-                    next: step.percent.value,
-                },
-            );
-        }
-        out.push(Step { ppm, hold });
-    }
-    (c.problems.len() == before).then_some(out)
 }
 
 fn path(p: &str) -> Result<PathBuf, Reason> {
@@ -574,7 +353,7 @@ fn group_id(g: &str) -> Result<u32, Reason> {
 }
 
 /// A DNS name as a Host field carries it (RFC 1123 labels), lowercased, without a trailing dot.
-fn host_name(s: &str) -> Result<String, Reason> {
+pub(super) fn host_name(s: &str) -> Result<String, Reason> {
     let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
     let label_ok = |l: &str| {
         !l.is_empty()

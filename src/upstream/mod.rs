@@ -2,7 +2,9 @@
 //! snapshot keep the connections of upstreams it shares with the old one.
 
 mod body;
+mod client_body;
 mod conn;
+mod failure;
 pub mod health;
 mod hide;
 mod idle;
@@ -15,8 +17,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::UpstreamAddr;
 
-pub use body::{BodyTimes, ClientBody, H2Body, Leftover, ReqBody, UpstreamBody};
-pub use conn::{Connector, Failure, Retry, SendError, Sender, Upstream};
+pub use body::{BodyTimes, ReqBody, UpstreamBody};
+pub use client_body::{ClientBody, H2Body, Leftover};
+pub use conn::{Connector, Sender, Upstream};
+pub use failure::{Failure, Retry, SendError};
 pub use hide::Hide;
 pub use idle::BodyError;
 pub use pool::{Outcome, Pool};

@@ -9,7 +9,7 @@ use http::Response;
 use crate::config::PassiveHealth;
 use crate::routing::PoolName;
 
-use super::conn::{Failure, SendError};
+use super::failure::{Failure, SendError};
 use super::{Upstream, UpstreamBody, health};
 
 #[derive(Debug)]

@@ -55,7 +55,7 @@ impl Exchange {
     pub fn closed_before_answer(&self) -> bool {
         match self {
             Exchange::Closed(_) => true,
-            Exchange::Hyper(e) => super::conn::closed_before_answer(e),
+            Exchange::Hyper(e) => super::failure::closed_before_answer(e),
             Exchange::Io(_) | Exchange::Invalid(_) | Exchange::Stalled(_) => false,
         }
     }

@@ -1,0 +1,103 @@
+use super::*;
+
+#[test]
+fn what_is_recorded_is_drained_once() {
+    let r = Recorder::default();
+    r.record(PoolName::Canary, true, 1_500, Some(7), Some(1));
+    r.record(PoolName::Canary, false, 40_000, Some(7), None);
+    r.record(PoolName::Stable, false, 900, Some(8), None);
+    let mut tick = PerPool::<Counts>::default();
+    r.drain(&mut tick);
+    assert_eq!((tick.canary.requests, tick.canary.errors), (2, 1));
+    assert_eq!(tick.canary.goals[1], 1);
+    assert_eq!(tick.stable.requests, 1);
+    assert!((tick.canary.users.estimate() - 1.0).abs() < 0.01);
+    assert_eq!(tick.canary.latency[histogram::index(40_000)], 1);
+    r.drain(&mut tick);
+    assert_eq!((tick.canary.requests, tick.stable.requests), (0, 0));
+}
+
+#[test]
+fn one_user_s_flood_counts_for_its_share_of_a_second() {
+    let r = Recorder::default();
+    let mut tick = PerPool::<Counts>::default();
+    // Stand-ins for assignment hashes: xxh3 of distinct ids.
+    let user = |u: u64| xxhash_rust::xxh3::xxh3_64(&u.to_le_bytes());
+    let flood = xxhash_rust::xxh3::xxh3_64(b"flood");
+    // 1,000 users' answers at 200 ms, and one client's 100,000 at 1 ms.
+    for u in 0..1_000u64 {
+        r.record(PoolName::Stable, false, 200_000, Some(user(u)), None);
+    }
+    for _ in 0..100_000 {
+        r.record(PoolName::Stable, false, 1_000, Some(flood), None);
+    }
+    r.drain(&mut tick);
+    let s = &tick.stable;
+    // Its first 20, then the n-th with a chance of 20/n: about 20 × (1 + ln 5,000) ≈ 190.
+    assert!((1_100..=1_300).contains(&s.requests), "{}", s.requests);
+    assert_eq!(s.requests + s.uncounted, 101_000);
+    let median = histogram::quantile(&s.latency, 0.5).expect("a median");
+    assert!(
+        median > 150_000.0,
+        "the users' latency, not the flood's: {median}"
+    );
+    assert!(
+        (s.users.estimate() - 1_001.0).abs() < 40.0,
+        "every user counted"
+    );
+    // The share grows with the pool's traffic: 1/512 of its answers in the last second.
+    for u in 0..102_400u64 {
+        r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
+    }
+    r.drain(&mut tick);
+    for _ in 0..1_000 {
+        r.record(PoolName::Stable, false, 1_000, Some(flood), None);
+    }
+    r.drain(&mut tick);
+    // 200 × (1 + ln 5) ≈ 520.
+    assert!(
+        (420..=620).contains(&tick.stable.requests),
+        "{}",
+        tick.stable.requests
+    );
+}
+
+#[test]
+fn answers_without_a_user_id_are_none_of_the_comparison_s() {
+    let r = Recorder::default();
+    let mut tick = PerPool::<Counts>::default();
+    for _ in 0..500 {
+        assert!(!r.record(PoolName::Stable, false, 1_000, None, None));
+    }
+    assert!(r.record(PoolName::Stable, false, 1_000, Some(7), None));
+    r.drain(&mut tick);
+    assert_eq!((tick.stable.requests, tick.stable.uncounted), (1, 500));
+}
+
+#[test]
+fn the_users_errors_came_from_are_told_apart_up_to_a_few() {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    // One user's many errors, second after second, are one user.
+    for _ in 0..3 {
+        for _ in 0..15 {
+            r.record(PoolName::Canary, true, 1_000, Some(42), None);
+        }
+        r.failed_attempt(PoolName::Canary, Some(42));
+        r.broken_body(PoolName::Canary, Some(42));
+        r.record(PoolName::Canary, false, 1_000, Some(7), None);
+        r.drain(&mut tick);
+        since.canary.add(&tick.canary);
+    }
+    assert_eq!(since.canary.error_users.len(), 1);
+    assert_eq!(since.canary.errors, 51);
+    // Others' errors add users, up to the few that are told apart.
+    for u in 100..120 {
+        r.record(PoolName::Canary, true, 1_000, Some(u), None);
+    }
+    r.drain(&mut tick);
+    since.canary.add(&tick.canary);
+    assert_eq!(since.canary.error_users.len(), ERROR_USERS);
+    assert!(since.stable.error_users.is_empty());
+}

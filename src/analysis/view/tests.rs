@@ -1,0 +1,77 @@
+use super::*;
+use crate::analysis::counts::Recorder;
+
+/// `users` users a side, each making three requests; in each pool, the users whose number
+/// `converts` accepts convert once. `extra` adds one canary user's requests (`GETs`) and
+/// conversions.
+fn goal_verdict(
+    converts: impl Fn(PoolName, u64) -> bool,
+    extra_requests: u64,
+    extra_conversions: u64,
+) -> GoalView {
+    let r = Recorder::default();
+    for pool in PoolName::BOTH {
+        for u in 0..200u64 {
+            let user = (u + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (pool as u64);
+            for _ in 0..3 {
+                r.record(pool, false, 1_000, Some(user), None);
+            }
+            if converts(pool, u) {
+                r.record(pool, false, 1_000, Some(user), Some(0));
+            }
+        }
+    }
+    let heavy = Some(0xDEAD_BEEF);
+    for _ in 0..extra_requests {
+        r.record(PoolName::Canary, false, 1_000, heavy, None);
+    }
+    for _ in 0..extra_conversions {
+        r.record(PoolName::Canary, false, 1_000, heavy, Some(0));
+    }
+    let mut since = PerPool::<Counts>::default();
+    let mut converted = PerPool::<Converted>::default();
+    r.drain(&mut since);
+    r.drain_converted(&mut converted);
+    goal("purchase", 0, &since, &converted, &thresholds(None))
+}
+
+#[test]
+fn one_user_s_many_requests_or_conversions_do_not_decide_a_goal() {
+    let every_tenth = |_: PoolName, u: u64| u.is_multiple_of(10);
+    let same = goal_verdict(every_tenth, 0, 0);
+    assert_eq!(same.verdict.verdict, "ok", "{same:?}");
+    // One canary user's 3,000 requests made the conversions per request drop by a third.
+    let diluted = goal_verdict(every_tenth, 3_000, 0);
+    assert_eq!(diluted.verdict.verdict, "ok", "{diluted:?}");
+    // One canary user's 300 purchases made them triple.
+    let inflated = goal_verdict(every_tenth, 0, 300);
+    assert_eq!(inflated.verdict.verdict, "ok", "{inflated:?}");
+    // Counted per request, that user's purchases count for their share of a second: about
+    // 20 × (1 + ln 15) ≈ 74 of 300.
+    let conversions = inflated.conversions.canary;
+    assert!((20 + 40..=20 + 120).contains(&conversions), "{conversions}");
+    // 21 users converted; the sketch (keyed at random per process) may merge a pair.
+    assert!(
+        (19..=22).contains(&inflated.converted.canary),
+        "{inflated:?}"
+    );
+}
+
+#[test]
+fn a_goal_fewer_users_reach_on_canary_regresses() {
+    // 40% of stable's users convert, 5% of canary's.
+    let worse = |p: PoolName, u: u64| match p {
+        PoolName::Stable => u % 5 < 2,
+        PoolName::Canary => u.is_multiple_of(20),
+    };
+    let v = goal_verdict(worse, 0, 0);
+    assert_eq!(v.verdict.verdict, "regressed", "{v:?}");
+    let d = v.difference.expect("a difference");
+    assert!(d.high < 0.0 && (d.estimate + 0.35).abs() < 0.03, "{d:?}");
+    let flipped = |p: PoolName| match p {
+        PoolName::Stable => PoolName::Canary,
+        PoolName::Canary => PoolName::Stable,
+    };
+    let better = goal_verdict(|p, u| worse(flipped(p), u), 0, 0);
+    assert_eq!(better.verdict.verdict, "improved", "{better:?}");
+}

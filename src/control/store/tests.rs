@@ -1,0 +1,146 @@
+use super::*;
+
+#[test]
+fn a_state_round_trips_through_the_file_format() {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let plan = RolloutPlan {
+        id: "r".into(),
+        plan: Plan::Steps(vec![
+            Step {
+                ppm: 100,
+                hold: Some(Duration::from_secs(600)),
+            },
+            Step {
+                ppm: 1_000_000,
+                hold: None,
+            },
+        ]),
+    };
+    let mut s = RolloutState::fresh(
+        plan,
+        now,
+        Source::Admin {
+            uid: 0,
+            pid: Some(7),
+        },
+    );
+    let text = encode(&s, now + Duration::from_secs(60), wall).expect("encode");
+    let back = decode(&text, Path::new("t"), now + Duration::from_secs(60), wall).expect("decode");
+    assert_eq!(
+        back.schedule
+            .and_then(|x| x.left(now + Duration::from_secs(60)))
+            .map(|d| d.as_secs_f64().round()),
+        Some(540.0)
+    );
+    assert_eq!(
+        (back.id.as_str(), back.ppm, back.state),
+        ("r", 100, State::Running)
+    );
+    assert_eq!(
+        back.changed_by,
+        Source::Admin {
+            uid: 0,
+            pid: Some(7)
+        }
+    );
+    s.halt(now + Duration::from_secs(120)).expect("halt");
+    let back = decode(
+        &encode(&s, now, wall).expect("encode"),
+        Path::new("t"),
+        now,
+        wall,
+    )
+    .expect("decode");
+    assert_eq!(
+        back.schedule.map(|x| x.timing),
+        Some(Timing::Paused(Duration::from_secs(480)))
+    );
+    // A completed rollout rolled back still completes on `resume` after a restart.
+    s.promote();
+    s.rollback(now);
+    let text = encode(&s, now, wall).expect("encode");
+    let mut back = decode(&text, Path::new("t"), now, wall).expect("decode");
+    back.resume(now).expect("resume");
+    assert_eq!((back.state, back.ppm), (State::Completed, 1_000_000));
+}
+
+#[test]
+fn a_cache_keeps_a_pending_halt_and_who_made_it() {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let plan = RolloutPlan {
+        id: "r".into(),
+        plan: Plan::Percent(50_000),
+    };
+    let s = RolloutState::fresh(plan, now, Source::Startup);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("cache.json");
+    let by = Source::Admin {
+        uid: 1000,
+        pid: Some(42),
+    };
+    let text = encode_cache(&s, Some(("rollback", &by)), now, wall).expect("encode");
+    std::fs::write(&path, &text).expect("write");
+    assert_eq!(cached_pending(&path), Some(("rollback", by)));
+    // A cache written by a ramp that did not keep who made it.
+    let old = String::from_utf8(text)
+        .expect("utf8")
+        .replace("\"fleet_pending_by\"", "\"ignored\"");
+    std::fs::write(&path, old).expect("write");
+    assert_eq!(cached_pending(&path), Some(("rollback", Source::Startup)));
+    std::fs::write(&path, encode_cache(&s, None, now, wall).expect("encode")).expect("write");
+    assert_eq!(cached_pending(&path), None);
+}
+
+#[test]
+fn damaged_files_are_refused_with_a_reason() {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let p = Path::new("state.json");
+    assert!(matches!(
+        decode(b"{not json", p, now, wall),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        decode(b"{\"version\": 9}", p, now, wall),
+        Err(StoreError::Version { found: 9, .. })
+    ));
+    let bad =
+        br#"{"version":1,"rollout":"r","state":"running","percent_ppm":2000000,"schedule":null,
+        "file_plan":{"id":"r","percent_ppm":5,"steps":null},"plan_pending":false,
+        "changed_at_unix_ms":0,"changed_by":{"kind":"file"}}"#;
+    assert!(matches!(
+        decode(bad, p, now, wall),
+        Err(StoreError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn a_generation_is_read_back_or_taken_from_when_the_state_changed() {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let p = Path::new("state.json");
+    let state = |generation: &str| {
+        format!(
+            r#"{{"version":2,"rollout":"r","state":"halted","percent_ppm":5,"schedule":null,
+            "file_plan":{{"id":"r","percent_ppm":5,"steps":null}},"plan_pending":false,
+            "changed_at_unix_ms":1767225600000,"changed_by":{{"kind":"file"}}{generation}}}"#
+        )
+    };
+    // Written by a ramp from before generations: as late as its change.
+    let old = decode(state("").as_bytes(), p, now, wall).expect("decode");
+    assert_eq!(old.generation, 1_767_225_600_000);
+    let read = decode(
+        state(r#","generation":1767225600123"#).as_bytes(),
+        p,
+        now,
+        wall,
+    );
+    assert_eq!(read.expect("decode").generation, 1_767_225_600_123);
+    // One that would overtake every change to come is refused, like an unreadable state.
+    let max = decode(
+        state(r#","generation":18446744073709551615"#).as_bytes(),
+        p,
+        now,
+        wall,
+    );
+    assert!(matches!(max, Err(StoreError::Invalid { .. })), "{max:?}");
+}
