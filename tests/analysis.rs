@@ -665,6 +665,46 @@ async fn a_canary_answer_cut_off_mid_body_is_an_error_and_a_client_hanging_up_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_both_versions_after_a_raise_does_not_halt_a_healthy_canary() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "id: raised\npercent: 10\nguard: {action: halt, min_requests: 100}",
+        "",
+    ));
+    // A quiet hour at 10%: no errors on either version.
+    traffic(&proxy, 1_000, "early", 1, "/").await;
+    proxy.wait_status("the quiet hour is counted", |v| {
+        let pools = &v["analysis"]["pools"];
+        pools["stable"]["requests"].as_u64().unwrap_or(0)
+            + pools["canary"]["requests"].as_u64().unwrap_or(0)
+            == 1_000
+    });
+    assert_eq!(proxy.admin("set 50")["ok"], true);
+    proxy.wait_status("the comparison restarts at the new share", |v| {
+        v["analysis"]["pools"]["stable"]["requests"] == 0
+    });
+    // Then a dependency both versions use fails: every answer is a 500, on both. Pooled with the
+    // quiet hour, the canary's side (mostly from after the raise) would look far worse.
+    traffic(&proxy, 400, "late", 1, "/status/500").await;
+    let st = proxy.wait_status("the outage is counted", |v| {
+        let pools = &v["analysis"]["pools"];
+        pools["stable"]["requests"].as_u64().unwrap_or(0)
+            + pools["canary"]["requests"].as_u64().unwrap_or(0)
+            == 400
+    });
+    assert_ne!(st["analysis"]["errors"]["verdict"], "regressed", "{st}");
+    // Given the time to act, the guard does not.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let st = proxy.admin("status");
+    assert_eq!(st["state"], "running", "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
     let (s, c) = (
         Backend::start("stable").await,
@@ -680,21 +720,18 @@ async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
     traffic(&proxy, 600, "u", 1, "/").await;
     // One client with an id on the canary sends that input, over and over.
     let client = Client::http1();
-    let mut id = None;
-    for i in 0.. {
-        let candidate = format!("bot-{i}");
-        let r = client
-            .get(&proxy.url("/"), &[("x-user-id", &candidate)])
-            .await;
-        if r.body == "canary" {
-            id = Some(candidate);
-            break;
-        }
-    }
-    let id = id.expect("an id on the canary");
+    let id = canary_ids(&proxy, &client, "bot", 1).await.remove(0);
     for _ in 0..80 {
         let r = client
             .get(&proxy.url("/status/500"), &[("x-user-id", &id)])
+            .await;
+        assert_eq!(r.status.as_u16(), 500);
+    }
+    // A few other users meet an error each, as users of any version do now and then: the canary
+    // has errors from more than `min_users` users, but nearly all are the one client's.
+    for other in canary_ids(&proxy, &client, "other", 6).await {
+        let r = client
+            .get(&proxy.url("/status/500"), &[("x-user-id", &other)])
             .await;
         assert_eq!(r.status.as_u16(), 500);
     }
@@ -702,14 +739,14 @@ async fn one_client_s_errors_on_the_canary_do_not_roll_a_healthy_canary_back() {
     let st = proxy.wait_status("the errors are counted", |v| {
         let canary = &v["analysis"]["pools"]["canary"];
         let errors = canary["errors"].as_u64().unwrap_or(0);
-        errors > 0 && errors + canary["uncounted"].as_u64().unwrap_or(0) == 80
+        errors > 6 && errors + canary["uncounted"].as_u64().unwrap_or(0) == 86
     });
     let errors = &st["analysis"]["errors"];
     assert_eq!(errors["verdict"], "not_enough_data", "{st}");
     assert!(
         errors["text"]
             .as_str()
-            .is_some_and(|t| t.contains("for 1 user only")),
+            .is_some_and(|t| t.contains("only through its 4 heaviest users")),
         "{st}"
     );
     // Given the time to act, the guard does not.
@@ -737,18 +774,7 @@ async fn one_client_s_slow_requests_on_the_canary_do_not_roll_a_healthy_canary_b
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     // One client on the canary asks for a report that is slow on both versions, again and again.
     let client = Client::http1();
-    let mut id = None;
-    for i in 0.. {
-        let candidate = format!("reporter-{i}");
-        let r = client
-            .get(&proxy.url("/"), &[("x-user-id", &candidate)])
-            .await;
-        if r.body == "canary" {
-            id = Some(candidate);
-            break;
-        }
-    }
-    let id = id.expect("an id on the canary");
+    let id = canary_ids(&proxy, &client, "reporter", 1).await.remove(0);
     let before = proxy.admin("status")["analysis"]["pools"]["canary"]["requests"]
         .as_u64()
         .unwrap_or(0);
@@ -765,11 +791,29 @@ async fn one_client_s_slow_requests_on_the_canary_do_not_roll_a_healthy_canary_b
     assert!(
         latency["text"]
             .as_str()
-            .is_some_and(|t| t.contains("for 1 user only")),
+            .is_some_and(|t| t.contains("only through its 4 heaviest users")),
         "{st}"
     );
     std::thread::sleep(std::time::Duration::from_millis(2_500));
     assert_eq!(proxy.admin("status")["state"], "running");
+}
+
+/// `n` user ids (`prefix-0`, `prefix-1`, ...) that the proxy sends to the canary, found by asking.
+async fn canary_ids(proxy: &Proxy, client: &Client, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0.. {
+        let candidate = format!("{prefix}-{i}");
+        let r = client
+            .get(&proxy.url("/"), &[("x-user-id", &candidate)])
+            .await;
+        if r.body == "canary" {
+            ids.push(candidate);
+            if ids.len() == n {
+                break;
+            }
+        }
+    }
+    ids
 }
 
 /// A canary upstream that answers "canary" after `ms` milliseconds: a slower version.

@@ -10,27 +10,41 @@ use crate::routing::{PerPool, PoolName};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
-/// How many distinct users with errors (or slow answers) are told apart: enough to tell one
-/// client's doing (a bot, an attacker, one user's bad input) from what many users meet.
+/// The most distinct users with errors (or slow answers) a regression may be asked to show in
+/// (`guard.min_users`): enough to tell one client's doing (a bot, an attacker, one user's bad
+/// input) from what many users meet.
 pub const ERROR_USERS: usize = 8;
 
-/// Up to [`ERROR_USERS`] distinct users (by the hash routing computes), exact; more are not
-/// told apart.
+/// Users whose errors (or slow answers) are counted apart since the comparison began: the
+/// heaviest are kept (Space-Saving), so the few users with the most are known even among many.
+const KEPT_USERS: usize = 32;
+
+/// Users counted apart per second on the request path; the rest of a second's errors still
+/// count, with no user.
+const SECOND_USERS: usize = 16;
+
+/// The users an error (or slow answer) came from, with how many each, for the heaviest
+/// [`KEPT_USERS`] (Space-Saving: when full, a new user takes the place of the lightest and
+/// inherits its count, so a count may be over, never under, a heavy user's own).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UserSet {
-    users: [u64; ERROR_USERS],
+    users: [(u64, u64); KEPT_USERS],
     len: usize,
 }
 
 impl UserSet {
-    fn insert(&mut self, user: u64) {
-        if self.len < ERROR_USERS && !self.users[..self.len].contains(&user) {
-            self.users[self.len] = user;
+    fn insert(&mut self, user: u64, count: u64) {
+        if let Some(e) = self.users[..self.len].iter_mut().find(|e| e.0 == user) {
+            e.1 += count;
+        } else if self.len < KEPT_USERS {
+            self.users[self.len] = (user, count);
             self.len += 1;
+        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|e| e.1) {
+            *lightest = (user, lightest.1 + count);
         }
     }
 
-    /// Distinct users, at most [`ERROR_USERS`].
+    /// Distinct users, at most [`KEPT_USERS`].
     pub fn len(&self) -> usize {
         self.len
     }
@@ -39,28 +53,47 @@ impl UserSet {
         self.len == 0
     }
 
+    /// How many errors (or slow answers) the `k` heaviest users had between them.
+    pub fn heaviest(&self, k: usize) -> u64 {
+        let mut counts: Vec<u64> = self.users[..self.len].iter().map(|e| e.1).collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts.iter().take(k).sum()
+    }
+
     fn merge(&mut self, other: &UserSet) {
-        for &u in &other.users[..other.len] {
-            self.insert(u);
+        for &(user, count) in &other.users[..other.len] {
+            self.insert(user, count);
         }
     }
 }
 
-/// The request path's side of a [`UserSet`]: a compare-and-swap per errored request at most.
+/// Bits of a [`AtomicUserSet`] slot that count; the rest hold the user.
+const COUNT_BITS: u64 = 0xFFFF;
+
+/// The request path's side of a [`UserSet`]: one second's users, each with a count, packed in
+/// one word per slot (48 bits of the user's hash above, the count in the low 16 bits) so that a
+/// drain takes both at once. A compare-and-swap or an add per errored request.
 #[derive(Debug, Default)]
 struct AtomicUserSet {
-    /// Users (hash | 1, so 0 means free).
-    slots: [AtomicU64; ERROR_USERS],
+    /// 0: free.
+    slots: [AtomicU64; SECOND_USERS],
 }
 
 impl AtomicUserSet {
     #[inline]
     fn add(&self, user: u64) {
-        let user = user | 1;
+        // The user's low 48 bits (never all 0: 0 marks a free slot).
+        let key = (user << 16).max(COUNT_BITS + 1);
         for slot in &self.slots {
-            match slot.compare_exchange(0, user, Ordering::Relaxed, Ordering::Relaxed) {
+            match slot.compare_exchange(0, key | 1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
-                Err(held) if held == user => return,
+                Err(held) if held & !COUNT_BITS == key => {
+                    // One user's counted answers in a second stay far below 65,535 (its share).
+                    if held & COUNT_BITS < COUNT_BITS {
+                        slot.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
                 Err(_) => {}
             }
         }
@@ -68,9 +101,9 @@ impl AtomicUserSet {
 
     fn drain_into(&self, into: &mut UserSet) {
         for slot in &self.slots {
-            let user = slot.swap(0, Ordering::Relaxed);
-            if user != 0 {
-                into.insert(user);
+            let held = slot.swap(0, Ordering::Relaxed);
+            if held != 0 {
+                into.insert(held >> 16, held & COUNT_BITS);
             }
         }
     }
@@ -107,10 +140,10 @@ pub type Converted = [Users; MAX_GOALS];
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
-    /// The distinct users the errors came from (up to [`ERROR_USERS`]).
+    /// The users the errors came from, the heaviest with their counts.
     pub error_users: UserSet,
-    /// The distinct users with a request slower than the latency check's threshold at the time
-    /// (up to [`ERROR_USERS`]).
+    /// The users with requests slower than the latency check's threshold at the time, the
+    /// heaviest with their counts.
     pub slow_users: UserSet,
     /// Requests per latency bucket (see [`histogram`]).
     pub latency: Box<[u64]>,

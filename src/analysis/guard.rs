@@ -116,12 +116,11 @@ pub enum Verdict {
         /// Requests still needed by the pool furthest from `min_requests`.
         more: u64,
     },
-    /// The canary is worse than the margin allows, but only for fewer than `min_users` users
-    /// (its errors, or its slow answers): one client's doing (a bot, one user's bad input or
-    /// heavy report, an attacker with an id on the canary) is no regression of the version.
+    /// The canary is worse than the margin allows, but not with the errors (or slow answers) of
+    /// its `needed` − 1 heaviest users left out: one client's doing (a bot, one user's bad input
+    /// or heavy report, an attacker with an id on the canary) is no regression of the version.
     FewUsers {
-        /// Distinct canary users it showed in.
-        users: u64,
+        /// `min_users`.
         needed: u64,
     },
 }

@@ -49,7 +49,7 @@ impl Analysis {
         Analysis::default()
     }
 
-    /// The comparison starts afresh (a resume, a new rollout).
+    /// The comparison starts afresh (a resume, a new rollout, a new share).
     pub fn restart(&self) {
         self.restarts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -105,7 +105,8 @@ impl Seen {
 
 /// The task's own counts.
 struct Books {
-    /// Since the rollout started or was last resumed: the comparison and the guard.
+    /// Since the rollout started, was last resumed or took its share: the comparison and the
+    /// guard.
     since: PerPool<Counts>,
     /// Since then too: the users who converted, per goal.
     converted: PerPool<Converted>,
@@ -146,8 +147,8 @@ impl Books {
     }
 
     /// Starts counts afresh where the rollout changed: a new rollout resets everything; a resume
-    /// restarts the comparison (so the guard judges what comes after it); a new share or state
-    /// starts a new step.
+    /// or a new share restarts the comparison (so the guard judges what comes after it, and both
+    /// pools' counts span the same time); a new share or state starts a new step.
     fn follow(&mut self, r: &Rollout, config: &Config, restarts: u64) {
         let now = Seen::of(r);
         let told = std::mem::replace(&mut self.restarts, restarts) != restarts;
@@ -158,7 +159,7 @@ impl Books {
         if let Some(before) = &self.seen {
             let new_rollout = before.id != now.id;
             // A resume is told by the controller (it may come and go within this second).
-            if new_rollout || told {
+            if new_rollout || told || before.ppm != now.ppm {
                 clear(&mut self.since);
                 self.converted = PerPool::default();
                 self.since_at = SystemTime::now();

@@ -54,12 +54,13 @@ impl From<Verdict> for VerdictView {
                 Some(more),
                 format!("not enough data: {more} more requests"),
             ),
-            Verdict::FewUsers { users, needed } => (
+            Verdict::FewUsers { needed } => (
                 "not_enough_data",
                 None,
                 format!(
-                    "not enough data: the canary is worse than the margin, but for {users} user{} only (the guard acts when {needed} or more are)",
-                    if users == 1 { "" } else { "s" }
+                    "not enough data: the canary is worse than the margin only through its {} heaviest user{} (the guard acts on what {needed} or more users meet)",
+                    needed.saturating_sub(1),
+                    if needed == 2 { "" } else { "s" }
                 ),
             ),
         };
@@ -74,7 +75,8 @@ impl From<Verdict> for VerdictView {
 /// One pool's figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolFigures {
-    /// Since the comparison began (the rollout's start, or its last resume).
+    /// Since the comparison began (the rollout's start, its last resume, or its share's last
+    /// change).
     pub requests: u64,
     /// Answers past their user's share of a second, or without a user id: in no figure here but
     /// the users.
@@ -192,7 +194,8 @@ pub struct AnalysisView {
     pub rollout: String,
     /// When this was computed (RFC 3339).
     pub at: String,
-    /// When the comparison's counts began (the rollout's start, or its last resume).
+    /// When the comparison's counts began (the rollout's start, its last resume, or its share's
+    /// last change).
     pub since: String,
     pub window_secs: u64,
     pub pools: PerPool<PoolFigures>,
@@ -235,20 +238,40 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict)
         n: c.requests,
         hits: c.errors,
     };
-    // A regression counts only when it shows for enough distinct canary users.
-    let few = |v: &mut Verdict, users: &crate::analysis::counts::UserSet| {
-        let users = users.len() as u64;
-        if *v == Verdict::Regressed && users < t.min_users {
-            *v = Verdict::FewUsers {
-                users,
-                needed: t.min_users,
-            };
-        }
+    // A regression counts only when it shows for enough distinct canary users: it must still be
+    // one with the errors (or slow answers) of the `min_users` − 1 heaviest canary users left
+    // out. So one user who fails on both versions (a bot, one user's bad input) cannot make one,
+    // however many other users meet an error or two.
+    let leave_out = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
+    let few = Verdict::FewUsers {
+        needed: t.min_users,
     };
-    let mut errors = guard::errors(arm(&since.canary), arm(&since.stable), t);
-    few(&mut errors.1, &since.canary.error_users);
-    let mut latency = guard::latency(&since.canary.latency, &since.stable.latency, t);
-    few(&mut latency.verdict, &since.canary.slow_users);
+    let canary = &since.canary;
+    let mut errors = guard::errors(arm(canary), arm(&since.stable), t);
+    if errors.1 == Verdict::Regressed {
+        let trimmed = Arm {
+            n: canary.requests,
+            hits: canary
+                .errors
+                .saturating_sub(canary.error_users.heaviest(leave_out)),
+        };
+        if guard::errors(trimmed, arm(&since.stable), t).1 != Verdict::Regressed {
+            errors.1 = few;
+        }
+    }
+    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
+    if latency.verdict == Verdict::Regressed
+        && let Some(micros) = latency.slow_micros
+    {
+        let slow = histogram::count_above(&canary.latency, micros);
+        let trimmed = Arm {
+            n: histogram::total(&canary.latency),
+            hits: slow.saturating_sub(canary.slow_users.heaviest(leave_out)),
+        };
+        if guard::slow_sequence(trimmed, t).low <= guard::SLOW_SHARE_LIMIT {
+            latency.verdict = few;
+        }
+    }
     (errors, latency)
 }
 

@@ -388,7 +388,7 @@ fn analysis(a: &AnalysisView) -> String {
         ]);
     }
     let mut out = format!(
-        "compared since {} (the rollout's start, its last resume, or ramp's own start)\n{:<11} {:>10} {:>10}  {:<32} {}\n",
+        "compared since {} (the rollout's start, its last resume or change of percent, or ramp's own start)\n{:<11} {:>10} {:>10}  {:<32} {}\n",
         a.since, "", "stable", "canary", "canary - stable", "verdict"
     );
     for r in rows {

@@ -75,7 +75,7 @@ fn answers_without_a_user_id_are_none_of_the_comparison_s() {
 }
 
 #[test]
-fn the_users_errors_came_from_are_told_apart_up_to_a_few() {
+fn the_heaviest_error_users_are_known_with_their_counts() {
     let r = Recorder::default();
     let mut since = PerPool::<Counts>::default();
     let mut tick = PerPool::<Counts>::default();
@@ -92,12 +92,27 @@ fn the_users_errors_came_from_are_told_apart_up_to_a_few() {
     }
     assert_eq!(since.canary.error_users.len(), 1);
     assert_eq!(since.canary.errors, 51);
-    // Others' errors add users, up to the few that are told apart.
-    for u in 100..120 {
-        r.record(PoolName::Canary, true, 1_000, Some(u), None);
+    assert_eq!(since.canary.error_users.heaviest(1), 51);
+    // Others' errors add users; the heaviest stays known among many (Space-Saving).
+    for second in 0..10 {
+        for u in 0..12 {
+            r.record(
+                PoolName::Canary,
+                true,
+                1_000,
+                Some(1_000 + second * 12 + u),
+                None,
+            );
+        }
+        r.record(PoolName::Canary, true, 1_000, Some(42), None);
+        r.drain(&mut tick);
+        since.canary.add(&tick.canary);
     }
-    r.drain(&mut tick);
-    since.canary.add(&tick.canary);
-    assert_eq!(since.canary.error_users.len(), ERROR_USERS);
+    assert_eq!(since.canary.errors, 51 + 130);
+    assert_eq!(since.canary.error_users.len(), 32);
+    // The heaviest's own 61 errors, and what a newcomer inherits at most.
+    let top = since.canary.error_users.heaviest(1);
+    assert!((61..=61 + 120 / 32 + 1).contains(&top), "{top}");
+    assert!(since.canary.error_users.heaviest(ERROR_USERS) <= 181);
     assert!(since.stable.error_users.is_empty());
 }

@@ -175,10 +175,13 @@ impl Controller {
             self.publish();
         }
         // After the snapshot: the analysis restarts on what is in force now (a `start` of the
-        // rollout in force is a fresh one too).
+        // rollout in force is a fresh one too), and at a new share: counts pooled across shares
+        // compare different hours (the canary's mostly from after a raise), so an error spike
+        // that hits both versions alike would land mostly on the canary's side.
         let resumed = matches!(before.state, State::Halted | State::RolledBack)
             && self.rollout.state == State::Running;
-        if before.id != self.rollout.id || resumed || what == "start" {
+        let new_share = before.ppm != self.rollout.ppm;
+        if before.id != self.rollout.id || resumed || new_share || what == "start" {
             self.analysis.restart();
         }
         if changed {
