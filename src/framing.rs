@@ -154,6 +154,26 @@ fn chunked(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Step>, Invali
             if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
                 return Err(Invalid("chunk size is not hexadecimal"));
             }
+            // The size line ends at CRLF and holds no other control byte but HTAB (RFC 9112
+            // §7.1.1: an extension is tokens and quoted strings). httparse lets any byte into an
+            // extension, a bare LF too, where a parser that ends lines at LF would see the
+            // chunk's data begin: the two would split the body differently.
+            let Some(lf) = memchr::memchr(b'\n', buf) else {
+                if buf.len() > MAX_SIZE_LINE {
+                    return Err(Invalid("chunk size line too long"));
+                }
+                return Ok(Some(Step::More));
+            };
+            let line = &buf[..lf];
+            if line.last() != Some(&b'\r')
+                || line[..line.len() - 1]
+                    .iter()
+                    .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+            {
+                return Err(Invalid(
+                    "chunk size line with a control character or a bare LF",
+                ));
+            }
             match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
@@ -272,6 +292,12 @@ mod tests {
             b"2\r\nabXY",
             b"fffffffffffffffff\r\n",
             b"-1\r\n",
+            // A bare LF, NUL or DEL in an extension: another parser would end the line there.
+            b"2;\nXX\r\nab\r\n0\r\n\r\n",
+            b"2;a\x00b\r\nab\r\n0\r\n\r\n",
+            b"2;a=\x7f\r\nab\r\n0\r\n\r\n",
+            b"2;\"q\nx\"\r\nab\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_all(Framing::Chunked(Chunk::Size), wire, 100).is_err(),

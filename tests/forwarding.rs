@@ -52,6 +52,26 @@ async fn hop_by_hop_headers_are_removed_before_x_forwarded_for_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fields_the_user_id_comes_in_reach_the_upstream_even_when_named_in_connection() {
+    let (stable, proxy) = start("sticky: {header: x-user-id, cookie: uid}").await;
+    let request = "GET / HTTP/1.1\r\n\
+        Host: shop.example\r\n\
+        Connection: cookie, x-user-id, host, x-custom-hop\r\n\
+        Cookie: uid=abc; theme=dark\r\n\
+        X-User-Id: u2\r\n\
+        X-Custom-Hop: gone\r\n\r\n";
+    let reply = raw(proxy.addr, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = stable.last();
+    // ramp routed on these: the app sees the same user.
+    assert_eq!(seen.headers["cookie"], "uid=abc; theme=dark");
+    assert_eq!(seen.headers["x-user-id"], "u2");
+    assert_eq!(seen.headers["host"], "shop.example");
+    assert!(seen.headers.get("x-custom-hop").is_none());
+    assert!(seen.headers.get("connection").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_keeps_earlier_hops_and_appends_the_peer() {
     let (stable, proxy) = start("").await;
     let client = Client::http1();

@@ -148,6 +148,36 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
+    let stable = Backend::start("stable").await;
+    let dead = dead_addr().to_string();
+    let extra = format!(
+        "passive_health: {{eject_after: 1, backoff: 1m}}\n{}",
+        support::CONTROL
+    );
+    let proxy = Proxy::start(&yaml(
+        &[stable.addr.to_string()],
+        std::slice::from_ref(&dead),
+        "50",
+        &extra,
+    ));
+    let answers = bodies(&proxy, 20, "/").await;
+    assert!(
+        answers.iter().all(|(s, b)| *s == 200 && b == "stable"),
+        "{answers:?}"
+    );
+    let st = proxy.wait_status("the comparison says why no canary figures come", |v| {
+        v["analysis"]["errors"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("the canary pool has no healthy upstream"))
+    });
+    assert_eq!(
+        st["analysis"]["errors"]["verdict"], "not_enough_data",
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_canary_unavailable_error_canary_users_get_503_and_a_dead_stable_pool_is_still_tried()
 {
     let stable = Backend::start("stable").await;

@@ -56,8 +56,8 @@ pub const REFERENCE_Z: f64 = 0.0;
 /// the ratio × stable's p99: 1 − 0.99.
 pub const SLOW_SHARE_LIMIT: f64 = 0.01;
 
-/// z of the fixed-sample p99 intervals used for "improved" (about 99% for one look). Improved
-/// is informational; it is not protected against repeated looks the way Regressed is.
+/// z of the fixed-sample percentile ranges shown beside the verdicts (about 99% for one look):
+/// for display only, as they are not protected against repeated looks.
 pub const PERCENTILE_Z: f64 = 2.576;
 
 /// When the guard calls a regression, and the statistical constants behind it.
@@ -212,8 +212,9 @@ pub struct LatencyCheck {
 /// to 500 canary requests at σ = 0.5, but 1,500 to 2,000 at σ = 1 and 3,000 to 4,400 at
 /// σ = 1.5 (shares 5% to 50%).
 ///
-/// Improved when the canary's fixed-sample p99 interval ([`PERCENTILE_Z`]) lies wholly below
-/// stable's. NotEnoughData until both pools have `min_requests`.
+/// Improved when the share of canary requests in or above the bucket of stable's p99 is below
+/// 1% with confidence (the same one-pool sequence, so repeated looks cost nothing here either).
+/// NotEnoughData until both pools have `min_requests`.
 pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
     let canary_n = histogram::total(canary);
     let stable_n = histogram::total(stable);
@@ -231,13 +232,22 @@ pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
             t,
         )
     });
-    let improved = match (
-        histogram::quantile_interval(canary, 0.99, PERCENTILE_Z),
-        histogram::quantile_interval(stable, 0.99, PERCENTILE_Z),
-    ) {
-        (Some((_, canary_high)), Some((stable_low, _))) => canary_high < stable_low,
-        _ => false,
-    };
+    // Improved: the share of canary answers in or above the bucket of stable's p99 is below 1%
+    // with confidence at every look — the canary's p99 is below stable's.
+    let improved =
+        histogram::bucket_of_rank(stable, histogram::rank(stable_n, 0.99)).is_some_and(|bucket| {
+            let at_or_above = canary.get(bucket..).map_or(0, |tail| {
+                tail.iter().fold(0u64, |n, &c| n.saturating_add(c))
+            });
+            let share = slow_sequence(
+                Arm {
+                    n: canary_n,
+                    hits: at_or_above,
+                },
+                t,
+            );
+            share.high < SLOW_SHARE_LIMIT
+        });
     LatencyCheck {
         canary: canary_p,
         stable: stable_p,
@@ -317,6 +327,9 @@ mod tests {
             errors(arm(5_000, 20), arm(5_000, 250), &t).1,
             Verdict::Improved
         );
+        // A small canary with no errors yet, beside stable's 1.2%: chance, not an improvement
+        // (the variance of each pool's own rate called it one, 0 errors having none).
+        assert_eq!(errors(arm(393, 0), arm(7_000, 84), &t).1, Verdict::Ok);
         // A real but small increase (+0.5 point) stays inside the accepted margin.
         let (diff, verdict) = errors(arm(100_000, 2_500), arm(100_000, 2_000), &t);
         assert!(

@@ -75,12 +75,28 @@ pub fn mixture_half_width(v: f64, alpha: f64, tau: f64) -> f64 {
 /// The confidence sequence for the difference of rates p_canary − p_stable: at every look at
 /// once, the true difference lies in [low, high] with probability ≥ 1 − α (normal
 /// approximation; see [`mixture_half_width`]). The estimate is the plain difference of rates;
-/// the variance p_c(1−p_c)/n_c + p_s(1−p_s)/n_s uses shrunk rates. The range is clipped to
-/// [−1, 1]; with an empty arm it is all of it.
+/// the variance p_c(1−p_c)/n_c + p_s(1−p_s)/n_s uses shrunk rates, and is at least the pooled
+/// one ([`pooled_variance`]). The range is clipped to [−1, 1]; with an empty arm it is all of it.
 pub fn diff_sequence(canary: Arm, stable: Arm, alpha: f64, tau: f64) -> Interval {
     let estimate = canary.rate() - stable.rate();
-    let half = mixture_half_width(canary.variance() + stable.variance(), alpha, tau);
-    clipped(estimate, half, -1.0)
+    let variance = (canary.variance() + stable.variance()).max(pooled_variance(canary, stable));
+    clipped(estimate, mixture_half_width(variance, alpha, tau), -1.0)
+}
+
+/// The variance of the difference if both pools had their common rate: p̄(1 − p̄)(1/n_c + 1/n_s).
+/// A floor under the variance from each pool's own rate, which is far too small when a small
+/// pool happens to have no errors yet (0 of 393 at a true 1%): the range then shrinks around a
+/// difference that is chance, and an A/A split read as "improved".
+fn pooled_variance(canary: Arm, stable: Arm) -> f64 {
+    if canary.n == 0 || stable.n == 0 {
+        return f64::INFINITY;
+    }
+    let both = Arm {
+        n: canary.n + stable.n,
+        hits: canary.hits.min(canary.n) + stable.hits.min(stable.n),
+    };
+    let p = both.shrunk_rate();
+    p * (1.0 - p) * (1.0 / canary.n as f64 + 1.0 / stable.n as f64)
 }
 
 /// As [`diff_sequence`], for rates whose counts are themselves estimates (distinct-user

@@ -342,6 +342,23 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                 (more > 0).then(|| format!("waiting for data at this step: {more} more requests"))
             })
         });
+        // A canary pool with no healthy upstream, its users served by stable: no new canary
+        // figures will come until it is back, which "N more requests" would not say.
+        let canary_down = config.canary_unavailable == crate::config::CanaryUnavailable::Fallback
+            && snap
+                .pools
+                .canary
+                .upstreams()
+                .iter()
+                .all(|u| !u.health.is_available());
+        if canary_down {
+            for verdict in [&mut view.errors.verdict, &mut view.latency.verdict] {
+                if verdict.verdict == "not_enough_data" {
+                    verdict.more = None;
+                    verdict.text = "not enough data: the canary pool has no healthy upstream, and its users are served by stable (canary_unavailable: fallback) until one is back".to_owned();
+                }
+            }
+        }
         view.guard.holding_schedule.clone_from(&hold);
         publish_metrics(&view, &books, config);
         analysis.view.store(Some(Arc::new(view)));

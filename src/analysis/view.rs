@@ -46,7 +46,8 @@ pub struct VerdictView {
 impl From<Verdict> for VerdictView {
     fn from(v: Verdict) -> VerdictView {
         let (verdict, more, text) = match v {
-            Verdict::Ok => ("ok", None, "ok".to_owned()),
+            // Not "fine": no regression beyond the margin is shown, which a wide range also is.
+            Verdict::Ok => ("ok", None, "no regression shown".to_owned()),
             Verdict::Regressed => ("regressed", None, "regressed".to_owned()),
             Verdict::Improved => ("improved", None, "improved".to_owned()),
             Verdict::NotEnoughData { more } => (

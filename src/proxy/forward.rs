@@ -127,9 +127,15 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
     s
 }
 
-/// Removes the hop-by-hop fields `scan` found, every field the Connection header names, and the
-/// `hide` names.
-pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
+/// Removes the hop-by-hop fields `scan` found, every field the Connection header names (but Host,
+/// Cookie and `id_header`: the fields the user's id and the target come in, which ramp routed on
+/// and the app must see as well), and the `hide` names.
+pub fn strip(
+    headers: &mut HeaderMap,
+    scan: &Scan,
+    hide: &[HeaderName],
+    id_header: Option<&HeaderName>,
+) {
     if scan.hop & 1 != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(CONNECTION) {
@@ -141,9 +147,12 @@ pub fn strip(headers: &mut HeaderMap, scan: &Scan, hide: &[HeaderName]) {
                 {
                     continue;
                 }
-                // Host is never a connection option: a client naming it must not strip it.
+                // Host and the id's fields are never connection options: a client naming them
+                // must not strip them (ramp routed on the id; the app would see another user).
                 if let Ok(name) = HeaderName::from_bytes(token)
                     && name != HOST
+                    && name != COOKIE
+                    && Some(&name) != id_header
                 {
                     named.push(name);
                 }
@@ -177,8 +186,13 @@ pub struct WholeServer;
 ///
 /// A request that names no host at all (HTTP/1.0 without Host, HTTP/2 without :authority) gets
 /// `fallback_host`, the upstream's address.
-pub fn request_head(parts: &mut http::request::Parts, scan: &Scan, fallback_host: &HeaderValue) {
-    strip(&mut parts.headers, scan, &[]);
+pub fn request_head(
+    parts: &mut http::request::Parts,
+    scan: &Scan,
+    fallback_host: &HeaderValue,
+    id_header: Option<&HeaderName>,
+) {
+    strip(&mut parts.headers, scan, &[], id_header);
     if scan.cookies > 1 {
         join_cookies(&mut parts.headers);
     }
@@ -288,7 +302,7 @@ pub fn add_minted(headers: &mut HeaderMap, cookie: &str, id: &str) {
 pub fn response_head(headers: &mut HeaderMap, hide: &Hide) -> bool {
     let s = scan(headers, &hide.fields);
     if s.hop != 0 || s.hide {
-        strip(headers, &s, &hide.fields);
+        strip(headers, &s, &hide.fields, None);
     }
     if hide.own_cookie.is_some()
         && let http::header::Entry::Occupied(cookies) = headers.entry(http::header::SET_COOKIE)

@@ -402,7 +402,8 @@ fn upstream_request(
     fallback_host: &HeaderValue,
 ) -> (http::request::Parts, HeaderValue, ReqBody) {
     let (mut parts, body) = req.into_parts();
-    forward::request_head(&mut parts, scan, fallback_host);
+    let id_header = snap.routing.sticky.header.as_ref();
+    forward::request_head(&mut parts, scan, fallback_host, id_header);
     let xff = forward::forwarded_for(&mut parts.headers, scan, &info.peer_ip);
     let body = ReqBody::new(body, snap.config.limits.body_idle_timeout);
     (parts, xff, body)

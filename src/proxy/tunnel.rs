@@ -145,7 +145,8 @@ pub async fn open(
         None => Client::H2(hyper::upgrade::on(&mut req)),
     };
     let (mut parts, _) = req.into_parts();
-    forward::request_head(&mut parts, scan, &conn.proxy.host);
+    let id_header = snap.routing.sticky.header.as_ref();
+    forward::request_head(&mut parts, scan, &conn.proxy.host, id_header);
     if let Some(id) = to.minted {
         forward::add_minted(&mut parts.headers, &snap.routing.sticky.cookie, id);
     }

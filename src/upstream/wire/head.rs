@@ -248,9 +248,11 @@ pub fn parse(buf: &mut BytesMut, method: &Method, hide: &Hide) -> Result<Option<
             // client still coded, with nothing to say so. Not undone here: a 502.
             return Err(Invalid("a transfer coding other than chunked"));
         }
+        // An HTTP/1.0 answer with Transfer-Encoding has faulty framing: read as it says, but
+        // the connection is closed after it (RFC 9112 §6.1).
         let keep_alive = clean
             && if version == Version::HTTP_10 {
-                frame.keep_alive
+                frame.keep_alive && !frame.coded
             } else {
                 !frame.close
             };

@@ -101,6 +101,17 @@ fn answers_are_framed_as_rfc_9112_says() {
     .unwrap()
     .unwrap();
     assert!(a.keep_alive);
+    // HTTP/1.0 with Transfer-Encoding: faulty framing, read as chunked, the connection closed.
+    let a = answer(
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: Keep-Alive\r\n\r\n",
+        Method::GET,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (a.framing, a.keep_alive),
+        (Framing::Chunked(Chunk::Size), false)
+    );
     let a = answer(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
         Method::GET,
