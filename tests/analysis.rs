@@ -665,6 +665,34 @@ async fn a_canary_answer_cut_off_mid_body_is_an_error_and_a_client_hanging_up_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_check_after_a_lowered_percent_counts_only_users_routed_at_it() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "id: lowered\npercent: 50", ""));
+    // Users at 50%, the percent lowered at once, before the analysis's second has ended.
+    traffic(&proxy, 1_500, "before", 1, "/").await;
+    assert_eq!(proxy.admin("set 5")["ok"], true);
+    proxy.wait_status("the comparison restarts at the new share", |v| {
+        v["analysis"]["pools"]["stable"]["requests"] == 0
+    });
+    let (_, canary) = traffic(&proxy, 2_000, "after", 1, "/").await;
+    assert!(
+        canary < 200,
+        "{canary} of 2,000 new users on the canary at 5%"
+    );
+    let st = proxy.wait_status("the new users are counted", |v| {
+        let users = &v["analysis"]["sample_ratio"]["users"];
+        users["stable"].as_f64().unwrap_or(0.0) + users["canary"].as_f64().unwrap_or(0.0) >= 1_800.0
+    });
+    let check = &st["analysis"]["sample_ratio"];
+    assert_eq!(check["mismatch"], false, "{st}");
+    let observed = check["observed"].as_f64().expect("observed");
+    assert!(observed < 0.08, "{observed}: {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_both_versions_after_a_raise_does_not_halt_a_healthy_canary() {
     let (s, c) = (
         Backend::start("stable").await,

@@ -148,6 +148,32 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_back_while_the_whole_pool_is_ejected_takes_every_request_at_once() {
+    let (a, b) = (dead_addr(), dead_addr());
+    let canary = Backend::start("canary").await;
+    let extra = "passive_health: {eject_after: 1, backoff: 1m, max_backoff: 1m}\n";
+    let proxy = Proxy::start(&yaml(
+        &[a.to_string(), b.to_string()],
+        &[canary.addr.to_string()],
+        "0",
+        extra,
+    ));
+    // Both stable upstreams down: both ejected for a minute.
+    let down = bodies(&proxy, 4, "/").await;
+    assert!(down.iter().all(|(s, _)| *s == 502), "{down:?}");
+    // One comes back, its ejection still running: requests that find the other one refused go
+    // to it, and its first answer ends its ejection.
+    let _back = Backend::start_at("stable", b).await;
+    let answers = bodies(&proxy, 12, "/").await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, body)| *s == 200 && body == "stable"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

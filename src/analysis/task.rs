@@ -250,7 +250,6 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let snap = current.load();
         let (config, rollout) = (&snap.config, &snap.routing.rollout);
         let restarts = analysis.restarts.load(std::sync::atomic::Ordering::Relaxed);
-        books.follow(rollout, config, restarts);
         analysis.recorder.drain(&mut books.tick);
         analysis.recorder.drain_converted(&mut books.converted);
         let now = SystemTime::now();
@@ -264,6 +263,10 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
             books.lifetime[pool].add(tick);
         }
         books.window.add(unix, &books.tick);
+        // After the second is counted: a change within it starts the counts afresh without the
+        // answers routed before it (at the old share, or of the previous rollout). The few
+        // routed after it in the same second are left out: better than counting the wrong ones.
+        books.follow(rollout, config, restarts);
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
         let (errors, latency) = view::verdicts(&books.since, &t);

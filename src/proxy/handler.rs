@@ -424,7 +424,12 @@ fn retry<'s>(
     // fallback on, stable serves it (the canary failed it once already).
     let fallback = || proxy.fallback(snap, pool);
     match failure.retry(repeatable) {
-        Retry::Elsewhere => other.or_else(fallback).ok_or(failure.error),
+        // No connection could be made: with no healthy upstream left to take it (nor stable's),
+        // any other of the pool, ejected or not, rather than a certain 502.
+        Retry::Elsewhere => other
+            .or_else(fallback)
+            .or_else(|| snap.pools[pool].any_other(first).map(|u| (u, pool)))
+            .ok_or(failure.error),
         Retry::Anywhere | Retry::IfRepeatable => {
             Ok(other.or_else(fallback).unwrap_or((first, pool)))
         }

@@ -93,7 +93,8 @@ async fn connect(
     let next = snap.pools[pool]
         .pick_other(up)
         .map(|u| (u, pool))
-        .or_else(|| proxy.fallback(snap, pool));
+        .or_else(|| proxy.fallback(snap, pool))
+        .or_else(|| snap.pools[pool].any_other(up).map(|u| (u, pool)));
     let Some((next, to)) = next else {
         return Err((error.into(), pool));
     };

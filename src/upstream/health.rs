@@ -67,13 +67,24 @@ impl Health {
             .store(!inner.ejected && !inner.down, Ordering::Relaxed);
     }
 
-    /// A request got an answer below 500.
+    /// A request got an answer that is not a failure. One that reached an ejected upstream (a
+    /// pool with none healthy tries them all) ends its ejection: it answers again, and the backoff
+    /// would keep it out while it is the one that works.
     #[inline]
-    pub fn success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-            self.inner().ejections = 0;
+    pub fn success(&self) -> Option<Transition> {
+        if self.failures.load(Ordering::Relaxed) == 0 {
+            return None;
         }
+        self.failures.store(0, Ordering::Relaxed);
+        let mut inner = self.inner();
+        inner.ejections = 0;
+        if !inner.ejected {
+            return None;
+        }
+        inner.ejected = false;
+        inner.until = None;
+        self.refresh(&inner);
+        Some(Transition::Reinstated)
     }
 
     /// A failed exchange; ejects the upstream after `eject_after` in a row, if `may_eject`.

@@ -107,6 +107,17 @@ impl Pool {
             .find(|u| !Arc::ptr_eq(u, not) && u.health.is_available())
     }
 
+    /// Any upstream other than `not`, healthy or not, for a request no connection could be made
+    /// for when no healthy one is left: an ejected upstream may answer again (it may be the one
+    /// that came back while its backoff runs), where giving up is a certain 502.
+    pub fn any_other(&self, not: &Arc<Upstream>) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.upstreams[start.wrapping_add(i) % n])
+            .find(|u| !Arc::ptr_eq(u, not))
+    }
+
     /// Feeds `outcome` of an exchange with `up` into its passive health. An upstream that answers
     /// (even badly) is never ejected when it is the last healthy one of the pool: ejecting it
     /// would turn one bad endpoint into an outage. An unreachable one may be, and so may any of a
@@ -118,7 +129,9 @@ impl Pool {
             Outcome::Unknown => return,
         };
         if !failed {
-            up.health.success();
+            if let Some(t) = up.health.success() {
+                health::log(&up.addr, pool, t);
+            }
             return;
         }
         let may_eject =

@@ -110,10 +110,22 @@ impl Backend {
         .await
     }
 
+    /// A plain upstream on `addr` (one that comes back where an earlier one was).
+    pub async fn start_at(name: &'static str, addr: SocketAddr) -> Backend {
+        Self::start_on(name, None, addr).await
+    }
+
     async fn start_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(name, tls, any).await
+    }
+
+    async fn start_on(
+        name: &'static str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        addr: SocketAddr,
+    ) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let state = Arc::new(State::default());
         let shared = Arc::clone(&state);
