@@ -102,7 +102,8 @@ impl AtomicUserSet {
     fn drain_into(&self, into: &mut UserSet) {
         for slot in &self.slots {
             let held = slot.swap(0, Ordering::Relaxed);
-            if held != 0 {
+            // No user: an add that raced this drain counted into a slot just freed.
+            if held >> 16 != 0 {
                 into.insert(held >> 16, held & COUNT_BITS);
             }
         }
