@@ -46,6 +46,8 @@ impl Default for Health {
 pub enum Transition {
     Ejected(Duration),
     Reinstated,
+    /// Back in because it answered a request (one a pool with none healthy sent it).
+    Answered,
     Down,
     Up,
     /// Back in because active checks were turned off.
@@ -84,7 +86,7 @@ impl Health {
         inner.ejected = false;
         inner.until = None;
         self.refresh(&inner);
-        Some(Transition::Reinstated)
+        Some(Transition::Answered)
     }
 
     /// A failed exchange; ejects the upstream after `eject_after` in a row, if `may_eject`.
@@ -182,6 +184,9 @@ pub fn log(addr: &UpstreamAddr, pool: PoolName, t: Transition) {
         }
         Transition::Reinstated => {
             tracing::info!(upstream, pool, "upstream reinstated after a good probe")
+        }
+        Transition::Answered => {
+            tracing::info!(upstream, pool, "upstream reinstated: it answered a request")
         }
         Transition::Down => tracing::warn!(upstream, pool, "upstream failed its health checks"),
         Transition::Up => tracing::info!(upstream, pool, "upstream passed its health checks"),
