@@ -174,6 +174,22 @@ async fn an_upstream_back_while_the_whole_pool_is_ejected_takes_every_request_at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_of_several_dead_upstreams_costs_no_request_with_fallback_on() {
+    let stable = Backend::start("stable").await;
+    let dead: Vec<String> = (0..3).map(|_| dead_addr().to_string()).collect();
+    // Not ejected before the fifth refusal each: the retry must not go to another dead one.
+    let extra = "passive_health: {eject_after: 5, backoff: 30s}\n";
+    let proxy = Proxy::start(&yaml(&[stable.addr.to_string()], &dead, "100", extra));
+    let answers = bodies(&proxy, 12, "/").await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, body)| *s == 200 && body == "stable"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

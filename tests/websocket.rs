@@ -29,7 +29,12 @@ struct WsBackend {
 
 impl WsBackend {
     async fn start(name: &'static str) -> WsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// On `addr` (one that comes back where an earlier one was).
+    async fn start_at(name: &'static str, addr: SocketAddr) -> WsBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(AtomicUsize::new(0));
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -364,6 +369,45 @@ async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
         ws.close(None).await.expect("close");
     }
     assert!(proxy.metric("ramp_canary_fallback_total").await >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_reaches_an_upstream_back_while_its_whole_pool_is_ejected() {
+    let c = WsBackend::start("canary").await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (a, b) = (free(), free());
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{a}', '{b}'], canary: ['{}']}}\nrollout: {{id: ws, percent: 0}}\npassive_health: {{eject_after: 1, backoff: 1m, max_backoff: 1m}}\n",
+        c.addr
+    ));
+    // Both stable upstreams down: both ejected for a minute.
+    let client = support::Client::http1();
+    for i in 0..4 {
+        let r = client
+            .get(&proxy.url("/"), &[("x-user-id", &format!("down-{i}"))])
+            .await;
+        assert_eq!(r.status, 502);
+    }
+    // One comes back while its ejection runs: every handshake reaches it.
+    let _back = WsBackend::start_at("stable", b).await;
+    for i in 0..6 {
+        let mut ws = connect(&proxy, &format!("back-{i}")).await;
+        assert_eq!(exchange(&mut ws).await, "stable");
+        ws.close(None).await.expect("close");
+    }
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("upstream reinstated: it answered a request")),
+        "{:?}",
+        proxy.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,6 +767,10 @@ async fn a_canary_event_stream_ends_once_the_rollout_sends_its_user_to_stable() 
         let b = next_bytes(s).await.expect("events");
         assert!(b.contains(&format!("data: {pool}")), "{b}");
     }
+    let since = proxy.wait_status("the streams' answers are counted", |v| {
+        v["analysis"]["pools"]["canary"]["requests"] == 3
+    })["analysis"]["since"]
+        .clone();
     // Lowering the percent sends one of them to stable: that stream is cut at once.
     assert_eq!(proxy.admin("set 10")["ok"], true);
     assert!(cut(&mut sse_leaves).await, "cut, not finished");
@@ -737,10 +785,11 @@ async fn a_canary_event_stream_ends_once_the_rollout_sends_its_user_to_stable() 
         let b = next_bytes(s).await.expect("still flowing");
         assert!(b.contains("data: "), "{b}");
     }
-    // Ramp's doing, not the canary's: no error is charged to it.
+    // Ramp's doing, not the canary's: no error is charged to it. (The new percent began a new
+    // comparison; the rollback's cut comes within it.)
     std::thread::sleep(Duration::from_millis(1_500));
-    let st = proxy.wait_status("the canary's three answers are counted", |v| {
-        v["analysis"]["pools"]["canary"]["requests"] == 3
+    let st = proxy.wait_status("the comparison since the new percent", |v| {
+        v["analysis"]["since"] != since && v["analysis"]["pools"]["canary"].is_object()
     });
     assert_eq!(st["analysis"]["pools"]["canary"]["errors"], 0, "{st}");
 }

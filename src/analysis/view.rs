@@ -250,11 +250,12 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict)
     let canary = &since.canary;
     let mut errors = guard::errors(arm(canary), arm(&since.stable), t);
     if errors.1 == Verdict::Regressed {
+        // Their errors are left out with as many requests (all of a bot's failing requests):
+        // left in, those requests would count as successes and hide a regression.
+        let heavy = canary.error_users.heaviest(leave_out);
         let trimmed = Arm {
-            n: canary.requests,
-            hits: canary
-                .errors
-                .saturating_sub(canary.error_users.heaviest(leave_out)),
+            n: canary.requests.saturating_sub(heavy),
+            hits: canary.errors.saturating_sub(heavy),
         };
         if guard::errors(trimmed, arm(&since.stable), t).1 != Verdict::Regressed {
             errors.1 = few;
@@ -265,9 +266,10 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict)
         && let Some(micros) = latency.slow_micros
     {
         let slow = histogram::count_above(&canary.latency, micros);
+        let heavy = canary.slow_users.heaviest(leave_out);
         let trimmed = Arm {
-            n: histogram::total(&canary.latency),
-            hits: slow.saturating_sub(canary.slow_users.heaviest(leave_out)),
+            n: histogram::total(&canary.latency).saturating_sub(heavy),
+            hits: slow.saturating_sub(heavy),
         };
         if guard::slow_sequence(trimmed, t).low <= guard::SLOW_SHARE_LIMIT {
             latency.verdict = few;

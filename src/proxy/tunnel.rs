@@ -76,31 +76,33 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 
 /// A fresh connection for the handshake: to `up`, else (nothing reached it) another upstream of
 /// the pool, else — for a canary user, with fallback on — stable. Gives the pool it is in.
-async fn connect(
+async fn connect<'s>(
     proxy: &Proxy,
-    snap: &Snapshot,
-    up: &Arc<Upstream>,
+    snap: &'s Snapshot,
+    up: &'s Arc<Upstream>,
     pool: PoolName,
-) -> Result<(Sender, Slot, PoolName), (ProxyError, PoolName)> {
+) -> Result<(Sender, Slot, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
     let passive = &snap.config.passive_health;
     let error = match up.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => return Ok((s, slot, pool)),
+        Ok((s, slot)) => return Ok((s, slot, up, pool)),
         // ramp's own shortage: nothing to try elsewhere, nothing to charge the upstream.
         Err(e @ SendError::Local(_)) => return Err((e.into(), pool)),
         Err(e) => e,
     };
     snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
-    let next = snap.pools[pool]
-        .pick_other(up)
-        .map(|u| (u, pool))
-        .or_else(|| proxy.fallback(snap, pool))
+    // A canary user goes to stable first when fallback is on (the one retry is not spent on
+    // another canary upstream that may be as dead); else another upstream of the pool, a
+    // healthy one if any is left.
+    let next = proxy
+        .fallback(snap, pool)
+        .or_else(|| snap.pools[pool].pick_other(up).map(|u| (u, pool)))
         .or_else(|| snap.pools[pool].any_other(up).map(|u| (u, pool)));
     let Some((next, to)) = next else {
         return Err((error.into(), pool));
     };
     proxy.metrics.retries.increment(1);
     match next.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => Ok((s, slot, to)),
+        Ok((s, slot)) => Ok((s, slot, next, to)),
         Err(e @ SendError::Local(_)) => Err((e.into(), to)),
         Err(e) => {
             snap.pools[to].record(next, Outcome::Unreachable, passive, to);
@@ -134,7 +136,7 @@ pub async fn open(
     scan: &Scan,
     to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    let (mut sender, slot, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
+    let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };
@@ -181,6 +183,9 @@ pub async fn open(
         let invalid = Exchange::Invalid(crate::upstream::InvalidAnswer("bad status code"));
         return (Err(SendError::Exchange(invalid).into()), pool);
     }
+    // An answer, as for any request: it may bring an ejected upstream back, or count against it.
+    let answered = Outcome::Answered(resp.status().as_u16());
+    snap.pools[pool].record(up, answered, &snap.config.passive_health, pool);
     let hide = &snap.hide;
     if kind == Kind::Connect && resp.status().is_success() {
         // To an HTTP/2 client a 2xx would mean the tunnel is open; the upstream took the

@@ -75,3 +75,40 @@ fn a_goal_fewer_users_reach_on_canary_regresses() {
     let better = goal_verdict(|p, u| worse(flipped(p), u), 0, 0);
     assert_eq!(better.verdict.verdict, "improved", "{better:?}");
 }
+
+#[test]
+fn a_bot_failing_on_the_canary_does_not_hide_a_regression_of_everyone_else() {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    let bot = Some(0xB07);
+    for second in 0..130u64 {
+        // A bot on the canary whose every request fails, on both versions (20 a second count).
+        for _ in 0..20 {
+            r.record(PoolName::Canary, true, 1_000, bot, None);
+        }
+        // Everyone else: 6.25% errors on the canary, 1% on stable.
+        for k in 0..8 {
+            let i = second * 8 + k;
+            r.record(PoolName::Canary, i % 16 == 0, 1_000, Some(10_000 + i), None);
+        }
+        for k in 0..30 {
+            let i = second * 30 + k;
+            r.record(
+                PoolName::Stable,
+                i % 100 == 0,
+                1_000,
+                Some(1_000_000 + i),
+                None,
+            );
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+    }
+    assert!(since.canary.errors > 2_600, "{}", since.canary.errors);
+    let ((_, errors), _) = verdicts(&since, &thresholds(None));
+    // Left out with its errors, the bot's requests do not count as successes.
+    assert_eq!(errors, Verdict::Regressed);
+}
