@@ -190,6 +190,40 @@ async fn a_canary_of_several_dead_upstreams_costs_no_request_with_fallback_on() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_canary_upstream_s_requests_go_to_a_live_one_while_stable_is_down() {
+    let live = Backend::start("canary").await;
+    let (dead_stable, dead_canary) = (dead_addr().to_string(), dead_addr().to_string());
+    let extra = "passive_health: {eject_after: 1, backoff: 1m}\n";
+    let proxy = Proxy::start(&yaml(
+        std::slice::from_ref(&dead_stable),
+        &[dead_canary, live.addr.to_string()],
+        "50",
+        extra,
+    ));
+    // Users the rollout "h" puts on each side at 50%.
+    let salt = ramp::routing::bucket::salt("h");
+    let side = |canary: bool| {
+        (0..)
+            .map(|i| format!("side-{canary}-{i}"))
+            .filter(|u| (ramp::routing::bucket(&salt, u.as_bytes()) < 500_000) == canary)
+            .take(8)
+            .collect::<Vec<_>>()
+    };
+    // Stable is down (its redeploy): its users' requests eject it.
+    let client = Client::http1();
+    for u in side(false).iter().take(2) {
+        let r = client.get(&proxy.url("/"), &[("x-user-id", u)]).await;
+        assert_eq!(r.status.as_u16(), 502);
+    }
+    // A canary request refused by the dead canary upstream goes to the live one, not to a stable
+    // pool that cannot answer.
+    for u in side(true) {
+        let r = client.get(&proxy.url("/"), &[("x-user-id", &u)]).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "canary"), "{u}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

@@ -411,6 +411,41 @@ async fn a_socket_reaches_an_upstream_back_while_its_whole_pool_is_ejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_breaks_handshakes_is_ejected_like_any_other() {
+    let good = WsBackend::start("stable").await;
+    let c = WsBackend::start("canary").await;
+    // Accepts, reads the handshake, answers garbage and closes.
+    let broken = support::RawUpstream::start(b"garbage\r\n\r\n", true).await;
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}', '{}'], canary: ['{}']}}\nrollout: {{id: ws, percent: 0}}\npassive_health: {{eject_after: 2, backoff: 1m}}\n",
+        good.addr, broken.addr, c.addr
+    ));
+    let mut refused = 0;
+    for i in 0..12 {
+        let mut req = format!("ws://{}/chat", proxy.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-user-id", format!("u{i}").parse().expect("header"));
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        match tokio_tungstenite::client_async(req, tcp).await {
+            Ok((mut ws, _)) => {
+                assert_eq!(exchange(&mut ws).await, "stable");
+                ws.close(None).await.expect("close");
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    // Two broken handshakes eject it; every later one reaches the good upstream.
+    assert!(refused <= 2, "{refused} of 12 handshakes failed");
+    assert!(
+        proxy.logs().iter().any(|l| l.contains("upstream ejected")),
+        "{:?}",
+        proxy.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_side_that_ends_cleanly_still_gets_the_other_s_last_bytes_then_the_tunnel_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A WebSocket server that answers the handshake, sends its last bytes once the client has

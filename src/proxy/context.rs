@@ -69,6 +69,22 @@ impl Proxy {
         Some((u, PoolName::Stable))
     }
 
+    /// As [`Proxy::fallback`], only while stable has a healthy upstream: a canary request that
+    /// reached no canary upstream goes there first, but not to a stable pool that is down while
+    /// another canary upstream is up.
+    pub fn healthy_fallback<'s>(
+        &self,
+        snap: &'s Snapshot,
+        pool: PoolName,
+    ) -> Option<(&'s Arc<Upstream>, PoolName)> {
+        let stable = snap.pools.stable.upstreams();
+        if stable.iter().any(|u| u.health.is_available()) {
+            self.fallback(snap, pool)
+        } else {
+            None
+        }
+    }
+
     /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -424,12 +424,14 @@ fn retry<'s>(
     // fallback on, stable serves it (the canary failed it once already).
     let fallback = || proxy.fallback(snap, pool);
     match failure.retry(repeatable) {
-        // No connection could be made. A canary user goes to stable first when fallback is on:
-        // the one retry is not spent on another canary upstream that may be as dead. Else
-        // another upstream of the pool, a healthy one if any is left, else any other, ejected or
-        // not, rather than a certain 502.
-        Retry::Elsewhere => fallback()
+        // No connection could be made. A canary user goes to a healthy stable first when
+        // fallback is on: the one retry is not spent on another canary upstream that may be as
+        // dead. Else another healthy upstream of the pool; else stable whatever its health; else
+        // any other of the pool, ejected or not, rather than a certain 502.
+        Retry::Elsewhere => proxy
+            .healthy_fallback(snap, pool)
             .or(other)
+            .or_else(fallback)
             .or_else(|| snap.pools[pool].any_other(first).map(|u| (u, pool)))
             .ok_or(failure.error),
         Retry::Anywhere | Retry::IfRepeatable => {

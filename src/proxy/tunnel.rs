@@ -90,12 +90,12 @@ async fn connect<'s>(
         Err(e) => e,
     };
     snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
-    // A canary user goes to stable first when fallback is on (the one retry is not spent on
-    // another canary upstream that may be as dead); else another upstream of the pool, a
-    // healthy one if any is left.
+    // As a request's retry: a healthy stable first for a canary user under fallback, then
+    // another healthy upstream of the pool, then stable whatever its health, then any other.
     let next = proxy
-        .fallback(snap, pool)
+        .healthy_fallback(snap, pool)
         .or_else(|| snap.pools[pool].pick_other(up).map(|u| (u, pool)))
+        .or_else(|| proxy.fallback(snap, pool))
         .or_else(|| snap.pools[pool].any_other(up).map(|u| (u, pool)));
     let Some((next, to)) = next else {
         return Err((error.into(), pool));
@@ -173,19 +173,29 @@ pub async fn open(
     }
     let req = Request::from_parts(parts, ReqBody::Empty);
     let limit = snap.connector.settings.response_timeout;
+    let passive = &snap.config.passive_health;
+    // Connected, then no usable answer: a failure of the upstream, as for any request.
+    let failed = || snap.pools[pool].record(up, Outcome::Failed, passive, pool);
     let mut resp = match tokio::time::timeout(limit, sender.send_request(req)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return (Err(SendError::Exchange(Exchange::Hyper(e)).into()), pool),
-        Err(_) => return (Err(SendError::Timeout(limit).into()), pool),
+        Ok(Err(e)) => {
+            failed();
+            return (Err(SendError::Exchange(Exchange::Hyper(e)).into()), pool);
+        }
+        Err(_) => {
+            failed();
+            return (Err(SendError::Timeout(limit).into()), pool);
+        }
     };
     if resp.status().as_u16() >= 600 {
         // Three digits, 100 to 599, as for every answer: no success the comparison cannot judge.
+        failed();
         let invalid = Exchange::Invalid(crate::upstream::InvalidAnswer("bad status code"));
         return (Err(SendError::Exchange(invalid).into()), pool);
     }
     // An answer, as for any request: it may bring an ejected upstream back, or count against it.
     let answered = Outcome::Answered(resp.status().as_u16());
-    snap.pools[pool].record(up, answered, &snap.config.passive_health, pool);
+    snap.pools[pool].record(up, answered, passive, pool);
     let hide = &snap.hide;
     if kind == Kind::Connect && resp.status().is_success() {
         // To an HTTP/2 client a 2xx would mean the tunnel is open; the upstream took the
