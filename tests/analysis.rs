@@ -706,12 +706,7 @@ async fn an_outage_of_both_versions_after_a_raise_does_not_halt_a_healthy_canary
     ));
     // A quiet hour at 10%: no errors on either version.
     traffic(&proxy, 1_000, "early", 1, "/").await;
-    proxy.wait_status("the quiet hour is counted", |v| {
-        let pools = &v["analysis"]["pools"];
-        pools["stable"]["requests"].as_u64().unwrap_or(0)
-            + pools["canary"]["requests"].as_u64().unwrap_or(0)
-            == 1_000
-    });
+    proxy.wait_status("the quiet hour is counted", |v| compared(v) == 1_000);
     assert_eq!(proxy.admin("set 50")["ok"], true);
     proxy.wait_status("the comparison restarts at the new share", |v| {
         v["analysis"]["pools"]["stable"]["requests"] == 0
@@ -719,12 +714,7 @@ async fn an_outage_of_both_versions_after_a_raise_does_not_halt_a_healthy_canary
     // Then a dependency both versions use fails: every answer is a 500, on both. Pooled with the
     // quiet hour, the canary's side (mostly from after the raise) would look far worse.
     traffic(&proxy, 400, "late", 1, "/status/500").await;
-    let st = proxy.wait_status("the outage is counted", |v| {
-        let pools = &v["analysis"]["pools"];
-        pools["stable"]["requests"].as_u64().unwrap_or(0)
-            + pools["canary"]["requests"].as_u64().unwrap_or(0)
-            == 400
-    });
+    let st = proxy.wait_status("the outage is counted", |v| compared(v) == 400);
     assert_ne!(st["analysis"]["errors"]["verdict"], "regressed", "{st}");
     // Given the time to act, the guard does not.
     std::thread::sleep(std::time::Duration::from_millis(2_500));
@@ -824,6 +814,13 @@ async fn one_client_s_slow_requests_on_the_canary_do_not_roll_a_healthy_canary_b
     );
     std::thread::sleep(std::time::Duration::from_millis(2_500));
     assert_eq!(proxy.admin("status")["state"], "running");
+}
+
+/// Requests both pools have in the comparison now.
+fn compared(status: &Value) -> u64 {
+    let pools = &status["analysis"]["pools"];
+    pools["stable"]["requests"].as_u64().unwrap_or(0)
+        + pools["canary"]["requests"].as_u64().unwrap_or(0)
 }
 
 /// `n` user ids (`prefix-0`, `prefix-1`, ...) that the proxy sends to the canary, found by asking.

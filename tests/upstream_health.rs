@@ -17,6 +17,11 @@ fn yaml(stable: &[String], canary: &[String], percent: &str, extra: &str) -> Str
     )
 }
 
+/// Whether every answer is a 200 from the upstream named `name`.
+fn all_from(answers: &[(u16, String)], name: &str) -> bool {
+    answers.iter().all(|(s, body)| *s == 200 && body == name)
+}
+
 async fn bodies(proxy: &Proxy, n: usize, path: &str) -> Vec<(u16, String)> {
     let client = Client::http1();
     let mut out = Vec::new();
@@ -39,10 +44,7 @@ async fn a_refused_connection_is_retried_on_another_upstream_then_ejected() {
         "",
     ));
     let got = bodies(&proxy, 40, "/").await;
-    assert!(
-        got.iter().all(|(s, b)| *s == 200 && b == "alive"),
-        "{got:?}"
-    );
+    assert!(all_from(&got, "alive"), "{got:?}");
     let line = proxy.wait_log("upstream ejected");
     assert!(line.contains(&dead), "{line}");
     assert!(proxy.metric("ramp_retries_total").await >= 5.0);
@@ -70,10 +72,7 @@ async fn consecutive_5xx_eject_an_upstream_until_a_probe_succeeds() {
     proxy.wait_log("upstream ejected");
     let seen_bad = bad.seen().iter().filter(|s| s.uri == "/").count();
     let after = bodies(&proxy, 20, "/").await;
-    assert!(
-        after.iter().all(|(s, b)| *s == 200 && b == "good"),
-        "{after:?}"
-    );
+    assert!(all_from(&after, "good"), "{after:?}");
     assert_eq!(
         bad.seen().iter().filter(|s| s.uri == "/").count(),
         seen_bad,
@@ -128,10 +127,7 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
     canary.kill();
     proxy.wait_log("upstream failed its health checks");
     let served = bodies(&proxy, 20, "/").await;
-    assert!(
-        served.iter().all(|(s, b)| *s == 200 && b == "stable"),
-        "{served:?}"
-    );
+    assert!(all_from(&served, "stable"), "{served:?}");
     assert!(proxy.metric("ramp_canary_fallback_total").await >= 20.0);
     let lines = proxy
         .logs()
@@ -165,12 +161,7 @@ async fn an_upstream_back_while_the_whole_pool_is_ejected_takes_every_request_at
     // to it, and its first answer ends its ejection.
     let _back = Backend::start_at("stable", b).await;
     let answers = bodies(&proxy, 12, "/").await;
-    assert!(
-        answers
-            .iter()
-            .all(|(s, body)| *s == 200 && body == "stable"),
-        "{answers:?}"
-    );
+    assert!(all_from(&answers, "stable"), "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,12 +172,7 @@ async fn a_canary_of_several_dead_upstreams_costs_no_request_with_fallback_on() 
     let extra = "passive_health: {eject_after: 5, backoff: 30s}\n";
     let proxy = Proxy::start(&yaml(&[stable.addr.to_string()], &dead, "100", extra));
     let answers = bodies(&proxy, 12, "/").await;
-    assert!(
-        answers
-            .iter()
-            .all(|(s, body)| *s == 200 && body == "stable"),
-        "{answers:?}"
-    );
+    assert!(all_from(&answers, "stable"), "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,10 +224,7 @@ async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_s
         &extra,
     ));
     let answers = bodies(&proxy, 20, "/").await;
-    assert!(
-        answers.iter().all(|(s, b)| *s == 200 && b == "stable"),
-        "{answers:?}"
-    );
+    assert!(all_from(&answers, "stable"), "{answers:?}");
     let st = proxy.wait_status("the comparison says why no canary figures come", |v| {
         v["analysis"]["errors"]["text"]
             .as_str()
@@ -312,10 +295,7 @@ async fn an_application_s_errors_never_eject_the_only_upstream() {
     let got = bodies(&proxy, 10, "/status/502").await;
     assert!(got.iter().all(|(s, _)| *s == 502), "{got:?}");
     let after = bodies(&proxy, 10, "/").await;
-    assert!(
-        after.iter().all(|(s, b)| *s == 200 && b == "stable"),
-        "the site stays up: {after:?}"
-    );
+    assert!(all_from(&after, "stable"), "the site stays up: {after:?}");
     assert!(!proxy.logs().iter().any(|l| l.contains("upstream ejected")));
     // Configured otherwise, 500 counts too (and still never ejects the last one).
     let proxy = Proxy::start(&yaml(
@@ -495,10 +475,7 @@ async fn when_most_of_a_pool_is_ejected_requests_go_to_all_of_it() {
     a.set_unhealthy(false);
     b.set_unhealthy(false);
     let got = bodies(&proxy, 12, "/").await;
-    assert!(
-        got.iter().all(|(s, body)| *s == 200 && body == "c"),
-        "{got:?}"
-    );
+    assert!(all_from(&got, "c"), "{got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

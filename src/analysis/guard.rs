@@ -236,13 +236,10 @@ pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
     // with confidence at every look — the canary's p99 is below stable's.
     let improved =
         histogram::bucket_of_rank(stable, histogram::rank(stable_n, 0.99)).is_some_and(|bucket| {
-            let at_or_above = canary.get(bucket..).map_or(0, |tail| {
-                tail.iter().fold(0u64, |n, &c| n.saturating_add(c))
-            });
             let share = slow_sequence(
                 Arm {
                     n: canary_n,
-                    hits: at_or_above,
+                    hits: histogram::count_from(canary, bucket),
                 },
                 t,
             );

@@ -166,7 +166,11 @@ pub fn first_at_or_above(micros: f64) -> usize {
 /// so never pushes a comparison toward an alarm. A threshold above 2^28 µs (or NaN) counts
 /// nothing, since the last bucket cannot tell how far above 2^28 its values are.
 pub fn count_above(counts: &[u64], micros: f64) -> u64 {
-    let from = first_at_or_above(micros);
+    count_from(counts, first_at_or_above(micros))
+}
+
+/// Requests in bucket `from` and every bucket above it.
+pub fn count_from(counts: &[u64], from: usize) -> u64 {
     counts.get(from..).map_or(0, |tail| {
         tail.iter().fold(0u64, |n, &c| n.saturating_add(c))
     })

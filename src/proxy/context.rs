@@ -69,20 +69,30 @@ impl Proxy {
         Some((u, PoolName::Stable))
     }
 
-    /// As [`Proxy::fallback`], only while stable has a healthy upstream: a canary request that
-    /// reached no canary upstream goes there first, but not to a stable pool that is down while
-    /// another canary upstream is up.
-    pub fn healthy_fallback<'s>(
+    /// Where a request (or a WebSocket handshake) goes once more when no connection could be made
+    /// to `first`, an upstream of `pool`. A canary user goes to a healthy stable first when
+    /// fallback is on: the one retry is not spent on another canary upstream that may be as dead.
+    /// Else another healthy upstream of the pool; else stable whatever its health; else any other
+    /// upstream of the pool, ejected or not, rather than a certain 502.
+    pub fn unreached<'s>(
         &self,
         snap: &'s Snapshot,
         pool: PoolName,
+        first: &Arc<Upstream>,
     ) -> Option<(&'s Arc<Upstream>, PoolName)> {
-        let stable = snap.pools.stable.upstreams();
-        if stable.iter().any(|u| u.health.is_available()) {
-            self.fallback(snap, pool)
-        } else {
-            None
-        }
+        let stable_up = snap
+            .pools
+            .stable
+            .upstreams()
+            .iter()
+            .any(|u| u.health.is_available());
+        let own = &snap.pools[pool];
+        stable_up
+            .then(|| self.fallback(snap, pool))
+            .flatten()
+            .or_else(|| own.pick_other(first).map(|u| (u, pool)))
+            .or_else(|| self.fallback(snap, pool))
+            .or_else(|| own.any_other(first).map(|u| (u, pool)))
     }
 
     /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.

@@ -419,24 +419,15 @@ fn retry<'s>(
     pool: PoolName,
     first: &'s Arc<Upstream>,
 ) -> Result<(&'s Arc<Upstream>, PoolName), SendError> {
-    let other = snap.pools[pool].pick_other(first).map(|u| (u, pool));
-    // A canary request that may go again, with no other canary upstream to take it: with
-    // fallback on, stable serves it (the canary failed it once already).
-    let fallback = || proxy.fallback(snap, pool);
     match failure.retry(repeatable) {
-        // No connection could be made. A canary user goes to a healthy stable first when
-        // fallback is on: the one retry is not spent on another canary upstream that may be as
-        // dead. Else another healthy upstream of the pool; else stable whatever its health; else
-        // any other of the pool, ejected or not, rather than a certain 502.
-        Retry::Elsewhere => proxy
-            .healthy_fallback(snap, pool)
-            .or(other)
-            .or_else(fallback)
-            .or_else(|| snap.pools[pool].any_other(first).map(|u| (u, pool)))
-            .ok_or(failure.error),
-        Retry::Anywhere | Retry::IfRepeatable => {
-            Ok(other.or_else(fallback).unwrap_or((first, pool)))
-        }
+        Retry::Elsewhere => proxy.unreached(snap, pool, first).ok_or(failure.error),
+        // A canary request that may go again, with no other canary upstream to take it: with
+        // fallback on, stable serves it (the canary failed it once already).
+        Retry::Anywhere | Retry::IfRepeatable => Ok(snap.pools[pool]
+            .pick_other(first)
+            .map(|u| (u, pool))
+            .or_else(|| proxy.fallback(snap, pool))
+            .unwrap_or((first, pool))),
         Retry::Never => Err(failure.error),
     }
 }

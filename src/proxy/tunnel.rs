@@ -74,8 +74,8 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
     })
 }
 
-/// A fresh connection for the handshake: to `up`, else (nothing reached it) another upstream of
-/// the pool, else — for a canary user, with fallback on — stable. Gives the pool it is in.
+/// A fresh connection for the handshake: to `up`, else (nothing reached it) where a request
+/// would go once more ([`Proxy::unreached`]). Gives the pool it is in.
 async fn connect<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
@@ -90,14 +90,7 @@ async fn connect<'s>(
         Err(e) => e,
     };
     snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
-    // As a request's retry: a healthy stable first for a canary user under fallback, then
-    // another healthy upstream of the pool, then stable whatever its health, then any other.
-    let next = proxy
-        .healthy_fallback(snap, pool)
-        .or_else(|| snap.pools[pool].pick_other(up).map(|u| (u, pool)))
-        .or_else(|| proxy.fallback(snap, pool))
-        .or_else(|| snap.pools[pool].any_other(up).map(|u| (u, pool)));
-    let Some((next, to)) = next else {
+    let Some((next, to)) = proxy.unreached(snap, pool, up) else {
         return Err((error.into(), pool));
     };
     proxy.metrics.retries.increment(1);
