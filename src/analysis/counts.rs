@@ -23,24 +23,53 @@ const KEPT_USERS: usize = 32;
 /// count, with no user.
 const SECOND_USERS: usize = 16;
 
-/// The users an error (or slow answer) came from, with how many each, for the heaviest
-/// [`KEPT_USERS`] (Space-Saving: when full, a new user takes the place of the lightest and
-/// inherits its count, so a count may be over, never under, a heavy user's own).
+/// One kept user: its errors (or slow answers), and its counted requests in the seconds it had
+/// one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Kept {
+    user: u64,
+    count: u64,
+    requests: u64,
+}
+
+/// The users an error (or slow answer) came from, with how many each and their requests in the
+/// seconds they had one, for the heaviest [`KEPT_USERS`] (Space-Saving: when full, a new user
+/// takes the place of the lightest and inherits its counts, so a count may be over, never under,
+/// a heavy user's own).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UserSet {
-    users: [(u64, u64); KEPT_USERS],
+    users: [Kept; KEPT_USERS],
     len: usize,
 }
 
+/// What the heaviest users of a [`UserSet`] had between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Heaviest {
+    /// Their errors (or slow answers).
+    pub count: u64,
+    /// Their counted requests: those of the seconds in which they had one (a request of theirs
+    /// in a second without one is not known as theirs), never fewer than `count`.
+    pub requests: u64,
+}
+
 impl UserSet {
-    fn insert(&mut self, user: u64, count: u64) {
-        if let Some(e) = self.users[..self.len].iter_mut().find(|e| e.0 == user) {
-            e.1 += count;
+    fn insert(&mut self, user: u64, count: u64, requests: u64) {
+        if let Some(e) = self.users[..self.len].iter_mut().find(|e| e.user == user) {
+            e.count += count;
+            e.requests += requests;
         } else if self.len < KEPT_USERS {
-            self.users[self.len] = (user, count);
+            self.users[self.len] = Kept {
+                user,
+                count,
+                requests,
+            };
             self.len += 1;
-        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|e| e.1) {
-            *lightest = (user, lightest.1 + count);
+        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|e| e.count) {
+            *lightest = Kept {
+                user,
+                count: lightest.count + count,
+                requests: lightest.requests + requests,
+            };
         }
     }
 
@@ -53,16 +82,21 @@ impl UserSet {
         self.len == 0
     }
 
-    /// How many errors (or slow answers) the `k` heaviest users had between them.
-    pub fn heaviest(&self, k: usize) -> u64 {
-        let mut counts: Vec<u64> = self.users[..self.len].iter().map(|e| e.1).collect();
-        counts.sort_unstable_by(|a, b| b.cmp(a));
-        counts.iter().take(k).sum()
+    /// What the `k` heaviest users had between them.
+    pub fn heaviest(&self, k: usize) -> Heaviest {
+        let mut kept: Vec<Kept> = self.users[..self.len].to_vec();
+        kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.count));
+        kept.iter()
+            .take(k)
+            .fold(Heaviest::default(), |h, e| Heaviest {
+                count: h.count + e.count,
+                requests: h.requests + e.requests.max(e.count),
+            })
     }
 
     fn merge(&mut self, other: &UserSet) {
-        for &(user, count) in &other.users[..other.len] {
-            self.insert(user, count);
+        for e in &other.users[..other.len] {
+            self.insert(e.user, e.count, e.requests);
         }
     }
 }
@@ -99,12 +133,15 @@ impl AtomicUserSet {
         }
     }
 
-    fn drain_into(&self, into: &mut UserSet) {
+    /// Moves the second's users into `into`, each with `requests(user)`: its requests in the
+    /// second.
+    fn drain_into(&self, into: &mut UserSet, requests: impl Fn(u64) -> u64) {
         for slot in &self.slots {
             let held = slot.swap(0, Ordering::Relaxed);
             // No user: an add that raced this drain counted into a slot just freed.
             if held >> 16 != 0 {
-                into.insert(held >> 16, held & COUNT_BITS);
+                let user = held >> 16;
+                into.insert(user, held & COUNT_BITS, requests(user));
             }
         }
     }
@@ -127,9 +164,25 @@ const SHARE_OF_POOL: u64 = 512;
 /// those users' answers out of the comparison.
 static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
 
+/// The cell of a user's hash: of its low 48 bits, which an [`AtomicUserSet`] keeps, so that a
+/// drain finds the cell of a user it kept.
 #[inline]
 fn share_cell(user: u64) -> usize {
-    ((user ^ *SHARE_KEY).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 52) as usize % SHARE_CELLS
+    (((user & USER_BITS) ^ *SHARE_KEY).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 52) as usize
+        % SHARE_CELLS
+}
+
+/// The bits of a user's hash an [`AtomicUserSet`] keeps.
+const USER_BITS: u64 = (1 << 48) - 1;
+
+/// How many of `seen` answers in one second counted, with `share` counting whole (the rest by
+/// chance: the n-th with a chance of share/n; see [`Cells::counts`]), expected.
+fn counted_of(seen: u32, share: u32) -> u64 {
+    if seen <= share || share == 0 {
+        return u64::from(seen);
+    }
+    let (seen, share) = (f64::from(seen), f64::from(share));
+    (share * (1.0 + (seen / share).ln())).round() as u64
 }
 
 /// Per goal, the distinct users who converted (a sketch each): the goal's verdict compares the
@@ -386,8 +439,18 @@ impl Recorder {
             }
             counts.requests = requests + cells.failed.swap(0, Ordering::Relaxed);
             counts.errors = cells.errors.swap(0, Ordering::Relaxed);
-            cells.error_users.drain_into(&mut counts.error_users);
-            cells.slow_users.drain_into(&mut counts.slow_users);
+            // A kept user's requests this second: its cell's answers, which may hold another
+            // user's few too (a cell's average load is 1/4,096 of the pool's).
+            let share = cells.share_cap.load(Ordering::Relaxed);
+            let requests = |user: u64| {
+                counted_of(cells.share[share_cell(user)].load(Ordering::Relaxed), share)
+            };
+            cells
+                .error_users
+                .drain_into(&mut counts.error_users, requests);
+            cells
+                .slow_users
+                .drain_into(&mut counts.slow_users, requests);
             cells.users.drain_into(&mut counts.users);
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
                 *n = cell.swap(0, Ordering::Relaxed);

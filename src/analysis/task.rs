@@ -14,8 +14,7 @@ use crate::routing::{PerPool, Rollout, State};
 use crate::snapshot::Current;
 
 use super::counts::{Converted, Counts, Recorder};
-use super::guard::{LatencyCheck, Verdict};
-use super::stats::Interval;
+use super::guard::Verdict;
 use super::view::{self, AnalysisView, Inputs};
 use super::window::Window;
 
@@ -199,47 +198,6 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.2}%", x * 100.0)
-}
-
-/// The figures that made the guard act, as the log, status and page show them.
-fn reason(since: &PerPool<Counts>, errors: (Interval, Verdict), latency: &LatencyCheck) -> String {
-    let mut parts = Vec::new();
-    if errors.1 == Verdict::Regressed {
-        let d = errors.0;
-        let rate = |c: &Counts| c.errors as f64 / c.requests.max(1) as f64;
-        parts.push(format!(
-            "error rate {} on canary vs {} on stable ({:+.2} points, range {:+.2} to {:+.2}) over {} and {} requests",
-            pct(rate(&since.canary)),
-            pct(rate(&since.stable)),
-            d.estimate * 100.0,
-            d.low * 100.0,
-            d.high * 100.0,
-            since.canary.requests,
-            since.stable.requests
-        ));
-    }
-    if latency.verdict == Verdict::Regressed {
-        let p99 = |p: Option<super::guard::Percentiles>| p.map_or(0.0, |p| p.p99 / 1000.0);
-        let share = latency.slow_share.unwrap_or(Interval {
-            estimate: 0.0,
-            low: 0.0,
-            high: 0.0,
-        });
-        parts.push(format!(
-            "p99 {:.1} ms on canary vs {:.1} ms on stable; {} of canary requests slower than {:.1} ms (range {} to {}, limit 1%)",
-            p99(latency.canary),
-            p99(latency.stable),
-            pct(share.estimate),
-            latency.slow_micros.unwrap_or(0.0) / 1000.0,
-            pct(share.low),
-            pct(share.high)
-        ));
-    }
-    parts.join("; ")
-}
-
 /// Runs until the process ends, once a second.
 pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Sender<Act>) {
     let mut books = Books::new(&current.load().config);
@@ -269,7 +227,8 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         books.follow(rollout, config, restarts);
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
-        let (errors, latency) = view::verdicts(&books.since, &t);
+        let verdicts = view::verdicts(&books.since, &t);
+        let (errors, latency) = (verdicts.errors, &verdicts.latency);
         // Answers slower than this from now on mark their users as ones the canary was slow for.
         analysis.recorder.slow_over(latency.slow_micros);
         // The difference's range is drawn once both sides have a few requests (before, it spans
@@ -288,7 +247,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                 State::RolledBack | State::Completed => false,
             };
             if applies {
-                let why = reason(&books.since, errors, &latency);
+                let why = verdicts.reason(&books.since);
                 let what = match g.action {
                     GuardAction::Halt => "halted",
                     GuardAction::Rollback => "rolled back",
@@ -303,12 +262,8 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
                     .await;
             }
         }
-        let regressed = regressed.then(|| {
-            format!(
-                "a metric regressed: {}",
-                reason(&books.since, errors, &latency)
-            )
-        });
+        let regressed =
+            regressed.then(|| format!("a metric regressed: {}", verdicts.reason(&books.since)));
         let expected_share = (rollout.state == State::Running
             && rollout.ppm > 0
             && rollout.ppm < crate::routing::BUCKETS)

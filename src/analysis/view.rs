@@ -8,7 +8,7 @@ use crate::config::{Analysis as Settings, Guard};
 use crate::routing::{PerPool, PoolName};
 
 use super::counts::{Converted, Counts};
-use super::guard::{self, LatencyCheck, Thresholds, Verdict};
+use super::guard::{self, Thresholds, Verdict};
 use super::histogram;
 use super::stats::{self, Arm, Interval};
 use super::users::REL_ERROR;
@@ -59,7 +59,7 @@ impl From<Verdict> for VerdictView {
                 "not_enough_data",
                 None,
                 format!(
-                    "not enough data: the canary is worse than the margin only through its {} heaviest user{} (the guard acts on what {needed} or more users meet)",
+                    "too few users: the canary is worse than the margin only through its {} heaviest user{} (the guard acts on what {needed} or more users meet)",
                     needed.saturating_sub(1),
                     if needed == 2 { "" } else { "s" }
                 ),
@@ -233,51 +233,6 @@ pub fn thresholds(guard: Option<&Guard>) -> Thresholds {
     t
 }
 
-/// The error and latency verdicts over `since`.
-pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> ((Interval, Verdict), LatencyCheck) {
-    let arm = |c: &Counts| Arm {
-        n: c.requests,
-        hits: c.errors,
-    };
-    // A regression counts only when it shows for enough distinct canary users: it must still be
-    // one with the errors (or slow answers) of the `min_users` − 1 heaviest canary users left
-    // out. So one user who fails on both versions (a bot, one user's bad input) cannot make one,
-    // however many other users meet an error or two.
-    let leave_out = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
-    let few = Verdict::FewUsers {
-        needed: t.min_users,
-    };
-    let canary = &since.canary;
-    let mut errors = guard::errors(arm(canary), arm(&since.stable), t);
-    if errors.1 == Verdict::Regressed {
-        // Their errors are left out with as many requests (all of a bot's failing requests):
-        // left in, those requests would count as successes and hide a regression.
-        let heavy = canary.error_users.heaviest(leave_out);
-        let trimmed = Arm {
-            n: canary.requests.saturating_sub(heavy),
-            hits: canary.errors.saturating_sub(heavy),
-        };
-        if guard::errors(trimmed, arm(&since.stable), t).1 != Verdict::Regressed {
-            errors.1 = few;
-        }
-    }
-    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
-    if latency.verdict == Verdict::Regressed
-        && let Some(micros) = latency.slow_micros
-    {
-        let slow = histogram::count_above(&canary.latency, micros);
-        let heavy = canary.slow_users.heaviest(leave_out);
-        let trimmed = Arm {
-            n: histogram::total(&canary.latency).saturating_sub(heavy),
-            hits: slow.saturating_sub(heavy),
-        };
-        if guard::slow_sequence(trimmed, t).low <= guard::SLOW_SHARE_LIMIT {
-            latency.verdict = few;
-        }
-    }
-    (errors, latency)
-}
-
 fn figures(since: &Counts, window: &Counts) -> PoolFigures {
     let p = guard::Percentiles::of(&since.latency);
     PoolFigures {
@@ -376,7 +331,11 @@ pub fn compute(
     inputs: Inputs<'_>,
 ) -> AnalysisView {
     let t = thresholds(inputs.guard);
-    let ((diff, error_verdict), latency) = verdicts(since, &t);
+    let Verdicts {
+        errors: (diff, error_verdict),
+        latency,
+        ..
+    } = verdicts(since, &t);
     let in_window = window.total();
     let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));
     let sample_ratio = inputs.expected_share.and_then(|expected| {
@@ -455,6 +414,10 @@ fn series(window: &Window) -> Series {
     }
     s
 }
+
+mod verdicts;
+
+pub use verdicts::{Verdicts, verdicts};
 
 #[cfg(test)]
 mod tests;

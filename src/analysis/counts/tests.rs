@@ -92,7 +92,7 @@ fn the_heaviest_error_users_are_known_with_their_counts() {
     }
     assert_eq!(since.canary.error_users.len(), 1);
     assert_eq!(since.canary.errors, 51);
-    assert_eq!(since.canary.error_users.heaviest(1), 51);
+    assert_eq!(since.canary.error_users.heaviest(1).count, 51);
     // Others' errors add users; the heaviest stays known among many (Space-Saving).
     for second in 0..10 {
         for u in 0..12 {
@@ -111,8 +111,43 @@ fn the_heaviest_error_users_are_known_with_their_counts() {
     assert_eq!(since.canary.errors, 51 + 130);
     assert_eq!(since.canary.error_users.len(), 32);
     // The heaviest's own 61 errors, and what a newcomer inherits at most.
-    let top = since.canary.error_users.heaviest(1);
+    let top = since.canary.error_users.heaviest(1).count;
     assert!((61..=61 + 120 / 32 + 1).contains(&top), "{top}");
-    assert!(since.canary.error_users.heaviest(ERROR_USERS) <= 181);
+    assert!(since.canary.error_users.heaviest(ERROR_USERS).count <= 181);
     assert!(since.stable.error_users.is_empty());
+}
+
+#[test]
+fn a_heavy_user_s_requests_are_known_in_the_seconds_it_has_an_error() {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    let mut drain = |r: &Recorder, since: &mut PerPool<Counts>| {
+        r.drain(&mut tick);
+        since.canary.add(&tick.canary);
+    };
+    // 5 errors and 10 successes a second, for 3 seconds.
+    for _ in 0..3 {
+        for n in 0..15 {
+            r.record(PoolName::Canary, n < 5, 1_000, Some(42), None);
+        }
+        drain(&r, &mut since);
+    }
+    // A second without an error: its requests are not known as the user's.
+    for _ in 0..15 {
+        r.record(PoolName::Canary, false, 1_000, Some(42), None);
+    }
+    drain(&r, &mut since);
+    let heavy = since.canary.error_users.heaviest(1);
+    assert_eq!((heavy.count, heavy.requests), (15, 45));
+    // Past its share of a second (20), a user's requests count by chance, and so are estimated:
+    // 100 answers count for about 20 × (1 + ln 5) ≈ 52, and never fewer than its errors.
+    for n in 0..100 {
+        r.record(PoolName::Canary, n % 2 == 0, 1_000, Some(43), None);
+    }
+    drain(&r, &mut since);
+    let flood = since.canary.error_users.heaviest(1);
+    assert!((18..=40).contains(&flood.count), "{flood:?}");
+    assert_eq!(flood.requests, 52);
+    assert_eq!(since.canary.error_users.heaviest(2).requests, 52 + 45);
 }

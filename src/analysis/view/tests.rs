@@ -108,7 +108,68 @@ fn a_bot_failing_on_the_canary_does_not_hide_a_regression_of_everyone_else() {
         }
     }
     assert!(since.canary.errors > 2_600, "{}", since.canary.errors);
-    let ((_, errors), _) = verdicts(&since, &thresholds(None));
+    let errors = verdicts(&since, &thresholds(None)).errors.1;
     // Left out with its errors, the bot's requests do not count as successes.
     assert_eq!(errors, Verdict::Regressed);
+}
+
+/// `seconds` of a bot on the canary whose requests fail half the time (20 a second), beside
+/// everyone else's: 8 canary requests a second failing at `canary_every`, 30 stable ones at 1%.
+fn half_failing_bot(seconds: u64, canary_every: u64) -> PerPool<Counts> {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    for second in 0..seconds {
+        for n in 0..20 {
+            r.record(PoolName::Canary, n % 2 == 0, 1_000, Some(0xB07), None);
+        }
+        for k in 0..8 {
+            let i = second * 8 + k;
+            let error = i % canary_every == 0;
+            r.record(PoolName::Canary, error, 1_000, Some(10_000 + i), None);
+        }
+        for k in 0..30 {
+            let i = second * 30 + k;
+            let error = i % 100 == 0;
+            r.record(PoolName::Stable, error, 1_000, Some(1_000_000 + i), None);
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+    }
+    since
+}
+
+#[test]
+fn a_bot_failing_part_of_its_requests_is_left_out_whole() {
+    // Everyone else: 6.25% errors on the canary against 1% on stable. With only the bot's
+    // errors left out, its successes diluted that to 2.8%, within the margin.
+    let since = half_failing_bot(300, 16);
+    let v = verdicts(&since, &thresholds(None));
+    assert_eq!(v.errors.1, Verdict::Regressed);
+    let (users, trimmed) = v.errors_left_out.expect("the heaviest users were left out");
+    assert!(users >= 1);
+    // The bot's 6,000 requests are gone, and the rest's 2,400 (less the few of the other
+    // heaviest) are left.
+    assert!((2_300..=2_400).contains(&trimmed.n), "{trimmed:?}");
+    // A healthy canary (1% for everyone else) beside the same bot is not called regressed.
+    let healthy = verdicts(&half_failing_bot(300, 100), &thresholds(None));
+    assert_ne!(healthy.errors.1, Verdict::Regressed);
+}
+
+#[test]
+fn the_reason_quotes_the_rate_without_the_heaviest_users() {
+    let since = half_failing_bot(300, 16);
+    let reason = verdicts(&since, &thresholds(None)).reason(&since);
+    // 3,000 of the bot's 6,000 requests failed, and 150 of everyone else's 2,400: 6.25%, a
+    // little less with the 3 other heaviest users' errors left out too (each may be over).
+    let without = reason
+        .strip_prefix("error rate 37.50% (")
+        .and_then(|r| r.split_once("% without its 4 heaviest users) on canary vs 1.00% on stable"))
+        .and_then(|(rate, _)| rate.parse::<f64>().ok());
+    assert!(
+        without.is_some_and(|r| (5.0..=6.25).contains(&r)),
+        "the canary's rate with and without its heaviest users: {reason}"
+    );
 }

@@ -1,0 +1,126 @@
+//! The error and latency verdicts, with the canary's heaviest users left out of a regression,
+//! and the reason the guard gives when it acts on one.
+
+use crate::routing::PerPool;
+
+use crate::analysis::counts::{Counts, Heaviest};
+use crate::analysis::guard::{self, LatencyCheck, Thresholds, Verdict};
+use crate::analysis::histogram;
+use crate::analysis::stats::{Arm, Interval};
+
+/// The error and latency verdicts over `since`.
+pub struct Verdicts {
+    /// canary − stable error rate, and its verdict.
+    pub errors: (Interval, Verdict),
+    pub latency: LatencyCheck,
+    /// The canary's requests and errors with its heaviest users left out, and how many users
+    /// that was, when the errors regressed before they were left out.
+    pub errors_left_out: Option<(usize, Arm)>,
+}
+
+/// `whole` with `heavy` left out: their errors (or slow answers), and their requests.
+fn leave_out(whole: Arm, heavy: Heaviest) -> Arm {
+    Arm {
+        n: whole.n.saturating_sub(heavy.requests),
+        hits: whole.hits.saturating_sub(heavy.count),
+    }
+}
+
+pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
+    let arm = |c: &Counts| Arm {
+        n: c.requests,
+        hits: c.errors,
+    };
+    // A regression counts only when it shows for enough distinct canary users: it must still be
+    // one with the `min_users` − 1 heaviest canary users (by errors, or slow answers) left out.
+    // So one user who fails on both versions (a bot, one user's bad input) cannot make one,
+    // however many other users meet an error or two.
+    let k = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
+    let few = Verdict::FewUsers {
+        needed: t.min_users,
+    };
+    let canary = &since.canary;
+    let mut errors = guard::errors(arm(canary), arm(&since.stable), t);
+    let mut errors_left_out = None;
+    if errors.1 == Verdict::Regressed {
+        // Left out whole, with their requests: a bot's successful requests left in would dilute
+        // the rate and hide a regression of everyone else.
+        let trimmed = leave_out(arm(canary), canary.error_users.heaviest(k));
+        errors_left_out = Some((k.min(canary.error_users.len()), trimmed));
+        if guard::errors(trimmed, arm(&since.stable), t).1 != Verdict::Regressed {
+            errors.1 = few;
+        }
+    }
+    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
+    if latency.verdict == Verdict::Regressed
+        && let Some(micros) = latency.slow_micros
+    {
+        let whole = Arm {
+            n: histogram::total(&canary.latency),
+            hits: histogram::count_above(&canary.latency, micros),
+        };
+        let trimmed = leave_out(whole, canary.slow_users.heaviest(k));
+        if guard::slow_sequence(trimmed, t).low <= guard::SLOW_SHARE_LIMIT {
+            latency.verdict = few;
+        }
+    }
+    Verdicts {
+        errors,
+        latency,
+        errors_left_out,
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+impl Verdicts {
+    /// The figures that made the guard act, as the log, status and page show them.
+    pub fn reason(&self, since: &PerPool<Counts>) -> String {
+        let (errors, latency) = (self.errors, &self.latency);
+        let mut parts = Vec::new();
+        if errors.1 == Verdict::Regressed {
+            let d = errors.0;
+            let rate = |c: &Counts| c.errors as f64 / c.requests.max(1) as f64;
+            // What the regression still showed without the canary's heaviest users, when they were
+            // left out.
+            let left_out = match self.errors_left_out {
+                Some((users, arm)) if users > 0 => format!(
+                    " ({} without its {users} heaviest user{})",
+                    pct(arm.rate()),
+                    if users == 1 { "" } else { "s" }
+                ),
+                _ => String::new(),
+            };
+            parts.push(format!(
+            "error rate {}{left_out} on canary vs {} on stable ({:+.2} points, range {:+.2} to {:+.2}) over {} and {} requests",
+            pct(rate(&since.canary)),
+            pct(rate(&since.stable)),
+            d.estimate * 100.0,
+            d.low * 100.0,
+            d.high * 100.0,
+            since.canary.requests,
+            since.stable.requests
+        ));
+        }
+        if latency.verdict == Verdict::Regressed {
+            let p99 = |p: Option<guard::Percentiles>| p.map_or(0.0, |p| p.p99 / 1000.0);
+            let share = latency.slow_share.unwrap_or(Interval {
+                estimate: 0.0,
+                low: 0.0,
+                high: 0.0,
+            });
+            parts.push(format!(
+            "p99 {:.1} ms on canary vs {:.1} ms on stable; {} of canary requests slower than {:.1} ms (range {} to {}, limit 1%)",
+            p99(latency.canary),
+            p99(latency.stable),
+            pct(share.estimate),
+            latency.slow_micros.unwrap_or(0.0) / 1000.0,
+            pct(share.low),
+            pct(share.high)
+        ));
+        }
+        parts.join("; ")
+    }
+}
