@@ -210,6 +210,25 @@ async fn a_dead_canary_upstream_s_requests_go_to_a_live_one_while_stable_is_down
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_canary_request_reaches_a_live_canary_upstream_past_a_stable_not_yet_known_dead()
+{
+    let live = Backend::start("canary").await;
+    let (dead_stable, dead_canary) = (dead_addr().to_string(), dead_addr().to_string());
+    // Neither dead upstream is ejected before its fifth refusal: both still count as healthy.
+    let extra = "passive_health: {eject_after: 5, backoff: 30s}\n";
+    let proxy = Proxy::start(&yaml(
+        &[dead_stable],
+        &[dead_canary, live.addr.to_string()],
+        "100",
+        extra,
+    ));
+    // Every other request first finds the dead canary upstream, then stable refuses its retry
+    // too: the live canary upstream answers it.
+    let answers = bodies(&proxy, 8, "/").await;
+    assert!(all_from(&answers, "canary"), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

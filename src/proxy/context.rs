@@ -70,29 +70,38 @@ impl Proxy {
     }
 
     /// Where a request (or a WebSocket handshake) goes once more when no connection could be made
-    /// to `first`, an upstream of `pool`. A canary user goes to a healthy stable first when
-    /// fallback is on: the one retry is not spent on another canary upstream that may be as dead.
-    /// Else another healthy upstream of the pool; else stable whatever its health; else any other
-    /// upstream of the pool, ejected or not, rather than a certain 502.
+    /// to the upstreams in `tried` (the first of them was of `pool`, the user's). A canary user
+    /// goes to a healthy stable first when fallback is on: a retry is not spent on another canary
+    /// upstream that may be as dead. Else another healthy upstream of the pool; else stable
+    /// whatever its health; else any other upstream of the pool, ejected or not, rather than a
+    /// certain 502. Never one in `tried`, so a stable that refuses too (dead, and not yet known
+    /// to be) passes the next try to another canary upstream.
     pub fn unreached<'s>(
         &self,
         snap: &'s Snapshot,
         pool: PoolName,
-        first: &Arc<Upstream>,
+        tried: &[&Arc<Upstream>],
     ) -> Option<(&'s Arc<Upstream>, PoolName)> {
-        let stable_up = snap
-            .pools
-            .stable
-            .upstreams()
-            .iter()
-            .any(|u| u.health.is_available());
+        let stable = &snap.pools.stable;
+        let falls_back = pool == PoolName::Canary
+            && snap.config.canary_unavailable == CanaryUnavailable::Fallback;
+        let to_stable = |u| {
+            self.metrics.canary_fallback.increment(1);
+            (u, PoolName::Stable)
+        };
         let own = &snap.pools[pool];
-        stable_up
-            .then(|| self.fallback(snap, pool))
+        falls_back
+            .then(|| stable.pick_other(tried))
             .flatten()
-            .or_else(|| own.pick_other(first).map(|u| (u, pool)))
-            .or_else(|| self.fallback(snap, pool))
-            .or_else(|| own.any_other(first).map(|u| (u, pool)))
+            .map(to_stable)
+            .or_else(|| own.pick_other(tried).map(|u| (u, pool)))
+            .or_else(|| {
+                falls_back
+                    .then(|| stable.any_other(tried))
+                    .flatten()
+                    .map(to_stable)
+            })
+            .or_else(|| own.any_other(tried).map(|u| (u, pool)))
     }
 
     /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.

@@ -177,28 +177,46 @@ pub fn handle(
                 snap.pools[served_by].record(first, Outcome::of(&sent), passive, served_by);
                 let (sent, to) = match sent {
                     Ok(resp) => (Ok(resp), served_by),
-                    Err(failure) => {
+                    Err(mut failure) => {
                         let repeatable = body.is_empty() && idempotent(&parts.method);
-                        let charged = super::error::charged(&failure);
-                        match retry(proxy, &snap, failure, repeatable, served_by, first) {
-                            Ok((upstream, to)) => {
-                                proxy.metrics.retries.increment(1);
-                                if let Some(kind) = charged {
-                                    // The user may not see it, but the pool failed a request.
-                                    proxy.metrics.upstream_error(served_by, kind);
-                                    proxy.analysis.recorder.failed_attempt(served_by, user);
-                                }
-                                tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
-                                unanswered.pool = to;
-                                // The time the failed attempt took is not the retry's: else a
-                                // canary that hangs, then closes, would slow stable's figures.
-                                start = Instant::now();
-                                unanswered.start = start;
-                                let again = upstream.send(out, &mut body, &snap.connector).await;
-                                snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
-                                (again.map_err(|f| ProxyError::from(f.error)), to)
+                        // The upstreams tried so far, and the pool of the last one.
+                        let mut tried = [first; TRIES];
+                        let (mut n, mut last) = (1, served_by);
+                        loop {
+                            let charged = super::error::charged(&failure);
+                            let (upstream, to) = match retry(
+                                proxy,
+                                &snap,
+                                failure,
+                                repeatable,
+                                served_by,
+                                &tried[..n],
+                            ) {
+                                Ok(next) => next,
+                                Err(error) => break (Err(ProxyError::from(error)), last),
+                            };
+                            proxy.metrics.retries.increment(1);
+                            if let Some(kind) = charged {
+                                // The user may not see it, but the pool failed a request.
+                                proxy.metrics.upstream_error(last, kind);
+                                proxy.analysis.recorder.failed_attempt(last, user);
                             }
-                            Err(error) => (Err(ProxyError::from(error)), served_by),
+                            tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
+                            unanswered.pool = to;
+                            // The time the failed attempt took is not the retry's: else a canary
+                            // that hangs, then closes, would slow stable's figures.
+                            start = Instant::now();
+                            unanswered.start = start;
+                            let again = upstream.send(out, &mut body, &snap.connector).await;
+                            snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
+                            match again {
+                                // Nothing reached it either: one more, if tries are left.
+                                Err(f) if n < TRIES && f.retry(repeatable) == Retry::Elsewhere => {
+                                    (failure, tried[n], last) = (f, upstream, to);
+                                    n += 1;
+                                }
+                                again => break (again.map_err(|f| ProxyError::from(f.error)), to),
+                            }
                         }
                     }
                 };
@@ -409,25 +427,30 @@ fn upstream_request(
     (parts, xff, body)
 }
 
+/// Upstreams a request may be sent to: one, and two more when no connection could be made to the
+/// ones before (nothing reached them).
+pub(super) const TRIES: usize = 3;
+
 /// Where a failed request may go once more without ever reaching an upstream twice, as
-/// [`Failure::retry`] classifies it: the upstream and the pool it is in.
+/// [`Failure::retry`] classifies it: the upstream and the pool it is in. `tried` are those it
+/// went to, the first of them an upstream of `pool`, the user's.
 fn retry<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
     failure: Failure,
     repeatable: bool,
     pool: PoolName,
-    first: &'s Arc<Upstream>,
+    tried: &[&'s Arc<Upstream>],
 ) -> Result<(&'s Arc<Upstream>, PoolName), SendError> {
     match failure.retry(repeatable) {
-        Retry::Elsewhere => proxy.unreached(snap, pool, first).ok_or(failure.error),
+        Retry::Elsewhere => proxy.unreached(snap, pool, tried).ok_or(failure.error),
         // A canary request that may go again, with no other canary upstream to take it: with
         // fallback on, stable serves it (the canary failed it once already).
         Retry::Anywhere | Retry::IfRepeatable => Ok(snap.pools[pool]
-            .pick_other(first)
+            .pick_other(tried)
             .map(|u| (u, pool))
             .or_else(|| proxy.fallback(snap, pool))
-            .unwrap_or((first, pool))),
+            .unwrap_or((tried[0], pool))),
         Retry::Never => Err(failure.error),
     }
 }

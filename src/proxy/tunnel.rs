@@ -75,7 +75,7 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 }
 
 /// A fresh connection for the handshake: to `up`, else (nothing reached it) where a request
-/// would go once more ([`Proxy::unreached`]). Gives the pool it is in.
+/// would go next ([`Proxy::unreached`]), as many tries as a request gets. Gives the pool it is in.
 async fn connect<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
@@ -90,16 +90,25 @@ async fn connect<'s>(
         Err(e) => e,
     };
     snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
-    let Some((next, to)) = proxy.unreached(snap, pool, up) else {
-        return Err((error.into(), pool));
-    };
-    proxy.metrics.retries.increment(1);
-    match next.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => Ok((s, slot, next, to)),
-        Err(e @ SendError::Local(_)) => Err((e.into(), to)),
-        Err(e) => {
-            snap.pools[to].record(next, Outcome::Unreachable, passive, to);
-            Err((e.into(), to))
+    // The upstreams tried so far, and the pool of the last one.
+    let mut tried = [up; super::handler::TRIES];
+    let (mut n, mut last, mut error) = (1, pool, error);
+    loop {
+        let Some((next, to)) = proxy.unreached(snap, pool, &tried[..n]) else {
+            return Err((error.into(), last));
+        };
+        proxy.metrics.retries.increment(1);
+        match next.connect_upgradable(&snap.connector).await {
+            Ok((s, slot)) => return Ok((s, slot, next, to)),
+            Err(e @ SendError::Local(_)) => return Err((e.into(), to)),
+            Err(e) => {
+                snap.pools[to].record(next, Outcome::Unreachable, passive, to);
+                if n == tried.len() {
+                    return Err((e.into(), to));
+                }
+                (tried[n], last, error) = (next, to, e);
+                n += 1;
+            }
         }
     }
 }

@@ -98,24 +98,24 @@ impl Pool {
         (n > 0).then(|| &self.upstreams[self.next.fetch_add(1, Ordering::Relaxed) % n])
     }
 
-    /// A healthy upstream other than `not`, for a retry.
-    pub fn pick_other(&self, not: &Arc<Upstream>) -> Option<&Arc<Upstream>> {
+    /// A healthy upstream not in `tried`, for a retry.
+    pub fn pick_other(&self, tried: &[&Arc<Upstream>]) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         let start = self.next.load(Ordering::Relaxed);
         (0..n)
             .map(|i| &self.upstreams[(start + i) % n])
-            .find(|u| !Arc::ptr_eq(u, not) && u.health.is_available())
+            .find(|u| untried(u, tried) && u.health.is_available())
     }
 
-    /// Any upstream other than `not`, healthy or not, for a request no connection could be made
+    /// Any upstream not in `tried`, healthy or not, for a request no connection could be made
     /// for when no healthy one is left: an ejected upstream may answer again (it may be the one
     /// that came back while its backoff runs), where giving up is a certain 502.
-    pub fn any_other(&self, not: &Arc<Upstream>) -> Option<&Arc<Upstream>> {
+    pub fn any_other(&self, tried: &[&Arc<Upstream>]) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.upstreams[start.wrapping_add(i) % n])
-            .find(|u| !Arc::ptr_eq(u, not))
+            .find(|u| untried(u, tried))
     }
 
     /// Feeds `outcome` of an exchange with `up` into its passive health. An upstream that answers
@@ -146,4 +146,8 @@ impl Pool {
             .iter()
             .any(|u| !std::ptr::eq(&**u, up) && u.health.is_available())
     }
+}
+
+fn untried(u: &Arc<Upstream>, tried: &[&Arc<Upstream>]) -> bool {
+    !tried.iter().any(|t| Arc::ptr_eq(t, u))
 }
