@@ -66,11 +66,13 @@ async fn connect_odd_targets_and_codings_are_refused_with_the_right_status() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&config(&[&b], &[&b], "id: t\npercent: 0", ""));
     let addr = proxy.addr;
-    let cases: [(&[u8], u16); 6] = [
+    let cases: [(&[u8], u16); 7] = [
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
             405,
         ),
+        // PRI is HTTP/2's preface, never a request (RFC 9113 §3.4).
+        (b"PRI /x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"TRACE / HTTP/1.1\r\nHost: x\r\nCookie: uid=u-1\r\n\r\n", 405),
         (b"GET abc HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),

@@ -1,4 +1,4 @@
-//! Requests refused before routing: TRACE, a missing (HTTP/1.1) or doubled Host, oversized targets and
+//! Requests refused before routing: TRACE, PRI, a missing (HTTP/1.1) or doubled Host, oversized targets and
 //! header sections, and any framing ambiguity that gets this far. The HTTP/1.1 head parser
 //! already refuses what it cannot parse (bare CR, obs-fold, whitespace before a colon, invalid or
 //! differing Content-Length) and reads no body it cannot frame; Content-Length together with
@@ -23,6 +23,11 @@ pub fn request<B>(req: &Request<B>, scan: &Scan, limits: &Limits) -> Result<(), 
         // TRACE echoes the request as the upstream received it: the headers ramp adds, and
         // cookies a page's script must not read (cross-site tracing). nginx refuses it the same way.
         return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if req.method().as_str() == "PRI" {
+        // HTTP/2's connection preface, not a method (RFC 9113 §3.4): an HTTP/2 upstream reading
+        // it would take it for one.
+        return Err(StatusCode::BAD_REQUEST);
     }
     // Origin form (/path), absolute form (http://host/path), or * for OPTIONS; an authority
     // alone (`GET abc`) is for CONNECT only.
