@@ -330,19 +330,19 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
     }
 }
 
-/// `ramp_log_lines_dropped_total`, once a second, and one line once stderr's reader is back
+/// `ramp_log_lines_dropped_total`, once a second, and one line once stderr takes lines again
 /// (a second with no line dropped: a line said while it is still behind would be dropped too).
 async fn count_dropped_logs(dropped: tracing_appender::non_blocking::ErrorCounter) {
     let (mut said, mut before) = (0, 0);
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         every.tick().await;
-        let n = dropped.dropped_lines();
-        ::metrics::counter!("ramp_log_lines_dropped_total").absolute(n as u64);
+        let n = dropped.dropped_lines() as u64 + crate::logs::unwritten_lines();
+        ::metrics::counter!("ramp_log_lines_dropped_total").absolute(n);
         if n > said && n == before {
             tracing::warn!(
                 dropped = n - said,
-                "log lines dropped: stderr's reader fell behind (ramp never waits for it)"
+                "log lines dropped: stderr's reader fell behind, or stderr could not be written (a full disk?); ramp never waits for it"
             );
             said = n;
         }

@@ -2,6 +2,7 @@
 //! requests, refused admin connections or failing upstreams must not fill the log (or the disk
 //! under it). Each line counts the ones it stands for.
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +22,35 @@ pub fn keep_until_exit(guard: WorkerGuard) {
 pub fn flush() {
     let guard = WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(guard);
+}
+
+/// Log lines stderr refused (a full disk under a file it was sent to, a reader gone).
+static UNWRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines stderr refused since start-up.
+pub fn unwritten_lines() -> u64 {
+    UNWRITTEN.load(Ordering::Relaxed)
+}
+
+/// stderr for the log thread: a write that fails is counted ([`unwritten_lines`]) and dropped,
+/// not reported on stderr (which just failed) line by line.
+#[derive(Debug, Default)]
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            // The lines of `buf` (one, from the log thread).
+            let lines = buf.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
+            UNWRITTEN.fetch_add(lines, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// One kind of line, logged at most once a second.

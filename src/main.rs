@@ -118,13 +118,14 @@ const LOG_LINES_WAITING: usize = 10_000;
 /// hung disk, a blocking log driver, a stopped `| tee`) would otherwise stop every thread that
 /// logs, the proxy's and the controller's too, once the pipe is full: past
 /// [`LOG_LINES_WAITING`] lines waiting, lines are dropped and counted instead. The guard writes
-/// out what waits when it is dropped ([`ramp::logs::flush`]).
+/// out what waits when it is dropped ([`ramp::logs::flush`]). Lines stderr refuses (a full disk
+/// under the file it goes to) are counted too.
 fn init_logs(format: LogFormat) -> ErrorCounter {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_LINES_WAITING)
         .thread_name("ramp-log")
-        .finish(std::io::stderr());
+        .finish(ramp::logs::Stderr);
     let dropped = writer.error_counter();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));

@@ -653,3 +653,75 @@ async fn a_halt_does_not_wait_for_a_large_config_file_to_be_parsed() {
     );
     assert_eq!(proxy.admin("status")["state"], "halted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_a_full_disk_refuses_are_counted_and_cost_no_request() {
+    // stderr sent to a file on a full disk: every write fails with ENOSPC, as /dev/full's do.
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("no /dev/full here: skipped");
+        return;
+    };
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    // Nothing in the log says where ramp listens: free ports, picked here.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (proxy, metrics) = (free(), free());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = yaml(
+        &s,
+        &c,
+        "id: full\npercent: 0",
+        &format!("metrics: {{listen: '{metrics}'}}\n"),
+    )
+    .replacen("127.0.0.1:0", &proxy.to_string(), 1);
+    let path = write(dir.path(), "ramp.yaml", &text);
+    let child = std::process::Command::new(support::RAMP)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .spawn()
+        .expect("spawn ramp");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(metrics).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = support::Client::http1();
+    let url = format!("http://{metrics}/metrics");
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        let text = client.get(&url, &[]).await.body;
+        dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ramp_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // At least the start-up's lines (listening, metrics at, ...).
+    assert!(dropped >= 2.0, "log lines lost to the full disk: {dropped}");
+    let r = client
+        .get(&format!("http://{proxy}/"), &[("x-user-id", "u")])
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
+}
