@@ -252,6 +252,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let mut problems = Vec::new();
                 if !config_only {
                     problems = ramp::control::Controller::check(&c);
+                    warnings.extend(config::names::warnings(&c));
                     warnings.extend(
                         ramp::control::watcher::unwatchable(&config, &c)
                             .into_iter()

@@ -589,6 +589,36 @@ fn check_warns_of_settings_that_are_valid_but_likely_mistakes() {
 }
 
 #[test]
+fn check_resolves_the_upstreams_names() {
+    // A misspelt name (.invalid never resolves: RFC 6761), and one server in both pools under
+    // two spellings.
+    let (code, lines) = check(
+        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101, stabel.invalid:80], canary: ['localhost:9101']}\nrollout: {id: r, percent: 5}\n",
+    );
+    assert_eq!(code, 0, "warnings, not problems: {lines:?}");
+    for says in [
+        " warning: pools.stable: stabel.invalid:80 does not resolve here",
+        " warning: pools: canary's localhost:9101 and stable's 127.0.0.1:9101 are the same server here (127.0.0.1:9101)",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
+    }
+    // Not for a file read without the machine's view (--config-only).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: 127.0.0.1:8080\npools: {stable: [stabel.invalid:80], canary: [127.0.0.1:9102]}\nrollout: {id: r, percent: 5}\n",
+    );
+    let (code, _, err) = ramp(&[
+        "check",
+        "--config-only",
+        "--config",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert_eq!((code, err.contains("resolve")), (0, false), "{err}");
+}
+
+#[test]
 #[cfg_attr(
     not(ramp_tests_as_root),
     ignore = "needs root: runs ramp as another user"

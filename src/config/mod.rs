@@ -7,6 +7,7 @@ mod file;
 mod keys;
 mod lenient;
 mod load;
+pub mod names;
 mod resilience;
 mod statuses;
 mod validate;
