@@ -229,6 +229,36 @@ async fn a_refused_canary_request_reaches_a_live_canary_upstream_past_a_stable_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_canary_request_goes_to_stable_once_then_to_a_live_canary_upstream() {
+    let live = Backend::start("canary").await;
+    let stable: Vec<String> = (0..3).map(|_| dead_addr().to_string()).collect();
+    let dead_canary = dead_addr().to_string();
+    let extra = "passive_health: {eject_after: 5, backoff: 30s}\n";
+    let proxy = Proxy::start(&yaml(
+        &stable,
+        &[dead_canary, live.addr.to_string()],
+        "100",
+        extra,
+    ));
+    // Not one stable upstream after another while the live canary upstream waits.
+    let answers = bodies(&proxy, 8, "/").await;
+    assert!(all_from(&answers, "canary"), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_connection_could_be_made_for_tries_three_upstreams() {
+    let dead: Vec<String> = (0..4).map(|_| dead_addr().to_string()).collect();
+    let canary = Backend::start("canary").await;
+    let extra = "passive_health: {eject_after: 5, backoff: 30s}\n";
+    let proxy = Proxy::start(&yaml(&dead, &[canary.addr.to_string()], "0", extra));
+    let answers = bodies(&proxy, 1, "/").await;
+    assert_eq!(answers[0].0, 502, "{answers:?}");
+    let connect = "ramp_upstream_errors_total{pool=\"stable\",kind=\"connect\"}";
+    assert_eq!(proxy.metric(connect).await, 3.0);
+    assert_eq!(proxy.metric("ramp_retries_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

@@ -369,6 +369,12 @@ async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
         ws.close(None).await.expect("close");
     }
     assert!(proxy.metric("ramp_canary_fallback_total").await >= 3.0);
+    // The first handshake found the canary down: an attempt the canary failed, counted as a
+    // request's is, though the retry saved it.
+    let failed = proxy
+        .metric("ramp_upstream_errors_total{pool=\"canary\",kind=\"connect\"}")
+        .await;
+    assert!(failed >= 1.0, "{failed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

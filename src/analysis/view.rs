@@ -417,7 +417,7 @@ fn series(window: &Window) -> Series {
 
 mod verdicts;
 
-pub use verdicts::{Verdicts, verdicts};
+pub use verdicts::{LeftOut, Verdicts, verdicts};
 
 #[cfg(test)]
 mod tests;

@@ -69,13 +69,12 @@ impl Proxy {
         Some((u, PoolName::Stable))
     }
 
-    /// Where a request (or a WebSocket handshake) goes once more when no connection could be made
-    /// to the upstreams in `tried` (the first of them was of `pool`, the user's). A canary user
-    /// goes to a healthy stable first when fallback is on: a retry is not spent on another canary
-    /// upstream that may be as dead. Else another healthy upstream of the pool; else stable
-    /// whatever its health; else any other upstream of the pool, ejected or not, rather than a
-    /// certain 502. Never one in `tried`, so a stable that refuses too (dead, and not yet known
-    /// to be) passes the next try to another canary upstream.
+    /// Where a request (or a WebSocket handshake) goes next when no connection could be made to
+    /// the upstreams in `tried` (the first of them was of `pool`, the user's); never to one of
+    /// them. A canary user under fallback goes to a healthy stable first: a try is not spent on
+    /// another canary upstream that may be as dead. Once stable has been tried too (and refused:
+    /// dead, and not yet known to be), another canary upstream comes first. Else another healthy
+    /// upstream of the pool; then any, ejected or not, rather than a certain 502.
     pub fn unreached<'s>(
         &self,
         snap: &'s Snapshot,
@@ -85,23 +84,41 @@ impl Proxy {
         let stable = &snap.pools.stable;
         let falls_back = pool == PoolName::Canary
             && snap.config.canary_unavailable == CanaryUnavailable::Fallback;
-        let to_stable = |u| {
+        let from_stable = |healthy: bool| {
+            if !falls_back {
+                return None;
+            }
+            let u = if healthy {
+                stable.pick_other(tried)
+            } else {
+                stable.any_other(tried)
+            }?;
             self.metrics.canary_fallback.increment(1);
-            (u, PoolName::Stable)
+            Some((u, PoolName::Stable))
         };
         let own = &snap.pools[pool];
-        falls_back
-            .then(|| stable.pick_other(tried))
-            .flatten()
-            .map(to_stable)
-            .or_else(|| own.pick_other(tried).map(|u| (u, pool)))
-            .or_else(|| {
-                falls_back
-                    .then(|| stable.any_other(tried))
-                    .flatten()
-                    .map(to_stable)
-            })
-            .or_else(|| own.any_other(tried).map(|u| (u, pool)))
+        let from_own = |healthy: bool| {
+            if healthy {
+                own.pick_other(tried)
+            } else {
+                own.any_other(tried)
+            }
+            .map(|u| (u, pool))
+        };
+        let stable_tried = tried
+            .iter()
+            .any(|t| stable.upstreams().iter().any(|u| Arc::ptr_eq(u, t)));
+        if falls_back && !stable_tried {
+            from_stable(true)
+                .or_else(|| from_own(true))
+                .or_else(|| from_stable(false))
+                .or_else(|| from_own(false))
+        } else {
+            from_own(true)
+                .or_else(|| from_stable(true))
+                .or_else(|| from_own(false))
+                .or_else(|| from_stable(false))
+        }
     }
 
     /// From now on HTTP/1 answers carry `Connection: close`, so clients move to a new process.

@@ -45,7 +45,7 @@ impl ProxyError {
 
 /// The kind of upstream failure a failed send is; `None` for the client's own body failing and
 /// for ramp's own lack of descriptors, memory or ports.
-fn send_kind(e: &SendError) -> Option<UpstreamError> {
+pub(super) fn send_kind(e: &SendError) -> Option<UpstreamError> {
     match e {
         SendError::Connect(_) | SendError::Tls(_) | SendError::Handshake(_) => {
             Some(UpstreamError::Connect)

@@ -211,7 +211,9 @@ pub fn handle(
                             snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
                             match again {
                                 // Nothing reached it either: one more, if tries are left.
-                                Err(f) if n < TRIES && f.retry(repeatable) == Retry::Elsewhere => {
+                                Err(f)
+                                    if n + 1 < TRIES && f.retry(repeatable) == Retry::Elsewhere =>
+                                {
                                     (failure, tried[n], last) = (f, upstream, to);
                                     n += 1;
                                 }

@@ -74,42 +74,42 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
     })
 }
 
-/// A fresh connection for the handshake: to `up`, else (nothing reached it) where a request
-/// would go next ([`Proxy::unreached`]), as many tries as a request gets. Gives the pool it is in.
+/// A fresh connection for the handshake: to `to.up`, else (nothing reached it) where a request
+/// would go next ([`Proxy::unreached`]), as many tries as a request gets. An attempt tried again
+/// elsewhere counts against its pool as a request's does. Gives the pool it is in.
 async fn connect<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
-    up: &'s Arc<Upstream>,
-    pool: PoolName,
+    to: &Target<'s>,
 ) -> Result<(Sender, Slot, &'s Arc<Upstream>, PoolName), (ProxyError, PoolName)> {
     let passive = &snap.config.passive_health;
-    let error = match up.connect_upgradable(&snap.connector).await {
-        Ok((s, slot)) => return Ok((s, slot, up, pool)),
-        // ramp's own shortage: nothing to try elsewhere, nothing to charge the upstream.
-        Err(e @ SendError::Local(_)) => return Err((e.into(), pool)),
-        Err(e) => e,
-    };
-    snap.pools[pool].record(up, Outcome::Unreachable, passive, pool);
-    // The upstreams tried so far, and the pool of the last one.
+    let (mut up, mut last) = (to.up, to.pool);
+    // The upstreams tried so far.
     let mut tried = [up; super::handler::TRIES];
-    let (mut n, mut last, mut error) = (1, pool, error);
+    let mut n = 0;
     loop {
-        let Some((next, to)) = proxy.unreached(snap, pool, &tried[..n]) else {
+        let error = match up.connect_upgradable(&snap.connector).await {
+            Ok((s, slot)) => return Ok((s, slot, up, last)),
+            // ramp's own shortage: nothing to try elsewhere, nothing to charge the upstream.
+            Err(e @ SendError::Local(_)) => return Err((e.into(), last)),
+            Err(e) => e,
+        };
+        snap.pools[last].record(up, Outcome::Unreachable, passive, last);
+        tried[n] = up;
+        n += 1;
+        let next = (n < tried.len())
+            .then(|| proxy.unreached(snap, to.pool, &tried[..n]))
+            .flatten();
+        let Some((next, pool)) = next else {
             return Err((error.into(), last));
         };
         proxy.metrics.retries.increment(1);
-        match next.connect_upgradable(&snap.connector).await {
-            Ok((s, slot)) => return Ok((s, slot, next, to)),
-            Err(e @ SendError::Local(_)) => return Err((e.into(), to)),
-            Err(e) => {
-                snap.pools[to].record(next, Outcome::Unreachable, passive, to);
-                if n == tried.len() {
-                    return Err((e.into(), to));
-                }
-                (tried[n], last, error) = (next, to, e);
-                n += 1;
-            }
+        if let Some(kind) = super::error::send_kind(&error) {
+            // The client may not see it, but the pool failed a handshake.
+            proxy.metrics.upstream_error(last, kind);
+            proxy.analysis.recorder.failed_attempt(last, to.user);
         }
+        (up, last) = (next, pool);
     }
 }
 
@@ -138,7 +138,7 @@ pub async fn open(
     scan: &Scan,
     to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
-    let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, to.up, to.pool).await {
+    let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, &to).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
     };

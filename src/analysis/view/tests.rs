@@ -148,7 +148,8 @@ fn a_bot_failing_part_of_its_requests_is_left_out_whole() {
     let since = half_failing_bot(300, 16);
     let v = verdicts(&since, &thresholds(None));
     assert_eq!(v.errors.1, Verdict::Regressed);
-    let (users, trimmed) = v.errors_left_out.expect("the heaviest users were left out");
+    let left_out = v.errors_left_out.expect("the heaviest users were left out");
+    let (users, trimmed) = (left_out.users, left_out.canary);
     assert!(users >= 1);
     // The bot's 6,000 requests are gone, and the rest's 2,400 (less the few of the other
     // heaviest) are left.
@@ -164,12 +165,27 @@ fn the_reason_quotes_the_rate_without_the_heaviest_users() {
     let reason = verdicts(&since, &thresholds(None)).reason(&since);
     // 3,000 of the bot's 6,000 requests failed, and 150 of everyone else's 2,400: 6.25%, a
     // little less with the 3 other heaviest users' errors left out too (each may be over).
-    let without = reason
-        .strip_prefix("error rate 37.50% (")
-        .and_then(|r| r.split_once("% without its 4 heaviest users) on canary vs 1.00% on stable"))
+    let (whole, without) = reason
+        .split_once("; without the canary's 4 heaviest users ")
+        .expect("the figures without them");
+    assert_eq!(
+        whole,
+        "error rate 37.50% on canary vs 1.00% on stable over 8400 and 9000 requests"
+    );
+    // The difference and its range are those the call rested on: without the heaviest users.
+    let rate = without
+        .split_once("% (+")
         .and_then(|(rate, _)| rate.parse::<f64>().ok());
     assert!(
-        without.is_some_and(|r| (5.0..=6.25).contains(&r)),
-        "the canary's rate with and without its heaviest users: {reason}"
+        rate.is_some_and(|r| (5.0..=6.25).contains(&r)),
+        "the canary's rate without its heaviest users: {reason}"
+    );
+    let difference = without
+        .split_once("% (+")
+        .and_then(|(_, rest)| rest.split_once(" points"))
+        .and_then(|(d, _)| d.parse::<f64>().ok());
+    assert!(
+        difference.is_some_and(|d| (4.0..=5.25).contains(&d)),
+        "{reason}"
     );
 }

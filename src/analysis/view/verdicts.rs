@@ -13,9 +13,20 @@ pub struct Verdicts {
     /// canary − stable error rate, and its verdict.
     pub errors: (Interval, Verdict),
     pub latency: LatencyCheck,
-    /// The canary's requests and errors with its heaviest users left out, and how many users
-    /// that was, when the errors regressed before they were left out.
-    pub errors_left_out: Option<(usize, Arm)>,
+    /// The canary's errors with its heaviest users left out, when the errors regressed before
+    /// they were left out.
+    pub errors_left_out: Option<LeftOut>,
+}
+
+/// The canary's errors with its heaviest users left out.
+#[derive(Debug, Clone, Copy)]
+pub struct LeftOut {
+    /// How many users were left out.
+    pub users: usize,
+    /// The canary's requests and errors without them.
+    pub canary: Arm,
+    /// canary (without them) − stable error rate.
+    pub difference: Interval,
 }
 
 /// `whole` with `heavy` left out: their errors (or slow answers), and their requests.
@@ -46,8 +57,13 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         // Left out whole, with their requests: a bot's successful requests left in would dilute
         // the rate and hide a regression of everyone else.
         let trimmed = leave_out(arm(canary), canary.error_users.heaviest(k));
-        errors_left_out = Some((k.min(canary.error_users.len()), trimmed));
-        if guard::errors(trimmed, arm(&since.stable), t).1 != Verdict::Regressed {
+        let (difference, verdict) = guard::errors(trimmed, arm(&since.stable), t);
+        errors_left_out = Some(LeftOut {
+            users: k.min(canary.error_users.len()),
+            canary: trimmed,
+            difference,
+        });
+        if verdict != Verdict::Regressed {
             errors.1 = few;
         }
     }
@@ -81,28 +97,39 @@ impl Verdicts {
         let (errors, latency) = (self.errors, &self.latency);
         let mut parts = Vec::new();
         if errors.1 == Verdict::Regressed {
-            let d = errors.0;
             let rate = |c: &Counts| c.errors as f64 / c.requests.max(1) as f64;
-            // What the regression still showed without the canary's heaviest users, when they were
-            // left out.
-            let left_out = match self.errors_left_out {
-                Some((users, arm)) if users > 0 => format!(
-                    " ({} without its {users} heaviest user{})",
-                    pct(arm.rate()),
-                    if users == 1 { "" } else { "s" }
-                ),
-                _ => String::new(),
+            let (canary, stable) = (&since.canary, &since.stable);
+            let range = |d: Interval| {
+                format!(
+                    "{:+.2} points, range {:+.2} to {:+.2}",
+                    d.estimate * 100.0,
+                    d.low * 100.0,
+                    d.high * 100.0
+                )
             };
-            parts.push(format!(
-            "error rate {}{left_out} on canary vs {} on stable ({:+.2} points, range {:+.2} to {:+.2}) over {} and {} requests",
-            pct(rate(&since.canary)),
-            pct(rate(&since.stable)),
-            d.estimate * 100.0,
-            d.low * 100.0,
-            d.high * 100.0,
-            since.canary.requests,
-            since.stable.requests
-        ));
+            parts.push(match self.errors_left_out {
+                // The figures the call rested on: without the canary's heaviest users.
+                Some(l) if l.users > 0 => format!(
+                    "error rate {} on canary vs {} on stable over {} and {} requests; without the canary's {} heaviest user{} {} ({}) over {} requests",
+                    pct(rate(canary)),
+                    pct(rate(stable)),
+                    canary.requests,
+                    stable.requests,
+                    l.users,
+                    if l.users == 1 { "" } else { "s" },
+                    pct(l.canary.rate()),
+                    range(l.difference),
+                    l.canary.n
+                ),
+                _ => format!(
+                    "error rate {} on canary vs {} on stable ({}) over {} and {} requests",
+                    pct(rate(canary)),
+                    pct(rate(stable)),
+                    range(errors.0),
+                    canary.requests,
+                    stable.requests
+                ),
+            });
         }
         if latency.verdict == Verdict::Regressed {
             let p99 = |p: Option<guard::Percentiles>| p.map_or(0.0, |p| p.p99 / 1000.0);
