@@ -141,7 +141,7 @@ fn describe() {
     counter!("ramp_ids_minted_total", "User ids minted for newcomers.");
     counter!(
         "ramp_canary_fallback_total",
-        "Canary requests served by stable (no healthy canary upstream, or a retry)."
+        "Canary requests sent to stable (no healthy canary upstream, or a retry), each once."
     );
     counter!(
         "ramp_no_healthy_upstream_total",

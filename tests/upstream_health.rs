@@ -259,6 +259,64 @@ async fn a_request_no_connection_could_be_made_for_tries_three_upstreams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_user_on_a_refusing_stable_goes_back_to_a_canary_upstream_still_ejected() {
+    let (stable, canary) = (dead_addr(), dead_addr());
+    let extra = "passive_health: {eject_after: 1, backoff: 1m}\n";
+    let proxy = Proxy::start(&yaml(
+        &[stable.to_string()],
+        &[canary.to_string()],
+        "100",
+        extra,
+    ));
+    // Both down: both ejected for a minute.
+    let down = bodies(&proxy, 1, "/").await;
+    assert_eq!(down[0].0, 502, "{down:?}");
+    // The canary comes back, its ejection still running; stable is still down. Its users are
+    // sent to stable (no healthy canary upstream), which refuses: the canary answers.
+    let _back = Backend::start_at("canary", canary).await;
+    let answers = bodies(&proxy, 4, "/").await;
+    assert!(all_from(&answers, "canary"), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_requests_retried_on_stable_are_spread_over_its_upstreams() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let live = Backend::start("canary").await;
+    let extra = "passive_health: {eject_after: 1000}\n";
+    let proxy = Proxy::start(&yaml(
+        &[a.addr.to_string(), b.addr.to_string()],
+        &[dead_addr().to_string(), live.addr.to_string()],
+        "100",
+        extra,
+    ));
+    // Half the requests find the dead canary upstream and are retried on stable.
+    let answers = bodies(&proxy, 40, "/").await;
+    let from = |name: &str| answers.iter().filter(|(_, b)| b == name).count();
+    assert_eq!(from("canary"), 20, "{answers:?}");
+    assert!(from("a") >= 5 && from("b") >= 5, "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_refused_then_closed_without_an_answer_still_gets_a_third_upstream() {
+    let closer = support::RawUpstream::start(b"", true).await;
+    let live = Backend::start("stable").await;
+    let extra = "passive_health: {eject_after: 50}\n";
+    let proxy = Proxy::start(&yaml(
+        &[
+            dead_addr().to_string(),
+            closer.addr.to_string(),
+            live.addr.to_string(),
+        ],
+        &[live.addr.to_string()],
+        "0",
+        extra,
+    ));
+    // Whichever upstream each starts at: refused, closed without an answer, answered.
+    let answers = bodies(&proxy, 9, "/").await;
+    assert!(all_from(&answers, "stable"), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_stable() {
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();

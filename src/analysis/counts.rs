@@ -57,6 +57,8 @@ impl UserSet {
         if let Some(e) = self.users[..self.len].iter_mut().find(|e| e.user == user) {
             e.count += count;
             e.requests += requests;
+        } else if count == 0 && self.len == KEPT_USERS {
+            // Requests without an error (of a watched user) take no one's place.
         } else if self.len < KEPT_USERS {
             self.users[self.len] = Kept {
                 user,
@@ -82,16 +84,32 @@ impl UserSet {
         self.len == 0
     }
 
-    /// What the `k` heaviest users had between them.
-    pub fn heaviest(&self, k: usize) -> Heaviest {
+    /// The kept users, heaviest first.
+    fn by_weight(&self) -> Vec<Kept> {
         let mut kept: Vec<Kept> = self.users[..self.len].to_vec();
         kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.count));
-        kept.iter()
+        kept
+    }
+
+    /// What the `k` heaviest users had between them.
+    pub fn heaviest(&self, k: usize) -> Heaviest {
+        self.by_weight()
+            .iter()
             .take(k)
             .fold(Heaviest::default(), |h, e| Heaviest {
                 count: h.count + e.count,
                 requests: h.requests + e.requests.max(e.count),
             })
+    }
+
+    /// The `k` heaviest users (with at least one error or slow answer).
+    pub fn heaviest_users(&self, k: usize) -> Vec<u64> {
+        self.by_weight()
+            .iter()
+            .filter(|e| e.count > 0)
+            .take(k)
+            .map(|e| e.user)
+            .collect()
     }
 
     fn merge(&mut self, other: &UserSet) {
@@ -133,6 +151,21 @@ impl AtomicUserSet {
         }
     }
 
+    /// Gives `user` (a hash's low 48 bits, as a [`UserSet`] keeps it) a slot of its own for the
+    /// next second, with no error yet: its errors then count however many other users have one
+    /// first, and its requests are known for the second even if it has none.
+    fn watch(&self, user: u64) {
+        let key = (user << 16).max(COUNT_BITS + 1);
+        for slot in &self.slots {
+            match slot.compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                // An error of its own came first.
+                Err(held) if held & !COUNT_BITS == key => return,
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Moves the second's users into `into`, each with `requests(user)`: its requests in the
     /// second.
     fn drain_into(&self, into: &mut UserSet, requests: impl Fn(u64) -> u64) {
@@ -141,7 +174,13 @@ impl AtomicUserSet {
             // No user: an add that raced this drain counted into a slot just freed.
             if held >> 16 != 0 {
                 let user = held >> 16;
-                into.insert(user, held & COUNT_BITS, requests(user));
+                // A user in two slots (a drain raced its add) has its second's requests once.
+                let first = !into.users[..into.len].iter().any(|e| e.user == user);
+                into.insert(
+                    user,
+                    held & COUNT_BITS,
+                    if first { requests(user) } else { 0 },
+                );
             }
         }
     }
@@ -413,6 +452,19 @@ impl Recorder {
         c.errors.fetch_add(1, Ordering::Relaxed);
         if let Some(u) = user {
             c.error_users.add(u);
+        }
+    }
+
+    /// Watches the canary's `k` heaviest users of `since` (of each kind, at most
+    /// [`ERROR_USERS`] − 1) for the next second, after a drain: see [`AtomicUserSet::watch`].
+    pub fn watch(&self, since: &Counts, k: usize) {
+        let cells = &self.pools[PoolName::Canary];
+        let k = k.min(ERROR_USERS - 1);
+        for user in since.error_users.heaviest_users(k) {
+            cells.error_users.watch(user);
+        }
+        for user in since.slow_users.heaviest_users(k) {
+            cells.slow_users.watch(user);
         }
     }
 

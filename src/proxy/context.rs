@@ -69,9 +69,8 @@ impl Proxy {
         Some((u, PoolName::Stable))
     }
 
-    /// Where a request (or a WebSocket handshake) goes next when no connection could be made to
-    /// the upstreams in `tried` (the first of them was of `pool`, the user's); never to one of
-    /// them. A canary user under fallback goes to a healthy stable first: a try is not spent on
+    /// Where a request (or a WebSocket handshake) of a user of `pool` goes next when no
+    /// connection could be made to the upstreams in `tried`; never to one of them. A canary user under fallback goes to a healthy stable first: a try is not spent on
     /// another canary upstream that may be as dead. Once stable has been tried too (and refused:
     /// dead, and not yet known to be), another canary upstream comes first. Else another healthy
     /// upstream of the pool; then any, ejected or not, rather than a certain 502.
@@ -84,6 +83,9 @@ impl Proxy {
         let stable = &snap.pools.stable;
         let falls_back = pool == PoolName::Canary
             && snap.config.canary_unavailable == CanaryUnavailable::Fallback;
+        let stable_tried = tried
+            .iter()
+            .any(|t| stable.upstreams().iter().any(|u| Arc::ptr_eq(u, t)));
         let from_stable = |healthy: bool| {
             if !falls_back {
                 return None;
@@ -93,7 +95,10 @@ impl Proxy {
             } else {
                 stable.any_other(tried)
             }?;
-            self.metrics.canary_fallback.increment(1);
+            // A canary request served by stable, counted once.
+            if !stable_tried {
+                self.metrics.canary_fallback.increment(1);
+            }
             Some((u, PoolName::Stable))
         };
         let own = &snap.pools[pool];
@@ -105,9 +110,6 @@ impl Proxy {
             }
             .map(|u| (u, pool))
         };
-        let stable_tried = tried
-            .iter()
-            .any(|t| stable.upstreams().iter().any(|u| Arc::ptr_eq(u, t)));
         if falls_back && !stable_tried {
             from_stable(true)
                 .or_else(|| from_own(true))

@@ -135,6 +135,7 @@ pub fn handle(
                 let to = tunnel::Target {
                     up: first,
                     pool: served_by,
+                    wanted: pool,
                     user,
                     minted: minted.as_deref(),
                 };
@@ -179,9 +180,11 @@ pub fn handle(
                     Ok(resp) => (Ok(resp), served_by),
                     Err(mut failure) => {
                         let repeatable = body.is_empty() && idempotent(&parts.method);
-                        // The upstreams tried so far, and the pool of the last one.
+                        // The upstreams tried so far, the last one with its pool, and whether
+                        // the one retry for a failure other than a refused connection is spent.
                         let mut tried = [first; TRIES];
-                        let (mut n, mut last) = (1, served_by);
+                        let (mut n, mut last) = (1, (first, served_by));
+                        let mut spent = failure.retry(repeatable) != Retry::Elsewhere;
                         loop {
                             let charged = super::error::charged(&failure);
                             let (upstream, to) = match retry(
@@ -189,17 +192,17 @@ pub fn handle(
                                 &snap,
                                 failure,
                                 repeatable,
-                                served_by,
+                                (pool, last),
                                 &tried[..n],
                             ) {
                                 Ok(next) => next,
-                                Err(error) => break (Err(ProxyError::from(error)), last),
+                                Err(error) => break (Err(ProxyError::from(error)), last.1),
                             };
                             proxy.metrics.retries.increment(1);
                             if let Some(kind) = charged {
                                 // The user may not see it, but the pool failed a request.
-                                proxy.metrics.upstream_error(last, kind);
-                                proxy.analysis.recorder.failed_attempt(last, user);
+                                proxy.metrics.upstream_error(last.1, kind);
+                                proxy.analysis.recorder.failed_attempt(last.1, user);
                             }
                             tracing::debug!(pool = to.as_str(), first = %first.addr, retry = %upstream.addr, "retrying");
                             unanswered.pool = to;
@@ -209,12 +212,18 @@ pub fn handle(
                             unanswered.start = start;
                             let again = upstream.send(out, &mut body, &snap.connector).await;
                             snap.pools[to].record(upstream, Outcome::of(&again), passive, to);
+                            // Tries are left for another refused connection, and for one
+                            // other failure a retry may follow if none has been retried yet.
+                            let next = match again.as_ref().map_err(|f| f.retry(repeatable)) {
+                                Err(Retry::Elsewhere) => n + 1 < TRIES,
+                                Err(Retry::Anywhere | Retry::IfRepeatable) => {
+                                    n + 1 < TRIES && !std::mem::replace(&mut spent, true)
+                                }
+                                Ok(_) | Err(Retry::Never) => false,
+                            };
                             match again {
-                                // Nothing reached it either: one more, if tries are left.
-                                Err(f)
-                                    if n + 1 < TRIES && f.retry(repeatable) == Retry::Elsewhere =>
-                                {
-                                    (failure, tried[n], last) = (f, upstream, to);
+                                Err(f) if next => {
+                                    (failure, tried[n], last) = (f, upstream, (upstream, to));
                                     n += 1;
                                 }
                                 again => break (again.map_err(|f| ProxyError::from(f.error)), to),
@@ -433,26 +442,27 @@ fn upstream_request(
 /// ones before (nothing reached them).
 pub(super) const TRIES: usize = 3;
 
-/// Where a failed request may go once more without ever reaching an upstream twice, as
-/// [`Failure::retry`] classifies it: the upstream and the pool it is in. `tried` are those it
-/// went to, the first of them an upstream of `pool`, the user's.
+/// Where a failed request may go next without ever reaching an upstream twice, as
+/// [`Failure::retry`] classifies it: the upstream and the pool it is in. `pools` are the user's
+/// pool, and the upstream that failed last with its pool; `tried` are all those it went to.
 fn retry<'s>(
     proxy: &Proxy,
     snap: &'s Snapshot,
     failure: Failure,
     repeatable: bool,
-    pool: PoolName,
+    (wanted, last): (PoolName, (&'s Arc<Upstream>, PoolName)),
     tried: &[&'s Arc<Upstream>],
 ) -> Result<(&'s Arc<Upstream>, PoolName), SendError> {
     match failure.retry(repeatable) {
-        Retry::Elsewhere => proxy.unreached(snap, pool, tried).ok_or(failure.error),
+        Retry::Elsewhere => proxy.unreached(snap, wanted, tried).ok_or(failure.error),
         // A canary request that may go again, with no other canary upstream to take it: with
-        // fallback on, stable serves it (the canary failed it once already).
-        Retry::Anywhere | Retry::IfRepeatable => Ok(snap.pools[pool]
+        // fallback on, stable serves it (the canary failed it once already). Else the same
+        // upstream again.
+        Retry::Anywhere | Retry::IfRepeatable => Ok(snap.pools[last.1]
             .pick_other(tried)
-            .map(|u| (u, pool))
-            .or_else(|| proxy.fallback(snap, pool))
-            .unwrap_or((tried[0], pool))),
+            .map(|u| (u, last.1))
+            .or_else(|| proxy.fallback(snap, last.1))
+            .unwrap_or(last)),
         Retry::Never => Err(failure.error),
     }
 }

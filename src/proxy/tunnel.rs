@@ -98,7 +98,7 @@ async fn connect<'s>(
         tried[n] = up;
         n += 1;
         let next = (n < tried.len())
-            .then(|| proxy.unreached(snap, to.pool, &tried[..n]))
+            .then(|| proxy.unreached(snap, to.wanted, &tried[..n]))
             .flatten();
         let Some((next, pool)) = next else {
             return Err((error.into(), last));
@@ -113,11 +113,13 @@ async fn connect<'s>(
     }
 }
 
-/// The upstream to try first, the user's pool, and the user's hash (none: a request without an
-/// id, minting off).
+/// The upstream to try first and its pool, the user's pool, and the user's hash (none: a request
+/// without an id, minting off).
 pub struct Target<'s> {
     pub up: &'s Arc<Upstream>,
     pub pool: PoolName,
+    /// The user's pool (`pool` is stable's for a canary user under fallback).
+    pub wanted: PoolName,
     pub user: Option<u64>,
     /// The id, if ramp minted it for this request.
     pub minted: Option<&'s str>,

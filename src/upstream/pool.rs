@@ -101,9 +101,11 @@ impl Pool {
     /// A healthy upstream not in `tried`, for a retry.
     pub fn pick_other(&self, tried: &[&Arc<Upstream>]) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
-        let start = self.next.load(Ordering::Relaxed);
+        // The turn moves on: retries a pool takes for another's users (stable's for canary
+        // users) are spread over it too.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &self.upstreams[(start + i) % n])
+            .map(|i| &self.upstreams[start.wrapping_add(i) % n])
             .find(|u| untried(u, tried) && u.health.is_available())
     }
 

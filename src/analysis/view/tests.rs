@@ -116,12 +116,23 @@ fn a_bot_failing_on_the_canary_does_not_hide_a_regression_of_everyone_else() {
 /// `seconds` of a bot on the canary whose requests fail half the time (20 a second), beside
 /// everyone else's: 8 canary requests a second failing at `canary_every`, 30 stable ones at 1%.
 fn half_failing_bot(seconds: u64, canary_every: u64) -> PerPool<Counts> {
+    bot_beside(seconds, canary_every, |_, n| n % 2 == 0)
+}
+
+/// `seconds` of a bot on the canary (20 requests a second, the n-th of second s failing when
+/// `fails(s, n)`), beside everyone else's: 8 canary requests a second failing at `canary_every`,
+/// 30 stable ones at 1%. Drained and watched once a second, as the analysis task does.
+fn bot_beside(
+    seconds: u64,
+    canary_every: u64,
+    fails: impl Fn(u64, u64) -> bool,
+) -> PerPool<Counts> {
     let r = Recorder::default();
     let mut since = PerPool::<Counts>::default();
     let mut tick = PerPool::<Counts>::default();
     for second in 0..seconds {
         for n in 0..20 {
-            r.record(PoolName::Canary, n % 2 == 0, 1_000, Some(0xB07), None);
+            r.record(PoolName::Canary, fails(second, n), 1_000, Some(0xB07), None);
         }
         for k in 0..8 {
             let i = second * 8 + k;
@@ -137,8 +148,24 @@ fn half_failing_bot(seconds: u64, canary_every: u64) -> PerPool<Counts> {
         for pool in PoolName::BOTH {
             since[pool].add(&tick[pool]);
         }
+        r.watch(&since.canary, 4);
     }
     since
+}
+
+#[test]
+fn a_bot_failing_in_bursts_is_left_out_whole() {
+    // Every request of one second in five fails; none of the others do. Its requests in the
+    // seconds without an error are known too (it is watched), so its 80 successes in every five
+    // seconds do not dilute everyone else's 6.25% (against stable's 1%) to 2.1%.
+    let since = bot_beside(300, 16, |second, _| second % 5 == 0);
+    let v = verdicts(&since, &thresholds(None));
+    assert_eq!(v.errors.1, Verdict::Regressed);
+    let left_out = v.errors_left_out.expect("the heaviest users were left out");
+    assert!(
+        (2_300..=2_400).contains(&left_out.canary.n),
+        "the bot's 6,000 requests gone: {left_out:?}"
+    );
 }
 
 #[test]
