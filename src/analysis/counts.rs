@@ -30,6 +30,17 @@ struct Kept {
     user: u64,
     count: u64,
     requests: u64,
+    /// Of `count` and `requests`, what it inherited from the users whose place it took: the
+    /// rest are its own for certain.
+    inherited: (u64, u64),
+}
+
+impl Kept {
+    /// Its own errors (or slow answers) for certain, and its requests, never fewer.
+    fn own(&self) -> (u64, u64) {
+        let count = self.count - self.inherited.0;
+        (count, (self.requests - self.inherited.1).max(count))
+    }
 }
 
 /// The users an error (or slow answer) came from, with how many each and their requests in the
@@ -53,24 +64,26 @@ pub struct Heaviest {
 }
 
 impl UserSet {
-    fn insert(&mut self, user: u64, count: u64, requests: u64) {
-        if let Some(e) = self.users[..self.len].iter_mut().find(|e| e.user == user) {
-            e.count += count;
-            e.requests += requests;
-        } else if count == 0 && self.len == KEPT_USERS {
+    fn insert(&mut self, e: Kept) {
+        if let Some(kept) = self.users[..self.len].iter_mut().find(|k| k.user == e.user) {
+            kept.count += e.count;
+            kept.requests += e.requests;
+            kept.inherited.0 += e.inherited.0;
+            kept.inherited.1 += e.inherited.1;
+        } else if e.count == 0 && self.len == KEPT_USERS {
             // Requests without an error (of a watched user) take no one's place.
         } else if self.len < KEPT_USERS {
-            self.users[self.len] = Kept {
-                user,
-                count,
-                requests,
-            };
+            self.users[self.len] = e;
             self.len += 1;
-        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|e| e.count) {
+        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|k| k.count) {
             *lightest = Kept {
-                user,
-                count: lightest.count + count,
-                requests: lightest.requests + requests,
+                user: e.user,
+                count: lightest.count + e.count,
+                requests: lightest.requests + e.requests,
+                inherited: (
+                    lightest.count + e.inherited.0,
+                    lightest.requests + e.inherited.1,
+                ),
             };
         }
     }
@@ -84,37 +97,43 @@ impl UserSet {
         self.len == 0
     }
 
-    /// The kept users, heaviest first.
+    /// The kept users, heaviest (by their own counts) first.
     fn by_weight(&self) -> Vec<Kept> {
         let mut kept: Vec<Kept> = self.users[..self.len].to_vec();
-        kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.count));
+        kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.own().0));
         kept
     }
 
-    /// What the `k` heaviest users had between them.
+    /// What the `k` heaviest users had between them, for certain: a count inherited from the
+    /// users whose place one took (Space-Saving) is not its own, and leaving it out would leave
+    /// out errors of users who are not among the heaviest (with the many users of a large pool,
+    /// a tenth of its errors).
     pub fn heaviest(&self, k: usize) -> Heaviest {
         self.by_weight()
             .iter()
             .take(k)
-            .fold(Heaviest::default(), |h, e| Heaviest {
-                count: h.count + e.count,
-                requests: h.requests + e.requests.max(e.count),
+            .fold(Heaviest::default(), |h, e| {
+                let (count, requests) = e.own();
+                Heaviest {
+                    count: h.count + count,
+                    requests: h.requests + requests,
+                }
             })
     }
 
-    /// The `k` heaviest users (with at least one error or slow answer).
+    /// The `k` heaviest users (with at least one error or slow answer of their own).
     pub fn heaviest_users(&self, k: usize) -> Vec<u64> {
         self.by_weight()
             .iter()
-            .filter(|e| e.count > 0)
+            .filter(|e| e.own().0 > 0)
             .take(k)
             .map(|e| e.user)
             .collect()
     }
 
     fn merge(&mut self, other: &UserSet) {
-        for e in &other.users[..other.len] {
-            self.insert(e.user, e.count, e.requests);
+        for &e in &other.users[..other.len] {
+            self.insert(e);
         }
     }
 }
@@ -176,11 +195,12 @@ impl AtomicUserSet {
                 let user = held >> 16;
                 // A user in two slots (a drain raced its add) has its second's requests once.
                 let first = !into.users[..into.len].iter().any(|e| e.user == user);
-                into.insert(
+                into.insert(Kept {
                     user,
-                    held & COUNT_BITS,
-                    if first { requests(user) } else { 0 },
-                );
+                    count: held & COUNT_BITS,
+                    requests: if first { requests(user) } else { 0 },
+                    inherited: (0, 0),
+                });
             }
         }
     }
@@ -455,16 +475,18 @@ impl Recorder {
         }
     }
 
-    /// Watches the canary's `k` heaviest users of `since` (of each kind, at most
-    /// [`ERROR_USERS`] − 1) for the next second, after a drain: see [`AtomicUserSet::watch`].
-    pub fn watch(&self, since: &Counts, k: usize) {
-        let cells = &self.pools[PoolName::Canary];
+    /// Watches each pool's `k` heaviest users of `since` (by errors, at most [`ERROR_USERS`] − 1;
+    /// and the canary's by slow answers) for the next second, after a drain: see
+    /// [`AtomicUserSet::watch`].
+    pub fn watch(&self, since: &PerPool<Counts>, k: usize) {
         let k = k.min(ERROR_USERS - 1);
-        for user in since.error_users.heaviest_users(k) {
-            cells.error_users.watch(user);
+        for pool in PoolName::BOTH {
+            for user in since[pool].error_users.heaviest_users(k) {
+                self.pools[pool].error_users.watch(user);
+            }
         }
-        for user in since.slow_users.heaviest_users(k) {
-            cells.slow_users.watch(user);
+        for user in since.canary.slow_users.heaviest_users(k) {
+            self.pools[PoolName::Canary].slow_users.watch(user);
         }
     }
 

@@ -227,11 +227,11 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         books.follow(rollout, config, restarts);
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
-        // The canary's heaviest users (those a regression must hold without) get a slot of
+        // Each version's heaviest users (those a regression must hold without) get a slot of
         // their own for the next second: their errors and requests are known then even among
         // many other users' errors, or in a second without one.
         let heavy = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
-        analysis.recorder.watch(&books.since.canary, heavy);
+        analysis.recorder.watch(&books.since, heavy);
         let verdicts = view::verdicts(&books.since, &t);
         let (errors, latency) = (verdicts.errors, &verdicts.latency);
         // Answers slower than this from now on mark their users as ones the canary was slow for.

@@ -59,7 +59,7 @@ impl From<Verdict> for VerdictView {
                 "not_enough_data",
                 None,
                 format!(
-                    "too few users: the canary is worse than the margin only through its {} heaviest user{} (the guard acts on what {needed} or more users meet)",
+                    "too few users: without each version's {} heaviest user{} (by errors), the canary is not worse than the margin (the guard acts on what {needed} or more users meet)",
                     needed.saturating_sub(1),
                     if needed == 2 { "" } else { "s" }
                 ),
@@ -368,7 +368,19 @@ pub fn compute(
             p99_ratio: latency.p99_ratio,
             slow_ms: latency.slow_micros.filter(|m| m.is_finite()).map(ms),
             slow_share: latency.slow_share.map(Range::from),
-            verdict: latency.verdict.into(),
+            verdict: match latency.verdict {
+                // Only the canary's slow answers are counted by user.
+                Verdict::FewUsers { needed } => VerdictView {
+                    verdict: "not_enough_data".to_owned(),
+                    more: None,
+                    text: format!(
+                        "too few users: without the canary's {} user{} with the most slow answers, the canary is not slower than the margin (the guard acts on what {needed} or more users meet)",
+                        needed.saturating_sub(1),
+                        if needed == 2 { "" } else { "s" }
+                    ),
+                },
+                v => v.into(),
+            },
         },
         goals: inputs
             .settings

@@ -148,7 +148,7 @@ fn bot_beside(
         for pool in PoolName::BOTH {
             since[pool].add(&tick[pool]);
         }
-        r.watch(&since.canary, 4);
+        r.watch(&since, 4);
     }
     since
 }
@@ -163,7 +163,7 @@ fn a_bot_failing_in_bursts_is_left_out_whole() {
     assert_eq!(v.errors.1, Verdict::Regressed);
     let left_out = v.errors_left_out.expect("the heaviest users were left out");
     assert!(
-        (2_300..=2_400).contains(&left_out.canary.n),
+        (2_300..=2_400).contains(&left_out.pools.canary.n),
         "the bot's 6,000 requests gone: {left_out:?}"
     );
 }
@@ -176,7 +176,7 @@ fn a_bot_failing_part_of_its_requests_is_left_out_whole() {
     let v = verdicts(&since, &thresholds(None));
     assert_eq!(v.errors.1, Verdict::Regressed);
     let left_out = v.errors_left_out.expect("the heaviest users were left out");
-    let (users, trimmed) = (left_out.users, left_out.canary);
+    let (users, trimmed) = (left_out.users, left_out.pools.canary);
     assert!(users >= 1);
     // The bot's 6,000 requests are gone, and the rest's 2,400 (less the few of the other
     // heaviest) are left.
@@ -187,32 +187,110 @@ fn a_bot_failing_part_of_its_requests_is_left_out_whole() {
 }
 
 #[test]
-fn the_reason_quotes_the_rate_without_the_heaviest_users() {
+fn the_reason_quotes_the_rates_without_the_heaviest_users() {
     let since = half_failing_bot(300, 16);
     let reason = verdicts(&since, &thresholds(None)).reason(&since);
     // 3,000 of the bot's 6,000 requests failed, and 150 of everyone else's 2,400: 6.25%, a
     // little less with the 3 other heaviest users' errors left out too (each may be over).
     let (whole, without) = reason
-        .split_once("; without the canary's 4 heaviest users ")
+        .split_once("; without each version's 4 heaviest users ")
         .expect("the figures without them");
     assert_eq!(
         whole,
         "error rate 37.50% on canary vs 1.00% on stable over 8400 and 9000 requests"
     );
-    // The difference and its range are those the call rested on: without the heaviest users.
-    let rate = without
-        .split_once("% (+")
-        .and_then(|(rate, _)| rate.parse::<f64>().ok());
+    // "5.90% vs 0.96% (+4.94 points, range ...) over 2390 and 8996 requests": the difference
+    // and range are those the call rested on.
+    let number = |s: &str| s.trim_start_matches('+').parse::<f64>().ok();
+    let mut words = without.split(['%', ' ', '(']).filter(|w| !w.is_empty());
+    let canary = words.next().and_then(number);
+    assert_eq!(words.next(), Some("vs"), "{reason}");
+    let stable = words.next().and_then(number);
+    let difference = words.next().and_then(number);
     assert!(
-        rate.is_some_and(|r| (5.0..=6.25).contains(&r)),
-        "the canary's rate without its heaviest users: {reason}"
-    );
-    let difference = without
-        .split_once("% (+")
-        .and_then(|(_, rest)| rest.split_once(" points"))
-        .and_then(|(d, _)| d.parse::<f64>().ok());
-    assert!(
-        difference.is_some_and(|d| (4.0..=5.25).contains(&d)),
+        canary.is_some_and(|r| (5.0..=6.25).contains(&r)),
         "{reason}"
     );
+    assert!(
+        stable.is_some_and(|r| (0.95..=1.0).contains(&r)),
+        "{reason}"
+    );
+    assert!(
+        difference
+            .is_some_and(|d| (canary.unwrap_or(0.0) - stable.unwrap_or(0.0) - d).abs() < 0.02),
+        "{reason}"
+    );
+}
+
+/// Whether the i-th request of a group fails at `rate` (spread evenly, deterministic).
+fn fails(i: u64, rate: f64) -> bool {
+    ((i + 1) as f64 * rate).floor() > (i as f64 * rate).floor()
+}
+
+/// `seconds` of traffic a second: `light` requests of each pool from ever new users, failing
+/// at each pool's `light_rate`; three heavy users a pool, `heavy` requests a second each,
+/// failing at `heavy_rate` on both; and a canary bot's `bot` requests a second, all failing.
+fn heavy_users(
+    seconds: u64,
+    light: u64,
+    light_rate: PerPool<f64>,
+    heavy: u64,
+    heavy_rate: f64,
+    bot: u64,
+) -> PerPool<Counts> {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    for second in 0..seconds {
+        for pool in PoolName::BOTH {
+            let base = pool as u64 * 1_000_000_000;
+            for k in 0..light {
+                let i = second * light + k;
+                let user = Some(base + 1_000 + i);
+                r.record(pool, fails(i, light_rate[pool]), 1_000, user, None);
+            }
+            for h in 0..3 {
+                for k in 0..heavy {
+                    let error = fails(second * heavy + k, heavy_rate);
+                    r.record(pool, error, 1_000, Some(base + h), None);
+                }
+            }
+        }
+        for _ in 0..bot {
+            r.record(PoolName::Canary, true, 1_000, Some(0xB07), None);
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+        r.watch(&since, 4);
+    }
+    since
+}
+
+#[test]
+fn busy_users_who_rarely_fail_and_a_bot_do_not_make_a_healthy_canary_regress() {
+    // 15% for everyone on both versions, 2% for three busy users of each, and a failing bot on
+    // the canary: the canary without its heaviest users (the bot and its busy ones) was
+    // compared with stable with its busy ones, and halted.
+    let since = heavy_users(60, 20, PerPool::from_fn(|_| 0.15), 8, 0.02, 10);
+    let v = verdicts(&since, &thresholds(None));
+    let left_out = v
+        .errors_left_out
+        .expect("a regression before they were left out");
+    assert_ne!(v.errors.1, Verdict::Regressed, "{left_out:?}");
+}
+
+#[test]
+fn busy_users_who_often_fail_on_both_do_not_hide_a_regression_of_everyone_else() {
+    // Everyone else: 1% on stable, 6% on the canary; three busy users of each fail 10% on both.
+    // Without the canary's busy users only, the canary (6%) was compared with stable with its
+    // own (4%), within the margin (2 points), and the regression was missed.
+    let rates = PerPool {
+        stable: 0.01,
+        canary: 0.06,
+    };
+    let since = heavy_users(300, 30, rates, 5, 0.10, 0);
+    let v = verdicts(&since, &thresholds(None));
+    assert_eq!(v.errors.1, Verdict::Regressed, "{:?}", v.errors_left_out);
 }

@@ -13,19 +13,19 @@ pub struct Verdicts {
     /// canary − stable error rate, and its verdict.
     pub errors: (Interval, Verdict),
     pub latency: LatencyCheck,
-    /// The canary's errors with its heaviest users left out, when the errors regressed before
+    /// Each version's errors with its heaviest users left out, when the errors regressed before
     /// they were left out.
     pub errors_left_out: Option<LeftOut>,
 }
 
-/// The canary's errors with its heaviest users left out.
+/// Each version's errors with its heaviest users left out.
 #[derive(Debug, Clone, Copy)]
 pub struct LeftOut {
-    /// How many users were left out.
+    /// How many users of each version were left out (at most).
     pub users: usize,
-    /// The canary's requests and errors without them.
-    pub canary: Arm,
-    /// canary (without them) − stable error rate.
+    /// Each version's requests and errors without them.
+    pub pools: PerPool<Arm>,
+    /// canary − stable error rate, without them.
     pub difference: Interval,
 }
 
@@ -42,25 +42,28 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         n: c.requests,
         hits: c.errors,
     };
-    // A regression counts only when it shows for enough distinct canary users: it must still be
-    // one with the `min_users` − 1 heaviest canary users (by errors, or slow answers) left out.
-    // So one user who fails on both versions (a bot, one user's bad input) cannot make one,
-    // however many other users meet an error or two.
+    // A regression counts only when it shows for enough distinct users: it must still be one
+    // with the `min_users` − 1 heaviest users (by errors) of each version left out. So one user
+    // who fails on both versions (a bot, one user's bad input) cannot make one, however many
+    // other users meet an error or two. Left out whole, with their requests: a bot's successful
+    // requests left in would dilute the rate and hide a regression of everyone else. And of
+    // both versions alike: heavy users whose rate is not everyone else's (a busy client that
+    // rarely fails, a batch job that often does, on either version) would otherwise be in one
+    // side's figures and not in the other's, and tip the comparison either way.
     let k = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
     let few = Verdict::FewUsers {
         needed: t.min_users,
     };
-    let canary = &since.canary;
-    let mut errors = guard::errors(arm(canary), arm(&since.stable), t);
+    let (canary, stable) = (&since.canary, &since.stable);
+    let mut errors = guard::errors(arm(canary), arm(stable), t);
     let mut errors_left_out = None;
     if errors.1 == Verdict::Regressed {
-        // Left out whole, with their requests: a bot's successful requests left in would dilute
-        // the rate and hide a regression of everyone else.
-        let trimmed = leave_out(arm(canary), canary.error_users.heaviest(k));
-        let (difference, verdict) = guard::errors(trimmed, arm(&since.stable), t);
+        let trimmed =
+            PerPool::from_fn(|p| leave_out(arm(&since[p]), since[p].error_users.heaviest(k)));
+        let (difference, verdict) = guard::errors(trimmed.canary, trimmed.stable, t);
         errors_left_out = Some(LeftOut {
-            users: k.min(canary.error_users.len()),
-            canary: trimmed,
+            users: k,
+            pools: trimmed,
             difference,
         });
         if verdict != Verdict::Regressed {
@@ -108,18 +111,20 @@ impl Verdicts {
                 )
             };
             parts.push(match self.errors_left_out {
-                // The figures the call rested on: without the canary's heaviest users.
+                // The figures the call rested on: without each version's heaviest users.
                 Some(l) if l.users > 0 => format!(
-                    "error rate {} on canary vs {} on stable over {} and {} requests; without the canary's {} heaviest user{} {} ({}) over {} requests",
+                    "error rate {} on canary vs {} on stable over {} and {} requests; without each version's {} heaviest user{} {} vs {} ({}) over {} and {} requests",
                     pct(rate(canary)),
                     pct(rate(stable)),
                     canary.requests,
                     stable.requests,
                     l.users,
                     if l.users == 1 { "" } else { "s" },
-                    pct(l.canary.rate()),
+                    pct(l.pools.canary.rate()),
+                    pct(l.pools.stable.rate()),
                     range(l.difference),
-                    l.canary.n
+                    l.pools.canary.n,
+                    l.pools.stable.n
                 ),
                 _ => format!(
                     "error rate {} on canary vs {} on stable ({}) over {} and {} requests",
