@@ -220,8 +220,15 @@ const SHARE_OF_POOL: u64 = 512;
 
 /// A random key of this process, mixed into every hash before it picks a cell: the assignment
 /// hash is public, and a client who could pick ids sharing a cell with other users' could cut
-/// those users' answers out of the comparison.
-static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+/// those users' answers out of the comparison. Fixed in unit tests, whose users would otherwise
+/// share a cell in one run of some hundreds, and count differently.
+static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    if cfg!(test) {
+        0x5EED_0F_CE11
+    } else {
+        rand::random()
+    }
+});
 
 /// The cell of a user's hash: of its low 48 bits, which an [`AtomicUserSet`] keeps, so that a
 /// drain finds the cell of a user it kept.
