@@ -224,7 +224,7 @@ const SHARE_OF_POOL: u64 = 512;
 /// share a cell in one run of some hundreds, and count differently.
 static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
     if cfg!(test) {
-        0x5EED_0F_CE11
+        0x005E_ED0F_CE11
     } else {
         rand::random()
     }
