@@ -102,8 +102,23 @@ pub struct PoolFigures {
 pub struct ErrorsView {
     /// canary − stable error rate, with its confidence sequence.
     pub difference: Option<Range>,
+    /// The same with each version's `min_users` − 1 heaviest users (by errors) left out: a
+    /// regression must show here too.
+    #[serde(default)]
+    pub without_heaviest: Option<WithoutHeaviest>,
     #[serde(flatten)]
     pub verdict: VerdictView,
+}
+
+/// The error rates with each version's heaviest users left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WithoutHeaviest {
+    /// Users left out of each version (at most).
+    pub users: usize,
+    pub requests: PerPool<u64>,
+    pub error_rate: PerPool<Option<f64>>,
+    /// canary − stable, with its confidence sequence.
+    pub difference: Range,
 }
 
 /// The latency comparison.
@@ -334,7 +349,7 @@ pub fn compute(
     let Verdicts {
         errors: (diff, error_verdict),
         latency,
-        ..
+        errors_left_out,
     } = verdicts(since, &t);
     let in_window = window.total();
     let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));
@@ -359,6 +374,12 @@ pub fn compute(
         errors: ErrorsView {
             difference: (since.canary.requests > 0 && since.stable.requests > 0)
                 .then(|| diff.into()),
+            without_heaviest: errors_left_out.map(|l| WithoutHeaviest {
+                users: l.users,
+                requests: PerPool::from_fn(|p| l.pools[p].n),
+                error_rate: PerPool::from_fn(|p| rate(l.pools[p].hits, l.pools[p].n)),
+                difference: l.difference.into(),
+            }),
             verdict: error_verdict.into(),
         },
         latency: LatencyView {

@@ -361,6 +361,19 @@ fn analysis(a: &AnalysisView) -> String {
             a.errors.verdict.text.clone(),
         ],
     ]);
+    if let Some(w) = &a.errors.without_heaviest {
+        // What a regression must show too: how near the guard is to acting.
+        rows.push([
+            format!("without top {}", w.users),
+            opt(w.error_rate.stable, rate),
+            opt(w.error_rate.canary, rate),
+            points(&w.difference),
+            format!(
+                "each version's {} users with the most errors left out",
+                w.users
+            ),
+        ]);
+    }
     for (name, sv, cv, d) in [
         ("p50", s.p50_ms, c.p50_ms, &a.latency.p50_ms),
         ("p95", s.p95_ms, c.p95_ms, &a.latency.p95_ms),

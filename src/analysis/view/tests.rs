@@ -302,3 +302,42 @@ fn busy_users_who_often_fail_on_both_do_not_hide_a_regression_of_everyone_else()
     let v = verdicts(&since, &thresholds(None));
     assert_eq!(v.errors.1, Verdict::Regressed, "{:?}", v.errors_left_out);
 }
+
+#[test]
+fn a_bot_failing_on_stable_does_not_make_a_worse_canary_improved() {
+    let r = Recorder::default();
+    let mut since = PerPool::<Counts>::default();
+    let mut tick = PerPool::<Counts>::default();
+    for second in 0..300u64 {
+        // A bot on stable whose every request fails; everyone else: 1% on stable, 6.25% on the
+        // canary.
+        for _ in 0..20 {
+            r.record(PoolName::Stable, true, 1_000, Some(0xB07), None);
+        }
+        for k in 0..30 {
+            let i = second * 30 + k;
+            r.record(
+                PoolName::Stable,
+                fails(i, 0.01),
+                1_000,
+                Some(1_000_000 + i),
+                None,
+            );
+        }
+        for k in 0..8 {
+            let i = second * 8 + k;
+            r.record(PoolName::Canary, i % 16 == 0, 1_000, Some(10_000 + i), None);
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+        r.watch(&since, 4);
+    }
+    let v = verdicts(&since, &thresholds(None));
+    // Beside the bot's failures the canary looks far better; without them, it is worse.
+    assert!(v.errors.0.high < 0.0, "{:?}", v.errors.0);
+    assert_eq!(v.errors.1, Verdict::Ok);
+    let without = v.errors_left_out.expect("shown at every look");
+    assert!(without.difference.low > 0.0, "{without:?}");
+}

@@ -13,8 +13,8 @@ pub struct Verdicts {
     /// canary − stable error rate, and its verdict.
     pub errors: (Interval, Verdict),
     pub latency: LatencyCheck,
-    /// Each version's errors with its heaviest users left out, when the errors regressed before
-    /// they were left out.
+    /// Each version's errors with its heaviest users left out (`min_users` > 1, both pools with
+    /// requests).
     pub errors_left_out: Option<LeftOut>,
 }
 
@@ -56,20 +56,32 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     };
     let (canary, stable) = (&since.canary, &since.stable);
     let mut errors = guard::errors(arm(canary), arm(stable), t);
-    let mut errors_left_out = None;
-    if errors.1 == Verdict::Regressed {
+    // Worked out at every look, so that status shows how near the guard is to acting.
+    let errors_left_out = (k > 0 && canary.requests > 0 && stable.requests > 0).then(|| {
         let trimmed =
             PerPool::from_fn(|p| leave_out(arm(&since[p]), since[p].error_users.heaviest(k)));
         let (difference, verdict) = guard::errors(trimmed.canary, trimmed.stable, t);
-        errors_left_out = Some(LeftOut {
-            users: k,
-            pools: trimmed,
-            difference,
-        });
-        if verdict != Verdict::Regressed {
+        (
+            LeftOut {
+                users: k,
+                pools: trimmed,
+                difference,
+            },
+            verdict,
+        )
+    });
+    let without = errors_left_out.map(|(_, v)| v);
+    match errors.1 {
+        Verdict::Regressed if without.is_some_and(|v| v != Verdict::Regressed) => {
             errors.1 = few;
         }
+        // Nor is the canary better on the strength of a few users (a bot failing on stable).
+        Verdict::Improved if without.is_some_and(|v| v != Verdict::Improved) => {
+            errors.1 = Verdict::Ok;
+        }
+        _ => {}
     }
+    let errors_left_out = errors_left_out.map(|(l, _)| l);
     let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
     if latency.verdict == Verdict::Regressed
         && let Some(micros) = latency.slow_micros
