@@ -15,9 +15,16 @@ use super::users::{AtomicUsers, Users};
 /// input) from what many users meet.
 pub const ERROR_USERS: usize = 8;
 
-/// Users whose errors (or slow answers) are counted apart since the comparison began: the
-/// heaviest are kept (Space-Saving), so the few users with the most are known even among many.
+/// Users whose errors (or slow answers) are counted apart in a second's, a window slot's or a
+/// step's counts: the heaviest are kept (Space-Saving), so the few users with the most are known
+/// even among many.
 const KEPT_USERS: usize = 32;
+
+/// Users kept apart in the counts the verdicts judge (since the comparison began): enough that
+/// a busy user with an error now and then stays kept while many users have one each second (with
+/// 32, at 14 users with an error a second, the lightest count rose faster than a busy user's own
+/// and it was pushed out again and again, never left out).
+pub const JUDGED_USERS: usize = 256;
 
 /// Users counted apart per second on the request path; the rest of a second's errors still
 /// count, with no user.
@@ -47,10 +54,17 @@ impl Kept {
 /// seconds they had one, for the heaviest [`KEPT_USERS`] (Space-Saving: when full, a new user
 /// takes the place of the lightest and inherits its counts, so a count may be over, never under,
 /// a heavy user's own).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UserSet {
-    users: [Kept; KEPT_USERS],
-    len: usize,
+    users: Vec<Kept>,
+    /// The most users kept.
+    cap: usize,
+}
+
+impl Default for UserSet {
+    fn default() -> Self {
+        UserSet::keeping(KEPT_USERS)
+    }
 }
 
 /// What the heaviest users of a [`UserSet`] had between them.
@@ -64,17 +78,28 @@ pub struct Heaviest {
 }
 
 impl UserSet {
+    /// Keeping the heaviest `cap` users.
+    pub fn keeping(cap: usize) -> UserSet {
+        UserSet {
+            users: Vec::with_capacity(cap),
+            cap,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.users.clear();
+    }
+
     fn insert(&mut self, e: Kept) {
-        if let Some(kept) = self.users[..self.len].iter_mut().find(|k| k.user == e.user) {
+        if let Some(kept) = self.users.iter_mut().find(|k| k.user == e.user) {
             kept.count += e.count;
             kept.requests += e.requests;
             kept.inherited.0 += e.inherited.0;
             kept.inherited.1 += e.inherited.1;
-        } else if e.count == 0 && self.len == KEPT_USERS {
+        } else if e.count == 0 && self.users.len() >= self.cap {
             // Requests without an error (of a watched user) take no one's place.
-        } else if self.len < KEPT_USERS {
-            self.users[self.len] = e;
-            self.len += 1;
+        } else if self.users.len() < self.cap {
+            self.users.push(e);
         } else if let Some(lightest) = self.users.iter_mut().min_by_key(|k| k.count) {
             *lightest = Kept {
                 user: e.user,
@@ -88,18 +113,18 @@ impl UserSet {
         }
     }
 
-    /// Distinct users, at most [`KEPT_USERS`].
+    /// Distinct users kept.
     pub fn len(&self) -> usize {
-        self.len
+        self.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.users.is_empty()
     }
 
     /// The kept users, heaviest (by their own counts) first.
     fn by_weight(&self) -> Vec<Kept> {
-        let mut kept: Vec<Kept> = self.users[..self.len].to_vec();
+        let mut kept: Vec<Kept> = self.users.clone();
         kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.own().0));
         kept
     }
@@ -132,7 +157,7 @@ impl UserSet {
     }
 
     fn merge(&mut self, other: &UserSet) {
-        for &e in &other.users[..other.len] {
+        for &e in &other.users {
             self.insert(e);
         }
     }
@@ -194,7 +219,7 @@ impl AtomicUserSet {
             if held >> 16 != 0 {
                 let user = held >> 16;
                 // A user in two slots (a drain raced its add) has its second's requests once.
-                let first = !into.users[..into.len].iter().any(|e| e.user == user);
+                let first = !into.users.iter().any(|e| e.user == user);
                 into.insert(Kept {
                     user,
                     count: held & COUNT_BITS,
@@ -292,6 +317,15 @@ impl Default for Counts {
 }
 
 impl Counts {
+    /// Empty counts keeping the `users` heaviest users of each kind.
+    pub fn keeping(users: usize) -> Counts {
+        Counts {
+            error_users: UserSet::keeping(users),
+            slow_users: UserSet::keeping(users),
+            ..Counts::default()
+        }
+    }
+
     pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.errors += other.errors;
@@ -310,8 +344,8 @@ impl Counts {
     pub fn clear(&mut self) {
         self.requests = 0;
         self.errors = 0;
-        self.error_users = UserSet::default();
-        self.slow_users = UserSet::default();
+        self.error_users.clear();
+        self.slow_users.clear();
         self.latency.fill(0);
         self.users.clear();
         self.goals = [0; MAX_GOALS];

@@ -13,7 +13,7 @@ use crate::config::{Config, GuardAction};
 use crate::routing::{PerPool, Rollout, State};
 use crate::snapshot::Current;
 
-use super::counts::{Converted, Counts, Recorder};
+use super::counts::{Converted, Counts, JUDGED_USERS, Recorder};
 use super::guard::Verdict;
 use super::view::{self, AnalysisView, Inputs};
 use super::window::Window;
@@ -126,7 +126,7 @@ struct Books {
 impl Books {
     fn new(config: &Config) -> Books {
         Books {
-            since: PerPool::default(),
+            since: PerPool::from_fn(|_| Counts::keeping(JUDGED_USERS)),
             converted: PerPool::default(),
             since_at: SystemTime::now(),
             step: PerPool::default(),

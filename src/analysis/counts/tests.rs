@@ -151,3 +151,41 @@ fn a_heavy_user_s_requests_are_known_in_the_seconds_it_has_an_error() {
     assert_eq!(flood.requests, 52);
     assert_eq!(since.canary.error_users.heaviest(2).requests, 52 + 45);
 }
+
+#[test]
+fn busy_users_stay_kept_among_many_users_with_an_error_each_second() {
+    let r = Recorder::default();
+    let mut tick = PerPool::<Counts>::default();
+    let mut judged = Counts::keeping(JUDGED_USERS);
+    let mut small = Counts::default();
+    for second in 0..200u64 {
+        // 14 users a second with one error each, and three busy users failing one request in
+        // four seconds.
+        for k in 0..14 {
+            r.record(
+                PoolName::Stable,
+                true,
+                1_000,
+                Some(1_000 + second * 14 + k),
+                None,
+            );
+        }
+        for busy in 1..=3u64 {
+            for n in 0..5 {
+                let error = n == 0 && second % 4 == busy;
+                r.record(PoolName::Stable, error, 1_000, Some(busy), None);
+            }
+        }
+        r.drain(&mut tick);
+        judged.add(&tick.stable);
+        small.add(&tick.stable);
+    }
+    let mut busy = judged.error_users.heaviest_users(3);
+    busy.sort_unstable();
+    assert_eq!(busy, vec![1, 2, 3]);
+    // With 32 kept, the lightest count rises faster than theirs: they are pushed out again and
+    // again, and never known as the heaviest.
+    let mut kept = small.error_users.heaviest_users(3);
+    kept.sort_unstable();
+    assert_ne!(kept, vec![1, 2, 3]);
+}
