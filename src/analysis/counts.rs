@@ -45,8 +45,11 @@ struct Kept {
 impl Kept {
     /// Its own errors (or slow answers) for certain, and its requests, never fewer.
     fn own(&self) -> (u64, u64) {
-        let count = self.count - self.inherited.0;
-        (count, (self.requests - self.inherited.1).max(count))
+        let count = self.count.saturating_sub(self.inherited.0);
+        (
+            count,
+            self.requests.saturating_sub(self.inherited.1).max(count),
+        )
     }
 }
 
