@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::config::MAX_GOALS;
 use crate::routing::{PerPool, PoolName};
 
+use super::clusters::{CELLS, Clusters};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
@@ -15,15 +16,15 @@ use super::users::{AtomicUsers, Users};
 /// input) from what many users meet.
 pub const ERROR_USERS: usize = 8;
 
-/// Users whose errors (or slow answers) are counted apart in a second's, a window slot's or a
-/// step's counts: the heaviest are kept (Space-Saving), so the few users with the most are known
-/// even among many.
+/// Users whose slow answers are counted apart in a second's, a window slot's or a step's counts:
+/// the heaviest are kept (Space-Saving), so the few users with the most are known even among
+/// many.
 const KEPT_USERS: usize = 32;
 
 /// Users kept apart in the counts the verdicts judge (since the comparison began): enough that
-/// a busy user with an error now and then stays kept while many users have one each second (with
-/// 32, at 14 users with an error a second, the lightest count rose faster than a busy user's own
-/// and it was pushed out again and again, never left out).
+/// a busy user with a slow answer now and then stays kept while many users have one each second
+/// (with 32, at 14 users with one a second, the lightest count rose faster than a busy user's
+/// own and it was pushed out again and again, never left out).
 pub const JUDGED_USERS: usize = 256;
 
 /// Users counted apart per second on the request path; the rest of a second's errors still
@@ -235,8 +236,8 @@ impl AtomicUserSet {
 }
 
 /// Cells of the per-user share: a user's answers in one second are counted in a cell its hash
-/// (keyed) picks.
-const SHARE_CELLS: usize = 4_096;
+/// (keyed) picks; the same cells count each pool's requests and errors per cell ([`Clusters`]).
+const SHARE_CELLS: usize = CELLS;
 
 /// Answers one user counts for in a second at least, whatever the traffic: a page and its first
 /// assets (past it, some of the rest: see [`Cells::counts`]).
@@ -288,8 +289,9 @@ pub type Converted = [Users; MAX_GOALS];
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
-    /// The users the errors came from, the heaviest with their counts.
-    pub error_users: UserSet,
+    /// The requests and errors per cell of users, in the counts the verdicts judge (see
+    /// [`Counts::judged`]); None elsewhere.
+    pub clusters: Option<Box<Clusters>>,
     /// The users with requests slower than the latency check's threshold at the time, the
     /// heaviest with their counts.
     pub slow_users: UserSet,
@@ -309,7 +311,7 @@ impl Default for Counts {
         Counts {
             requests: 0,
             errors: 0,
-            error_users: UserSet::default(),
+            clusters: None,
             slow_users: UserSet::default(),
             latency: vec![0; BUCKETS].into_boxed_slice(),
             users: Users::default(),
@@ -320,11 +322,12 @@ impl Default for Counts {
 }
 
 impl Counts {
-    /// Empty counts keeping the `users` heaviest users of each kind.
-    pub fn keeping(users: usize) -> Counts {
+    /// Empty counts as the verdicts judge them: with the requests and errors per cell of users,
+    /// and the [`JUDGED_USERS`] heaviest users by slow answers.
+    pub fn judged() -> Counts {
         Counts {
-            error_users: UserSet::keeping(users),
-            slow_users: UserSet::keeping(users),
+            clusters: Some(Box::default()),
+            slow_users: UserSet::keeping(JUDGED_USERS),
             ..Counts::default()
         }
     }
@@ -332,7 +335,9 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.errors += other.errors;
-        self.error_users.merge(&other.error_users);
+        if let (Some(a), Some(b)) = (self.clusters.as_mut(), other.clusters.as_ref()) {
+            a.add(b);
+        }
         self.slow_users.merge(&other.slow_users);
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
@@ -347,7 +352,9 @@ impl Counts {
     pub fn clear(&mut self) {
         self.requests = 0;
         self.errors = 0;
-        self.error_users.clear();
+        if let Some(c) = self.clusters.as_mut() {
+            c.clear();
+        }
         self.slow_users.clear();
         self.latency.fill(0);
         self.users.clear();
@@ -361,7 +368,6 @@ struct Cells {
     errors: AtomicU64,
     /// Failed attempts a retry answered elsewhere: requests (and errors) without a latency.
     failed: AtomicU64,
-    error_users: AtomicUserSet,
     slow_users: AtomicUserSet,
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
@@ -369,6 +375,8 @@ struct Cells {
     converted: [AtomicUsers; MAX_GOALS],
     /// Per cell, the answers of the users in it this second.
     share: Box<[AtomicU32]>,
+    /// Per cell, the errors of the users in it this second.
+    cell_errors: Box<[AtomicU32]>,
     /// The most answers one cell counts this second.
     share_cap: AtomicU32,
     uncounted: AtomicU64,
@@ -379,20 +387,29 @@ impl Cells {
     /// n-th answer still counts with a chance of share/n: the later requests of a page (its API
     /// calls, which may be the ones that fail) are not left out altogether, and a flood of n a
     /// second counts for about share × (1 + ln(n / share)). An answer without a user id is none
-    /// of the comparison's: it went to stable by rule, not at random (minting off).
+    /// of the comparison's: it went to stable by rule, not at random (minting off). Gives the
+    /// user's cell if it counts.
     #[inline]
-    fn counts(&self, user: Option<u64>) -> bool {
+    fn counts(&self, user: Option<u64>) -> Option<usize> {
         let Some(user) = user else {
             self.uncounted.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return None;
         };
-        let seen = self.share[share_cell(user)].fetch_add(1, Ordering::Relaxed);
+        let cell = share_cell(user);
+        let seen = self.share[cell].fetch_add(1, Ordering::Relaxed);
         let share = self.share_cap.load(Ordering::Relaxed);
         if seen < share || rand::random::<u32>() % seen.saturating_add(1) < share {
-            return true;
+            return Some(cell);
         }
         self.uncounted.fetch_add(1, Ordering::Relaxed);
-        false
+        None
+    }
+
+    /// A counted error of a user in `cell`.
+    #[inline]
+    fn error(&self, cell: usize) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.cell_errors[cell].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -401,13 +418,13 @@ impl Default for Cells {
         Cells {
             errors: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            error_users: AtomicUserSet::default(),
             slow_users: AtomicUserSet::default(),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
             converted: std::array::from_fn(|_| AtomicUsers::default()),
             share: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
+            cell_errors: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
             share_cap: AtomicU32::new(SHARE_FLOOR),
             uncounted: AtomicU64::new(0),
         }
@@ -459,15 +476,12 @@ impl Recorder {
                 c.converted[g].add(u);
             }
         }
-        if !c.counts(user) {
+        let Some(cell) = c.counts(user) else {
             return false;
-        }
+        };
         c.latency[histogram::index(micros)].fetch_add(1, Ordering::Relaxed);
         if error {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            if let Some(u) = user {
-                c.error_users.add(u);
-            }
+            c.error(cell);
         }
         if micros > self.slow_over.load(Ordering::Relaxed)
             && let Some(u) = user
@@ -498,14 +512,11 @@ impl Recorder {
         if let Some(u) = user {
             c.users.add(u);
         }
-        if !c.counts(user) {
+        let Some(cell) = c.counts(user) else {
             return;
-        }
+        };
         c.failed.fetch_add(1, Ordering::Relaxed);
-        c.errors.fetch_add(1, Ordering::Relaxed);
-        if let Some(u) = user {
-            c.error_users.add(u);
-        }
+        c.error(cell);
     }
 
     /// An answer from `pool`, recorded already and counted ([`Recorder::record`] said so), whose
@@ -513,22 +524,16 @@ impl Recorder {
     #[inline]
     pub fn broken_body(&self, pool: PoolName, user: Option<u64>) {
         let c = &self.pools[pool];
-        c.errors.fetch_add(1, Ordering::Relaxed);
+        // Only an answer with a user id is counted (`record`).
         if let Some(u) = user {
-            c.error_users.add(u);
+            c.error(share_cell(u));
         }
     }
 
-    /// Watches each pool's `k` heaviest users of `since` (by errors, at most [`ERROR_USERS`] − 1;
-    /// and the canary's by slow answers) for the next second, after a drain: see
-    /// [`AtomicUserSet::watch`].
+    /// Watches the canary's `k` heaviest users of `since` by slow answers (at most
+    /// [`ERROR_USERS`] − 1) for the next second, after a drain: see [`AtomicUserSet::watch`].
     pub fn watch(&self, since: &PerPool<Counts>, k: usize) {
         let k = k.min(ERROR_USERS - 1);
-        for pool in PoolName::BOTH {
-            for user in since[pool].error_users.heaviest_users(k) {
-                self.pools[pool].error_users.watch(user);
-            }
-        }
         for user in since.canary.slow_users.heaviest_users(k) {
             self.pools[PoolName::Canary].slow_users.watch(user);
         }
@@ -564,9 +569,6 @@ impl Recorder {
                 counted_of(cells.share[share_cell(user)].load(Ordering::Relaxed), share)
             };
             cells
-                .error_users
-                .drain_into(&mut counts.error_users, requests);
-            cells
                 .slow_users
                 .drain_into(&mut counts.slow_users, requests);
             cells.users.drain_into(&mut counts.users);
@@ -574,9 +576,19 @@ impl Recorder {
                 *n = cell.swap(0, Ordering::Relaxed);
             }
             counts.uncounted = cells.uncounted.swap(0, Ordering::Relaxed);
-            // A new second of shares, the cap from what this one counted.
-            for cell in cells.share.iter() {
-                cell.store(0, Ordering::Relaxed);
+            // A new second of shares, the cap from what this one counted; its requests and
+            // errors per cell to the clusters.
+            for (i, (seen, errors)) in cells.share.iter().zip(cells.cell_errors.iter()).enumerate()
+            {
+                let (seen, errors) = (
+                    seen.swap(0, Ordering::Relaxed),
+                    errors.swap(0, Ordering::Relaxed),
+                );
+                if let Some(c) = counts.clusters.as_mut()
+                    && (seen | errors) != 0
+                {
+                    c.add_cell(i, counted_of(seen, share), u64::from(errors));
+                }
             }
             let answers = counts.requests + counts.uncounted;
             let cap = (answers / SHARE_OF_POOL).clamp(u64::from(SHARE_FLOOR), u64::from(u32::MAX));

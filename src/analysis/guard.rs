@@ -137,8 +137,8 @@ fn shortfall(canary_n: u64, stable_n: u64, t: &Thresholds) -> Option<Verdict> {
 /// Compares error rates: the confidence sequence for p_canary − p_stable and its verdict.
 /// Regressed when its low end is above `max_error_rate_increase`, Improved when its high end is
 /// below 0, NotEnoughData until both pools have `min_requests`.
-pub fn errors(canary: Arm, stable: Arm, t: &Thresholds) -> (Interval, Verdict) {
-    let diff = stats::diff_sequence(canary, stable, t.alpha, t.error_tau);
+pub fn errors(canary: Arm, stable: Arm, clustered: f64, t: &Thresholds) -> (Interval, Verdict) {
+    let diff = stats::diff_sequence(canary, stable, clustered, t.alpha, t.error_tau);
     let verdict = match shortfall(canary.n, stable.n, t) {
         Some(short) => short,
         None if diff.low > t.max_error_rate_increase => Verdict::Regressed,
@@ -312,23 +312,26 @@ mod tests {
         let t = Thresholds::default();
         let arm = |n, hits| Arm { n, hits };
         assert_eq!(
-            errors(arm(100, 50), arm(250, 0), &t).1,
+            errors(arm(100, 50), arm(250, 0), 0.0, &t).1,
             Verdict::NotEnoughData { more: 200 }
         );
-        assert_eq!(errors(arm(2_000, 40), arm(2_000, 40), &t).1, Verdict::Ok);
         assert_eq!(
-            errors(arm(2_000, 120), arm(2_000, 20), &t).1,
+            errors(arm(2_000, 40), arm(2_000, 40), 0.0, &t).1,
+            Verdict::Ok
+        );
+        assert_eq!(
+            errors(arm(2_000, 120), arm(2_000, 20), 0.0, &t).1,
             Verdict::Regressed
         );
         assert_eq!(
-            errors(arm(5_000, 20), arm(5_000, 250), &t).1,
+            errors(arm(5_000, 20), arm(5_000, 250), 0.0, &t).1,
             Verdict::Improved
         );
         // A small canary with no errors yet, beside stable's 1.2%: chance, not an improvement
         // (the variance of each pool's own rate called it one, 0 errors having none).
-        assert_eq!(errors(arm(393, 0), arm(7_000, 84), &t).1, Verdict::Ok);
+        assert_eq!(errors(arm(393, 0), arm(7_000, 84), 0.0, &t).1, Verdict::Ok);
         // A real but small increase (+0.5 point) stays inside the accepted margin.
-        let (diff, verdict) = errors(arm(100_000, 2_500), arm(100_000, 2_000), &t);
+        let (diff, verdict) = errors(arm(100_000, 2_500), arm(100_000, 2_000), 0.0, &t);
         assert!(
             diff.low > 0.0 && verdict == Verdict::Ok,
             "{diff:?} {verdict:?}"
@@ -338,7 +341,7 @@ mod tests {
             ..t
         };
         assert_eq!(
-            errors(arm(100_000, 2_500), arm(100_000, 2_000), &strict).1,
+            errors(arm(100_000, 2_500), arm(100_000, 2_000), 0.0, &strict).1,
             Verdict::Regressed
         );
     }

@@ -4,6 +4,7 @@
 //!
 //! The request path only records ([`Recorder`]); the analysis task does the rest once a second.
 
+mod clusters;
 mod counts;
 pub mod guard;
 pub mod histogram;

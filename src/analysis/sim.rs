@@ -3,12 +3,14 @@
 //! [`Rng`] is splitmix64 with Bernoulli, normal (Box–Muller) and lognormal draws; [`Alias`]
 //! samples any finite distribution with one draw (Walker/Vose), which [`Binomials`] uses for
 //! binomial counts. `engine` runs holds fast; `literal` runs them one request at a time, to
-//! check `engine` against; `targets` asserts the figures.
+//! check `engine` against; `targets` asserts the figures; `users` runs holds user by user,
+//! with busy users beside light ones.
 
 mod engine;
 mod literal;
 mod model;
 mod targets;
+mod users;
 
 /// splitmix64 (Steele, Lea, Flood 2014): one u64 of state, passes BigCrush, cheap even in a
 /// debug build.

@@ -76,10 +76,19 @@ pub fn mixture_half_width(v: f64, alpha: f64, tau: f64) -> f64 {
 /// once, the true difference lies in [low, high] with probability ≥ 1 − α (normal
 /// approximation; see [`mixture_half_width`]). The estimate is the plain difference of rates;
 /// the variance p_c(1−p_c)/n_c + p_s(1−p_s)/n_s uses shrunk rates, and is at least the pooled
-/// one ([`pooled_variance`]). The range is clipped to [−1, 1]; with an empty arm it is all of it.
-pub fn diff_sequence(canary: Arm, stable: Arm, alpha: f64, tau: f64) -> Interval {
+/// one ([`pooled_variance`]) and at least `clustered`: the difference's variance with users,
+/// not requests, as the unit (0 if unknown; see [`crate::analysis::clusters::Spread`]). The
+/// range is clipped to [−1, 1]; with an empty arm it is all of it.
+pub fn diff_sequence(canary: Arm, stable: Arm, clustered: f64, alpha: f64, tau: f64) -> Interval {
     let estimate = canary.rate() - stable.rate();
-    let variance = (canary.variance() + stable.variance()).max(pooled_variance(canary, stable));
+    let clustered = if clustered.is_nan() {
+        f64::INFINITY
+    } else {
+        clustered
+    };
+    let variance = (canary.variance() + stable.variance())
+        .max(pooled_variance(canary, stable))
+        .max(clustered);
     clipped(estimate, mixture_half_width(variance, alpha, tau), -1.0)
 }
 
@@ -290,7 +299,7 @@ mod tests {
         let c = Arm { n: 1_000, hits: 60 };
         let s = Arm { n: 1_000, hits: 10 };
         let once = diff_interval(c, s, 2.576);
-        let seq = diff_sequence(c, s, 0.01, 0.02);
+        let seq = diff_sequence(c, s, 0.0, 0.01, 0.02);
         assert!((seq.estimate - 0.05).abs() < 1e-12);
         assert!(seq.low < once.low && seq.high > once.high);
         let more = diff_sequence(
@@ -302,16 +311,24 @@ mod tests {
                 n: 10_000,
                 hits: 100,
             },
+            0.0,
             0.01,
             0.02,
         );
         assert!(more.high - more.low < seq.high - seq.low);
         assert!(more.low > 0.03, "{more:?}");
+        // A variance with users as the unit larger than the one per request widens it; a
+        // smaller one does not narrow it; an unknown one makes it all of [−1, 1].
+        let clustered = diff_sequence(c, s, 0.001, 0.01, 0.02);
+        assert!(clustered.low < seq.low && clustered.high > seq.high);
+        assert_eq!(diff_sequence(c, s, 1e-9, 0.01, 0.02), seq);
+        let unknown = diff_sequence(c, s, f64::NAN, 0.01, 0.02);
+        assert_eq!((unknown.low, unknown.high), (-1.0, 1.0));
     }
 
     #[test]
     fn degenerate_input_gives_no_conclusion() {
-        let empty = diff_sequence(Arm::default(), Arm { n: 10, hits: 1 }, 0.01, 0.02);
+        let empty = diff_sequence(Arm::default(), Arm { n: 10, hits: 1 }, 0.0, 0.01, 0.02);
         assert_eq!((empty.low, empty.high), (-1.0, 1.0));
         let bad = rate_sequence(Arm { n: 100, hits: 5 }, 0.0, 0.02);
         assert_eq!((bad.low, bad.high), (0.0, 1.0));

@@ -13,7 +13,7 @@ use crate::config::{Config, GuardAction};
 use crate::routing::{PerPool, Rollout, State};
 use crate::snapshot::Current;
 
-use super::counts::{Converted, Counts, JUDGED_USERS, Recorder};
+use super::counts::{Converted, Counts, Recorder};
 use super::guard::Verdict;
 use super::view::{self, AnalysisView, Inputs};
 use super::window::Window;
@@ -126,13 +126,13 @@ struct Books {
 impl Books {
     fn new(config: &Config) -> Books {
         Books {
-            since: PerPool::from_fn(|_| Counts::keeping(JUDGED_USERS)),
+            since: PerPool::from_fn(|_| Counts::judged()),
             converted: PerPool::default(),
             since_at: SystemTime::now(),
             step: PerPool::default(),
             window: Window::new(config.analysis.window),
             lifetime: PerPool::default(),
-            tick: PerPool::default(),
+            tick: PerPool::from_fn(|_| Counts::judged()),
             seen: None,
             goals: config
                 .analysis
@@ -227,9 +227,10 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         books.follow(rollout, config, restarts);
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
-        // Each version's heaviest users (those a regression must hold without) get a slot of
-        // their own for the next second: their errors and requests are known then even among
-        // many other users' errors, or in a second without one.
+        // The canary's heaviest users by slow answers (those a latency regression must hold
+        // without) get a slot of their own for the next second: their slow answers and
+        // requests are known then even among many other users' slow answers, or in a second
+        // without one. (Errors are counted per cell of users, whole.)
         let heavy = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
         analysis.recorder.watch(&books.since, heavy);
         let verdicts = view::verdicts(&books.since, &t);

@@ -233,11 +233,13 @@ impl Engine {
                 if !canary_worse && !check {
                     continue;
                 }
-                let (diff, verdict) = guard::errors(canary, stable, t);
+                // 0: each simulated request is its own user's, so the variance with users as
+                // the unit is the one per request.
+                let (diff, verdict) = guard::errors(canary, stable, 0.0, t);
                 // The interval does not depend on the margin: look again only when it could
                 // matter.
                 let no_margin_verdict = if diff.low > 0.0 || check {
-                    guard::errors(canary, stable, &no_margin).1
+                    guard::errors(canary, stable, 0.0, &no_margin).1
                 } else {
                     Verdict::Ok
                 };

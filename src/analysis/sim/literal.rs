@@ -52,7 +52,7 @@ pub fn run(s: &Scenario, rng: &mut Rng, t: &Thresholds) -> Outcome {
         }
         for i in 0..tracks {
             if out.errors[i].is_none()
-                && guard::errors(canary[i], stable[i], t).1 == Verdict::Regressed
+                && guard::errors(canary[i], stable[i], 0.0, t).1 == Verdict::Regressed
             {
                 out.errors[i] = Some(canary_n);
             }

@@ -28,7 +28,7 @@ fn goal_verdict(
     for _ in 0..extra_conversions {
         r.record(PoolName::Canary, false, 1_000, heavy, Some(0));
     }
-    let mut since = PerPool::<Counts>::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
     let mut converted = PerPool::<Converted>::default();
     r.drain(&mut since);
     r.drain_converted(&mut converted);
@@ -79,8 +79,8 @@ fn a_goal_fewer_users_reach_on_canary_regresses() {
 #[test]
 fn a_bot_failing_on_the_canary_does_not_hide_a_regression_of_everyone_else() {
     let r = Recorder::default();
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
     let bot = Some(0xB07);
     for second in 0..130u64 {
         // A bot on the canary whose every request fails, on both versions (20 a second count).
@@ -128,8 +128,8 @@ fn bot_beside(
     fails: impl Fn(u64, u64) -> bool,
 ) -> PerPool<Counts> {
     let r = Recorder::default();
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
     for second in 0..seconds {
         for n in 0..20 {
             r.record(PoolName::Canary, fails(second, n), 1_000, Some(0xB07), None);
@@ -207,8 +207,9 @@ fn the_reason_quotes_the_rates_without_the_heaviest_users() {
                 && rest.ends_with(" and 9000 requests")),
         "{whole}"
     );
-    // "5.90% vs 0.96% (+4.94 points, range ...) over 2390 and 8996 requests": the difference
-    // and range are those the call rested on.
+    // "6.14% vs 0.92% (+5.22 points, range ...) over 2393 and 8989 requests": the difference
+    // and range are those the call rested on. Stable's 4 cells with the most errors hold a
+    // few users with an error each (9,000 users in 4,096 cells).
     let number = |s: &str| s.trim_start_matches('+').parse::<f64>().ok();
     let mut words = without.split(['%', ' ', '(']).filter(|w| !w.is_empty());
     let canary = words.next().and_then(number);
@@ -219,10 +220,7 @@ fn the_reason_quotes_the_rates_without_the_heaviest_users() {
         canary.is_some_and(|r| (5.0..=6.25).contains(&r)),
         "{reason}"
     );
-    assert!(
-        stable.is_some_and(|r| (0.95..=1.0).contains(&r)),
-        "{reason}"
-    );
+    assert!(stable.is_some_and(|r| (0.9..=1.0).contains(&r)), "{reason}");
     assert!(
         difference
             .is_some_and(|d| (canary.unwrap_or(0.0) - stable.unwrap_or(0.0) - d).abs() < 0.02),
@@ -247,8 +245,8 @@ fn heavy_users(
     bot: u64,
 ) -> PerPool<Counts> {
     let r = Recorder::default();
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
     for second in 0..seconds {
         for pool in PoolName::BOTH {
             let base = pool as u64 * 1_000_000_000;
@@ -304,10 +302,10 @@ fn busy_users_who_often_fail_on_both_do_not_hide_a_regression_of_everyone_else()
 }
 
 #[test]
-fn a_bot_failing_on_stable_does_not_make_a_worse_canary_improved() {
+fn a_bot_failing_on_stable_does_not_hide_a_worse_canary() {
     let r = Recorder::default();
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
     for second in 0..300u64 {
         // A bot on stable whose every request fails; everyone else: 1% on stable, 6.25% on the
         // canary.
@@ -335,9 +333,11 @@ fn a_bot_failing_on_stable_does_not_make_a_worse_canary_improved() {
         r.watch(&since, 4);
     }
     let v = verdicts(&since, &thresholds(None));
-    // Beside the bot's failures the canary looks far better; without them, it is worse.
-    assert!(v.errors.0.high < 0.0, "{:?}", v.errors.0);
-    assert_eq!(v.errors.1, Verdict::Ok);
+    // Beside the bot's failures the canary looks far better (37% on stable); the bot alone
+    // makes that so, and the range says it cannot tell. Without it, the canary is worse.
+    assert!(v.errors.0.estimate < -0.3, "{:?}", v.errors.0);
+    assert!(v.errors.0.high > 0.0, "{:?}", v.errors.0);
+    assert_eq!(v.errors.1, Verdict::Regressed);
     let without = v.errors_left_out.expect("shown at every look");
-    assert!(without.difference.low > 0.0, "{without:?}");
+    assert!(without.difference.low > 0.01, "{without:?}");
 }

@@ -1,8 +1,9 @@
-//! The error and latency verdicts, with the canary's heaviest users left out of a regression,
+//! The error and latency verdicts, with each version's heaviest users left out of a regression,
 //! and the reason the guard gives when it acts on one.
 
 use crate::routing::PerPool;
 
+use crate::analysis::clusters::Spread;
 use crate::analysis::counts::{Counts, Heaviest};
 use crate::analysis::guard::{self, LatencyCheck, Thresholds, Verdict};
 use crate::analysis::histogram;
@@ -37,48 +38,72 @@ fn leave_out(whole: Arm, heavy: Heaviest) -> Arm {
     }
 }
 
+/// The variance of canary − stable with users as the unit (see [`Spread`]); 0 without cells
+/// (counts summed otherwise: the variance per request then stands alone).
+fn clustered(spread: &PerPool<Option<Spread>>) -> f64 {
+    match (spread.canary, spread.stable) {
+        (Some(c), Some(s)) => c.variance + s.variance,
+        _ => 0.0,
+    }
+}
+
 pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     let arm = |c: &Counts| Arm {
         n: c.requests,
         hits: c.errors,
     };
-    // A regression counts only when it shows for enough distinct users: it must still be one
-    // with the `min_users` − 1 heaviest users (by errors) of each version left out. So one user
-    // who fails on both versions (a bot, one user's bad input) cannot make one, however many
-    // other users meet an error or two. Left out whole, with their requests: a bot's successful
+    // A regression counts only when it shows for enough distinct users: it must be one with
+    // the `min_users` − 1 heaviest users (by errors) of each version left out. So one user who
+    // fails on both versions (a bot, one user's bad input) cannot make one, however many other
+    // users meet an error or two. Left out whole, with their requests: a bot's successful
     // requests left in would dilute the rate and hide a regression of everyone else. And of
-    // both versions alike: heavy users whose rate is not everyone else's (a busy client that
-    // rarely fails, a batch job that often does, on either version) would otherwise be in one
-    // side's figures and not in the other's, and tip the comparison either way.
+    // both versions alike: a bot failing on stable would otherwise hide a worse canary.
+    //
+    // Heavy users who are not left out (a busy client that rarely fails, more busy users than
+    // are left out, split unevenly) still move a rate counted per request; the variance with
+    // users as the unit widens the range by as much, so they cannot make a regression or hide
+    // one with confidence either.
     let k = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
     let few = Verdict::FewUsers {
         needed: t.min_users,
     };
     let (canary, stable) = (&since.canary, &since.stable);
-    let mut errors = guard::errors(arm(canary), arm(stable), t);
+    let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole()));
+    let mut errors = guard::errors(arm(canary), arm(stable), clustered(&whole), t);
     // Worked out at every look, so that status shows how near the guard is to acting.
-    let errors_left_out = (k > 0 && canary.requests > 0 && stable.requests > 0).then(|| {
-        let trimmed =
-            PerPool::from_fn(|p| leave_out(arm(&since[p]), since[p].error_users.heaviest(k)));
-        let (difference, verdict) = guard::errors(trimmed.canary, trimmed.stable, t);
-        (
-            LeftOut {
-                users: k,
-                pools: trimmed,
-                difference,
-            },
-            verdict,
-        )
-    });
+    let errors_left_out = (k > 0 && canary.requests > 0 && stable.requests > 0)
+        .then(|| {
+            let spread =
+                PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.without_heaviest(k)));
+            let pools = PerPool::from_fn(|p| spread[p].map(|s| s.arm));
+            let pools = PerPool {
+                canary: pools.canary?,
+                stable: pools.stable?,
+            };
+            let (difference, verdict) =
+                guard::errors(pools.canary, pools.stable, clustered(&spread), t);
+            Some((
+                LeftOut {
+                    users: k,
+                    pools,
+                    difference,
+                },
+                verdict,
+            ))
+        })
+        .flatten();
     let without = errors_left_out.map(|(_, v)| v);
-    match errors.1 {
-        Verdict::Regressed if without.is_some_and(|v| v != Verdict::Regressed) => {
-            errors.1 = few;
-        }
+    // What counting requests, not users, would call: said when a few users make it so.
+    let per_request = guard::errors(arm(canary), arm(stable), 0.0, t).1;
+    match (errors.1, without) {
+        (Verdict::NotEnoughData { .. }, _) | (_, None) => {}
+        // Also when the whole comparison shows none: busy users failing on both versions,
+        // more of them on stable, hid a regression of everyone else.
+        (_, Some(Verdict::Regressed)) => errors.1 = Verdict::Regressed,
+        (Verdict::Regressed, Some(_)) => errors.1 = few,
         // Nor is the canary better on the strength of a few users (a bot failing on stable).
-        Verdict::Improved if without.is_some_and(|v| v != Verdict::Improved) => {
-            errors.1 = Verdict::Ok;
-        }
+        (Verdict::Improved, Some(v)) if v != Verdict::Improved => errors.1 = Verdict::Ok,
+        (_, Some(_)) if per_request == Verdict::Regressed => errors.1 = few,
         _ => {}
     }
     let errors_left_out = errors_left_out.map(|(l, _)| l);

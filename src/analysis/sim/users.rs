@@ -1,0 +1,187 @@
+//! Holds simulated user by user, through the verdicts the guard acts on ([`verdicts`]): many
+//! light users (sessions of one to five requests) beside a few busy ones (clients, bots), whose
+//! requests all fall in one cell of [`crate::analysis::clusters::Clusters`]. `engine` draws
+//! requests as if each were its own user's, and cannot show what busy users do to a rate.
+//!
+//! The scenarios are those a hostile tester found against leaving users out by requests: busy
+//! users failing on both versions beside a bot, busy users split unevenly, and a busy client
+//! that never fails.
+
+use super::Rng;
+use crate::analysis::Counts;
+use crate::analysis::guard::{Thresholds, Verdict};
+use crate::analysis::view::verdicts;
+use crate::routing::{PerPool, PoolName};
+
+/// One busy user: its pool, its requests a second, and the share of them that fail.
+#[derive(Clone, Copy, Debug)]
+struct Busy {
+    pool: PoolName,
+    per_second: u64,
+    rate: f64,
+}
+
+/// A hold's traffic.
+#[derive(Clone, Debug)]
+struct Mix {
+    /// The canary's share of users.
+    share: f64,
+    /// Light users' requests a second (both pools).
+    light: u64,
+    /// Light users' error rate per pool.
+    light_rate: PerPool<f64>,
+    busy: Vec<Busy>,
+    seconds: u64,
+}
+
+impl Mix {
+    fn new(share: f64, light: u64, stable: f64, canary: f64, seconds: u64) -> Mix {
+        Mix {
+            share,
+            light,
+            light_rate: PerPool { stable, canary },
+            busy: Vec::new(),
+            seconds,
+        }
+    }
+
+    /// With `users` busy users on `pool`, `per_second` requests a second each, failing at
+    /// `rate`.
+    fn with(mut self, users: usize, pool: PoolName, per_second: u64, rate: f64) -> Mix {
+        self.busy.extend((0..users).map(|_| Busy {
+            pool,
+            per_second,
+            rate,
+        }));
+        self
+    }
+}
+
+/// A request of a user in `cell` on `pool`.
+fn request(since: &mut PerPool<Counts>, pool: PoolName, cell: usize, error: bool) {
+    let c = &mut since[pool];
+    c.requests += 1;
+    c.errors += u64::from(error);
+    if let Some(cells) = c.clusters.as_mut() {
+        cells.add_cell(cell, 1, u64::from(error));
+    }
+}
+
+/// Runs one hold, looking once a second; the canary requests seen at the first look whose
+/// error verdict was Regressed (None: never).
+fn run(mix: &Mix, seed: u64, t: &Thresholds) -> Option<u64> {
+    let mut rng = Rng::new(seed, 0x05E5);
+    let cell = |rng: &mut Rng| (rng.next_u64() % 4_096) as usize;
+    let busy: Vec<(Busy, usize)> = mix.busy.iter().map(|&b| (b, cell(&mut rng))).collect();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    for _ in 0..mix.seconds {
+        let mut made = 0;
+        while made < mix.light {
+            let pool = if rng.bernoulli(mix.share) {
+                PoolName::Canary
+            } else {
+                PoolName::Stable
+            };
+            let (at, session) = (cell(&mut rng), 1 + rng.next_u64() % 5);
+            for _ in 0..session {
+                let error = rng.bernoulli(mix.light_rate[pool]);
+                request(&mut since, pool, at, error);
+            }
+            made += session;
+        }
+        for &(b, at) in &busy {
+            for _ in 0..b.per_second {
+                let error = rng.bernoulli(b.rate);
+                request(&mut since, b.pool, at, error);
+            }
+        }
+        if verdicts(&since, t).errors.1 == Verdict::Regressed {
+            return Some(since.canary.requests);
+        }
+    }
+    None
+}
+
+/// Of `runs` holds, how many regressed, and the canary requests each took.
+fn alarms(mix: &Mix, runs: u64) -> Vec<u64> {
+    let t = Thresholds::default();
+    (0..runs).filter_map(|seed| run(mix, seed, &t)).collect()
+}
+
+#[test]
+fn healthy_canaries_beside_busy_users_are_not_called_regressed() {
+    use PoolName::{Canary, Stable};
+    let cases = [
+        // Nobody busy: sessions of one to five requests, 2% errors on both, at two shares.
+        ("A/A", Mix::new(0.5, 100, 0.02, 0.02, 200)),
+        ("A/A at 5%", Mix::new(0.05, 200, 0.02, 0.02, 200)),
+        // Four busy users a version failing 30% on both, a bot on the canary failing always:
+        // the bot took one of the canary's places among the left out, one busy canary user
+        // stayed in while all of stable's were left out, and a healthy canary was halted.
+        (
+            "busy users and a bot",
+            Mix::new(0.5, 40, 0.05, 0.05, 300)
+                .with(4, Stable, 10, 0.3)
+                .with(4, Canary, 10, 0.3)
+                .with(1, Canary, 10, 1.0),
+        ),
+        // A client on stable that never fails, at 10% errors for everyone: never left out (it
+        // has no error), it pulled stable's rate down to 5%.
+        (
+            "a client that never fails",
+            Mix::new(0.5, 40, 0.10, 0.10, 300).with(1, Stable, 20, 0.0),
+        ),
+        // Five busy users on the canary failing 30% (as they would on stable), none on stable:
+        // one more than are left out (4, with the default min_users of 5) stays in.
+        (
+            "more busy users than are left out",
+            Mix::new(0.5, 40, 0.02, 0.02, 300).with(5, Canary, 10, 0.3),
+        ),
+    ];
+    for (name, mix) in cases {
+        let runs = 100;
+        let alarms = alarms(&mix, runs);
+        eprintln!("{name}: {} alarms in {runs} holds", alarms.len());
+        assert!(alarms.len() <= 1, "{name}: {alarms:?}");
+    }
+}
+
+#[test]
+fn regressions_of_everyone_are_caught_beside_busy_users() {
+    use PoolName::{Canary, Stable};
+    let cases = [
+        // 1% → 6%, sessions of one to five requests.
+        ("1% → 6%", Mix::new(0.5, 100, 0.01, 0.06, 40), 1_000, 0.95),
+        // 1% → 4%, with busy users failing 30% on both, four on stable and two on the canary:
+        // their errors made stable's rate as high as the canary's, and the regression of every
+        // ordinary user was never called.
+        (
+            "1% → 4% beside busy users split unevenly",
+            Mix::new(0.5, 30, 0.01, 0.04, 300)
+                .with(4, Stable, 10, 0.3)
+                .with(2, Canary, 10, 0.3),
+            10_000,
+            0.9,
+        ),
+        // 1% → 6% with a bot on stable failing always: it made the canary look better.
+        (
+            "1% → 6% beside a failing bot on stable",
+            Mix::new(0.5, 30, 0.01, 0.06, 300).with(1, Stable, 20, 1.0),
+            10_000,
+            0.9,
+        ),
+    ];
+    for (name, mix, within, least) in cases {
+        let runs = 100;
+        let caught = alarms(&mix, runs);
+        let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
+        let mut sorted = caught.clone();
+        sorted.sort_unstable();
+        let median = sorted.get(sorted.len() / 2);
+        eprintln!(
+            "{name}: caught within {within} canary requests in {:.0}% of {runs} holds, median {median:?}",
+            share * 100.0
+        );
+        assert!(share >= least, "{name}: {share}");
+    }
+}
