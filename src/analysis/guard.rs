@@ -14,7 +14,10 @@
 //!   sequential probability ratio test (1945); Howard, Ramdas, McAuliffe and Sekhon,
 //!   "Time-uniform, nonparametric, nonasymptotic confidence sequences" (Annals of Statistics,
 //!   2021) give the general theory. The canary regressed when the whole range lies above
-//!   `max_error_rate_increase` (a non-inferiority margin: smaller increases are accepted).
+//!   `max_error_rate_increase` (a non-inferiority margin: smaller increases are accepted). The
+//!   variance may be given with users, not requests, as the unit (see
+//!   [`crate::analysis::clusters`]); the simulation here draws each request as its own user's,
+//!   and `sim::users` runs busy users beside light ones.
 //! - Latency: see [`latency`]. A p99 has no simple variance, so the guard turns "the canary's
 //!   p99 is at most `max_p99_ratio` × stable's" into a statement about a rate: the share of
 //!   canary requests slower than `max_p99_ratio` × stable's p99 is at most 1%. A one-pool
@@ -116,9 +119,10 @@ pub enum Verdict {
         /// Requests still needed by the pool furthest from `min_requests`.
         more: u64,
     },
-    /// The canary is worse than the margin allows, but not with the errors (or slow answers) of
-    /// its `needed` − 1 heaviest users left out: one client's doing (a bot, one user's bad input
-    /// or heavy report, an attacker with an id on the canary) is no regression of the version.
+    /// Counted per request the canary is worse than the margin allows, but not with the errors
+    /// (or slow answers) of the `needed` − 1 heaviest users left out: one client's doing (a bot,
+    /// one user's bad input or heavy report, an attacker with an id on the canary) is no
+    /// regression of the version.
     FewUsers {
         /// `min_users`.
         needed: u64,

@@ -103,7 +103,7 @@ pub struct ErrorsView {
     /// canary − stable error rate, with its confidence sequence.
     pub difference: Option<Range>,
     /// The same with each version's `min_users` − 1 heaviest users (by errors) left out: a
-    /// regression must show here too.
+    /// regression call rests on it.
     #[serde(default)]
     pub without_heaviest: Option<WithoutHeaviest>,
     #[serde(flatten)]
