@@ -1,13 +1,13 @@
-//! Each pool's requests and errors per cell of users since the comparison began. A user's
-//! answers all fall in one cell (its hash, keyed per process, picks it), so the cells make users,
-//! not requests, the unit of the error comparison:
+//! Each pool's requests, errors and slow answers per cell of users since the comparison began.
+//! A user's answers all fall in one cell (its hash, keyed per process, picks it), so the cells
+//! make users, not requests, the unit of the comparison:
 //!
 //! - its variance: a few heavy users (a busy client, a bot) add to the variance of a pool's rate
 //!   as much as they move it, where counted per request they would move it with a range as
 //!   narrow as if their requests were as many users' ([`Spread::variance`]);
-//! - leaving out each version's heaviest users: the cells with the most errors, whole, with every
-//!   request and error since the comparison began ([`Clusters::without_heaviest`]), exact
-//!   whatever the number of users.
+//! - leaving out each version's heaviest users: the cells with the most errors (or slow
+//!   answers), whole, with every request since the comparison began
+//!   ([`Clusters::without_heaviest`]), exact whatever the number of users.
 
 use crate::analysis::stats::Arm;
 
@@ -15,27 +15,45 @@ use crate::analysis::stats::Arm;
 /// leaving out 4 cells leaves out a tenth of a percent of its users beside the heavy ones.
 pub const CELLS: usize = 4_096;
 
-/// The cells with the most errors known at every moment: the most a comparison leaves out.
+/// The cells with the most hits of each kind known at every moment: the most a comparison
+/// leaves out.
 const TOP: usize = crate::analysis::counts::ERROR_USERS;
 
 /// The cells with the most requests known at every moment: those whose weight in the variance
 /// is worked out exactly (see [`Spread::variance`]).
 const BUSIEST: usize = 16;
 
-/// Per cell: counted requests and errors, with the sums the variance needs kept as cells grow,
-/// so that a look costs the same whatever the traffic.
+/// What a cell counts of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Errors = 0,
+    /// Answers slower than the latency check's threshold at the time.
+    Slow = 1,
+}
+
+/// One cell: counted requests, and its errors and slow answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Cell {
+    n: u64,
+    hits: [u64; 2],
+}
+
+/// Per cell: counted requests, errors and slow answers, with the sums the variance needs kept
+/// as cells grow, so that a look costs the same whatever the traffic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Clusters {
-    cells: Box<[(u64, u64)]>,
-    sums: Sums,
-    /// The [`TOP`] cells with the most errors (of those with any), most first. Cells only grow
-    /// (until cleared), so a cell's rank changes only when it does: the list stays exact.
-    top: Vec<usize>,
+    cells: Box<[Cell]>,
+    /// Per kind.
+    sums: [Sums; 2],
+    /// Per kind, the [`TOP`] cells with the most hits (of those with any), most first. Cells
+    /// only grow (until cleared), so a cell's rank changes only when it does: the lists stay
+    /// exact.
+    top: [Vec<usize>; 2],
     /// The [`BUSIEST`] cells with the most requests, most first; exact likewise.
     busiest: Vec<usize>,
 }
 
-/// Over some cells: Σn, Σe, Σn², Σe², Σn·e, and how many have requests.
+/// Over some cells, for one kind of hits e: Σn, Σe, Σn², Σe², Σn·e, and how many have requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Sums {
     n: u128,
@@ -85,21 +103,21 @@ impl Sums {
 impl Default for Clusters {
     fn default() -> Self {
         Clusters {
-            cells: vec![(0, 0); CELLS].into_boxed_slice(),
-            sums: Sums::default(),
-            top: Vec::with_capacity(TOP + 1),
+            cells: vec![Cell::default(); CELLS].into_boxed_slice(),
+            sums: [Sums::default(); 2],
+            top: [Vec::with_capacity(TOP + 1), Vec::with_capacity(TOP + 1)],
             busiest: Vec::with_capacity(BUSIEST + 1),
         }
     }
 }
 
-/// A pool's requests and errors over some cells, and the variance of its error rate with cells
-/// as the unit.
+/// A pool's requests and hits of one kind over some cells, and the variance of its rate with
+/// cells as the unit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spread {
     pub arm: Arm,
-    /// The cluster-robust variance of errors / requests over the G cells with requests, cell k
-    /// with n_k requests and e_k errors of N and E:
+    /// The cluster-robust variance of hits / requests over the G cells with requests, cell k
+    /// with n_k requests and e_k hits of N and E:
     ///
     ///   G/(G − 1) · Σ (e_k − p̂·n_k)² / (N − n_k)²,   p̂ = E/N
     ///
@@ -130,53 +148,65 @@ fn place(list: &mut Vec<usize>, most: usize, cell: usize, key: impl Fn(usize) ->
 }
 
 impl Clusters {
-    pub(super) fn add_cell(&mut self, cell: usize, requests: u64, errors: u64) {
+    /// Adds `requests` and `hits` (errors, slow answers) to `cell`.
+    pub(super) fn add_cell(&mut self, cell: usize, requests: u64, hits: [u64; 2]) {
         let Some(c) = self.cells.get_mut(cell) else {
             return;
         };
-        let before = Sums::of(c.0, c.1);
-        c.0 += requests;
-        c.1 += errors;
-        let after = Sums::of(c.0, c.1);
-        self.sums = self.sums.minus(before).plus(after);
+        let before = *c;
+        c.n += requests;
+        c.hits[0] += hits[0];
+        c.hits[1] += hits[1];
+        let after = *c;
+        for kind in 0..2 {
+            self.sums[kind] = self.sums[kind]
+                .minus(Sums::of(before.n, before.hits[kind]))
+                .plus(Sums::of(after.n, after.hits[kind]));
+        }
         let cells = &self.cells;
-        if errors > 0 {
-            place(&mut self.top, TOP, cell, |i| cells[i].1);
+        for (kind, top) in self.top.iter_mut().enumerate() {
+            if hits[kind] > 0 {
+                place(top, TOP, cell, |i| cells[i].hits[kind]);
+            }
         }
         if requests > 0 {
-            place(&mut self.busiest, BUSIEST, cell, |i| cells[i].0);
+            place(&mut self.busiest, BUSIEST, cell, |i| cells[i].n);
         }
     }
 
     pub(super) fn add(&mut self, other: &Clusters) {
-        for (i, &(n, e)) in other.cells.iter().enumerate() {
-            if (n | e) != 0 {
-                self.add_cell(i, n, e);
+        for (i, c) in other.cells.iter().enumerate() {
+            if *c != Cell::default() {
+                self.add_cell(i, c.n, c.hits);
             }
         }
     }
 
     pub(super) fn clear(&mut self) {
-        self.cells.fill((0, 0));
-        self.sums = Sums::default();
-        self.top.clear();
+        self.cells.fill(Cell::default());
+        self.sums = [Sums::default(); 2];
+        for top in &mut self.top {
+            top.clear();
+        }
         self.busiest.clear();
     }
 
     /// All cells.
-    pub fn whole(&self) -> Spread {
-        self.without_heaviest(0)
+    pub fn whole(&self, kind: Kind) -> Spread {
+        self.without_heaviest(kind, 0)
     }
 
-    /// Without the `k` cells with the most errors (of those with any; at most
-    /// [`crate::analysis::ERROR_USERS`]): each version's heaviest users by errors left out, with
-    /// all their requests.
-    pub fn without_heaviest(&self, k: usize) -> Spread {
-        let left_out = &self.top[..k.min(self.top.len())];
-        let sums = left_out.iter().fold(self.sums, |s, &i| {
-            s.minus(Sums::of(self.cells[i].0, self.cells[i].1))
+    /// Without the `k` cells with the most hits of `kind` (of those with any; at most
+    /// [`crate::analysis::ERROR_USERS`]): each version's heaviest users by errors (or slow
+    /// answers) left out, with all their requests.
+    pub fn without_heaviest(&self, kind: Kind, k: usize) -> Spread {
+        let kind = kind as usize;
+        let top = &self.top[kind];
+        let left_out = &top[..k.min(top.len())];
+        let sums = left_out.iter().fold(self.sums[kind], |s, &i| {
+            s.minus(Sums::of(self.cells[i].n, self.cells[i].hits[kind]))
         });
-        // An error past the requests counted (a cell past its share counts by chance) is none.
+        // A hit past the requests counted (a cell past its share counts by chance) is none.
         let arm = Arm {
             n: u64::try_from(sums.n).unwrap_or(u64::MAX),
             hits: u64::try_from(sums.e.min(sums.n)).unwrap_or(u64::MAX),
@@ -191,7 +221,8 @@ impl Clusters {
             // The busiest cells' own terms, over (N − n_k)².
             let (mut theirs, mut moved) = (0.0, 0.0);
             for &i in self.busiest.iter().filter(|i| !left_out.contains(i)) {
-                let (cn, ce) = (self.cells[i].0 as f64, self.cells[i].1 as f64);
+                let c = &self.cells[i];
+                let (cn, ce) = (c.n as f64, c.hits[kind] as f64);
                 let off = (ce - p * cn) * (ce - p * cn);
                 theirs += off;
                 moved += off / ((n - cn) * (n - cn));
@@ -216,9 +247,9 @@ mod tests {
         let mut c = Clusters::default();
         // 4,000 users, one request each, every 20th failing: 5%.
         for u in 0..4_000usize {
-            c.add_cell(u, 1, u64::from(u % 20 == 0));
+            c.add_cell(u, 1, [u64::from(u % 20 == 0), 0]);
         }
-        let s = c.whole();
+        let s = c.whole(Kind::Errors);
         assert_eq!(
             s.arm,
             Arm {
@@ -238,18 +269,18 @@ mod tests {
     fn a_heavy_user_widens_the_variance_by_as_much_as_it_moves_the_rate() {
         let mut c = Clusters::default();
         for u in 0..4_000usize {
-            c.add_cell(u, 1, u64::from(u % 20 == 0));
+            c.add_cell(u, 1, [u64::from(u % 20 == 0), 0]);
         }
         // One client with 1,000 requests that all fail: the rate goes from 5% to 24%.
-        c.add_cell(4_000, 1_000, 1_000);
-        let s = c.whole();
+        c.add_cell(4_000, 1_000, [1_000, 0]);
+        let s = c.whole(Kind::Errors);
         let rate = s.arm.rate();
         assert!((rate - 0.24).abs() < 0.001, "{rate}");
         // How far it moves the rate: 0.19, a standard deviation as large as the move it made.
         let sd = s.variance.sqrt();
         assert!((0.185..0.195).contains(&sd), "{sd}");
         // Left out, it is gone with its requests, and the variance is the plain one again.
-        let without = c.without_heaviest(1);
+        let without = c.without_heaviest(Kind::Errors, 1);
         assert_eq!(
             without.arm,
             Arm {
@@ -264,19 +295,25 @@ mod tests {
     #[test]
     fn the_cells_with_the_most_errors_are_left_out_and_only_cells_with_errors() {
         let mut c = Clusters::default();
-        c.add_cell(7, 100, 3);
-        c.add_cell(8, 50, 9);
-        c.add_cell(9, 10_000, 0);
-        c.add_cell(10, 20, 3);
-        c.add_cell(4_095, 5, 1);
+        c.add_cell(7, 100, [3, 0]);
+        c.add_cell(8, 50, [9, 0]);
+        c.add_cell(9, 10_000, [0, 0]);
+        c.add_cell(10, 20, [3, 0]);
+        c.add_cell(4_095, 5, [1, 0]);
         // 9 errors first, then of the two with 3 the one that had them first.
-        assert_eq!(c.without_heaviest(2).arm, Arm { n: 10_025, hits: 4 });
+        assert_eq!(
+            c.without_heaviest(Kind::Errors, 2).arm,
+            Arm { n: 10_025, hits: 4 }
+        );
         // Cells grow: the other with 3 gains an error and passes it.
-        c.add_cell(10, 1, 1);
-        assert_eq!(c.without_heaviest(2).arm, Arm { n: 10_105, hits: 4 });
-        c.add_cell(10, 0, 0);
+        c.add_cell(10, 1, [1, 0]);
+        assert_eq!(
+            c.without_heaviest(Kind::Errors, 2).arm,
+            Arm { n: 10_105, hits: 4 }
+        );
+        c.add_cell(10, 0, [0, 0]);
         // Cell 9 has no error: never left out.
-        let all = c.without_heaviest(7);
+        let all = c.without_heaviest(Kind::Errors, 7);
         assert_eq!((all.arm, all.left_out), (Arm { n: 10_000, hits: 0 }, 4));
         // The sums kept as cells grew are those of the cells.
         let mut again = Clusters::default();
@@ -284,10 +321,21 @@ mod tests {
         assert_eq!(again, c);
         assert!(all.variance.is_infinite(), "one cell left");
         c.clear();
-        assert_eq!(c.whole().arm, Arm::default());
-        assert!(c.whole().variance.is_infinite());
+        assert_eq!(c.whole(Kind::Errors).arm, Arm::default());
+        assert!(c.whole(Kind::Errors).variance.is_infinite());
+        // Slow answers are counted apart: their heaviest cells are theirs.
+        c.add_cell(3, 10, [0, 8]);
+        c.add_cell(5, 30, [1, 2]);
+        assert_eq!(
+            c.without_heaviest(Kind::Errors, 1).arm,
+            Arm { n: 10, hits: 0 }
+        );
+        let slow = c.without_heaviest(Kind::Slow, 1);
+        assert_eq!((slow.arm, slow.left_out), (Arm { n: 30, hits: 2 }, 1));
+        assert_eq!(c.whole(Kind::Slow).arm, Arm { n: 40, hits: 10 });
+        c.clear();
         // A cell past the end is ignored.
-        c.add_cell(CELLS, 1, 1);
-        assert_eq!(c.whole().arm, Arm::default());
+        c.add_cell(CELLS, 1, [1, 0]);
+        assert_eq!(c.whole(Kind::Errors).arm, Arm::default());
     }
 }

@@ -16,227 +16,9 @@ use super::users::{AtomicUsers, Users};
 /// input) from what many users meet.
 pub const ERROR_USERS: usize = 8;
 
-/// Users whose slow answers are counted apart in a second's, a window slot's or a step's counts:
-/// the heaviest are kept (Space-Saving), so the few users with the most are known even among
-/// many.
-const KEPT_USERS: usize = 32;
-
-/// Users kept apart in the counts the verdicts judge (since the comparison began): enough that
-/// a busy user with a slow answer now and then stays kept while many users have one each second
-/// (with 32, at 14 users with one a second, the lightest count rose faster than a busy user's
-/// own and it was pushed out again and again, never left out).
-pub const JUDGED_USERS: usize = 256;
-
-/// Users counted apart per second on the request path; the rest of a second's errors still
-/// count, with no user.
-const SECOND_USERS: usize = 16;
-
-/// One kept user: its errors (or slow answers), and its counted requests in the seconds it had
-/// one.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Kept {
-    user: u64,
-    count: u64,
-    requests: u64,
-    /// Of `count` and `requests`, what it inherited from the users whose place it took: the
-    /// rest are its own for certain.
-    inherited: (u64, u64),
-}
-
-impl Kept {
-    /// Its own errors (or slow answers) for certain, and its requests, never fewer.
-    fn own(&self) -> (u64, u64) {
-        let count = self.count.saturating_sub(self.inherited.0);
-        (
-            count,
-            self.requests.saturating_sub(self.inherited.1).max(count),
-        )
-    }
-}
-
-/// The users an error (or slow answer) came from, with how many each and their requests in the
-/// seconds they had one, for the heaviest [`KEPT_USERS`] (Space-Saving: when full, a new user
-/// takes the place of the lightest and inherits its counts, so a count may be over, never under,
-/// a heavy user's own).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserSet {
-    users: Vec<Kept>,
-    /// The most users kept.
-    cap: usize,
-}
-
-impl Default for UserSet {
-    fn default() -> Self {
-        UserSet::keeping(KEPT_USERS)
-    }
-}
-
-/// What the heaviest users of a [`UserSet`] had between them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Heaviest {
-    /// Their errors (or slow answers).
-    pub count: u64,
-    /// Their counted requests: those of the seconds in which they had one (a request of theirs
-    /// in a second without one is not known as theirs), never fewer than `count`.
-    pub requests: u64,
-}
-
-impl UserSet {
-    /// Keeping the heaviest `cap` users.
-    pub fn keeping(cap: usize) -> UserSet {
-        UserSet {
-            users: Vec::with_capacity(cap),
-            cap,
-        }
-    }
-
-    fn clear(&mut self) {
-        self.users.clear();
-    }
-
-    fn insert(&mut self, e: Kept) {
-        if let Some(kept) = self.users.iter_mut().find(|k| k.user == e.user) {
-            kept.count += e.count;
-            kept.requests += e.requests;
-            kept.inherited.0 += e.inherited.0;
-            kept.inherited.1 += e.inherited.1;
-        } else if e.count == 0 && self.users.len() >= self.cap {
-            // Requests without an error (of a watched user) take no one's place.
-        } else if self.users.len() < self.cap {
-            self.users.push(e);
-        } else if let Some(lightest) = self.users.iter_mut().min_by_key(|k| k.count) {
-            *lightest = Kept {
-                user: e.user,
-                count: lightest.count + e.count,
-                requests: lightest.requests + e.requests,
-                inherited: (
-                    lightest.count + e.inherited.0,
-                    lightest.requests + e.inherited.1,
-                ),
-            };
-        }
-    }
-
-    /// Distinct users kept.
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
-    /// The kept users, heaviest (by their own counts) first.
-    fn by_weight(&self) -> Vec<Kept> {
-        let mut kept: Vec<Kept> = self.users.clone();
-        kept.sort_unstable_by_key(|e| std::cmp::Reverse(e.own().0));
-        kept
-    }
-
-    /// What the `k` heaviest users had between them, for certain: a count inherited from the
-    /// users whose place one took (Space-Saving) is not its own, and leaving it out would leave
-    /// out errors of users who are not among the heaviest (with the many users of a large pool,
-    /// a tenth of its errors).
-    pub fn heaviest(&self, k: usize) -> Heaviest {
-        self.by_weight()
-            .iter()
-            .take(k)
-            .fold(Heaviest::default(), |h, e| {
-                let (count, requests) = e.own();
-                Heaviest {
-                    count: h.count + count,
-                    requests: h.requests + requests,
-                }
-            })
-    }
-
-    /// The `k` heaviest users (with at least one error or slow answer of their own).
-    pub fn heaviest_users(&self, k: usize) -> Vec<u64> {
-        self.by_weight()
-            .iter()
-            .filter(|e| e.own().0 > 0)
-            .take(k)
-            .map(|e| e.user)
-            .collect()
-    }
-
-    fn merge(&mut self, other: &UserSet) {
-        for &e in &other.users {
-            self.insert(e);
-        }
-    }
-}
-
-/// Bits of a [`AtomicUserSet`] slot that count; the rest hold the user.
-const COUNT_BITS: u64 = 0xFFFF;
-
-/// The request path's side of a [`UserSet`]: one second's users, each with a count, packed in
-/// one word per slot (48 bits of the user's hash above, the count in the low 16 bits) so that a
-/// drain takes both at once. A compare-and-swap or an add per errored request.
-#[derive(Debug, Default)]
-struct AtomicUserSet {
-    /// 0: free.
-    slots: [AtomicU64; SECOND_USERS],
-}
-
-impl AtomicUserSet {
-    #[inline]
-    fn add(&self, user: u64) {
-        // The user's low 48 bits (never all 0: 0 marks a free slot).
-        let key = (user << 16).max(COUNT_BITS + 1);
-        for slot in &self.slots {
-            match slot.compare_exchange(0, key | 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(held) if held & !COUNT_BITS == key => {
-                    // One user's counted answers in a second stay far below 65,535 (its share).
-                    if held & COUNT_BITS < COUNT_BITS {
-                        slot.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return;
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Gives `user` (a hash's low 48 bits, as a [`UserSet`] keeps it) a slot of its own for the
-    /// next second, with no error yet: its errors then count however many other users have one
-    /// first, and its requests are known for the second even if it has none.
-    fn watch(&self, user: u64) {
-        let key = (user << 16).max(COUNT_BITS + 1);
-        for slot in &self.slots {
-            match slot.compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                // An error of its own came first.
-                Err(held) if held & !COUNT_BITS == key => return,
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Moves the second's users into `into`, each with `requests(user)`: its requests in the
-    /// second.
-    fn drain_into(&self, into: &mut UserSet, requests: impl Fn(u64) -> u64) {
-        for slot in &self.slots {
-            let held = slot.swap(0, Ordering::Relaxed);
-            // No user: an add that raced this drain counted into a slot just freed.
-            if held >> 16 != 0 {
-                let user = held >> 16;
-                // A user in two slots (a drain raced its add) has its second's requests once.
-                let first = !into.users.iter().any(|e| e.user == user);
-                into.insert(Kept {
-                    user,
-                    count: held & COUNT_BITS,
-                    requests: if first { requests(user) } else { 0 },
-                    inherited: (0, 0),
-                });
-            }
-        }
-    }
-}
-
 /// Cells of the per-user share: a user's answers in one second are counted in a cell its hash
-/// (keyed) picks; the same cells count each pool's requests and errors per cell ([`Clusters`]).
+/// (keyed) picks; the same cells count each pool's requests, errors and slow answers per cell
+/// ([`Clusters`]).
 const SHARE_CELLS: usize = CELLS;
 
 /// Answers one user counts for in a second at least, whatever the traffic: a page and its first
@@ -259,15 +41,14 @@ static SHARE_KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
     }
 });
 
-/// The cell of a user's hash: of its low 48 bits, which an [`AtomicUserSet`] keeps, so that a
-/// drain finds the cell of a user it kept.
+/// The cell of a user's hash (of its low 48 bits).
 #[inline]
 fn share_cell(user: u64) -> usize {
     (((user & USER_BITS) ^ *SHARE_KEY).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 52) as usize
         % SHARE_CELLS
 }
 
-/// The bits of a user's hash an [`AtomicUserSet`] keeps.
+/// The bits of a user's hash that pick its cell.
 const USER_BITS: u64 = (1 << 48) - 1;
 
 /// How many of `seen` answers in one second counted, with `share` counting whole (the rest by
@@ -289,12 +70,10 @@ pub type Converted = [Users; MAX_GOALS];
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
-    /// The requests and errors per cell of users, in the counts the verdicts judge (see
-    /// [`Counts::judged`]); None elsewhere.
+    /// The requests, errors and slow answers (slower than the latency check's threshold at the
+    /// time) per cell of users, in the counts the verdicts judge (see [`Counts::judged`]); None
+    /// elsewhere.
     pub clusters: Option<Box<Clusters>>,
-    /// The users with requests slower than the latency check's threshold at the time, the
-    /// heaviest with their counts.
-    pub slow_users: UserSet,
     /// Requests per latency bucket (see [`histogram`]).
     pub latency: Box<[u64]>,
     pub users: Users,
@@ -312,7 +91,6 @@ impl Default for Counts {
             requests: 0,
             errors: 0,
             clusters: None,
-            slow_users: UserSet::default(),
             latency: vec![0; BUCKETS].into_boxed_slice(),
             users: Users::default(),
             goals: [0; MAX_GOALS],
@@ -322,12 +100,11 @@ impl Default for Counts {
 }
 
 impl Counts {
-    /// Empty counts as the verdicts judge them: with the requests and errors per cell of users,
-    /// and the [`JUDGED_USERS`] heaviest users by slow answers.
+    /// Empty counts as the verdicts judge them: with the requests, errors and slow answers per
+    /// cell of users.
     pub fn judged() -> Counts {
         Counts {
             clusters: Some(Box::default()),
-            slow_users: UserSet::keeping(JUDGED_USERS),
             ..Counts::default()
         }
     }
@@ -338,7 +115,6 @@ impl Counts {
         if let (Some(a), Some(b)) = (self.clusters.as_mut(), other.clusters.as_ref()) {
             a.add(b);
         }
-        self.slow_users.merge(&other.slow_users);
         for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
             *a += b;
         }
@@ -355,7 +131,6 @@ impl Counts {
         if let Some(c) = self.clusters.as_mut() {
             c.clear();
         }
-        self.slow_users.clear();
         self.latency.fill(0);
         self.users.clear();
         self.goals = [0; MAX_GOALS];
@@ -368,7 +143,6 @@ struct Cells {
     errors: AtomicU64,
     /// Failed attempts a retry answered elsewhere: requests (and errors) without a latency.
     failed: AtomicU64,
-    slow_users: AtomicUserSet,
     latency: Box<[AtomicU64]>,
     users: AtomicUsers,
     goals: [AtomicU64; MAX_GOALS],
@@ -377,6 +151,9 @@ struct Cells {
     share: Box<[AtomicU32]>,
     /// Per cell, the errors of the users in it this second.
     cell_errors: Box<[AtomicU32]>,
+    /// Per cell, the answers of the users in it this second slower than the latency check's
+    /// threshold.
+    cell_slow: Box<[AtomicU32]>,
     /// The most answers one cell counts this second.
     share_cap: AtomicU32,
     uncounted: AtomicU64,
@@ -418,13 +195,13 @@ impl Default for Cells {
         Cells {
             errors: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            slow_users: AtomicUserSet::default(),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             users: AtomicUsers::default(),
             goals: std::array::from_fn(|_| AtomicU64::new(0)),
             converted: std::array::from_fn(|_| AtomicUsers::default()),
             share: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
             cell_errors: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
+            cell_slow: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
             share_cap: AtomicU32::new(SHARE_FLOOR),
             uncounted: AtomicU64::new(0),
         }
@@ -483,10 +260,8 @@ impl Recorder {
         if error {
             c.error(cell);
         }
-        if micros > self.slow_over.load(Ordering::Relaxed)
-            && let Some(u) = user
-        {
-            c.slow_users.add(u);
+        if micros > self.slow_over.load(Ordering::Relaxed) {
+            c.cell_slow[cell].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(g) = goal {
             c.goals[g].fetch_add(1, Ordering::Relaxed);
@@ -530,15 +305,6 @@ impl Recorder {
         }
     }
 
-    /// Watches the canary's `k` heaviest users of `since` by slow answers (at most
-    /// [`ERROR_USERS`] − 1) for the next second, after a drain: see [`AtomicUserSet::watch`].
-    pub fn watch(&self, since: &PerPool<Counts>, k: usize) {
-        let k = k.min(ERROR_USERS - 1);
-        for user in since.canary.slow_users.heaviest_users(k) {
-            self.pools[PoolName::Canary].slow_users.watch(user);
-        }
-    }
-
     /// Adds the users who converted since the last drain to `into` (not cleared: it grows).
     pub fn drain_converted(&self, into: &mut PerPool<Converted>) {
         for pool in PoolName::BOTH {
@@ -562,32 +328,22 @@ impl Recorder {
             }
             counts.requests = requests + cells.failed.swap(0, Ordering::Relaxed);
             counts.errors = cells.errors.swap(0, Ordering::Relaxed);
-            // A kept user's requests this second: its cell's answers, which may hold another
-            // user's few too (a cell's average load is 1/4,096 of the pool's).
             let share = cells.share_cap.load(Ordering::Relaxed);
-            let requests = |user: u64| {
-                counted_of(cells.share[share_cell(user)].load(Ordering::Relaxed), share)
-            };
-            cells
-                .slow_users
-                .drain_into(&mut counts.slow_users, requests);
             cells.users.drain_into(&mut counts.users);
             for (cell, n) in cells.goals.iter().zip(counts.goals.iter_mut()) {
                 *n = cell.swap(0, Ordering::Relaxed);
             }
             counts.uncounted = cells.uncounted.swap(0, Ordering::Relaxed);
-            // A new second of shares, the cap from what this one counted; its requests and
-            // errors per cell to the clusters.
-            for (i, (seen, errors)) in cells.share.iter().zip(cells.cell_errors.iter()).enumerate()
-            {
-                let (seen, errors) = (
-                    seen.swap(0, Ordering::Relaxed),
-                    errors.swap(0, Ordering::Relaxed),
-                );
+            // A new second of shares, the cap from what this one counted; its requests, errors
+            // and slow answers per cell to the clusters.
+            let per_cell = cells.cell_errors.iter().zip(cells.cell_slow.iter());
+            for (i, (seen, (errors, slow))) in cells.share.iter().zip(per_cell).enumerate() {
+                let seen = seen.swap(0, Ordering::Relaxed);
+                let hits = [errors, slow].map(|h| u64::from(h.swap(0, Ordering::Relaxed)));
                 if let Some(c) = counts.clusters.as_mut()
-                    && (seen | errors) != 0
+                    && (u64::from(seen) | hits[0] | hits[1]) != 0
                 {
-                    c.add_cell(i, counted_of(seen, share), u64::from(errors));
+                    c.add_cell(i, counted_of(seen, share), hits);
                 }
             }
             let answers = counts.requests + counts.uncounted;

@@ -233,6 +233,7 @@ pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
                 n: canary_n,
                 hits: slow,
             },
+            0.0,
             t,
         )
     });
@@ -245,6 +246,7 @@ pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
                     n: canary_n,
                     hits: histogram::count_from(canary, bucket),
                 },
+                0.0,
                 t,
             );
             share.high < SLOW_SHARE_LIMIT
@@ -273,9 +275,10 @@ pub fn slow_threshold(bucket: usize, t: &Thresholds) -> f64 {
     (t.max_p99_ratio * edge).max(edge + t.min_p99_increase_micros)
 }
 
-/// The confidence sequence for the canary's slow share (`slow.hits` slow of `slow.n`).
-pub fn slow_sequence(slow: Arm, t: &Thresholds) -> Interval {
-    stats::rate_sequence(slow, t.alpha, t.slow_tau)
+/// The confidence sequence for the canary's slow share (`slow.hits` slow of `slow.n`), its
+/// variance at least `clustered` (with users as the unit; 0 if unknown).
+pub fn slow_sequence(slow: Arm, clustered: f64, t: &Thresholds) -> Interval {
+    stats::rate_sequence(slow, clustered, t.alpha, t.slow_tau)
 }
 
 /// The latency verdict from its parts: NotEnoughData, then Regressed when the slow share is

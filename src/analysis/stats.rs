@@ -133,11 +133,17 @@ pub fn diff_sequence_estimated(
 
 /// The confidence sequence for one pool's rate: at every look at once, the true rate lies in
 /// [low, high] with probability ≥ 1 − α (normal approximation, variance p(1−p)/n with the
-/// shrunk rate). Clipped to [0, 1].
-pub fn rate_sequence(arm: Arm, alpha: f64, tau: f64) -> Interval {
+/// shrunk rate, or `clustered` if larger: the rate's variance with users, not requests, as the
+/// unit, 0 if unknown). Clipped to [0, 1].
+pub fn rate_sequence(arm: Arm, clustered: f64, alpha: f64, tau: f64) -> Interval {
+    let clustered = if clustered.is_nan() {
+        f64::INFINITY
+    } else {
+        clustered
+    };
     clipped(
         arm.rate(),
-        mixture_half_width(arm.variance(), alpha, tau),
+        mixture_half_width(arm.variance().max(clustered), alpha, tau),
         0.0,
     )
 }
@@ -330,13 +336,13 @@ mod tests {
     fn degenerate_input_gives_no_conclusion() {
         let empty = diff_sequence(Arm::default(), Arm { n: 10, hits: 1 }, 0.0, 0.01, 0.02);
         assert_eq!((empty.low, empty.high), (-1.0, 1.0));
-        let bad = rate_sequence(Arm { n: 100, hits: 5 }, 0.0, 0.02);
+        let bad = rate_sequence(Arm { n: 100, hits: 5 }, 0.0, 0.0, 0.02);
         assert_eq!((bad.low, bad.high), (0.0, 1.0));
-        let bad = rate_sequence(Arm { n: 100, hits: 5 }, 0.01, f64::NAN);
+        let bad = rate_sequence(Arm { n: 100, hits: 5 }, 0.0, 0.01, f64::NAN);
         assert_eq!((bad.low, bad.high), (0.0, 1.0));
-        let over = rate_sequence(Arm { n: 10, hits: 50 }, 0.01, 0.02);
+        let over = rate_sequence(Arm { n: 10, hits: 50 }, 0.0, 0.01, 0.02);
         assert_eq!(over.estimate, 1.0);
-        let zero = rate_sequence(Arm { n: 1_000, hits: 0 }, 0.01, 0.02);
+        let zero = rate_sequence(Arm { n: 1_000, hits: 0 }, 0.0, 0.01, 0.02);
         assert!(zero.low == 0.0 && zero.high > 0.0);
     }
 

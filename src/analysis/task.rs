@@ -227,12 +227,6 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         books.follow(rollout, config, restarts);
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
-        // The canary's heaviest users by slow answers (those a latency regression must hold
-        // without) get a slot of their own for the next second: their slow answers and
-        // requests are known then even among many other users' slow answers, or in a second
-        // without one. (Errors are counted per cell of users, whole.)
-        let heavy = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
-        analysis.recorder.watch(&books.since, heavy);
         let verdicts = view::verdicts(&books.since, &t);
         let (errors, latency) = (verdicts.errors, &verdicts.latency);
         // Answers slower than this from now on mark their users as ones the canary was slow for.

@@ -350,6 +350,7 @@ pub fn compute(
         errors: (diff, error_verdict),
         latency,
         errors_left_out,
+        ..
     } = verdicts(since, &t);
     let in_window = window.total();
     let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::analysis::clusters::Kind;
 use crate::analysis::stats::Arm;
 
 #[test]
@@ -99,8 +100,8 @@ fn a_user_s_errors_and_requests_all_count_in_its_cell() {
         .clusters
         .as_ref()
         .expect("judged counts have cells");
-    assert_eq!(cells.whole().arm, Arm { n: 51, hits: 48 });
-    let without = cells.without_heaviest(1);
+    assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 51, hits: 48 });
+    let without = cells.without_heaviest(Kind::Errors, 1);
     assert_eq!((without.arm, without.left_out), (Arm { n: 3, hits: 0 }, 1));
     // Others' errors: the heaviest is left out with all of its own, however many others have
     // one (the cells are exact, whatever the number of users).
@@ -118,10 +119,17 @@ fn a_user_s_errors_and_requests_all_count_in_its_cell() {
         .clusters
         .as_ref()
         .expect("judged counts have cells");
-    assert_eq!(cells.whole().arm, Arm { n: 181, hits: 178 });
-    assert_eq!(cells.without_heaviest(1).arm, Arm { n: 123, hits: 120 });
+    assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 181, hits: 178 });
     assert_eq!(
-        since.stable.clusters.as_ref().map(|c| c.whole().arm),
+        cells.without_heaviest(Kind::Errors, 1).arm,
+        Arm { n: 123, hits: 120 }
+    );
+    assert_eq!(
+        since
+            .stable
+            .clusters
+            .as_ref()
+            .map(|c| c.whole(Kind::Errors).arm),
         Some(Arm::default())
     );
     // Counts without cells (a window's slot, the step's) add none.
@@ -132,108 +140,57 @@ fn a_user_s_errors_and_requests_all_count_in_its_cell() {
 }
 
 #[test]
-fn the_heaviest_slow_users_are_known_with_their_counts() {
+fn a_user_s_slow_answers_count_in_its_cell() {
     let r = Recorder::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    // No threshold yet: nothing is slow.
+    r.record(PoolName::Canary, false, 90_000, Some(42), None);
     r.slow_over(Some(5_000.0));
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
-    // One user's many slow answers, second after second, are one user.
-    for _ in 0..3 {
-        for _ in 0..15 {
-            r.record(PoolName::Canary, false, 9_000, Some(42), None);
-        }
-        r.record(PoolName::Canary, false, 1_000, Some(7), None);
-        r.drain(&mut tick);
-        since.canary.add(&tick.canary);
-    }
-    assert_eq!(since.canary.slow_users.len(), 1);
-    assert_eq!(since.canary.slow_users.heaviest(1).count, 45);
-    // Others' add users; the heaviest stays known among many (Space-Saving).
-    for second in 0..10 {
-        for u in 0..12 {
-            let user = Some(1_000 + second * 12 + u);
-            r.record(PoolName::Canary, false, 9_000, user, None);
-        }
-        r.record(PoolName::Canary, false, 9_000, Some(42), None);
-        r.drain(&mut tick);
-        since.canary.add(&tick.canary);
-    }
-    assert_eq!(since.canary.slow_users.len(), 32);
-    // The heaviest's own 55, and what a newcomer inherits at most.
-    let top = since.canary.slow_users.heaviest(1).count;
-    assert!((55..=55 + 120 / 32 + 1).contains(&top), "{top}");
-    assert!(since.canary.slow_users.heaviest(ERROR_USERS).count <= 175);
-    assert!(since.stable.slow_users.is_empty());
-}
-
-#[test]
-fn a_heavy_user_s_requests_are_known_in_the_seconds_it_has_a_slow_answer() {
-    let r = Recorder::default();
-    r.slow_over(Some(5_000.0));
-    let mut since = PerPool::<Counts>::default();
-    let mut tick = PerPool::<Counts>::default();
-    let mut drain = |r: &Recorder, since: &mut PerPool<Counts>| {
-        r.drain(&mut tick);
-        since.canary.add(&tick.canary);
-    };
-    let micros = |slow: bool| if slow { 9_000 } else { 1_000 };
-    // 5 slow answers and 10 fast ones a second, for 3 seconds.
-    for _ in 0..3 {
+    for second in 0..3u64 {
+        // One user with 5 slow answers and 10 fast ones a second; others with one answer each,
+        // every fourth slow.
         for n in 0..15 {
-            r.record(PoolName::Canary, false, micros(n < 5), Some(42), None);
+            let micros = if n < 5 { 9_000 } else { 1_000 };
+            r.record(PoolName::Canary, false, micros, Some(42), None);
         }
-        drain(&r, &mut since);
-    }
-    // A second without a slow answer: its requests are not known as the user's.
-    for _ in 0..15 {
-        r.record(PoolName::Canary, false, 1_000, Some(42), None);
-    }
-    drain(&r, &mut since);
-    let heavy = since.canary.slow_users.heaviest(1);
-    assert_eq!((heavy.count, heavy.requests), (15, 45));
-    // Past its share of a second (20), a user's requests count by chance, and so are estimated:
-    // 100 answers count for about 20 × (1 + ln 5) ≈ 52, and never fewer than its slow answers.
-    for n in 0..100 {
-        r.record(PoolName::Canary, false, micros(n % 2 == 0), Some(43), None);
-    }
-    drain(&r, &mut since);
-    let flood = since.canary.slow_users.heaviest(1);
-    assert!((18..=40).contains(&flood.count), "{flood:?}");
-    assert_eq!(flood.requests, 52);
-    assert_eq!(since.canary.slow_users.heaviest(2).requests, 52 + 45);
-}
-
-#[test]
-fn busy_users_stay_kept_among_many_users_with_a_slow_answer_each_second() {
-    let r = Recorder::default();
-    r.slow_over(Some(5_000.0));
-    let mut tick = PerPool::<Counts>::default();
-    let mut judged = Counts::judged();
-    let mut small = Counts::default();
-    for second in 0..200u64 {
-        // 14 users a second with one slow answer each, and three busy users with one slow
-        // answer in four seconds.
-        for k in 0..14 {
-            let user = Some(1_000 + second * 14 + k);
-            r.record(PoolName::Stable, false, 9_000, user, None);
-        }
-        for busy in 1..=3u64 {
-            for n in 0..5 {
-                let slow = n == 0 && second % 4 == busy;
-                let micros = if slow { 9_000 } else { 1_000 };
-                r.record(PoolName::Stable, false, micros, Some(busy), None);
-            }
+        for u in 0..8 {
+            let micros = if u % 4 == 0 { 9_000 } else { 1_000 };
+            r.record(
+                PoolName::Canary,
+                false,
+                micros,
+                Some(1_000 + second * 8 + u),
+                None,
+            );
         }
         r.drain(&mut tick);
-        judged.add(&tick.stable);
-        small.add(&tick.stable);
+        since.canary.add(&tick.canary);
     }
-    let mut busy = judged.slow_users.heaviest_users(3);
-    busy.sort_unstable();
-    assert_eq!(busy, vec![1, 2, 3]);
-    // With 32 kept, the lightest count rises faster than theirs: they are pushed out again and
-    // again, and never known as the heaviest.
-    let mut kept = small.slow_users.heaviest_users(3);
-    kept.sort_unstable();
-    assert_ne!(kept, vec![1, 2, 3]);
+    let cells = since
+        .canary
+        .clusters
+        .as_ref()
+        .expect("judged counts have cells");
+    assert_eq!(cells.whole(Kind::Slow).arm, Arm { n: 70, hits: 21 });
+    // Left out whole: its 46 requests, 15 of them slow.
+    let without = cells.without_heaviest(Kind::Slow, 1);
+    assert_eq!((without.arm, without.left_out), (Arm { n: 24, hits: 6 }, 1));
+    // Slow answers are no errors.
+    assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 70, hits: 0 });
+    // Past its share of a second (20), a user's answers count by chance, and so are estimated:
+    // 100 answers count for about 20 × (1 + ln 5) ≈ 52.
+    for n in 0..100 {
+        let micros = if n % 2 == 0 { 9_000 } else { 1_000 };
+        r.record(PoolName::Canary, false, micros, Some(43), None);
+    }
+    r.drain(&mut tick);
+    since.canary.add(&tick.canary);
+    let cells = since
+        .canary
+        .clusters
+        .as_ref()
+        .expect("judged counts have cells");
+    let flood = cells.without_heaviest(Kind::Slow, 1);
+    assert_eq!(flood.arm.n, 70, "{flood:?}");
 }

@@ -308,6 +308,7 @@ impl Engine {
                 n: canary_n,
                 hits: slow,
             },
+            0.0,
             t,
         );
         let verdict = guard::latency_verdict(canary_n, stable_n, Some(share), false, t);

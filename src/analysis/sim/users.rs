@@ -8,17 +8,21 @@
 //! that never fails.
 
 use super::Rng;
+use super::model::{SIGMA, STABLE_MEDIAN_MICROS};
 use crate::analysis::Counts;
 use crate::analysis::guard::{Thresholds, Verdict};
-use crate::analysis::view::verdicts;
+use crate::analysis::histogram;
+use crate::analysis::view::{Verdicts, verdicts};
 use crate::routing::{PerPool, PoolName};
 
-/// One busy user: its pool, its requests a second, and the share of them that fail.
+/// One busy user: its pool, its requests a second, the share of them that fail, and how long
+/// each takes (µs; None: as its pool's light users').
 #[derive(Clone, Copy, Debug)]
 struct Busy {
     pool: PoolName,
     per_second: u64,
     rate: f64,
+    micros: Option<f64>,
 }
 
 /// A hold's traffic.
@@ -32,6 +36,8 @@ struct Mix {
     light_rate: PerPool<f64>,
     busy: Vec<Busy>,
     seconds: u64,
+    /// The canary's latencies are stable's (lognormal, median 20 ms, σ 0.5) times this.
+    slower: f64,
 }
 
 impl Mix {
@@ -42,7 +48,25 @@ impl Mix {
             light_rate: PerPool { stable, canary },
             busy: Vec::new(),
             seconds,
+            slower: 1.0,
         }
+    }
+
+    /// With the canary's latencies `slower` times stable's.
+    fn slower(mut self, slower: f64) -> Mix {
+        self.slower = slower;
+        self
+    }
+
+    /// With `users` busy users on `pool` whose every answer takes `micros`, none failing.
+    fn slow(mut self, users: usize, pool: PoolName, per_second: u64, micros: f64) -> Mix {
+        self.busy.extend((0..users).map(|_| Busy {
+            pool,
+            per_second,
+            rate: 0.0,
+            micros: Some(micros),
+        }));
+        self
     }
 
     /// With `users` busy users on `pool`, `per_second` requests a second each, failing at
@@ -52,28 +76,44 @@ impl Mix {
             pool,
             per_second,
             rate,
+            micros: None,
         }));
         self
     }
 }
 
-/// A request of a user in `cell` on `pool`.
-fn request(since: &mut PerPool<Counts>, pool: PoolName, cell: usize, error: bool) {
-    let c = &mut since[pool];
-    c.requests += 1;
-    c.errors += u64::from(error);
-    if let Some(cells) = c.clusters.as_mut() {
-        cells.add_cell(cell, 1, u64::from(error));
+/// The counts the verdicts judge, as the request path and the analysis task make them.
+struct Books {
+    since: PerPool<Counts>,
+    /// The latency check's slow threshold as the last look set it, µs.
+    slow_over: f64,
+}
+
+impl Books {
+    /// A request of a user in `cell` on `pool` that took `micros`.
+    fn request(&mut self, pool: PoolName, cell: usize, error: bool, micros: f64) {
+        let c = &mut self.since[pool];
+        c.requests += 1;
+        c.errors += u64::from(error);
+        c.latency[histogram::index(micros as u64)] += 1;
+        let slow = micros as u64 > self.slow_over as u64;
+        if let Some(cells) = c.clusters.as_mut() {
+            cells.add_cell(cell, 1, [u64::from(error), u64::from(slow)]);
+        }
     }
 }
 
 /// Runs one hold, looking once a second; the canary requests seen at the first look whose
-/// error verdict was Regressed (None: never).
-fn run(mix: &Mix, seed: u64, t: &Thresholds) -> Option<u64> {
+/// verdict (`pick`ed of the look's) was Regressed (None: never).
+fn run(mix: &Mix, seed: u64, t: &Thresholds, pick: fn(&Verdicts) -> Verdict) -> Option<u64> {
     let mut rng = Rng::new(seed, 0x05E5);
     let cell = |rng: &mut Rng| (rng.next_u64() % 4_096) as usize;
     let busy: Vec<(Busy, usize)> = mix.busy.iter().map(|&b| (b, cell(&mut rng))).collect();
-    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut books = Books {
+        since: PerPool::from_fn(|_| Counts::judged()),
+        slow_over: f64::INFINITY,
+    };
+    let mu = STABLE_MEDIAN_MICROS.ln();
     for _ in 0..mix.seconds {
         let mut made = 0;
         while made < mix.light {
@@ -82,30 +122,51 @@ fn run(mix: &Mix, seed: u64, t: &Thresholds) -> Option<u64> {
             } else {
                 PoolName::Stable
             };
+            let factor = if pool == PoolName::Canary {
+                mix.slower
+            } else {
+                1.0
+            };
             let (at, session) = (cell(&mut rng), 1 + rng.next_u64() % 5);
             for _ in 0..session {
                 let error = rng.bernoulli(mix.light_rate[pool]);
-                request(&mut since, pool, at, error);
+                let micros = rng.lognormal(mu, SIGMA) * factor;
+                books.request(pool, at, error, micros);
             }
             made += session;
         }
         for &(b, at) in &busy {
             for _ in 0..b.per_second {
                 let error = rng.bernoulli(b.rate);
-                request(&mut since, b.pool, at, error);
+                let micros = b
+                    .micros
+                    .unwrap_or_else(|| rng.lognormal(mu, SIGMA) * mix.slower);
+                books.request(b.pool, at, error, micros);
             }
         }
-        if verdicts(&since, t).errors.1 == Verdict::Regressed {
-            return Some(since.canary.requests);
+        let v = verdicts(&books.since, t);
+        if pick(&v) == Verdict::Regressed {
+            return Some(books.since.canary.requests);
         }
+        books.slow_over = v.latency.slow_micros.unwrap_or(f64::INFINITY);
     }
     None
 }
 
-/// Of `runs` holds, how many regressed, and the canary requests each took.
-fn alarms(mix: &Mix, runs: u64) -> Vec<u64> {
+/// Of `runs` holds, the canary requests each that regressed took (by the `pick`ed verdict).
+fn alarms(mix: &Mix, runs: u64, pick: fn(&Verdicts) -> Verdict) -> Vec<u64> {
     let t = Thresholds::default();
-    (0..runs).filter_map(|seed| run(mix, seed, &t)).collect()
+    (0..runs)
+        .filter_map(|seed| run(mix, seed, &t, pick))
+        .collect()
+}
+
+fn errors(v: &Verdicts) -> Verdict {
+    v.errors.1
+}
+
+fn latency(v: &Verdicts) -> Verdict {
+    v.latency.verdict
 }
 
 #[test]
@@ -140,7 +201,7 @@ fn healthy_canaries_beside_busy_users_are_not_called_regressed() {
     ];
     for (name, mix) in cases {
         let runs = 100;
-        let alarms = alarms(&mix, runs);
+        let alarms = alarms(&mix, runs, errors);
         eprintln!("{name}: {} alarms in {runs} holds", alarms.len());
         assert!(alarms.len() <= 1, "{name}: {alarms:?}");
     }
@@ -173,7 +234,7 @@ fn regressions_of_everyone_are_caught_beside_busy_users() {
     ];
     for (name, mix, within, least) in cases {
         let runs = 100;
-        let caught = alarms(&mix, runs);
+        let caught = alarms(&mix, runs, errors);
         let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
         let mut sorted = caught.clone();
         sorted.sort_unstable();
@@ -183,5 +244,46 @@ fn regressions_of_everyone_are_caught_beside_busy_users() {
             share * 100.0
         );
         assert!(share >= least, "{name}: {share}");
+    }
+}
+
+#[test]
+fn latency_beside_busy_users() {
+    use PoolName::Canary;
+    let runs = 100;
+    // Five busy users on the canary whose every answer takes 200 ms (slow on either version):
+    // one more than are left out.
+    let healthy = Mix::new(0.5, 60, 0.0, 0.0, 200).slow(5, Canary, 10, 200_000.0);
+    let false_alarms = alarms(&healthy, runs, latency);
+    eprintln!(
+        "busy slow users: {} alarms in {runs} holds",
+        false_alarms.len()
+    );
+    assert!(false_alarms.len() <= 1, "{false_alarms:?}");
+    // Every light user's answers twice as slow on the canary, beside three busy slow ones.
+    for (name, mix, within) in [
+        (
+            "2× slower",
+            Mix::new(0.5, 100, 0.0, 0.0, 60).slower(2.0),
+            2_000,
+        ),
+        (
+            "2× slower beside busy slow users",
+            Mix::new(0.5, 60, 0.0, 0.0, 200)
+                .slower(2.0)
+                .slow(3, Canary, 10, 200_000.0),
+            2_000,
+        ),
+    ] {
+        let caught = alarms(&mix, runs, latency);
+        let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
+        let mut sorted = caught.clone();
+        sorted.sort_unstable();
+        eprintln!(
+            "{name}: caught within {within} canary requests in {:.0}% of {runs} holds, median {:?}",
+            share * 100.0,
+            sorted.get(sorted.len() / 2)
+        );
+        assert!(share >= 0.9, "{name}: {share}");
     }
 }

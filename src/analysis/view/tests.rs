@@ -121,7 +121,7 @@ fn half_failing_bot(seconds: u64, canary_every: u64) -> PerPool<Counts> {
 
 /// `seconds` of a bot on the canary (20 requests a second, the n-th of second s failing when
 /// `fails(s, n)`), beside everyone else's: 8 canary requests a second failing at `canary_every`,
-/// 30 stable ones at 1%. Drained and watched once a second, as the analysis task does.
+/// 30 stable ones at 1%. Drained once a second, as the analysis task does.
 fn bot_beside(
     seconds: u64,
     canary_every: u64,
@@ -148,7 +148,6 @@ fn bot_beside(
         for pool in PoolName::BOTH {
             since[pool].add(&tick[pool]);
         }
-        r.watch(&since, 4);
     }
     since
 }
@@ -156,7 +155,7 @@ fn bot_beside(
 #[test]
 fn a_bot_failing_in_bursts_is_left_out_whole() {
     // Every request of one second in five fails; none of the others do. Its requests in the
-    // seconds without an error are known too (it is watched), so its 80 successes in every five
+    // seconds without an error are in its cell too, so its 80 successes in every five
     // seconds do not dilute everyone else's 6.25% (against stable's 1%) to 2.1%.
     let since = bot_beside(300, 16, |second, _| second % 5 == 0);
     let v = verdicts(&since, &thresholds(None));
@@ -269,7 +268,6 @@ fn heavy_users(
         for pool in PoolName::BOTH {
             since[pool].add(&tick[pool]);
         }
-        r.watch(&since, 4);
     }
     since
 }
@@ -330,7 +328,6 @@ fn a_bot_failing_on_stable_does_not_hide_a_worse_canary() {
         for pool in PoolName::BOTH {
             since[pool].add(&tick[pool]);
         }
-        r.watch(&since, 4);
     }
     let v = verdicts(&since, &thresholds(None));
     // Beside the bot's failures the canary looks far better (37% on stable); the bot alone
@@ -340,4 +337,83 @@ fn a_bot_failing_on_stable_does_not_hide_a_worse_canary() {
     assert_eq!(v.errors.1, Verdict::Regressed);
     let without = v.errors_left_out.expect("shown at every look");
     assert!(without.difference.low > 0.01, "{without:?}");
+}
+
+/// `seconds` of 30 light requests a second on each pool from ever new users, stable's latencies
+/// spread over 1-2 ms and the canary's `slower` times those, beside `busy` users on the canary,
+/// 10 requests a second each, all taking 10 ms (slow on either version). The slow threshold goes
+/// to the request path each second, as the analysis task hands it on.
+fn slow_mix(seconds: u64, slower: f64, busy: u64) -> Verdicts {
+    let r = Recorder::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    let t = thresholds(None);
+    for second in 0..seconds {
+        for pool in PoolName::BOTH {
+            let factor = if pool == PoolName::Canary {
+                slower
+            } else {
+                1.0
+            };
+            for k in 0..30u64 {
+                let i = second * 30 + k;
+                let micros = (1_000.0 + (i * 7_919 % 1_000) as f64) * factor;
+                let user = Some(pool as u64 * 1_000_000_000 + 1_000 + i);
+                r.record(pool, false, micros as u64, user, None);
+            }
+        }
+        for b in 0..busy {
+            for _ in 0..10 {
+                r.record(PoolName::Canary, false, 10_000, Some(0xB05E + b), None);
+            }
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+        r.slow_over(verdicts(&since, &t).latency.slow_micros);
+    }
+    verdicts(&since, &t)
+}
+
+#[test]
+fn busy_users_slow_on_both_versions_do_not_make_a_healthy_canary_slow() {
+    // Five busy users on the canary whose every answer is slow: one more than are left out.
+    // Counted per request, 62% of the canary's answers are slow; the one left in is a quarter of
+    // what remains, and with users as the unit its share's range is wide.
+    let v = slow_mix(200, 1.0, 5);
+    assert_ne!(
+        v.latency.verdict,
+        Verdict::Regressed,
+        "{:?}",
+        v.slow_left_out
+    );
+    let left_out = v
+        .slow_left_out
+        .expect("a threshold, and users to leave out");
+    assert!(left_out.share.estimate > 0.2, "{left_out:?}");
+    assert!(left_out.share.low <= 0.01, "{left_out:?}");
+}
+
+#[test]
+fn a_slower_canary_is_caught_beside_busy_users_slow_on_both() {
+    // Every light user's answers take twice as long on the canary: half of them are over 1.5 ×
+    // stable's p99.
+    let v = slow_mix(200, 2.0, 3);
+    assert_eq!(
+        v.latency.verdict,
+        Verdict::Regressed,
+        "{:?}",
+        v.slow_left_out
+    );
+    let left_out = v
+        .slow_left_out
+        .expect("a threshold, and users to leave out");
+    // The three busy users are gone, with their 6,000 requests, and the fourth heaviest cell
+    // (light users with a slow answer or two).
+    assert!((5_950..=6_000).contains(&left_out.canary.n), "{left_out:?}");
+    assert!(
+        v.reason(&Default::default())
+            .contains("without its 4 users with the most slow answers")
+    );
 }

@@ -3,8 +3,8 @@
 
 use crate::routing::PerPool;
 
-use crate::analysis::clusters::Spread;
-use crate::analysis::counts::{Counts, Heaviest};
+use crate::analysis::clusters::{Kind, Spread};
+use crate::analysis::counts::Counts;
 use crate::analysis::guard::{self, LatencyCheck, Thresholds, Verdict};
 use crate::analysis::histogram;
 use crate::analysis::stats::{Arm, Interval};
@@ -17,6 +17,20 @@ pub struct Verdicts {
     /// Each version's errors with its heaviest users left out (`min_users` > 1, both pools with
     /// requests).
     pub errors_left_out: Option<LeftOut>,
+    /// The canary's slow share with its heaviest users (by slow answers) left out, when the
+    /// latency check has a threshold and `min_users` > 1.
+    pub slow_left_out: Option<SlowLeftOut>,
+}
+
+/// The canary's slow share with its heaviest users left out.
+#[derive(Debug, Clone, Copy)]
+pub struct SlowLeftOut {
+    /// How many users were left out (at most).
+    pub users: usize,
+    /// The canary's requests and slow answers without them.
+    pub canary: Arm,
+    /// Their share's confidence sequence.
+    pub share: Interval,
 }
 
 /// Each version's errors with its heaviest users left out.
@@ -28,14 +42,6 @@ pub struct LeftOut {
     pub pools: PerPool<Arm>,
     /// canary − stable error rate, without them.
     pub difference: Interval,
-}
-
-/// `whole` with `heavy` left out: their errors (or slow answers), and their requests.
-fn leave_out(whole: Arm, heavy: Heaviest) -> Arm {
-    Arm {
-        n: whole.n.saturating_sub(heavy.requests),
-        hits: whole.hits.saturating_sub(heavy.count),
-    }
 }
 
 /// The variance of canary − stable with users as the unit (see [`Spread`]); 0 without cells
@@ -68,13 +74,17 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         needed: t.min_users,
     };
     let (canary, stable) = (&since.canary, &since.stable);
-    let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole()));
+    let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole(Kind::Errors)));
     let mut errors = guard::errors(arm(canary), arm(stable), clustered(&whole), t);
     // Worked out at every look, so that status shows how near the guard is to acting.
     let errors_left_out = (k > 0 && canary.requests > 0 && stable.requests > 0)
         .then(|| {
-            let spread =
-                PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.without_heaviest(k)));
+            let spread = PerPool::from_fn(|p| {
+                since[p]
+                    .clusters
+                    .as_ref()
+                    .map(|c| c.without_heaviest(Kind::Errors, k))
+            });
             let pools = PerPool::from_fn(|p| spread[p].map(|s| s.arm));
             let pools = PerPool {
                 canary: pools.canary?,
@@ -107,24 +117,72 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         _ => {}
     }
     let errors_left_out = errors_left_out.map(|(l, _)| l);
-    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
-    if latency.verdict == Verdict::Regressed
-        && let Some(micros) = latency.slow_micros
-    {
-        let whole = Arm {
-            n: histogram::total(&canary.latency),
-            hits: histogram::count_above(&canary.latency, micros),
-        };
-        let trimmed = leave_out(whole, canary.slow_users.heaviest(k));
-        if guard::slow_sequence(trimmed, t).low <= guard::SLOW_SHARE_LIMIT {
-            latency.verdict = few;
-        }
-    }
+    let (latency, slow_left_out) = latency(since, k, t);
     Verdicts {
         errors,
         latency,
         errors_left_out,
+        slow_left_out,
     }
+}
+
+/// The latency check over `since`, with the canary's slow share judged with users as the unit
+/// of its variance and, with `k` > 0, its `k` heaviest users (by slow answers) left out: the
+/// call rests on that, as the errors' does.
+fn latency(
+    since: &PerPool<Counts>,
+    k: usize,
+    t: &Thresholds,
+) -> (LatencyCheck, Option<SlowLeftOut>) {
+    let canary = &since.canary;
+    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
+    let per_request = latency.verdict;
+    let (Some(micros), Some(cells)) = (latency.slow_micros, canary.clusters.as_deref()) else {
+        return (latency, None);
+    };
+    if matches!(per_request, Verdict::NotEnoughData { .. }) {
+        return (latency, None);
+    }
+    let whole = Arm {
+        n: histogram::total(&canary.latency),
+        hits: histogram::count_above(&canary.latency, micros),
+    };
+    let all = cells.whole(Kind::Slow);
+    let share = guard::slow_sequence(whole, all.variance, t);
+    latency.slow_share = Some(share);
+    let mut left_out = None;
+    let decided = if k > 0 {
+        // The cells count slow answers by the threshold in force when they came; the
+        // histogram, by today's: what the heaviest had is taken from the histogram's figures.
+        let kept = cells.without_heaviest(Kind::Slow, k);
+        let canary = Arm {
+            n: whole.n.saturating_sub(all.arm.n.saturating_sub(kept.arm.n)),
+            hits: whole
+                .hits
+                .saturating_sub(all.arm.hits.saturating_sub(kept.arm.hits)),
+        };
+        let share = guard::slow_sequence(canary, kept.variance, t);
+        left_out = Some(SlowLeftOut {
+            users: k,
+            canary,
+            share,
+        });
+        share
+    } else {
+        share
+    };
+    latency.verdict = if decided.low > guard::SLOW_SHARE_LIMIT {
+        Verdict::Regressed
+    } else if per_request == Verdict::Regressed && k > 0 {
+        Verdict::FewUsers {
+            needed: t.min_users,
+        }
+    } else if per_request == Verdict::Improved {
+        Verdict::Improved
+    } else {
+        Verdict::Ok
+    };
+    (latency, left_out)
 }
 
 fn pct(x: f64) -> String {
@@ -189,6 +247,16 @@ impl Verdicts {
             pct(share.low),
             pct(share.high)
         ));
+            if let Some(l) = self.slow_left_out {
+                parts.push(format!(
+                    "without its {} users with the most slow answers {} (range {} to {}) over {} requests",
+                    l.users,
+                    pct(l.share.estimate),
+                    pct(l.share.low),
+                    pct(l.share.high),
+                    l.canary.n
+                ));
+            }
         }
         parts.join("; ")
     }
