@@ -249,10 +249,7 @@ async fn a_broken_split_is_flagged_loudly() {
     // The canary refuses every connection: its users are served by stable, so the pool that
     // answers them is not the pool the split gave them.
     let s = Backend::start("stable").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = support::dead_port().forever();
     let text = format!(
         "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{}'], canary: ['{dead}']}}\nrollout:\n  id: srm\n  steps: [{{percent: 50, hold: 1s}}, {{percent: 100}}]\n  guard: {{action: halt, min_requests: 100, require_data: true}}\n{CONTROL}",
         s.addr

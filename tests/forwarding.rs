@@ -196,10 +196,8 @@ async fn a_50_mb_upload_and_download_stream_without_being_held_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upstream_gives_502_and_a_slow_one_504() {
-    // Find a port nothing listens on: bind, note, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
+    // A port nothing listens on.
+    let dead_addr = support::dead_port().forever();
     let slow = Backend::start("slow").await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nworkers: 1\npools:\n  stable: [{dead_addr}]\n  canary: [{}]\n\

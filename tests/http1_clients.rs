@@ -82,10 +82,7 @@ async fn expect_100_continue_gets_the_go_ahead_before_the_body_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_to_an_unreachable_upstream_is_answered_before_the_body_is_sent() {
     // A port nothing listens on: the request is answered without its body.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let closed = support::dead_port().forever();
     let proxy = Proxy::start(&single(closed, ""));
     let addr = proxy.addr;
     let answer = tokio::task::spawn_blocking(move || {
@@ -123,9 +120,7 @@ async fn a_head_answer_keeps_its_length_and_the_connection_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ramps_own_answer_to_head_says_the_length_a_get_gets() {
     // No upstream listens: ramp answers 502 itself.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let gone = support::dead_port().forever();
     let proxy = Proxy::start(&format!(
         "listen: 127.0.0.1:0\nworkers: 1\npools:\n  stable: [{gone}]\n  canary: [{gone}]\nrollout:\n  id: h1\n  percent: 0\n"
     ));

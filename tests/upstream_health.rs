@@ -5,8 +5,7 @@ mod support;
 use support::{Backend, Client, Proxy, replace_file};
 
 fn dead_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    support::dead_port().forever()
 }
 
 fn yaml(stable: &[String], canary: &[String], percent: &str, extra: &str) -> String {
@@ -145,7 +144,8 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_back_while_the_whole_pool_is_ejected_takes_every_request_at_once() {
-    let (a, b) = (dead_addr(), dead_addr());
+    let (a, b_port) = (dead_addr(), support::dead_port());
+    let b = b_port.addr;
     let canary = Backend::start("canary").await;
     let extra = "passive_health: {eject_after: 1, backoff: 1m, max_backoff: 1m}\n";
     let proxy = Proxy::start(&yaml(
@@ -159,6 +159,7 @@ async fn an_upstream_back_while_the_whole_pool_is_ejected_takes_every_request_at
     assert!(down.iter().all(|(s, _)| *s == 502), "{down:?}");
     // One comes back, its ejection still running: requests that find the other one refused go
     // to it, and its first answer ends its ejection.
+    drop(b_port);
     let _back = Backend::start_at("stable", b).await;
     let answers = bodies(&proxy, 12, "/").await;
     assert!(all_from(&answers, "stable"), "{answers:?}");
@@ -260,7 +261,8 @@ async fn a_request_no_connection_could_be_made_for_tries_three_upstreams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_user_on_a_refusing_stable_goes_back_to_a_canary_upstream_still_ejected() {
-    let (stable, canary) = (dead_addr(), dead_addr());
+    let (stable, canary_port) = (dead_addr(), support::dead_port());
+    let canary = canary_port.addr;
     let extra = "passive_health: {eject_after: 1, backoff: 1m}\n";
     let proxy = Proxy::start(&yaml(
         &[stable.to_string()],
@@ -273,6 +275,7 @@ async fn a_canary_user_on_a_refusing_stable_goes_back_to_a_canary_upstream_still
     assert_eq!(down[0].0, 502, "{down:?}");
     // The canary comes back, its ejection still running; stable is still down. Its users are
     // sent to stable (no healthy canary upstream), which refuses: the canary answers.
+    drop(canary_port);
     let _back = Backend::start_at("canary", canary).await;
     let answers = bodies(&proxy, 4, "/").await;
     assert!(all_from(&answers, "canary"), "{answers:?}");

@@ -355,10 +355,7 @@ async fn sigterm_closes_open_tunnels_after_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
     let s = WsBackend::start("stable").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = support::dead_port().forever();
     let proxy = Proxy::start(&format!(
         "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: [{}], canary: ['{dead}']}}\nrollout: {{id: ws, percent: 100}}\nmetrics: {{listen: 127.0.0.1:0}}\n",
         s.addr
@@ -380,13 +377,8 @@ async fn a_canary_user_s_socket_falls_back_to_stable_when_the_canary_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_reaches_an_upstream_back_while_its_whole_pool_is_ejected() {
     let c = WsBackend::start("canary").await;
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-    };
-    let (a, b) = (free(), free());
+    let (a, b) = (support::dead_port(), support::dead_port());
+    let (a, b, b_port) = (a.addr, b.addr, b);
     let proxy = Proxy::start(&format!(
         "listen: 127.0.0.1:0\nworkers: 1\nsticky: {{header: x-user-id}}\npools: {{stable: ['{a}', '{b}'], canary: ['{}']}}\nrollout: {{id: ws, percent: 0}}\npassive_health: {{eject_after: 1, backoff: 1m, max_backoff: 1m}}\n",
         c.addr
@@ -400,6 +392,7 @@ async fn a_socket_reaches_an_upstream_back_while_its_whole_pool_is_ejected() {
         assert_eq!(r.status, 502);
     }
     // One comes back while its ejection runs: every handshake reaches it.
+    drop(b_port);
     let _back = WsBackend::start_at("stable", b).await;
     for i in 0..6 {
         let mut ws = connect(&proxy, &format!("back-{i}")).await;

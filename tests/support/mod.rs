@@ -978,3 +978,37 @@ pub fn status_of(reply: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {reply:?}"))
 }
+
+/// A port on 127.0.0.1 that refuses connections while this lives: bound but never listening, so
+/// no other test's server can take it meanwhile. (A port found by binding and closing again can
+/// be taken by a server of a test running beside, which then answers in a dead upstream's
+/// place: it once answered 431 where a test awaited 502.)
+pub struct DeadPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn dead_port() -> DeadPort {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IP address");
+    DeadPort {
+        _socket: socket,
+        addr,
+    }
+}
+
+impl DeadPort {
+    /// The address, dead for the rest of the test binary's run.
+    pub fn forever(self) -> SocketAddr {
+        let addr = self.addr;
+        std::mem::forget(self);
+        addr
+    }
+}
