@@ -171,7 +171,9 @@ fn latency(
     } else {
         share
     };
-    latency.verdict = if decided.low > guard::SLOW_SHARE_LIMIT {
+    // As for errors, what remains must still have `min_requests`.
+    let enough = left_out.is_none_or(|l| l.canary.n >= t.min_requests);
+    latency.verdict = if enough && decided.low > guard::SLOW_SHARE_LIMIT {
         Verdict::Regressed
     } else if per_request == Verdict::Regressed && k > 0 {
         Verdict::FewUsers {
