@@ -391,7 +391,7 @@ pub fn compute(
             slow_ms: latency.slow_micros.filter(|m| m.is_finite()).map(ms),
             slow_share: latency.slow_share.map(Range::from),
             verdict: match latency.verdict {
-                // Only the canary's slow answers are counted by user.
+                // Only the canary's slow share is judged.
                 Verdict::FewUsers { needed } => VerdictView {
                     verdict: "not_enough_data".to_owned(),
                     more: None,
