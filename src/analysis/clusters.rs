@@ -5,9 +5,10 @@
 //! - its variance: a few heavy users (a busy client, a bot) add to the variance of a pool's rate
 //!   as much as they move it, where counted per request they would move it with a range as
 //!   narrow as if their requests were as many users' ([`Spread::variance`]);
-//! - leaving out each version's heaviest users: the cells with the most errors (or slow
-//!   answers), whole, with every request since the comparison began
-//!   ([`Clusters::without_heaviest`]), exact whatever the number of users.
+//! - leaving out each version's busy users: the cells with far more requests than a user's
+//!   usual, whole, with every request since the comparison began ([`Clusters::without_busy`]),
+//!   chosen by their requests, never by their errors, so that leaving them out leans neither
+//!   way.
 
 use crate::analysis::stats::Arm;
 
@@ -15,13 +16,13 @@ use crate::analysis::stats::Arm;
 /// leaving out 4 cells leaves out a tenth of a percent of its users beside the heavy ones.
 pub const CELLS: usize = 4_096;
 
-/// The cells with the most hits of each kind known at every moment: the most a comparison
-/// leaves out.
-const TOP: usize = crate::analysis::counts::ERROR_USERS;
-
 /// The cells with the most requests known at every moment: those whose weight in the variance
-/// is worked out exactly (see [`Spread::variance`]).
+/// is worked out exactly (see [`Spread::variance`]), and the most a comparison leaves out.
 const BUSIEST: usize = 16;
+
+/// A cell is busy when it has more than this many times the requests of the average cell
+/// outside the [`BUSIEST`].
+const BUSY: u128 = 8;
 
 /// What a cell counts of its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,15 +46,13 @@ pub struct Clusters {
     cells: Box<[Cell]>,
     /// Per kind.
     sums: [Sums; 2],
-    /// Per kind, the [`TOP`] cells with the most hits (of those with any), most first. Cells
-    /// only grow (until cleared), so a cell's rank changes only when it does: the lists stay
-    /// exact.
-    top: [Vec<usize>; 2],
-    /// The [`BUSIEST`] cells with the most requests, most first; exact likewise.
+    /// The [`BUSIEST`] cells with the most requests, most first. Cells only grow (until
+    /// cleared), so a cell's rank changes only when it does: the list stays exact.
     busiest: Vec<usize>,
 }
 
-/// Over some cells, for one kind of hits e: Σn, Σe, Σn², Σe², Σn·e, and how many have requests.
+/// Over some cells, for one kind of hits e: Σn, Σe, Σn², Σe², Σn·e, how many have requests and
+/// how many have hits.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Sums {
     n: u128,
@@ -62,6 +61,7 @@ struct Sums {
     ee: u128,
     ne: u128,
     groups: u64,
+    hit_groups: u64,
 }
 
 impl Sums {
@@ -74,6 +74,7 @@ impl Sums {
             ee: e * e,
             ne: n * e,
             groups: u64::from(n > 0),
+            hit_groups: u64::from(e > 0),
         }
     }
 
@@ -85,6 +86,7 @@ impl Sums {
             ee: self.ee + o.ee,
             ne: self.ne + o.ne,
             groups: self.groups + o.groups,
+            hit_groups: self.hit_groups + o.hit_groups,
         }
     }
 
@@ -96,6 +98,7 @@ impl Sums {
             ee: self.ee.saturating_sub(o.ee),
             ne: self.ne.saturating_sub(o.ne),
             groups: self.groups.saturating_sub(o.groups),
+            hit_groups: self.hit_groups.saturating_sub(o.hit_groups),
         }
     }
 }
@@ -105,7 +108,6 @@ impl Default for Clusters {
         Clusters {
             cells: vec![Cell::default(); CELLS].into_boxed_slice(),
             sums: [Sums::default(); 2],
-            top: [Vec::with_capacity(TOP + 1), Vec::with_capacity(TOP + 1)],
             busiest: Vec::with_capacity(BUSIEST + 1),
         }
     }
@@ -132,6 +134,18 @@ pub struct Spread {
     pub variance: f64,
     /// Cells left out.
     pub left_out: usize,
+    /// Cells with hits, of those kept: about the users who met one.
+    pub hit_cells: u64,
+    /// Over the cells kept: Σn², Σn·e, Σe² (for a variance at another rate).
+    pub squares: [f64; 3],
+}
+
+impl Spread {
+    /// Σ (e_k − p·n_k)² over the cells kept: how far they stray from the rate `p`.
+    pub fn deviation(&self, p: f64) -> f64 {
+        let [nn, ne, ee] = self.squares;
+        (ee - 2.0 * p * ne + p * p * nn).max(0.0)
+    }
 }
 
 /// Puts `cell` in its place in `list` (the `most` cells with the highest `key`, highest first),
@@ -164,11 +178,6 @@ impl Clusters {
                 .plus(Sums::of(after.n, after.hits[kind]));
         }
         let cells = &self.cells;
-        for (kind, top) in self.top.iter_mut().enumerate() {
-            if hits[kind] > 0 {
-                place(top, TOP, cell, |i| cells[i].hits[kind]);
-            }
-        }
         if requests > 0 {
             place(&mut self.busiest, BUSIEST, cell, |i| cells[i].n);
         }
@@ -185,24 +194,49 @@ impl Clusters {
     pub(super) fn clear(&mut self) {
         self.cells.fill(Cell::default());
         self.sums = [Sums::default(); 2];
-        for top in &mut self.top {
-            top.clear();
-        }
         self.busiest.clear();
     }
 
     /// All cells.
     pub fn whole(&self, kind: Kind) -> Spread {
-        self.without_heaviest(kind, 0)
+        self.without(kind, &[])
     }
 
-    /// Without the `k` cells with the most hits of `kind` (of those with any; at most
-    /// [`crate::analysis::ERROR_USERS`]): each version's heaviest users by errors (or slow
-    /// answers) left out, with all their requests.
-    pub fn without_heaviest(&self, kind: Kind, k: usize) -> Spread {
+    /// Without the busy cells: of the [`BUSIEST`], those with more than [`BUSY`] times the
+    /// requests of the average cell outside them — a bot, a busy client, a batch job, with all
+    /// their requests. Chosen by requests, never by hits: leaving out the users with the most
+    /// errors takes more of them from the version with more users, and at a 90% share that
+    /// halted a healthy canary (three of thirty users who always fail were on stable, and all
+    /// left out), and at 10% hid a regression for good.
+    pub fn without_busy(&self, kind: Kind) -> Spread {
+        let all = self.sums[kind as usize];
+        let (n, groups) = self.busiest.iter().fold((0u128, 0u64), |(n, g), &i| {
+            (n + u128::from(self.cells[i].n), g + 1)
+        });
+        let rest = all.groups.saturating_sub(groups);
+        if rest == 0 {
+            return self.whole(kind);
+        }
+        let usual = (all.n.saturating_sub(n) / u128::from(rest)).max(1);
+        let busy: Vec<usize> = self
+            .busiest
+            .iter()
+            .copied()
+            .filter(|&i| u128::from(self.cells[i].n) > BUSY * usual)
+            .collect();
+        // As many busy cells as are known: there may be more, and leaving out some of them
+        // only would tip the comparison as leaving out a few failing users did. So many busy
+        // users are no outliers: none is left out, and the variance with users as the unit
+        // takes them as they are.
+        if busy.len() >= BUSIEST {
+            return self.whole(kind);
+        }
+        self.without(kind, &busy)
+    }
+
+    /// Without the cells `left_out`.
+    fn without(&self, kind: Kind, left_out: &[usize]) -> Spread {
         let kind = kind as usize;
-        let top = &self.top[kind];
-        let left_out = &top[..k.min(top.len())];
         let sums = left_out.iter().fold(self.sums[kind], |s, &i| {
             s.minus(Sums::of(self.cells[i].n, self.cells[i].hits[kind]))
         });
@@ -234,6 +268,8 @@ impl Clusters {
             arm,
             variance,
             left_out: left_out.len(),
+            hit_cells: sums.hit_groups,
+            squares: [sums.nn as f64, sums.ne as f64, sums.ee as f64],
         }
     }
 }
@@ -280,7 +316,7 @@ mod tests {
         let sd = s.variance.sqrt();
         assert!((0.185..0.195).contains(&sd), "{sd}");
         // Left out, it is gone with its requests, and the variance is the plain one again.
-        let without = c.without_heaviest(Kind::Errors, 1);
+        let without = c.without_busy(Kind::Errors);
         assert_eq!(
             without.arm,
             Arm {
@@ -293,48 +329,58 @@ mod tests {
     }
 
     #[test]
-    fn the_cells_with_the_most_errors_are_left_out_and_only_cells_with_errors() {
+    fn busy_cells_are_left_out_by_their_requests_never_by_their_errors() {
         let mut c = Clusters::default();
-        c.add_cell(7, 100, [3, 0]);
-        c.add_cell(8, 50, [9, 0]);
-        c.add_cell(9, 10_000, [0, 0]);
-        c.add_cell(10, 20, [3, 0]);
-        c.add_cell(4_095, 5, [1, 0]);
-        // 9 errors first, then of the two with 3 the one that had them first.
+        // 100 users with 2 requests each (cells 100..200); 30 of them always fail.
+        for u in 100..200usize {
+            let e = if u < 130 { 2 } else { 0 };
+            c.add_cell(u, 2, [e, 0]);
+        }
+        // Users who always fail but make no more requests than others are no one's doing: kept.
+        let none = c.without_busy(Kind::Errors);
+        assert_eq!((none.arm, none.left_out), (Arm { n: 200, hits: 60 }, 0));
+        assert_eq!(none.hit_cells, 30);
+        // A client with 17 requests (more than 8 × 2) that never fail, and one with 100 that
+        // all do: both left out; one with 16 is not busy.
+        c.add_cell(7, 17, [0, 0]);
+        c.add_cell(8, 100, [100, 0]);
+        c.add_cell(9, 16, [0, 0]);
+        let without = c.without_busy(Kind::Errors);
         assert_eq!(
-            c.without_heaviest(Kind::Errors, 2).arm,
-            Arm { n: 10_025, hits: 4 }
+            (without.arm, without.left_out),
+            (Arm { n: 216, hits: 60 }, 2)
         );
-        // Cells grow: the other with 3 gains an error and passes it.
-        c.add_cell(10, 1, [1, 0]);
-        assert_eq!(
-            c.without_heaviest(Kind::Errors, 2).arm,
-            Arm { n: 10_105, hits: 4 }
-        );
-        c.add_cell(10, 0, [0, 0]);
-        // Cell 9 has no error: never left out.
-        let all = c.without_heaviest(Kind::Errors, 7);
-        assert_eq!((all.arm, all.left_out), (Arm { n: 10_000, hits: 0 }, 4));
+        // Cells grow: the one with 16 gains one and is busy too.
+        c.add_cell(9, 1, [0, 0]);
+        assert_eq!(c.without_busy(Kind::Errors).arm, Arm { n: 200, hits: 60 });
         // The sums kept as cells grew are those of the cells.
         let mut again = Clusters::default();
         again.add(&c);
         assert_eq!(again, c);
-        assert!(all.variance.is_infinite(), "one cell left");
+        // Slow answers are counted apart.
+        c.add_cell(100, 0, [0, 2]);
+        assert_eq!(c.whole(Kind::Slow).arm.hits, 2);
+        assert_eq!(c.whole(Kind::Errors).arm.hits, 160);
         c.clear();
         assert_eq!(c.whole(Kind::Errors).arm, Arm::default());
         assert!(c.whole(Kind::Errors).variance.is_infinite());
-        // Slow answers are counted apart: their heaviest cells are theirs.
-        c.add_cell(3, 10, [0, 8]);
-        c.add_cell(5, 30, [1, 2]);
-        assert_eq!(
-            c.without_heaviest(Kind::Errors, 1).arm,
-            Arm { n: 10, hits: 0 }
-        );
-        let slow = c.without_heaviest(Kind::Slow, 1);
-        assert_eq!((slow.arm, slow.left_out), (Arm { n: 30, hits: 2 }, 1));
-        assert_eq!(c.whole(Kind::Slow).arm, Arm { n: 40, hits: 10 });
+        // As many busy cells as the busiest known: there may be more, and none is left out.
+        for u in 100..200usize {
+            c.add_cell(u, 2, [0, 0]);
+        }
+        for u in 300..315usize {
+            c.add_cell(u, 100, [0, 0]);
+        }
+        assert_eq!(c.without_busy(Kind::Errors).left_out, 15);
+        c.add_cell(315, 100, [0, 0]);
+        assert_eq!(c.without_busy(Kind::Errors).left_out, 0);
         c.clear();
+        // Fewer cells than the busiest: nothing to tell busy from usual by.
+        c.add_cell(1, 1_000, [0, 0]);
+        c.add_cell(2, 1, [1, 0]);
+        assert_eq!(c.without_busy(Kind::Errors).left_out, 0);
         // A cell past the end is ignored.
+        c.clear();
         c.add_cell(CELLS, 1, [1, 0]);
         assert_eq!(c.whole(Kind::Errors).arm, Arm::default());
     }

@@ -59,9 +59,7 @@ impl From<Verdict> for VerdictView {
                 "not_enough_data",
                 None,
                 format!(
-                    "too few users: without each version's {} heaviest user{} (by errors), the canary is not worse than the margin (the guard acts on what {needed} or more users meet)",
-                    needed.saturating_sub(1),
-                    if needed == 2 { "" } else { "s" }
+                    "too few users: without each version's busy users (far more requests than a user's usual), the canary is not worse than the margin, or its errors come from fewer than {needed} users (the guard acts on what {needed} or more users meet)"
                 ),
             ),
         };
@@ -102,19 +100,18 @@ pub struct PoolFigures {
 pub struct ErrorsView {
     /// canary − stable error rate, with its confidence sequence.
     pub difference: Option<Range>,
-    /// The same with each version's `min_users` − 1 heaviest users (by errors) left out: a
-    /// regression call rests on it.
+    /// The same with each version's busy users left out: a regression call rests on it.
     #[serde(default)]
     pub without_heaviest: Option<WithoutHeaviest>,
     #[serde(flatten)]
     pub verdict: VerdictView,
 }
 
-/// The error rates with each version's heaviest users left out.
+/// The error rates with each version's busy users left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WithoutHeaviest {
-    /// Users left out of each version (at most).
-    pub users: usize,
+    /// Users (cells) left out of each version.
+    pub users: PerPool<usize>,
     pub requests: PerPool<u64>,
     pub error_rate: PerPool<Option<f64>>,
     /// canary − stable, with its confidence sequence.
@@ -396,9 +393,7 @@ pub fn compute(
                     verdict: "not_enough_data".to_owned(),
                     more: None,
                     text: format!(
-                        "too few users: without the canary's {} user{} with the most slow answers, the canary is not slower than the margin (the guard acts on what {needed} or more users meet)",
-                        needed.saturating_sub(1),
-                        if needed == 2 { "" } else { "s" }
+                        "too few users: without the canary's busy users (far more requests than a user's usual), the canary is not slower than the margin, or its slow answers come from fewer than {needed} users (the guard acts on what {needed} or more users meet)"
                     ),
                 },
                 v => v.into(),

@@ -364,13 +364,13 @@ fn analysis(a: &AnalysisView) -> String {
     if let Some(w) = &a.errors.without_heaviest {
         // What a regression must show too: how near the guard is to acting.
         rows.push([
-            format!("without top {}", w.users),
+            "without busy".into(),
             opt(w.error_rate.stable, rate),
             opt(w.error_rate.canary, rate),
             points(&w.difference),
             format!(
-                "each version's {} users with the most errors left out",
-                w.users
+                "busy users left out: {} on stable, {} on canary",
+                w.users.stable, w.users.canary
             ),
         ]);
     }

@@ -101,10 +101,10 @@ fn a_user_s_errors_and_requests_all_count_in_its_cell() {
         .as_ref()
         .expect("judged counts have cells");
     assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 51, hits: 48 });
-    let without = cells.without_heaviest(Kind::Errors, 1);
-    assert_eq!((without.arm, without.left_out), (Arm { n: 3, hits: 0 }, 1));
-    // Others' errors: the heaviest is left out with all of its own, however many others have
-    // one (the cells are exact, whatever the number of users).
+    // Two users: too few to tell a busy one from the usual.
+    assert_eq!(cells.without_busy(Kind::Errors).left_out, 0);
+    // Among others with one request each, it is busy: left out with all of its own, however
+    // many others have an error (the cells are exact, whatever the number of users).
     for second in 0..10 {
         for u in 0..12 {
             let user = Some(1_000 + second * 12 + u);
@@ -121,7 +121,7 @@ fn a_user_s_errors_and_requests_all_count_in_its_cell() {
         .expect("judged counts have cells");
     assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 181, hits: 178 });
     assert_eq!(
-        cells.without_heaviest(Kind::Errors, 1).arm,
+        cells.without_busy(Kind::Errors).arm,
         Arm { n: 123, hits: 120 }
     );
     assert_eq!(
@@ -174,7 +174,7 @@ fn a_user_s_slow_answers_count_in_its_cell() {
         .expect("judged counts have cells");
     assert_eq!(cells.whole(Kind::Slow).arm, Arm { n: 70, hits: 21 });
     // Left out whole: its 46 requests, 15 of them slow.
-    let without = cells.without_heaviest(Kind::Slow, 1);
+    let without = cells.without_busy(Kind::Slow);
     assert_eq!((without.arm, without.left_out), (Arm { n: 24, hits: 6 }, 1));
     // Slow answers are no errors.
     assert_eq!(cells.whole(Kind::Errors).arm, Arm { n: 70, hits: 0 });
@@ -191,6 +191,6 @@ fn a_user_s_slow_answers_count_in_its_cell() {
         .clusters
         .as_ref()
         .expect("judged counts have cells");
-    let flood = cells.without_heaviest(Kind::Slow, 1);
-    assert_eq!(flood.arm.n, 70, "{flood:?}");
+    let flood = cells.without_busy(Kind::Slow);
+    assert_eq!((flood.arm.n, flood.left_out), (24, 2), "{flood:?}");
 }

@@ -35,6 +35,9 @@ struct Mix {
     /// Light users' error rate per pool.
     light_rate: PerPool<f64>,
     busy: Vec<Busy>,
+    /// Regular users, each sent to a pool by the share: how many, their requests a second
+    /// each, and their error rate per pool.
+    regulars: Vec<(usize, f64, PerPool<f64>)>,
     seconds: u64,
     /// The canary's latencies are stable's (lognormal, median 20 ms, σ 0.5) times this.
     slower: f64,
@@ -47,9 +50,18 @@ impl Mix {
             light,
             light_rate: PerPool { stable, canary },
             busy: Vec::new(),
+            regulars: Vec::new(),
             seconds,
             slower: 1.0,
         }
+    }
+
+    /// With `users` regular users, each sent to a pool by the share, `per_second` requests a
+    /// second each, failing at `stable` on stable and `canary` on the canary.
+    fn regulars(mut self, users: usize, per_second: f64, stable: f64, canary: f64) -> Mix {
+        self.regulars
+            .push((users, per_second, PerPool { stable, canary }));
+        self
     }
 
     /// With the canary's latencies `slower` times stable's.
@@ -109,6 +121,17 @@ fn run(mix: &Mix, seed: u64, t: &Thresholds, pick: fn(&Verdicts) -> Verdict) -> 
     let mut rng = Rng::new(seed, 0x05E5);
     let cell = |rng: &mut Rng| (rng.next_u64() % 4_096) as usize;
     let busy: Vec<(Busy, usize)> = mix.busy.iter().map(|&b| (b, cell(&mut rng))).collect();
+    let mut regulars = Vec::new();
+    for &(users, per_second, rate) in &mix.regulars {
+        for _ in 0..users {
+            let pool = if rng.bernoulli(mix.share) {
+                PoolName::Canary
+            } else {
+                PoolName::Stable
+            };
+            regulars.push((pool, cell(&mut rng), per_second, rate[pool]));
+        }
+    }
     let mut books = Books {
         since: PerPool::from_fn(|_| Counts::judged()),
         slow_over: f64::INFINITY,
@@ -142,6 +165,14 @@ fn run(mix: &Mix, seed: u64, t: &Thresholds, pick: fn(&Verdicts) -> Verdict) -> 
                     .micros
                     .unwrap_or_else(|| rng.lognormal(mu, SIGMA) * mix.slower);
                 books.request(b.pool, at, error, micros);
+            }
+        }
+        for &(pool, at, per_second, rate) in &regulars {
+            let n = per_second.floor() as u64 + u64::from(rng.bernoulli(per_second.fract()));
+            for _ in 0..n {
+                let error = rng.bernoulli(rate);
+                let micros = rng.lognormal(mu, SIGMA);
+                books.request(pool, at, error, micros);
             }
         }
         let v = verdicts(&books.since, t);
@@ -199,6 +230,23 @@ fn healthy_canaries_beside_busy_users_are_not_called_regressed() {
             Mix::new(0.5, 40, 0.02, 0.02, 300).with(5, Canary, 10, 0.3),
         ),
     ];
+    let cases = cases.into_iter().chain([
+        // 300 regular users, a third of a request a second each; 30 of them always fail, on
+        // either version. At a 90% share stable got three or so, and leaving out each version's
+        // four users with the most errors left it none: a healthy canary halted in 30 s.
+        (
+            "30 of 300 users always failing, 90% share",
+            Mix::new(0.9, 0, 0.0, 0.0, 200)
+                .regulars(30, 0.33, 1.0, 1.0)
+                .regulars(270, 0.33, 0.0, 0.0),
+        ),
+        (
+            "50 of 1,000 users always failing, 1% for everyone, 95% share",
+            Mix::new(0.95, 0, 0.0, 0.0, 200)
+                .regulars(50, 0.1, 1.0, 1.0)
+                .regulars(950, 0.1, 0.01, 0.01),
+        ),
+    ]);
     for (name, mix) in cases {
         let runs = 100;
         let alarms = alarms(&mix, runs, errors);
@@ -272,7 +320,8 @@ fn latency_beside_busy_users() {
             Mix::new(0.5, 60, 0.0, 0.0, 200)
                 .slower(2.0)
                 .slow(3, Canary, 10, 200_000.0),
-            2_000,
+            // Half the canary's requests are the busy users': 2,000 of everyone else's.
+            4_000,
         ),
     ] {
         let caught = alarms(&mix, runs, latency);

@@ -33,24 +33,43 @@ pub struct SlowLeftOut {
     pub share: Interval,
 }
 
-/// Each version's errors with its heaviest users left out.
+/// Each version's errors with its busy users left out.
 #[derive(Debug, Clone, Copy)]
 pub struct LeftOut {
-    /// How many users of each version were left out (at most).
-    pub users: usize,
+    /// How many users (cells) of each version were left out.
+    pub users: PerPool<usize>,
     /// Each version's requests and errors without them.
     pub pools: PerPool<Arm>,
     /// canary − stable error rate, without them.
     pub difference: Interval,
 }
 
-/// The variance of canary − stable with users as the unit (see [`Spread`]); 0 without cells
-/// (counts summed otherwise: the variance per request then stands alone).
+/// The variance of canary − stable with users as the unit (see [`Spread`]), and at least the
+/// same with both versions' users straying from their common rate as much as all users do
+/// (see [`pooled`]); 0 without cells (counts summed otherwise: the variance per request then
+/// stands alone).
 fn clustered(spread: &PerPool<Option<Spread>>) -> f64 {
     match (spread.canary, spread.stable) {
-        (Some(c), Some(s)) => c.variance + s.variance,
+        (Some(c), Some(s)) => (c.variance + s.variance).max(pooled(&c, &s)),
         _ => 0.0,
     }
+}
+
+/// The variance of canary − stable if users of both versions strayed from their common rate p̄
+/// as much as all of them do: s² · (Σn_c²/N_c² + Σn_s²/N_s²), with s² = Σ (e − p̄·n)² / Σn² over
+/// both versions' cells. The floor the pooled variance per request is for requests: a version
+/// with few users (stable at a 90% share) that happened to get few of the users who always
+/// fail has a low rate and, its own users straying little from it, a variance as low; a
+/// healthy canary was then called worse.
+fn pooled(c: &Spread, s: &Spread) -> f64 {
+    let (nc, ns) = (c.arm.n as f64, s.arm.n as f64);
+    let nn = c.squares[0] + s.squares[0];
+    if nc == 0.0 || ns == 0.0 || nn == 0.0 {
+        return f64::INFINITY;
+    }
+    let p = (c.arm.hits + s.arm.hits) as f64 / (nc + ns);
+    let s2 = (c.deviation(p) + s.deviation(p)) / nn;
+    s2 * (c.squares[0] / (nc * nc) + s.squares[0] / (ns * ns))
 }
 
 pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
@@ -58,18 +77,14 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         n: c.requests,
         hits: c.errors,
     };
-    // A regression counts only when it shows for enough distinct users: it must be one with
-    // the `min_users` − 1 heaviest users (by errors) of each version left out. So one user who
-    // fails on both versions (a bot, one user's bad input) cannot make one, however many other
-    // users meet an error or two. Left out whole, with their requests: a bot's successful
-    // requests left in would dilute the rate and hide a regression of everyone else. And of
-    // both versions alike: a bot failing on stable would otherwise hide a worse canary.
-    //
-    // Heavy users who are not left out (a busy client that rarely fails, more busy users than
-    // are left out, split unevenly) still move a rate counted per request; the variance with
-    // users as the unit widens the range by as much, so they cannot make a regression or hide
-    // one with confidence either.
-    let k = usize::try_from(t.min_users.saturating_sub(1)).unwrap_or(usize::MAX);
+    // The call rests on the comparison without each version's busy users (bots, busy clients,
+    // batch jobs: far more requests than a user's usual, whatever their errors), left out whole
+    // with their requests: a bot's successful requests left in would dilute the rate and hide a
+    // regression of everyone else, and a bot failing on stable would hide a worse canary. Busy
+    // users who stay in (more than are left out) still move a rate counted per request; the
+    // variance with users as the unit widens the range by as much. And the errors must come
+    // from at least `min_users` users (cells) of the canary's: one user's bad input is no
+    // regression of the version.
     let few = Verdict::FewUsers {
         needed: t.min_users,
     };
@@ -77,31 +92,36 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole(Kind::Errors)));
     let mut errors = guard::errors(arm(canary), arm(stable), clustered(&whole), t);
     // Worked out at every look, so that status shows how near the guard is to acting.
-    let errors_left_out = (k > 0 && canary.requests > 0 && stable.requests > 0)
-        .then(|| {
-            let spread = PerPool::from_fn(|p| {
-                since[p]
-                    .clusters
-                    .as_ref()
-                    .map(|c| c.without_heaviest(Kind::Errors, k))
-            });
-            let pools = PerPool::from_fn(|p| spread[p].map(|s| s.arm));
-            let pools = PerPool {
-                canary: pools.canary?,
-                stable: pools.stable?,
+    let spread = PerPool::from_fn(|p| {
+        since[p]
+            .clusters
+            .as_ref()
+            .map(|c| c.without_busy(Kind::Errors))
+    });
+    let errors_left_out = match (spread.canary, spread.stable) {
+        (Some(c), Some(s)) if canary.requests > 0 && stable.requests > 0 => {
+            let (difference, verdict) = guard::errors(c.arm, s.arm, clustered(&spread), t);
+            let verdict = match verdict {
+                Verdict::Regressed if c.hit_cells < t.min_users => few,
+                v => v,
             };
-            let (difference, verdict) =
-                guard::errors(pools.canary, pools.stable, clustered(&spread), t);
             Some((
                 LeftOut {
-                    users: k,
-                    pools,
+                    users: PerPool {
+                        canary: c.left_out,
+                        stable: s.left_out,
+                    },
+                    pools: PerPool {
+                        canary: c.arm,
+                        stable: s.arm,
+                    },
                     difference,
                 },
                 verdict,
             ))
-        })
-        .flatten();
+        }
+        _ => None,
+    };
     let without = errors_left_out.map(|(_, v)| v);
     // What counting requests, not users, would call: said when a few users make it so.
     let per_request = guard::errors(arm(canary), arm(stable), 0.0, t).1;
@@ -117,7 +137,7 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         _ => {}
     }
     let errors_left_out = errors_left_out.map(|(l, _)| l);
-    let (latency, slow_left_out) = latency(since, k, t);
+    let (latency, slow_left_out) = latency(since, t);
     Verdicts {
         errors,
         latency,
@@ -127,13 +147,8 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
 }
 
 /// The latency check over `since`, with the canary's slow share judged with users as the unit
-/// of its variance and, with `k` > 0, its `k` heaviest users (by slow answers) left out: the
-/// call rests on that, as the errors' does.
-fn latency(
-    since: &PerPool<Counts>,
-    k: usize,
-    t: &Thresholds,
-) -> (LatencyCheck, Option<SlowLeftOut>) {
+/// of its variance and its busy users left out: the call rests on that, as the errors' does.
+fn latency(since: &PerPool<Counts>, t: &Thresholds) -> (LatencyCheck, Option<SlowLeftOut>) {
     let canary = &since.canary;
     let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
     let per_request = latency.verdict;
@@ -150,32 +165,24 @@ fn latency(
     let all = cells.whole(Kind::Slow);
     let share = guard::slow_sequence(whole, all.variance, t);
     latency.slow_share = Some(share);
-    let mut left_out = None;
-    let decided = if k > 0 {
-        // The cells count slow answers by the threshold in force when they came; the
-        // histogram, by today's: what the heaviest had is taken from the histogram's figures.
-        let kept = cells.without_heaviest(Kind::Slow, k);
-        let canary = Arm {
-            n: whole.n.saturating_sub(all.arm.n.saturating_sub(kept.arm.n)),
-            hits: whole
-                .hits
-                .saturating_sub(all.arm.hits.saturating_sub(kept.arm.hits)),
-        };
-        let share = guard::slow_sequence(canary, kept.variance, t);
-        left_out = Some(SlowLeftOut {
-            users: k,
-            canary,
-            share,
-        });
-        share
-    } else {
-        share
-    };
-    // As for errors, what remains must still have `min_requests`.
-    let enough = left_out.is_none_or(|l| l.canary.n >= t.min_requests);
+    // The cells count slow answers by the threshold in force when they came (none before the
+    // first): the share without the busy users is the cells' own, requests and slow answers
+    // alike. (Taking the busy users' slow answers from the histogram's, by today's threshold,
+    // left their answers from before the first threshold in, as slow ones of everyone else.)
+    let kept = cells.without_busy(Kind::Slow);
+    let left = kept.arm;
+    let decided = guard::slow_sequence(left, kept.variance, t);
+    let left_out = Some(SlowLeftOut {
+        users: kept.left_out,
+        canary: left,
+        share: decided,
+    });
+    // As for errors, what remains must still have `min_requests`, and slow answers of
+    // `min_users` users.
+    let enough = left.n >= t.min_requests && kept.hit_cells >= t.min_users;
     latency.verdict = if enough && decided.low > guard::SLOW_SHARE_LIMIT {
         Verdict::Regressed
-    } else if per_request == Verdict::Regressed && k > 0 {
+    } else if per_request == Verdict::Regressed || decided.low > guard::SLOW_SHARE_LIMIT {
         Verdict::FewUsers {
             needed: t.min_users,
         }
@@ -208,22 +215,22 @@ impl Verdicts {
                 )
             };
             parts.push(match self.errors_left_out {
-                // The figures the call rested on: without each version's heaviest users.
-                Some(l) if l.users > 0 => format!(
-                    "error rate {} on canary vs {} on stable over {} and {} requests; without each version's {} heaviest user{} {} vs {} ({}) over {} and {} requests",
+                // The figures the call rested on: without each version's busy users.
+                Some(l) => format!(
+                    "error rate {} on canary vs {} on stable over {} and {} requests; without busy users ({} on canary, {} on stable) {} vs {} ({}) over {} and {} requests",
                     pct(rate(canary)),
                     pct(rate(stable)),
                     canary.requests,
                     stable.requests,
-                    l.users,
-                    if l.users == 1 { "" } else { "s" },
+                    l.users.canary,
+                    l.users.stable,
                     pct(l.pools.canary.rate()),
                     pct(l.pools.stable.rate()),
                     range(l.difference),
                     l.pools.canary.n,
                     l.pools.stable.n
                 ),
-                _ => format!(
+                None => format!(
                     "error rate {} on canary vs {} on stable ({}) over {} and {} requests",
                     pct(rate(canary)),
                     pct(rate(stable)),
@@ -251,7 +258,7 @@ impl Verdicts {
         ));
             if let Some(l) = self.slow_left_out {
                 parts.push(format!(
-                    "without its {} users with the most slow answers {} (range {} to {}) over {} requests",
+                    "without its busy users ({}) {} (range {} to {}) over {} requests",
                     l.users,
                     pct(l.share.estimate),
                     pct(l.share.low),
