@@ -362,14 +362,14 @@ fn analysis(a: &AnalysisView) -> String {
         ],
     ]);
     if let Some(w) = &a.errors.without_heaviest {
-        // What a regression must show too: how near the guard is to acting.
+        // What the verdict rests on: how near the guard is to acting.
         rows.push([
             "without busy".into(),
             opt(w.error_rate.stable, rate),
             opt(w.error_rate.canary, rate),
             points(&w.difference),
             format!(
-                "busy users left out: {} on stable, {} on canary",
+                "the verdict rests on this row: busy users left out, {} on stable and {} on canary",
                 w.users.stable, w.users.canary
             ),
         ]);
