@@ -869,6 +869,62 @@ async fn the_guard_halts_a_canary_that_is_slower_for_everyone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_stable_client_with_slow_answers_does_not_hide_a_slower_canary() {
+    let s = Backend::start("stable").await;
+    let canary = slow_canary(40).await;
+    let proxy = Proxy::start(&format!(
+        "listen: 127.0.0.1:0\nworkers: 1\npools: {{stable: ['{}'], canary: ['{canary}']}}\nrollout:\n  id: slower-beside-a-report\n  percent: 50\n  guard: {{action: halt, min_requests: 100}}\nsticky: {{header: x-user-id}}\n{CONTROL}",
+        s.addr
+    ));
+    // A client on stable asking for a report that takes 200 ms, again and again, from three
+    // connections: far more of stable's slow answers than its p99 allows. Counted per request,
+    // stable's p99 is the report's, and a canary 40 ms slower for everyone reads as faster.
+    let client = Client::http1();
+    let mut reporter = None;
+    for i in 0.. {
+        let id = format!("reporter-{i}");
+        let r = client.get(&proxy.url("/"), &[("x-user-id", &id)]).await;
+        if r.body == "stable" {
+            reporter = Some(id);
+            break;
+        }
+    }
+    let reporter = reporter.expect("an id on stable");
+    let mut reports = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (url, id) = (proxy.url("/slow/200"), reporter.clone());
+        reports.spawn(async move {
+            let client = Client::http1();
+            loop {
+                client.get(&url, &[("x-user-id", &id)]).await;
+            }
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    traffic(&proxy, 1_200, "u", 1, "/").await;
+    let st = proxy.wait_status("the guard acts", |v| v["state"] == "halted");
+    reports.abort_all();
+    assert_eq!(st["source"], "guard", "{st}");
+    let latency = &st["analysis"]["latency"];
+    assert_eq!(latency["verdict"], "regressed", "{st}");
+    // Everyone's p99 on stable is the report's; the one "slow" is set from is without it.
+    assert!(
+        st["analysis"]["pools"]["stable"]["p99_ms"].as_f64() > Some(150.0),
+        "{st}"
+    );
+    let without = &latency["without_busy"];
+    assert_eq!(without["users"]["stable"], 1, "{st}");
+    assert!(without["stable_p99_ms"].as_f64() < Some(40.0), "{st}");
+    // The reason leads with what the call rested on.
+    assert!(
+        st["analysis"]["guard"]["acted"].as_str().is_some_and(
+            |a| a.starts_with("halted: without busy users (0 on canary, 1 on stable) ")
+        ),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_canary_within_the_guard_s_least_increase_is_left_alone() {
     let s = Backend::start("stable").await;
     let canary = slow_canary(40).await;

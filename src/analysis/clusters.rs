@@ -18,7 +18,7 @@ pub const CELLS: usize = 4_096;
 
 /// The cells with the most requests known at every moment: those whose weight in the variance
 /// is worked out exactly (see [`Spread::variance`]), and the most a comparison leaves out.
-const BUSIEST: usize = 16;
+pub const BUSIEST: usize = 16;
 
 /// A cell is busy when it has more than this many times the requests of the average cell
 /// outside the [`BUSIEST`].
@@ -49,6 +49,21 @@ pub struct Clusters {
     /// The [`BUSIEST`] cells with the most requests, most first. Cells only grow (until
     /// cleared), so a cell's rank changes only when it does: the list stays exact.
     busiest: Vec<usize>,
+    /// Latencies of cells among the busiest, counted from the second after each became one of
+    /// them (the recorder counts the latencies of the cells it is told to:
+    /// [`Clusters::busiest`]): what leaving a busy cell out takes from its pool's latencies
+    /// ([`Clusters::latency_without_busy`]).
+    latency: Vec<Tracked>,
+}
+
+/// The latencies of one cell counted apart.
+#[derive(Debug, Clone, PartialEq)]
+struct Tracked {
+    cell: usize,
+    /// The cell's requests before its latencies were counted.
+    before: u64,
+    /// Counts per bucket (see [`histogram`](super::histogram)).
+    counts: Box<[u64]>,
 }
 
 /// Over some cells, for one kind of hits e: Σn, Σe, Σn², Σe², Σn·e, how many have requests and
@@ -109,6 +124,7 @@ impl Default for Clusters {
             cells: vec![Cell::default(); CELLS].into_boxed_slice(),
             sums: [Sums::default(); 2],
             busiest: Vec::with_capacity(BUSIEST + 1),
+            latency: Vec::new(),
         }
     }
 }
@@ -183,18 +199,82 @@ impl Clusters {
         }
     }
 
+    /// Adds latencies of `cell` (counts per bucket), of requests already added to the cell.
+    pub(super) fn add_latency(&mut self, cell: usize, counts: &[u64]) {
+        self.add_latency_since(cell, counts, 0);
+    }
+
+    /// Adds latencies of `cell`; if they are the first, the cell had `before` requests then.
+    fn add_latency_since(&mut self, cell: usize, counts: &[u64], before: u64) {
+        let at = match self.latency.iter().position(|t| t.cell == cell) {
+            Some(at) => at,
+            None => {
+                self.latency.push(Tracked {
+                    cell,
+                    before,
+                    counts: vec![0; counts.len()].into_boxed_slice(),
+                });
+                self.latency.len() - 1
+            }
+        };
+        let mine = &mut self.latency[at].counts;
+        for (a, b) in mine.iter_mut().zip(counts) {
+            *a += b;
+        }
+    }
+
+    /// Adds `other`'s cells, and its latencies of the cells among the busiest after that (a
+    /// cell that fell out of them is no longer counted, and what it had is dropped).
     pub(super) fn add(&mut self, other: &Clusters) {
         for (i, c) in other.cells.iter().enumerate() {
             if *c != Cell::default() {
                 self.add_cell(i, c.n, c.hits);
             }
         }
+        for t in &other.latency {
+            // The cell's requests before these latencies (if they are its first counted).
+            let before = match (self.cells.get(t.cell), other.cells.get(t.cell)) {
+                (Some(mine), Some(theirs)) => mine.n.saturating_sub(theirs.n) + t.before,
+                _ => 0,
+            };
+            self.add_latency_since(t.cell, &t.counts, before);
+        }
+        let busiest = &self.busiest;
+        self.latency.retain(|t| busiest.contains(&t.cell));
     }
 
     pub(super) fn clear(&mut self) {
         self.cells.fill(Cell::default());
         self.sums = [Sums::default(); 2];
         self.busiest.clear();
+        self.latency.clear();
+    }
+
+    /// The cells with the most requests, most first: those whose latencies are to be counted.
+    pub fn busiest(&self) -> &[usize] {
+        &self.busiest
+    }
+
+    /// `all` (the pool's latency histogram) without the busy cells' latencies (see
+    /// [`Clusters::without_busy`]), and how many cells were left out. A busy cell's latencies
+    /// from before they were counted (its first second or so) are taken as those counted since:
+    /// left in, a busy client's first second of slow answers stayed in stable's p99 for minutes.
+    pub fn latency_without_busy(&self, all: &[u64]) -> (Box<[u64]>, usize) {
+        let mut kept: Box<[u64]> = all.into();
+        let busy = self.busy();
+        for t in self.latency.iter().filter(|t| busy.contains(&t.cell)) {
+            let n = self.cells.get(t.cell).map_or(0, |c| c.n);
+            // n / (n − before): all its requests over those whose latencies were counted.
+            let scale = if n > t.before {
+                n as f64 / (n - t.before) as f64
+            } else {
+                1.0
+            };
+            for (a, b) in kept.iter_mut().zip(t.counts.iter()) {
+                *a = a.saturating_sub((*b as f64 * scale).round() as u64);
+            }
+        }
+        (kept, busy.len())
     }
 
     /// All cells.
@@ -209,13 +289,20 @@ impl Clusters {
     /// halted a healthy canary (three of thirty users who always fail were on stable, and all
     /// left out), and at 10% hid a regression for good.
     pub fn without_busy(&self, kind: Kind) -> Spread {
-        let all = self.sums[kind as usize];
+        self.without(kind, &self.busy())
+    }
+
+    /// The busy cells (see [`Clusters::without_busy`]); none when there is nothing to tell busy
+    /// from usual by, or as many are busy as are known.
+    fn busy(&self) -> Vec<usize> {
+        // Requests are the same in every kind's sums.
+        let all = self.sums[0];
         let (n, groups) = self.busiest.iter().fold((0u128, 0u64), |(n, g), &i| {
             (n + u128::from(self.cells[i].n), g + 1)
         });
         let rest = all.groups.saturating_sub(groups);
         if rest == 0 {
-            return self.whole(kind);
+            return Vec::new();
         }
         let usual = (all.n.saturating_sub(n) / u128::from(rest)).max(1);
         let busy: Vec<usize> = self
@@ -229,9 +316,9 @@ impl Clusters {
         // users are no outliers: none is left out, and the variance with users as the unit
         // takes them as they are.
         if busy.len() >= BUSIEST {
-            return self.whole(kind);
+            return Vec::new();
         }
-        self.without(kind, &busy)
+        busy
     }
 
     /// Without the cells `left_out`.
@@ -383,5 +470,44 @@ mod tests {
         c.clear();
         c.add_cell(CELLS, 1, [1, 0]);
         assert_eq!(c.whole(Kind::Errors).arm, Arm::default());
+    }
+
+    #[test]
+    fn a_busy_cell_s_latencies_are_taken_out_with_those_from_before_they_were_counted() {
+        use crate::analysis::histogram::{BUCKETS, index};
+        let (fast, slow) = (index(1_000), index(200_000));
+        let mut since = Clusters::default();
+        let mut all = vec![0u64; BUCKETS];
+        // Two seconds: 100 users with 1 request each (1 ms) a second, and one client with 50
+        // (200 ms) whose latencies are counted apart from the second second on.
+        for second in 0..2usize {
+            let mut tick = Clusters::default();
+            for u in 0..100 {
+                tick.add_cell(100 + second * 100 + u, 1, [0, 0]);
+                all[fast] += 1;
+            }
+            tick.add_cell(7, 50, [0, 0]);
+            all[slow] += 50;
+            if second == 1 {
+                let mut counted = vec![0u64; BUCKETS];
+                counted[slow] = 50;
+                tick.add_latency(7, &counted);
+            }
+            since.add(&tick);
+        }
+        // All of its 100 slow answers are gone (the 50 counted, taken as half of its requests),
+        // and no one else's.
+        let (kept, left_out) = since.latency_without_busy(&all);
+        assert_eq!(left_out, 1);
+        assert_eq!((kept[slow], kept[fast]), (0, 200));
+        // A cell that falls out of the busiest is no longer counted.
+        let mut tick = Clusters::default();
+        for u in 0..16 {
+            tick.add_cell(1_000 + u, 1_000, [0, 0]);
+        }
+        since.add(&tick);
+        assert!(!since.busiest().contains(&7));
+        let (kept, left_out) = since.latency_without_busy(&all);
+        assert_eq!((kept[slow], left_out), (100, 0));
     }
 }

@@ -2,12 +2,12 @@
 //! by the analysis task into plain [`Counts`]. Fixed memory whatever the traffic: a latency
 //! histogram, a distinct-user sketch, and a few counters; nothing per user, path or id.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::MAX_GOALS;
 use crate::routing::{PerPool, PoolName};
 
-use super::clusters::{CELLS, Clusters};
+use super::clusters::{BUSIEST, CELLS, Clusters};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
@@ -157,6 +157,42 @@ struct Cells {
     /// The most answers one cell counts this second.
     share_cap: AtomicU32,
     uncounted: AtomicU64,
+    /// Per cell, the slot (1-based) its latencies are counted in as well, 0 for none: the
+    /// busiest cells since the comparison began, as the analysis last told ([`Recorder::track`]).
+    tracked: Box<[AtomicU8]>,
+    /// The slots: [`BUSIEST`] of them.
+    slots: Box<[Slot]>,
+}
+
+/// The latencies of one tracked cell.
+#[derive(Debug)]
+struct Slot {
+    /// The cell + 1; 0 when free.
+    cell: AtomicUsize,
+    latency: Box<[AtomicU64]>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            cell: AtomicUsize::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Slot {
+    /// Empties the counts, into `into` if given (its length BUCKETS).
+    fn take(&self, mut into: Option<&mut [u64]>) {
+        for (i, n) in self.latency.iter().enumerate() {
+            if n.load(Ordering::Relaxed) != 0 {
+                let v = n.swap(0, Ordering::Relaxed);
+                if let Some(into) = into.as_deref_mut() {
+                    into[i] = v;
+                }
+            }
+        }
+    }
 }
 
 impl Cells {
@@ -204,6 +240,8 @@ impl Default for Cells {
             cell_slow: (0..SHARE_CELLS).map(|_| AtomicU32::new(0)).collect(),
             share_cap: AtomicU32::new(SHARE_FLOOR),
             uncounted: AtomicU64::new(0),
+            tracked: (0..SHARE_CELLS).map(|_| AtomicU8::new(0)).collect(),
+            slots: (0..BUSIEST).map(|_| Slot::default()).collect(),
         }
     }
 }
@@ -256,7 +294,14 @@ impl Recorder {
         let Some(cell) = c.counts(user) else {
             return false;
         };
-        c.latency[histogram::index(micros)].fetch_add(1, Ordering::Relaxed);
+        let bucket = histogram::index(micros);
+        c.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        let slot = c.tracked[cell].load(Ordering::Relaxed);
+        if slot != 0
+            && let Some(s) = c.slots.get(usize::from(slot) - 1)
+        {
+            s.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        }
         if error {
             c.error(cell);
         }
@@ -305,6 +350,42 @@ impl Recorder {
         }
     }
 
+    /// Counts the latencies of `cells` of `pool` (at most [`BUSIEST`]) apart from now on, and
+    /// of no other cell: the busiest cells since the comparison began
+    /// ([`Clusters::busiest`]), so that leaving one out takes its latencies too. A cell no
+    /// longer told loses what was counted of it since the last drain.
+    pub fn track(&self, pool: PoolName, cells: &[usize]) {
+        let c = &self.pools[pool];
+        let cells = &cells[..cells.len().min(BUSIEST)];
+        for slot in c.slots.iter() {
+            let was = slot.cell.load(Ordering::Relaxed);
+            if was != 0 && !cells.contains(&(was - 1)) {
+                if let Some(t) = c.tracked.get(was - 1) {
+                    t.store(0, Ordering::Relaxed);
+                }
+                slot.cell.store(0, Ordering::Relaxed);
+                slot.take(None);
+            }
+        }
+        for &cell in cells {
+            let Some(t) = c.tracked.get(cell) else {
+                continue;
+            };
+            if t.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let free = c
+                .slots
+                .iter()
+                .position(|s| s.cell.load(Ordering::Relaxed) == 0);
+            if let Some(i) = free {
+                c.slots[i].cell.store(cell + 1, Ordering::Relaxed);
+                // BUSIEST ≤ 255: a slot number fits.
+                t.store(i as u8 + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Adds the users who converted since the last drain to `into` (not cleared: it grows).
     pub fn drain_converted(&self, into: &mut PerPool<Converted>) {
         for pool in PoolName::BOTH {
@@ -344,6 +425,20 @@ impl Recorder {
                     && (u64::from(seen) | hits[0] | hits[1]) != 0
                 {
                     c.add_cell(i, counted_of(seen, share), hits);
+                }
+            }
+            // The tracked cells' latencies.
+            if let Some(c) = counts.clusters.as_mut() {
+                let mut latency = vec![0; BUCKETS];
+                for slot in cells.slots.iter() {
+                    let cell = slot.cell.load(Ordering::Relaxed);
+                    if cell != 0 {
+                        latency.fill(0);
+                        slot.take(Some(&mut latency));
+                        if latency.iter().any(|&n| n != 0) {
+                            c.add_latency(cell - 1, &latency);
+                        }
+                    }
                 }
             }
             let answers = counts.requests + counts.uncounted;

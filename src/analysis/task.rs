@@ -225,6 +225,13 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         // answers routed before it (at the old share, or of the previous rollout). The few
         // routed after it in the same second are left out: better than counting the wrong ones.
         books.follow(rollout, config, restarts);
+        // From now on, the latencies of each pool's busiest users are counted apart as well, so
+        // that leaving them out takes their latencies too.
+        for pool in crate::routing::PoolName::BOTH {
+            if let Some(c) = books.since[pool].clusters.as_deref() {
+                analysis.recorder.track(pool, c.busiest());
+            }
+        }
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
         let verdicts = view::verdicts(&books.since, &t);

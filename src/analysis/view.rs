@@ -127,13 +127,28 @@ pub struct LatencyView {
     pub p99_ms: Option<Range>,
     /// canary p99 / stable p99.
     pub p99_ratio: Option<f64>,
-    /// "Slow": `max_p99_ratio` × stable's p99, ms.
+    /// "Slow": `max_p99_ratio` × stable's p99 (without stable's busy users), ms.
     pub slow_ms: Option<f64>,
-    /// The share of canary requests slower than that, with its confidence sequence (the guard
-    /// calls a regression when it is above 1% with confidence).
+    /// The share of canary requests slower than that, with its confidence sequence.
     pub slow_share: Option<Range>,
+    /// The same without each version's busy users: what the guard's call rests on (a
+    /// regression when the canary's slow share is above 1% with confidence).
+    pub without_busy: Option<SlowWithoutBusy>,
     #[serde(flatten)]
     pub verdict: VerdictView,
+}
+
+/// The latency comparison without each version's busy users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowWithoutBusy {
+    /// Users (cells) left out of each version.
+    pub users: PerPool<usize>,
+    /// Stable's p99 without its busy users, ms: what "slow" is set from.
+    pub stable_p99_ms: Option<f64>,
+    /// Canary requests without its busy users.
+    pub requests: u64,
+    /// Their share slower than `slow_ms`, with its confidence sequence.
+    pub slow_share: Range,
 }
 
 /// One goal's comparison.
@@ -347,7 +362,7 @@ pub fn compute(
         errors: (diff, error_verdict),
         latency,
         errors_left_out,
-        ..
+        slow_left_out,
     } = verdicts(since, &t);
     let in_window = window.total();
     let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));
@@ -387,6 +402,12 @@ pub fn compute(
             p99_ratio: latency.p99_ratio,
             slow_ms: latency.slow_micros.filter(|m| m.is_finite()).map(ms),
             slow_share: latency.slow_share.map(Range::from),
+            without_busy: slow_left_out.map(|l| SlowWithoutBusy {
+                users: l.users,
+                stable_p99_ms: l.stable_p99.map(ms),
+                requests: l.canary.n,
+                slow_share: l.share.into(),
+            }),
             verdict: match latency.verdict {
                 // Only the canary's slow share is judged.
                 Verdict::FewUsers { needed } => VerdictView {

@@ -391,6 +391,22 @@ fn analysis(a: &AnalysisView) -> String {
             verdict,
         ]);
     }
+    if let (Some(w), Some(slow)) = (&a.latency.without_busy, a.latency.slow_ms) {
+        // The latency verdict rests on this: the canary's share of slow answers.
+        let r = &w.slow_share;
+        rows.push([
+            "slow".into(),
+            format!("> {slow:.1} ms"),
+            rate(r.estimate),
+            format!("range {} to {}", rate(r.low), rate(r.high)),
+            format!(
+                "the verdict rests on this row: the canary's share of answers slower than that (set from stable's p99, {}), limit 1%; busy users left out, {} on stable and {} on canary",
+                opt(w.stable_p99_ms, ms),
+                w.users.stable,
+                w.users.canary
+            ),
+        ]);
+    }
     for g in &a.goals {
         rows.push([
             g.name.clone(),

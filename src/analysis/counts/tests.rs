@@ -194,3 +194,51 @@ fn a_user_s_slow_answers_count_in_its_cell() {
     let flood = cells.without_busy(Kind::Slow);
     assert_eq!((flood.arm.n, flood.left_out), (24, 2), "{flood:?}");
 }
+
+#[test]
+fn the_latencies_of_the_cells_told_are_counted_apart() {
+    let r = Recorder::default();
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    let user = |u: u64| xxhash_rust::xxh3::xxh3_64(&u.to_le_bytes());
+    let busy = xxhash_rust::xxh3::xxh3_64(b"busy");
+    let cell = share_cell(busy);
+    r.track(PoolName::Stable, &[cell]);
+    // The busy user's 10 slow answers, beside 40 users' one fast answer each.
+    for u in 0..40 {
+        if u < 10 {
+            r.record(PoolName::Stable, false, 200_000, Some(busy), None);
+            r.record(PoolName::Canary, false, 200_000, Some(busy), None);
+        }
+        r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
+    }
+    r.drain(&mut tick);
+    let mut since = Counts::judged();
+    since.add(&tick.stable);
+    let clusters = since.clusters.as_deref().expect("cells");
+    // Its cell is busy (10 requests, the usual cell's one): its 10 answers are taken out.
+    let (kept, left_out) = clusters.latency_without_busy(&since.latency);
+    assert_eq!(left_out, 1);
+    assert_eq!(histogram::total(&since.latency), 50);
+    assert_eq!(kept[histogram::index(200_000)], 0);
+    assert_eq!(kept[histogram::index(1_000)], 40);
+    // The canary's cell was not told: nothing counted apart there.
+    let canary = tick.canary.clusters.as_deref().expect("cells");
+    assert_eq!(
+        canary.latency_without_busy(&tick.canary.latency).0,
+        tick.canary.latency
+    );
+    // Untold, a cell's latencies are no longer counted apart.
+    r.track(PoolName::Stable, &[]);
+    for u in 0..40 {
+        if u < 10 {
+            r.record(PoolName::Stable, false, 200_000, Some(busy), None);
+        }
+        r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
+    }
+    r.drain(&mut tick);
+    let mut again = Counts::judged();
+    again.add(&tick.stable);
+    let clusters = again.clusters.as_deref().expect("cells");
+    let (kept, left_out) = clusters.latency_without_busy(&again.latency);
+    assert_eq!((kept[histogram::index(200_000)], left_out), (10, 1));
+}

@@ -22,12 +22,15 @@ pub struct Verdicts {
     pub slow_left_out: Option<SlowLeftOut>,
 }
 
-/// The canary's slow share with its heaviest users left out.
+/// The latency comparison with each version's busy users left out: stable's from the reference
+/// "slow" is set from, the canary's from its slow share.
 #[derive(Debug, Clone, Copy)]
 pub struct SlowLeftOut {
-    /// How many users were left out (at most).
-    pub users: usize,
-    /// The canary's requests and slow answers without them.
+    /// How many users (cells) of each version were left out.
+    pub users: PerPool<usize>,
+    /// Stable's p99 without its busy users, µs.
+    pub stable_p99: Option<f64>,
+    /// The canary's requests and slow answers without its busy users.
     pub canary: Arm,
     /// Their share's confidence sequence.
     pub share: Interval,
@@ -146,47 +149,70 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     }
 }
 
-/// The latency check over `since`, with the canary's slow share judged with users as the unit
-/// of its variance and its busy users left out: the call rests on that, as the errors' does.
+/// The latency check over `since`, with each version's busy users left out: stable's from its
+/// p99, which "slow" is set from (one busy stable client with slow answers, an exporter or a
+/// report, raised it, and a canary slower for everyone read as no slower, or better), and the
+/// canary's from its slow share, judged with users as the unit of its variance. The call rests
+/// on that, as the errors' does. The percentiles shown are everyone's.
 fn latency(since: &PerPool<Counts>, t: &Thresholds) -> (LatencyCheck, Option<SlowLeftOut>) {
     let canary = &since.canary;
-    let mut latency = guard::latency(&canary.latency, &since.stable.latency, t);
-    let per_request = latency.verdict;
-    let (Some(micros), Some(cells)) = (latency.slow_micros, canary.clusters.as_deref()) else {
-        return (latency, None);
+    let everyone = guard::latency(&canary.latency, &since.stable.latency, t);
+    let Some(cells) = canary.clusters.as_deref() else {
+        return (everyone, None);
     };
-    if matches!(per_request, Verdict::NotEnoughData { .. }) {
+    let kept = PerPool::from_fn(|p| match since[p].clusters.as_deref() {
+        Some(c) => c.latency_without_busy(&since[p].latency),
+        None => (since[p].latency.clone(), 0),
+    });
+    let mut latency = guard::latency(&kept.canary.0, &kept.stable.0, t);
+    let stable_p99 = latency.stable.map(|p| p.p99);
+    latency.canary = everyone.canary;
+    latency.stable = everyone.stable;
+    latency.p99_ratio = everyone.p99_ratio;
+    // Until there are enough requests, the threshold (without stable's busy users) still goes
+    // to the request path: the answers counted slow meanwhile are part of what is judged.
+    if matches!(everyone.verdict, Verdict::NotEnoughData { .. }) {
+        latency.verdict = everyone.verdict;
         return (latency, None);
     }
+    let improved = latency.verdict == Verdict::Improved;
+    let Some(micros) = latency.slow_micros else {
+        return (latency, None);
+    };
     let whole = Arm {
         n: histogram::total(&canary.latency),
         hits: histogram::count_above(&canary.latency, micros),
     };
     let all = cells.whole(Kind::Slow);
-    let share = guard::slow_sequence(whole, all.variance, t);
-    latency.slow_share = Some(share);
+    latency.slow_share = Some(guard::slow_sequence(whole, all.variance, t));
+    // What counting requests, not users, would call: said when a few users make it so.
+    let per_request = guard::slow_sequence(whole, 0.0, t).low > guard::SLOW_SHARE_LIMIT;
     // The cells count slow answers by the threshold in force when they came (none before the
     // first): the share without the busy users is the cells' own, requests and slow answers
     // alike. (Taking the busy users' slow answers from the histogram's, by today's threshold,
     // left their answers from before the first threshold in, as slow ones of everyone else.)
-    let kept = cells.without_busy(Kind::Slow);
-    let left = kept.arm;
-    let decided = guard::slow_sequence(left, kept.variance, t);
+    let without = cells.without_busy(Kind::Slow);
+    let left = without.arm;
+    let decided = guard::slow_sequence(left, without.variance, t);
     let left_out = Some(SlowLeftOut {
-        users: kept.left_out,
+        users: PerPool {
+            canary: without.left_out,
+            stable: kept.stable.1,
+        },
+        stable_p99,
         canary: left,
         share: decided,
     });
     // As for errors, what remains must still have `min_requests`, and slow answers of
     // `min_users` users.
-    let enough = left.n >= t.min_requests && kept.hit_cells >= t.min_users;
+    let enough = left.n >= t.min_requests && without.hit_cells >= t.min_users;
     latency.verdict = if enough && decided.low > guard::SLOW_SHARE_LIMIT {
         Verdict::Regressed
-    } else if per_request == Verdict::Regressed || decided.low > guard::SLOW_SHARE_LIMIT {
+    } else if per_request || decided.low > guard::SLOW_SHARE_LIMIT {
         Verdict::FewUsers {
             needed: t.min_users,
         }
-    } else if per_request == Verdict::Improved {
+    } else if improved {
         Verdict::Improved
     } else {
         Verdict::Ok
@@ -199,7 +225,8 @@ fn pct(x: f64) -> String {
 }
 
 impl Verdicts {
-    /// The figures that made the guard act, as the log, status and page show them.
+    /// The figures that made the guard act, as the log, status and page show them: first those
+    /// the call rested on (without each version's busy users), then everyone's.
     pub fn reason(&self, since: &PerPool<Counts>) -> String {
         let (errors, latency) = (self.errors, &self.latency);
         let mut parts = Vec::new();
@@ -215,20 +242,19 @@ impl Verdicts {
                 )
             };
             parts.push(match self.errors_left_out {
-                // The figures the call rested on: without each version's busy users.
                 Some(l) => format!(
-                    "error rate {} on canary vs {} on stable over {} and {} requests; without busy users ({} on canary, {} on stable) {} vs {} ({}) over {} and {} requests",
-                    pct(rate(canary)),
-                    pct(rate(stable)),
-                    canary.requests,
-                    stable.requests,
+                    "error rate without busy users ({} on canary, {} on stable) {} on canary vs {} on stable ({}) over {} and {} requests; everyone's {} vs {} over {} and {} requests",
                     l.users.canary,
                     l.users.stable,
                     pct(l.pools.canary.rate()),
                     pct(l.pools.stable.rate()),
                     range(l.difference),
                     l.pools.canary.n,
-                    l.pools.stable.n
+                    l.pools.stable.n,
+                    pct(rate(canary)),
+                    pct(rate(stable)),
+                    canary.requests,
+                    stable.requests,
                 ),
                 None => format!(
                     "error rate {} on canary vs {} on stable ({}) over {} and {} requests",
@@ -241,31 +267,39 @@ impl Verdicts {
             });
         }
         if latency.verdict == Verdict::Regressed {
-            let p99 = |p: Option<guard::Percentiles>| p.map_or(0.0, |p| p.p99 / 1000.0);
-            let share = latency.slow_share.unwrap_or(Interval {
-                estimate: 0.0,
-                low: 0.0,
-                high: 0.0,
+            let ms = |micros: f64| format!("{:.1} ms", micros / 1000.0);
+            let p99 = |p: Option<guard::Percentiles>| p.map_or(0.0, |p| p.p99);
+            let slow = latency.slow_micros.unwrap_or(0.0);
+            let everyone = format!(
+                "everyone's p99 {} on canary vs {} on stable",
+                ms(p99(latency.canary)),
+                ms(p99(latency.stable))
+            );
+            let share = |s: Interval| {
+                format!(
+                    "{} (range {} to {}, limit 1%)",
+                    pct(s.estimate),
+                    pct(s.low),
+                    pct(s.high)
+                )
+            };
+            parts.push(match (self.slow_left_out, latency.slow_share) {
+                (Some(l), _) => format!(
+                    "without busy users ({} on canary, {} on stable) {} of canary requests slower than {} (stable's p99 {}) over {} requests; {everyone}",
+                    l.users.canary,
+                    l.users.stable,
+                    share(l.share),
+                    ms(slow),
+                    ms(l.stable_p99.unwrap_or(0.0)),
+                    l.canary.n,
+                ),
+                (None, Some(s)) => format!(
+                    "{} of canary requests slower than {}; {everyone}",
+                    share(s),
+                    ms(slow)
+                ),
+                (None, None) => everyone,
             });
-            parts.push(format!(
-            "p99 {:.1} ms on canary vs {:.1} ms on stable; {} of canary requests slower than {:.1} ms (range {} to {}, limit 1%)",
-            p99(latency.canary),
-            p99(latency.stable),
-            pct(share.estimate),
-            latency.slow_micros.unwrap_or(0.0) / 1000.0,
-            pct(share.low),
-            pct(share.high)
-        ));
-            if let Some(l) = self.slow_left_out {
-                parts.push(format!(
-                    "without its busy users ({}) {} (range {} to {}) over {} requests",
-                    l.users,
-                    pct(l.share.estimate),
-                    pct(l.share.low),
-                    pct(l.share.high),
-                    l.canary.n
-                ));
-            }
         }
         parts.join("; ")
     }
