@@ -24,6 +24,10 @@ pub const BUSIEST: usize = 16;
 /// outside the [`BUSIEST`].
 const BUSY: u128 = 8;
 
+/// The most a busy cell's latencies counted are scaled up by, to stand for its answers from
+/// before they were counted too.
+const MAX_SCALE: f64 = 4.0;
+
 /// What a cell counts of its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -264,9 +268,11 @@ impl Clusters {
         let busy = self.busy();
         for t in self.latency.iter().filter(|t| busy.contains(&t.cell)) {
             let n = self.cells.get(t.cell).map_or(0, |c| c.n);
-            // n / (n − before): all its requests over those whose latencies were counted.
+            // n / (n − before): all its requests over those whose latencies were counted; at
+            // most 4, so that a few answers counted are not taken as many (from buckets where
+            // they may be other users').
             let scale = if n > t.before {
-                n as f64 / (n - t.before) as f64
+                (n as f64 / (n - t.before) as f64).min(MAX_SCALE)
             } else {
                 1.0
             };

@@ -251,7 +251,7 @@ impl Default for Cells {
 pub struct Recorder {
     pools: PerPool<Cells>,
     /// The latency check's "slow" threshold, µs, as the analysis last set it (`u64::MAX`: none
-    /// yet): an answer slower than this adds its user to the pool's slow users.
+    /// yet): an answer slower than this counts as slow in its user's cell.
     slow_over: AtomicU64,
 }
 

@@ -236,7 +236,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let t = view::thresholds(guard);
         let verdicts = view::verdicts(&books.since, &t);
         let (errors, latency) = (verdicts.errors, &verdicts.latency);
-        // Answers slower than this from now on mark their users as ones the canary was slow for.
+        // Answers slower than this from now on count as slow in their users' cells.
         analysis.recorder.slow_over(latency.slow_micros);
         // The difference's range is drawn once both sides have a few requests (before, it spans
         // everything and says nothing).
