@@ -18,7 +18,12 @@ pub const CELLS: usize = 4_096;
 
 /// The cells with the most requests known at every moment: those whose weight in the variance
 /// is worked out exactly (see [`Spread::variance`]), and the most a comparison leaves out.
-pub const BUSIEST: usize = 16;
+const BUSIEST: usize = 16;
+
+/// The cells with the most requests whose latencies are counted apart, so that the busy ones'
+/// can be taken out of their pool's ([`Clusters::latency_without_busy`]). The [`BUSIEST`] are
+/// the first of them.
+pub const TRACKED: usize = 64;
 
 /// A cell is busy when it has more than this many times the requests of the average cell
 /// outside the [`BUSIEST`].
@@ -50,8 +55,9 @@ pub struct Clusters {
     cells: Box<[Cell]>,
     /// Per kind.
     sums: [Sums; 2],
-    /// The [`BUSIEST`] cells with the most requests, most first. Cells only grow (until
-    /// cleared), so a cell's rank changes only when it does: the list stays exact.
+    /// The [`TRACKED`] cells with the most requests, most first (the first [`BUSIEST`] of them
+    /// are the busiest). Cells only grow (until cleared), so a cell's rank changes only when it
+    /// does: the list stays exact.
     busiest: Vec<usize>,
     /// Latencies of cells among the busiest, counted from the second after each became one of
     /// them (the recorder counts the latencies of the cells it is told to:
@@ -127,7 +133,7 @@ impl Default for Clusters {
         Clusters {
             cells: vec![Cell::default(); CELLS].into_boxed_slice(),
             sums: [Sums::default(); 2],
-            busiest: Vec::with_capacity(BUSIEST + 1),
+            busiest: Vec::with_capacity(TRACKED + 1),
             latency: Vec::new(),
         }
     }
@@ -169,15 +175,26 @@ impl Spread {
 }
 
 /// Puts `cell` in its place in `list` (the `most` cells with the highest `key`, highest first),
-/// after its key grew. Stable: among equals, the one that got there first stays ahead.
+/// after its key grew. Stable: among equals, the one that got there first stays ahead. O(1) for
+/// a cell below the last of a full list (most of them), O(`most`) at worst.
 fn place(list: &mut Vec<usize>, most: usize, cell: usize, key: impl Fn(usize) -> u64) {
-    if !list.contains(&cell) {
-        if list.len() >= most && list.last().is_some_and(|&last| key(last) >= key(cell)) {
-            return;
-        }
-        list.push(cell);
+    let k = key(cell);
+    // Every cell in the list has a key at least the last's: one below it is not in the list.
+    let below = |last: usize| key(last) > k || (key(last) == k && !list.contains(&cell));
+    if list.len() >= most && list.last().is_some_and(|&last| below(last)) {
+        return;
     }
-    list.sort_by_key(|&i| std::cmp::Reverse(key(i)));
+    let mut at = match list.iter().position(|&c| c == cell) {
+        Some(at) => at,
+        None => {
+            list.push(cell);
+            list.len() - 1
+        }
+    };
+    while at > 0 && key(list[at - 1]) < k {
+        list.swap(at - 1, at);
+        at -= 1;
+    }
     list.truncate(most);
 }
 
@@ -199,7 +216,7 @@ impl Clusters {
         }
         let cells = &self.cells;
         if requests > 0 {
-            place(&mut self.busiest, BUSIEST, cell, |i| cells[i].n);
+            place(&mut self.busiest, TRACKED, cell, |i| cells[i].n);
         }
     }
 
@@ -247,6 +264,20 @@ impl Clusters {
         self.latency.retain(|t| busiest.contains(&t.cell));
     }
 
+    /// Forgets every cell's slow answers (counted by a threshold that no longer holds).
+    pub(super) fn clear_slow(&mut self) {
+        for c in self.cells.iter_mut() {
+            c.hits[Kind::Slow as usize] = 0;
+        }
+        let requests = self.sums[Kind::Errors as usize];
+        self.sums[Kind::Slow as usize] = Sums {
+            n: requests.n,
+            nn: requests.nn,
+            groups: requests.groups,
+            ..Sums::default()
+        };
+    }
+
     pub(super) fn clear(&mut self) {
         self.cells.fill(Cell::default());
         self.sums = [Sums::default(); 2];
@@ -254,18 +285,29 @@ impl Clusters {
         self.latency.clear();
     }
 
-    /// The cells with the most requests, most first: those whose latencies are to be counted.
+    /// The [`TRACKED`] cells with the most requests, most first: those whose latencies are to be
+    /// counted apart.
     pub fn busiest(&self) -> &[usize] {
         &self.busiest
     }
 
-    /// `all` (the pool's latency histogram) without the busy cells' latencies (see
-    /// [`Clusters::without_busy`]), and how many cells were left out. A busy cell's latencies
-    /// from before they were counted (its first second or so) are taken as those counted since:
-    /// left in, a busy client's first second of slow answers stayed in stable's p99 for minutes.
+    /// The [`BUSIEST`] cells with the most requests, most first.
+    fn top(&self) -> &[usize] {
+        &self.busiest[..self.busiest.len().min(BUSIEST)]
+    }
+
+    /// `all` (the pool's latency histogram) without the busy cells' latencies, and how many
+    /// cells were left out: of the [`TRACKED`] with the most requests, every one with more
+    /// than [`BUSY`] times the requests of the average cell outside the [`BUSIEST`]. Unlike the rates',
+    /// however many there are: a reference taken without busy users leans neither way, and
+    /// with none left out once 16 were busy, 16 busy clients on stable with fast answers pulled
+    /// stable's p99 down to theirs and halted a healthy canary, and with slow ones hid a canary
+    /// 100 ms slower for everyone. A busy cell's latencies from before they were counted (its
+    /// first second or so) are taken as those counted since: left in, a busy client's first
+    /// second of slow answers stayed in stable's p99 for minutes.
     pub fn latency_without_busy(&self, all: &[u64]) -> (Box<[u64]>, usize) {
         let mut kept: Box<[u64]> = all.into();
-        let busy = self.busy();
+        let busy = self.busy_of(&self.busiest);
         for t in self.latency.iter().filter(|t| busy.contains(&t.cell)) {
             let n = self.cells.get(t.cell).map_or(0, |c| c.n);
             // n / (n − before): all its requests over those whose latencies were counted; at
@@ -301,22 +343,7 @@ impl Clusters {
     /// The busy cells (see [`Clusters::without_busy`]); none when there is nothing to tell busy
     /// from usual by, or as many are busy as are known.
     fn busy(&self) -> Vec<usize> {
-        // Requests are the same in every kind's sums.
-        let all = self.sums[0];
-        let (n, groups) = self.busiest.iter().fold((0u128, 0u64), |(n, g), &i| {
-            (n + u128::from(self.cells[i].n), g + 1)
-        });
-        let rest = all.groups.saturating_sub(groups);
-        if rest == 0 {
-            return Vec::new();
-        }
-        let usual = (all.n.saturating_sub(n) / u128::from(rest)).max(1);
-        let busy: Vec<usize> = self
-            .busiest
-            .iter()
-            .copied()
-            .filter(|&i| u128::from(self.cells[i].n) > BUSY * usual)
-            .collect();
+        let busy = self.busy_of(self.top());
         // As many busy cells as are known: there may be more, and leaving out some of them
         // only would tip the comparison as leaving out a few failing users did. So many busy
         // users are no outliers: none is left out, and the variance with users as the unit
@@ -325,6 +352,28 @@ impl Clusters {
             return Vec::new();
         }
         busy
+    }
+
+    /// Of `candidates` (the first of the cells with the most requests), those with more than
+    /// [`BUSY`] times the requests of the average cell outside the [`BUSIEST`].
+    fn busy_of(&self, candidates: &[usize]) -> Vec<usize> {
+        // Requests are the same in every kind's sums.
+        let all = self.sums[0];
+        let top = self.top();
+        let n = top
+            .iter()
+            .map(|&i| u128::from(self.cells[i].n))
+            .sum::<u128>();
+        let rest = all.groups.saturating_sub(top.len() as u64);
+        if rest == 0 {
+            return Vec::new();
+        }
+        let usual = (all.n.saturating_sub(n) / u128::from(rest)).max(1);
+        candidates
+            .iter()
+            .copied()
+            .filter(|&i| u128::from(self.cells[i].n) > BUSY * usual)
+            .collect()
     }
 
     /// Without the cells `left_out`.
@@ -347,7 +396,7 @@ impl Clusters {
             let squares = sums.ee as f64 - 2.0 * p * sums.ne as f64 + p * p * sums.nn as f64;
             // The busiest cells' own terms, over (N − n_k)².
             let (mut theirs, mut moved) = (0.0, 0.0);
-            for &i in self.busiest.iter().filter(|i| !left_out.contains(i)) {
+            for &i in self.top().iter().filter(|i| !left_out.contains(i)) {
                 let c = &self.cells[i];
                 let (cn, ce) = (c.n as f64, c.hits[kind] as f64);
                 let off = (ce - p * cn) * (ce - p * cn);
@@ -508,12 +557,46 @@ mod tests {
         assert_eq!((kept[slow], kept[fast]), (0, 200));
         // A cell that falls out of the busiest is no longer counted.
         let mut tick = Clusters::default();
-        for u in 0..16 {
+        for u in 0..TRACKED {
             tick.add_cell(1_000 + u, 1_000, [0, 0]);
         }
         since.add(&tick);
         assert!(!since.busiest().contains(&7));
+        let (kept, _) = since.latency_without_busy(&all);
+        assert_eq!(kept[slow], 100);
+    }
+
+    #[test]
+    fn every_busy_cell_tracked_is_taken_out_of_the_latencies_however_many() {
+        use crate::analysis::histogram::{BUCKETS, index};
+        let (fast, slow) = (index(1_000), index(200_000));
+        let mut since = Clusters::default();
+        let mut all = vec![0u64; BUCKETS];
+        // 1,000 users with 2 slow-ish answers each, and 20 clients with 100 fast ones: as many
+        // busy cells as the rates would leave none of out.
+        let mut tick = Clusters::default();
+        for u in 0..1_000 {
+            tick.add_cell(100 + u, 2, [0, 0]);
+            all[slow] += 2;
+        }
+        for b in 0..20 {
+            tick.add_cell(b, 100, [0, 0]);
+            all[fast] += 100;
+            let mut counted = vec![0u64; BUCKETS];
+            counted[fast] = 100;
+            tick.add_latency(b, &counted);
+        }
+        since.add(&tick);
+        assert_eq!(since.without_busy(Kind::Errors).left_out, 0);
         let (kept, left_out) = since.latency_without_busy(&all);
-        assert_eq!((kept[slow], left_out), (100, 0));
+        assert_eq!(left_out, 20);
+        assert_eq!((kept[fast], kept[slow]), (0, 2_000));
+        // Forgetting the slow answers keeps the requests.
+        since.add_cell(100, 0, [0, 2]);
+        assert_eq!(since.whole(Kind::Slow).arm.hits, 2);
+        since.clear_slow();
+        let slow_share = since.whole(Kind::Slow);
+        assert_eq!(slow_share.arm, Arm { n: 4_000, hits: 0 });
+        assert_eq!(slow_share.hit_cells, 0);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::config::MAX_GOALS;
 use crate::routing::{PerPool, PoolName};
 
-use super::clusters::{BUSIEST, CELLS, Clusters};
+use super::clusters::{CELLS, Clusters, TRACKED};
 use super::histogram::{self, BUCKETS};
 use super::users::{AtomicUsers, Users};
 
@@ -160,7 +160,7 @@ struct Cells {
     /// Per cell, the slot (1-based) its latencies are counted in as well, 0 for none: the
     /// busiest cells since the comparison began, as the analysis last told ([`Recorder::track`]).
     tracked: Box<[AtomicU8]>,
-    /// The slots: [`BUSIEST`] of them.
+    /// The slots: [`TRACKED`] of them.
     slots: Box<[Slot]>,
 }
 
@@ -241,7 +241,7 @@ impl Default for Cells {
             share_cap: AtomicU32::new(SHARE_FLOOR),
             uncounted: AtomicU64::new(0),
             tracked: (0..SHARE_CELLS).map(|_| AtomicU8::new(0)).collect(),
-            slots: (0..BUSIEST).map(|_| Slot::default()).collect(),
+            slots: (0..TRACKED).map(|_| Slot::default()).collect(),
         }
     }
 }
@@ -350,13 +350,13 @@ impl Recorder {
         }
     }
 
-    /// Counts the latencies of `cells` of `pool` (at most [`BUSIEST`]) apart from now on, and
+    /// Counts the latencies of `cells` of `pool` (at most [`TRACKED`]) apart from now on, and
     /// of no other cell: the busiest cells since the comparison began
     /// ([`Clusters::busiest`]), so that leaving one out takes its latencies too. A cell no
     /// longer told loses what was counted of it since the last drain.
     pub fn track(&self, pool: PoolName, cells: &[usize]) {
         let c = &self.pools[pool];
-        let cells = &cells[..cells.len().min(BUSIEST)];
+        let cells = &cells[..cells.len().min(TRACKED)];
         for slot in c.slots.iter() {
             let was = slot.cell.load(Ordering::Relaxed);
             if was != 0 && !cells.contains(&(was - 1)) {
@@ -380,7 +380,7 @@ impl Recorder {
                 .position(|s| s.cell.load(Ordering::Relaxed) == 0);
             if let Some(i) = free {
                 c.slots[i].cell.store(cell + 1, Ordering::Relaxed);
-                // BUSIEST ≤ 255: a slot number fits.
+                // TRACKED ≤ 255: a slot number fits.
                 t.store(i as u8 + 1, Ordering::Relaxed);
             }
         }

@@ -121,6 +121,9 @@ struct Books {
     acted: Option<String>,
     /// [`Analysis::restart`]s seen.
     restarts: u64,
+    /// The slow threshold the cells' slow answers in `since` were counted by (see
+    /// [`view::follow_threshold`]).
+    slow_counted_with: Option<f64>,
 }
 
 impl Books {
@@ -142,6 +145,7 @@ impl Books {
                 .collect(),
             acted: None,
             restarts: 0,
+            slow_counted_with: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl Books {
             // A resume is told by the controller (it may come and go within this second).
             if new_rollout || told || before.ppm != now.ppm {
                 clear(&mut self.since);
+                self.slow_counted_with = None;
                 self.converted = PerPool::default();
                 self.since_at = SystemTime::now();
                 self.acted = None;
@@ -236,8 +241,14 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let t = view::thresholds(guard);
         let verdicts = view::verdicts(&books.since, &t);
         let (errors, latency) = (verdicts.errors, &verdicts.latency);
-        // Answers slower than this from now on count as slow in their users' cells.
+        // Answers slower than this from now on count as slow in their users' cells (afresh if it
+        // moved far from the one they were counted by).
         analysis.recorder.slow_over(latency.slow_micros);
+        view::follow_threshold(
+            &mut books.since,
+            &mut books.slow_counted_with,
+            latency.slow_micros,
+        );
         // The difference's range is drawn once both sides have a few requests (before, it spans
         // everything and says nothing).
         let enough = books.since.canary.requests.min(books.since.stable.requests) >= 30;

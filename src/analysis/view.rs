@@ -467,7 +467,7 @@ fn series(window: &Window) -> Series {
 
 mod verdicts;
 
-pub use verdicts::{LeftOut, Verdicts, verdicts};
+pub use verdicts::{LeftOut, Verdicts, follow_threshold, verdicts};
 
 #[cfg(test)]
 mod tests;

@@ -355,6 +355,7 @@ fn a_bot_failing_on_stable_does_not_hide_a_worse_canary() {
 /// count the latencies of.
 fn slow_mix(seconds: u64, slower: f64, busy: PerPool<u64>) -> Verdicts {
     let r = Recorder::default();
+    let mut counted_with = None;
     let mut since = PerPool::from_fn(|_| Counts::judged());
     let mut tick = PerPool::from_fn(|_| Counts::judged());
     let t = thresholds(None);
@@ -385,7 +386,9 @@ fn slow_mix(seconds: u64, slower: f64, busy: PerPool<u64>) -> Verdicts {
                 r.track(pool, c.busiest());
             }
         }
-        r.slow_over(verdicts(&since, &t).latency.slow_micros);
+        let slow = verdicts(&since, &t).latency.slow_micros;
+        r.slow_over(slow);
+        follow_threshold(&mut since, &mut counted_with, slow);
     }
     verdicts(&since, &t)
 }

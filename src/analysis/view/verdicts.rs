@@ -220,6 +220,37 @@ fn latency(since: &PerPool<Counts>, t: &Thresholds) -> (LatencyCheck, Option<Slo
     (latency, left_out)
 }
 
+/// How far the slow threshold may rise above the lowest one the cells' slow answers were
+/// counted by before they are forgotten.
+const RECOUNT: f64 = 1.5;
+
+/// After a look whose slow threshold is `now` (it goes to the request path): if it rose more
+/// than 1.5× above `counted_with`, the lowest one the cells' slow answers were counted by,
+/// those are forgotten and counted afresh by the new one. Slow answers counted by a threshold
+/// set from a second's handful of stable answers stayed for good: a canary's first second,
+/// counted against 2 ms, showed as 6% of its answers slower than 307 ms when none was. A
+/// threshold that falls (stable's p99 taken from more answers) leaves them: counted by a
+/// higher one, they are fewer than by today's, and the call leans away from acting.
+pub fn follow_threshold(
+    since: &mut PerPool<Counts>,
+    counted_with: &mut Option<f64>,
+    now: Option<f64>,
+) {
+    let Some(now) = now.filter(|m| m.is_finite()) else {
+        return;
+    };
+    if counted_with.is_some_and(|lowest| now > lowest * RECOUNT) {
+        for pool in crate::routing::PoolName::BOTH {
+            if let Some(c) = since[pool].clusters.as_mut() {
+                c.clear_slow();
+            }
+        }
+        *counted_with = Some(now);
+    } else if counted_with.is_none_or(|lowest| now < lowest) {
+        *counted_with = Some(now);
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
