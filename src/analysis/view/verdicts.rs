@@ -1,4 +1,4 @@
-//! The error and latency verdicts, with each version's heaviest users left out of a regression,
+//! The error and latency verdicts, with each version's busy users left out of a regression,
 //! and the reason the guard gives when it acts on one.
 
 use crate::routing::PerPool;
@@ -14,11 +14,10 @@ pub struct Verdicts {
     /// canary − stable error rate, and its verdict.
     pub errors: (Interval, Verdict),
     pub latency: LatencyCheck,
-    /// Each version's errors with its heaviest users left out (`min_users` > 1, both pools with
-    /// requests).
+    /// Each version's errors with its busy users left out (both pools with requests).
     pub errors_left_out: Option<LeftOut>,
-    /// The canary's slow share with its heaviest users (by slow answers) left out, when the
-    /// latency check has a threshold and `min_users` > 1.
+    /// The latency comparison with each version's busy users left out, once there is enough
+    /// data and the latency check has a threshold.
     pub slow_left_out: Option<SlowLeftOut>,
 }
 
