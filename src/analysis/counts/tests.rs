@@ -202,15 +202,19 @@ fn the_latencies_of_the_cells_told_are_counted_apart() {
     let user = |u: u64| xxhash_rust::xxh3::xxh3_64(&u.to_le_bytes());
     let busy = xxhash_rust::xxh3::xxh3_64(b"busy");
     let cell = share_cell(busy);
-    r.track(PoolName::Stable, &[cell]);
-    // The busy user's 10 slow answers, beside 40 users' one fast answer each.
-    for u in 0..40 {
-        if u < 10 {
-            r.record(PoolName::Stable, false, 200_000, Some(busy), None);
-            r.record(PoolName::Canary, false, 200_000, Some(busy), None);
+    // A second: the busy user's 10 slow answers on each pool, beside 40 users' one fast answer
+    // each on stable.
+    let second = || {
+        for u in 0..40 {
+            if u < 10 {
+                r.record(PoolName::Stable, false, 200_000, Some(busy), None);
+                r.record(PoolName::Canary, false, 200_000, Some(busy), None);
+            }
+            r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
         }
-        r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
-    }
+    };
+    r.track(PoolName::Stable, &[cell]);
+    second();
     r.drain(&mut tick);
     let mut since = Counts::judged();
     since.add(&tick.stable);
@@ -229,12 +233,7 @@ fn the_latencies_of_the_cells_told_are_counted_apart() {
     );
     // Untold, a cell's latencies are no longer counted apart.
     r.track(PoolName::Stable, &[]);
-    for u in 0..40 {
-        if u < 10 {
-            r.record(PoolName::Stable, false, 200_000, Some(busy), None);
-        }
-        r.record(PoolName::Stable, false, 1_000, Some(user(u)), None);
-    }
+    second();
     r.drain(&mut tick);
     let mut again = Counts::judged();
     again.add(&tick.stable);
