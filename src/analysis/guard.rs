@@ -126,7 +126,22 @@ pub enum Verdict {
     FewUsers {
         /// `min_users`.
         needed: u64,
+        /// Why the per-request call is not the guard's.
+        why: Few,
     },
+}
+
+/// Why a regression counted per request is not the guard's call ([`Verdict::FewUsers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Few {
+    /// With each version's busy users left out, the canary is not worse than the margin.
+    Busy,
+    /// Without them it is, but the errors (slow answers) come from fewer than `min_users`
+    /// users, or too few requests remain.
+    Users,
+    /// With users as the unit of the variance, the range still reaches the margin: the errors
+    /// (slow answers) are spread unevenly across users and more users are needed to tell.
+    Spread,
 }
 
 /// NotEnoughData while either pool has fewer than `min_requests`.

@@ -8,7 +8,7 @@ use crate::config::{Analysis as Settings, Guard};
 use crate::routing::{PerPool, PoolName};
 
 use super::counts::{Converted, Counts};
-use super::guard::{self, Thresholds, Verdict};
+use super::guard::{self, Few, Thresholds, Verdict};
 use super::histogram;
 use super::stats::{self, Arm, Interval};
 use super::users::REL_ERROR;
@@ -55,12 +55,10 @@ impl From<Verdict> for VerdictView {
                 Some(more),
                 format!("not enough data: {more} more requests"),
             ),
-            Verdict::FewUsers { needed } => (
+            Verdict::FewUsers { needed, why } => (
                 "not_enough_data",
                 None,
-                format!(
-                    "too few users: without each version's busy users (far more requests than a user's usual), the canary is not worse than the margin, or its errors come from fewer than {needed} users (the guard acts on what {needed} or more users meet)"
-                ),
+                few_text(needed, why, Measure::Errors),
             ),
         };
         VerdictView {
@@ -68,6 +66,34 @@ impl From<Verdict> for VerdictView {
             more,
             text,
         }
+    }
+}
+
+/// What a verdict is about, for its text.
+#[derive(Clone, Copy)]
+enum Measure {
+    Errors,
+    Slow,
+}
+
+/// The text of [`Verdict::FewUsers`]: why the regression counted per request is not the
+/// guard's call.
+fn few_text(needed: u64, why: Few, measure: Measure) -> String {
+    let (whose, worse, what) = match measure {
+        Measure::Errors => ("each version's", "worse", "errors"),
+        // Only the canary's slow share is judged.
+        Measure::Slow => ("the canary's", "slower", "slow answers"),
+    };
+    match why {
+        Few::Busy => format!(
+            "too few users: without {whose} busy users (far more requests than a user's usual), the canary is not {worse} than the margin; only with them is it"
+        ),
+        Few::Users => format!(
+            "too few users: without {whose} busy users (far more requests than a user's usual) the canary is {worse} than the margin, but its {what} come from fewer than {needed} users, or too few requests remain (the guard acts on what {needed} or more users meet)"
+        ),
+        Few::Spread => format!(
+            "not shown across users yet: counted per request the canary is {worse} than the margin, but its {what} are spread unevenly across users, and with users as the unit the range still reaches the margin (more users will tell)"
+        ),
     }
 }
 
@@ -409,13 +435,10 @@ pub fn compute(
                 slow_share: l.share.into(),
             }),
             verdict: match latency.verdict {
-                // Only the canary's slow share is judged.
-                Verdict::FewUsers { needed } => VerdictView {
+                Verdict::FewUsers { needed, why } => VerdictView {
                     verdict: "not_enough_data".to_owned(),
                     more: None,
-                    text: format!(
-                        "too few users: without the canary's busy users (far more requests than a user's usual), the canary is not slower than the margin, or its slow answers come from fewer than {needed} users (the guard acts on what {needed} or more users meet)"
-                    ),
+                    text: few_text(needed, why, Measure::Slow),
                 },
                 v => v.into(),
             },

@@ -502,3 +502,94 @@ fn a_busy_stable_user_with_slow_answers_does_not_hide_a_slower_canary() {
     );
     assert_ne!(untracked.latency.verdict, Verdict::Regressed);
 }
+
+/// `users` canary users making 5 requests a second each for 5 seconds, the first `failing` of
+/// them failing every time; stable: 1% errors from 30 ever new users a second.
+fn ordinary_users_failing(users: u64, failing: u64) -> Verdicts {
+    let r = Recorder::default();
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    for second in 0..5u64 {
+        for u in 0..users {
+            for _ in 0..5 {
+                r.record(PoolName::Canary, u < failing, 1_000, Some(10_000 + u), None);
+            }
+        }
+        for k in 0..30 * users / 6 {
+            let i = second * 30 * users / 6 + k;
+            r.record(
+                PoolName::Stable,
+                i.is_multiple_of(100),
+                1_000,
+                Some(1 << 40 | i),
+                None,
+            );
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+    }
+    verdicts(&since, &thresholds(None))
+}
+
+#[test]
+fn errors_spread_unevenly_across_ordinary_users_are_not_called_too_few_users() {
+    // 6 of 60 canary users fail every time: 10% of its requests against stable's 1%, clearly
+    // worse counted per request. With users as the unit, 6 of 60 do not tell yet; none of
+    // them is busy and they are more than `min_users`, so the reason is neither.
+    let v = ordinary_users_failing(60, 6);
+    let Verdict::FewUsers { why, .. } = v.errors.1 else {
+        panic!("{:?}", v.errors);
+    };
+    assert_eq!(why, Few::Spread);
+    let text = VerdictView::from(v.errors.1).text;
+    assert!(text.starts_with("not shown across users yet"), "{text}");
+    assert!(!text.contains("too few users"), "{text}");
+    // Five times the users, failing in the same proportion, tell.
+    assert_eq!(ordinary_users_failing(300, 30).errors.1, Verdict::Regressed);
+}
+
+/// `seconds` of `users` canary users making 2 requests a second each, the first `slow` of them
+/// always answered in 10 ms, the others as fast as stable's 30 ever new users a second.
+fn ordinary_users_slow(seconds: u64, users: u64, slow: u64) -> Verdicts {
+    let r = Recorder::default();
+    let mut counted_with = None;
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    let t = thresholds(None);
+    let fast = |i: u64| 1_000 + i * 7_919 % 1_000;
+    for second in 0..seconds {
+        for k in 0..30u64 {
+            let i = second * 30 + k;
+            r.record(PoolName::Stable, false, fast(i), Some(1 << 40 | i), None);
+        }
+        for u in 0..users {
+            for n in 0..2 {
+                let micros = if u < slow { 10_000 } else { fast(u + n) };
+                r.record(PoolName::Canary, false, micros, Some(10_000 + u), None);
+            }
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+        let slow = verdicts(&since, &t).latency.slow_micros;
+        r.slow_over(slow);
+        follow_threshold(&mut since, &mut counted_with, slow);
+    }
+    verdicts(&since, &t)
+}
+
+#[test]
+fn slow_answers_spread_unevenly_across_ordinary_users_are_not_called_too_few_users() {
+    let v = ordinary_users_slow(20, 60, 6);
+    let Verdict::FewUsers { why, .. } = v.latency.verdict else {
+        panic!("{:?} {:?}", v.latency, v.slow_left_out);
+    };
+    assert_eq!(why, Few::Spread);
+    assert_eq!(
+        ordinary_users_slow(20, 300, 30).latency.verdict,
+        Verdict::Regressed
+    );
+}

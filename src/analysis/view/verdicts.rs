@@ -5,7 +5,7 @@ use crate::routing::PerPool;
 
 use crate::analysis::clusters::{Kind, Spread};
 use crate::analysis::counts::Counts;
-use crate::analysis::guard::{self, LatencyCheck, Thresholds, Verdict};
+use crate::analysis::guard::{self, Few, LatencyCheck, Thresholds, Verdict};
 use crate::analysis::histogram;
 use crate::analysis::stats::{Arm, Interval};
 
@@ -87,8 +87,9 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     // variance with users as the unit widens the range by as much. And the errors must come
     // from at least `min_users` users (cells) of the canary's: one user's bad input is no
     // regression of the version.
-    let few = Verdict::FewUsers {
+    let few = |why| Verdict::FewUsers {
         needed: t.min_users,
+        why,
     };
     let (canary, stable) = (&since.canary, &since.stable);
     let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole(Kind::Errors)));
@@ -104,7 +105,13 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         (Some(c), Some(s)) if canary.requests > 0 && stable.requests > 0 => {
             let (difference, verdict) = guard::errors(c.arm, s.arm, clustered(&spread), t);
             let verdict = match verdict {
-                Verdict::Regressed if c.hit_cells < t.min_users => few,
+                Verdict::Regressed if c.hit_cells < t.min_users => few(Few::Users),
+                Verdict::Regressed => Verdict::Regressed,
+                // Counted per request, what remains is still worse: the range is wide
+                // because the errors are spread unevenly across users, not for busy users.
+                _ if guard::errors(c.arm, s.arm, 0.0, t).1 == Verdict::Regressed => {
+                    few(Few::Spread)
+                }
                 v => v,
             };
             Some((
@@ -132,10 +139,10 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         // Also when the whole comparison shows none: busy users failing on both versions,
         // more of them on stable, hid a regression of everyone else.
         (_, Some(Verdict::Regressed)) => errors.1 = Verdict::Regressed,
-        (Verdict::Regressed, Some(_)) => errors.1 = few,
+        (Verdict::Regressed, Some(v)) => errors.1 = few(why(v)),
         // Nor is the canary better on the strength of a few users (a bot failing on stable).
         (Verdict::Improved, Some(v)) if v != Verdict::Improved => errors.1 = Verdict::Ok,
-        (_, Some(_)) if per_request == Verdict::Regressed => errors.1 = few,
+        (_, Some(v)) if per_request == Verdict::Regressed => errors.1 = few(why(v)),
         _ => {}
     }
     let errors_left_out = errors_left_out.map(|(l, _)| l);
@@ -145,6 +152,16 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         latency,
         errors_left_out,
         slow_left_out,
+    }
+}
+
+/// Why a regression counted per request is not the guard's call, from the call without the
+/// busy users: its own reason when it gives one (too few users, or its errors spread unevenly
+/// across users), else the busy users.
+fn why(without: Verdict) -> Few {
+    match without {
+        Verdict::FewUsers { why, .. } => why,
+        _ => Few::Busy,
     }
 }
 
@@ -205,11 +222,24 @@ fn latency(since: &PerPool<Counts>, t: &Thresholds) -> (LatencyCheck, Option<Slo
     // As for errors, what remains must still have `min_requests`, and slow answers of
     // `min_users` users.
     let enough = left.n >= t.min_requests && without.hit_cells >= t.min_users;
-    latency.verdict = if enough && decided.low > guard::SLOW_SHARE_LIMIT {
-        Verdict::Regressed
-    } else if per_request || decided.low > guard::SLOW_SHARE_LIMIT {
-        Verdict::FewUsers {
-            needed: t.min_users,
+    let few = |why| Verdict::FewUsers {
+        needed: t.min_users,
+        why,
+    };
+    let above = |share: &Interval| share.low > guard::SLOW_SHARE_LIMIT;
+    latency.verdict = if above(&decided) {
+        if enough {
+            Verdict::Regressed
+        } else {
+            few(Few::Users)
+        }
+    } else if per_request {
+        // Counted per request, what remains is still above the limit: the range is wide
+        // because the slow answers are spread unevenly across users, not for busy users.
+        if above(&guard::slow_sequence(left, 0.0, t)) {
+            few(Few::Spread)
+        } else {
+            few(Few::Busy)
         }
     } else if improved {
         Verdict::Improved
