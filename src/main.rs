@@ -141,6 +141,54 @@ fn init_logs(format: LogFormat) -> ErrorCounter {
     dropped
 }
 
+/// Fails, saying why, unless the system lets ramp start the threads it runs on: the runtime's
+/// workers (none for `workers: 1`, which runs on this one), the log writer, the state file's
+/// writer, the config file's watcher, the metrics listener if configured, and one for blocking
+/// work. Each would otherwise fail where it starts — inside the log writer's crate or the
+/// runtime's, which panic (the runtime's left the process hanging unserved) — under a limit on
+/// processes (`ulimit -u`, systemd's `TasksMax=`, a container's pids limit).
+fn threads_left(workers: usize, metrics: bool) -> anyhow::Result<()> {
+    let workers = if workers == 1 { 0 } else { workers };
+    let needed = workers + 4 + usize::from(metrics);
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut started = Vec::with_capacity(needed);
+    let mut refused = None;
+    for _ in 0..needed {
+        let release = release.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ramp-start".to_owned())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while !release.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::park();
+                }
+            });
+        match spawned {
+            Ok(t) => started.push(t),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    release.store(true, std::sync::atomic::Ordering::Release);
+    for t in started {
+        t.thread().unpark();
+        let _ = t.join();
+    }
+    match refused {
+        None => Ok(()),
+        Some(e) => anyhow::bail!(
+            "cannot start the {needed} threads ramp runs on ({workers} runtime workers, logs, the state file's writer, the config watcher, blocking work{}): {e}; raise the limit on processes (ulimit -u, systemd's LimitNPROC= or TasksMax=, a container's pids limit) or lower `workers`",
+            if metrics {
+                ", the metrics listener"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
 /// One worker: a single-threaded runtime, whose one first-in first-out run queue serves every
 /// connection in turn and needs no cross-thread synchronisation. (With the work-stealing
 /// runtime on one worker, a few of 512 busy connections waited far longer than the rest: p99
@@ -217,7 +265,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // A SIGHUP (a reload racing a restart), SIGUSR1 or SIGUSR2 sent while ramp starts
             // waits until ramp can take it, rather than ending the process.
             ramp::app::hold_signals();
-            let dropped_logs = init_logs(log_format);
             let path = config;
             let config = match config::load(&path) {
                 Ok(c) => c,
@@ -230,6 +277,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid config: {}{more}", lines.first().map_or("", |l| l));
                 }
             };
+            threads_left(config.workers, config.metrics.is_some())?;
+            let dropped_logs = init_logs(log_format);
             let open_files = open_files(
                 config.limits.max_connections,
                 config.upstream.max_connections,

@@ -245,3 +245,94 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         assert!(err.contains("cannot connect"), "{words:?}: {err}");
     }
 }
+
+/// `ramp serve` of a config asking for two runtime workers, run with at most `nproc` processes
+/// and threads for its user (nobody, when the tests run as root, whom the limit does not bind);
+/// its exit code, or None if it was still running after 30 s, and its stderr.
+fn serve_with_thread_limit(nproc: u32) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // A copy nobody may run, whatever the directories above the build's allow.
+    let bin = dir.path().join("ramp");
+    std::fs::copy(RAMP, &bin).expect("copy ramp");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: 127.0.0.1:0\nworkers: 2\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: r, percent: 1}\n",
+    );
+    let limit = format!("--nproc={nproc}");
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "prlimit",
+        ]);
+        c
+    } else {
+        Command::new("prlimit")
+    };
+    let mut child = cmd
+        .arg(limit)
+        .arg(&bin)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv/prlimit (util-linux)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        while let Ok(line) = rx.try_recv() {
+            err.push_str(&line);
+            err.push('\n');
+        }
+        if err.contains("\"listening\"") {
+            break None;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        err.push_str(&line);
+        err.push('\n');
+    }
+    (code, err)
+}
+
+#[test]
+fn serve_short_of_threads_exits_with_the_reason_instead_of_panicking_or_hanging() {
+    // Two workers, logs, the state writer, the config watcher and blocking work: six threads
+    // beside the main one. Each started with a panic inside its crate, or (the runtime's
+    // workers) a hang with nothing served.
+    let (code, err) = serve_with_thread_limit(4);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ramp: cannot start the 6 threads ramp runs on (2 runtime workers,"),
+        "{err}"
+    );
+    assert!(last.contains("raise the limit on processes"), "{err}");
+    // With room for them, the same config serves.
+    let (code, err) = serve_with_thread_limit(4096);
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("\"listening\""), "{err}");
+}
