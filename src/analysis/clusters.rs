@@ -45,7 +45,22 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Cell {
     n: u64,
+    /// Requests since its slow answers were last forgotten ([`Clusters::clear_slow`]): the
+    /// slow share's, which a recount starts afresh as it does the slow answers (else the share
+    /// showed 0% slow beside everyone's 100%, and a halt came later).
+    slow_n: u64,
     hits: [u64; 2],
+}
+
+impl Cell {
+    /// Its requests as counted for `kind` (an index of [`Kind`]).
+    fn requests(&self, kind: usize) -> u64 {
+        if kind == Kind::Slow as usize {
+            self.slow_n
+        } else {
+            self.n
+        }
+    }
 }
 
 /// Per cell: counted requests, errors and slow answers, with the sums the variance needs kept
@@ -206,13 +221,14 @@ impl Clusters {
         };
         let before = *c;
         c.n += requests;
+        c.slow_n += requests;
         c.hits[0] += hits[0];
         c.hits[1] += hits[1];
         let after = *c;
         for kind in 0..2 {
             self.sums[kind] = self.sums[kind]
-                .minus(Sums::of(before.n, before.hits[kind]))
-                .plus(Sums::of(after.n, after.hits[kind]));
+                .minus(Sums::of(before.requests(kind), before.hits[kind]))
+                .plus(Sums::of(after.requests(kind), after.hits[kind]));
         }
         let cells = &self.cells;
         if requests > 0 {
@@ -264,18 +280,14 @@ impl Clusters {
         self.latency.retain(|t| busiest.contains(&t.cell));
     }
 
-    /// Forgets every cell's slow answers (counted by a threshold that no longer holds).
+    /// Forgets every cell's slow answers (counted by a threshold that no longer holds), and the
+    /// requests they were counted of: the slow share starts afresh.
     pub(super) fn clear_slow(&mut self) {
         for c in self.cells.iter_mut() {
             c.hits[Kind::Slow as usize] = 0;
+            c.slow_n = 0;
         }
-        let requests = self.sums[Kind::Errors as usize];
-        self.sums[Kind::Slow as usize] = Sums {
-            n: requests.n,
-            nn: requests.nn,
-            groups: requests.groups,
-            ..Sums::default()
-        };
+        self.sums[Kind::Slow as usize] = Sums::default();
     }
 
     pub(super) fn clear(&mut self) {
@@ -357,7 +369,7 @@ impl Clusters {
     /// Of `candidates` (the first of the cells with the most requests), those with more than
     /// [`BUSY`] times the requests of the average cell outside the [`BUSIEST`].
     fn busy_of(&self, candidates: &[usize]) -> Vec<usize> {
-        // Requests are the same in every kind's sums.
+        // All requests: the errors' sums count them all.
         let all = self.sums[0];
         let top = self.top();
         let n = top
@@ -380,7 +392,10 @@ impl Clusters {
     fn without(&self, kind: Kind, left_out: &[usize]) -> Spread {
         let kind = kind as usize;
         let sums = left_out.iter().fold(self.sums[kind], |s, &i| {
-            s.minus(Sums::of(self.cells[i].n, self.cells[i].hits[kind]))
+            s.minus(Sums::of(
+                self.cells[i].requests(kind),
+                self.cells[i].hits[kind],
+            ))
         });
         // A hit past the requests counted (a cell past its share counts by chance) is none.
         let arm = Arm {
@@ -398,7 +413,7 @@ impl Clusters {
             let (mut theirs, mut moved) = (0.0, 0.0);
             for &i in self.top().iter().filter(|i| !left_out.contains(i)) {
                 let c = &self.cells[i];
-                let (cn, ce) = (c.n as f64, c.hits[kind] as f64);
+                let (cn, ce) = (c.requests(kind) as f64, c.hits[kind] as f64);
                 let off = (ce - p * cn) * (ce - p * cn);
                 theirs += off;
                 moved += off / ((n - cn) * (n - cn));
@@ -591,12 +606,18 @@ mod tests {
         let (kept, left_out) = since.latency_without_busy(&all);
         assert_eq!(left_out, 20);
         assert_eq!((kept[fast], kept[slow]), (0, 2_000));
-        // Forgetting the slow answers keeps the requests.
+        // Forgetting the slow answers forgets the requests they were counted of: the share
+        // starts afresh with the requests after (it read 0% slow of 4,000 with 1 of 2 slow).
         since.add_cell(100, 0, [0, 2]);
         assert_eq!(since.whole(Kind::Slow).arm.hits, 2);
         since.clear_slow();
+        assert_eq!(since.whole(Kind::Slow).arm, Arm { n: 0, hits: 0 });
+        since.add_cell(101, 2, [0, 1]);
         let slow_share = since.whole(Kind::Slow);
-        assert_eq!(slow_share.arm, Arm { n: 4_000, hits: 0 });
-        assert_eq!(slow_share.hit_cells, 0);
+        assert_eq!(slow_share.arm, Arm { n: 2, hits: 1 });
+        assert_eq!(slow_share.hit_cells, 1);
+        // The errors' count, and whom busy is judged by, keep every request.
+        assert_eq!(since.whole(Kind::Errors).arm.n, 4_002);
+        assert_eq!(since.busiest()[0], 0);
     }
 }

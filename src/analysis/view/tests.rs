@@ -593,3 +593,41 @@ fn slow_answers_spread_unevenly_across_ordinary_users_are_not_called_too_few_use
         Verdict::Regressed
     );
 }
+
+#[test]
+fn a_recount_starts_the_slow_share_afresh_with_its_requests() {
+    // Stable's answers take 1–2 ms for 10 s, then 3–6 ms: the threshold rises past 1.5× the one
+    // the canary's slow answers were counted by, and they are counted afresh. Every canary
+    // answer takes 20 ms, slow by either threshold.
+    let r = Recorder::default();
+    let mut counted_with = None;
+    let mut since = PerPool::from_fn(|_| Counts::judged());
+    let mut tick = PerPool::from_fn(|_| Counts::judged());
+    let t = thresholds(None);
+    let mut first = None;
+    for second in 0..20u64 {
+        let factor = if second < 10 { 1 } else { 3 };
+        for k in 0..30u64 {
+            let i = second * 30 + k;
+            let micros = (1_000 + i * 7_919 % 1_000) * factor;
+            r.record(PoolName::Stable, false, micros, Some(1 << 40 | i), None);
+            r.record(PoolName::Canary, false, 20_000, Some(1 << 41 | i), None);
+        }
+        r.drain(&mut tick);
+        for pool in PoolName::BOTH {
+            since[pool].add(&tick[pool]);
+        }
+        let slow = verdicts(&since, &t).latency.slow_micros;
+        first = first.or(slow);
+        r.slow_over(slow);
+        follow_threshold(&mut since, &mut counted_with, slow);
+    }
+    let v = verdicts(&since, &t);
+    let (first, now) = (first.unwrap_or(0.0), v.latency.slow_micros.unwrap_or(0.0));
+    assert!(now > 1.5 * first && now < 20_000.0, "{first} {now}");
+    let left = v.slow_left_out.expect("a threshold").canary;
+    // Every answer counted since the recount is slow: a share of the requests of all 20 s
+    // read about half.
+    assert!(left.n > 0 && left.hits == left.n, "{left:?}");
+    assert!(left.n < 10 * 30, "{left:?}");
+}
