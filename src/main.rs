@@ -178,14 +178,28 @@ fn threads_left(workers: usize, metrics: bool) -> anyhow::Result<()> {
     }
     match refused {
         None => Ok(()),
-        Some(e) => anyhow::bail!(
-            "cannot start the {needed} threads ramp runs on ({workers} runtime workers, logs, the state file's writer, the config watcher, blocking work{}): {e}; raise the limit on processes (ulimit -u, systemd's LimitNPROC= or TasksMax=, a container's pids limit) or lower `workers`",
-            if metrics {
-                ", the metrics listener"
-            } else {
-                ""
+        Some(e) => {
+            let mut what = Vec::new();
+            if workers > 0 {
+                what.push(format!("{workers} runtime workers"));
             }
-        ),
+            what.extend(
+                [
+                    "logs",
+                    "the state file's writer",
+                    "the config watcher",
+                    "blocking work",
+                ]
+                .map(String::from),
+            );
+            if metrics {
+                what.push("the metrics listener".to_owned());
+            }
+            anyhow::bail!(
+                "cannot start the {needed} threads ramp runs on ({}): {e}; raise the limit on processes (ulimit -u, systemd's LimitNPROC= or TasksMax=, a container's pids limit) or lower `workers`",
+                what.join(", ")
+            )
+        }
     }
 }
 
