@@ -357,14 +357,55 @@ fn slow_mix(seconds: u64, slower: f64, busy: PerPool<u64>) -> Verdicts {
     slow_mix_tracked(seconds, slower, busy, true)
 }
 
+/// The analysis task's looks, once a second as `task.rs` takes them: what was recorded is
+/// drained into `since`, the recorder is told which cells to count the latencies of (if
+/// `track`) and the new slow threshold, and the slow answers are recounted if it rose.
+struct Looks {
+    r: Recorder,
+    since: PerPool<Counts>,
+    tick: PerPool<Counts>,
+    counted_with: Option<f64>,
+    t: Thresholds,
+    track: bool,
+}
+
+impl Looks {
+    fn new(track: bool) -> Looks {
+        Looks {
+            r: Recorder::default(),
+            since: PerPool::from_fn(|_| Counts::judged()),
+            tick: PerPool::from_fn(|_| Counts::judged()),
+            counted_with: None,
+            t: thresholds(None),
+            track,
+        }
+    }
+
+    /// One look; the slow threshold it set.
+    fn look(&mut self) -> Option<f64> {
+        self.r.drain(&mut self.tick);
+        for pool in PoolName::BOTH {
+            self.since[pool].add(&self.tick[pool]);
+            if let Some(c) = self.since[pool].clusters.as_deref().filter(|_| self.track) {
+                self.r.track(pool, c.busiest());
+            }
+        }
+        let slow = verdicts(&self.since, &self.t).latency.slow_micros;
+        self.r.slow_over(slow);
+        follow_threshold(&mut self.since, &mut self.counted_with, slow);
+        slow
+    }
+
+    fn verdicts(&self) -> Verdicts {
+        verdicts(&self.since, &self.t)
+    }
+}
+
 /// [`slow_mix`], with the busiest cells' latencies counted apart only if `track`.
 fn slow_mix_tracked(seconds: u64, slower: f64, busy: PerPool<u64>, track: bool) -> Verdicts {
-    let r = Recorder::default();
-    let mut counted_with = None;
-    let mut since = PerPool::from_fn(|_| Counts::judged());
-    let mut tick = PerPool::from_fn(|_| Counts::judged());
-    let t = thresholds(None);
+    let mut looks = Looks::new(track);
     for second in 0..seconds {
+        let r = &looks.r;
         for pool in PoolName::BOTH {
             let factor = if pool == PoolName::Canary {
                 slower
@@ -384,18 +425,9 @@ fn slow_mix_tracked(seconds: u64, slower: f64, busy: PerPool<u64>, track: bool) 
                 }
             }
         }
-        r.drain(&mut tick);
-        for pool in PoolName::BOTH {
-            since[pool].add(&tick[pool]);
-            if let Some(c) = since[pool].clusters.as_deref().filter(|_| track) {
-                r.track(pool, c.busiest());
-            }
-        }
-        let slow = verdicts(&since, &t).latency.slow_micros;
-        r.slow_over(slow);
-        follow_threshold(&mut since, &mut counted_with, slow);
+        looks.look();
     }
-    verdicts(&since, &t)
+    looks.verdicts()
 }
 
 #[test]
@@ -553,13 +585,10 @@ fn errors_spread_unevenly_across_ordinary_users_are_not_called_too_few_users() {
 /// `seconds` of `users` canary users making 2 requests a second each, the first `slow` of them
 /// always answered in 10 ms, the others as fast as stable's 30 ever new users a second.
 fn ordinary_users_slow(seconds: u64, users: u64, slow: u64) -> Verdicts {
-    let r = Recorder::default();
-    let mut counted_with = None;
-    let mut since = PerPool::from_fn(|_| Counts::judged());
-    let mut tick = PerPool::from_fn(|_| Counts::judged());
-    let t = thresholds(None);
+    let mut looks = Looks::new(false);
     let fast = |i: u64| 1_000 + i * 7_919 % 1_000;
     for second in 0..seconds {
+        let r = &looks.r;
         for k in 0..30u64 {
             let i = second * 30 + k;
             r.record(PoolName::Stable, false, fast(i), Some(1 << 40 | i), None);
@@ -570,15 +599,9 @@ fn ordinary_users_slow(seconds: u64, users: u64, slow: u64) -> Verdicts {
                 r.record(PoolName::Canary, false, micros, Some(10_000 + u), None);
             }
         }
-        r.drain(&mut tick);
-        for pool in PoolName::BOTH {
-            since[pool].add(&tick[pool]);
-        }
-        let slow = verdicts(&since, &t).latency.slow_micros;
-        r.slow_over(slow);
-        follow_threshold(&mut since, &mut counted_with, slow);
+        looks.look();
     }
-    verdicts(&since, &t)
+    looks.verdicts()
 }
 
 #[test]
@@ -599,30 +622,20 @@ fn a_recount_starts_the_slow_share_afresh_with_its_requests() {
     // Stable's answers take 1–2 ms for 10 s, then 3–6 ms: the threshold rises past 1.5× the one
     // the canary's slow answers were counted by, and they are counted afresh. Every canary
     // answer takes 20 ms, slow by either threshold.
-    let r = Recorder::default();
-    let mut counted_with = None;
-    let mut since = PerPool::from_fn(|_| Counts::judged());
-    let mut tick = PerPool::from_fn(|_| Counts::judged());
-    let t = thresholds(None);
+    let mut looks = Looks::new(false);
     let mut first = None;
     for second in 0..20u64 {
         let factor = if second < 10 { 1 } else { 3 };
         for k in 0..30u64 {
             let i = second * 30 + k;
             let micros = (1_000 + i * 7_919 % 1_000) * factor;
+            let r = &looks.r;
             r.record(PoolName::Stable, false, micros, Some(1 << 40 | i), None);
             r.record(PoolName::Canary, false, 20_000, Some(1 << 41 | i), None);
         }
-        r.drain(&mut tick);
-        for pool in PoolName::BOTH {
-            since[pool].add(&tick[pool]);
-        }
-        let slow = verdicts(&since, &t).latency.slow_micros;
-        first = first.or(slow);
-        r.slow_over(slow);
-        follow_threshold(&mut since, &mut counted_with, slow);
+        first = first.or(looks.look());
     }
-    let v = verdicts(&since, &t);
+    let v = looks.verdicts();
     let (first, now) = (first.unwrap_or(0.0), v.latency.slow_micros.unwrap_or(0.0));
     assert!(now > 1.5 * first && now < 20_000.0, "{first} {now}");
     let left = v.slow_left_out.expect("a threshold").canary;
