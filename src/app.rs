@@ -191,9 +191,22 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         // Taken over only once it answers (a process that bound the socket but cannot accept on
         // it, short of descriptors, would hold it unanswered): else the running ramp gets it back.
         let path = admin.socket.clone();
-        let answered = tokio::task::spawn_blocking(move || admin::answers(&path))
-            .await
-            .unwrap_or(false);
+        // On a thread of its own, started here, so that one the system refuses (under a limit
+        // on processes that another process reached since `serve` checked it) is a socket not
+        // answered, handed back, rather than a panic of the runtime's blocking pool.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = std::thread::Builder::new()
+            .name("ramp-takeover".to_owned())
+            .spawn(move || {
+                let _ = tx.send(admin::answers(&path));
+            });
+        let answered = match asked {
+            Ok(_) => rx.await.unwrap_or(false),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a thread to ask the new admin socket");
+                false
+            }
+        };
         if !answered {
             task.abort();
             controller_task.abort();

@@ -224,11 +224,17 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Raises the soft limit on open files to the hard one (as Go's runtime does): each client
 /// connection, each upstream connection and each admin or metrics peer take a descriptor, and the
 /// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
-/// stays too low for `limits.max_connections` and `upstream.max_connections`.
-fn open_files(max_connections: usize, max_upstream: usize) -> Option<u64> {
+/// stays too low for `limits.max_connections` and `upstream.max_connections`; fails below
+/// [`MIN_OPEN_FILES`].
+/// Below this open files limit ramp does not start. About 20 descriptors are its own before
+/// any connection; with 22 to 24 it started, and then refused every `set` and could not save a
+/// halt for want of one.
+const MIN_OPEN_FILES: u64 = 64;
+
+fn open_files(max_connections: usize, max_upstream: usize) -> anyhow::Result<Option<u64>> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return None;
+        return Ok(None);
     };
     let limit = if soft < hard {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
@@ -241,6 +247,11 @@ fn open_files(max_connections: usize, max_upstream: usize) -> Option<u64> {
     } else {
         soft
     };
+    if limit < MIN_OPEN_FILES {
+        anyhow::bail!(
+            "the open files limit ({limit}) is below the {MIN_OPEN_FILES} ramp needs: its own files (listeners, the admin socket, the state file, the config watcher, the runtime's) take about 20, and a halt must still find one to be saved; raise it (LimitNOFILE=, ulimit -n)"
+        );
+    }
     // Every client connection and every upstream one, and room for the rest.
     let needed = (max_connections as u64)
         .saturating_add(max_upstream as u64)
@@ -252,7 +263,7 @@ fn open_files(max_connections: usize, max_upstream: usize) -> Option<u64> {
             "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those"
         );
     }
-    Some(limit)
+    Ok(Some(limit))
 }
 
 fn main() -> ExitCode {
@@ -296,7 +307,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let open_files = open_files(
                 config.limits.max_connections,
                 config.upstream.max_connections,
-            );
+            )?;
             let options = ramp::app::Options {
                 takeover,
                 dropped_logs: Some(dropped_logs),

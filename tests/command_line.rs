@@ -246,10 +246,11 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
     }
 }
 
-/// `ramp serve` of a config asking for two runtime workers, run with at most `nproc` processes
-/// and threads for its user (nobody, when the tests run as root, whom the limit does not bind);
-/// its exit code, or None if it was still running after 30 s, and its stderr.
-fn serve_with_thread_limit(nproc: u32) -> (Option<i32>, String) {
+/// `ramp serve` of a config asking for two runtime workers, run under `limit` (a `prlimit`
+/// option: `--nproc=4`, `--nofile=40`) as nobody when the tests run as root (whom a limit on
+/// processes does not bind); its exit code, or None if it was still running after 30 s, and
+/// its stderr.
+fn serve_with_limit(limit: &str) -> (Option<i32>, String) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -261,7 +262,6 @@ fn serve_with_thread_limit(nproc: u32) -> (Option<i32>, String) {
         "ramp.yaml",
         "listen: 127.0.0.1:0\nworkers: 2\npools: {stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}\nrollout: {id: r, percent: 1}\n",
     );
-    let limit = format!("--nproc={nproc}");
     let mut cmd = if nix::unistd::geteuid().is_root() {
         let mut c = Command::new("setpriv");
         c.args([
@@ -322,7 +322,7 @@ fn serve_short_of_threads_exits_with_the_reason_instead_of_panicking_or_hanging(
     // Two workers, logs, the state writer, the config watcher and blocking work: six threads
     // beside the main one. Each started with a panic inside its crate, or (the runtime's
     // workers) a hang with nothing served.
-    let (code, err) = serve_with_thread_limit(4);
+    let (code, err) = serve_with_limit("--nproc=4");
     assert_eq!(code, Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let last = err.lines().last().unwrap_or_default();
@@ -332,7 +332,49 @@ fn serve_short_of_threads_exits_with_the_reason_instead_of_panicking_or_hanging(
     );
     assert!(last.contains("raise the limit on processes"), "{err}");
     // With room for them, the same config serves.
-    let (code, err) = serve_with_thread_limit(4096);
+    let (code, err) = serve_with_limit("--nproc=4096");
     assert_eq!(code, None, "{err}");
     assert!(err.contains("\"listening\""), "{err}");
+}
+
+#[test]
+fn serve_short_of_open_files_exits_with_the_reason() {
+    // With 22 to 24 it started, then refused every `set` and could not save a halt.
+    let (code, err) = serve_with_limit("--nofile=40");
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ramp: the open files limit (40) is below the 64 ramp needs"),
+        "{err}"
+    );
+    let (code, err) = serve_with_limit("--nofile=64");
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("\"listening\""), "{err}");
+}
+
+#[test]
+fn ctl_talking_to_a_socket_that_sends_without_end_stops_with_a_short_error() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("not-ramp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    // Not ramp: it answers any command with 64 MB and no end of line.
+    std::thread::spawn(move || {
+        if let Ok((mut peer, _)) = listener.accept() {
+            let block = vec![b'x'; 1 << 20];
+            for _ in 0..64 {
+                if peer.write_all(&block).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let (code, out, err) = ramp(&["ctl", "--socket", path.to_str().expect("utf-8"), "status"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{} bytes out", out.len());
+    assert!(err.len() < 1_000, "{} bytes of error", err.len());
+    assert!(
+        err.contains("sent a reply longer than 4194304 bytes"),
+        "{err}"
+    );
 }

@@ -127,8 +127,39 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 });
             }
         }
+        if in_system_files(state) {
+            return Err(ConfigError::StateFileClash {
+                path: path.to_owned(),
+                state: state.clone(),
+                what: "under /proc, /sys or /dev (a process's or the kernel's, not ramp's)",
+            });
+        }
     }
     Ok(config)
+}
+
+/// Whether `path`, as written or with its links followed, is under /proc, /sys or /dev (but
+/// /dev/shm, a tmpfs for files of anyone's): `/proc/self/fd/1` had ramp write its state over
+/// its own log.
+fn in_system_files(path: &Path) -> bool {
+    let system = |p: &Path| {
+        ["/proc", "/sys", "/dev"].iter().any(|s| p.starts_with(s)) && !p.starts_with("/dev/shm")
+    };
+    // Each link on the way too: `/proc/self/fd/1` itself leads to a file elsewhere.
+    let mut hop = path.to_path_buf();
+    for _ in 0..40 {
+        if system(&hop) {
+            return true;
+        }
+        match std::fs::read_link(&hop) {
+            Ok(next) => hop = hop.parent().map_or(next.clone(), |dir| dir.join(&next)),
+            Err(_) => break,
+        }
+    }
+    let followed = std::fs::canonicalize(path)
+        .ok()
+        .or_else(|| std::fs::canonicalize(path.parent()?).ok());
+    followed.as_deref().is_some_and(system)
 }
 
 pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {

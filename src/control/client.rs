@@ -60,11 +60,26 @@ pub enum ClientError {
         humantime::format_duration(*wait)
     )]
     NoAnswer { path: String, wait: Duration },
-    #[error("unreadable reply {line:?}: {error}")]
+    #[error(
+        "{path} sent a reply longer than {max} bytes: not ramp's (its replies are a line of a few kilobytes)"
+    )]
+    TooLong { path: String, max: u64 },
+    #[error("unreadable reply {:?}: {error}", first(line))]
     BadReply {
         line: String,
         error: serde_json::Error,
     },
+}
+
+/// The most of a reply ctl reads: a peer that is not ramp could send without end.
+const MAX_REPLY: u64 = 4 << 20;
+
+/// The start of an unreadable reply, for its error: a peer that is not ramp may send megabytes.
+fn first(line: &str) -> String {
+    match line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_owned(),
+    }
 }
 
 /// A reply: the raw line (for `--json`) and what it says.
@@ -175,7 +190,13 @@ pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, Clie
     // ramp may answer (a refusal) and close before reading: the reply still tells why.
     let sent = stream.write_all(&text);
     let mut reply = String::new();
-    let read = BufReader::new(stream).read_line(&mut reply);
+    let read = BufReader::new(std::io::Read::take(stream, MAX_REPLY)).read_line(&mut reply);
+    if reply.len() as u64 >= MAX_REPLY && !reply.ends_with('\n') {
+        return Err(ClientError::TooLong {
+            path,
+            max: MAX_REPLY,
+        });
+    }
     if reply.is_empty() {
         sent.map_err(io)?;
         if let Err(e) = &read
