@@ -138,28 +138,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// Whether `path`, as written or with its links followed, is under /proc, /sys or /dev (but
-/// /dev/shm, a tmpfs for files of anyone's): `/proc/self/fd/1` had ramp write its state over
-/// its own log.
+/// Whether `path` as written, or the directory it names, with its links followed, is under
+/// /proc, /sys or /dev (but /dev/shm, a tmpfs for files of anyone's): `/proc/self/fd/1` had
+/// ramp write its state over its own log. (A state file that is a link to a device or a FIFO
+/// is the state file's own trouble: ramp starts with everyone on stable, and says why.)
 fn in_system_files(path: &Path) -> bool {
     let system = |p: &Path| {
         ["/proc", "/sys", "/dev"].iter().any(|s| p.starts_with(s)) && !p.starts_with("/dev/shm")
     };
-    // Each link on the way too: `/proc/self/fd/1` itself leads to a file elsewhere.
-    let mut hop = path.to_path_buf();
-    for _ in 0..40 {
-        if system(&hop) {
-            return true;
-        }
-        match std::fs::read_link(&hop) {
-            Ok(next) => hop = hop.parent().map_or(next.clone(), |dir| dir.join(&next)),
-            Err(_) => break,
-        }
-    }
-    let followed = std::fs::canonicalize(path)
-        .ok()
-        .or_else(|| std::fs::canonicalize(path.parent()?).ok());
-    followed.as_deref().is_some_and(system)
+    let dir = path.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    system(path) || dir.as_deref().is_some_and(system)
 }
 
 pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
