@@ -10,7 +10,7 @@
 use super::Rng;
 use super::model::{SIGMA, STABLE_MEDIAN_MICROS};
 use crate::analysis::Counts;
-use crate::analysis::clusters::Clusters;
+use crate::analysis::clusters::{CELLS, Clusters};
 use crate::analysis::guard::{Thresholds, Verdict};
 use crate::analysis::histogram;
 use crate::analysis::view::{Verdicts, follow_threshold, verdicts};
@@ -161,7 +161,7 @@ impl Books {
 /// verdict (`pick`ed of the look's) was Regressed (None: never).
 fn run(mix: &Mix, seed: u64, t: &Thresholds, pick: fn(&Verdicts) -> Verdict) -> Option<u64> {
     let mut rng = Rng::new(seed, 0x05E5);
-    let cell = |rng: &mut Rng| (rng.next_u64() % 4_096) as usize;
+    let cell = |rng: &mut Rng| (rng.next_u64() % CELLS as u64) as usize;
     let busy: Vec<(Busy, usize)> = mix.busy.iter().map(|&b| (b, cell(&mut rng))).collect();
     let mut regulars = Vec::new();
     for &(users, per_second, rate) in &mix.regulars {
@@ -180,7 +180,7 @@ fn run(mix: &Mix, seed: u64, t: &Thresholds, pick: fn(&Verdicts) -> Verdict) -> 
         slow_over: f64::INFINITY,
         counted_with: None,
         tracked: PerPool::default(),
-        slot: PerPool::from_fn(|_| vec![0; 4_096]),
+        slot: PerPool::from_fn(|_| vec![0; CELLS]),
     };
     let mu = STABLE_MEDIAN_MICROS.ln();
     for _ in 0..mix.seconds {

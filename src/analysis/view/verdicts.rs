@@ -87,10 +87,7 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
     // variance with users as the unit widens the range by as much. And the errors must come
     // from at least `min_users` users (cells) of the canary's: one user's bad input is no
     // regression of the version.
-    let few = |why| Verdict::FewUsers {
-        needed: t.min_users,
-        why,
-    };
+    let few = |why| few(t, why);
     let (canary, stable) = (&since.canary, &since.stable);
     let whole = PerPool::from_fn(|p| since[p].clusters.as_ref().map(|c| c.whole(Kind::Errors)));
     let mut errors = guard::errors(arm(canary), arm(stable), clustered(&whole), t);
@@ -152,6 +149,14 @@ pub fn verdicts(since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
         latency,
         errors_left_out,
         slow_left_out,
+    }
+}
+
+/// A regression counted per request that is not the guard's call, and `why`.
+fn few(t: &Thresholds, why: Few) -> Verdict {
+    Verdict::FewUsers {
+        needed: t.min_users,
+        why,
     }
 }
 
@@ -222,10 +227,7 @@ fn latency(since: &PerPool<Counts>, t: &Thresholds) -> (LatencyCheck, Option<Slo
     // As for errors, what remains must still have `min_requests`, and slow answers of
     // `min_users` users.
     let enough = left.n >= t.min_requests && without.hit_cells >= t.min_users;
-    let few = |why| Verdict::FewUsers {
-        needed: t.min_users,
-        why,
-    };
+    let few = |why| few(t, why);
     let above = |share: &Interval| share.low > guard::SLOW_SHARE_LIMIT;
     latency.verdict = if above(&decided) {
         if enough {
