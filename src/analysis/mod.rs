@@ -9,6 +9,9 @@ mod counts;
 pub mod guard;
 pub mod histogram;
 #[cfg(test)]
+mod looks;
+pub(crate) mod reference;
+#[cfg(test)]
 mod sim;
 pub mod stats;
 mod task;

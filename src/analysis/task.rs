@@ -15,6 +15,7 @@ use crate::snapshot::Current;
 
 use super::counts::{Converted, Counts, Recorder};
 use super::guard::Verdict;
+use super::reference::Reference;
 use super::view::{self, AnalysisView, Inputs};
 use super::window::Window;
 
@@ -121,9 +122,8 @@ struct Books {
     acted: Option<String>,
     /// [`Analysis::restart`]s seen.
     restarts: u64,
-    /// The slow threshold the cells' slow answers in `since` were counted by (see
-    /// [`view::follow_threshold`]).
-    slow_counted_with: Option<f64>,
+    /// What the slow threshold is set from, for `since`.
+    reference: Reference,
 }
 
 impl Books {
@@ -145,7 +145,7 @@ impl Books {
                 .collect(),
             acted: None,
             restarts: 0,
-            slow_counted_with: None,
+            reference: Reference::default(),
         }
     }
 
@@ -164,7 +164,7 @@ impl Books {
             // A resume is told by the controller (it may come and go within this second).
             if new_rollout || told || before.ppm != now.ppm {
                 clear(&mut self.since);
-                self.slow_counted_with = None;
+                self.reference.clear();
                 self.converted = PerPool::default();
                 self.since_at = SystemTime::now();
                 self.acted = None;
@@ -239,16 +239,12 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         }
         let guard = config.guard.as_ref();
         let t = view::thresholds(guard);
-        let verdicts = view::verdicts(&books.since, &t);
+        // (The cells' slow answers are counted afresh if the threshold rose far above the one
+        // they were counted by.)
+        let verdicts = books.reference.look(&mut books.since, &t);
         let (errors, latency) = (verdicts.errors, &verdicts.latency);
-        // Answers slower than this from now on count as slow in their users' cells (afresh if it
-        // moved far from the one they were counted by).
+        // Answers slower than this from now on count as slow in their users' cells.
         analysis.recorder.slow_over(latency.slow_micros);
-        view::follow_threshold(
-            &mut books.since,
-            &mut books.slow_counted_with,
-            latency.slow_micros,
-        );
         // The difference's range is drawn once both sides have a few requests (before, it spans
         // everything and says nothing).
         let enough = books.since.canary.requests.min(books.since.stable.requests) >= 30;
@@ -288,6 +284,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
             .then(|| f64::from(rollout.ppm) / f64::from(crate::routing::BUCKETS));
         let mut view = view::compute(
             &books.since,
+            &verdicts,
             &books.step,
             &books.window,
             Inputs {

@@ -169,8 +169,12 @@ pub struct LatencyView {
 pub struct SlowWithoutBusy {
     /// Users (cells) left out of each version.
     pub users: PerPool<usize>,
-    /// Stable's p99 without its busy users, ms: what "slow" is set from.
+    /// Stable's p99 without its busy users, ms: what "slow" is set from...
     pub stable_p99_ms: Option<f64>,
+    /// ...over its last this many seconds (about a minute, longer while stable has fewer than
+    /// 2,000 answers in it); None: since the comparison began.
+    #[serde(default)]
+    pub stable_p99_secs: Option<u64>,
     /// Canary requests without its busy users.
     pub requests: u64,
     /// Their share slower than `slow_ms`, with its confidence sequence.
@@ -377,8 +381,10 @@ pub struct Inputs<'a> {
     pub acted: Option<String>,
 }
 
+/// The comparison over `since`, with the `verdicts` the guard acted on at this look.
 pub fn compute(
     since: &PerPool<Counts>,
+    verdicts: &Verdicts,
     step: &PerPool<Counts>,
     window: &Window,
     inputs: Inputs<'_>,
@@ -389,7 +395,7 @@ pub fn compute(
         latency,
         errors_left_out,
         slow_left_out,
-    } = verdicts(since, &t);
+    } = *verdicts;
     let in_window = window.total();
     let pools = PerPool::from_fn(|p| figures(&since[p], &in_window[p]));
     let sample_ratio = inputs.expected_share.and_then(|expected| {
@@ -431,6 +437,7 @@ pub fn compute(
             without_busy: slow_left_out.map(|l| SlowWithoutBusy {
                 users: l.users,
                 stable_p99_ms: l.stable_p99.map(ms),
+                stable_p99_secs: l.reference_looks,
                 requests: l.canary.n,
                 slow_share: l.share.into(),
             }),
@@ -490,7 +497,7 @@ fn series(window: &Window) -> Series {
 
 mod verdicts;
 
-pub use verdicts::{LeftOut, Verdicts, follow_threshold, verdicts};
+pub use verdicts::{LeftOut, Verdicts, follow_threshold, verdicts, verdicts_over};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::analysis::counts::Recorder;
+use crate::analysis::looks::Looks;
 
 /// `users` users a side, each making three requests; in each pool, the users whose number
 /// `converts` accepts convert once. `extra` adds one canary user's requests (`GETs`) and
@@ -357,50 +358,6 @@ fn slow_mix(seconds: u64, slower: f64, busy: PerPool<u64>) -> Verdicts {
     slow_mix_tracked(seconds, slower, busy, true)
 }
 
-/// The analysis task's looks, once a second as `task.rs` takes them: what was recorded is
-/// drained into `since`, the recorder is told which cells to count the latencies of (if
-/// `track`) and the new slow threshold, and the slow answers are recounted if it rose.
-struct Looks {
-    r: Recorder,
-    since: PerPool<Counts>,
-    tick: PerPool<Counts>,
-    counted_with: Option<f64>,
-    t: Thresholds,
-    track: bool,
-}
-
-impl Looks {
-    fn new(track: bool) -> Looks {
-        Looks {
-            r: Recorder::default(),
-            since: PerPool::from_fn(|_| Counts::judged()),
-            tick: PerPool::from_fn(|_| Counts::judged()),
-            counted_with: None,
-            t: thresholds(None),
-            track,
-        }
-    }
-
-    /// One look; the slow threshold it set.
-    fn look(&mut self) -> Option<f64> {
-        self.r.drain(&mut self.tick);
-        for pool in PoolName::BOTH {
-            self.since[pool].add(&self.tick[pool]);
-            if let Some(c) = self.since[pool].clusters.as_deref().filter(|_| self.track) {
-                self.r.track(pool, c.busiest());
-            }
-        }
-        let slow = verdicts(&self.since, &self.t).latency.slow_micros;
-        self.r.slow_over(slow);
-        follow_threshold(&mut self.since, &mut self.counted_with, slow);
-        slow
-    }
-
-    fn verdicts(&self) -> Verdicts {
-        verdicts(&self.since, &self.t)
-    }
-}
-
 /// [`slow_mix`], with the busiest cells' latencies counted apart only if `track`.
 fn slow_mix_tracked(seconds: u64, slower: f64, busy: PerPool<u64>, track: bool) -> Verdicts {
     let mut looks = Looks::new(track);
@@ -633,7 +590,7 @@ fn a_recount_starts_the_slow_share_afresh_with_its_requests() {
             r.record(PoolName::Stable, false, micros, Some(1 << 40 | i), None);
             r.record(PoolName::Canary, false, 20_000, Some(1 << 41 | i), None);
         }
-        first = first.or(looks.look());
+        first = first.or(looks.look().latency.slow_micros);
     }
     let v = looks.verdicts();
     let (first, now) = (first.unwrap_or(0.0), v.latency.slow_micros.unwrap_or(0.0));
