@@ -338,3 +338,52 @@ async fn a_state_file_that_is_a_single_file_bind_mount_is_still_written() {
     assert_eq!(proxy.admin("status")["percent"], 7.0);
     drop(proxy);
 }
+
+/// The state file written by a ramp started on `STEPS`, edited by `edit` while ramp was down,
+/// then ramp started again on it.
+async fn restart_with_edited_state(edit: impl Fn(&mut Value)) -> (Proxy, Backend, Backend) {
+    let (s, c) = backends().await;
+    let proxy = Proxy::start(&yaml(&s, &c, STEPS));
+    let (dir, path) = proxy.kill9();
+    let state = dir.path().join("state.json");
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("state json");
+    edit(&mut v);
+    std::fs::write(&state, serde_json::to_vec(&v).expect("json")).expect("write");
+    (Proxy::start_in(dir, path), s, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_state_file_keeps_its_percent_and_stops_a_schedule_that_disagrees() {
+    // 20% by hand, the schedule still on its first step (0.01%): the percent routed stays, and
+    // the schedule stops as after `ramp ctl set` (it would have moved users by 2.5% at its
+    // next step, a percent nobody set).
+    let (proxy, _s, _c) = restart_with_edited_state(|v| v["percent_ppm"] = 200_000.into()).await;
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("running"), Some(20.0)),
+        "{st}"
+    );
+    assert!(st["schedule"].is_null(), "{st}");
+    let share = canary_share(&proxy, 400).await;
+    assert!((50..=110).contains(&share), "{share} of 400 at 20%");
+    let logs = proxy.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("inconsistent") && l.contains("the percent is kept")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_ending_in_the_year_9999_is_cut_to_the_step_s_hold() {
+    let (proxy, _s, _c) = restart_with_edited_state(|v| {
+        v["schedule"]["deadline_unix_ms"] = 253_402_300_799_000u64.into();
+    })
+    .await;
+    let st = proxy.admin("status");
+    assert_eq!(st["schedule"]["step"], 1, "{st}");
+    let left = st["schedule"]["next_in_secs"].as_f64().expect("time left");
+    assert!(left > 500.0 && left <= 600.0, "{left}: {st}");
+}

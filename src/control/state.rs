@@ -256,6 +256,48 @@ impl RolloutState {
         }
     }
 
+    /// A state read back (the state file, the fleet's store) made to hold what ramp itself
+    /// keeps true, and what was changed, if anything. A hand-edited or damaged one could name a
+    /// step whose percent is not the one routed (the schedule would then move users by a
+    /// percent nobody set), a hold ending in the year 9999, or a clock running while halted.
+    /// The percent routed never moves here, so no user changes version at a restart: a step at
+    /// another percent stops the schedule, as `ramp ctl set` does; the time left is at most the
+    /// step's hold; the clock runs while running and is paused otherwise.
+    pub fn settle(&mut self, now: Instant) -> Option<String> {
+        // A pending plan replaced the steps the position refers to; `resume` re-bases it.
+        let old = self.schedule.filter(|_| !self.plan_pending)?;
+        let step = self.steps().get(old.step).copied();
+        if self.state == State::Completed || step.is_none_or(|s| s.ppm != self.ppm) {
+            self.schedule = None;
+            return Some(format!(
+                "its schedule's step {} is not at the percent in force ({}%): the percent is kept and the schedule stopped, as after `ramp ctl set`",
+                old.step + 1,
+                crate::config::ppm_to_percent(self.ppm)
+            ));
+        }
+        let mut settled = Schedule::at(self.steps(), old.step, now);
+        if let (Timing::Until(full), Some(left)) = (settled.timing, old.left(now)) {
+            settled.timing = Timing::Until(full.min(now + left));
+        }
+        if self.state != State::Running {
+            settled.pause(now);
+        }
+        self.schedule = Some(settled);
+        (settled.timing != old.timing).then(|| {
+            format!(
+                "its schedule's step {} had {} left, {}: now {}, as the step's hold allows",
+                old.step + 1,
+                secs(old.left(now)),
+                match old.timing {
+                    Timing::Until(_) => "running",
+                    Timing::Paused(_) => "paused",
+                    Timing::Final => "none",
+                },
+                secs(settled.left(now))
+            )
+        })
+    }
+
     /// Moves to the next step if the hold has expired; true if it did.
     pub fn advance(&mut self, now: Instant) -> bool {
         let Some(at) = self.next_deadline() else {
@@ -285,3 +327,9 @@ impl RolloutState {
 
 #[cfg(test)]
 mod tests;
+
+/// A time left, in whole seconds, for a log line.
+fn secs(left: Option<std::time::Duration>) -> String {
+    let d = std::time::Duration::from_secs(left.unwrap_or_default().as_secs());
+    humantime::format_duration(d).to_string()
+}

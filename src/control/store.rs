@@ -348,7 +348,7 @@ fn decode(
     if generation > LATEST_MS {
         return Err(invalid("generation after the year 9999"));
     }
-    Ok(RolloutState {
+    let mut state = RolloutState {
         id: f.rollout,
         state: f.state,
         ppm: check_ppm(f.percent_ppm)?,
@@ -363,7 +363,11 @@ fn decode(
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
         generation,
-    })
+    };
+    if let Some(what) = state.settle(now) {
+        tracing::warn!(from = %path.display(), "the rollout state read back was inconsistent: {what}");
+    }
+    Ok(state)
 }
 
 #[cfg(test)]

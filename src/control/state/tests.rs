@@ -148,3 +148,62 @@ fn resume_after_rolling_back_a_completed_rollout_completes_it_again() {
     s.resume(t0).expect("resume");
     assert_eq!((s.state, s.ppm), (State::Running, 20_000));
 }
+
+#[test]
+fn a_state_read_back_is_settled_without_moving_the_percent() {
+    let now = Instant::now();
+    let fresh = || RolloutState::fresh(plan("r", steps()), now, Source::Startup);
+    // As ramp keeps it: nothing to say.
+    assert_eq!(fresh().settle(now), None);
+    // A step at another percent than the one routed: the percent stays, the schedule stops.
+    let mut s = fresh();
+    s.ppm = 200_000;
+    let said = s.settle(now).expect("said");
+    assert_eq!((s.ppm, s.schedule), (200_000, None));
+    assert!(said.contains("step 1") && said.contains("20%"), "{said}");
+    // A hold ending in the year 9999: at most the step's (10 minutes).
+    let mut s = fresh();
+    let far = now + Duration::from_secs(250_000_000_000);
+    s.schedule = s.schedule.map(|x| Schedule {
+        timing: Timing::Until(far),
+        ..x
+    });
+    assert!(s.settle(now).is_some());
+    assert_eq!(
+        s.schedule.and_then(|x| x.left(now)),
+        Some(Duration::from_secs(600))
+    );
+    // Halted with its clock running: paused, with what was left.
+    let mut s = fresh();
+    s.state = State::Halted;
+    s.schedule = s.schedule.map(|x| Schedule {
+        timing: Timing::Until(now + Duration::from_secs(120)),
+        ..x
+    });
+    assert!(s.settle(now).is_some());
+    assert_eq!(
+        s.schedule.map(|x| x.timing),
+        Some(Timing::Paused(Duration::from_secs(120)))
+    );
+    // Running with its clock paused: running again.
+    let mut s = fresh();
+    s.schedule = s.schedule.map(|x| Schedule {
+        timing: Timing::Paused(Duration::from_secs(60)),
+        ..x
+    });
+    assert!(s.settle(now).is_some());
+    assert_eq!(
+        s.schedule.map(|x| x.timing),
+        Some(Timing::Until(now + Duration::from_secs(60)))
+    );
+    // A completed rollout has no schedule; a pending plan's position is `resume`'s to re-base.
+    let mut s = fresh();
+    s.state = State::Completed;
+    assert!(s.settle(now).is_some());
+    assert_eq!(s.schedule, None);
+    let mut s = fresh();
+    s.plan_pending = true;
+    s.ppm = 300_000;
+    assert_eq!(s.settle(now), None);
+    assert!(s.schedule.is_some());
+}
