@@ -259,7 +259,9 @@ async fn a_new_pool_list_applies_and_a_new_listen_address_waits_for_a_restart() 
     let (code, out, _) = proxy.ctl(&["reload"]);
     assert_eq!(code, 0);
     assert!(
-        out.starts_with("reload      the rollout as it was; no setting changed\n"),
+        out.starts_with(
+            "reload      the rollout as it was; no setting changed live; a restart is needed for: listen\n"
+        ),
         "{out}"
     );
 }

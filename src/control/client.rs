@@ -492,6 +492,12 @@ pub fn human(reply: &Decoded) -> String {
                 "reload      {}; {}\n{}",
                 reload_effect(*effect),
                 match applied.as_deref() {
+                    // The file's changes may all wait for a restart: said first, not only in
+                    // the `restart` row below.
+                    Some([]) | None if !s.restart_required.is_empty() => format!(
+                        "no setting changed live; a restart is needed for: {}",
+                        s.restart_required.join(", ")
+                    ),
                     Some([]) | None => "no setting changed".to_owned(),
                     Some(names) => format!("changed: {}", names.join(", ")),
                 },
