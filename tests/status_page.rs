@@ -273,6 +273,30 @@ async fn the_page_and_its_json_answer_no_other_site_s_name() {
     let (status, reply) = get_with_host(web, "/api/status", &format!("127.0.0.1:{port}"));
     assert_eq!(status, 200);
     assert!(reply.contains("secret-salt"), "{reply}");
+    // No browser sends these, but something in front might read them otherwise: a port past
+    // 65535, a user part, a second Host, a target naming another host than Host.
+    for host in [
+        "localhost:99999".to_owned(),
+        format!("evil.example@127.0.0.1:{port}"),
+        format!("[::1]x:{port}"),
+    ] {
+        let (status, reply) = get_with_host(web, "/api/status", &host);
+        assert_eq!(status, 403, "Host {host}: {reply}");
+    }
+    for request in [
+        format!(
+            "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET http://evil.example:{port}/api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let reply = support::raw(web, request.as_bytes());
+        assert!(
+            matches!(support::status_of(&reply), 400 | 403) && !reply.contains("secret-salt"),
+            "{request}: {reply}"
+        );
+    }
     // Prometheus may scrape by any name: the counters show no salt.
     let (status, reply) = get_with_host(web, "/metrics", "evil.example");
     assert_eq!(status, 200, "{reply}");

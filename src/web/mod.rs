@@ -107,6 +107,11 @@ async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<B
             .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    // One Host at most (RFC 9112, 3.2): two could be read one way here and another by
+    // whatever sits in front.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return reply(StatusCode::BAD_REQUEST, TEXT, "more than one Host header\n");
+    }
     let path = req.uri().path();
     if matches!(path, "/" | "/api/status") && !page_host(&req, &web.allowed_hosts) {
         // A page on another site whose name was made to resolve here (DNS rebinding) would be
@@ -138,21 +143,32 @@ async fn route(web: Web, req: Request<hyper::body::Incoming>) -> Response<Full<B
 
 /// Whether the request's Host is one the status page answers to: none (not a browser), an IP
 /// address, `localhost` (or a name under it), or an allowed name; any port.
+/// A target in absolute form names the host itself, and Host is then ignored (RFC 9112,
+/// 3.2.2).
 fn page_host<B>(req: &Request<B>, allowed: &[String]) -> bool {
-    let Some(host) = req.headers().get(header::HOST) else {
-        return true;
+    let host = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(target), _) => target.as_str(),
+        (None, None) => return true,
+        (None, Some(host)) => match host.to_str() {
+            Ok(host) => host,
+            Err(_) => return false,
+        },
     };
-    let Ok(host) = host.to_str() else {
+    // No user information: `user@host` is no Host.
+    if host.contains('@') {
         return false;
-    };
+    }
+    let port =
+        |p: &str| p.is_empty() || p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok();
     if host.starts_with('[') {
         // An IPv6 literal, with or without a port.
-        return host
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip[1..].parse::<std::net::Ipv6Addr>().is_ok());
+        return host.split_once(']').is_some_and(|(ip, rest)| {
+            ip[1..].parse::<std::net::Ipv6Addr>().is_ok()
+                && (rest.is_empty() || rest.strip_prefix(':').is_some_and(port))
+        });
     }
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some((name, p)) if port(p) => name,
         Some(_) => return false,
         None => host,
     };
