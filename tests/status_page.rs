@@ -284,9 +284,7 @@ async fn the_page_and_its_json_answer_no_other_site_s_name() {
         assert_eq!(status, 403, "Host {host}: {reply}");
     }
     for request in [
-        format!(
-            "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
-        ),
+        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_owned(),
         format!(
             "GET http://evil.example:{port}/api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         ),
