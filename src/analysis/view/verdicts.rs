@@ -183,8 +183,9 @@ fn why(without: Verdict) -> Few {
 }
 
 /// The latency check over `since`, with each version's busy users left out: stable's from its
-/// p99 (over `recent` when given, else since the comparison began), which "slow" is set from (one busy stable client with slow answers, an exporter or a
-/// report, raised it, and a canary slower for everyone read as no slower, or better), and the
+/// p99 (over `recent` when given, else since the comparison began), which "slow" is set from
+/// (one busy stable client with slow answers, an exporter or a report, raised it, and a
+/// canary slower for everyone read as no slower, or better), and the
 /// canary's from its slow share, judged with users as the unit of its variance. The call rests
 /// on that, as the errors' does. The percentiles shown are everyone's.
 fn latency(
