@@ -30,7 +30,8 @@ pub const TRACKED: usize = 64;
 const BUSY: u128 = 8;
 
 /// The most a busy cell's latencies counted are scaled up by, to stand for its answers from
-/// before they were counted too.
+/// before they were counted too: at most 4, so that a few answers counted are not taken as
+/// many (from buckets where they may be other users').
 const MAX_SCALE: f64 = 4.0;
 
 /// What a cell counts of its requests.
@@ -319,22 +320,38 @@ impl Clusters {
     /// second of slow answers stayed in stable's p99 for minutes.
     pub fn latency_without_busy(&self, all: &[u64]) -> (Box<[u64]>, usize) {
         let mut kept: Box<[u64]> = all.into();
-        let busy = self.busy_of(&self.busiest);
-        for t in self.latency.iter().filter(|t| busy.contains(&t.cell)) {
-            let n = self.cells.get(t.cell).map_or(0, |c| c.n);
-            // n / (n − before): all its requests over those whose latencies were counted; at
-            // most 4, so that a few answers counted are not taken as many (from buckets where
-            // they may be other users').
-            let scale = if n > t.before {
-                (n as f64 / (n - t.before) as f64).min(MAX_SCALE)
-            } else {
-                1.0
-            };
-            for (a, b) in kept.iter_mut().zip(t.counts.iter()) {
+        for (_, scale, counts) in self.busy_latencies() {
+            for (a, b) in kept.iter_mut().zip(counts.iter()) {
                 *a = a.saturating_sub((*b as f64 * scale).round() as u64);
             }
         }
-        (kept, busy.len())
+        (kept, self.busy_of(&self.busiest).len())
+    }
+
+    /// The latencies of every cell counted apart, per cell.
+    pub fn tracked_latencies(&self) -> impl Iterator<Item = (usize, &[u64])> {
+        self.latency.iter().map(|t| (t.cell, &t.counts[..]))
+    }
+
+    /// The busy cells' latencies counted apart, as [`Clusters::latency_without_busy`] takes
+    /// them out: per cell, its latencies and how many answers each stands for (its answers
+    /// from before they were counted taken as those counted since, at most 4 times).
+    pub fn busy_latencies(&self) -> Vec<(usize, f64, &[u64])> {
+        let busy = self.busy_of(&self.busiest);
+        self.latency
+            .iter()
+            .filter(|t| busy.contains(&t.cell))
+            .map(|t| {
+                let n = self.cells.get(t.cell).map_or(0, |c| c.n);
+                // n / (n − before): all its requests over those whose latencies were counted.
+                let scale = if n > t.before {
+                    (n as f64 / (n - t.before) as f64).min(MAX_SCALE)
+                } else {
+                    1.0
+                };
+                (t.cell, scale, &t.counts[..])
+            })
+            .collect()
     }
 
     /// All cells.
