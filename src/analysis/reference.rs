@@ -221,7 +221,7 @@ mod tests {
                     let id = match who {
                         Who::EverNew => user,
                         Who::Users(_) if i >= 30 => u64::MAX,
-                        Who::Users(users) => (pool as u64) << 40 | user % users,
+                        Who::Users(users) => ((pool as u64) << 40) | (user % users),
                     };
                     let took = micros(pool, second, i);
                     looks.r.record(pool, false, took, Some(id), None);
@@ -302,14 +302,22 @@ mod tests {
         for second in 0..240u64 {
             for i in 0..30u64 {
                 let n = second * 30 + i;
-                looks
-                    .r
-                    .record(Stable, false, answer(n), Some(1 << 40 | n % 1_000), None);
-                looks
-                    .r
-                    .record(Canary, false, answer(n), Some(1 << 41 | n % 1_000), None);
+                looks.r.record(
+                    Stable,
+                    false,
+                    answer(n),
+                    Some((1 << 40) | (n % 1_000)),
+                    None,
+                );
+                looks.r.record(
+                    Canary,
+                    false,
+                    answer(n),
+                    Some((1 << 41) | (n % 1_000)),
+                    None,
+                );
             }
-            let twenty = |k: u64| Some(1 << 42 | k % 20);
+            let twenty = |k: u64| Some((1 << 42) | (k % 20));
             if second < 120 {
                 for r in 0..2 + second % 2 {
                     looks
