@@ -32,7 +32,7 @@ const BUSY: u128 = 8;
 /// The most a busy cell's latencies counted are scaled up by, to stand for its answers from
 /// before they were counted too: at most 4, so that a few answers counted are not taken as
 /// many (from buckets where they may be other users').
-const MAX_SCALE: f64 = 4.0;
+pub const MAX_SCALE: f64 = 4.0;
 
 /// What a cell counts of its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,6 +326,11 @@ impl Clusters {
             }
         }
         (kept, self.busy_of(&self.busiest).len())
+    }
+
+    /// Each cell's requests.
+    pub fn requests_per_cell(&self) -> Box<[u64]> {
+        self.cells.iter().map(|c| c.n).collect()
     }
 
     /// The latencies of every cell counted apart, per cell.

@@ -291,7 +291,7 @@ const RECOUNT: f64 = 1.5;
 /// more answers): answers counted by the higher one are fewer than by today's, and left in,
 /// the minute and more of answers counted while a burst held the threshold at a second
 /// diluted the share of a canary twice as slow: in simulation its halt came a median of 4,112
-/// canary requests in, against 2,836 with them forgotten.
+/// canary requests in, against 2,828 with them forgotten.
 pub fn follow_threshold(
     since: &mut PerPool<Counts>,
     counted_with: &mut Option<(f64, f64)>,
