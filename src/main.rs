@@ -221,16 +221,16 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-/// Raises the soft limit on open files to the hard one (as Go's runtime does): each client
-/// connection, each upstream connection and each admin or metrics peer take a descriptor, and the
-/// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
-/// stays too low for `limits.max_connections` and `upstream.max_connections`; fails below
-/// [`MIN_OPEN_FILES`].
 /// Below this open files limit ramp does not start. About 20 descriptors are its own before
 /// any connection; with 22 to 24 it started, and then refused every `set` and could not save a
 /// halt for want of one.
 const MIN_OPEN_FILES: u64 = 64;
 
+/// Raises the soft limit on open files to the hard one (as Go's runtime does): each client
+/// connection, each upstream connection and each admin or metrics peer take a descriptor, and the
+/// usual soft limit, 1024, is far below `limits.max_connections`' default. Says so if the limit
+/// stays too low for `limits.max_connections` and `upstream.max_connections`; fails below
+/// [`MIN_OPEN_FILES`].
 fn open_files(max_connections: usize, max_upstream: usize) -> anyhow::Result<Option<u64>> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {

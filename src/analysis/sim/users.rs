@@ -259,6 +259,20 @@ fn alarms(mix: &Mix, runs: u64, pick: fn(&Verdicts) -> Verdict) -> Vec<u64> {
         .collect()
 }
 
+/// The share of `runs` holds in which a regression was `caught` within `within` canary
+/// requests, printed with the median under `name`.
+fn caught_share(name: &str, caught: &[u64], within: u64, runs: u64) -> f64 {
+    let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
+    let mut sorted = caught.to_vec();
+    sorted.sort_unstable();
+    eprintln!(
+        "{name}: caught within {within} canary requests in {:.0}% of {runs} holds, median {:?}",
+        share * 100.0,
+        sorted.get(sorted.len() / 2)
+    );
+    share
+}
+
 fn errors(v: &Verdicts) -> Verdict {
     v.errors.1
 }
@@ -350,14 +364,7 @@ fn regressions_of_everyone_are_caught_beside_busy_users() {
     for (name, mix, within, least) in cases {
         let runs = 100;
         let caught = alarms(&mix, runs, errors);
-        let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
-        let mut sorted = caught.clone();
-        sorted.sort_unstable();
-        let median = sorted.get(sorted.len() / 2);
-        eprintln!(
-            "{name}: caught within {within} canary requests in {:.0}% of {runs} holds, median {median:?}",
-            share * 100.0
-        );
+        let share = caught_share(name, &caught, within, runs);
         assert!(share >= least, "{name}: {share}");
     }
 }
@@ -431,14 +438,7 @@ fn latency_beside_busy_users() {
         ),
     ] {
         let caught = alarms(&mix, runs, latency);
-        let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
-        let mut sorted = caught.clone();
-        sorted.sort_unstable();
-        eprintln!(
-            "{name}: caught within {within} canary requests in {:.0}% of {runs} holds, median {:?}",
-            share * 100.0,
-            sorted.get(sorted.len() / 2)
-        );
+        let share = caught_share(name, &caught, within, runs);
         assert!(share >= 0.9, "{name}: {share}");
     }
 }
@@ -467,14 +467,7 @@ fn latency_after_a_burst_and_over_long_holds() {
     let caught = alarms(&mix, runs, latency);
     // About 90 s of 30 canary requests a second until the reference is stable's last minute,
     // then as without the burst.
-    let within = 4_000;
-    let share = caught.iter().filter(|&&n| n <= within).count() as f64 / runs as f64;
-    let mut sorted = caught.clone();
-    sorted.sort_unstable();
-    eprintln!(
-        "2× slower after a burst of slow stable answers: caught within {within} canary requests in {:.0}% of {runs} holds, median {:?}",
-        share * 100.0,
-        sorted.get(sorted.len() / 2)
-    );
+    let name = "2× slower after a burst of slow stable answers";
+    let share = caught_share(name, &caught, 4_000, runs);
     assert!(share >= 0.9, "{share}");
 }
