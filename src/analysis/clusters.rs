@@ -84,12 +84,14 @@ pub struct Clusters {
 
 /// The latencies of one cell counted apart.
 #[derive(Debug, Clone, PartialEq)]
-struct Tracked {
-    cell: usize,
-    /// The cell's requests before its latencies were counted.
-    before: u64,
+pub struct Tracked {
+    pub cell: usize,
+    /// The cell's requests before its latencies were counted: with the cell's requests since,
+    /// how much of its answers they stand for; and which time it was counted apart (a cell
+    /// that left the busiest and came back starts again from nothing).
+    pub before: u64,
     /// Counts per bucket (see [`histogram`](super::histogram)).
-    counts: Box<[u64]>,
+    pub counts: Box<[u64]>,
 }
 
 /// Over some cells, for one kind of hits e: Σn, Σe, Σn², Σe², Σn·e, how many have requests and
@@ -320,8 +322,8 @@ impl Clusters {
     /// second of slow answers stayed in stable's p99 for minutes.
     pub fn latency_without_busy(&self, all: &[u64]) -> (Box<[u64]>, usize) {
         let mut kept: Box<[u64]> = all.into();
-        for (_, scale, counts) in self.busy_latencies() {
-            for (a, b) in kept.iter_mut().zip(counts.iter()) {
+        for (t, scale) in self.busy_latencies() {
+            for (a, b) in kept.iter_mut().zip(t.counts.iter()) {
                 *a = a.saturating_sub((*b as f64 * scale).round() as u64);
             }
         }
@@ -333,15 +335,15 @@ impl Clusters {
         self.cells.iter().map(|c| c.n).collect()
     }
 
-    /// The latencies of every cell counted apart, per cell.
-    pub fn tracked_latencies(&self) -> impl Iterator<Item = (usize, &[u64])> {
-        self.latency.iter().map(|t| (t.cell, &t.counts[..]))
+    /// The latencies of every cell counted apart.
+    pub fn tracked_latencies(&self) -> &[Tracked] {
+        &self.latency
     }
 
     /// The busy cells' latencies counted apart, as [`Clusters::latency_without_busy`] takes
     /// them out: per cell, its latencies and how many answers each stands for (its answers
     /// from before they were counted taken as those counted since, at most 4 times).
-    pub fn busy_latencies(&self) -> Vec<(usize, f64, &[u64])> {
+    pub fn busy_latencies(&self) -> Vec<(&Tracked, f64)> {
         let busy = self.busy_of(&self.busiest);
         self.latency
             .iter()
@@ -354,7 +356,7 @@ impl Clusters {
                 } else {
                     1.0
                 };
-                (t.cell, scale, &t.counts[..])
+                (t, scale)
             })
             .collect()
     }

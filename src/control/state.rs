@@ -264,10 +264,21 @@ impl RolloutState {
     /// another percent stops the schedule, as `ramp ctl set` does; the time left is at most the
     /// step's hold; the clock runs while running and is paused otherwise.
     pub fn settle(&mut self, now: Instant) -> Option<String> {
+        // Completed sends everyone to canary whatever the percent says: 100%, no schedule (a
+        // completed rollout at 10% read "percent kept" while every user went to canary).
+        if self.state == State::Completed && (self.ppm != BUCKETS || self.schedule.is_some()) {
+            let was = self.ppm;
+            self.ppm = BUCKETS;
+            self.schedule = None;
+            return Some(format!(
+                "it is completed, which sends everyone to canary, at {}%: now at 100% with no schedule",
+                crate::config::ppm_to_percent(was)
+            ));
+        }
         // A pending plan replaced the steps the position refers to; `resume` re-bases it.
         let old = self.schedule.filter(|_| !self.plan_pending)?;
         let step = self.steps().get(old.step).copied();
-        if self.state == State::Completed || step.is_none_or(|s| s.ppm != self.ppm) {
+        if step.is_none_or(|s| s.ppm != self.ppm) {
             self.schedule = None;
             return Some(format!(
                 "its schedule's step {} is not at the percent in force ({}%): the percent is kept and the schedule stopped, as after `ramp ctl set`",
@@ -296,6 +307,15 @@ impl RolloutState {
                 secs(settled.left(now))
             )
         })
+    }
+
+    /// Starts the step's hold again, for a hold read back that ended before its step began (a
+    /// hand edit's or damage's: ramp writes the end of a hold when the step begins). Gives the
+    /// step, if it has a schedule to restart.
+    pub fn restart_hold(&mut self, now: Instant) -> Option<usize> {
+        let old = self.schedule.filter(|_| !self.plan_pending)?;
+        self.schedule = Some(Schedule::at(self.steps(), old.step, now));
+        Some(old.step)
     }
 
     /// Moves to the next step if the hold has expired; true if it did.

@@ -196,11 +196,18 @@ fn a_state_read_back_is_settled_without_moving_the_percent() {
         s.schedule.map(|x| x.timing),
         Some(Timing::Until(now + Duration::from_secs(60)))
     );
-    // A completed rollout has no schedule; a pending plan's position is `resume`'s to re-base.
+    // A completed rollout sends everyone to canary: at 100%, with no schedule (its percent
+    // said 10% while every user went to canary).
     let mut s = fresh();
     s.state = State::Completed;
-    assert!(s.settle(now).is_some());
-    assert_eq!(s.schedule, None);
+    s.ppm = 100_000;
+    let said = s.settle(now).expect("said");
+    assert_eq!((s.ppm, s.schedule), (BUCKETS, None));
+    assert!(said.contains("completed") && said.contains("10%"), "{said}");
+    let mut s = fresh();
+    (s.state, s.ppm, s.schedule) = (State::Completed, BUCKETS, None);
+    assert_eq!(s.settle(now), None);
+    // A pending plan's position is `resume`'s to re-base.
     let mut s = fresh();
     s.plan_pending = true;
     s.ppm = 300_000;

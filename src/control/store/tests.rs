@@ -144,3 +144,29 @@ fn a_generation_is_read_back_or_taken_from_when_the_state_changed() {
     );
     assert!(matches!(max, Err(StoreError::Invalid { .. })), "{max:?}");
 }
+
+#[test]
+fn a_hold_that_ended_before_its_step_began_starts_again() {
+    // Hand-edited: step 1 of 0.01% (10 minutes), then 5%, changed at 2026-01-01 with a
+    // deadline of 1970. Taken as a hold that ended while ramp was down, it moved the rollout
+    // to 5% at start.
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let file = |deadline: u64| {
+        format!(
+            r#"{{"version":2,"rollout":"r","state":"running","percent_ppm":100,
+            "schedule":{{"step":0,"deadline_unix_ms":{deadline}}},
+            "file_plan":{{"id":"r","percent_ppm":null,"steps":[{{"percent_ppm":100,"hold_ms":600000}},{{"percent_ppm":50000,"hold_ms":null}}]}},
+            "plan_pending":false,"changed_at_unix_ms":1767225600000,"changed_by":{{"kind":"file"}}}}"#
+        )
+    };
+    let p = Path::new("state.json");
+    let mut read = decode(file(0).as_bytes(), p, now, wall).expect("decode");
+    let left = read.schedule.and_then(|s| s.left(now));
+    assert_eq!(left, Some(Duration::from_secs(600)));
+    assert!(!read.advance(now));
+    assert_eq!(read.ppm, 100);
+    // One that ended after its step began, while ramp was down: the step moves on at start.
+    let mut read = decode(file(1_767_226_200_000).as_bytes(), p, now, wall).expect("decode");
+    assert!(read.advance(now));
+    assert_eq!(read.ppm, 50_000);
+}
