@@ -449,6 +449,42 @@ mod tests {
     }
 
     #[test]
+    fn new_busy_users_answers_from_before_they_were_busy_leave_the_reference_within_a_minute() {
+        // A hostile tester's: 40 stable users, one more each second, each asking for a 200 ms
+        // report 6 times a second for 10 s in every 40 (then one fast request each 5 s). Until
+        // each has 8 times the usual user's requests (its first 2–3 s) it is an ordinary user,
+        // and its 200 ms answers then stay in stable's stretches: enough, from 40 users in
+        // 40 s, to make stable's p99 over its last minute 200 ms (a documented limit). Once no
+        // new one comes, they leave the reference a minute later; the busy ones' later answers
+        // never enter it.
+        let mut looks = Looks::new(true);
+        let mut highest_after = 0.0f64;
+        for second in 0..150u64 {
+            light_with_a_tail(&looks, second);
+            for k in (0..40u64).filter(|&k| k <= second) {
+                let id = Some((1 << 45) | k);
+                if (second - k) % 40 < 10 {
+                    for _ in 0..6 {
+                        looks.r.record(Stable, false, 200_000, id, None);
+                    }
+                } else if (second - k).is_multiple_of(5) {
+                    looks.r.record(Stable, false, fast(k), id, None);
+                }
+            }
+            let v = looks.look();
+            if second >= 110 {
+                highest_after = highest_after.max(v.latency.slow_micros.unwrap_or(f64::INFINITY));
+            }
+        }
+        assert!(
+            highest_after < 100_000.0,
+            "the threshold {highest_after} µs"
+        );
+        let left = looks.verdicts().slow_left_out.expect("a threshold");
+        assert!(left.users.stable >= 35, "the forty are busy: {left:?}");
+    }
+
+    #[test]
     fn a_user_no_longer_busy_does_not_bring_its_old_answers_back_as_recent_ones() {
         // A stable bot's 1,000 answers of a second in its first 5 s: busy, left out. Fifty
         // light users, 30 requests a second between them, pass its requests per user after
