@@ -309,15 +309,6 @@ impl RolloutState {
         })
     }
 
-    /// Starts the step's hold again, for a hold read back that ended before its step began (a
-    /// hand edit's or damage's: ramp writes the end of a hold when the step begins). Gives the
-    /// step, if it has a schedule to restart.
-    pub fn restart_hold(&mut self, now: Instant) -> Option<usize> {
-        let old = self.schedule.filter(|_| !self.plan_pending)?;
-        self.schedule = Some(Schedule::at(self.steps(), old.step, now));
-        Some(old.step)
-    }
-
     /// Moves to the next step if the hold has expired; true if it did.
     pub fn advance(&mut self, now: Instant) -> bool {
         let Some(at) = self.next_deadline() else {

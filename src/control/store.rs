@@ -314,8 +314,6 @@ fn decode(
         Plan::Steps(steps) => steps.len(),
         Plan::Percent(_) => 0,
     };
-    // A hold that ended before its step began (the step's change): ramp never writes one.
-    let mut ended_before_it_began = false;
     let schedule = match f.schedule {
         None => None,
         // A pending plan replaced the steps the position refers to; `resume` re-bases it.
@@ -327,7 +325,6 @@ fn decode(
                 (Some(deadline), None) => {
                     // Time spent down counts toward the hold; a hold that ended while ramp was
                     // down ends now.
-                    ended_before_it_began = deadline.saturating_add(1_000) < f.changed_at_unix_ms;
                     let end = UNIX_EPOCH + millis(deadline);
                     Timing::Until(now + end.duration_since(wall).unwrap_or_default().min(MAX_SPAN))
                 }
@@ -367,16 +364,8 @@ fn decode(
         changed_by: f.changed_by,
         generation,
     };
-    let mut said = Vec::new();
-    if ended_before_it_began && let Some(step) = state.restart_hold(now) {
-        said.push(format!(
-            "its schedule's step {} ended before it began (a deadline before changed_at): the step's hold starts again rather than moving users now",
-            step + 1
-        ));
-    }
-    said.extend(state.settle(now));
-    if !said.is_empty() {
-        tracing::warn!(from = %path.display(), "the rollout state read back was inconsistent: {}", said.join("; "));
+    if let Some(what) = state.settle(now) {
+        tracing::warn!(from = %path.display(), "the rollout state read back was inconsistent: {what}");
     }
     Ok(state)
 }
