@@ -976,9 +976,11 @@ async fn one_client_s_flood_counts_for_its_share_of_a_second() {
     // 400 answers within a second or two: all but 20 a second are left out, none of the users'.
     assert!(left_out > 0, "{st}");
     assert!(stable["requests"].as_u64() >= Some(120), "{st}");
-    // 101 users, estimated.
+    // 101 users, estimated: 101 ids in the sketch's 4,096 registers share one in about 1.2
+    // pairs on average, and the estimate comes from the registers taken (a CI run read 96 when
+    // about six pairs shared one, a chance of about 1 in 500; ten, below 92, about 1 in 10^6).
     let users = stable["users"].as_f64().unwrap_or(0.0);
-    assert!((97.0..=105.0).contains(&users), "{st}");
+    assert!((92.0..=110.0).contains(&users), "{st}");
     let (code, out, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0, "{out}");
     let row = out
