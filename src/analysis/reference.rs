@@ -335,6 +335,41 @@ mod tests {
         }
     }
 
+    /// What a hold of light users with a tail showed.
+    struct Tail {
+        looks: Looks,
+        /// The looks whose verdict was Regressed.
+        regressed: Vec<u64>,
+        /// The lowest and highest slow thresholds from the hold's `from` on (µs; none counts as
+        /// 0 for the lowest and as infinite for the highest).
+        lowest: f64,
+        highest: f64,
+    }
+
+    /// `seconds` looks of [`light_with_a_tail`], and `more(looks, second)` beside it.
+    fn with_a_tail(seconds: u64, from: u64, more: impl Fn(&Looks, u64)) -> Tail {
+        let mut t = Tail {
+            looks: Looks::new(true),
+            regressed: Vec::new(),
+            lowest: f64::INFINITY,
+            highest: 0.0,
+        };
+        for second in 0..seconds {
+            light_with_a_tail(&t.looks, second);
+            more(&t.looks, second);
+            let v = t.looks.look();
+            if v.latency.verdict == Verdict::Regressed {
+                t.regressed.push(second);
+            }
+            if second >= from {
+                let slow = v.latency.slow_micros;
+                t.lowest = t.lowest.min(slow.unwrap_or(0.0));
+                t.highest = t.highest.max(slow.unwrap_or(f64::INFINITY));
+            }
+        }
+        t
+    }
+
     #[test]
     fn stable_users_who_turn_busy_later_do_not_take_their_earlier_answers_out_of_the_reference() {
         // A hostile tester's: on both versions 3% of answers take 60 ms (stable's p99 is that).
@@ -343,10 +378,7 @@ mod tests {
         // 10 s, and are busy from then on. Taking their whole history out of the last minute's
         // answers took its 60 ms answers with it: stable's p99 read 4.5 ms, and the healthy
         // canary's 3% at 60 ms halted it.
-        let mut looks = Looks::new(true);
-        let mut regressed = Vec::new();
-        for second in 0..240u64 {
-            light_with_a_tail(&looks, second);
+        let t = with_a_tail(240, 0, |looks, second| {
             let twenty = |k: u64| Some((1 << 42) | (k % 20));
             if second < 120 {
                 for r in 0..2 + second % 2 {
@@ -359,12 +391,9 @@ mod tests {
                     looks.r.record(Stable, false, fast(k), twenty(k), None);
                 }
             }
-            if looks.look().latency.verdict == Verdict::Regressed {
-                regressed.push(second);
-            }
-        }
-        assert_eq!(regressed, Vec::<u64>::new());
-        let left = looks.verdicts().slow_left_out.expect("a threshold");
+        });
+        assert_eq!(t.regressed, Vec::<u64>::new());
+        let left = t.looks.verdicts().slow_left_out.expect("a threshold");
         assert!(left.users.stable > 0, "the twenty are busy: {left:?}");
         let p99 = left.stable_p99.unwrap_or(0.0);
         assert!(p99 > 50_000.0, "stable's p99 {p99} µs: {left:?}");
@@ -379,11 +408,7 @@ mod tests {
         // were scaled by all its requests over those counted (up to 4 times), as if most of
         // its answers in the stretch had not been counted, and others' 60 ms answers went
         // with them. Stable's p99 over the last minute read 4 ms for a minute.
-        let mut looks = Looks::new(true);
-        let mut lowest = f64::INFINITY;
-        let mut regressed = Vec::new();
-        for second in 0..180u64 {
-            light_with_a_tail(&looks, second);
+        let t = with_a_tail(180, 100, |looks, second| {
             for k in 0..64u64 {
                 looks
                     .r
@@ -400,16 +425,9 @@ mod tests {
                     looks.r.record(Stable, false, fast(bot), id, None);
                 }
             }
-            let v = looks.look();
-            if v.latency.verdict == Verdict::Regressed {
-                regressed.push(second);
-            }
-            if second >= 100 {
-                lowest = lowest.min(v.latency.slow_micros.unwrap_or(0.0));
-            }
-        }
-        assert_eq!(regressed, Vec::<u64>::new());
-        assert!(lowest > 60_000.0, "the threshold fell to {lowest} µs");
+        });
+        assert_eq!(t.regressed, Vec::<u64>::new());
+        assert!(t.lowest > 60_000.0, "the threshold fell to {} µs", t.lowest);
     }
 
     #[test]
@@ -422,11 +440,7 @@ mod tests {
         // their answers had come before they were counted apart, and others' 60 ms answers
         // went with the excess: stable's p99 over its last minute read 1.9 ms, and the
         // healthy canary's 3% at 60 ms halted it at 79 s.
-        let mut looks = Looks::new(true);
-        let mut lowest = f64::INFINITY;
-        let mut regressed = Vec::new();
-        for second in 0..180u64 {
-            light_with_a_tail(&looks, second);
+        let t = with_a_tail(180, 30, |looks, second| {
             for k in 0..40u64 {
                 let id = Some((1 << 44) | (k % 2));
                 if (second * 40 + k).is_multiple_of(7) {
@@ -434,17 +448,10 @@ mod tests {
                 }
                 looks.r.record(Stable, false, 60_000, id, None);
             }
-            let v = looks.look();
-            if v.latency.verdict == Verdict::Regressed {
-                regressed.push(second);
-            }
-            if second >= 30 {
-                lowest = lowest.min(v.latency.slow_micros.unwrap_or(0.0));
-            }
-        }
-        assert_eq!(regressed, Vec::<u64>::new());
-        assert!(lowest > 60_000.0, "the threshold fell to {lowest} µs");
-        let left = looks.verdicts().slow_left_out.expect("a threshold");
+        });
+        assert_eq!(t.regressed, Vec::<u64>::new());
+        assert!(t.lowest > 60_000.0, "the threshold fell to {} µs", t.lowest);
+        let left = t.looks.verdicts().slow_left_out.expect("a threshold");
         assert!(left.users.stable > 0, "the two clients are busy: {left:?}");
     }
 
@@ -457,10 +464,7 @@ mod tests {
         // 40 s, to make stable's p99 over its last minute 200 ms (a documented limit). Once no
         // new one comes, they leave the reference a minute later; the busy ones' later answers
         // never enter it.
-        let mut looks = Looks::new(true);
-        let mut highest_after = 0.0f64;
-        for second in 0..150u64 {
-            light_with_a_tail(&looks, second);
+        let t = with_a_tail(150, 110, |looks, second| {
             for k in (0..40u64).filter(|&k| k <= second) {
                 let id = Some((1 << 45) | k);
                 if (second - k) % 40 < 10 {
@@ -471,16 +475,9 @@ mod tests {
                     looks.r.record(Stable, false, fast(k), id, None);
                 }
             }
-            let v = looks.look();
-            if second >= 110 {
-                highest_after = highest_after.max(v.latency.slow_micros.unwrap_or(f64::INFINITY));
-            }
-        }
-        assert!(
-            highest_after < 100_000.0,
-            "the threshold {highest_after} µs"
-        );
-        let left = looks.verdicts().slow_left_out.expect("a threshold");
+        });
+        assert!(t.highest < 100_000.0, "the threshold {} µs", t.highest);
+        let left = t.looks.verdicts().slow_left_out.expect("a threshold");
         assert!(left.users.stable >= 35, "the forty are busy: {left:?}");
     }
 
