@@ -212,6 +212,33 @@ async fn a_change_at_any_instance_reaches_every_instance_and_all_agree_on_every_
         assert!(line.contains("rollout changed"), "{i}: {line}");
     }
     eprintln!("a change reached all three instances within {worst:?} (slowest of four)");
+    // Another key in b's file waits for a restart, and says so: b stays in this fleet.
+    let b = &fleet.proxies[1];
+    let text = std::fs::read_to_string(&b.config_path).expect("config");
+    std::fs::write(
+        &b.config_path,
+        text.replace("/ramp/rollouts/test", "/ramp/rollouts/other"),
+    )
+    .expect("write");
+    let r = b.admin("reload");
+    assert_eq!(
+        r["restart_required"],
+        serde_json::json!(["state.etcd"]),
+        "{r}"
+    );
+    assert_eq!(r["applied"], serde_json::json!([]), "{r}");
+    assert_eq!(b.admin("status")["fleet"]["key"], "/ramp/rollouts/test");
+    let (_, out, _) = b.ctl(&["status"]);
+    assert!(
+        out.contains("fleet       /ramp/rollouts/test as b: etcd connected (revision "),
+        "{out}"
+    );
+    assert_eq!(fleet.proxies[0].admin("set 3")["ok"], true);
+    fleet
+        .all("set 3 after b's reload", |v| {
+            v["percent"].as_f64() == Some(3.0)
+        })
+        .await;
     // Identical answers for 1,500 users.
     for i in 0..1_500 {
         let line = format!("bucket user-{i}");
@@ -321,6 +348,14 @@ async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_
     fleet
         .all("everyone notices", |v| v["fleet"]["connected"] == false)
         .await;
+    // `ramp ctl status` says it too, and what waits to be written.
+    let (code, out, _) = fleet.proxies[1].ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("fleet       /ramp/rollouts/test as b: etcd unreachable")
+            && out.contains("the halt made here is still to be written to etcd"),
+        "{out}"
+    );
     // Still ready: taken out of the load balancer, every instance at once, the fleet would serve
     // no one.
     let ready = Client::http1()

@@ -304,6 +304,23 @@ fn status(s: &Status, changed: Option<bool>) -> String {
         };
         rows.push(("state file", format!("{f}{note}")));
     }
+    if let Some(f) = &s.fleet {
+        let mut v = format!("{} as {}: ", f.key, f.instance);
+        if f.connected {
+            v.push_str(&format!("etcd connected (revision {})", f.revision));
+        } else {
+            v.push_str("etcd unreachable: changes other than halt and rollback are refused");
+        }
+        if let Some(e) = &f.error {
+            v.push_str(&format!(" (error: {e})"));
+        }
+        if let Some(p) = &f.pending {
+            v.push_str(&format!(
+                "; the {p} made here is still to be written to etcd"
+            ));
+        }
+        rows.push(("fleet", v));
+    }
     if s.file_plan_pending {
         rows.push((
             "file plan",

@@ -38,7 +38,7 @@ impl Envelope {
 pub enum FleetError {
     #[error("state.etcd.password_file {path}: {error}")]
     Password { path: String, error: std::io::Error },
-    #[error(transparent)]
+    #[error("state.etcd.ca: {0}")]
     Tls(#[from] TlsError),
 }
 

@@ -150,6 +150,11 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         changed.push("state");
         new.state_file = running.state_file.clone();
     }
+    // The etcd client and its watch are made at start.
+    if new.fleet != running.fleet {
+        changed.push("state.etcd");
+        new.fleet = running.fleet.clone();
+    }
     // Certificates rotate on reload; turning TLS on or off changes the listener.
     if new.tls.is_some() != running.tls.is_some() {
         changed.push("tls");
@@ -199,7 +204,6 @@ fn applied(running: &Config, new: &Config) -> Vec<&'static str> {
             running.analysis != new.analysis || running.guard != new.guard,
             "analysis",
         ),
-        (running.fleet != new.fleet, "state"),
     ];
     let mut changed: Vec<_> = sections
         .into_iter()
