@@ -73,6 +73,8 @@ impl Rollout {
 pub struct StickyRules {
     pub header: Option<HeaderName>,
     pub cookie: Box<str>,
+    /// `cookie=`, searched for in a Cookie field in one pass.
+    pub cookie_pair: memchr::memmem::Finder<'static>,
     pub assign: bool,
     /// Everything after `name=value` in a minted Set-Cookie.
     pub cookie_attributes: Box<str>,
@@ -105,6 +107,7 @@ impl StickyRules {
         StickyRules {
             header,
             cookie: cookie.into(),
+            cookie_pair: memchr::memmem::Finder::new(format!("{cookie}=").as_bytes()).into_owned(),
             assign,
             cookie_attributes: attributes.into(),
             cookie_domain: domain.map(Into::into),
