@@ -511,6 +511,26 @@ async fn a_goal_s_prometheus_counter_keeps_counting_across_an_edit_of_the_goals(
     });
     convert(4).await;
     counted(7.0).await;
+    let conversions = |v: &Value| v["analysis"]["goals"][1]["conversions"]["stable"].as_u64();
+    proxy.wait_status("four in status", |v| conversions(v) == Some(4));
+    // The goal redefined under its name: its conversions in status begin again, as the old
+    // path's were not the new goal's; the Prometheus counter goes on.
+    std::fs::write(
+        &proxy.config_path,
+        goals("    - {name: signup, path: /signup}\n    - {name: purchase, path: /paid}\n"),
+    )
+    .expect("edit");
+    proxy.wait_status("the redefinition is in force", |v| {
+        conversions(v) == Some(0)
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            Client::http1().get(&proxy.url("/paid"), &[]).await.status,
+            200
+        );
+    }
+    counted(9.0).await;
+    proxy.wait_status("the new path counts", |v| conversions(v) == Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,3 +388,51 @@ async fn clients_stalled_in_the_handshake_make_room_at_max_connections() {
     assert_eq!(b.seen().len(), 3);
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_turned_off_waits_for_a_restart_and_its_retired_certificates_block_no_reload() {
+    let c = cert();
+    let b = Backend::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("mkdir");
+    std::fs::create_dir(dir.path().join("var")).expect("mkdir");
+    std::fs::write(certs.join("cert.pem"), &c.cert).expect("cert");
+    std::fs::write(certs.join("key.pem"), &c.key).expect("key");
+    let extra = "admin: {socket: admin.sock}\nstate: {file: state.json}\n";
+    let tls = "tls:\n  cert: certs/cert.pem\n  key: certs/key.pem\n";
+    let yaml = config(&[&b], &[&b], "id: t\npercent: 0", &format!("{tls}{extra}"));
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, &yaml).expect("config");
+    let proxy = Proxy::start_in(dir, path);
+    assert_eq!(proxy.admin("set 7")["ok"], true);
+    // TLS is moved to a load balancer: the section goes, the certificates are retired, and the
+    // state file moves in the same edit.
+    let edited = yaml
+        .replace(tls, "")
+        .replace("file: state.json", "file: var/state.json");
+    support::replace_file(&proxy.config_path, &edited);
+    std::fs::remove_dir_all(&certs).expect("retire the certificates");
+    let r = proxy.admin("reload");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["restart_required"], serde_json::json!(["tls"]), "{r}");
+    assert_eq!(r["applied"], serde_json::json!(["state"]), "{r}");
+    let moved = std::fs::read_to_string(proxy.dir.path().join("var/state.json")).expect("moved");
+    assert!(moved.contains("\"percent_ppm\": 70000"), "{moved}");
+    // Until the restart the listener serves HTTPS with the certificate it had.
+    assert!(dial(&proxy, &[&c], b"http/1.1").await.is_ok());
+    // Later edits apply.
+    support::replace_file(
+        &proxy.config_path,
+        &edited.replace("percent: 0", "percent: 9"),
+    );
+    let r = proxy.admin("reload");
+    assert_eq!(
+        (&r["ok"], &r["percent"]),
+        (&serde_json::Value::Bool(true), &serde_json::json!(9.0)),
+        "{r}"
+    );
+    let st = proxy.admin("status");
+    assert_eq!(st["last_reload_error"], serde_json::Value::Null, "{st}");
+    assert_eq!(st["restart_required"], serde_json::json!(["tls"]), "{st}");
+}

@@ -117,7 +117,8 @@ struct Books {
     lifetime: PerPool<Counts>,
     tick: PerPool<Counts>,
     seen: Option<Seen>,
-    goals: Vec<String>,
+    /// The goals counted, as defined.
+    goals: Vec<crate::config::Goal>,
     /// What the guard did since the comparison began.
     acted: Option<String>,
     /// [`Analysis::restart`]s seen.
@@ -137,12 +138,7 @@ impl Books {
             lifetime: PerPool::default(),
             tick: PerPool::from_fn(|_| Counts::judged()),
             seen: None,
-            goals: config
-                .analysis
-                .goals
-                .iter()
-                .map(|g| g.name.clone())
-                .collect(),
+            goals: config.analysis.goals.clone(),
             acted: None,
             restarts: 0,
             reference: Reference::default(),
@@ -177,23 +173,19 @@ impl Books {
             }
         }
         self.seen = Some(now);
-        let goals: Vec<String> = config
-            .analysis
-            .goals
-            .iter()
-            .map(|g| g.name.clone())
-            .collect();
-        if goals != self.goals {
-            // Goal indices moved: old conversions would be counted under the wrong name.
+        let goals = &config.analysis.goals;
+        if *goals != self.goals {
+            // Goal indices moved, or a goal counts other requests now: old conversions would be
+            // counted under the wrong name or for what the goal no longer is.
             for c in [&mut self.since, &mut self.step, &mut self.lifetime] {
                 c.stable.goals = Default::default();
                 c.canary.goals = Default::default();
             }
             self.converted = PerPool::default();
             self.window.clear();
-            self.goals = goals;
+            self.goals = goals.clone();
         }
-        if self.window.slot_secs() != Window::new(config.analysis.window).slot_secs() {
+        if self.window.shape() != Window::new(config.analysis.window).shape() {
             self.window = Window::new(config.analysis.window);
         }
     }

@@ -60,19 +60,31 @@ impl Slot {
 #[derive(Debug)]
 pub struct Window {
     slot_secs: i64,
+    /// How many slots make the window (at most [`SLOTS`]).
+    kept: usize,
     slots: VecDeque<Slot>,
 }
 
 impl Window {
+    /// A window of at most [`SLOTS`] slots of whole seconds that spans `window`, or a slot more
+    /// where the slots do not divide it (11 minutes: 110 slots of 6 s).
     pub fn new(window: Duration) -> Window {
+        let secs = window.as_secs().max(1);
+        let slot_secs = secs.div_ceil(SLOTS as u64);
         Window {
-            slot_secs: (window.as_secs() as i64 / SLOTS as i64).max(1),
+            slot_secs: slot_secs as i64,
+            kept: secs.div_ceil(slot_secs) as usize,
             slots: VecDeque::with_capacity(SLOTS + 1),
         }
     }
 
     pub fn slot_secs(&self) -> i64 {
         self.slot_secs
+    }
+
+    /// The slots' length and how many make the window.
+    pub fn shape(&self) -> (i64, usize) {
+        (self.slot_secs, self.kept)
     }
 
     /// Adds one second's `tick` at `now` (Unix seconds), opening new slots as time passes (empty
@@ -84,7 +96,7 @@ impl Window {
             // Seconds with no tick at all (ramp was busy or stopped) leave gaps: fill them, so
             // the chart's time axis stays even, but never more than a window's worth.
             let mut next = self.slots.back().map_or(start, |s| {
-                (s.start + self.slot_secs).max(start - self.slot_secs * SLOTS as i64)
+                (s.start + self.slot_secs).max(start - self.slot_secs * self.kept as i64)
             });
             while next <= start {
                 if let Some(last) = self.slots.back_mut()
@@ -93,7 +105,7 @@ impl Window {
                     last.sealed = Some(last.figures());
                 }
                 let slot = match self.slots.len() {
-                    n if n >= SLOTS => {
+                    n if n >= self.kept => {
                         let mut old = self.slots.pop_front().unwrap_or_else(|| Slot::empty(next));
                         old.start = next;
                         old.counts.stable.clear();
@@ -163,6 +175,23 @@ mod tests {
         assert_eq!(w.total().canary.requests, 1);
         let starts: Vec<i64> = w.slots().map(|s| s.start).collect();
         assert!(starts.windows(2).all(|p| p[1] - p[0] == 5), "{starts:?}");
+    }
+
+    #[test]
+    fn a_window_spans_what_was_configured_not_120_slots_of_whole_seconds() {
+        let mut tick = PerPool::<Counts>::default();
+        tick.canary.requests = 1;
+        // 10 s: ten slots of a second, not 120; 11 minutes: 110 slots of 6 s, not 120 of 5.
+        for (window, slot, kept) in [(10, 1, 10), (660, 6, 110), (600, 5, 120), (3_600, 30, 120)] {
+            let mut w = Window::new(Duration::from_secs(window));
+            assert_eq!(w.shape(), (slot, kept), "{window} s");
+            // From a start every slot length divides, to the end of a slot.
+            for t in 0..2 * window as i64 {
+                w.add(10_080_000 + t, &tick);
+            }
+            assert_eq!(w.slots().count(), kept, "{window} s");
+            assert_eq!(w.total().canary.requests, window, "{window} s");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::state::FileEffect;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path? A ramp that is shutting down removes its socket at once, while it drains)"
+        "cannot connect to {path}: {error} (is ramp serving with admin.socket set to this path? An admin.socket edited in the file moves at ramp's next restart: until then, --socket with the old path reaches it. A ramp that is shutting down removes its socket at once, while it drains)"
     )]
     Connect { path: String, error: std::io::Error },
     #[error(

@@ -191,8 +191,28 @@ impl TlsConfigs {
             }
             None => None,
         };
+        Ok(TlsConfigs {
+            server,
+            client: Self::upstream(config, prev)?,
+        })
+    }
+
+    /// As [`TlsConfigs::load`], but the listener's certificates stay as `prev` loaded them, not
+    /// read again: a reload that turns TLS off, which waits for a restart.
+    pub fn keeping_server(config: &Config, prev: &TlsConfigs) -> Result<TlsConfigs, TlsError> {
+        Ok(TlsConfigs {
+            server: prev.server.clone(),
+            client: Self::upstream(config, prev)?,
+        })
+    }
+
+    /// The client config for `https://` upstreams.
+    fn upstream(
+        config: &Config,
+        prev: &TlsConfigs,
+    ) -> Result<Option<(Arc<ClientConfig>, Fingerprint)>, TlsError> {
         let https = any_https(config);
-        let client = match (https, &prev.client, &config.upstream_ca) {
+        Ok(match (https, &prev.client, &config.upstream_ca) {
             // Unused until a pool is `https://`, and read all the same: a mistake shows now.
             (false, _, Some(ca)) => {
                 client(Some(ca)).map_err(|e| e.of("upstream.ca"))?;
@@ -213,8 +233,7 @@ impl TlsConfigs {
                     _ => (fresh, fp),
                 })
             }
-        };
-        Ok(TlsConfigs { server, client })
+        })
     }
 
     /// Every problem with the files `config` names, each file on its own (`ramp check`), where
@@ -242,14 +261,14 @@ impl TlsConfigs {
     }
 
     /// Whether the files behind `self` and `other` differ.
-    pub fn differs(&self, other: &TlsConfigs) -> bool {
-        let fp = |t: &TlsConfigs| {
-            (
-                t.server.as_ref().map(|s| s.1.clone()),
-                t.client.as_ref().map(|c| c.1.clone()),
-            )
-        };
-        fp(self) != fp(other)
+    /// Whether the listener's certificates differ.
+    pub fn server_differs(&self, other: &TlsConfigs) -> bool {
+        self.server.as_ref().map(|s| &s.1) != other.server.as_ref().map(|s| &s.1)
+    }
+
+    /// Whether the roots trusted for `https://` upstreams differ.
+    pub fn upstream_differs(&self, other: &TlsConfigs) -> bool {
+        self.client.as_ref().map(|c| &c.1) != other.client.as_ref().map(|c| &c.1)
     }
 
     /// The listener's config, if it serves HTTPS.

@@ -51,10 +51,23 @@ impl Controller {
         }
         // A state file moved to another path: the state in force goes there now, so that the
         // restart the edit is made for finds it (a restart would otherwise begin the config's
-        // plan afresh, undoing a halt or rollback).
+        // plan afresh, undoing a halt or rollback). It moves last, once nothing else can refuse
+        // the reload: a refused reload leaves the state where it was.
         let moved_to = match (&self.config.state_file, &new.state_file) {
             (Some(from), Some(to)) if from != to => Some(to.clone()),
             _ => None,
+        };
+        let mut restart_required = keep_restart_only(&self.config, &mut new);
+        // TLS turned off waits for a restart: the certificates in force stay loaded as they
+        // are, not read again (they may be retired already).
+        let tls = if restart_required.contains(&"tls") {
+            TlsConfigs::keeping_server(&new, &self.tls)
+        } else {
+            TlsConfigs::load(&new, &self.tls)
+        };
+        let tls = match tls {
+            Ok(t) => t,
+            Err(e) => return rejected(&mut self.notes, e.into()),
         };
         let moved = match &moved_to {
             Some(to) => match self.store.move_file(to, &self.rollout).await {
@@ -69,29 +82,26 @@ impl Controller {
             },
             None => false,
         };
-        let mut restart_required = keep_restart_only(&self.config, &mut new);
         if moved {
             restart_required.retain(|&part| part != "state");
             new.state_file = moved_to;
-            self.notes.state_file = new.state_file.as_ref().map(|p| p.display().to_string());
         }
-        let tls = match TlsConfigs::load(&new, &self.tls) {
-            Ok(t) => t,
-            Err(e) => return rejected(&mut self.notes, e.into()),
-        };
-        self.notes.last_reload_error = None;
-        self.notes.restart_required = restart_required;
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
-        if !self.notes.restart_required.is_empty() {
-            tracing::warn!(fields = ?self.notes.restart_required, "these changes need a restart; everything else was applied");
+        if !restart_required.is_empty() {
+            tracing::warn!(fields = ?restart_required, "these changes need a restart; everything else was applied");
         }
         let mut next = self.rollout.clone();
         let effect = next.file_plan(new.rollout.clone(), Instant::now());
         let mut applied = applied(&self.config, &new);
-        if tls.differs(&self.tls) && !applied.contains(&"tls") {
-            applied.push("tls");
+        for (differs, name) in [
+            (tls.server_differs(&self.tls), "tls"),
+            (tls.upstream_differs(&self.tls), "upstream"),
+        ] {
+            if differs && !applied.contains(&name) {
+                applied.push(name);
+            }
         }
         let differs = !applied.is_empty();
         let new = NewConfig {
@@ -110,10 +120,23 @@ impl Controller {
             .await;
         self.reloads[usize::from(committed.is_err())].increment(1);
         if let Err(e) = &committed {
-            // The config is in force or not as the error says; either way, say it in status.
+            // Not in force: the state goes back where the config in force keeps it.
+            if moved
+                && let Some(from) = &self.config.state_file
+                && let Err(e) = self.store.move_file(from, &self.rollout).await
+            {
+                tracing::error!(error = %e, "cannot write the state file back where the config in force keeps it");
+            }
             self.notes.last_reload_error = Some(e.to_string());
         }
         committed?;
+        self.notes.last_reload_error = None;
+        self.notes.restart_required = restart_required;
+        self.notes.state_file = self
+            .config
+            .state_file
+            .as_ref()
+            .map(|p| p.display().to_string());
         // The state file's path may lead somewhere new (a `current` link switched between
         // release directories): the state is written there too.
         if self.ours().is_ok() {
@@ -177,7 +200,10 @@ fn applied(running: &Config, new: &Config) -> Vec<&'static str> {
     let sections = [
         (running.sticky != new.sticky, "sticky"),
         (running.pools != new.pools, "pools"),
-        (running.rollout != new.rollout, "rollout"),
+        (
+            running.rollout != new.rollout || running.guard != new.guard,
+            "rollout",
+        ),
         (
             running.upstream != new.upstream || running.upstream_ca != new.upstream_ca,
             "upstream",
@@ -200,10 +226,9 @@ fn applied(running: &Config, new: &Config) -> Vec<&'static str> {
             running.shutdown_grace != new.shutdown_grace,
             "shutdown_grace",
         ),
-        (
-            running.analysis != new.analysis || running.guard != new.guard,
-            "analysis",
-        ),
+        (running.analysis != new.analysis, "analysis"),
+        // Only a moved state file is left changed here (the rest waits for a restart).
+        (running.state_file != new.state_file, "state"),
     ];
     let mut changed: Vec<_> = sections
         .into_iter()
