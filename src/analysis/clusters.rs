@@ -267,7 +267,8 @@ impl Clusters {
     /// cell that fell out of them is no longer counted, and what it had is dropped).
     pub(super) fn add(&mut self, other: &Clusters) {
         for (i, c) in other.cells.iter().enumerate() {
-            if *c != Cell::default() {
+            // Field by field, not `!= Cell::default()`: a look goes through every cell.
+            if c.n | c.slow_n | c.hits[0] | c.hits[1] != 0 {
                 self.add_cell(i, c.n, c.hits);
             }
         }
