@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use serde_json::Value;
 use support::{Backend, CONTROL, Proxy, config, ramp, write};
 
 fn yaml(s: &Backend, c: &Backend, rollout: &str, extra: &str) -> String {
@@ -267,11 +268,55 @@ async fn status_after_a_rollback_shows_the_share_users_get_and_the_plan_apart() 
     let (code, out, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("0% now (rolled back; the plan's 5% applies again on resume)"),
+        out.contains("percent     0% now (rolled back)\n")
+            && out.contains("resume      goes to 5%\n"),
         "{out}"
     );
     let st = proxy.admin("promote");
     assert_eq!(st["effective_percent"].as_f64(), Some(100.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_resume_does_when_the_file_s_steps_changed_meanwhile() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let steps = "id: st\nsteps:\n  - {percent: 30, hold: 1h}\n  - {percent: 100}";
+    let proxy = Proxy::start(&yaml(&s, &c, steps, ""));
+    assert_eq!(proxy.admin("rollback")["ok"], true);
+    // The steps change while rolled back: 30% is no longer a step, and resume does not raise
+    // exposure past it: it goes to the last step below, 10%.
+    let edited = steps.replace(
+        "  - {percent: 30, hold: 1h}",
+        "  - {percent: 10, hold: 1h}\n  - {percent: 40, hold: 1h}",
+    );
+    std::fs::write(&proxy.config_path, yaml(&s, &c, &edited, "")).expect("edit");
+    let st = proxy.admin("reload");
+    assert_eq!(st["file_plan_pending"], true, "{st}");
+    assert_eq!(
+        st["on_resume"],
+        serde_json::json!({"rollout": "st", "state": "running", "percent": 10.0, "step": 1, "steps": 3}),
+        "{st}"
+    );
+    // The position in the steps the edit replaced is not shown as if it were in the new ones.
+    assert_eq!(st["schedule"], Value::Null, "{st}");
+    let (_, out, _) = proxy.ctl(&["status"]);
+    assert!(
+        out.contains("file plan   changed while rolled back; resume applies it\n")
+            && out.contains("resume      goes to 10%, step 1 of 3\n")
+            // The edit is the last change; who rolled back still shows.
+            && out.contains(" rollback by admin (uid ")
+            && out.contains("running 30% → rolled_back 30%"),
+        "{out}"
+    );
+    let st = proxy.admin("resume");
+    assert_eq!(
+        (st["percent"].as_f64(), &st["on_resume"]),
+        (Some(10.0), &Value::Null),
+        "{st}"
+    );
+    assert_eq!(st["schedule"]["step"], 1, "{st}");
 }
 
 #[test]

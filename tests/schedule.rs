@@ -158,6 +158,13 @@ async fn a_step_that_cannot_be_persisted_waits_until_it_can() {
         (Some("running"), Some(0.0)),
         "not applied unsaved: {st}"
     );
+    // The step is due: status says why it waits.
+    assert!(
+        st["schedule"]["held"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("the state cannot be saved, so no step is taken: ")),
+        "{st}"
+    );
     std::fs::create_dir(proxy.dir.path().join("state")).expect("repair");
     let st = proxy.wait_status("the step is retried", |v| v["state"] == "completed");
     assert_eq!(st["state_file_error"], Value::Null);

@@ -220,9 +220,16 @@ pub struct GuardView {
     pub enabled: bool,
     /// `halt` or `rollback`.
     pub action: Option<String>,
+    /// The margins the verdicts use, the guard's or (without one) the defaults.
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_ratio: Option<f64>,
+    /// A slow answer is also this much slower than stable's p99.
+    #[serde(default)]
+    pub min_p99_increase_ms: f64,
     pub min_requests: u64,
+    /// Distinct canary users a regression must show for.
+    #[serde(default)]
+    pub min_users: u64,
     pub require_data: bool,
     /// What the guard did in this comparison, with the figures.
     pub acted: Option<String>,
@@ -464,9 +471,11 @@ pub fn compute(
                 crate::config::GuardAction::Halt => "halt".to_owned(),
                 crate::config::GuardAction::Rollback => "rollback".to_owned(),
             }),
-            max_error_rate_increase: g.map(|g| g.max_error_rate_increase),
-            max_p99_ratio: g.map(|g| g.max_p99_ratio),
+            max_error_rate_increase: Some(t.max_error_rate_increase),
+            max_p99_ratio: Some(t.max_p99_ratio),
+            min_p99_increase_ms: t.min_p99_increase_micros / 1_000.0,
             min_requests: t.min_requests,
+            min_users: t.min_users,
             require_data: g.is_some_and(|g| g.require_data),
             acted: inputs.acted,
             holding_schedule: None,

@@ -266,14 +266,14 @@ fn bucket(b: &BucketInfo) -> String {
 /// The share users get now, and the plan's when that differs.
 fn percent(s: &Status) -> String {
     match s.state {
-        State::RolledBack => format!(
-            "0% now (rolled back; the plan's {} applies again on resume)",
-            pct(s.percent)
-        ),
+        State::RolledBack => "0% now (rolled back)".to_owned(),
         State::Completed => "100% now (completed)".to_owned(),
         State::Running | State::Halted => pct(s.effective_percent),
     }
 }
+
+/// How many of the last changes the status table lists (the JSON has them all).
+const CHANGES_SHOWN: usize = 3;
 
 fn status(s: &Status, changed: Option<bool>) -> String {
     let mut rows = vec![
@@ -324,13 +324,50 @@ fn status(s: &Status, changed: Option<bool>) -> String {
     if s.file_plan_pending {
         rows.push((
             "file plan",
-            "changed while halted; applies on resume".into(),
+            format!(
+                "changed while {}; resume applies it",
+                s.state.as_str().replace('_', " ")
+            ),
         ));
+    }
+    if let Some(r) = &s.on_resume {
+        let mut v = match r.state {
+            State::Completed => "completes the rollout again: 100%".to_owned(),
+            _ if r.rollout != s.rollout => {
+                format!("starts rollout {} at {}", r.rollout, pct(r.percent))
+            }
+            _ => format!("goes to {}", pct(r.percent)),
+        };
+        if let (Some(step), Some(steps)) = (r.step, r.steps) {
+            v.push_str(&format!(", step {step} of {steps}"));
+        }
+        rows.push(("resume", v));
     }
     if !s.restart_required.is_empty() {
         rows.push((
             "restart",
             format!("needed for: {}", s.restart_required.join(", ")),
+        ));
+    }
+    // The last few changes: a file edit made after a halt or rollback is the last change, and
+    // would otherwise hide who halted.
+    for (i, c) in s.changes.iter().take(CHANGES_SHOWN).enumerate() {
+        let rollout = match &c.from_rollout {
+            Some(from) => format!(" (rollout {from} → {})", c.rollout),
+            None => String::new(),
+        };
+        rows.push((
+            if i == 0 { "changes" } else { "" },
+            format!(
+                "{} {} by {}: {} {} → {} {}{rollout}",
+                c.at.as_deref().unwrap_or("-"),
+                c.command,
+                c.by,
+                c.from_state.as_str(),
+                pct(c.from_percent),
+                c.to_state.as_str(),
+                pct(c.to_percent)
+            ),
         ));
     }
     if changed == Some(false) {
@@ -480,17 +517,36 @@ fn analysis(a: &AnalysisView) -> String {
         ));
     }
     let g = &a.guard;
-    if g.enabled {
-        out.push_str(&format!(
-            "{:<11} {} when the error rate rises over {:.2} points or p99 over {}x stable's ({} requests a side first){}\n",
+    let increase = if g.min_p99_increase_ms > 0.0 {
+        format!(" and {} ms more", g.min_p99_increase_ms)
+    } else {
+        String::new()
+    };
+    let margins = format!(
+        "the error rate {:.2} points over stable's, or more than 1% of canary answers slower than {}x stable's p99{increase}; {} requests a side and a regression shown for {} canary users first",
+        g.max_error_rate_increase.unwrap_or(0.0) * 100.0,
+        g.max_p99_ratio.unwrap_or(0.0),
+        g.min_requests,
+        g.min_users,
+    );
+    let (label, mut line) = if g.enabled {
+        (
             "guard",
-            g.action.as_deref().unwrap_or("-"),
-            g.max_error_rate_increase.unwrap_or(0.0) * 100.0,
-            g.max_p99_ratio.unwrap_or(0.0),
-            g.min_requests,
-            g.acted.as_ref().map_or(String::new(), |a| format!("; {a}"))
-        ));
+            format!("{} when {margins}", g.action.as_deref().unwrap_or("-")),
+        )
+    } else {
+        ("margins", format!("no guard acts; verdicts call {margins}"))
+    };
+    if g.require_data {
+        line.push_str("; a schedule step waits for that much data");
     }
+    if let Some(acted) = &g.acted {
+        line.push_str(&format!("; {acted}"));
+    }
+    if let Some(why) = &g.holding_schedule {
+        line.push_str(&format!("; holds the schedule: {why}"));
+    }
+    out.push_str(&format!("{label:<11} {line}\n"));
     out
 }
 

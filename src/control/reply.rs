@@ -29,8 +29,13 @@ pub struct Status {
     pub percent: f64,
     /// The share of users on canary now: 0 when rolled back, 100 when completed, else `percent`.
     pub effective_percent: f64,
+    /// Null while a file plan waits for `resume`: the position belongs to the steps it replaced
+    /// (see `on_resume`).
     pub schedule: Option<ScheduleStatus>,
     pub file_plan_pending: bool,
+    /// While halted or rolled back: what `resume` would put in force now.
+    #[serde(default)]
+    pub on_resume: Option<OnResume>,
     /// RFC 3339, or null when the time cannot be shown.
     pub changed_at: Option<String>,
     /// Who made the last change, e.g. `admin (uid 0, pid 4242)`.
@@ -53,6 +58,17 @@ pub struct Status {
     /// The fleet's shared state in etcd, when there is one.
     #[serde(default)]
     pub fleet: Option<FleetStatus>,
+}
+
+/// What `resume` would put in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnResume {
+    pub rollout: String,
+    pub state: State,
+    pub percent: f64,
+    /// The schedule's step (1-based) and how many there are, when it follows one.
+    pub step: Option<usize>,
+    pub steps: Option<usize>,
 }
 
 /// One change of the rollout: who, when, from what to what, and why.
@@ -308,6 +324,7 @@ mod tests {
                 held: None,
             }),
             file_plan_pending: false,
+            on_resume: None,
             changed_at: Some("2026-11-26T10:00:00Z".into()),
             changed_by: "admin (uid 0, pid 7)".into(),
             source: "admin".into(),
@@ -343,7 +360,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"on_resume":null,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

@@ -8,7 +8,7 @@ use crate::snapshot::Snapshot;
 
 use crate::analysis::AnalysisView;
 
-use super::reply::{BucketInfo, Change, ScheduleStatus, Status};
+use super::reply::{BucketInfo, Change, OnResume, ScheduleStatus, Status};
 use super::schedule::Timing;
 use super::state::RolloutState;
 
@@ -32,7 +32,7 @@ fn rfc3339(t: std::time::SystemTime) -> Option<String> {
 }
 
 fn schedule(r: &RolloutState, now: Instant, hold: Option<String>) -> Option<ScheduleStatus> {
-    let (Some(at), Plan::Steps(steps)) = (r.schedule, &r.plan.plan) else {
+    let (Some(at), Plan::Steps(steps), false) = (r.schedule, &r.plan.plan, r.plan_pending) else {
         return None;
     };
     let next = steps.get(at.step + 1);
@@ -47,6 +47,26 @@ fn schedule(r: &RolloutState, now: Instant, hold: Option<String>) -> Option<Sche
             Timing::Until(t) if t <= now => hold,
             Timing::Until(_) | Timing::Paused(_) | Timing::Final => None,
         },
+    })
+}
+
+/// What `resume` would put in force now, while halted or rolled back.
+fn on_resume(r: &RolloutState, now: Instant) -> Option<OnResume> {
+    if !matches!(r.state, State::Halted | State::RolledBack) {
+        return None;
+    }
+    let mut resumed = r.clone();
+    resumed.resume(now).ok()?;
+    let steps = match &resumed.plan.plan {
+        Plan::Steps(steps) => Some(steps.len()),
+        Plan::Percent(_) => None,
+    };
+    Some(OnResume {
+        rollout: resumed.id.clone(),
+        state: resumed.state,
+        percent: ppm_to_percent(resumed.ppm),
+        step: resumed.schedule.map(|s| s.step + 1),
+        steps: resumed.schedule.and(steps),
     })
 }
 
@@ -75,8 +95,19 @@ pub fn build(
             State::Completed => 100.0,
             State::Running | State::Halted => ppm_to_percent(r.ppm),
         },
-        schedule: schedule(r, now, extra.hold),
+        // A step that cannot be saved is not taken (a restart would not find it).
+        schedule: schedule(
+            r,
+            now,
+            extra.hold.or_else(|| {
+                notes
+                    .state_file_error
+                    .as_ref()
+                    .map(|e| format!("the state cannot be saved, so no step is taken: {e}"))
+            }),
+        ),
         file_plan_pending: r.plan_pending,
+        on_resume: on_resume(r, now),
         changed_at: rfc3339(r.changed_at),
         changed_by: r.changed_by.to_string(),
         source: r.changed_by.kind().to_owned(),

@@ -539,6 +539,20 @@ fn errors_spread_unevenly_across_ordinary_users_are_not_called_too_few_users() {
     assert_eq!(ordinary_users_failing(300, 30).errors.1, Verdict::Regressed);
 }
 
+#[test]
+fn errors_of_fewer_users_than_min_users_are_called_too_few_users_not_uneven() {
+    // 4 of 14 canary users fail every time, fewer than `min_users` (5): the range with users
+    // as the unit is wide because there are so few, which the text must say, not "spread
+    // unevenly" (a canary whose every user failed every request read so).
+    let v = ordinary_users_failing(14, 4);
+    let Verdict::FewUsers { why, .. } = v.errors.1 else {
+        panic!("{:?}", v.errors);
+    };
+    assert_eq!(why, Few::Users);
+    let text = VerdictView::from(v.errors.1).text;
+    assert!(text.starts_with("too few users"), "{text}");
+}
+
 /// `seconds` of `users` canary users making 2 requests a second each, the first `slow` of them
 /// always answered in 10 ms, the others as fast as stable's 30 ever new users a second.
 fn ordinary_users_slow(seconds: u64, users: u64, slow: u64) -> Verdicts {

@@ -117,9 +117,14 @@ pub fn verdicts_over(since: &PerPool<Counts>, recent: Option<&Recent>, t: &Thres
                 Verdict::Regressed if c.hit_cells < t.min_users => few(Few::Users),
                 Verdict::Regressed => Verdict::Regressed,
                 // Counted per request, what remains is still worse: the range is wide
-                // because the errors are spread unevenly across users, not for busy users.
+                // because the errors come from too few users, or are spread unevenly across
+                // more, not for busy users.
                 _ if guard::errors(c.arm, s.arm, 0.0, t).1 == Verdict::Regressed => {
-                    few(Few::Spread)
+                    few(if c.hit_cells < t.min_users {
+                        Few::Users
+                    } else {
+                        Few::Spread
+                    })
                 }
                 v => v,
             };
@@ -262,7 +267,7 @@ fn latency(
         // Counted per request, what remains is still above the limit: the range is wide
         // because the slow answers are spread unevenly across users, not for busy users.
         if above(&guard::slow_sequence(left, 0.0, t)) {
-            few(Few::Spread)
+            few(if enough { Few::Spread } else { Few::Users })
         } else {
             few(Few::Busy)
         }
