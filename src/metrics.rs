@@ -136,7 +136,7 @@ fn describe() {
     counter!("ramp_config_reloads_total", "Config reloads, ok or error.");
     counter!(
         "ramp_log_lines_dropped_total",
-        "Log lines dropped because stderr's reader fell behind."
+        "Log lines dropped because stderr's reader fell behind, or stderr refused them."
     );
     counter!("ramp_ids_minted_total", "User ids minted for newcomers.");
     counter!(
@@ -153,7 +153,7 @@ fn describe() {
     );
     counter!(
         "ramp_rejected_requests_total",
-        "Requests refused before routing (limits, malformed)."
+        "Requests ramp answered itself, in no pool's ramp_responses_total: refused before routing (limits, malformed), a client's body that failed, or no upstream connection to be had (upstream.max_connections, descriptors)."
     );
     counter!(
         "ramp_upstream_ejections_total",
@@ -169,6 +169,10 @@ fn describe() {
         "The guard's verdict per metric: 0 ok, 1 regressed, -1 improved, 2 not enough data."
     );
     gauge!("ramp_open_connections", "Client connections open.");
+    gauge!(
+        "ramp_upstreams_available",
+        "Upstreams of each pool neither ejected nor failing their health checks (once a second)."
+    );
     gauge!(
         "ramp_rollout_percent",
         "The share of users on canary now (0 rolled back, 100 completed)."

@@ -259,19 +259,28 @@ async fn beyond_upstream_max_connections_a_request_gets_503_and_no_upstream_is_b
     let r = Client::http1().get(&proxy.url("/"), &[]).await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
     let text = proxy.metrics().await;
-    for series in [
-        "ramp_upstream_ejections_total{pool=\"stable\"}",
-        "ramp_upstream_errors_total{pool=\"stable\",kind=\"connect\"}",
-    ] {
-        let n = text
-            .lines()
+    let value = |series: &str| {
+        text.lines()
             .find_map(|l| {
                 l.strip_prefix(series)
                     .and_then(|v| v.trim().parse::<f64>().ok())
             })
-            .unwrap_or(0.0);
-        assert_eq!(n, 0.0, "{series}: {text}");
+            .unwrap_or(0.0)
+    };
+    for series in [
+        "ramp_upstream_ejections_total{pool=\"stable\"}",
+        "ramp_upstream_errors_total{pool=\"stable\",kind=\"connect\"}",
+        // Nor its answers: the 503s are ramp's own, not the pool's.
+        "ramp_responses_total{pool=\"stable\",class=\"5xx\"}",
+    ] {
+        assert_eq!(value(series), 0.0, "{series}: {text}");
     }
+    assert_eq!(
+        value("ramp_responses_total{pool=\"stable\",class=\"2xx\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(value("ramp_rejected_requests_total"), 8.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

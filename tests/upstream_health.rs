@@ -94,14 +94,30 @@ async fn active_checks_take_an_upstream_out_and_bring_it_back() {
         "0",
         extra,
     ));
+    let available = |want: f64| {
+        let proxy = &proxy;
+        async move {
+            let series = "ramp_upstreams_available{pool=\"stable\"}";
+            for _ in 0..50 {
+                if proxy.metric(series).await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("{series} never {want}: {}", proxy.metrics().await);
+        }
+    };
+    available(2.0).await;
     b.set_unhealthy(true);
     proxy.wait_log("upstream failed its health checks");
     let out = bodies(&proxy, 20, "/").await;
     assert!(out.iter().all(|(_, body)| body == "a"), "{out:?}");
+    available(1.0).await;
     b.set_unhealthy(false);
     proxy.wait_log("upstream passed its health checks");
     let back = bodies(&proxy, 20, "/").await;
     assert!(back.iter().any(|(_, body)| body == "b"), "{back:?}");
+    available(2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,13 +309,19 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         });
         // A canary pool with no healthy upstream, its users served by stable: no new canary
         // figures will come until it is back, which "N more requests" would not say.
-        let canary_down = config.canary_unavailable == crate::config::CanaryUnavailable::Fallback
-            && snap
-                .pools
-                .canary
+        let available = crate::routing::PerPool::from_fn(|p| {
+            snap.pools[p]
                 .upstreams()
                 .iter()
-                .all(|u| !u.health.is_available());
+                .filter(|u| u.health.is_available())
+                .count()
+        });
+        for pool in crate::routing::PoolName::BOTH {
+            metrics::gauge!("ramp_upstreams_available", "pool" => pool.as_str())
+                .set(available[pool] as f64);
+        }
+        let canary_down = config.canary_unavailable == crate::config::CanaryUnavailable::Fallback
+            && available.canary == 0;
         if canary_down {
             for verdict in [&mut view.errors.verdict, &mut view.latency.verdict] {
                 if verdict.verdict == "not_enough_data" {

@@ -294,11 +294,13 @@ pub fn handle(
             }
         };
         let status = resp.status();
-        proxy.metrics.response(served_by, status);
         // A request whose own body failed (cut off, stalled, malformed) is the client's doing,
         // judged like one refused before routing: no pool's; so is one ramp could not send for
-        // want of a file descriptor.
-        if !unjudged {
+        // want of an upstream connection (`upstream.max_connections`) or a file descriptor.
+        if unjudged {
+            proxy.metrics.rejected.increment(1);
+        } else {
+            proxy.metrics.response(served_by, status);
             let judged = judged.unwrap_or(status).as_u16();
             let counted = proxy.analysis.recorder.record(
                 served_by,
