@@ -68,6 +68,10 @@ pub fn client_connections(max_connections: usize, open_files: Option<u64>) -> us
     max_connections.min(fit.max(1))
 }
 
+/// How long a successor waits for the process it replaces to leave the metrics address: past
+/// the second it takes to notice, with room for a busy machine.
+const METRICS_HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the proxy on `config` (read from `config_path`) until SIGTERM or SIGINT, then drains.
 pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Result<(), AppError> {
     tls::install_provider();
@@ -100,7 +104,8 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let local = listener.local_addr().map_err(bind_err)?;
     let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
         Some(addr) => Some((
-            net::bind(addr, options.takeover).map_err(|e| AppError::Bind { addr, error: e })?,
+            net::bind_quiet(addr, options.takeover)
+                .map_err(|e| AppError::Bind { addr, error: e })?,
             addr,
         )),
         None => None,
@@ -157,9 +162,12 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     // Set once a successor has taken over: the metrics listener then leaves its address to the
     // successor's, so that a scrape never reads this process's counters after the other's.
     let handed_over = tokio::sync::watch::Sender::new(false);
-    if let (Some((listener, addr)), Some(exporter)) = (metrics_listener, exporter) {
-        let addr = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %addr, "metrics at /metrics");
+    if let (Some((socket, addr)), Some(exporter)) = (metrics_listener, exporter) {
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(addr);
         let web = web::Web {
             exporter,
             handle: handle.clone(),
@@ -168,9 +176,36 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         };
         // On a thread and runtime of its own: a scrape, or a flood of requests to the page, never
         // waits in line with the proxy's requests (with `workers: 1` there is one such line).
-        web::spawn(listener, web, handed_over.subscribe()).map_err(|e| {
-            AppError::Metrics(format!("cannot start the metrics listener's thread: {e}"))
-        })?;
+        let serve = move |socket: socket2::Socket, handed_over| {
+            socket.listen(4096)?;
+            tracing::info!(addr = %addr, "metrics at /metrics");
+            web::spawn(socket.into(), web, handed_over)
+        };
+        if options.takeover {
+            // The process this one replaces answers there until it notices the successor (within
+            // a second of the admin socket's takeover) and closes its listener. Listening only
+            // then, no scrape reads its counters after this one's, which would look like a reset
+            // and a jump; for that second a scrape finds only the old process, or (between the
+            // two) nothing.
+            let handed_over = handed_over.subscribe();
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                while net::listened_on(addr) {
+                    if start.elapsed() > METRICS_HANDOVER_WAIT {
+                        tracing::warn!(addr = %addr, "another process still listens on the metrics address: this one listens beside it (a scrape may read either)");
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                if let Err(e) = serve(socket, handed_over) {
+                    tracing::error!(addr = %addr, error = %e, "cannot serve the metrics address");
+                }
+            });
+        } else {
+            serve(socket, handed_over.subscribe()).map_err(|e| {
+                AppError::Metrics(format!("cannot start the metrics listener: {e}"))
+            })?;
+        }
     }
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -517,13 +517,6 @@ async fn after_a_takeover_every_new_scrape_reaches_the_successor() {
         text.replace("127.0.0.1:0", &metrics.to_string()),
     )
     .expect("pin the metrics port");
-    let new = old.start_successor();
-    new.wait_status("the successor answers", |v| {
-        v["pid"].as_u64() == Some(u64::from(new.pid()))
-    });
-    old.wait_log("a newer ramp has taken the admin socket over");
-    // Both listen on the address (SO_REUSEPORT): a scraper's new connection could reach either,
-    // and read the old process's counters after the new one's. Only the successor answers now.
     let pid_of = |reply: &str| {
         let at = reply.find("\"pid\":").map(|i| i + 6);
         at.map(|i| {
@@ -533,6 +526,44 @@ async fn after_a_takeover_every_new_scrape_reaches_the_successor() {
                 .collect::<String>()
         })
     };
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        pid_of(&out)
+    };
+    // Scraped all through the handover, as a scraper may: the old process's counters are never
+    // read after the new one's (which would look like a reset and a jump). Both could listen on
+    // the address (SO_REUSEPORT), and a new connection reach either.
+    let new = old.start_successor();
+    let (old_pid, new_pid) = (old.pid().to_string(), new.pid().to_string());
+    let mut seen = Vec::new();
+    let start = std::time::Instant::now();
+    while !old
+        .logs()
+        .iter()
+        .any(|l| l.contains("a newer ramp has taken the admin socket over"))
+        || seen.last() != Some(&new_pid)
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "{seen:?}");
+        if let Some(pid) = scrape()
+            && seen.last() != Some(&pid)
+        {
+            assert!(
+                !seen.contains(&pid),
+                "old {old_pid}, new {new_pid}: {seen:?} then {pid}"
+            );
+            seen.push(pid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    new.wait_status("the successor answers", |v| {
+        v["pid"].as_u64() == Some(u64::from(new.pid()))
+    });
+    // Only the successor answers now.
     for _ in 0..20 {
         let reply = support::raw(
             metrics,
