@@ -115,7 +115,10 @@ async fn an_invalid_edit_keeps_the_running_config_and_shows_in_status() {
     );
     let (code, out, _) = proxy.ctl(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("reload      error: "), "{out}");
+    assert!(
+        out.contains("reload      error (the running config stays): "),
+        "{out}"
+    );
     // `reload` says why too.
     let r = proxy.admin("reload");
     assert_eq!(r["ok"], false);

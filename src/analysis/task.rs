@@ -322,11 +322,33 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         }
         let canary_down = config.canary_unavailable == crate::config::CanaryUnavailable::Fallback
             && available.canary == 0;
-        if canary_down {
+        // Nor will they while every user is on one side, which "N more requests" would not say.
+        let rollout = &snap.routing.rollout;
+        let one_side = match rollout.state {
+            State::RolledBack => {
+                Some("everyone is on stable (rolled back): no canary answers come until a `resume`")
+            }
+            State::Completed => Some("everyone is on canary (completed): no stable answers come"),
+            State::Running | State::Halted if rollout.ppm == 0 => {
+                Some("the share is 0%: no user is on the canary")
+            }
+            State::Running | State::Halted if rollout.ppm >= crate::routing::BUCKETS => {
+                Some("the share is 100%: no user is on stable")
+            }
+            State::Running | State::Halted => None,
+        };
+        let why = if canary_down {
+            Some(
+                "the canary pool has no healthy upstream, and its users are served by stable (canary_unavailable: fallback) until one is back",
+            )
+        } else {
+            one_side
+        };
+        if let Some(why) = why {
             for verdict in [&mut view.errors.verdict, &mut view.latency.verdict] {
                 if verdict.verdict == "not_enough_data" {
                     verdict.more = None;
-                    verdict.text = "not enough data: the canary pool has no healthy upstream, and its users are served by stable (canary_unavailable: fallback) until one is back".to_owned();
+                    verdict.text = format!("not enough data: {why}");
                 }
             }
         }

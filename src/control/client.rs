@@ -252,14 +252,25 @@ fn schedule(s: &ScheduleStatus) -> String {
 }
 
 fn bucket(b: &BucketInfo) -> String {
+    let rollout = match b.state {
+        State::RolledBack => format!(
+            "rollout {} rolled back: everyone on stable, {} on resume",
+            b.rollout,
+            pct(b.percent)
+        ),
+        State::Completed => format!("rollout {} completed: everyone on canary", b.rollout),
+        State::Running | State::Halted => format!(
+            "rollout {} at {}, {}",
+            b.rollout,
+            pct(b.percent),
+            b.state.as_str()
+        ),
+    };
     format!(
-        "{}: bucket {}, pool {} (rollout {} at {}, {})",
+        "{}: bucket {}, pool {} ({rollout})",
         b.user,
         b.bucket,
-        b.pool.as_str(),
-        b.rollout,
-        pct(b.percent),
-        b.state.as_str()
+        b.pool.as_str()
     )
 }
 
@@ -293,7 +304,11 @@ fn status(s: &Status, changed: Option<bool>) -> String {
             "reload",
             match &s.last_reload_error {
                 None => "ok".into(),
-                Some(e) => format!("error: {e}"),
+                // Each problem on a line of its own, under the first; the config in force stays.
+                Some(e) => format!(
+                    "error (the running config stays): {}",
+                    e.replace('\n', "\n            ")
+                ),
             },
         ),
     ];
@@ -588,6 +603,8 @@ fn reload_effect(effect: FileEffect) -> &'static str {
         FileEffect::NewRollout => "a new rollout began (the file's new id)",
         FileEffect::Applied => "the file's percent or steps apply",
         FileEffect::Pending => "the file's percent or steps wait for `resume`",
-        FileEffect::Ignored => "the rollout is completed: the file's plan is recorded, not applied",
+        FileEffect::Ignored => {
+            "the rollout is completed: the file's new plan is not applied (a `start` begins it)"
+        }
     }
 }

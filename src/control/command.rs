@@ -135,7 +135,7 @@ pub enum ParseError {
     Extra(&'static str, String),
     #[error("bad percent {0:?}: {1}")]
     Percent(String, Reason),
-    #[error("bad percent {0:?}: not a number (give 0 to 100, e.g. `set 2.5`)")]
+    #[error("bad percent {0:?}: not a number (give 0 to 100, e.g. 2.5)")]
     NotANumber(String),
     #[error("bad rollout id: {0}")]
     RolloutId(Reason),
@@ -285,7 +285,7 @@ mod tests {
         assert!(matches!(parse(b"set"), Err(ParseError::Missing("set", _))));
         assert_eq!(
             parse(b"set abc").map_err(|e| e.to_string()),
-            Err("bad percent \"abc\": not a number (give 0 to 100, e.g. `set 2.5`)".into())
+            Err("bad percent \"abc\": not a number (give 0 to 100, e.g. 2.5)".into())
         );
         assert!(matches!(parse(b"set 101"), Err(ParseError::Percent(..))));
         assert!(matches!(

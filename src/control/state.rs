@@ -44,10 +44,21 @@ pub struct RolloutState {
 pub enum Refusal {
     #[error("the rollout is {}: `resume` it before changing the percent", .0.as_str())]
     NotRunning(State),
-    #[error("the rollout is {}: only `rollback`, `promote` or `start` change it now", .0.as_str())]
+    #[error("{}", cannot_halt(*.0))]
     CannotHalt(State),
     #[error("the rollout is completed: `start` a new rollout or `rollback`")]
     Completed,
+}
+
+/// Why a rollout in `state` cannot be halted, and what changes it.
+fn cannot_halt(state: State) -> String {
+    match state {
+        State::RolledBack => "the rollout is rolled_back, everyone on stable, which a halt would not add to: `resume`, `promote` or `start` change it".to_owned(),
+        State::Completed => {
+            "the rollout is completed, everyone on canary: `rollback` or `start` change it".to_owned()
+        }
+        other => format!("the rollout is {}", other.as_str()),
+    }
 }
 
 /// What a reloaded file did to the rollout.
