@@ -181,6 +181,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             tracing::info!(addr = %addr, "metrics at /metrics");
             web::spawn(socket.into(), web, handed_over)
         };
+        if options.takeover && admin_config.is_none() {
+            tracing::warn!(addr = %addr, "--takeover without admin.socket: the process this one replaces never learns of it, and both answer on the metrics address until it exits (a scrape may read either)");
+        }
         if options.takeover {
             // The process this one replaces answers there until it notices the successor (within
             // a second of the admin socket's takeover) and closes its listener. Listening only

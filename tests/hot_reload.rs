@@ -399,6 +399,9 @@ async fn a_state_file_moved_by_an_edit_takes_the_state_along_at_once() {
     });
     assert_eq!(st["restart_required"], serde_json::json!([]), "{st}");
     assert_eq!(st["last_reload_error"], Value::Null, "{st}");
+    // Written under the lock beside it there, the one the restart's successor takes to read it:
+    // a change this process acknowledges lands before the successor reads, or is refused.
+    assert!(proxy.dir.path().join("var/state.json.lock").exists());
     // The restart the edit was made for finds the rollback there, and keeps writing there.
     let (dir, path) = proxy.kill9();
     let proxy = Proxy::start_in(dir, path);

@@ -103,6 +103,7 @@ pub async fn lock(state: &Path) -> Held {
 /// What tells this process it still owns the rollout state: the admin socket it bound.
 #[derive(Debug, Clone)]
 pub struct Owner {
+    /// The state file at start (a reload may move it: each write locks where it writes).
     pub state: PathBuf,
     pub socket: PathBuf,
     pub owned: Owned,
@@ -115,10 +116,11 @@ impl Owner {
         !admin::another_socket(&self.socket, self.owned)
     }
 
-    /// The lock, if the rollout state is still this process's to write (blocking: for the
-    /// writer's thread).
-    pub fn lock_if_ours(&self) -> Option<Held> {
-        let held = lock_now(&self.state, WRITE_LOCK_WAIT);
+    /// The lock of the state file at `state` (where it is now: a reload may have moved it from
+    /// where it was at start, and a successor locks it there), if the rollout state is still
+    /// this process's to write (blocking: for the writer's thread).
+    pub fn lock_if_ours(&self, state: &Path) -> Option<Held> {
+        let held = lock_now(state, WRITE_LOCK_WAIT);
         self.ours().then_some(held)
     }
 }

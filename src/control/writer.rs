@@ -83,7 +83,7 @@ impl Writer {
     /// From now on, writes only while the rollout state is this process's ([`handover`]). The
     /// lock file is made now, while the disk answers.
     pub fn own(&self, owner: handover::Owner) {
-        drop(owner.lock_if_ours());
+        drop(owner.lock_if_ours(&owner.state));
         let _ = self.owner.set(owner);
     }
 
@@ -167,7 +167,7 @@ fn write(
     owner: &OnceLock<handover::Owner>,
     abandoned: impl Fn() -> bool,
 ) -> Result<(), StoreError> {
-    let _held = match owner.get().map(handover::Owner::lock_if_ours) {
+    let _held = match owner.get().map(|o| o.lock_if_ours(path)) {
         Some(None) => {
             return Err(StoreError::Write {
                 path: path.to_path_buf(),
