@@ -252,16 +252,8 @@ fn open_files(max_connections: usize, max_upstream: usize) -> anyhow::Result<Opt
             "the open files limit ({limit}) is below the {MIN_OPEN_FILES} ramp needs: its own files (listeners, the admin socket, the state file, the config watcher, the runtime's) take about 20, and a halt must still find one to be saved; raise it (LimitNOFILE=, ulimit -n)"
         );
     }
-    // Every client connection and every upstream one, and room for the rest.
-    let needed = (max_connections as u64)
-        .saturating_add(max_upstream as u64)
-        .saturating_add(256);
-    if limit < needed {
-        tracing::warn!(
-            limit,
-            needed,
-            "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those"
-        );
+    if let Some(needed) = ramp::config::open_files_short(limit, max_connections, max_upstream) {
+        tracing::warn!(limit, needed, "{}", ramp::config::OPEN_FILES_SHORT);
     }
     Ok(Some(limit))
 }

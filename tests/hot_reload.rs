@@ -494,3 +494,28 @@ async fn a_config_directory_removed_and_made_again_is_watched_again() {
     let st = proxy.wait_status("the edit is read", |v| percent(v) == Some(3.0));
     assert_eq!(st["last_reload_error"], Value::Null, "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_upstream_max_connections_past_the_open_files_limit_is_said_as_at_start() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: fd\npercent: 0"));
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    // Far past any limit this machine may have.
+    replace_file(
+        &proxy.config_path,
+        &format!("{text}upstream:\n  max_connections: 1000000\n"),
+    );
+    let r = proxy.admin("reload");
+    assert_eq!(r["applied"], serde_json::json!(["upstream"]), "{r}");
+    // As start-up says it (the start may have said it too, for the limits before).
+    support::eventually("the reload says the limit is short", || {
+        proxy.logs().iter().any(|l| {
+            l.contains("the open files limit is below limits.max_connections")
+                && l.contains("ramp::control::controller::reload")
+        })
+    })
+    .await;
+}

@@ -363,3 +363,16 @@ impl Config {
         out
     }
 }
+
+/// What `limits.max_connections` and `upstream.max_connections` need of the open files limit
+/// (a descriptor for each client and each upstream connection, and 256 for the rest), when
+/// `limit` is below it: said at start and when a reload raises `upstream.max_connections`.
+pub fn open_files_short(limit: u64, max_connections: usize, max_upstream: usize) -> Option<u64> {
+    let needed = (max_connections as u64)
+        .saturating_add(max_upstream as u64)
+        .saturating_add(256);
+    (limit < needed).then_some(needed)
+}
+
+/// The words for [`open_files_short`].
+pub const OPEN_FILES_SHORT: &str = "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those";

@@ -89,6 +89,17 @@ impl Controller {
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
+        if new.upstream.max_connections > self.config.upstream.max_connections
+            && let Ok((limit, _)) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            && let Some(needed) = crate::config::open_files_short(
+                limit,
+                new.limits.max_connections,
+                new.upstream.max_connections,
+            )
+        {
+            tracing::warn!(limit, needed, "{}", crate::config::OPEN_FILES_SHORT);
+        }
         if !restart_required.is_empty() {
             tracing::warn!(fields = ?restart_required, "these changes need a restart; everything else was applied");
         }
