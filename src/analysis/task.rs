@@ -309,7 +309,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         });
         // A canary pool with no healthy upstream, its users served by stable: no new canary
         // figures will come until it is back, which "N more requests" would not say.
-        let available = crate::routing::PerPool::from_fn(|p| {
+        let available = PerPool::from_fn(|p| {
             snap.pools[p]
                 .upstreams()
                 .iter()

@@ -260,7 +260,6 @@ impl TlsConfigs {
         out
     }
 
-    /// Whether the files behind `self` and `other` differ.
     /// Whether the listener's certificates differ.
     pub fn server_differs(&self, other: &TlsConfigs) -> bool {
         self.server.as_ref().map(|s| &s.1) != other.server.as_ref().map(|s| &s.1)
