@@ -249,6 +249,10 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             task.abort();
             controller_task.abort();
             drop(back);
+            // The socket made here goes too (unless the running ramp's was given back over it).
+            if let Some((_, admin, owned)) = &admin_task {
+                admin::remove(&admin.socket, *owned);
+            }
             return Err(AppError::AdminSilent(admin.socket.display().to_string()));
         }
         tracing::info!(path = %admin.socket.display(), "admin socket ready");

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod routing;
+pub mod shown;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ramp::config::{self, ppm_to_percent};
 use ramp::routing;
 use ramp::routing::{Rollout, State};
+use ramp::shown;
 
 /// mimalloc: fewer instructions per allocation than glibc's, and no per-thread arenas that keep
 /// freed memory (measured in benches; see the README's performance section).
@@ -266,7 +267,8 @@ fn main() -> ExitCode {
     match ran {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ramp: {e:#}");
+            let said = format!("{e:#}");
+            eprintln!("ramp: {}", shown::for_terminal(&said));
             ExitCode::FAILURE
         }
     }
@@ -326,11 +328,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     );
                 }
                 for warning in warnings {
+                    let warning = shown::for_terminal(&warning);
                     eprintln!("{}: warning: {warning}", config.display());
                 }
                 if !problems.is_empty() {
                     for e in problems {
-                        eprintln!("{}: {e}", config.display());
+                        let e = e.to_string();
+                        eprintln!("{}: {}", config.display(), shown::for_terminal(&e));
                     }
                     return Ok(ExitCode::FAILURE);
                 }
@@ -349,7 +353,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 for line in e.lines() {
-                    eprintln!("{line}");
+                    eprintln!("{}", shown::for_terminal(&line));
                 }
                 Ok(ExitCode::FAILURE)
             }
@@ -432,12 +436,13 @@ fn ctl(
         }
     };
     let answer = ramp::control::client::request(&socket, line, timeout)?;
+    // The JSON line has its control characters escaped already; the table shows names from
+    // the state file and the fleet's key, which anyone who can write those may fill.
     let text = if json {
         answer.line.clone()
     } else {
-        ramp::control::client::human(&answer.reply)
-            .trim_end()
-            .to_owned()
+        let table = ramp::control::client::human(&answer.reply);
+        shown::for_terminal(table.trim_end()).into_owned()
     };
     // A reader that stopped early (`ramp ctl status | head -1`) is no error of the command.
     use std::io::Write;
@@ -471,7 +476,9 @@ fn bucket(rollout: &str, percent: Option<f64>, ids: &[OsString]) -> anyhow::Resu
         )?;
         for user in ids {
             let bytes = user.as_bytes();
-            let name = user.to_string_lossy();
+            // Ids are pasted from logs and cookies: shown escaped, one per line.
+            let lossy = user.to_string_lossy();
+            let name = shown::escaped(&lossy);
             if !(1..=routing::MAX_ID_LEN).contains(&bytes.len()) {
                 writeln!(
                     out,

@@ -189,7 +189,9 @@ async fn peers_are_checked_by_uid() {
     assert!(
         refused["error"]
             .as_str()
-            .is_some_and(|e| e.contains("permission denied")),
+            .is_some_and(|e| e.contains("permission denied")
+                && e.contains(&format!("uid {NOBODY}"))
+                && e.contains("admin.allowed_uids")),
         "{refused}"
     );
     assert_eq!(run_as(READER, &proxy.socket(), "status")["ok"], true);

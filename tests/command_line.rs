@@ -378,3 +378,109 @@ fn ctl_talking_to_a_socket_that_sends_without_end_stops_with_a_short_error() {
         "{err}"
     );
 }
+
+#[test]
+fn text_from_outside_reaches_the_terminal_escaped() {
+    // An id pasted from a log or a cookie: escape sequences and line breaks shown, not obeyed.
+    let (code, out, err) = ramp(&[
+        "bucket",
+        "--rollout",
+        "r",
+        "a\u{1b}]0;T\u{7}\u{1b}[2Jb",
+        "c\nd",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(
+        out.contains("a\\u{1b}]0;T\\u{7}\\u{1b}[2Jb") && out.contains("c\\nd"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "a header and one line per id: {out}"
+    );
+    // A config key is the file's own text: an unknown one is named escaped, on one line.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: 127.0.0.1:0\npools: {stable: ['127.0.0.1:9'], canary: ['127.0.0.1:9']}\nrollout: {id: r, percent: 5}\n\"x\\e[2J\\n2026-12-07T16:30:00Z  INFO ramp: forged\": 1\n",
+    );
+    let (code, _, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(
+        err.contains("x\\u{1b}[2J\\n2026") && err.contains("unknown key"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn check_refuses_admin_and_path_settings_serve_could_not_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let check = |extra: &str| {
+        let path = write(
+            dir.path(),
+            "ramp.yaml",
+            &format!(
+                "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:9'], canary: ['127.0.0.1:9']}}\nrollout: {{id: r, percent: 5}}\n{extra}"
+            ),
+        );
+        let (code, out, err) = ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+        (code, format!("{out}{err}"))
+    };
+    // A mode that keeps ramp's own user out of its socket: a start as that user could not ask
+    // its socket for status, and would fail blaming descriptors.
+    for mode in ["0440", "0400", "0066"] {
+        let (code, said) = check(&format!(
+            "admin: {{socket: {d}/a.sock, mode: \"{mode}\"}}\n"
+        ));
+        assert_ne!(code, 0, "{mode}: {said}");
+        assert!(
+            said.contains("admin.mode") && said.contains("at least 0600"),
+            "{said}"
+        );
+    }
+    let (code, said) = check(&format!("admin: {{socket: {d}/a.sock, mode: \"0660\"}}\n"));
+    assert_eq!(code, 0, "{said}");
+    // (gid_t)-1 is "leave the group as it is" to chown: the socket would keep ramp's group.
+    let (code, said) = check(&format!(
+        "admin: {{socket: {d}/a.sock, group: 4294967295}}\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        said.contains("admin.group") && said.contains("no group"),
+        "{said}"
+    );
+    // A control character in a path or the instance's name, shown in every instance's logs.
+    let (code, said) = check(&format!("state: {{file: \"{d}/s\\e[2J.json\"}}\n"));
+    assert_ne!(code, 0);
+    assert!(
+        said.contains("state.file") && said.contains("control characters"),
+        "{said}"
+    );
+    assert!(!said.contains('\u{1b}'), "{said:?}");
+    let (code, said) =
+        check("state: {etcd: {endpoints: ['http://127.0.0.1:9'], key: /k, instance: \"a\\nb\"}}\n");
+    assert_ne!(code, 0);
+    assert!(
+        said.contains("state.etcd.instance") && said.contains("control characters"),
+        "{said}"
+    );
+    // A symbolic link where the socket goes: `serve` would refuse it, so `check` does.
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.sock"), dir.path().join("l.sock"))
+        .expect("symlink");
+    let (code, said) = check(&format!("admin: {{socket: {d}/l.sock}}\n"));
+    assert_ne!(code, 0);
+    assert!(
+        said.contains("admin.socket") && said.contains("symbolic link"),
+        "{said}"
+    );
+    let path = dir.path().join("ramp.yaml");
+    let (code, _, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("symbolic link"), "{err}");
+}

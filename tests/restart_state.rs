@@ -387,3 +387,43 @@ async fn a_hold_ending_in_the_year_9999_is_cut_to_the_step_s_hold() {
     let left = st["schedule"]["next_in_secs"].as_f64().expect("time left");
     assert!(left > 500.0 && left <= 600.0, "{left}: {st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_read_back_from_the_state_file_reach_the_operator_s_terminal_escaped() {
+    // Whoever can write the state file (or the fleet's key) can fill the guard's reason: an
+    // escape sequence there would retitle the operator's terminal and clear it at every
+    // `ramp ctl status`, and a line break would forge a log line.
+    const HOSTILE: &str = "\u{1b}]0;PWNED\u{7}\u{1b}[2J\n2026-12-07T16:30:00Z  INFO ramp: forged";
+    let (proxy, _s, _c) = restart_with_edited_state(|v| {
+        v["changed_by"] = serde_json::json!({"kind": "guard", "reason": HOSTILE, "rollout": "r"});
+    })
+    .await;
+    let (code, out, err) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("guard (\\u{1b}]0;PWNED"), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("2026-12-07")), "{out}");
+    // The JSON reply carries it escaped as JSON does, whole.
+    let st = proxy.admin("status");
+    assert!(
+        st["changed_by"]
+            .as_str()
+            .is_some_and(|b| b.contains("\\n2026")),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_whose_file_plan_names_no_valid_rollout_is_unreadable() {
+    // `resume` or `start` without an id would make it the rollout's id, and so every user's salt.
+    let (proxy, _s, _c) =
+        restart_with_edited_state(|v| v["file_plan"]["id"] = "bad id\u{1b}[2J".into()).await;
+    let st = proxy.admin("status");
+    assert_eq!(st["state"], "rolled_back", "{st}");
+    assert!(
+        st["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the file plan's rollout id")),
+        "{st}"
+    );
+}

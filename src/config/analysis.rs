@@ -208,6 +208,9 @@ pub(super) fn fleet(c: &mut Checker, e: &EtcdFile) -> Option<Fleet> {
             c.check(v, field, |s| {
                 if s.trim().is_empty() {
                     Err(Reason::Empty)
+                } else if s.chars().any(char::is_control) {
+                    // Shown in every instance's logs and status (the instance's name too).
+                    Err(Reason::Control(s.to_owned()))
                 } else {
                     Ok(s.trim().to_owned())
                 }

@@ -79,6 +79,16 @@ pub enum Reason {
     MissingHold,
     #[error("a file mode in octal like 0600 or 0660: {0:?}")]
     Mode(String),
+    #[error(
+        "{0:o} does not let the socket's owner read and write it, and ramp's own user uses it (its start asks the socket for status): give at least 0600, e.g. 0600 or 0660"
+    )]
+    OwnerCannotUse(u32),
+    #[error("must not contain control characters: {0:?}")]
+    Control(String),
+    #[error(
+        "4294967295 is no group: chown reads it as \"leave the group as it is\", so the socket would keep ramp's own"
+    )]
+    NoGroup,
     #[error("must be one of {0}, got {1:?}")]
     OneOf(&'static str, String),
     #[error("must start with /: {0:?}")]
@@ -121,7 +131,9 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.at, self.field, self.reason)
+        // A key is the file's own text: an unknown one may hold anything.
+        let field = crate::shown::escaped(&self.field);
+        write!(f, "{}: {field}: {}", self.at, self.reason)
     }
 }
 
@@ -133,7 +145,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The text is not YAML of the expected shape (unknown key, wrong type, syntax).
-    #[error("{path}:{at}: {message}")]
+    #[error("{path}:{at}: {}", crate::shown::for_terminal(message))]
     Parse {
         path: PathBuf,
         at: Position,

@@ -287,9 +287,13 @@ pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
     })
 }
 
-fn path(p: &str) -> Result<PathBuf, Reason> {
+pub(super) fn path(p: &str) -> Result<PathBuf, Reason> {
     if p.trim().is_empty() {
         return Err(Reason::Empty);
+    }
+    // A path is shown in logs, `ramp check` and status: no escape sequence or line break there.
+    if p.chars().any(char::is_control) {
+        return Err(Reason::Control(p.to_owned()));
     }
     Ok(PathBuf::from(p))
 }
@@ -302,6 +306,13 @@ fn admin(c: &mut Checker, a: &AdminFile) -> Option<Admin> {
                 .ok()
                 .filter(|m| *m <= 0o777)
                 .ok_or_else(|| Reason::Mode(m.clone()))
+                .and_then(|m| {
+                    if m & 0o600 == 0o600 {
+                        Ok(m)
+                    } else {
+                        Err(Reason::OwnerCannotUse(m))
+                    }
+                })
         }),
         None => Some(0o600),
     };
@@ -344,7 +355,11 @@ fn admin(c: &mut Checker, a: &AdminFile) -> Option<Admin> {
 /// A group name from the system's group database, or a numeric gid.
 fn group_id(g: &str) -> Result<u32, Reason> {
     if let Ok(gid) = g.trim().parse::<u32>() {
-        return Ok(gid);
+        return if gid == u32::MAX {
+            Err(Reason::NoGroup)
+        } else {
+            Ok(gid)
+        };
     }
     match nix::unistd::Group::from_name(g.trim()) {
         Ok(Some(group)) => Ok(group.gid.as_raw()),

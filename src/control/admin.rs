@@ -29,6 +29,8 @@ pub enum AdminError {
     Live { path: String },
     #[error("admin socket {path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: String },
+    #[error("admin socket {path}: {}", super::controller::SOCKET_LINK)]
+    Link { path: String },
     #[error("admin socket {path}: {error}")]
     Io { path: String, error: std::io::Error },
 }
@@ -84,6 +86,9 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned, Takeb
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_symlink() {
+                return Err(AdminError::Link { path: shown });
+            }
             if !meta.file_type().is_socket() {
                 return Err(AdminError::NotASocket { path: shown });
             }
@@ -271,7 +276,7 @@ async fn connection(
         if let Some(unlogged) = peers.refusals.admit_now() {
             tracing::warn!(uid, pid = cred.pid(), unlogged, "admin peer refused");
         }
-        return refuse(stream, ControlError::NotAllowed).await;
+        return refuse(stream, ControlError::NotAllowed { uid }).await;
     };
     let Some(slot) = peers.register(uid) else {
         if let Some(unlogged) = peers.refusals.admit_now() {

@@ -108,8 +108,12 @@ impl fmt::Display for Source {
                 pid: Some(pid),
             } => write!(f, "admin (uid {uid}, pid {pid})"),
             Source::Admin { uid, pid: None } => write!(f, "admin (uid {uid})"),
-            Source::Guard { reason, .. } => write!(f, "guard ({reason})"),
-            Source::Fleet { instance } => write!(f, "fleet (instance {instance})"),
+            // Both may come from the state file or the fleet's key, which anyone who can write
+            // them may fill: shown escaped.
+            Source::Guard { reason, .. } => write!(f, "guard ({})", crate::shown::escaped(reason)),
+            Source::Fleet { instance } => {
+                write!(f, "fleet (instance {})", crate::shown::escaped(instance))
+            }
             Source::File | Source::Schedule | Source::Startup | Source::Page => {
                 f.write_str(self.kind())
             }
@@ -144,7 +148,10 @@ pub enum ParseError {
 }
 
 fn percent(word: &str) -> Result<u32, ParseError> {
+    // `5%` as people write it.
     let value: f64 = word
+        .strip_suffix('%')
+        .unwrap_or(word)
         .parse()
         .map_err(|_| ParseError::NotANumber(word.to_owned()))?;
     config::percent_to_ppm(value).map_err(|r| ParseError::Percent(word.to_owned(), r))
@@ -262,6 +269,16 @@ mod tests {
                 ppm: None
             })
         );
+        // The percent as people write it.
+        assert_eq!(parse(b"set 5%"), Ok(Command::Set(50_000)));
+        assert_eq!(
+            parse(b"start v5 0.5%"),
+            Ok(Command::Start {
+                id: Some("v5".into()),
+                ppm: Some(5_000)
+            })
+        );
+        assert!(matches!(parse(b"set 5%%"), Err(ParseError::NotANumber(_))));
         assert_eq!(
             parse(b"bucket alice smith"),
             Ok(Command::Bucket(b"alice smith".to_vec()))

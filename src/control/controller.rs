@@ -11,7 +11,7 @@ mod start;
 pub(super) use commit::{Durability, generation_after};
 use handle::Request;
 pub use handle::{Handle, Parsed};
-pub use start::StartError;
+pub use start::{SOCKET_LINK, StartError};
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -167,8 +167,10 @@ pub enum ControlError {
     StateNotMoved { to: String, error: String },
     #[error("permission denied: uid {uid} may only run status and bucket")]
     ReadOnly { uid: u32 },
-    #[error("permission denied: this uid may not use the admin socket")]
-    NotAllowed,
+    #[error(
+        "permission denied: uid {uid} may not use the admin socket: it is in neither admin.allowed_uids nor admin.readonly_uids of the running config"
+    )]
+    NotAllowed { uid: u32 },
     #[error("cannot identify the peer")]
     UnknownPeer,
     #[error("too many admin connections from uid {uid} ({most} open, none idle): close some")]

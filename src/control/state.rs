@@ -42,7 +42,7 @@ pub struct RolloutState {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the rollout is {}: `resume` it before changing the percent", .0.as_str())]
+    #[error("the rollout is {}: `resume` it before changing the percent", said(*.0))]
     NotRunning(State),
     #[error("{}", cannot_halt(*.0))]
     CannotHalt(State),
@@ -53,11 +53,19 @@ pub enum Refusal {
 /// Why a rollout in `state` cannot be halted, and what changes it.
 fn cannot_halt(state: State) -> String {
     match state {
-        State::RolledBack => "the rollout is rolled_back, everyone on stable, which a halt would not add to: `resume`, `promote` or `start` change it".to_owned(),
+        State::RolledBack => "the rollout is rolled back, everyone on stable, which a halt would not add to: `resume`, `promote` or `start` change it".to_owned(),
         State::Completed => {
             "the rollout is completed, everyone on canary: `rollback` or `start` change it".to_owned()
         }
-        other => format!("the rollout is {}", other.as_str()),
+        other => format!("the rollout is {}", said(other)),
+    }
+}
+
+/// A state in words (`rolled back`, where the wire says `rolled_back`).
+fn said(state: State) -> &'static str {
+    match state {
+        State::RolledBack => "rolled back",
+        other => other.as_str(),
     }
 }
 

@@ -341,6 +341,10 @@ fn decode(
     if f.rollout.is_empty() || crate::config::rollout_id(&f.rollout).is_err() {
         return Err(invalid("rollout id"));
     }
+    // The file plan's id becomes the rollout's at a `resume` or `start` without an id.
+    if crate::config::rollout_id(&f.file_plan.id).is_err() {
+        return Err(invalid("the file plan's rollout id"));
+    }
     if f.changed_at_unix_ms > LATEST_MS {
         return Err(invalid("changed_at after the year 9999"));
     }

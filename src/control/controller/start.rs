@@ -32,6 +32,9 @@ pub enum StartError {
     Store(#[from] crate::control::persist::StoreStartError),
 }
 
+/// Why a symbolic link at `admin.socket` is refused, by `ramp check` and at the start alike.
+pub const SOCKET_LINK: &str = "is a symbolic link: ramp makes its socket beside the path and renames it over the path, which would replace the link, so it refuses; give admin.socket the path the link points to";
+
 /// Whether `path` (the `field` of the config) can be made: its directory (for a state file behind
 /// a symlink, the directory it points into) exists and ramp's user may make files in it, and the
 /// path is not a directory — nor, for a socket (`socket`), an existing file other than a socket.
@@ -68,7 +71,8 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
         }
         Ok(_) => match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Some("is a directory".to_owned()),
-            Ok(m) if socket && !m.file_type().is_socket() && !m.file_type().is_symlink() => {
+            Ok(m) if socket && m.file_type().is_symlink() => Some(SOCKET_LINK.to_owned()),
+            Ok(m) if socket && !m.file_type().is_socket() => {
                 Some("exists and is not a socket: ramp would not replace it".to_owned())
             }
             _ => None,

@@ -19,6 +19,11 @@ fn halt_and_rollback_hold_against_file_edits_until_resume() {
     let mut s = RolloutState::fresh(plan("r", Plan::Percent(50_000)), now, Source::Startup);
     s.halt(now).expect("halt");
     assert_eq!(s.set(10_000), Err(Refusal::NotRunning(State::Halted)));
+    // In words, not the wire's `rolled_back`.
+    assert_eq!(
+        Refusal::NotRunning(State::RolledBack).to_string(),
+        "the rollout is rolled back: `resume` it before changing the percent"
+    );
     assert_eq!(
         s.file_plan(plan("r", Plan::Percent(20_000)), now),
         FileEffect::Pending
