@@ -230,6 +230,47 @@ async fn a_client_that_aborts_an_upload_cancels_the_upstream_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_the_client_resets_never_reaches_the_upstream_as_complete() {
+    // hyper ends a request body whose stream the client reset with NO_ERROR as if the client
+    // had ended it; the upstream must not be sent the end of an upload nobody finished.
+    let (b, proxy) = start().await;
+    for (n, reason) in [h2::Reason::NO_ERROR, h2::Reason::CANCEL]
+        .into_iter()
+        .enumerate()
+    {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let uri = format!("/upload?case={n}");
+        let request = http::Request::post(proxy.url(&uri))
+            .body(())
+            .expect("request");
+        let (_answer, mut stream) = h2.send_request(request, false).expect("send");
+        stream
+            .send_data(
+                bytes::Bytes::from_static(b"first half of the upload"),
+                false,
+            )
+            .expect("data");
+        support::eventually("the upload reaches the upstream", || b.in_flight() == 1).await;
+        stream.send_reset(reason);
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = b.seen().into_iter().find(|s| s.uri == uri.as_str());
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = seen.expect("the upstream never finished the reset upload");
+        assert!(seen.body_error, "{reason:?}: {seen:?}");
+        still_serves(&proxy).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_always_reaches_the_upstream_with_a_host() {
     let (b, proxy) = start().await;
     // Naming Host as a connection option must not strip it.

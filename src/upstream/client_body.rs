@@ -30,6 +30,8 @@ pub enum ClientBody {
 pub struct H2Body {
     inner: Option<Incoming>,
     left: Option<Arc<Mutex<Left>>>,
+    /// The end was seen once, and held back for one turn of the task (see `poll_frame`).
+    end_seen: bool,
 }
 
 /// An abandoned body and its request's answer, whichever comes first.
@@ -48,6 +50,7 @@ impl H2Body {
             H2Body {
                 inner: Some(inner),
                 left,
+                end_seen: false,
             },
             leftover,
         )
@@ -128,8 +131,21 @@ impl Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().inner {
-            Some(body) => Pin::new(body).poll_frame(cx),
+        let me = self.get_mut();
+        match &mut me.inner {
+            Some(body) => match Pin::new(body).poll_frame(cx) {
+                // hyper ends a body whose stream the client reset with NO_ERROR as if the client
+                // had ended it (RFC 9113 §8.1's early answer, read from the client's side); from
+                // a client it is an upload abandoned. The end goes on after one turn of the task:
+                // hyper's server looks for a reset whenever the request's future waits, and drops
+                // it then — before the upstream is sent the end of a body nobody finished.
+                Poll::Ready(None) if !me.end_seen => {
+                    me.end_seen = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                polled => polled,
+            },
             None => Poll::Ready(None),
         }
     }
