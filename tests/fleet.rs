@@ -900,3 +900,158 @@ async fn a_stale_cache_written_back_never_undoes_a_later_change() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_rollback_goes_before_a_change_waiting_for_a_hung_etcd_and_survives_kill_9() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: hung2\npercent: 50");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    // Users on canary at 50%.
+    let on_canary: Vec<String> = (0..200)
+        .map(|i| format!("u{i}"))
+        .filter(|id| {
+            let (_, out, _) =
+                support::ramp(&["bucket", "--rollout", "hung2", "--percent", "50", id]);
+            out.contains("canary")
+        })
+        .take(5)
+        .collect();
+    etcd.pause(true);
+    // An operator's `set` waits for etcd, which hangs (seconds per endpoint)...
+    let socket = fleet.proxies[0].socket();
+    let set = std::thread::spawn(move || support::admin_at(&socket, "set 80"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...meanwhile status answers, with the state in force...
+    let st = support::admin_within(&fleet.proxies[0].socket(), "status", Duration::from_secs(2));
+    assert_eq!(st["percent"], 50.0, "{st}");
+    assert!(!set.is_finished(), "etcd answered while stopped");
+    // ...and a rollback goes first: in force at its reply, the `set` given up.
+    let r = fleet.proxies[0].admin("rollback");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("as soon as etcd is back")),
+        "{r}"
+    );
+    for id in &on_canary {
+        let got = Client::http1()
+            .get(&fleet.proxies[0].url("/"), &[("x-user-id", id)])
+            .await;
+        assert_eq!(got.body, "stable", "{id} after the rollback's reply");
+    }
+    let set = set.join().expect("set");
+    assert_eq!(set["ok"], false, "{set}");
+    assert!(
+        set["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("went first")),
+        "{set}"
+    );
+    // kill -9 before etcd ever answers: the rollback was kept in the local cache before its
+    // reply, so the restart (still without etcd) starts rolled back...
+    let (dir, path) = fleet.proxies.remove(0).kill9();
+    let a = Proxy::start_in(dir, path);
+    let st = a.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["fleet"]["pending"].as_str()),
+        (Some("rolled_back"), Some("rollback")),
+        "the rollback was lost: {st}"
+    );
+    fleet.proxies.insert(0, a);
+    // ...and the whole fleet once etcd is back.
+    etcd.pause(false);
+    fleet
+        .all("the rollback reaches the fleet", |v| {
+            v["state"] == "rolled_back" && v["fleet"]["pending"].is_null()
+        })
+        .await;
+}
+
+/// POSTs `body` to etcd's JSON gateway at `path` (with `token`, if any); the answer's JSON.
+async fn gateway(etcd: &Etcd, path: &str, body: &str, token: Option<&str>) -> Value {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(t) = token {
+        headers.push(("authorization", t));
+    }
+    let r = Client::http1()
+        .send(
+            http::Method::POST,
+            &format!("{}{path}", etcd.url()),
+            &headers,
+            bytes::Bytes::from(body.to_owned()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    serde_json::from_str(&r.body).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn credentials_work_before_etcd_s_auth_is_turned_on_and_after_it_is_turned_off() {
+    // The order a migration takes: every instance given its credentials first, then etcd's
+    // auth turned on; and back.
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "pw\n").expect("write");
+    let yaml = yaml(&s, &c, &etcd.url(), "a", "id: auth\npercent: 10", true).replace(
+        "instance: a}",
+        &format!(
+            "instance: a, username: root, password_file: {}}}",
+            password.display()
+        ),
+    );
+    let proxy = Proxy::start(&yaml);
+    let set = |percent: u32| {
+        let r = proxy.admin(&format!("set {percent}"));
+        assert_eq!(r["ok"], true, "set {percent}: {r}");
+    };
+    set(20);
+    gateway(
+        &etcd,
+        "/v3/auth/user/add",
+        r#"{"name":"root","password":"pw"}"#,
+        None,
+    )
+    .await;
+    gateway(
+        &etcd,
+        "/v3/auth/user/grant",
+        r#"{"user":"root","role":"root"}"#,
+        None,
+    )
+    .await;
+    gateway(&etcd, "/v3/auth/enable", "{}", None).await;
+    set(30);
+    let token = gateway(
+        &etcd,
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"pw"}"#,
+        None,
+    )
+    .await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    gateway(&etcd, "/v3/auth/disable", "{}", Some(&token)).await;
+    set(40);
+    let st = proxy.admin("status");
+    assert_eq!(st["fleet"]["connected"], true, "{st}");
+}

@@ -46,6 +46,9 @@ pub struct Controller {
     tls: TlsConfigs,
     pub(super) notes: Notes,
     rx: mpsc::Receiver<Request>,
+    /// Commands received while a change waited for etcd, handled next, in order (see
+    /// [`Controller::save_watching`]).
+    backlog: VecDeque<Request>,
     /// Where the state is saved: nowhere, a file, or the fleet's etcd key.
     pub(super) store: Store,
     /// A schedule step that could not be persisted (or that the analysis holds) is tried again
@@ -144,10 +147,17 @@ impl Controller {
                 biased;
                 () = taken_over => {
                     self.rx.close();
+                    for req in self.backlog.drain(..) {
+                        let _ = req.reply.send(Err(ControlError::TakenOver));
+                    }
                     while let Some(req) = self.rx.recv().await {
                         let _ = req.reply.send(Err(ControlError::TakenOver));
                     }
                     return;
+                }
+                Some(req) = async { self.backlog.pop_front() }, if !self.backlog.is_empty() => {
+                    let reply = self.handle(req.command, req.source).await;
+                    let _ = req.reply.send(reply);
                 }
                 req = self.rx.recv() => {
                     let Some(req) = req else { return };
@@ -218,6 +228,48 @@ impl Controller {
             Ok(_) | Err(ControlError::ChangedMeanwhile { .. }) => None,
             Err(_) => Some(Instant::now() + SCHEDULE_RETRY),
         };
+    }
+
+    /// Saves `next` to the fleet's key (made from the state at generation `base`). While etcd
+    /// takes its time (a member that hangs can hold a write for seconds per endpoint), status
+    /// and bucket are answered with the state in force, other commands wait in the backlog, and
+    /// a halt or rollback ends the wait: the change is given up (`Preempted`), and the halt or
+    /// rollback is handled next — stopping exposure waits for no other change's write.
+    async fn save_watching(
+        &mut self,
+        next: &RolloutState,
+        base: u64,
+    ) -> Result<(), super::store::StoreError> {
+        let in_force = self.status();
+        let save = self.store.save(next, base, false);
+        tokio::pin!(save);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                saved = &mut save => return saved,
+                req = self.rx.recv(), if open => {
+                    let Some(req) = req else {
+                        open = false;
+                        continue;
+                    };
+                    match &req.command {
+                        Command::Status => {
+                            let _ = req.reply.send(Ok(Outcome::Status(in_force.clone())));
+                        }
+                        Command::Bucket(user) => {
+                            let b = status::bucket(&self.current.load(), user);
+                            let _ = req.reply.send(Ok(Outcome::Bucket(b)));
+                        }
+                        Command::Halt | Command::Rollback => {
+                            self.backlog.push_front(req);
+                            return Err(super::store::StoreError::Preempted);
+                        }
+                        _ => self.backlog.push_back(req),
+                    }
+                }
+            }
+        }
     }
 
     async fn handle(&mut self, command: Command, source: Source) -> Reply {

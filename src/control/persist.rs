@@ -17,6 +17,10 @@ use super::state::RolloutState;
 use super::store::{self, StoreError};
 use super::writer::Writer;
 
+/// How long a start waits for etcd (however many endpoints hang) before it serves the local
+/// cache's state: a restart without `--takeover` has no listener meanwhile.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// This instance's link to the fleet's key.
 #[derive(Debug)]
 pub struct Link {
@@ -136,9 +140,17 @@ impl Store {
                 Ok(Some(s)) => Restored::Found(s),
                 Err(e) => Restored::Unusable(e.to_string()),
             },
-            Store::Fleet(link) => match link.etcd.get(&link.key).await.inspect(|_| {
-                metrics::gauge!("ramp_fleet_connected").set(1.0);
-            }) {
+            Store::Fleet(link) => match tokio::time::timeout(START_WAIT, link.etcd.get(&link.key))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(fleet::EtcdError::Unreachable {
+                        endpoint: "etcd".into(),
+                        reason: format!("no answer within {START_WAIT:?} at start"),
+                    })
+                })
+                .inspect(|_| {
+                    metrics::gauge!("ramp_fleet_connected").set(1.0);
+                }) {
                 Ok((None, _)) => {
                     link.connected = true;
                     // The key is gone (deleted, or etcd's data wiped): this instance's cache is
@@ -289,6 +301,14 @@ impl Store {
         if let Store::Fleet(link) = self {
             link.revision = revision;
             link.write_cache(next);
+        }
+    }
+
+    /// The halt or rollback kept as pending was written to etcd with `state`: the cache says so.
+    pub fn written(&mut self, state: &RolloutState) {
+        if let Store::Fleet(link) = self {
+            link.pending = None;
+            link.write_cache(state);
         }
     }
 

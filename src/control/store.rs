@@ -60,6 +60,12 @@ pub enum StoreError {
     Envelope(serde_json::Error),
     #[error(transparent)]
     Fleet(#[from] EtcdError),
+    /// A halt or rollback came while etcd had not answered this change's write: it was given up
+    /// so that the halt or rollback applies at once.
+    #[error(
+        "a halt or rollback came while etcd had not answered, and went first: this change is not in force (etcd may still make it, and the halt or rollback is then put on top of it)"
+    )]
+    Preempted,
     /// The fleet's state changed meanwhile (at another instance): what it holds now.
     #[error("the rollout was changed meanwhile at another instance")]
     Conflict(Option<Kv>),

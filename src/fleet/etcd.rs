@@ -295,6 +295,20 @@ impl Etcd {
                 *self.token.lock().await = None;
                 continue;
             }
+            if !status.is_success() && attempt == 0 && self.endpoints.credentials.is_some() {
+                let mut token = self.token.lock().await;
+                // A token sent after etcd's auth was turned off: on without one.
+                if String::from_utf8_lossy(&bytes).contains("authentication is not enabled") {
+                    *token = Some(String::new());
+                    continue;
+                }
+                // None sent, as auth was off, and etcd now wants one ("user name is empty"):
+                // authenticate.
+                if token.as_deref() == Some("") {
+                    *token = None;
+                    continue;
+                }
+            }
             if !status.is_success() {
                 return Err(EtcdError::Refused {
                     status,
@@ -315,7 +329,8 @@ impl Etcd {
         };
         let mut token = self.token.lock().await;
         if let Some(t) = &*token {
-            return Ok(Some(t.clone()));
+            // Empty: etcd's auth is off.
+            return Ok(Some(t.clone()).filter(|t| !t.is_empty()));
         }
         let resp = self
             .send(
@@ -333,10 +348,14 @@ impl Etcd {
             .map_err(|e| EtcdError::Garbled(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
-            return Err(EtcdError::Refused {
-                status,
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
+            let message = String::from_utf8_lossy(&bytes).into_owned();
+            // Credentials given before etcd's auth is turned on (the order a migration takes):
+            // requests go without a token until etcd asks for one (a 401 clears this).
+            if message.contains("authentication is not enabled") {
+                *token = Some(String::new());
+                return Ok(None);
+            }
+            return Err(EtcdError::Refused { status, message });
         }
         let reply: AuthReply =
             serde_json::from_slice(&bytes).map_err(|e| EtcdError::Garbled(e.to_string()))?;

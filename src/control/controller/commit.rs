@@ -20,6 +20,17 @@ use crate::upstream::Registry;
 
 use super::{CHANGES_KEPT, Controller};
 
+/// How long a halt or rollback in a fleet waits for etcd before its reply: it is in force and
+/// in the local cache already, and written by the retry when etcd answers again.
+const FLEET_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn unanswered() -> crate::fleet::EtcdError {
+    crate::fleet::EtcdError::Unreachable {
+        endpoint: "etcd".into(),
+        reason: format!("no answer within {FLEET_STOP_WAIT:?}"),
+    }
+}
+
 /// What a failed write does to a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::control) enum Durability {
@@ -115,22 +126,42 @@ impl Controller {
                     next.changed_by = source.clone();
                     next.generation = generation_after(self.rollout.generation, next.changed_at);
                 }
-                if changed && durability == Durability::BestEffort {
+                let best_effort = durability == Durability::BestEffort;
+                if changed && best_effort {
                     // Stopping exposure waits for neither the disk nor etcd.
                     self.current
                         .publish(build(&self.config, &next, &self.registry, &self.tls));
                 }
-                let saved = self
-                    .store
-                    .save(
-                        &next,
-                        self.rollout.generation,
-                        durability == Durability::BestEffort,
-                    )
-                    .await;
+                let base = self.rollout.generation;
+                let saved = match &self.store {
+                    Store::Fleet(_) if best_effort => {
+                        // In the local cache as still to be written before etcd is asked, so that
+                        // a restart while etcd hangs (even by kill -9) keeps it; and etcd is
+                        // given a second, not the seconds a write may take per endpoint.
+                        self.store.pending(&next, what, source.clone()).await;
+                        let saved = tokio::time::timeout(
+                            FLEET_STOP_WAIT,
+                            self.store.save(&next, base, true),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(StoreError::Fleet(unanswered())));
+                        if saved.is_ok() {
+                            self.store.written(&next);
+                        }
+                        saved
+                    }
+                    Store::Fleet(_) => self.save_watching(&next, base).await,
+                    Store::File(..) | Store::Nothing => {
+                        self.store.save(&next, base, best_effort).await
+                    }
+                };
                 match &saved {
                     Ok(()) => self.notes.state_file_error = None,
+                    // etcd's troubles show as the fleet's, not the state file's.
                     Err(StoreError::Conflict(_)) => {}
+                    Err(e @ (StoreError::Fleet(_) | StoreError::Preempted)) => {
+                        tracing::warn!(error = %e, command = what, "the change is not written to etcd");
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, command = what, "cannot save the rollout state");
                         self.notes.state_file_error = Some(e.to_string());
@@ -152,13 +183,9 @@ impl Controller {
                 }
                 return Err(ControlError::NotSaved { what, error });
             }
-            Err(error) => {
-                // A halt or rollback in force but unsaved: in a fleet, written when etcd is back.
-                if matches!(error, StoreError::Fleet(_)) {
-                    self.store.pending(&next, what, source.clone()).await;
-                }
-                Err(error)
-            }
+            // A halt or rollback in force but unsaved: in a fleet, kept as pending above and
+            // written when etcd is back.
+            Err(error) => Err(error),
             Ok(()) => Ok(()),
         };
         self.unsaved = saved.is_err();

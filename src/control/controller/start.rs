@@ -152,7 +152,7 @@ impl Controller {
                 (saved, false)
             }
             Restored::Cached(saved) => {
-                tracing::warn!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "the fleet's key is missing: state restored from the local cache, and written back");
+                tracing::warn!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "the fleet's key is missing, or holds a state fewer changes along than the local cache (etcd's data wiped or restored from an older copy): state restored from the local cache, and written back");
                 (saved, true)
             }
             Restored::Unusable(e) => {
@@ -192,6 +192,7 @@ impl Controller {
             tls,
             notes,
             rx,
+            backlog: VecDeque::new(),
             store,
             schedule_retry: None,
             pending_retry: None,
