@@ -44,17 +44,22 @@ fn word(eight: &[u8]) -> u64 {
     u64::from_ne_bytes(w)
 }
 
-/// One Content-Length value: decimal digits only (RFC 9110 §8.6), within `u64`.
+/// One Content-Length value: decimal digits only (RFC 9110 §8.6), within `i64`.
 pub fn length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }
-    value.iter().try_fold(0u64, |n, &d| {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    value
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        // At most 2^63 - 1: what a signed 64-bit length (most servers') can hold, so that no
+        // upstream reads a length ramp accepted as negative or wrapped.
+        .filter(|&n| n <= i64::MAX as u64)
 }
 
 /// The longest chunk-size line (with its extensions) accepted.
@@ -341,15 +346,17 @@ mod tests {
     }
 
     #[test]
-    fn lengths_are_digits_within_u64_and_lists_skip_empty_elements() {
+    fn lengths_are_digits_within_i64_and_lists_skip_empty_elements() {
         assert_eq!(length(b"0003"), Some(3));
-        assert_eq!(length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(length(b"9223372036854775807"), Some(i64::MAX as u64));
         for bad in [
             &b""[..],
             b"+3",
             b"-3",
             b"0x3",
             b"3 ",
+            b"9223372036854775808",
+            b"18446744073709551615",
             b"18446744073709551616",
         ] {
             assert_eq!(length(bad), None, "{:?}", String::from_utf8_lossy(bad));

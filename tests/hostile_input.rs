@@ -271,6 +271,36 @@ async fn an_http2_upload_the_client_resets_never_reaches_the_upstream_as_complet
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_reaches_the_upstream_in_one_reading_only() {
+    // `010` is 10 to ramp, 8 to an upstream that reads a leading zero as octal: it goes up as
+    // `10`. A length past what a signed 64-bit number holds is refused.
+    let (b, proxy) = start().await;
+    let reply = raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 010\r\nConnection: close\r\n\r\n0123456789",
+    );
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = b
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/upload")
+        .expect("seen");
+    assert_eq!(
+        (
+            seen.headers["content-length"].to_str().ok(),
+            seen.body_bytes
+        ),
+        (Some("10"), 10)
+    );
+    let reply = raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\n",
+    );
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    still_serves(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_always_reaches_the_upstream_with_a_host() {
     let (b, proxy) = start().await;
     // Naming Host as a connection option must not strip it.
@@ -294,6 +324,19 @@ async fn a_request_always_reaches_the_upstream_with_a_host() {
         .find(|s| s.uri == "/old")
         .expect("seen");
     assert!(!seen.headers["host"].is_empty());
+    // An empty Host (a target without an authority) is no different: ramp's own, never empty,
+    // where an upstream would fall back to a name of its own.
+    let reply = raw(
+        proxy.addr,
+        b"GET /empty HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let empty = b
+        .seen()
+        .into_iter()
+        .find(|s| s.uri == "/empty")
+        .expect("seen");
+    assert_eq!(empty.headers["host"], seen.headers["host"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,8 @@ pub struct Scan {
     pub hosts: u32,
     /// A Host field that cannot be a `host[:port]`.
     pub bad_host: bool,
+    /// An empty Host field (a target without an authority, RFC 9112 §3.2).
+    pub empty_host: bool,
     pub content_lengths: u32,
     pub transfer_encoding: bool,
     /// `Cookie` fields (HTTP/2 sends one per cookie).
@@ -108,6 +110,7 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
         if name == HOST {
             s.hosts += 1;
             s.bad_host |= !valid_host(value.as_bytes());
+            s.empty_host |= value.is_empty();
         } else if name == CONTENT_LENGTH {
             s.content_lengths += 1;
         } else if name == COOKIE {
@@ -199,7 +202,9 @@ pub fn request_head(
     if scan.forwarded_proto {
         parts.headers.remove(X_FORWARDED_PROTO);
     }
-    if parts.uri.authority().is_none() && scan.hosts == 0 {
+    // No Host, or an empty one: ramp's own, the same for both pools, so that the upstream does
+    // not fall back to a name of its own that would tell its pool.
+    if parts.uri.authority().is_none() && (scan.hosts == 0 || scan.empty_host) {
         parts.headers.insert(HOST, fallback_host.clone());
     }
     if parts.uri.authority().is_some() {

@@ -50,9 +50,19 @@ pub fn encode(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        let mut value = value.as_bytes();
+        if name == CONTENT_LENGTH {
+            // Without leading zeros (the client's `010` goes up as `10`): an upstream that reads
+            // a leading zero as octal would otherwise frame the body apart from ramp.
+            while let [b'0', rest @ ..] = value
+                && !rest.is_empty()
+            {
+                value = rest;
+            }
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in added {
