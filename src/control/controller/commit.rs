@@ -144,7 +144,15 @@ impl Controller {
                             self.store.save(&next, base, true),
                         )
                         .await
-                        .unwrap_or_else(|_| Err(StoreError::Fleet(unanswered())));
+                        .unwrap_or_else(|_| {
+                            // Status says so until etcd answers again.
+                            let e = unanswered();
+                            if let Some(link) = self.store.link() {
+                                link.connected = false;
+                                link.error = Some(e.to_string());
+                            }
+                            Err(StoreError::Fleet(e))
+                        });
                         if saved.is_ok() {
                             self.store.written(&next);
                         }
