@@ -371,12 +371,14 @@ async fn guard_actions(mut acts: tokio::sync::mpsc::Receiver<Act>, handle: Handl
             Err(e @ ControlError::GuardLate { .. }) => {
                 tracing::info!(action = name, reason = %e, "the guard's action is dropped");
             }
+            // In force, and written to the fleet when etcd answers again.
+            Err(e @ ControlError::UnsavedInFleet { .. }) => {
+                counter.increment(1);
+                tracing::warn!(action = name, error = %e, "the guard's action is in force here, not yet in the fleet");
+            }
             Err(e) => {
                 // A halt or rollback is in force even when it could not be saved: it counts.
-                if matches!(
-                    e,
-                    ControlError::Unsaved { .. } | ControlError::UnsavedInFleet { .. }
-                ) {
+                if matches!(e, ControlError::Unsaved { .. }) {
                     counter.increment(1);
                 }
                 tracing::error!(action = name, error = %e, "the guard's action failed");

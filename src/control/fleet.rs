@@ -18,6 +18,33 @@ use super::state::RolloutState;
 /// gives up until the next try.
 const PENDING_PROBE: Duration = Duration::from_millis(250);
 
+/// A halt or rollback (`what`) made here on `ours` (the state in force here), put on top of
+/// `theirs` (what the fleet's key holds): the stop applied to theirs — a rollback beats a halt,
+/// whichever came later — at the lower exposure of the two when both are of the same rollout and
+/// plan, so that a schedule step or a `set` etcd took late (one given up here, or made elsewhere
+/// during the outage) does not become what `resume` goes back to.
+fn stop_on(theirs: &RolloutState, ours: &RolloutState, what: &str, now: Instant) -> RolloutState {
+    let mut next = theirs.clone();
+    if what == "rollback" || ours.state == crate::routing::State::RolledBack {
+        next.rollback(now);
+    } else {
+        let _ = next.halt(now);
+    }
+    if next.id == ours.id
+        && next.plan == ours.plan
+        && ours.ppm < next.ppm
+        && next.state != crate::routing::State::Completed
+    {
+        next.ppm = ours.ppm;
+        next.schedule = ours.schedule;
+        next.completed_before = ours.completed_before;
+        if let Some(s) = &mut next.schedule {
+            s.pause(now);
+        }
+    }
+    next
+}
+
 /// The longest wait between attempts to reach etcd again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -33,6 +60,30 @@ impl Controller {
         let Some(link) = self.store.link() else {
             return;
         };
+        // A halt or rollback made here is still to be written: it goes on top of what the fleet
+        // holds, whichever is later, and what the fleet holds is never put in force without it
+        // (a halt made elsewhere meanwhile would otherwise lift this rollback for a moment).
+        if let (Some((what, source)), Ok((_, theirs))) = (link.pending.clone(), &opened) {
+            link.revision = kv.mod_revision;
+            let now = Instant::now();
+            let mut next = stop_on(theirs, &self.rollout, what, now);
+            // Later than both, whatever the other instance's clock says; and a change of its own
+            // even when it is in force already (applied at start, from the local cache).
+            self.rollout.generation = ours.max(theirs.generation);
+            if next == self.rollout {
+                next.generation = super::controller::generation_after(
+                    self.rollout.generation,
+                    std::time::SystemTime::now(),
+                );
+            }
+            self.unsaved = true;
+            if let Err(e) =
+                Box::pin(self.change(next, None, source, what, Durability::BestEffort)).await
+            {
+                tracing::warn!(error = %e, command = what, "the halt or rollback made here is not written on top of the fleet's state yet");
+            }
+            return;
+        }
         match opened.as_ref().ok().map(|(_, s)| s.generation) {
             Some(g) if g < ours => return Box::pin(self.write_over(kv)).await,
             Some(g) if g > ours => {}
@@ -160,23 +211,22 @@ impl Controller {
         let Some(link) = self.store.link() else {
             return;
         };
-        let Some((what, source)) = link.pending.take() else {
+        if link.pending.is_none() {
             return;
-        };
+        }
         let etcd = Arc::clone(&link.etcd);
         let key = link.key.clone();
         // A quick look first: while etcd hangs, each try holds commands and status up this long
         // at most, not the seconds a write may take.
         match tokio::time::timeout(PENDING_PROBE, etcd.get(&key)).await {
+            // Written on top of what the key holds, when it holds a readable state.
             Ok(Ok((Some(kv), _))) => self.adopt(kv).await,
             Ok(Ok((None, _))) => {}
-            Ok(Err(_)) | Err(_) => {
-                if let Some(link) = self.store.link() {
-                    link.pending.get_or_insert((what, source));
-                }
-                return;
-            }
+            Ok(Err(_)) | Err(_) => return,
         }
+        let Some((what, source)) = self.store.link().and_then(|l| l.pending.take()) else {
+            return;
+        };
         let command = match what {
             "rollback" => Command::Rollback,
             _ => Command::Halt,
@@ -314,5 +364,61 @@ async fn follow(etcd: &Etcd, key: &str, mut seen: i64, handle: &Handle) -> Ended
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Plan, RolloutPlan, Step};
+    use crate::routing::State;
+
+    fn steps(now: Instant) -> RolloutState {
+        let hold = Some(Duration::from_secs(60));
+        let plan = RolloutPlan {
+            id: "r".into(),
+            plan: Plan::Steps(vec![
+                Step { ppm: 100_000, hold },
+                Step { ppm: 200_000, hold },
+                Step {
+                    ppm: 1_000_000,
+                    hold: None,
+                },
+            ]),
+        };
+        RolloutState::fresh(plan, now, Source::Startup)
+    }
+
+    #[test]
+    fn a_stop_made_here_goes_on_top_at_the_lower_exposure_and_a_rollback_beats_a_halt() {
+        let now = Instant::now();
+        let first = steps(now);
+        assert_eq!(first.ppm, 100_000);
+        // The schedule's next step, taken by etcd after the rollback here gave it up.
+        let mut step = first.clone();
+        assert!(step.advance(now + Duration::from_secs(61)));
+        let mut ours = first.clone();
+        ours.rollback(now);
+        let next = stop_on(&step, &ours, "rollback", now);
+        assert_eq!((next.state, next.ppm), (State::RolledBack, 100_000));
+        assert_eq!(
+            next.schedule, ours.schedule,
+            "resume goes back to the first step"
+        );
+        // A halt made elsewhere meanwhile, on top of which this rollback goes, and the other way
+        // round: rolled back either way.
+        let mut halted = first.clone();
+        let _ = halted.halt(now);
+        assert_eq!(
+            stop_on(&halted, &ours, "rollback", now).state,
+            State::RolledBack
+        );
+        assert_eq!(
+            stop_on(&ours, &halted, "halt", now).state,
+            State::RolledBack
+        );
+        // A halt on a state at a lower exposure keeps that one.
+        let next = stop_on(&first, &halted, "halt", now);
+        assert_eq!((next.state, next.ppm), (State::Halted, 100_000));
     }
 }
