@@ -259,6 +259,33 @@ async fn a_websocket_over_http2_the_upstream_answers_200_without_switching_gets_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_whose_upstream_accepts_another_key_gets_502() {
+    // ramp makes the key an HTTP/2 client never sends, so ramp checks the answer to it: an
+    // upstream that switches with a wrong accept, or none, is not a WebSocket server.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for accept in ["Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n", ""] {
+        let upstream = support::raw_upstream(move |mut conn| async move {
+            let mut buf = Vec::new();
+            if support::next_head(&mut conn, &mut buf).await.is_some() {
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}\r\n"
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.read(&mut [0u8; 64]).await;
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&support::single(upstream, support::CONTROL));
+        let mut sender = http2_client(&proxy).await;
+        let resp = sender
+            .send_request(extended_connect(&proxy, "h2-erin"))
+            .await
+            .expect("an answer, not a reset");
+        assert_eq!(resp.status(), 502, "{accept:?}: {resp:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_its_limit() {
     let (s, c) = (
         WsBackend::start("stable").await,
@@ -460,7 +487,8 @@ async fn a_side_that_ends_cleanly_still_gets_the_other_s_last_bytes_then_the_tun
             assert_eq!(s.read(&mut byte).await.expect("head"), 1);
             head.push(byte[0]);
         }
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+        // (With a length, which a 1xx must not have: not passed on.)
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
             .await
             .expect("101");
         // The client's end arrives as the end of what ramp sends.
@@ -485,7 +513,10 @@ async fn a_side_that_ends_cleanly_still_gets_the_other_s_last_bytes_then_the_tun
         got.extend_from_slice(&buf[..n]);
     }
     assert!(
-        got.starts_with(b"HTTP/1.1 101 "),
+        got.starts_with(b"HTTP/1.1 101 ")
+            && !String::from_utf8_lossy(&got)
+                .to_ascii_lowercase()
+                .contains("content-length"),
         "{:?}",
         String::from_utf8_lossy(&got)
     );

@@ -168,11 +168,15 @@ pub async fn open(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, WEBSOCKET);
+    // A WebSocket over HTTP/2 carries no key; the HTTP/1.1 handshake needs one. ramp then checks
+    // the upstream's accept itself, as the client that made the key (RFC 6455 §4.1): the HTTP/2
+    // client, which never sees it, could not.
+    let mut made_key = None;
     if !parts.headers.contains_key(SEC_WEBSOCKET_KEY) {
-        // A WebSocket over HTTP/2 carries no key; the HTTP/1.1 handshake needs one.
         let key = STANDARD.encode(rand::random::<[u8; 16]>());
-        if let Ok(key) = HeaderValue::from_str(&key) {
-            parts.headers.insert(SEC_WEBSOCKET_KEY, key);
+        if let Ok(value) = HeaderValue::from_str(&key) {
+            parts.headers.insert(SEC_WEBSOCKET_KEY, value);
+            made_key = Some(key);
         }
     }
     let req = Request::from_parts(parts, ReqBody::Empty);
@@ -212,6 +216,19 @@ pub async fn open(
         let answer = resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, slot, limit)));
         return (Ok(answer), pool);
     }
+    if let Some(key) = &made_key
+        && resp
+            .headers()
+            .get(SEC_WEBSOCKET_ACCEPT)
+            .map(HeaderValue::as_bytes)
+            != Some(accept(key).as_bytes())
+    {
+        failed();
+        let invalid = Exchange::Invalid(crate::upstream::InvalidAnswer(
+            "a WebSocket accept that does not match the key",
+        ));
+        return (Err(SendError::Exchange(invalid).into()), pool);
+    }
     let upstream = hyper::upgrade::on(&mut resp);
     let mut headers = std::mem::take(resp.headers_mut());
     forward::response_head(&mut headers, hide);
@@ -219,6 +236,8 @@ pub async fn open(
     match kind {
         Kind::Upgrade => {
             *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            // A 1xx has no length (RFC 9110 §8.6): what follows is the tunnel's.
+            headers.remove(http::header::CONTENT_LENGTH);
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(UPGRADE, WEBSOCKET);
         }
@@ -367,5 +386,26 @@ async fn idle_for(last: &AtomicU64, idle: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+    }
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2).
+fn accept(key: &str) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    STANDARD.encode(ctx.finish().as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_accept_is_rfc_6455_s() {
+        // RFC 6455 §1.3's example.
+        assert_eq!(
+            super::accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }
