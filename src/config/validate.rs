@@ -287,7 +287,7 @@ pub fn upstream_addr(s: &str) -> Result<UpstreamAddr, Reason> {
     })
 }
 
-pub(super) fn path(p: &str) -> Result<PathBuf, Reason> {
+fn path(p: &str) -> Result<PathBuf, Reason> {
     if p.trim().is_empty() {
         return Err(Reason::Empty);
     }

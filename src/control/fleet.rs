@@ -65,24 +65,7 @@ impl Controller {
         // (a halt made elsewhere meanwhile would otherwise lift this rollback for a moment).
         if let (Some((what, source)), Ok((_, theirs))) = (link.pending.clone(), &opened) {
             link.revision = kv.mod_revision;
-            let now = Instant::now();
-            let mut next = stop_on(theirs, &self.rollout, what, now);
-            // Later than both, whatever the other instance's clock says; and a change of its own
-            // even when it is in force already (applied at start, from the local cache).
-            self.rollout.generation = ours.max(theirs.generation);
-            if next == self.rollout {
-                next.generation = super::controller::generation_after(
-                    self.rollout.generation,
-                    std::time::SystemTime::now(),
-                );
-            }
-            self.unsaved = true;
-            if let Err(e) =
-                Box::pin(self.change(next, None, source, what, Durability::BestEffort)).await
-            {
-                tracing::warn!(error = %e, command = what, "the halt or rollback made here is not written on top of the fleet's state yet");
-            }
-            return;
+            return Box::pin(self.put_stop_on(theirs, what, source)).await;
         }
         match opened.as_ref().ok().map(|(_, s)| s.generation) {
             Some(g) if g < ours => return Box::pin(self.write_over(kv)).await,
@@ -224,40 +207,38 @@ impl Controller {
             Ok(Ok((None, _))) => {}
             Ok(Err(_)) | Err(_) => return,
         }
-        let Some((what, source)) = self.store.link().and_then(|l| l.pending.take()) else {
+        // No key (or etcd did not take the stop on top of it yet): on top of the state in force.
+        let Some((what, source)) = self.store.link().and_then(|l| l.pending.clone()) else {
             return;
         };
-        let command = match what {
-            "rollback" => Command::Rollback,
-            _ => Command::Halt,
-        };
+        let ours = self.rollout.clone();
+        self.put_stop_on(&ours, what, source).await;
+    }
+
+    /// Writes the halt or rollback (`what`, by `source`) made here, still pending, on top of
+    /// `theirs` (what the fleet's key holds, or the state in force): see [`stop_on`]. It stays
+    /// pending until etcd takes it.
+    async fn put_stop_on(&mut self, theirs: &RolloutState, what: &'static str, source: Source) {
         tracing::info!(
             command = what,
             "writing the halt or rollback made while etcd was away"
         );
-        let mut next = self.rollout.clone();
-        let now = Instant::now();
-        match command {
-            Command::Rollback => next.rollback(now),
-            _ => {
-                let _ = next.halt(now);
-            }
-        }
+        let mut next = stop_on(theirs, &self.rollout, what, Instant::now());
+        // Later than both, whatever the other instance's clock says; and a change of its own
+        // even when it is in force already (applied at start, from the local cache).
+        self.rollout.generation = self.rollout.generation.max(theirs.generation);
         if next == self.rollout {
-            // In force already (applied at start, from the local cache): still a change on top of
-            // what the fleet holds, so it gets a generation of its own.
-            next.generation =
-                super::controller::generation_after(next.generation, std::time::SystemTime::now());
+            next.generation = super::controller::generation_after(
+                self.rollout.generation,
+                std::time::SystemTime::now(),
+            );
         }
         self.unsaved = true;
         if let Err(e) = self
-            .change(next, None, source.clone(), what, Durability::BestEffort)
+            .change(next, None, source, what, Durability::BestEffort)
             .await
         {
-            tracing::error!(error = %e, "the halt or rollback could not be written yet");
-            if let Some(link) = self.store.link() {
-                link.pending.get_or_insert((what, source));
-            }
+            tracing::warn!(error = %e, command = what, "the halt or rollback made here is not written to etcd yet");
         }
     }
 

@@ -142,12 +142,7 @@ impl Store {
             },
             Store::Fleet(link) => match tokio::time::timeout(START_WAIT, link.etcd.get(&link.key))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(fleet::EtcdError::Unreachable {
-                        endpoint: "etcd".into(),
-                        reason: format!("no answer within {START_WAIT:?} at start"),
-                    })
-                })
+                .unwrap_or_else(|_| Err(fleet::EtcdError::silent(START_WAIT)))
                 .inspect(|_| {
                     metrics::gauge!("ramp_fleet_connected").set(1.0);
                 }) {

@@ -32,6 +32,19 @@ pub enum EtcdError {
     Garbled(String),
 }
 
+impl EtcdError {
+    /// etcd gave no answer within `wait`, however many endpoints were tried.
+    pub fn silent(wait: Duration) -> EtcdError {
+        EtcdError::Unreachable {
+            endpoint: "etcd".into(),
+            reason: format!("no answer within {wait:?}"),
+        }
+    }
+}
+
+/// What etcd says to a request about auth while its auth is off.
+const AUTH_OFF: &str = "authentication is not enabled";
+
 /// Where etcd is and who ramp is to it.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -298,7 +311,7 @@ impl Etcd {
             if !status.is_success() && attempt == 0 && self.endpoints.credentials.is_some() {
                 let mut token = self.token.lock().await;
                 // A token sent after etcd's auth was turned off: on without one.
-                if String::from_utf8_lossy(&bytes).contains("authentication is not enabled") {
+                if String::from_utf8_lossy(&bytes).contains(AUTH_OFF) {
                     *token = Some(String::new());
                     continue;
                 }
@@ -351,7 +364,7 @@ impl Etcd {
             let message = String::from_utf8_lossy(&bytes).into_owned();
             // Credentials given before etcd's auth is turned on (the order a migration takes):
             // requests go without a token until etcd asks for one (a 401 clears this).
-            if message.contains("authentication is not enabled") {
+            if message.contains(AUTH_OFF) {
                 *token = Some(String::new());
                 return Ok(None);
             }

@@ -24,13 +24,6 @@ use super::{CHANGES_KEPT, Controller};
 /// in the local cache already, and written by the retry when etcd answers again.
 const FLEET_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn unanswered() -> crate::fleet::EtcdError {
-    crate::fleet::EtcdError::Unreachable {
-        endpoint: "etcd".into(),
-        reason: format!("no answer within {FLEET_STOP_WAIT:?}"),
-    }
-}
-
 /// What a failed write does to a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::control) enum Durability {
@@ -146,7 +139,7 @@ impl Controller {
                         .await
                         .unwrap_or_else(|_| {
                             // Status says so until etcd answers again.
-                            let e = unanswered();
+                            let e = crate::fleet::EtcdError::silent(FLEET_STOP_WAIT);
                             if let Some(link) = self.store.link() {
                                 link.connected = false;
                                 link.error = Some(e.to_string());
