@@ -36,7 +36,7 @@ impl EtcdError {
     /// etcd gave no answer within `wait`, however many endpoints were tried.
     pub fn silent(wait: Duration) -> EtcdError {
         EtcdError::Unreachable {
-            endpoint: "etcd".into(),
+            endpoint: "any endpoint".into(),
             reason: format!("no answer within {wait:?}"),
         }
     }
