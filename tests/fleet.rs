@@ -436,6 +436,60 @@ async fn a_schedule_step_is_applied_once_in_a_fleet() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_config_edit_etcd_could_not_take_applies_when_etcd_answers_again() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: edits\npercent: 10");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.kill();
+    fleet
+        .all("everyone notices", |v| v["fleet"]["connected"] == false)
+        .await;
+    // The operator edits the file at one instance while etcd is away.
+    let a = &fleet.proxies[0];
+    let text = std::fs::read_to_string(&a.config_path).expect("read config");
+    support::replace_file(&a.config_path, &text.replace("percent: 10", "percent: 30"));
+    let said = "the config file is read again when etcd answers again";
+    // The file watcher's reload is refused first, then the operator's.
+    support::eventually("the watcher's reload is refused", || {
+        a.admin("status")["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(said))
+    })
+    .await;
+    let r = a.admin("reload");
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| e.contains(said)), "{r}");
+    let now = a.admin("status");
+    assert_eq!(now["percent"], 10.0, "{now}");
+    assert!(
+        now["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(said)),
+        "{now}"
+    );
+    // etcd is back: the edit is applied, and reaches the fleet, without another edit or reload.
+    etcd.run().await;
+    fleet
+        .all("the edit is applied everywhere", |v| {
+            v["percent"] == 30.0 && v["fleet"]["connected"] == true
+        })
+        .await;
+    let now = a.admin("status");
+    assert!(now["last_reload_error"].is_null(), "{now}");
+    assert_eq!(now["changes"][0]["source"], "file", "{now}");
+}
+
 /// Writes `value` into the fleet's key by hand (etcd's JSON gateway), or deletes the key.
 async fn by_hand(etcd: &Etcd, value: Option<&str>) {
     use base64::Engine;

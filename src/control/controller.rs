@@ -72,6 +72,11 @@ pub struct Controller {
     /// Told once a successor has taken the admin socket over: the controller stops after the
     /// command in hand (see [`Controller::stop_when`]).
     taken_over: Option<oneshot::Receiver<()>>,
+    /// The controller's own way to read the config file again: a reload etcd could not take is
+    /// tried again when etcd answers again.
+    myself: Option<handle::WeakHandle>,
+    /// The last reload was refused because etcd did not take its change.
+    reload_awaits_etcd: bool,
 }
 
 /// Changes kept for status.
@@ -177,6 +182,23 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// etcd answers again: a reload it could not take is tried again, reading the file as it is
+    /// now (it may have been edited since), parsed outside the controller like any reload.
+    pub(super) fn reload_again(&mut self) {
+        if !std::mem::take(&mut self.reload_awaits_etcd) {
+            return;
+        }
+        let Some(handle) = self.myself.as_ref().and_then(handle::WeakHandle::upgrade) else {
+            return;
+        };
+        tracing::info!("reading the config file again: etcd refused its reload");
+        tokio::spawn(async move {
+            if let Err(e) = handle.send(Command::Reload, Source::File).await {
+                tracing::debug!(error = %e, "the config file's reload after etcd's return");
+            }
+        });
     }
 
     /// Writes the state in force, which the state file does not hold yet.

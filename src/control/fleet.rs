@@ -171,6 +171,7 @@ impl Controller {
             return;
         };
         let up = error.is_none();
+        let back = up && !link.connected;
         if link.connected != up {
             match &error {
                 None => tracing::info!(key = %link.key, "etcd answers again"),
@@ -184,6 +185,9 @@ impl Controller {
         metrics::gauge!("ramp_fleet_connected").set(if up { 1.0 } else { 0.0 });
         if up {
             self.write_pending().await;
+        }
+        if back {
+            self.reload_again();
         }
     }
 

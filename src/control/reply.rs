@@ -159,6 +159,8 @@ pub enum ControlError {
     Tls(#[from] TlsError),
     #[error("reload failed: {0}")]
     ReloadTask(String),
+    #[error("reload not applied yet: {0}; the config file is read again when etcd answers again")]
+    ReloadAwaitsEtcd(StoreError),
     #[error("a restart could not start from this config: {0}")]
     Unstartable(String),
     #[error(

@@ -35,7 +35,35 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// A [`Handle`] that does not keep the controller running: the controller's own, to read the
+/// file again (see [`Controller::fleet_link`](super::Controller)).
+#[derive(Debug)]
+pub(super) struct WeakHandle {
+    tx: mpsc::WeakSender<Request>,
+    config_path: Arc<std::path::Path>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WeakHandle {
+    /// The handle, while any other is left.
+    pub(super) fn upgrade(&self) -> Option<Handle> {
+        Some(Handle {
+            tx: self.tx.upgrade()?,
+            config_path: Arc::clone(&self.config_path),
+            reads: Arc::clone(&self.reads),
+        })
+    }
+}
+
 impl Handle {
+    pub(super) fn downgrade(&self) -> WeakHandle {
+        WeakHandle {
+            tx: self.tx.downgrade(),
+            config_path: Arc::clone(&self.config_path),
+            reads: Arc::clone(&self.reads),
+        }
+    }
+
     /// Sends a command and waits for its outcome: by then the change is live and persisted.
     pub async fn send(&self, command: Command, source: Source) -> Reply {
         let command = match command {

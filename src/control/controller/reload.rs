@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::control::command::Source;
 use crate::control::reply::{ControlError, Outcome, Reply};
 use crate::control::status::Notes;
+use crate::control::store::StoreError;
 use crate::tls::TlsConfigs;
 
 use super::commit::{Durability, NewConfig};
@@ -32,6 +33,7 @@ impl Controller {
             ));
         }
         self.reloaded_seq = parsed.seq;
+        self.reload_awaits_etcd = false;
         let failed = &self.reloads[1];
         let rejected = |notes: &mut Notes, e: ControlError| {
             failed.increment(1);
@@ -129,8 +131,18 @@ impl Controller {
                 Durability::Required,
             )
             .await;
+        // etcd did not answer: the file is read again when it answers again (an answer that
+        // refuses the write, such as etcd's full database, is the operator's to see to).
+        let committed = committed.map_err(|e| match e {
+            ControlError::NotSaved {
+                error: error @ StoreError::Fleet(crate::fleet::EtcdError::Unreachable { .. }),
+                ..
+            } => ControlError::ReloadAwaitsEtcd(error),
+            other => other,
+        });
         self.reloads[usize::from(committed.is_err())].increment(1);
         if let Err(e) = &committed {
+            self.reload_awaits_etcd = matches!(e, ControlError::ReloadAwaitsEtcd(_));
             // Not in force: the state goes back where the config in force keeps it.
             if moved
                 && let Some(from) = &self.config.state_file

@@ -203,6 +203,8 @@ impl Controller {
                 .map(|r| metrics::counter!("ramp_config_reloads_total", "result" => r)),
             owner: None,
             taken_over: None,
+            myself: None,
+            reload_awaits_etcd: false,
         };
         // Edits of the file made while ramp was down apply now, by the usual rules.
         let mut next = c.rollout.clone();
@@ -230,6 +232,7 @@ impl Controller {
             config_path: Arc::from(c.config_path.as_path()),
             reads: Arc::default(),
         };
+        c.myself = Some(handle.downgrade());
         Ok((c, current, handle))
     }
 }
