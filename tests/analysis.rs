@@ -115,6 +115,33 @@ async fn the_guard_rolls_back_a_failing_canary_and_no_request_reaches_it_after()
         text.contains("\"rolled_back\"") && text.contains("\"guard\""),
         "{text}"
     );
+    // Who stopped it survives a file edit made since and a restart, when the changes listed
+    // and the analysis's own note of its action are gone.
+    let edited = std::fs::read_to_string(&proxy.config_path)
+        .expect("config")
+        .replace("percent: 50", "percent: 60");
+    support::replace_file(&proxy.config_path, &edited);
+    proxy.wait_status("the edit is read", |v| v["source"] == "file");
+    let (dir, path) = proxy.kill9();
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(st["state"], "rolled_back", "{st}");
+    assert_eq!(st["source"], "file", "{st}");
+    assert!(st["changes"].as_array().is_some_and(Vec::is_empty), "{st}");
+    assert_eq!(st["stopped"]["source"], "guard", "{st}");
+    assert!(
+        st["stopped"]["by"].as_str().is_some_and(|b| b == by),
+        "{st}"
+    );
+    let (code, out, _) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("stopped     rolled back ") && out.contains(by),
+        "{out}"
+    );
+    // Running again, nobody has stopped it.
+    assert_eq!(proxy.admin("resume")["ok"], true);
+    assert!(proxy.admin("status")["stopped"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

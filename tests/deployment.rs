@@ -143,6 +143,28 @@ fn the_dockerfile_compose_file_configs_and_manifests_agree() {
             .map(port_of)
             .collect();
         assert_eq!(published, exposed, "{name}");
+        // Docker's own wait after SIGTERM (10 s) would cut a drain short.
+        let c = ramp::config::load(&root().join(host).join("ramp.yaml")).expect("config");
+        let grace = svc["stop_grace_period"].as_str().unwrap_or("10s");
+        let grace: u64 = grace.trim_end_matches('s').parse().expect("seconds");
+        assert!(grace > c.shutdown_grace.as_secs(), "{name}: {grace}s");
+    }
+    // A demo backend runs the image, whose health check asks ramp's metrics listener: the
+    // service checks its own port instead, or Docker calls it unhealthy.
+    for (name, svc) in services {
+        let command: Vec<&str> = svc["command"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if command.first() != Some(&"demo-upstream") {
+            continue;
+        }
+        let listen = command.last().expect("--listen");
+        let test = svc["healthcheck"]["test"].to_string();
+        assert!(
+            test.contains(&format!("127.0.0.1:{}", port_of(listen))),
+            "{name}: {test}"
+        );
     }
     // The fleet's instances share the key, and etcd is a service of the file.
     let a = ramp::config::load(&root().join("deploy/compose/ramp-a/ramp.yaml")).expect("a");

@@ -228,6 +228,59 @@ async fn the_page_shows_the_counters_and_updates_live_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_browser),
+    ignore = "needs Chromium at /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it)"
+)]
+async fn after_a_restart_the_page_still_says_the_guard_halted_the_rollout() {
+    let b = Backend::start("stable").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The state a ramp whose guard halted the rollout left, then a file edit: the last change is
+    // the file's, and the analysis that acted is gone with the process.
+    support::write(
+        dir.path(),
+        "state.json",
+        r#"{"version":2,"rollout":"page-guard","state":"halted","percent_ppm":300000,"schedule":null,
+            "file_plan":{"id":"page-guard","percent_ppm":400000,"steps":null},"plan_pending":true,
+            "changed_at_unix_ms":1796000000000,"changed_by":{"kind":"file"},"generation":1796000000000,
+            "stopped_by":{"kind":"guard","reason":"error rate 12.0% vs 1.0% (+11.00 points)","rollout":"page-guard"},
+            "stopped_at_unix_ms":1795999000000}"#,
+    );
+    let path = support::write(
+        dir.path(),
+        "ramp.yaml",
+        &config(
+            &[&b],
+            &[&b],
+            "id: page-guard\npercent: 40\nguard: {action: halt}",
+            &format!("metrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}"),
+        ),
+    );
+    let proxy = Proxy::start_in(dir, path);
+    let st = proxy.admin("status");
+    assert_eq!(
+        (&st["state"], &st["source"]),
+        (&json!("halted"), &json!("file")),
+        "{st}"
+    );
+    let mut page = Browser::open(&format!("http://{}/", proxy.metrics_addr())).await;
+    page.until("a first render", "document.body.dataset.ready === '1'")
+        .await;
+    page.until(
+        "the guard's halt in the banner",
+        "document.getElementById('alert').textContent.includes('The guard halted this rollout') && document.getElementById('alert').textContent.includes('+11.00 points')",
+    )
+    .await;
+    assert!(
+        page.text("changed")
+            .await
+            .contains("halted by guard (error rate"),
+        "{}",
+        page.text("changed").await
+    );
+}
+
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD

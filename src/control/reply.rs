@@ -42,6 +42,10 @@ pub struct Status {
     pub changed_by: String,
     /// The kind of source of the last change: admin, file, schedule, startup, guard, fleet.
     pub source: String,
+    /// While halted or rolled back: who stopped the rollout and when (kept through later
+    /// changes that leave it stopped, and across restarts); null when running or unknown.
+    #[serde(default)]
+    pub stopped: Option<StoppedStatus>,
     pub last_reload_error: Option<String>,
     pub state_file: Option<String>,
     pub state_file_error: Option<String>,
@@ -58,6 +62,17 @@ pub struct Status {
     /// The fleet's shared state in etcd, when there is one.
     #[serde(default)]
     pub fleet: Option<FleetStatus>,
+}
+
+/// Who halted or rolled back the rollout in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoppedStatus {
+    /// RFC 3339, or null when the time cannot be shown.
+    pub at: Option<String>,
+    /// e.g. `guard (the figures)`.
+    pub by: String,
+    /// admin, file, schedule, startup, guard, fleet.
+    pub source: String,
 }
 
 /// What `resume` would put in force.
@@ -332,6 +347,11 @@ mod tests {
             changed_at: Some("2026-11-26T10:00:00Z".into()),
             changed_by: "admin (uid 0, pid 7)".into(),
             source: "admin".into(),
+            stopped: Some(StoppedStatus {
+                at: Some("2026-11-26T10:00:00Z".into()),
+                by: "admin (uid 0, pid 7)".into(),
+                source: "admin".into(),
+            }),
             last_reload_error: None,
             state_file: Some("/var/lib/ramp/state.json".into()),
             state_file_error: None,
@@ -364,7 +384,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"on_resume":null,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"on_resume":null,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","stopped":{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin"},"last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

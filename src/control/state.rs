@@ -38,6 +38,16 @@ pub struct RolloutState {
     /// again when etcd's data is wiped or restored, and unlike `changed_at` a clock running
     /// ahead cannot put a change before one made on top of it.
     pub generation: u64,
+    /// While halted or rolled back: who stopped it, and when — kept through later changes that
+    /// leave it stopped (a file edit), so that status still says who stopped it.
+    pub stopped: Option<Stopped>,
+}
+
+/// Who halted or rolled back the rollout in force, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopped {
+    pub at: SystemTime,
+    pub by: Source,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,6 +109,7 @@ impl RolloutState {
             changed_at: SystemTime::now(),
             changed_by: by,
             generation: 0,
+            stopped: None,
         };
         s.follow_plan(now);
         s

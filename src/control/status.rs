@@ -8,7 +8,7 @@ use crate::snapshot::Snapshot;
 
 use crate::analysis::AnalysisView;
 
-use super::reply::{BucketInfo, Change, OnResume, ScheduleStatus, Status};
+use super::reply::{BucketInfo, Change, OnResume, ScheduleStatus, Status, StoppedStatus};
 use super::schedule::Timing;
 use super::state::RolloutState;
 
@@ -111,6 +111,11 @@ pub fn build(
         changed_at: rfc3339(r.changed_at),
         changed_by: r.changed_by.to_string(),
         source: r.changed_by.kind().to_owned(),
+        stopped: r.stopped.as_ref().map(|s| StoppedStatus {
+            at: rfc3339(s.at),
+            by: s.by.to_string(),
+            source: s.by.kind().to_owned(),
+        }),
         last_reload_error: notes.last_reload_error.clone(),
         state_file: notes.state_file.clone(),
         state_file_error: notes.state_file_error.clone(),

@@ -18,7 +18,7 @@ pub use disk::{remove_stale_temporaries, write_atomic};
 
 use super::command::Source;
 use super::schedule::{Schedule, Timing};
-use super::state::RolloutState;
+use super::state::{RolloutState, Stopped};
 
 /// The version this build writes. 2 added `pending_rollout`; version 1 files load with it false.
 pub const VERSION: u32 = 2;
@@ -100,6 +100,12 @@ struct FileV2 {
     /// Who made the pending halt or rollback, so that the fleet is told after a restart too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fleet_pending_by: Option<Source>,
+    /// New in version 2: while halted or rolled back, who stopped it and when (see
+    /// [`RolloutState::stopped`]). Absent (running, or written by an older ramp): unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stopped_by: Option<Source>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stopped_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -228,6 +234,8 @@ fn encode_file(
         completed_before: s.completed_before && s.state == State::RolledBack,
         fleet_pending: pending.map(|(what, _)| what.to_owned()),
         fleet_pending_by: pending.map(|(_, by)| by.clone()),
+        stopped_by: s.stopped.as_ref().map(|st| st.by.clone()),
+        stopped_at_unix_ms: s.stopped.as_ref().map(|st| unix_ms(st.at)),
     };
     let mut text = serde_json::to_vec_pretty(&file).map_err(StoreError::Encode)?;
     text.push(b'\n');
@@ -358,6 +366,19 @@ fn decode(
     if generation > LATEST_MS {
         return Err(invalid("generation after the year 9999"));
     }
+    // Kept only while the state read back is a stop (a file edited by hand may say otherwise).
+    let stopped = match (f.stopped_by, f.stopped_at_unix_ms) {
+        (Some(by), Some(at)) if matches!(f.state, State::Halted | State::RolledBack) => {
+            if at > LATEST_MS {
+                return Err(invalid("stopped_at after the year 9999"));
+            }
+            Some(Stopped {
+                at: UNIX_EPOCH + Duration::from_millis(at),
+                by,
+            })
+        }
+        _ => None,
+    };
     let mut state = RolloutState {
         id: f.rollout,
         state: f.state,
@@ -373,6 +394,7 @@ fn decode(
         changed_at: UNIX_EPOCH + Duration::from_millis(f.changed_at_unix_ms),
         changed_by: f.changed_by,
         generation,
+        stopped,
     };
     if let Some(what) = state.settle(now) {
         tracing::warn!(from = %path.display(), "the rollout state read back was inconsistent: {what}");

@@ -101,6 +101,19 @@ fn status(s: &Status, changed: Option<bool>) -> String {
             },
         ),
     ];
+    if let Some(st) = &s.stopped {
+        let what = match s.state {
+            State::RolledBack => "rolled back",
+            _ => "halted",
+        };
+        rows.insert(
+            5,
+            (
+                "stopped",
+                format!("{what} {} by {}", st.at.as_deref().unwrap_or("-"), st.by),
+            ),
+        );
+    }
     if let Some(f) = &s.state_file {
         let note = match &s.state_file_error {
             None => String::new(),

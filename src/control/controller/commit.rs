@@ -10,7 +10,7 @@ use crate::config::{Config, ppm_to_percent};
 use crate::control::command::Source;
 use crate::control::persist::Store;
 use crate::control::reply::ControlError;
-use crate::control::state::RolloutState;
+use crate::control::state::{RolloutState, Stopped};
 use crate::control::status;
 use crate::control::store::StoreError;
 use crate::routing::{Rollout, State};
@@ -118,6 +118,14 @@ impl Controller {
                     next.changed_at = SystemTime::now();
                     next.changed_by = source.clone();
                     next.generation = generation_after(self.rollout.generation, next.changed_at);
+                    // A change that leaves the rollout stopped keeps who stopped it.
+                    if next.state != self.rollout.state || next.id != self.rollout.id {
+                        next.stopped = matches!(next.state, State::Halted | State::RolledBack)
+                            .then(|| Stopped {
+                                at: next.changed_at,
+                                by: source.clone(),
+                            });
+                    }
                 }
                 let best_effort = durability == Durability::BestEffort;
                 if changed && best_effort {

@@ -56,6 +56,30 @@ fn a_state_round_trips_through_the_file_format() {
         back.schedule.map(|x| x.timing),
         Some(Timing::Paused(Duration::from_secs(480)))
     );
+    // Who stopped it is kept while it is stopped; a file that says so of a running rollout (an
+    // edit by hand) is not believed.
+    let guard = Source::Guard {
+        reason: "error rate".into(),
+        rollout: "r".into(),
+    };
+    s.stopped = Some(Stopped {
+        at: UNIX_EPOCH + Duration::from_millis(1_767_225_600_000),
+        by: guard.clone(),
+    });
+    let back = decode(
+        &encode(&s, now, wall).expect("encode"),
+        Path::new("t"),
+        now,
+        wall,
+    )
+    .expect("decode");
+    assert_eq!(back.stopped, s.stopped);
+    let mut running = s.clone();
+    running.resume(now).expect("resume");
+    let text = encode(&running, now, wall).expect("encode");
+    let back = decode(&text, Path::new("t"), now, wall).expect("decode");
+    assert_eq!(back.state, State::Running);
+    assert_eq!(back.stopped, None);
     // A completed rollout rolled back still completes on `resume` after a restart.
     s.promote();
     s.rollback(now);
