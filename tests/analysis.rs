@@ -583,7 +583,16 @@ async fn a_halt_and_a_resume_or_a_start_of_the_same_rollout_start_a_fresh_compar
         r["analysis"].is_null(),
         "the reply shows the comparison from before the start: {r}"
     );
+    // The evidence gathered so far is gone: the reply, the changes and the log say so, though
+    // the rollout itself is as it was.
+    assert_eq!(r["changed"], true, "{r}");
+    assert_eq!(r["changes"][0]["command"], "start", "{r}");
+    assert_eq!(r["changes"][0]["source"], "admin", "{r}");
+    proxy.wait_log("its comparison begins again");
     stable_after(&proxy, 0, "requests");
+    let (code, out, _) = proxy.ctl(&["start", "edge", "0"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("nothing changed"), "{out}");
 }
 
 /// A canary upstream that answers "canary" on keep-alive connections, but closes the connection

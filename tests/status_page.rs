@@ -219,6 +219,20 @@ async fn the_page_shows_the_counters_and_updates_live_in_a_real_browser() {
         other => other.replace('_', " "),
     };
     assert_eq!(page.text("errors-verdict").await, words);
+    // The error rates the verdict rests on, each version's busy users left out, have a row of
+    // their own (the banner and the verdict would otherwise stand beside everyone's figures).
+    let wb = &st["analysis"]["errors"]["without_heaviest"];
+    assert!(wb.is_object(), "{st}");
+    for pool in ["stable", "canary"] {
+        let want = format!("{:.2}%", wb["error_rate"][pool].as_f64().expect("rate") * 100.0);
+        page.until(
+            &format!("{pool} without busy users = {want}"),
+            &format!(
+                "!document.getElementById('errors-wb').hidden && document.getElementById('{pool}-rate-wb').textContent === '{want}'"
+            ),
+        )
+        .await;
+    }
     let shot = page
         .call("Page.captureScreenshot", json!({"format": "png"}))
         .await;

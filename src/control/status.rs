@@ -22,7 +22,7 @@ pub struct Notes {
 }
 
 /// A time as RFC 3339, or `None` when it cannot be one (before 1970 or after 9999).
-fn rfc3339(t: std::time::SystemTime) -> Option<String> {
+pub(in crate::control) fn rfc3339(t: std::time::SystemTime) -> Option<String> {
     let ms = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())

@@ -220,6 +220,25 @@ impl Controller {
         if before.id != self.rollout.id || resumed || new_share || what == "start" {
             self.analysis.restart();
         }
+        // An operator's `start` of the rollout in force that changes nothing else still begins
+        // its comparison again: the evidence gathered so far is gone, which the reply, the
+        // changes and the log say (a script that runs `start` on every deploy would otherwise
+        // keep the guard from ever having enough data, unseen).
+        let afresh = !changed && what == "start" && !matches!(source, Source::Startup);
+        if afresh {
+            let mut c = status::change(&before, &self.rollout, what);
+            c.at = status::rfc3339(SystemTime::now());
+            c.by = source.to_string();
+            c.source = source.kind().to_owned();
+            if self.changes.len() >= CHANGES_KEPT {
+                self.changes.pop_back();
+            }
+            self.changes.push_front(c);
+            tracing::info!(
+                source = source.kind(), by = %source, rollout = %self.rollout.id,
+                "the rollout in force begun afresh: its comparison begins again"
+            );
+        }
         if changed {
             let now = &self.rollout;
             if self.changes.len() >= CHANGES_KEPT {
@@ -234,7 +253,7 @@ impl Controller {
             );
         }
         match saved {
-            Ok(()) => Ok(changed),
+            Ok(()) => Ok(changed || afresh),
             Err(error @ StoreError::Fleet(_)) => Err(ControlError::UnsavedInFleet { what, error }),
             Err(error) => Err(ControlError::Unsaved { what, error }),
         }
