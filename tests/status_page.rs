@@ -224,7 +224,10 @@ async fn the_page_shows_the_counters_and_updates_live_in_a_real_browser() {
     let wb = &st["analysis"]["errors"]["without_heaviest"];
     assert!(wb.is_object(), "{st}");
     for pool in ["stable", "canary"] {
-        let want = format!("{:.2}%", wb["error_rate"][pool].as_f64().expect("rate") * 100.0);
+        let want = format!(
+            "{:.2}%",
+            wb["error_rate"][pool].as_f64().expect("rate") * 100.0
+        );
         page.until(
             &format!("{pool} without busy users = {want}"),
             &format!(

@@ -51,6 +51,9 @@ pub const ERROR_TAU: f64 = 0.03;
 /// the simulation caught it fastest with 0.02.
 pub const SLOW_TAU: f64 = 0.02;
 
+/// z of the low bound of stable's p99 that a faster canary's p99 must be under to be `improved`.
+pub const IMPROVED_Z: f64 = 3.0;
+
 /// Default z of the upper confidence bound of stable's p99 used as the latency reference
 /// (0 = stable's p99 itself, rounded up to its bucket's upper edge).
 pub const REFERENCE_Z: f64 = 0.0;
@@ -231,8 +234,8 @@ pub struct LatencyCheck {
 /// to 500 canary requests at σ = 0.5, but 1,500 to 2,000 at σ = 1 and 3,000 to 4,400 at
 /// σ = 1.5 (shares 5% to 50%).
 ///
-/// Improved when the share of canary requests in or above the bucket of stable's p99 is below
-/// 1% with confidence (the same one-pool sequence, so repeated looks cost nothing here either).
+/// Improved when the share of canary requests in or above the bucket of a low bound of stable's
+/// p99 ([`IMPROVED_Z`]) is below 1% with confidence (the same one-pool sequence, so repeated looks cost nothing here either).
 /// NotEnoughData until both pools have `min_requests`.
 pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
     let canary_n = histogram::total(canary);
@@ -252,20 +255,22 @@ pub fn latency(canary: &[u64], stable: &[u64], t: &Thresholds) -> LatencyCheck {
             t,
         )
     });
-    // Improved: the share of canary answers in or above the bucket of stable's p99 is below 1%
-    // with confidence at every look — the canary's p99 is below stable's.
-    let improved =
-        histogram::bucket_of_rank(stable, histogram::rank(stable_n, 0.99)).is_some_and(|bucket| {
-            let share = slow_sequence(
-                Arm {
-                    n: canary_n,
-                    hits: histogram::count_from(canary, bucket),
-                },
-                0.0,
-                t,
-            );
-            share.high < SLOW_SHARE_LIMIT
-        });
+    // Improved: the share of canary answers in or above the bucket of a low bound of stable's
+    // p99 is below 1% with confidence at every look — the canary's p99 is below stable's. The
+    // bound, not stable's p99 itself: a few hundred stable answers place their p99 loosely, and
+    // one placed high by chance made an A/A canary `improved`.
+    let low_rank = histogram::rank_interval(stable_n, 0.99, IMPROVED_Z).0;
+    let improved = histogram::bucket_of_rank(stable, low_rank).is_some_and(|bucket| {
+        let share = slow_sequence(
+            Arm {
+                n: canary_n,
+                hits: histogram::count_from(canary, bucket),
+            },
+            0.0,
+            t,
+        );
+        share.high < SLOW_SHARE_LIMIT
+    });
     LatencyCheck {
         canary: canary_p,
         stable: stable_p,
@@ -387,6 +392,13 @@ mod tests {
         );
         let fast = latency(&spread(5_000, 5_000.0, 25_000.0), &stable, &t);
         assert_eq!(fast.verdict, Verdict::Improved);
+        // An A/A whose 300 stable answers drew four times their share of the 80 ms tail: stable's
+        // p99 reads 80 ms, far above the canary's (and its own true) 50 ms. Not an improvement.
+        let mut lucky = spread(294, 10_000.0, 50_000.0);
+        lucky[index(80_000)] += 6;
+        let mut canary = spread(19_900, 10_000.0, 50_000.0);
+        canary[index(80_000)] += 100;
+        assert_eq!(latency(&canary, &lucky, &t).verdict, Verdict::Ok);
         let short = latency(&spread(100, 20_000.0, 100_000.0), &stable, &t);
         assert_eq!(short.verdict, Verdict::NotEnoughData { more: 200 });
         let p = short.canary.expect("canary has data");

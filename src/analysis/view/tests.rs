@@ -412,6 +412,22 @@ fn busy_users_slow_on_both_versions_do_not_make_a_healthy_canary_slow() {
 }
 
 #[test]
+fn an_a_a_split_with_busy_users_slow_on_both_sides_is_called_no_slower() {
+    // Four slow busy users on each version, everyone else alike: the canary is as slow as
+    // stable with them and without them. It read "too few users: ... only with them is it",
+    // its canary's busy users judged against stable's reference without its own.
+    let v = slow_mix(
+        200,
+        1.0,
+        PerPool {
+            canary: 4,
+            stable: 4,
+        },
+    );
+    assert_eq!(v.latency.verdict, Verdict::Ok, "{:?}", v.slow_left_out);
+}
+
+#[test]
 fn a_slower_canary_is_caught_beside_busy_users_slow_on_both() {
     // Every light user's answers take twice as long on the canary: half of them are over 1.5 ×
     // stable's p99.

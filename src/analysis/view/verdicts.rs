@@ -233,8 +233,13 @@ fn latency(
     };
     let all = cells.whole(Kind::Slow);
     latency.slow_share = Some(guard::slow_sequence(whole, all.variance, t));
-    // What counting requests, not users, would call: said when a few users make it so.
-    let per_request = guard::slow_sequence(whole, 0.0, t).low > guard::SLOW_SHARE_LIMIT;
+    // What counting everyone's requests, not users, would call — the canary's answers against
+    // everyone's stable, busy users on both sides: said when a few users make it so. (Against
+    // stable without its busy users, an A/A whose busy users are slow on both versions read as
+    // a canary slower only with its busy users.)
+    let per_request = everyone
+        .slow_share
+        .is_some_and(|s| s.low > guard::SLOW_SHARE_LIMIT);
     // The cells count slow answers by the threshold in force when they came (none before the
     // first): the share without the busy users is the cells' own, requests and slow answers
     // alike. (Taking the busy users' slow answers from the histogram's, by today's threshold,
@@ -263,14 +268,12 @@ fn latency(
         } else {
             few(Few::Users)
         }
+    } else if above(&guard::slow_sequence(left, 0.0, t)) {
+        // Counted per request, what remains is above the limit: the range is wide because the
+        // slow answers are spread unevenly across users, not for busy users.
+        few(if enough { Few::Spread } else { Few::Users })
     } else if per_request {
-        // Counted per request, what remains is still above the limit: the range is wide
-        // because the slow answers are spread unevenly across users, not for busy users.
-        if above(&guard::slow_sequence(left, 0.0, t)) {
-            few(if enough { Few::Spread } else { Few::Users })
-        } else {
-            few(Few::Busy)
-        }
+        few(Few::Busy)
     } else if improved {
         Verdict::Improved
     } else {
