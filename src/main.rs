@@ -261,6 +261,18 @@ fn open_files(max_connections: usize, max_upstream: usize) -> anyhow::Result<Opt
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Under `--log-format json` the reason ramp could not start is a log line like the others,
+    // so that a collector parsing each line as JSON keeps it rather than dropping it.
+    let json = matches!(
+        cli.command,
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        } | Command::Demo {
+            log_format: LogFormat::Json,
+            ..
+        }
+    );
     let ran = run(cli.command);
     // The log lines still waiting go out before anything else is said.
     ramp::logs::flush();
@@ -268,7 +280,17 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let said = format!("{e:#}");
-            eprintln!("ramp: {}", shown::for_terminal(&said));
+            if json {
+                let line = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    "level": "ERROR",
+                    "fields": {"message": format!("ramp: {said}")},
+                    "target": "ramp",
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("ramp: {}", shown::for_terminal(&said));
+            }
             ExitCode::FAILURE
         }
     }

@@ -199,7 +199,7 @@ const DURATION_BUCKETS: [f64; 13] = [
 /// is taken at the fine buckets' midpoints.
 pub fn render_durations(per_pool: &PerPool<Box<[u64]>>) -> String {
     let mut out = String::from(
-        "# HELP ramp_request_duration_seconds Time from the request head to the response head, of the answers the comparison counts (a user's share of each second, requests with a user id).\n# TYPE ramp_request_duration_seconds histogram\n",
+        "# HELP ramp_request_duration_seconds Time from the request's end (its head, or its body's last byte) to the response head, of the answers the comparison counts (a user's share of each second, requests with a user id).\n# TYPE ramp_request_duration_seconds histogram\n",
     );
     for (pool, counts) in per_pool.iter() {
         let mut cumulative = [0u64; DURATION_BUCKETS.len()];

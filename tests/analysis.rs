@@ -297,6 +297,28 @@ async fn a_broken_split_is_flagged_loudly() {
             .is_some_and(|h| h.contains("the split check failed"))
     });
     assert_eq!(st["percent"].as_f64(), Some(50.0), "{st}");
+    let guard_line = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("guard "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let (_, out, _) = proxy.ctl(&["status"]);
+    let line = guard_line(&out);
+    assert!(
+        line.contains("halt when the error rate is ")
+            && line.contains("holds the schedule: the split check failed"),
+        "{line}"
+    );
+    // Halted, the schedule's clock stops: nothing is held, a schedule would wait.
+    assert_eq!(proxy.admin("halt")["ok"], true);
+    let (_, out, _) = proxy.ctl(&["status"]);
+    let line = guard_line(&out);
+    assert!(
+        line.contains("a schedule would wait: the split check failed")
+            && !line.contains("holds the schedule"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,20 @@ fn serve_refuses_an_invalid_config_with_one_clear_line() {
     assert!(lines[0].starts_with("ramp: invalid config: "), "{err}");
     assert!(lines[0].contains("ramp.yaml:1:9: listen:"), "{err}");
     assert!(lines[0].contains("(and 1 more: run `ramp check`)"), "{err}");
+    // Under `--log-format json`, the same reason as a JSON line.
+    let (code, _, err) = ramp(&[
+        "serve",
+        "--log-format",
+        "json",
+        "--config",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        last_message(&err).starts_with("ramp: invalid config: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -230,6 +244,7 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         (&["start", "-9"][..], "looks like an option"),
         (&["--jsn", "status"][..], "is not an option of ramp ctl"),
         (&["bucket", "user-1", "user-2"][..], "takes one user id"),
+        (&["bucket", "--", "user-1", "user-2"][..], "was given 2:"),
     ] {
         let args: Vec<&str> = socket.iter().chain(words).copied().collect();
         let (code, _, err) = ramp(&args);
@@ -238,8 +253,12 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         assert!(!err.contains("cannot connect"), "it tried to send: {err}");
     }
     // A negative number is ramp's to refuse, with its reason; a user id may begin with `-`.
-    for words in [["set", "-5"], ["bucket", "-Ab3"]] {
-        let args: Vec<&str> = socket.iter().chain(&words).copied().collect();
+    for words in [
+        &["set", "-5"][..],
+        &["bucket", "-Ab3"],
+        &["bucket", "--", "-Ab3"],
+    ] {
+        let args: Vec<&str> = socket.iter().chain(words).copied().collect();
         let (code, _, err) = ramp(&args);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("cannot connect"), "{words:?}: {err}");
@@ -317,6 +336,19 @@ fn serve_with_limit(limit: &str) -> (Option<i32>, String) {
     (code, err)
 }
 
+/// The message of the last line ramp logged under `--log-format json`: the reason it could not
+/// start is a JSON line like the others, so that a collector keeps it.
+fn last_message(err: &str) -> String {
+    let last = err.lines().last().unwrap_or_default();
+    let line: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {err}"));
+    assert_eq!(line["level"], "ERROR", "{err}");
+    line["fields"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_owned()
+}
+
 #[test]
 fn serve_short_of_threads_exits_with_the_reason_instead_of_panicking_or_hanging() {
     // Two workers, logs, the state writer, the config watcher and blocking work: six threads
@@ -325,7 +357,7 @@ fn serve_short_of_threads_exits_with_the_reason_instead_of_panicking_or_hanging(
     let (code, err) = serve_with_limit("--nproc=4");
     assert_eq!(code, Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let last = err.lines().last().unwrap_or_default();
+    let last = last_message(&err);
     assert!(
         last.starts_with("ramp: cannot start the 6 threads ramp runs on (2 runtime workers,"),
         "{err}"
@@ -342,7 +374,7 @@ fn serve_short_of_open_files_exits_with_the_reason() {
     // With 22 to 24 it started, then refused every `set` and could not save a halt.
     let (code, err) = serve_with_limit("--nofile=40");
     assert_eq!(code, Some(1), "{err}");
-    let last = err.lines().last().unwrap_or_default();
+    let last = last_message(&err);
     assert!(
         last.starts_with("ramp: the open files limit (40) is below the 64 ramp needs"),
         "{err}"

@@ -304,7 +304,7 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
             guard.filter(|g| g.require_data).and_then(|g| {
                 let short = |c: &Counts| g.min_requests.saturating_sub(c.requests);
                 let more = short(&books.step.canary).max(short(&books.step.stable));
-                (more > 0).then(|| format!("waiting for data at this step: {more} more requests"))
+                (more > 0).then(|| format!("waiting for data at this step: {more} more requests on the version with fewer"))
             })
         });
         // A canary pool with no healthy upstream, its users served by stable: no new canary

@@ -39,7 +39,7 @@ pub struct VerdictView {
     pub verdict: String,
     /// Requests still needed (per pool, the emptier one), when not enough data.
     pub more: Option<u64>,
-    /// For a person: "ok", "not enough data: 120 more requests", ...
+    /// For a person: "ok", "not enough data: 120 more requests on the version with fewer", ...
     pub text: String,
 }
 
@@ -53,7 +53,7 @@ impl From<Verdict> for VerdictView {
             Verdict::NotEnoughData { more } => (
                 "not_enough_data",
                 Some(more),
-                format!("not enough data: {more} more requests"),
+                format!("not enough data: {more} more requests on the version with fewer"),
             ),
             Verdict::FewUsers { needed, why } => (
                 "not_enough_data",

@@ -133,8 +133,13 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         [first, ..] if option_like(first) => {
             return Err(ClientError::UnknownOption(first.clone()));
         }
-        // A user id may begin with `-` (one minted id in 64 does): `bucket` only reads.
+        // A user id may begin with `-` (one minted id in 64 does): `bucket` only reads. `--`
+        // before it, as `ramp bucket` needs, is the usual end of options, not an id.
+        [bucket, dashes, id] if bucket == "bucket" && dashes == "--" => {
+            return Ok(format!("{bucket} {id}"));
+        }
         [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
+            let ids = ids.strip_prefix(&["--".to_owned()]).unwrap_or(ids);
             return Err(ClientError::BucketIds(ids.len()));
         }
         [bucket, _] if bucket == "bucket" => {}

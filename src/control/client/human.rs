@@ -193,7 +193,8 @@ fn status(s: &Status, changed: Option<bool>) -> String {
     let mut out: String = rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect();
     if let Some(a) = &s.analysis {
         out.push('\n');
-        out.push_str(&analysis(a));
+        let schedule_runs = s.schedule.as_ref().is_some_and(|sc| !sc.paused);
+        out.push_str(&analysis(a, schedule_runs));
     }
     out
 }
@@ -215,8 +216,9 @@ fn millis(r: &Range) -> String {
     format!("{:+.1} ms ({:+.1} to {:+.1})", r.estimate, r.low, r.high)
 }
 
-/// Canary and stable side by side, as `ramp ctl status` prints them.
-fn analysis(a: &AnalysisView) -> String {
+/// Canary and stable side by side, as `ramp ctl status` prints them; `schedule_runs`: a
+/// schedule is in force and its clock runs, so what would hold a step holds it now.
+fn analysis(a: &AnalysisView, schedule_runs: bool) -> String {
     let (s, c) = (&a.pools.stable, &a.pools.canary);
     let rate = |x: f64| format!("{:.2}%", x * 100.0);
     let ms = |x: f64| format!("{x:.1} ms");
@@ -340,7 +342,7 @@ fn analysis(a: &AnalysisView) -> String {
         String::new()
     };
     let margins = format!(
-        "the error rate {:.2} points over stable's, or more than 1% of canary answers slower than {}x stable's p99{increase}; {} requests a side and a regression shown for {} canary users first",
+        "the error rate is {:.2} points over stable's, or more than 1% of canary answers slower than {}x stable's p99{increase}; {} requests a side and a regression shown for {} canary users first",
         g.max_error_rate_increase.unwrap_or(0.0) * 100.0,
         g.max_p99_ratio.unwrap_or(0.0),
         g.min_requests,
@@ -361,7 +363,11 @@ fn analysis(a: &AnalysisView) -> String {
         line.push_str(&format!("; {acted}"));
     }
     if let Some(why) = &g.holding_schedule {
-        line.push_str(&format!("; holds the schedule: {why}"));
+        line.push_str(&if schedule_runs {
+            format!("; holds the schedule: {why}")
+        } else {
+            format!("; a schedule would wait: {why}")
+        });
     }
     out.push_str(&format!("{label:<11} {line}\n"));
     out
