@@ -23,6 +23,11 @@ pub enum AppError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error("metrics.listen: cannot listen on {addr}: {error}")]
+    MetricsBind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -105,7 +110,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let metrics_listener = match config.metrics.as_ref().map(|m| m.listen) {
         Some(addr) => Some((
             net::bind_quiet(addr, options.takeover)
-                .map_err(|e| AppError::Bind { addr, error: e })?,
+                .map_err(|error| AppError::MetricsBind { addr, error })?,
             addr,
         )),
         None => None,

@@ -599,6 +599,12 @@ async fn a_halt_and_a_resume_or_a_start_of_the_same_rollout_start_a_fresh_compar
         assert_eq!(Client::http1().get(&proxy.url("/"), &[]).await.status, 200);
     }
     stable_after(&proxy, 10, "requests");
+    let stamp = || {
+        let text = std::fs::read_to_string(proxy.state_file()).expect("state file");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["changed_at_unix_ms"].as_u64().expect("changed_at")
+    };
+    let before = stamp();
     let r = proxy.admin("start edge 0");
     assert_eq!(r["ok"], true);
     assert!(
@@ -610,6 +616,8 @@ async fn a_halt_and_a_resume_or_a_start_of_the_same_rollout_start_a_fresh_compar
     assert_eq!(r["changed"], true, "{r}");
     assert_eq!(r["changes"][0]["command"], "start", "{r}");
     assert_eq!(r["changes"][0]["source"], "admin", "{r}");
+    assert_eq!(r["source"], "admin", "who changed it last: {r}");
+    assert!(stamp() > before, "the start is the last change, saved");
     proxy.wait_log("its comparison begins again");
     stable_after(&proxy, 0, "requests");
     let (code, out, _) = proxy.ctl(&["start", "edge", "0"]);

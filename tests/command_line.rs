@@ -58,6 +58,36 @@ fn serve_on_a_busy_port_exits_with_the_reason() {
             "ramp: cannot listen on {addr}: address in use by another process (to restart ramp on it, start the new one with --takeover)"
         )
     );
+    // The same for the metrics listener, named as such.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout: {{id: r, percent: 1}}\nmetrics: {{listen: '{addr}'}}\n"
+    );
+    let path = write(dir.path(), "ramp.yaml", &yaml);
+    let (code, _, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    let last = err.lines().last().expect("a reason");
+    assert!(
+        last.starts_with(&format!(
+            "ramp: metrics.listen: cannot listen on {addr}: address in use"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_without_its_certificate_says_so_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.pem");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\npools: {{stable: ['127.0.0.1:1'], canary: ['127.0.0.1:2']}}\nrollout: {{id: r, percent: 1}}\ntls: {{cert: '{m}', key: '{m}'}}\n",
+        m = missing.display()
+    );
+    let path = write(dir.path(), "ramp.yaml", &yaml);
+    let (code, _, err) = ramp(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_ne!(code, 0);
+    let last = err.lines().last().expect("a reason");
+    assert!(last.starts_with("ramp: tls.cert: "), "{err}");
+    assert_eq!(last.matches("cannot read").count(), 1, "{err}");
 }
 
 #[test]
@@ -245,6 +275,12 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         (&["--jsn", "status"][..], "is not an option of ramp ctl"),
         (&["bucket", "user-1", "user-2"][..], "takes one user id"),
         (&["bucket", "--", "user-1", "user-2"][..], "was given 2:"),
+        (&["bucket", "user-1", "--", "user-2"][..], "was given 2:"),
+        (&["bucket", "--"][..], "was given 0:"),
+        (
+            &["bucket", "--json", "user-1"][..],
+            "comes after the command",
+        ),
     ] {
         let args: Vec<&str> = socket.iter().chain(words).copied().collect();
         let (code, _, err) = ramp(&args);
@@ -257,6 +293,8 @@ fn ctl_words_that_look_like_options_or_several_ids_are_refused_not_sent() {
         &["set", "-5"][..],
         &["bucket", "-Ab3"],
         &["bucket", "--", "-Ab3"],
+        // After `--`, as with `ramp bucket`, a word is an id even when it is one of ctl's options.
+        &["bucket", "--", "--json"],
     ] {
         let args: Vec<&str> = socket.iter().chain(words).copied().collect();
         let (code, _, err) = ramp(&args);

@@ -280,7 +280,7 @@ async fn status_after_a_rollback_shows_the_share_users_get_and_the_plan_apart() 
     });
     let (_, out, _) = proxy.ctl(&["bucket", "u1"]);
     assert!(
-        out.contains("pool stable (rollout eff rolled back: everyone on stable, 5% on resume)"),
+        out.contains("pool stable (rollout eff rolled back from 5%: everyone on stable)"),
         "{out}"
     );
     let st = proxy.admin("promote");

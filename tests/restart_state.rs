@@ -199,9 +199,20 @@ async fn a_corrupt_state_file_starts_everyone_on_stable_and_says_so() {
             garbage,
             "left for inspection"
         );
+        // ramp stopped it, at start-up, and a file edit made since does not take that over.
+        assert_eq!(st["stopped"]["source"], "startup", "{st}");
+        let edited = std::fs::read_to_string(&proxy.config_path)
+            .expect("config")
+            .replace("percent: 100", "percent: 90");
+        support::replace_file(&proxy.config_path, &edited);
+        let st = proxy.wait_status("the edit is read", |v| v["source"] == "file");
+        assert_eq!(st["state"], "rolled_back", "{st}");
+        assert_eq!(st["stopped"]["source"], "startup", "{st}");
         // The operator takes over: resume works and is persisted.
         assert_eq!(proxy.admin("resume")["state"], "running");
         assert_eq!(proxy.admin("status")["state_file_error"], Value::Null);
+        assert!(proxy.admin("status")["stopped"].is_null());
+        assert_eq!(proxy.admin("set 100")["percent"], 100.0);
         assert_eq!(canary_share(&proxy, 20).await, 20);
     }
 }

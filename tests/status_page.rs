@@ -270,7 +270,7 @@ async fn after_a_restart_the_page_still_says_the_guard_halted_the_rollout() {
         &config(
             &[&b],
             &[&b],
-            "id: page-guard\npercent: 40\nguard: {action: halt}",
+            "id: page-guard\npercent: 40\nguard: {action: halt, require_data: true}",
             &format!("metrics: {{listen: '127.0.0.1:0'}}\n{CONTROL}"),
         ),
     );
@@ -295,6 +295,18 @@ async fn after_a_restart_the_page_still_says_the_guard_halted_the_rollout() {
             .contains("halted by guard (error rate"),
         "{}",
         page.text("changed").await
+    );
+    // Halted, with no schedule: the guard's wait for data holds nothing, it would hold a
+    // schedule.
+    page.until(
+        "the guard line says what a schedule would wait for",
+        "document.getElementById('guard').textContent.includes('a schedule would wait: waiting for data at this step')",
+    )
+    .await;
+    assert!(
+        !page.text("guard").await.contains("holding the schedule"),
+        "{}",
+        page.text("guard").await
     );
 }
 

@@ -103,8 +103,15 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         return Err(ClientError::BadArgument(bad.clone()));
     }
     // `ramp ctl halt --json`: an option of ctl's own typed after the command. Sent, it would make
-    // the command refuse (or, worse, mean something else); said here, nothing is sent.
-    if let Some(option) = words.iter().skip(1).find_map(|w| {
+    // the command refuse (or, worse, mean something else); said here, nothing is sent. After
+    // `bucket --`, every word is a user id, as with `ramp bucket`.
+    let options_end = match words {
+        [bucket, rest @ ..] if bucket == "bucket" => {
+            1 + rest.iter().position(|w| w == "--").unwrap_or(rest.len())
+        }
+        _ => words.len(),
+    };
+    if let Some(option) = words[..options_end].iter().skip(1).find_map(|w| {
         let name = w.split('=').next().unwrap_or(w);
         ["--json", "--timeout", "--socket", "--config"]
             .contains(&name)
@@ -133,16 +140,19 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
         [first, ..] if option_like(first) => {
             return Err(ClientError::UnknownOption(first.clone()));
         }
-        // A user id may begin with `-` (one minted id in 64 does): `bucket` only reads. `--`
-        // before it, as `ramp bucket` needs, is the usual end of options, not an id.
-        [bucket, dashes, id] if bucket == "bucket" && dashes == "--" => {
-            return Ok(format!("{bucket} {id}"));
+        // A user id may begin with `-` (one minted id in 64 does): `bucket` only reads. A `--`
+        // among its words, as `ramp bucket` needs before such an id, is the usual end of
+        // options, not an id.
+        [bucket, rest @ ..] if bucket == "bucket" => {
+            let ids: Vec<&String> = rest[..options_end - 1]
+                .iter()
+                .chain(rest.get(options_end..).unwrap_or_default())
+                .collect();
+            return match ids[..] {
+                [id] => Ok(format!("{bucket} {id}")),
+                _ => Err(ClientError::BucketIds(ids.len())),
+            };
         }
-        [bucket, ids @ ..] if bucket == "bucket" && ids.len() > 1 => {
-            let ids = ids.strip_prefix(&["--".to_owned()]).unwrap_or(ids);
-            return Err(ClientError::BucketIds(ids.len()));
-        }
-        [bucket, _] if bucket == "bucket" => {}
         [_, rest @ ..] if let Some(w) = rest.iter().find(|w| option_like(w)) => {
             return Err(ClientError::OptionWord(w.clone()));
         }

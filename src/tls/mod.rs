@@ -29,10 +29,11 @@ pub enum TlsError {
     #[error("no root certificates for https:// upstreams (set upstream.ca)")]
     NoRoots,
     /// The setting that named the file.
-    #[error("{field}: {source}")]
+    /// (Not a `source`: the message holds it already, and a report of the chain said it twice.)
+    #[error("{field}: {inner}")]
     Field {
         field: &'static str,
-        source: Box<TlsError>,
+        inner: Box<TlsError>,
     },
 }
 
@@ -40,7 +41,7 @@ impl TlsError {
     fn of(self, field: &'static str) -> TlsError {
         TlsError::Field {
             field,
-            source: Box::new(self),
+            inner: Box::new(self),
         }
     }
 }

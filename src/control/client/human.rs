@@ -43,7 +43,7 @@ fn schedule(s: &ScheduleStatus) -> String {
 fn bucket(b: &BucketInfo) -> String {
     let rollout = match b.state {
         State::RolledBack => format!(
-            "rollout {} rolled back: everyone on stable, {} on resume",
+            "rollout {} rolled back from {}: everyone on stable",
             b.rollout,
             pct(b.percent)
         ),
@@ -193,7 +193,10 @@ fn status(s: &Status, changed: Option<bool>) -> String {
     let mut out: String = rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect();
     if let Some(a) = &s.analysis {
         out.push('\n');
-        let schedule_runs = s.schedule.as_ref().is_some_and(|sc| !sc.paused);
+        let schedule_runs = s
+            .schedule
+            .as_ref()
+            .is_some_and(|sc| !sc.paused && sc.next_percent.is_some());
         out.push_str(&analysis(a, schedule_runs));
     }
     out
@@ -217,7 +220,8 @@ fn millis(r: &Range) -> String {
 }
 
 /// Canary and stable side by side, as `ramp ctl status` prints them; `schedule_runs`: a
-/// schedule is in force and its clock runs, so what would hold a step holds it now.
+/// schedule with a next step is in force and its clock runs, so what would hold that step
+/// holds it now.
 fn analysis(a: &AnalysisView, schedule_runs: bool) -> String {
     let (s, c) = (&a.pools.stable, &a.pools.canary);
     let rate = |x: f64| format!("{:.2}%", x * 100.0);

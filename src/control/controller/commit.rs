@@ -102,7 +102,13 @@ impl Controller {
         what: &'static str,
         durability: Durability,
     ) -> Result<bool, ControlError> {
-        let changed = next != self.rollout;
+        // An operator's `start` of the rollout in force that changes nothing else is a change
+        // too: it begins the comparison again, and the evidence gathered so far is gone, which
+        // status (who changed it, when), the changes, the reply and the log say (a script that
+        // runs `start` on every deploy would otherwise keep the guard from ever having enough
+        // data, unseen).
+        let afresh = next == self.rollout && what == "start" && !matches!(source, Source::Startup);
+        let changed = next != self.rollout || afresh;
         let saved = match durability {
             Durability::Adopted(revision) => {
                 // Stamped by the instance that made it; readable, so whatever was wrong with the
@@ -220,25 +226,6 @@ impl Controller {
         if before.id != self.rollout.id || resumed || new_share || what == "start" {
             self.analysis.restart();
         }
-        // An operator's `start` of the rollout in force that changes nothing else still begins
-        // its comparison again: the evidence gathered so far is gone, which the reply, the
-        // changes and the log say (a script that runs `start` on every deploy would otherwise
-        // keep the guard from ever having enough data, unseen).
-        let afresh = !changed && what == "start" && !matches!(source, Source::Startup);
-        if afresh {
-            let mut c = status::change(&before, &self.rollout, what);
-            c.at = status::rfc3339(SystemTime::now());
-            c.by = source.to_string();
-            c.source = source.kind().to_owned();
-            if self.changes.len() >= CHANGES_KEPT {
-                self.changes.pop_back();
-            }
-            self.changes.push_front(c);
-            tracing::info!(
-                source = source.kind(), by = %source, rollout = %self.rollout.id,
-                "the rollout in force begun afresh: its comparison begins again"
-            );
-        }
         if changed {
             let now = &self.rollout;
             if self.changes.len() >= CHANGES_KEPT {
@@ -251,9 +238,12 @@ impl Controller {
                 to_state = now.state.as_str(), to_percent = ppm_to_percent(now.ppm),
                 "rollout changed"
             );
+            if afresh {
+                tracing::info!(rollout = %now.id, "the rollout in force begun afresh: its comparison begins again");
+            }
         }
         match saved {
-            Ok(()) => Ok(changed || afresh),
+            Ok(()) => Ok(changed),
             Err(error @ StoreError::Fleet(_)) => Err(ControlError::UnsavedInFleet { what, error }),
             Err(error) => Err(ControlError::Unsaved { what, error }),
         }

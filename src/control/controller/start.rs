@@ -12,7 +12,7 @@ use crate::config::{Config, ppm_to_percent};
 use crate::control::command::Source;
 use crate::control::persist::{Restored, Store};
 use crate::control::reply::ControlError;
-use crate::control::state::{FileEffect, RolloutState};
+use crate::control::state::{FileEffect, RolloutState, Stopped};
 use crate::control::status::Notes;
 use crate::snapshot::Current;
 use crate::tls::{TlsConfigs, TlsError};
@@ -164,6 +164,12 @@ impl Controller {
                 notes.state_file_error = Some(e);
                 let mut s = fresh();
                 s.rollback(now);
+                // ramp stopped it: said as long as it stays stopped, a file edit or a restart
+                // later too, when the error itself is no longer shown.
+                s.stopped = Some(Stopped {
+                    at: s.changed_at,
+                    by: Source::Startup,
+                });
                 (s, false)
             }
         };
