@@ -160,6 +160,47 @@ async fn sighup_and_the_reload_command_reread_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_without_an_id_starts_the_rollout_the_file_names_now() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&[&s], &[&c], "id: before\npercent: 30"));
+    // A script edits the file and starts at once, before the watcher has read the edit: the
+    // start is of the rollout the file names now, never the one it named before.
+    replace_file(
+        &proxy.config_path,
+        &yaml(&[&s], &[&c], "id: after\npercent: 10"),
+    );
+    let r = proxy.admin("start");
+    assert_eq!(
+        (r["ok"].as_bool(), r["rollout"].as_str(), percent(&r)),
+        (Some(true), Some("after"), Some(10.0)),
+        "{r}"
+    );
+    let last = &r["changes"][0];
+    assert_eq!(
+        (last["command"].as_str(), last["rollout"].as_str()),
+        (Some("start"), Some("after")),
+        "{r}"
+    );
+    // A file that cannot be parsed refuses the start, saying why, and changes nothing.
+    replace_file(&proxy.config_path, "rollout: [");
+    let r = proxy.admin("start");
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("ramp.yaml")),
+        "{r}"
+    );
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), percent(&st)),
+        (Some("after"), Some(10.0)),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_never_undoes_a_halt_or_rollback_not_even_a_new_id() {
     let (s, c) = (
         Backend::start("stable").await,

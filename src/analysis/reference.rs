@@ -67,6 +67,8 @@ pub struct Reference {
     stretches: VecDeque<Stretch>,
     /// The lowest and highest slow thresholds the cells' slow answers were counted by (µs).
     counted_with: Option<(f64, f64)>,
+    /// The look at which they were last counted afresh, if ever.
+    recounted_at: Option<u64>,
 }
 
 /// Stable's recent latencies without its busy users, and the looks they span.
@@ -91,6 +93,7 @@ impl Reference {
         // one from before an incident that slows both versions, the canary's answers of its
         // first second halted a healthy canary.
         if follow_threshold(since, &mut self.counted_with, v.latency.slow_micros) {
+            self.recounted_at = Some(self.looks);
             v = self.verdicts(since, t);
         }
         if self.looks.is_multiple_of(EVERY) {
@@ -101,7 +104,11 @@ impl Reference {
 
     /// The verdicts as the last look would see `since` now.
     pub fn verdicts(&self, since: &PerPool<Counts>, t: &Thresholds) -> Verdicts {
-        verdicts_over(since, self.recent(&since.stable).as_ref(), t)
+        let mut v = verdicts_over(since, self.recent(&since.stable).as_ref(), t);
+        if let (Some(at), Some(left_out)) = (self.recounted_at, v.slow_left_out.as_mut()) {
+            left_out.counted_looks = Some(self.looks - at);
+        }
+        v
     }
 
     /// Ends a stretch: stable's answers since the last note, without its busy users.

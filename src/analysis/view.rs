@@ -175,8 +175,13 @@ pub struct SlowWithoutBusy {
     /// 2,000 answers in it); None: since the comparison began.
     #[serde(default)]
     pub stable_p99_secs: Option<u64>,
-    /// Canary requests without its busy users.
+    /// Canary requests without its busy users...
     pub requests: u64,
+    /// ...counted over the last this many seconds, since stable's p99 moved more than 1.5× and
+    /// the slow answers were counted afresh by the new threshold; None: since the comparison
+    /// began.
+    #[serde(default)]
+    pub counted_secs: Option<u64>,
     /// Their share slower than `slow_ms`, with its confidence sequence.
     pub slow_share: Range,
 }
@@ -446,6 +451,7 @@ pub fn compute(
                 stable_p99_ms: l.stable_p99.map(ms),
                 stable_p99_secs: l.reference_looks,
                 requests: l.canary.n,
+                counted_secs: l.counted_looks,
                 slow_share: l.share.into(),
             }),
             verdict: match latency.verdict {

@@ -625,9 +625,15 @@ fn a_recount_starts_the_slow_share_afresh_with_its_requests() {
     let v = looks.verdicts();
     let (first, now) = (first.unwrap_or(0.0), v.latency.slow_micros.unwrap_or(0.0));
     assert!(now > 1.5 * first && now < 20_000.0, "{first} {now}");
-    let left = v.slow_left_out.expect("a threshold").canary;
+    let left_out = v.slow_left_out.expect("a threshold");
+    let left = left_out.canary;
     // Every answer counted since the recount is slow: a share of the requests of all 20 s
     // read about half.
     assert!(left.n > 0 && left.hits == left.n, "{left:?}");
     assert!(left.n < 10 * 30, "{left:?}");
+    // And the operator is told over how many seconds they were counted: those since the
+    // recount, each of 30 canary answers.
+    let secs = left_out.counted_looks.expect("a recount");
+    assert!((1..10).contains(&secs), "{secs}");
+    assert_eq!(left.n, secs * 30, "{left:?}");
 }

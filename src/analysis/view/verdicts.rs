@@ -38,6 +38,10 @@ pub struct SlowLeftOut {
     pub canary: Arm,
     /// Their share's confidence sequence.
     pub share: Interval,
+    /// The looks (seconds) the canary's slow answers were counted over: since the slow threshold
+    /// last moved far and they were counted afresh ([`follow_threshold`]); None: since the
+    /// comparison began.
+    pub counted_looks: Option<u64>,
 }
 
 /// Each version's errors with its busy users left out.
@@ -256,6 +260,7 @@ fn latency(
         reference_looks: recent.map(|r| r.looks),
         canary: left,
         share: decided,
+        counted_looks: None,
     });
     // As for errors, what remains must still have `min_requests`, and slow answers of
     // `min_users` users.

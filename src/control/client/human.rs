@@ -298,11 +298,15 @@ fn analysis(a: &AnalysisView, schedule_runs: bool) -> String {
             rate(r.estimate),
             format!("range {} to {}", rate(r.low), rate(r.high)),
             format!(
-                "the verdict rests on this row: the canary's share of answers slower than that (set from stable's p99 {}, {}), limit 1%; busy users left out, {} on stable and {} on canary",
+                "the verdict rests on this row: the canary's share of answers slower than that (set from stable's p99 {}, {}), limit 1%; busy users left out, {} on stable and {} on canary{}",
                 w.stable_p99_secs.map_or("since the comparison began".to_owned(), |s| format!("over its last {s} s")),
                 opt(w.stable_p99_ms, ms),
                 w.users.stable,
-                w.users.canary
+                w.users.canary,
+                w.counted_secs.map_or(String::new(), |s| format!(
+                    "; the canary's {} answers of the last {s} s, counted afresh when stable's p99 moved more than 1.5x",
+                    w.requests
+                )),
             ),
         ]);
     }

@@ -69,8 +69,22 @@ impl Handle {
         let command = match command {
             Command::Reload => self.parse(None).await?,
             Command::FileChanged(text) => self.parse(Some(text)).await?,
+            // `start` without an id starts the rollout the file names: the file as it is now,
+            // read first as by `reload` (a script that edits the file and runs `start` at once
+            // started the one it named before, the watcher not having read the edit yet). A file
+            // that cannot be read or parsed refuses the start, saying why.
+            start @ Command::Start { id: None, .. } => {
+                let parsed = self.parse(None).await?;
+                self.deliver(parsed, source.clone()).await?;
+                start
+            }
             other => other,
         };
+        self.deliver(command, source).await
+    }
+
+    /// Hands a command to the controller and waits for its outcome.
+    async fn deliver(&self, command: Command, source: Source) -> Reply {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             command,
