@@ -341,7 +341,7 @@ async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_
     assert!(
         r["error"]
             .as_str()
-            .is_some_and(|e| e.contains("written to the fleet as soon as etcd is back")),
+            .is_some_and(|e| e.contains("written to the fleet as soon as etcd takes it")),
         "{r}"
     );
     assert_eq!(fleet.proxies[1].admin("status")["state"], "halted");
@@ -490,6 +490,203 @@ async fn a_config_edit_etcd_could_not_take_applies_when_etcd_answers_again() {
     assert_eq!(now["changes"][0]["source"], "file", "{now}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_halt_typed_while_etcd_was_away_never_ends_at_an_edit_s_higher_percent() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: halted\npercent: 10");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.kill();
+    fleet
+        .all("everyone notices", |v| v["fleet"]["connected"] == false)
+        .await;
+    // At `a` the file is edited to 40%, which waits for etcd; at `b` an operator halts at 10%.
+    let a = &fleet.proxies[0];
+    let text = std::fs::read_to_string(&a.config_path).expect("read config");
+    support::replace_file(&a.config_path, &text.replace("percent: 10", "percent: 40"));
+    support::eventually("the edit waits for etcd", || {
+        a.admin("status")["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read again when etcd answers again"))
+    })
+    .await;
+    let r = fleet.proxies[1].admin("halt");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("written to the fleet as soon as etcd takes it")),
+        "{r}"
+    );
+    let by = fleet.proxies[1].admin("status")["stopped"]["by"].clone();
+    assert!(by.as_str().is_some_and(|b| b.starts_with("admin")), "{by}");
+    // etcd is back, and both go to the fleet, in whichever order: halted at 10%, never at the
+    // edit's 40%, who halted it said everywhere, and the edit waiting for `resume`.
+    etcd.run().await;
+    fleet
+        .all("the halt reaches the fleet, with who made it", |v| {
+            v["state"] == "halted"
+                && v["fleet"]["connected"] == true
+                && v["fleet"]["pending"].is_null()
+                && v["stopped"]["by"] == by
+        })
+        .await;
+    for p in &fleet.proxies {
+        let st = p.admin("status");
+        assert_eq!(st["percent"].as_f64(), Some(10.0), "{st}");
+        assert_eq!(st["on_resume"]["percent"].as_f64(), Some(40.0), "{st}");
+    }
+    assert_eq!(
+        fleet.proxies[2].admin("resume")["percent"].as_f64(),
+        Some(40.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn the_same_edit_pushed_to_every_instance_applies_at_every_instance() {
+    let etcd = Etcd::start().await;
+    let (s, c, c2) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: pushed\npercent: 10");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    // A new percent and a second canary upstream, written to every instance's file at once:
+    // one of them writes the percent to etcd first; the others must still take the pool.
+    let pools = format!("canary: ['{}']", c.addr);
+    let both = format!("canary: ['{}', '{}']", c.addr, c2.addr);
+    for p in &fleet.proxies {
+        let text = std::fs::read_to_string(&p.config_path).expect("read config");
+        assert!(text.contains(&pools), "{text}");
+        support::replace_file(
+            &p.config_path,
+            &text
+                .replace("percent: 10", "percent: 15")
+                .replace(&pools, &both),
+        );
+    }
+    fleet
+        .all("the edit is in force everywhere", |v| {
+            v["percent"].as_f64() == Some(15.0)
+                && v["upstreams"]["canary"] == 2
+                && v["last_reload_error"].is_null()
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_edit_made_while_an_instance_and_etcd_were_down_applies_when_etcd_is_back() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: downtime\npercent: 10");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.kill();
+    let mut proxies = fleet.proxies;
+    let (dir, path) = proxies.remove(1).kill9();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    support::replace_file(&path, &text.replace("percent: 10", "percent: 30"));
+    let b = Proxy::start_in(dir, path);
+    let st = b.admin("status");
+    assert_eq!(st["percent"].as_f64(), Some(10.0), "{st}");
+    assert!(
+        st["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read again when etcd answers again")),
+        "{st}"
+    );
+    etcd.run().await;
+    proxies.push(b);
+    let fleet = Fleet { proxies };
+    fleet
+        .all("the edit reaches the fleet", |v| {
+            v["percent"].as_f64() == Some(30.0) && v["last_reload_error"].is_null()
+        })
+        .await;
+}
+
+/// A web server that answers every request 502 with an HTML page: a load balancer in front of
+/// a dead etcd member, or the wrong port.
+async fn not_etcd() -> std::net::SocketAddr {
+    support::raw_upstream(|mut conn| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            let page = "<html>bad gateway</html>";
+            let reply = format!(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                page.len()
+            );
+            if conn.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_endpoint_that_answers_but_is_not_etcd_is_passed_over() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let bad = not_etcd().await;
+    let both = format!("http://{bad}', '{}", etcd.url());
+    let a = Proxy::start(&yaml(&s, &c, &both, "a", "id: lb\npercent: 10", true));
+    let b = Proxy::start(&yaml(&s, &c, &etcd.url(), "b", "id: lb\npercent: 10", true));
+    let fleet = Fleet {
+        proxies: vec![a, b],
+    };
+    fleet
+        .all("both connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    assert_eq!(fleet.proxies[1].admin("rollback")["ok"], true);
+    fleet
+        .all(
+            "the rollback reaches the instance behind the bad endpoint",
+            |v| v["state"] == "rolled_back",
+        )
+        .await;
+    assert_eq!(fleet.proxies[0].admin("resume")["ok"], true);
+    fleet
+        .all("and a change made there reaches the fleet", |v| {
+            v["state"] == "running"
+        })
+        .await;
+}
+
 /// Writes `value` into the fleet's key by hand (etcd's JSON gateway), or deletes the key.
 async fn by_hand(etcd: &Etcd, value: Option<&str>) {
     use base64::Engine;
@@ -612,7 +809,7 @@ async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled()
     assert!(
         r["error"]
             .as_str()
-            .is_some_and(|e| e.contains("written to the fleet as soon as etcd is back")),
+            .is_some_and(|e| e.contains("written to the fleet as soon as etcd takes it")),
         "{r}"
     );
     // While etcd hangs, retrying the halt holds up neither status nor commands for long.
@@ -826,7 +1023,7 @@ async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cache
     assert!(
         r["error"]
             .as_str()
-            .is_some_and(|e| e.contains("as soon as etcd is back")),
+            .is_some_and(|e| e.contains("as soon as etcd takes it")),
         "{r}"
     );
     // ...and `a` is restarted after etcd is back, once `b` has made a change there and stopped
@@ -994,7 +1191,7 @@ async fn a_rollback_goes_before_a_change_waiting_for_a_hung_etcd_and_survives_ki
     assert!(
         r["error"]
             .as_str()
-            .is_some_and(|e| e.contains("as soon as etcd is back")),
+            .is_some_and(|e| e.contains("as soon as etcd takes it")),
         "{r}"
     );
     for id in &on_canary {

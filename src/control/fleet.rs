@@ -22,25 +22,53 @@ const PENDING_PROBE: Duration = Duration::from_millis(250);
 /// `theirs` (what the fleet's key holds): the stop applied to theirs — a rollback beats a halt,
 /// whichever came later — at the lower exposure of the two when both are of the same rollout and
 /// plan, so that a schedule step or a `set` etcd took late (one given up here, or made elsewhere
-/// during the outage) does not become what `resume` goes back to.
+/// during the outage) does not become what `resume` goes back to. When the fleet moved on to a
+/// plan the config file gave at another instance (an edit etcd took when it came back: a higher
+/// percent, new steps, a new rollout id), the stop stays where it was made, and the file's plan
+/// waits for `resume`, as after an edit made while halted: a halt never ends at more exposure
+/// than it was typed at. Who stopped it is the stop that holds: theirs where theirs is stopped
+/// as hard already, else the one made here.
 fn stop_on(theirs: &RolloutState, ours: &RolloutState, what: &str, now: Instant) -> RolloutState {
+    use crate::routing::State;
+    let rollback = what == "rollback" || ours.state == State::RolledBack;
+    let stop = |s: &mut RolloutState| {
+        if rollback {
+            s.rollback(now);
+        } else {
+            let _ = s.halt(now);
+        }
+    };
+    let theirs_holds = match theirs.state {
+        State::RolledBack => true,
+        State::Halted => !rollback,
+        State::Running | State::Completed => false,
+    };
     let mut next = theirs.clone();
-    if what == "rollback" || ours.state == crate::routing::State::RolledBack {
-        next.rollback(now);
+    stop(&mut next);
+    next.stopped = if theirs_holds {
+        theirs.stopped.clone().or_else(|| ours.stopped.clone())
     } else {
-        let _ = next.halt(now);
-    }
-    if next.id == ours.id
-        && next.plan == ours.plan
-        && ours.ppm < next.ppm
-        && next.state != crate::routing::State::Completed
-    {
+        ours.stopped.clone()
+    };
+    let lower =
+        ours.ppm < next.ppm && next.state != State::Completed && ours.state != State::Completed;
+    if lower && next.id == ours.id && next.plan == ours.plan {
         next.ppm = ours.ppm;
         next.schedule = ours.schedule;
         next.completed_before = ours.completed_before;
         if let Some(s) = &mut next.schedule {
             s.pause(now);
         }
+    } else if lower && (next.id == ours.id || theirs.id == theirs.plan.id) {
+        let mut kept = ours.clone();
+        stop(&mut kept);
+        if theirs.plan != ours.plan {
+            kept.plan = theirs.plan.clone();
+            kept.plan_pending = true;
+            kept.pending_rollout = theirs.plan.id != kept.id;
+        }
+        kept.generation = theirs.generation;
+        next = kept;
     }
     next
 }
@@ -405,5 +433,70 @@ mod tests {
         // A halt on a state at a lower exposure keeps that one.
         let next = stop_on(&first, &halted, "halt", now);
         assert_eq!((next.state, next.ppm), (State::Halted, 100_000));
+    }
+
+    #[test]
+    fn a_stop_made_here_stays_below_a_file_edit_etcd_took_late_which_waits_for_resume() {
+        let now = Instant::now();
+        let percent = |id: &str, ppm| RolloutPlan {
+            id: id.into(),
+            plan: Plan::Percent(ppm),
+        };
+        let first = RolloutState::fresh(percent("r", 100_000), now, Source::Startup);
+        let admin = Source::Admin {
+            uid: 0,
+            pid: Some(7),
+        };
+        let mut ours = first.clone();
+        let _ = ours.halt(now);
+        ours.stopped = Some(crate::control::state::Stopped {
+            at: std::time::SystemTime::now(),
+            by: admin.clone(),
+        });
+        // Another instance's file edit to 40%, which etcd took when it came back.
+        let mut edited = first.clone();
+        let _ = edited.file_plan(percent("r", 400_000), now);
+        assert_eq!(edited.ppm, 400_000);
+        let next = stop_on(&edited, &ours, "halt", now);
+        assert_eq!((next.state, next.ppm), (State::Halted, 100_000));
+        assert_eq!(next.stopped.as_ref().map(|s| &s.by), Some(&admin));
+        // The edit applies on resume.
+        let mut resumed = next.clone();
+        assert!(resumed.resume(now).is_ok());
+        assert_eq!((resumed.id.as_str(), resumed.ppm), ("r", 400_000));
+        // An edit to a new rollout id: the halted one stays, the new one begins on resume.
+        let mut new_id = first.clone();
+        let _ = new_id.file_plan(percent("r2", 200_000), now);
+        assert_eq!(new_id.id, "r2");
+        let next = stop_on(&new_id, &ours, "halt", now);
+        assert_eq!(
+            (next.id.as_str(), next.state, next.ppm),
+            ("r", State::Halted, 100_000)
+        );
+        let mut resumed = next.clone();
+        assert!(resumed.resume(now).is_ok());
+        assert_eq!((resumed.id.as_str(), resumed.ppm), ("r2", 200_000));
+        // An edit to a lower percent: halted there, the lower exposure.
+        let mut lower = first.clone();
+        let _ = lower.file_plan(percent("r", 50_000), now);
+        let next = stop_on(&lower, &ours, "halt", now);
+        assert_eq!((next.state, next.ppm), (State::Halted, 50_000));
+        // A rollback made elsewhere, on which this halt goes: that rollback's, and who made it.
+        let guard = Source::Guard {
+            reason: "errors".into(),
+            rollout: "r".into(),
+        };
+        let mut rolled = first.clone();
+        rolled.rollback(now);
+        rolled.stopped = Some(crate::control::state::Stopped {
+            at: std::time::SystemTime::now(),
+            by: guard.clone(),
+        });
+        let next = stop_on(&rolled, &ours, "halt", now);
+        assert_eq!(next.state, State::RolledBack);
+        assert_eq!(next.stopped.map(|s| s.by), Some(guard));
+        // A halt on a running fleet state: this halt's own record of who made it.
+        let next = stop_on(&first, &ours, "halt", now);
+        assert_eq!(next.stopped.map(|s| s.by), Some(admin));
     }
 }

@@ -193,7 +193,7 @@ pub enum ControlError {
     #[error("too many admin connections from uid {uid} ({most} open, none idle): close some")]
     TooManyConnections { uid: u32, most: usize },
     #[error(
-        "{what} is in effect at this instance, but etcd does not answer ({error}); it is written to the fleet as soon as etcd is back"
+        "{what} is in effect at this instance, but etcd has not taken it ({error}); it is written to the fleet as soon as etcd takes it"
     )]
     UnsavedInFleet {
         what: &'static str,

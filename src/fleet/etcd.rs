@@ -188,6 +188,17 @@ struct AuthReply {
     token: String,
 }
 
+/// Whether an answer is etcd's to act on: JSON, as its gateway sends every answer on the paths
+/// ramp asks (errors too), and no server error (which etcd sends when it cannot serve, as a proxy
+/// in front of it does).
+fn from_etcd<B>(resp: &http::Response<B>) -> bool {
+    !resp.status().is_server_error()
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/json"))
+}
+
 impl Etcd {
     pub fn new(endpoints: Endpoints) -> Etcd {
         Etcd {
@@ -277,10 +288,23 @@ impl Etcd {
                 sender.send_request(req).await.map_err(|e| e.to_string())
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-                Ok(Ok(resp)) => {
+                Ok(Ok(resp)) if from_etcd(&resp) => {
                     self.preferred
                         .store(n, std::sync::atomic::Ordering::Relaxed);
                     return Ok(resp);
+                }
+                // Not etcd's answer (a load balancer's 502 before a dead member, a web server
+                // at the wrong port), or etcd's own "unavailable": the next endpoint may answer.
+                Ok(Ok(resp)) => {
+                    last = format!(
+                        "{url}: answered {}{}, not an answer of a working etcd",
+                        resp.status(),
+                        resp.headers()
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .map(|t| format!(" ({t})"))
+                            .unwrap_or_default()
+                    );
                 }
                 Ok(Err(e)) => last = format!("{url}: {e}"),
                 Err(_) => last = format!("{url}: no answer within {REQUEST_TIMEOUT:?}"),

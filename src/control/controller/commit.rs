@@ -52,6 +52,16 @@ pub(in crate::control) fn generation_after(previous: u64, now: SystemTime) -> u6
         .min(crate::control::store::LATEST_MS)
 }
 
+/// Whether `a` differs from `b` in more than who changed it, when, and the generation.
+fn differs_in_substance(a: &RolloutState, b: &RolloutState) -> bool {
+    let mut a = a.clone();
+    a.changed_at = b.changed_at;
+    a.changed_by = b.changed_by.clone();
+    a.generation = b.generation;
+    a.stopped.clone_from(&b.stopped);
+    a != *b
+}
+
 /// A configuration read from the file, to be put in force with a change.
 pub(in crate::control) struct NewConfig {
     pub(super) config: Arc<Config>,
@@ -109,6 +119,9 @@ impl Controller {
         // data, unseen).
         let afresh = next == self.rollout && what == "start" && !matches!(source, Source::Startup);
         let changed = next != self.rollout || afresh;
+        // What the changes list and the log show: not a state written again as it is, only
+        // later (a stop made here while etcd was away, tried again on top of the same state).
+        let shown = afresh || differs_in_substance(&next, &self.rollout);
         let saved = match durability {
             Durability::Adopted(revision) => {
                 // Stamped by the instance that made it; readable, so whatever was wrong with the
@@ -124,8 +137,12 @@ impl Controller {
                     next.changed_at = SystemTime::now();
                     next.changed_by = source.clone();
                     next.generation = generation_after(self.rollout.generation, next.changed_at);
-                    // A change that leaves the rollout stopped keeps who stopped it.
-                    if next.state != self.rollout.state || next.id != self.rollout.id {
+                    // A change that leaves the rollout stopped keeps who stopped it; one that
+                    // stops it names who did, unless it says so itself (a stop made here while
+                    // etcd was away, put on top of the fleet's state: who made it, and when).
+                    if (next.state != self.rollout.state || next.id != self.rollout.id)
+                        && next.stopped == self.rollout.stopped
+                    {
                         next.stopped = matches!(next.state, State::Halted | State::RolledBack)
                             .then(|| Stopped {
                                 at: next.changed_at,
@@ -226,7 +243,7 @@ impl Controller {
         if before.id != self.rollout.id || resumed || new_share || what == "start" {
             self.analysis.restart();
         }
-        if changed {
+        if shown {
             let now = &self.rollout;
             if self.changes.len() >= CHANGES_KEPT {
                 self.changes.pop_back();

@@ -105,8 +105,6 @@ impl Controller {
         if !restart_required.is_empty() {
             tracing::warn!(fields = ?restart_required, "these changes need a restart; everything else was applied");
         }
-        let mut next = self.rollout.clone();
-        let effect = next.file_plan(new.rollout.clone(), Instant::now());
         let mut applied = applied(&self.config, &new);
         for (differs, name) in [
             (tls.server_differs(&self.tls), "tls"),
@@ -117,20 +115,36 @@ impl Controller {
             }
         }
         let differs = !applied.is_empty();
-        let new = NewConfig {
-            config: Arc::new(new),
-            tls,
-            differs,
+        let new = Arc::new(new);
+        // In a fleet, another instance may have changed the rollout meanwhile — most often with
+        // the same edit, pushed to every instance and taken from another one first. Its state is
+        // in force here by then, and the file is judged again on top of it, as a reload a moment
+        // later would be: the same plan changes nothing more, and the file's other sections
+        // apply all the same.
+        let mut attempt = 0;
+        let (committed, effect) = loop {
+            attempt += 1;
+            let mut next = self.rollout.clone();
+            let effect = next.file_plan(new.rollout.clone(), Instant::now());
+            let config = NewConfig {
+                config: Arc::clone(&new),
+                tls: tls.clone(),
+                differs,
+            };
+            match self
+                .change(
+                    next,
+                    Some(config),
+                    Source::File,
+                    "reload",
+                    Durability::Required,
+                )
+                .await
+            {
+                Err(ControlError::ChangedMeanwhile { .. }) if attempt < 3 => continue,
+                committed => break (committed, effect),
+            }
         };
-        let committed = self
-            .change(
-                next,
-                Some(new),
-                Source::File,
-                "reload",
-                Durability::Required,
-            )
-            .await;
         // etcd did not answer: the file is read again when it answers again (an answer that
         // refuses the write, such as etcd's full database, is the operator's to see to).
         let committed = committed.map_err(|e| match e {
@@ -150,6 +164,7 @@ impl Controller {
             {
                 tracing::error!(error = %e, "cannot write the state file back where the config in force keeps it");
             }
+            tracing::error!(trigger = trigger.kind(), error = %e, "reload not applied: the running config stays");
             self.notes.last_reload_error = Some(e.to_string());
         }
         committed?;

@@ -14,6 +14,7 @@ use crate::control::persist::{Restored, Store};
 use crate::control::reply::ControlError;
 use crate::control::state::{FileEffect, RolloutState, Stopped};
 use crate::control::status::Notes;
+use crate::control::store::StoreError;
 use crate::snapshot::Current;
 use crate::tls::{TlsConfigs, TlsError};
 use crate::upstream::Registry;
@@ -230,6 +231,17 @@ impl Controller {
             // Nothing to apply: the state is in force, only not saved yet.
             Err(ControlError::Unsaved { error, .. }) if effect == FileEffect::Unchanged => {
                 tracing::error!(%error, rollout = %c.rollout.id, state = c.rollout.state.as_str(), "the rollout state in force cannot be saved yet: it is tried again every 2 s");
+            }
+            // The file's edits could not reach the fleet, etcd being away: they are read again
+            // from the file when it answers, as a running instance's edit is.
+            Err(ControlError::NotSaved {
+                error: error @ StoreError::Fleet(crate::fleet::EtcdError::Unreachable { .. }),
+                ..
+            }) => {
+                let e = ControlError::ReloadAwaitsEtcd(error);
+                tracing::error!(error = %e, "the config file's edits made while ramp was down are not applied yet");
+                c.notes.last_reload_error = Some(e.to_string());
+                c.reload_awaits_etcd = true;
             }
             Err(e) => tracing::error!(error = %e, "cannot save the rollout state"),
         }

@@ -14,7 +14,7 @@ async fn a_watch_stream_without_line_breaks_ends_instead_of_growing() {
         let mut head = [0u8; 4096];
         let _ = s.read(&mut head).await;
         let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
             .await;
         let chunk = [b'a'; 64 * 1024];
         let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
