@@ -137,6 +137,14 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Like [`Fleet::all`], and gives the first instance's status that satisfied `done`.
+    async fn all_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.all(what, &done).await;
+        let st = self.proxies[0].admin("status");
+        assert!(done(&st), "{what}: no longer: {st}");
+        st
+    }
+
     fn start(s: &Backend, c: &Backend, etcd: &str, rollout: &str) -> Fleet {
         let proxies = ["a", "b", "c"]
             .iter()
@@ -537,12 +545,16 @@ async fn a_halt_typed_while_etcd_was_away_never_ends_at_an_edit_s_higher_percent
                 && v["fleet"]["connected"] == true
                 && v["fleet"]["pending"].is_null()
                 && v["stopped"]["by"] == by
+                && v["on_resume"]["percent"].as_f64() == Some(40.0)
         })
         .await;
     for p in &fleet.proxies {
         let st = p.admin("status");
-        assert_eq!(st["percent"].as_f64(), Some(10.0), "{st}");
-        assert_eq!(st["on_resume"]["percent"].as_f64(), Some(40.0), "{st}");
+        assert_eq!(
+            (st["state"].as_str(), st["percent"].as_f64()),
+            (Some("halted"), Some(10.0)),
+            "{st}"
+        );
     }
     assert_eq!(
         fleet.proxies[2].admin("resume")["percent"].as_f64(),
@@ -683,6 +695,46 @@ async fn an_endpoint_that_answers_but_is_not_etcd_is_passed_over() {
     fleet
         .all("and a change made there reaches the fleet", |v| {
             v["state"] == "running"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_step_due_while_etcd_is_away_says_why_it_waits() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let a = Proxy::start(&yaml(
+        &s,
+        &c,
+        &etcd.url(),
+        "a",
+        "id: due\nsteps:\n  - {percent: 1, hold: 2s}\n  - {percent: 20}",
+        true,
+    ));
+    let fleet = Fleet { proxies: vec![a] };
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.kill();
+    let st = fleet
+        .all_status("the step waits, saying why", |v| {
+            v["schedule"]["held"]
+                .as_str()
+                .is_some_and(|h| h.contains("the next step is due but could not be saved"))
+        })
+        .await;
+    assert_eq!(st["percent"].as_f64(), Some(1.0), "{st}");
+    etcd.run().await;
+    fleet
+        .all("the step is taken when etcd is back", |v| {
+            v["percent"].as_f64() == Some(20.0) && v["schedule"]["held"].is_null()
         })
         .await;
 }

@@ -251,10 +251,12 @@ impl Controller {
     /// `theirs` (what the fleet's key holds, or the state in force): see [`stop_on`]. It stays
     /// pending until etcd takes it.
     async fn put_stop_on(&mut self, theirs: &RolloutState, what: &'static str, source: Source) {
-        tracing::info!(
-            command = what,
-            "writing the halt or rollback made while etcd was away"
-        );
+        if self.pending_failed.is_none() {
+            tracing::info!(
+                command = what,
+                "writing the halt or rollback made while etcd was away"
+            );
+        }
         let mut next = stop_on(theirs, &self.rollout, what, Instant::now());
         // Later than both, whatever the other instance's clock says; and a change of its own
         // even when it is in force already (applied at start, from the local cache).
@@ -266,11 +268,18 @@ impl Controller {
             );
         }
         self.unsaved = true;
-        if let Err(e) = self
+        match self
             .change(next, None, source, what, Durability::BestEffort)
             .await
         {
-            tracing::warn!(error = %e, command = what, "the halt or rollback made here is not written to etcd yet");
+            Err(e) => {
+                let said = e.to_string();
+                if self.pending_failed.as_ref() != Some(&said) {
+                    tracing::warn!(error = %said, command = what, "the halt or rollback made here is not written to etcd yet");
+                }
+                self.pending_failed = Some(said);
+            }
+            Ok(_) => self.pending_failed = None,
         }
     }
 

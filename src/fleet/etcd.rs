@@ -26,10 +26,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum EtcdError {
     #[error("cannot reach etcd at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
-    #[error("etcd answered {status}: {message}")]
+    #[error("etcd answered {status}: {message}{}", hint(message))]
     Refused { status: StatusCode, message: String },
     #[error("etcd sent something unreadable: {0}")]
     Garbled(String),
+}
+
+/// What an operator does about a refusal that is etcd's own state, not ramp's request.
+fn hint(message: &str) -> &'static str {
+    if message.contains("database space exceeded") {
+        " (etcd's storage quota is full: compact and defragment it, then `etcdctl alarm disarm`; until then it takes no write)"
+    } else {
+        ""
+    }
 }
 
 impl EtcdError {

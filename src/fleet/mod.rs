@@ -28,11 +28,24 @@ impl Envelope {
         })
     }
 
+    /// The instance that wrote it (at most [`INSTANCE_SHOWN`] bytes of its name: a key written
+    /// by hand could name one of megabytes, logged at every change) and the state's JSON.
     pub fn open(bytes: &[u8]) -> Result<(String, Vec<u8>), serde_json::Error> {
-        let e: Envelope = serde_json::from_slice(bytes)?;
+        let mut e: Envelope = serde_json::from_slice(bytes)?;
+        if e.instance.len() > INSTANCE_SHOWN {
+            let mut end = INSTANCE_SHOWN;
+            while !e.instance.is_char_boundary(end) {
+                end -= 1;
+            }
+            e.instance.truncate(end);
+            e.instance.push('…');
+        }
         Ok((e.instance, serde_json::to_vec(&e.state)?))
     }
 }
+
+/// How much of the writing instance's name a key's reader keeps.
+pub const INSTANCE_SHOWN: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -79,4 +92,26 @@ pub fn client(settings: &Settings) -> Result<Etcd, FleetError> {
         credentials,
         tls,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_naming_a_huge_instance_is_read_with_its_name_cut() {
+        let name = "é".repeat(1_000_000);
+        let bytes = Envelope::wrap(&name, br#"{"version":2}"#).expect("wrap");
+        let (instance, state) = Envelope::open(&bytes).expect("open");
+        assert!(
+            instance.len() <= INSTANCE_SHOWN + '…'.len_utf8(),
+            "{}",
+            instance.len()
+        );
+        assert!(instance.starts_with("éé") && instance.ends_with('…'));
+        assert_eq!(state, br#"{"version":2}"#);
+        let (short, _) =
+            Envelope::open(&Envelope::wrap("ramp-a", b"{}").expect("wrap")).expect("open");
+        assert_eq!(short, "ramp-a");
+    }
 }

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::control::command::Source;
 use crate::control::reply::{ControlError, Outcome, Reply};
+use crate::control::state::FileEffect;
 use crate::control::status::Notes;
 use crate::control::store::StoreError;
 use crate::tls::TlsConfigs;
@@ -106,6 +107,7 @@ impl Controller {
             tracing::warn!(fields = ?restart_required, "these changes need a restart; everything else was applied");
         }
         let mut applied = applied(&self.config, &new);
+        let guard_changed = self.config.guard != new.guard;
         for (differs, name) in [
             (tls.server_differs(&self.tls), "tls"),
             (tls.upstream_differs(&self.tls), "upstream"),
@@ -145,6 +147,11 @@ impl Controller {
                 committed => break (committed, effect),
             }
         };
+        // The file's plan is the one in force already (taken from the fleet, or the same edit
+        // read twice): "rollout" is not among what this reload changed, unless its guard did.
+        if effect == FileEffect::Unchanged && !guard_changed {
+            applied.retain(|&part| part != "rollout");
+        }
         // etcd did not answer: the file is read again when it answers again (an answer that
         // refuses the write, such as etcd's full database, is the operator's to see to).
         let committed = committed.map_err(|e| match e {

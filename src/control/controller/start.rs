@@ -203,6 +203,8 @@ impl Controller {
             store,
             schedule_retry: None,
             pending_retry: None,
+            pending_failed: None,
+            step_unsaved: None,
             save_retry: None,
             analysis,
             changes: VecDeque::with_capacity(CHANGES_KEPT),
