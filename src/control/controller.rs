@@ -401,7 +401,12 @@ impl Controller {
         let hold = analysis
             .as_ref()
             .and(self.analysis.hold())
-            .or_else(|| self.step_unsaved.clone().filter(|_| due));
+            // (A state file that cannot be written says so itself, below.)
+            .or_else(|| {
+                self.step_unsaved
+                    .clone()
+                    .filter(|_| due && self.notes.state_file_error.is_none())
+            });
         status::build(
             &self.rollout,
             &self.current.load(),

@@ -60,8 +60,14 @@ fn stop_on(theirs: &RolloutState, ours: &RolloutState, what: &str, now: Instant)
             s.pause(now);
         }
     } else if lower && (next.id == ours.id || theirs.id == theirs.plan.id) {
+        // A rollback either side made stays one.
         let mut kept = ours.clone();
-        stop(&mut kept);
+        if next.state == State::RolledBack {
+            kept.rollback(now);
+        } else {
+            stop(&mut kept);
+        }
+        kept.stopped = next.stopped.clone();
         if theirs.plan != ours.plan {
             kept.plan = theirs.plan.clone();
             kept.plan_pending = true;
@@ -503,9 +509,16 @@ mod tests {
         });
         let next = stop_on(&rolled, &ours, "halt", now);
         assert_eq!(next.state, State::RolledBack);
-        assert_eq!(next.stopped.map(|s| s.by), Some(guard));
+        assert_eq!(next.stopped.map(|s| s.by), Some(guard.clone()));
         // A halt on a running fleet state: this halt's own record of who made it.
         let next = stop_on(&first, &ours, "halt", now);
         assert_eq!(next.stopped.map(|s| s.by), Some(admin));
+        // The edit to 40%, then rolled back there: this halt does not lift that rollback.
+        let mut edited_rolled = edited.clone();
+        edited_rolled.rollback(now);
+        edited_rolled.stopped = rolled.stopped.clone();
+        let next = stop_on(&edited_rolled, &ours, "halt", now);
+        assert_eq!((next.state, next.ppm), (State::RolledBack, 100_000));
+        assert_eq!(next.stopped.map(|s| s.by), Some(guard));
     }
 }

@@ -120,9 +120,9 @@ impl Controller {
         let new = Arc::new(new);
         // In a fleet, another instance may have changed the rollout meanwhile — most often with
         // the same edit, pushed to every instance and taken from another one first. Its state is
-        // in force here by then, and the file is judged again on top of it, as a reload a moment
-        // later would be: the same plan changes nothing more, and the file's other sections
-        // apply all the same.
+        // in force here by then, and the file is judged again on top of it by the rules of any
+        // edit, as a reload a moment later would be: the same plan changes nothing more (the
+        // file's other sections apply all the same), and no edit undoes a halt or rollback.
         let mut attempt = 0;
         let (committed, effect) = loop {
             attempt += 1;
