@@ -640,6 +640,107 @@ async fn an_edit_made_while_an_instance_and_etcd_were_down_applies_when_etcd_is_
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_edit_at_an_instance_that_also_stopped_the_rollout_applies_when_etcd_is_back() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: both\npercent: 10");
+    fleet
+        .all("connected", |v| v["fleet"]["connected"] == true)
+        .await;
+    etcd.kill();
+    fleet
+        .all("everyone notices", |v| v["fleet"]["connected"] == false)
+        .await;
+    // At `b`: the file edited to 50%, then a halt; at `c`, a rollback.
+    let b = &fleet.proxies[1];
+    let text = std::fs::read_to_string(&b.config_path).expect("read config");
+    support::replace_file(&b.config_path, &text.replace("percent: 10", "percent: 50"));
+    support::eventually("the edit waits for etcd", || {
+        b.admin("status")["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read again when etcd answers again"))
+    })
+    .await;
+    // (Each in force where it is typed; the reply says etcd has not taken it yet.)
+    fleet.proxies[2].admin("rollback");
+    b.admin("halt");
+    assert_eq!(fleet.proxies[2].admin("status")["state"], "rolled_back");
+    assert_eq!(b.admin("status")["state"], "halted");
+    // A long outage: the watches wait up to 5 s between tries by then, so the halt's own write
+    // (tried every second) is what first finds etcd back at `b`.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    etcd.run().await;
+    // Rolled back everywhere, by c; b's edit read again and waiting for `resume`.
+    fleet
+        .all("the rollback and the edit reach the fleet", |v| {
+            v["state"] == "rolled_back"
+                && v["stopped"]["by"]
+                    .as_str()
+                    .is_some_and(|by| by.starts_with("admin"))
+                && v["on_resume"]["percent"].as_f64() == Some(50.0)
+                && v["last_reload_error"].is_null()
+                && v["fleet"]["pending"].is_null()
+        })
+        .await;
+}
+
+/// A port that takes connections and never answers: an etcd member that hangs.
+async fn hung() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_instance_starting_behind_a_hung_first_endpoint_reads_the_fleet_s_state() {
+    let etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let a = Proxy::start(&yaml(
+        &s,
+        &c,
+        &etcd.url(),
+        "a",
+        "id: hang\npercent: 10",
+        true,
+    ));
+    assert_eq!(a.admin("set 30")["ok"], true);
+    // `b` lists a member that hangs first, and has no cache: it must still start from the
+    // fleet's state, not everyone on stable (nor, with a cache, an old state) until it catches up.
+    let stuck = hung().await;
+    let both = format!("http://{stuck}', '{}", etcd.url());
+    let b = Proxy::start(&yaml(&s, &c, &both, "b", "id: hang\npercent: 10", false));
+    let st = b.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("running"), Some(30.0)),
+        "{st}"
+    );
+    assert!(st["state_file_error"].is_null(), "{st}");
+}
+
 /// A web server that answers every request 502 with an HTML page: a load balancer in front of
 /// a dead etcd member, or the wrong port.
 async fn not_etcd() -> std::net::SocketAddr {

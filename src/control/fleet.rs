@@ -205,7 +205,6 @@ impl Controller {
             return;
         };
         let up = error.is_none();
-        let back = up && !link.connected;
         if link.connected != up {
             match &error {
                 None => tracing::info!(key = %link.key, "etcd answers again"),
@@ -219,8 +218,8 @@ impl Controller {
         metrics::gauge!("ramp_fleet_connected").set(if up { 1.0 } else { 0.0 });
         if up {
             self.write_pending().await;
-        }
-        if back {
+            // Whichever way this instance learnt etcd was back (a pending stop's write may have
+            // told it first), an edit etcd could not take is read again.
             self.reload_again();
         }
     }

@@ -140,64 +140,69 @@ impl Store {
                 Ok(Some(s)) => Restored::Found(s),
                 Err(e) => Restored::Unusable(e.to_string()),
             },
-            Store::Fleet(link) => match tokio::time::timeout(START_WAIT, link.etcd.get(&link.key))
-                .await
-                .unwrap_or_else(|_| Err(fleet::EtcdError::silent(START_WAIT)))
-                .inspect(|_| {
-                    metrics::gauge!("ramp_fleet_connected").set(1.0);
-                }) {
-                Ok((None, _)) => {
-                    link.connected = true;
-                    // The key is gone (deleted, or etcd's data wiped): this instance's cache is
-                    // the last state the fleet held, and goes back into the key.
-                    match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
-                        Some(Ok(Some(s))) => Restored::Cached(s),
-                        _ => Restored::Nothing,
+            Store::Fleet(link) => {
+                match link
+                    .etcd
+                    .get_within(&link.key, START_WAIT)
+                    .await
+                    .inspect(|_| {
+                        metrics::gauge!("ramp_fleet_connected").set(1.0);
+                    }) {
+                    Ok((None, _)) => {
+                        link.connected = true;
+                        // The key is gone (deleted, or etcd's data wiped): this instance's cache is
+                        // the last state the fleet held, and goes back into the key.
+                        match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
+                            Some(Ok(Some(s))) => Restored::Cached(s),
+                            _ => Restored::Nothing,
+                        }
                     }
-                }
-                Ok((Some(kv), _)) => {
-                    link.connected = true;
-                    match open(&kv, now) {
-                        Ok((_, s)) => {
-                            link.revision = kv.mod_revision;
-                            let cached = link
-                                .cache
-                                .as_ref()
-                                .and_then(|(p, _)| store::read(p, now, wall).ok().flatten());
-                            match cached {
-                                // More changes along than the key (written back after a wipe by
-                                // an instance with an older cache, or an older copy restored):
-                                // the cache's state, written over the key.
-                                Some(c) if c.generation > s.generation => Restored::Cached(c),
-                                _ => {
-                                    // The cache holds it from the start, not only after the next
-                                    // change.
-                                    link.write_cache(&s);
-                                    Restored::Found(s)
+                    Ok((Some(kv), _)) => {
+                        link.connected = true;
+                        match open(&kv, now) {
+                            Ok((_, s)) => {
+                                link.revision = kv.mod_revision;
+                                let cached = link
+                                    .cache
+                                    .as_ref()
+                                    .and_then(|(p, _)| store::read(p, now, wall).ok().flatten());
+                                match cached {
+                                    // More changes along than the key (written back after a wipe by
+                                    // an instance with an older cache, or an older copy restored):
+                                    // the cache's state, written over the key.
+                                    Some(c) if c.generation > s.generation => Restored::Cached(c),
+                                    _ => {
+                                        // The cache holds it from the start, not only after the next
+                                        // change.
+                                        link.write_cache(&s);
+                                        Restored::Found(s)
+                                    }
                                 }
                             }
+                            Err(e) => {
+                                // The next change made here replaces it.
+                                link.revision = kv.mod_revision;
+                                Restored::Unusable(format!("{}: {e}", link.key))
+                            }
                         }
-                        Err(e) => {
-                            // The next change made here replaces it.
-                            link.revision = kv.mod_revision;
-                            Restored::Unusable(format!("{}: {e}", link.key))
+                    }
+                    Err(e) => {
+                        metrics::gauge!("ramp_fleet_connected").set(0.0);
+                        link.error = Some(e.to_string());
+                        tracing::error!(error = %e, "etcd is unreachable at start: serving the last known state");
+                        // The cache of the last known state, else everyone on stable.
+                        match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
+                            Some(Ok(Some(s))) => Restored::Found(s),
+                            Some(Ok(None)) | None => {
+                                Restored::Unusable(format!("etcd unreachable and no cache: {e}"))
+                            }
+                            Some(Err(c)) => {
+                                Restored::Unusable(format!("etcd unreachable ({e}); {c}"))
+                            }
                         }
                     }
                 }
-                Err(e) => {
-                    metrics::gauge!("ramp_fleet_connected").set(0.0);
-                    link.error = Some(e.to_string());
-                    tracing::error!(error = %e, "etcd is unreachable at start: serving the last known state");
-                    // The cache of the last known state, else everyone on stable.
-                    match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
-                        Some(Ok(Some(s))) => Restored::Found(s),
-                        Some(Ok(None)) | None => {
-                            Restored::Unusable(format!("etcd unreachable and no cache: {e}"))
-                        }
-                        Some(Err(c)) => Restored::Unusable(format!("etcd unreachable ({e}); {c}")),
-                    }
-                }
-            },
+            }
         }
     }
 
@@ -251,7 +256,11 @@ impl Store {
                         Err(StoreError::Conflict(now))
                     }
                     Err(e) => {
-                        link.connected = false;
+                        // An answer that refuses the write (a full storage quota) is etcd
+                        // answering: only silence is etcd away.
+                        if matches!(e, fleet::EtcdError::Unreachable { .. }) {
+                            link.connected = false;
+                        }
                         link.error = Some(e.to_string());
                         Err(e.into())
                     }

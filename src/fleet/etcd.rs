@@ -421,6 +421,31 @@ impl Etcd {
         Ok((found, int(&v["header"]["revision"])))
     }
 
+    /// Like [`Etcd::get`], within `total` however many endpoints hang: each is given its share
+    /// of it in turn, so that a first endpoint that takes connections and never answers does not
+    /// use it all up (at start, which waits that long at most, a healthy second one was never
+    /// asked, and a stale cache was served meanwhile).
+    pub async fn get_within(
+        &self,
+        key: &str,
+        total: Duration,
+    ) -> Result<(Option<Kv>, i64), EtcdError> {
+        let n = self.endpoints.urls.len().max(1);
+        let share = total / n as u32;
+        for _ in 0..n {
+            match tokio::time::timeout(share, self.get(key)).await {
+                Ok(answer) => return answer,
+                // The endpoint tried first hangs: the next one is tried first.
+                Err(_) => {
+                    let next = (self.preferred.load(std::sync::atomic::Ordering::Relaxed) + 1) % n;
+                    self.preferred
+                        .store(next, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        Err(EtcdError::silent(total))
+    }
+
     /// Writes `value` if the key still has `revision` (0: the key must be absent).
     pub async fn cas(&self, key: &str, revision: i64, value: &[u8]) -> Result<Cas, EtcdError> {
         let k = b64(key.as_bytes());

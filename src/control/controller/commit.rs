@@ -191,9 +191,15 @@ impl Controller {
                     Ok(()) => self.notes.state_file_error = None,
                     // etcd's troubles show as the fleet's, not the state file's.
                     Err(StoreError::Conflict(_)) => {}
-                    Err(e @ (StoreError::Fleet(_) | StoreError::Preempted)) => {
+                    // (A halt or rollback whose write etcd keeps refusing is said once, where
+                    // it is tried again.)
+                    Err(e @ (StoreError::Fleet(_) | StoreError::Preempted))
+                        if !(self.pending_failed.is_some()
+                            && matches!(what, "halt" | "rollback")) =>
+                    {
                         tracing::warn!(error = %e, command = what, "the change is not written to etcd");
                     }
+                    Err(StoreError::Fleet(_) | StoreError::Preempted) => {}
                     Err(e) => {
                         tracing::error!(error = %e, command = what, "cannot save the rollout state");
                         self.notes.state_file_error = Some(e.to_string());
