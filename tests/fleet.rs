@@ -137,6 +137,15 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Once every instance is connected, etcd goes away, and every instance notices.
+    async fn lose(&self, etcd: &mut Etcd) {
+        self.all("connected", |v| v["fleet"]["connected"] == true)
+            .await;
+        etcd.kill();
+        self.all("everyone notices", |v| v["fleet"]["connected"] == false)
+            .await;
+    }
+
     /// Like [`Fleet::all`], and gives the first instance's status that satisfied `done`.
     async fn all_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         self.all(what, &done).await;
@@ -456,25 +465,12 @@ async fn a_config_edit_etcd_could_not_take_applies_when_etcd_answers_again() {
         Backend::start("canary").await,
     );
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: edits\npercent: 10");
-    fleet
-        .all("connected", |v| v["fleet"]["connected"] == true)
-        .await;
-    etcd.kill();
-    fleet
-        .all("everyone notices", |v| v["fleet"]["connected"] == false)
-        .await;
-    // The operator edits the file at one instance while etcd is away.
+    fleet.lose(&mut etcd).await;
+    // The operator edits the file at one instance while etcd is away: the file watcher's reload
+    // is refused first, then the operator's.
     let a = &fleet.proxies[0];
-    let text = std::fs::read_to_string(&a.config_path).expect("read config");
-    support::replace_file(&a.config_path, &text.replace("percent: 10", "percent: 30"));
+    edit_while_away(a, "percent: 10", "percent: 30").await;
     let said = "the config file is read again when etcd answers again";
-    // The file watcher's reload is refused first, then the operator's.
-    support::eventually("the watcher's reload is refused", || {
-        a.admin("status")["last_reload_error"]
-            .as_str()
-            .is_some_and(|e| e.contains(said))
-    })
-    .await;
     let r = a.admin("reload");
     assert_eq!(r["ok"], false, "{r}");
     assert!(r["error"].as_str().is_some_and(|e| e.contains(said)), "{r}");
@@ -510,23 +506,9 @@ async fn a_halt_typed_while_etcd_was_away_never_ends_at_an_edit_s_higher_percent
         Backend::start("canary").await,
     );
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: halted\npercent: 10");
-    fleet
-        .all("connected", |v| v["fleet"]["connected"] == true)
-        .await;
-    etcd.kill();
-    fleet
-        .all("everyone notices", |v| v["fleet"]["connected"] == false)
-        .await;
+    fleet.lose(&mut etcd).await;
     // At `a` the file is edited to 40%, which waits for etcd; at `b` an operator halts at 10%.
-    let a = &fleet.proxies[0];
-    let text = std::fs::read_to_string(&a.config_path).expect("read config");
-    support::replace_file(&a.config_path, &text.replace("percent: 10", "percent: 40"));
-    support::eventually("the edit waits for etcd", || {
-        a.admin("status")["last_reload_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("read again when etcd answers again"))
-    })
-    .await;
+    edit_while_away(&fleet.proxies[0], "percent: 10", "percent: 40").await;
     let r = fleet.proxies[1].admin("halt");
     assert!(
         r["error"]
@@ -652,23 +634,10 @@ async fn an_edit_at_an_instance_that_also_stopped_the_rollout_applies_when_etcd_
         Backend::start("canary").await,
     );
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: both\npercent: 10");
-    fleet
-        .all("connected", |v| v["fleet"]["connected"] == true)
-        .await;
-    etcd.kill();
-    fleet
-        .all("everyone notices", |v| v["fleet"]["connected"] == false)
-        .await;
+    fleet.lose(&mut etcd).await;
     // At `b`: the file edited to 50%, then a halt; at `c`, a rollback.
     let b = &fleet.proxies[1];
-    let text = std::fs::read_to_string(&b.config_path).expect("read config");
-    support::replace_file(&b.config_path, &text.replace("percent: 10", "percent: 50"));
-    support::eventually("the edit waits for etcd", || {
-        b.admin("status")["last_reload_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("read again when etcd answers again"))
-    })
-    .await;
+    edit_while_away(b, "percent: 10", "percent: 50").await;
     // (Each in force where it is typed; the reply says etcd has not taken it yet.)
     fleet.proxies[2].admin("rollback");
     b.admin("halt");
@@ -838,6 +807,19 @@ async fn a_step_due_while_etcd_is_away_says_why_it_waits() {
             v["percent"].as_f64() == Some(20.0) && v["schedule"]["held"].is_null()
         })
         .await;
+}
+
+/// Edits `p`'s config file (`from` becomes `to`) while etcd is away, and waits until its reload
+/// says it is read again when etcd answers.
+async fn edit_while_away(p: &Proxy, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&p.config_path).expect("read config");
+    support::replace_file(&p.config_path, &text.replace(from, to));
+    support::eventually("the edit waits for etcd", || {
+        p.admin("status")["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read again when etcd answers again"))
+    })
+    .await;
 }
 
 /// Writes `value` into the fleet's key by hand (etcd's JSON gateway), or deletes the key.
