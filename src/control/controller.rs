@@ -60,9 +60,6 @@ pub struct Controller {
     /// Why the last try to write that halt or rollback failed: said again only when it changes
     /// (a full etcd refuses every try, once a second).
     pub(super) pending_failed: Option<String>,
-    /// Why the schedule's step that is due could not be saved (etcd away, a full disk): status
-    /// says it while the step is overdue.
-    step_unsaved: Option<String>,
     /// When the state in force, not held by the state file yet (a write failed or timed out),
     /// is written again.
     save_retry: Option<Instant>,
@@ -251,13 +248,13 @@ impl Controller {
                 Durability::Required,
             )
             .await;
-        self.step_unsaved = None;
+        self.notes.step_unsaved = None;
         self.schedule_retry = match committed {
             // Another instance moved first: the fleet's state (now in force) has the next step.
             Ok(_) | Err(ControlError::ChangedMeanwhile { .. }) => None,
             Err(e) => {
-                self.step_unsaved = Some(format!(
-                    "the next step is due but could not be saved ({e}); tried again every {}",
+                self.notes.step_unsaved = Some(format!(
+                    "{e}; tried again every {}",
                     humantime::format_duration(SCHEDULE_RETRY)
                 ));
                 Some(Instant::now() + SCHEDULE_RETRY)
@@ -394,19 +391,7 @@ impl Controller {
                 v.series = None;
                 v
             });
-        let due = self
-            .rollout
-            .next_deadline()
-            .is_some_and(|d| d <= Instant::now());
-        let hold = analysis
-            .as_ref()
-            .and(self.analysis.hold())
-            // (A state file that cannot be written says so itself, below.)
-            .or_else(|| {
-                self.step_unsaved
-                    .clone()
-                    .filter(|_| due && self.notes.state_file_error.is_none())
-            });
+        let hold = analysis.as_ref().and(self.analysis.hold());
         status::build(
             &self.rollout,
             &self.current.load(),

@@ -19,10 +19,12 @@ pub struct Notes {
     pub state_file: Option<String>,
     pub state_file_error: Option<String>,
     pub restart_required: Vec<&'static str>,
+    /// Why the schedule's last step could not be saved (etcd away, say), until one is.
+    pub step_unsaved: Option<String>,
 }
 
 /// A time as RFC 3339, or `None` when it cannot be one (before 1970 or after 9999).
-pub(in crate::control) fn rfc3339(t: std::time::SystemTime) -> Option<String> {
+fn rfc3339(t: std::time::SystemTime) -> Option<String> {
     let ms = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -99,12 +101,21 @@ pub fn build(
         schedule: schedule(
             r,
             now,
-            extra.hold.or_else(|| {
-                notes
-                    .state_file_error
-                    .as_ref()
-                    .map(|e| format!("the state cannot be saved, so no step is taken: {e}"))
-            }),
+            extra
+                .hold
+                .or_else(|| {
+                    notes
+                        .state_file_error
+                        .as_ref()
+                        .map(|e| format!("the state cannot be saved, so no step is taken: {e}"))
+                })
+                .or_else(|| {
+                    notes
+                        .step_unsaved
+                        .as_ref()
+                        .filter(|_| r.next_deadline().is_some_and(|d| d <= now))
+                        .map(|e| format!("the next step is due but could not be saved ({e})"))
+                }),
         ),
         file_plan_pending: r.plan_pending,
         on_resume: on_resume(r, now),

@@ -204,7 +204,6 @@ impl Controller {
             schedule_retry: None,
             pending_retry: None,
             pending_failed: None,
-            step_unsaved: None,
             save_retry: None,
             analysis,
             changes: VecDeque::with_capacity(CHANGES_KEPT),

@@ -4,6 +4,10 @@ use super::*;
 fn a_state_round_trips_through_the_file_format() {
     let now = Instant::now();
     let wall = SystemTime::now();
+    let round_trip = |s: &RolloutState| {
+        let text = encode(s, now, wall).expect("encode");
+        decode(&text, Path::new("t"), now, wall).expect("decode")
+    };
     let plan = RolloutPlan {
         id: "r".into(),
         plan: Plan::Steps(vec![
@@ -45,13 +49,7 @@ fn a_state_round_trips_through_the_file_format() {
         }
     );
     s.halt(now + Duration::from_secs(120)).expect("halt");
-    let back = decode(
-        &encode(&s, now, wall).expect("encode"),
-        Path::new("t"),
-        now,
-        wall,
-    )
-    .expect("decode");
+    let back = round_trip(&s);
     assert_eq!(
         back.schedule.map(|x| x.timing),
         Some(Timing::Paused(Duration::from_secs(480)))
@@ -66,25 +64,17 @@ fn a_state_round_trips_through_the_file_format() {
         at: UNIX_EPOCH + Duration::from_millis(1_767_225_600_000),
         by: guard.clone(),
     });
-    let back = decode(
-        &encode(&s, now, wall).expect("encode"),
-        Path::new("t"),
-        now,
-        wall,
-    )
-    .expect("decode");
+    let back = round_trip(&s);
     assert_eq!(back.stopped, s.stopped);
     let mut running = s.clone();
     running.resume(now).expect("resume");
-    let text = encode(&running, now, wall).expect("encode");
-    let back = decode(&text, Path::new("t"), now, wall).expect("decode");
+    let back = round_trip(&running);
     assert_eq!(back.state, State::Running);
     assert_eq!(back.stopped, None);
     // A completed rollout rolled back still completes on `resume` after a restart.
     s.promote();
     s.rollback(now);
-    let text = encode(&s, now, wall).expect("encode");
-    let mut back = decode(&text, Path::new("t"), now, wall).expect("decode");
+    let mut back = round_trip(&s);
     back.resume(now).expect("resume");
     assert_eq!((back.state, back.ppm), (State::Completed, 1_000_000));
 }
