@@ -19,17 +19,32 @@ async fn an_http1_download_nobody_reads_is_ended_after_the_body_idle_limit() {
         "limits: {body_idle_timeout: 1s, header_read_timeout: 60s}\n",
     ));
     let mut s = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    // A first request answered, then a pause: the connection has been idle a while (its
+    // watchdog waits for the long header limit) when the download that stalls begins.
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut first = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !first.ends_with(b"stable") {
+        let n = s.read(&mut buf).expect("the first answer");
+        assert!(n > 0, "closed before the first answer");
+        first.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
     s.write_all(b"GET /download/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("request");
     // The client reads nothing; the upstream keeps the download going until ramp gives up.
-    eventually("the download reaches the upstream", || !b.seen().is_empty()).await;
+    eventually("the download reaches the upstream", || {
+        b.seen().iter().any(|r| r.uri.path().starts_with("/download/"))
+    })
+    .await;
     eventually("ramp ends the stalled download", || {
         b.downloads_ended() == 1
     })
     .await;
     // What was already on its way arrives, then the connection ends: far short of 200 MB.
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
     let mut got = 0usize;
     let mut buf = vec![0u8; 1 << 16];
     while let Ok(n @ 1..) = s.read(&mut buf) {
