@@ -109,7 +109,7 @@ fn shape_errors_name_the_key_and_position() {
         "listen: 127.0.0.1:8080\n{GOOD_TAIL}  percent: 7\n"
     ));
     assert!(
-        lines[0].starts_with("8:3: duplicate mapping key: percent"),
+        lines[0].starts_with("8:3: rollout.percent: given twice in its section"),
         "{lines:?}"
     );
 
@@ -121,11 +121,35 @@ fn shape_errors_name_the_key_and_position() {
         GOOD_TAIL.replace("5\n", "lots\n")
     ));
     assert!(
-        lines[0].starts_with("7:12: not a number (like 5, 0.5 or 0.01)"),
+        lines[0].starts_with("7:12: rollout.percent: not a number (like 5, 0.5 or 0.01)"),
         "{lines:?}"
     );
-    // What a newcomer can act on, rather than the parser's words.
+    // What a newcomer can act on, rather than the parser's words, and which setting it is about.
     for (yaml, says) in [
+        (
+            "listen: 127.0.0.1:8080\npools:\n  stable: 127.0.0.1:9101\n  canary: [127.0.0.1:9102]\nrollout: {id: r1, percent: 5}\n",
+            "3:11: pools.stable: expected a list here, like [a, b]",
+        ),
+        (
+            "listen: 127.0.0.1:8080\npools:\n  stable: [127.0.0.1:9101]\nrollout: {id: r1, percent: 5}\n",
+            "3:3: pools: missing field `canary`",
+        ),
+        (
+            &format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{window: [1]}}\n") as &str,
+            "8:20: analysis.window: expected one value here",
+        ),
+        (
+            &format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{window: 5s}}\n") as &str,
+            "8:20: analysis.window: must be from 10s to 24h, got \"5s\"",
+        ),
+        (
+            &format!("listen: 127.0.0.1:8080\n{GOOD_TAIL}analysis: {{window: 90s500ms}}\n") as &str,
+            "analysis.window: must be whole seconds",
+        ),
+        (
+            &format!("listen: 127.0.0.1:8080\nworkers: -3\n{GOOD_TAIL}") as &str,
+            "2:10: workers: not a whole number of 0 or more",
+        ),
         (
             "",
             "1:1: the file holds no settings: it needs at least listen, pools and rollout",
@@ -135,7 +159,7 @@ fn shape_errors_name_the_key_and_position() {
             &format!(
                 "listen: 127.0.0.1:8080\n{GOOD_TAIL}admin: {{socket: a.sock, allowed_uids: [-1]}}\n"
             ) as &str,
-            "8:40: not a whole number from 0 to 4294967295",
+            "8:40: admin.allowed_uids: not a whole number from 0 to 4294967295",
         ),
         (
             &format!(

@@ -14,10 +14,16 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
         .and_then(|w| {
             c.check(w, "analysis.window", |text| {
                 let d = super::parse_duration(text)?;
-                if (Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&d) {
-                    Ok(d)
+                if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&d) {
+                    Err(Reason::DurationRange {
+                        min: "10s",
+                        max: "24h",
+                        got: text.clone(),
+                    })
+                } else if d.subsec_nanos() != 0 {
+                    Err(Reason::WholeSeconds(text.clone()))
                 } else {
-                    Err(Reason::Duration(format!("{text:?}: from 10s to 24h")))
+                    Ok(d)
                 }
             })
         })

@@ -45,6 +45,14 @@ pub enum Reason {
     BothOrNeither,
     #[error("not a duration like 500ms, 30s, 10m or 365d: {0}")]
     Duration(String),
+    #[error("must be from {min} to {max}, got {got:?}")]
+    DurationRange {
+        min: &'static str,
+        max: &'static str,
+        got: String,
+    },
+    #[error("must be whole seconds, got {0:?}")]
+    WholeSeconds(String),
     #[error("must be longer than zero")]
     ZeroDuration,
     #[error("must be at least 1ms: ramp keeps its timeouts in milliseconds")]

@@ -7,7 +7,7 @@
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::checker::at;
-use super::error::{Problem, Reason};
+use super::error::{Position, Problem, Reason};
 use super::file::{
     AdminFile, AnalysisFile, EtcdFile, File, GoalFile, GuardFile, HealthFile, LimitsFile,
     MetricsFile, PassiveFile, PoolsFile, RolloutFile, S, StateFile, StepFile, StickyFile, TlsFile,
@@ -139,6 +139,44 @@ pub fn unknown(text: &str) -> Vec<Problem> {
     let mut out = Vec::new();
     walk(&root, "", &schema, &mut out);
     out
+}
+
+/// The setting whose value is at `at` (or whose section holds it): the last key of `text` that
+/// begins at or before it, with its path (`rollout.steps[].hold`). `None` if `text` is not YAML
+/// or has no key before `at`.
+pub fn field_at(text: &str, at: Position) -> Option<String> {
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+    };
+    let root = serde_saphyr::from_str_with_options::<Node>(text, options).ok()?;
+    let mut keys = Vec::new();
+    every_key(&root, "", &mut keys);
+    keys.into_iter()
+        .filter(|(p, _)| (p.line, p.column) <= (at.line, at.column))
+        .max_by_key(|(p, _)| (p.line, p.column))
+        .map(|(_, path)| path)
+}
+
+fn every_key(node: &Node, path: &str, out: &mut Vec<(Position, String)>) {
+    match node {
+        Node::Map(entries) => {
+            for (key, value) in entries {
+                let full = match path {
+                    "" => key.value.clone(),
+                    p => format!("{p}.{}", key.value),
+                };
+                every_key(value, &full, out);
+                out.push((at(key), full));
+            }
+        }
+        Node::Seq(items) => {
+            let inner = format!("{path}[]");
+            for item in items {
+                every_key(item, &inner, out);
+            }
+        }
+        Node::Leaf => {}
+    }
 }
 
 fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Problem>) {

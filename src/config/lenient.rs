@@ -39,7 +39,7 @@ pub fn admin_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
                     socket: Some(socket),
                 }),
             },
-            None => return Err(parse_error(e, path)),
+            None => return Err(parse_error(e, path, &text)),
         },
     };
     let base = path.parent().unwrap_or(Path::new("."));

@@ -50,14 +50,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let file: file::File = match serde_saphyr::from_str(text) {
         Ok(f) => f,
-        Err(e) if unknown.is_empty() => return Err(parse_error(e, path)),
+        Err(e) if unknown.is_empty() => return Err(parse_error(e, path, text)),
         Err(e) => {
             // Every unknown key, and what else stopped the parse.
             let mut problems = unknown;
-            if let ConfigError::Parse { at, message, .. } = parse_error(e, path) {
+            if let ConfigError::Parse { at, message, .. } = parse_error(e, path, "") {
                 problems.push(Problem {
                     at,
-                    field: "(file)".into(),
+                    field: keys::field_at(text, at).unwrap_or_else(|| "(file)".into()),
                     reason: Reason::Shape(message),
                 });
             }
@@ -150,7 +150,9 @@ fn in_system_files(path: &Path) -> bool {
     system(path) || dir.as_deref().is_some_and(system)
 }
 
-pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
+/// The parser's error `e`, in words for the file's author; where `text` (the file's, or "" for
+/// none) shows which setting the position is in, the message begins with it.
+pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path, text: &str) -> ConfigError {
     let at = e.location().map_or(Position::default(), |l| Position {
         line: l.line(),
         column: l.column(),
@@ -185,15 +187,35 @@ pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path) -> ConfigError {
             _ => None,
         }
     {
-        format!("not a whole number from 0 to {max}")
+        if max == u64::MAX {
+            "not a whole number of 0 or more".to_owned()
+        } else {
+            format!("not a whole number from 0 to {max}")
+        }
     } else if what.starts_with("invalid floating point") {
         "not a number (like 5, 0.5 or 0.01)".to_owned()
+    } else if what.starts_with("expected string scalar") {
+        "expected one value here (text or a number), not a list or a map".to_owned()
+    } else if what.starts_with("expected sequence start") {
+        "expected a list here, like [a, b] or one `- item` per line".to_owned()
     } else {
         what.split("; use ")
             .next()
             .unwrap_or(what)
             .trim()
             .to_owned()
+    };
+    let message = match super::keys::field_at(text, at) {
+        // A missing field is reported where its section begins: at that section's first key.
+        Some(field) if message.starts_with("missing field") => match field.rsplit_once('.') {
+            Some((section, _)) => format!("{section}: {message}"),
+            None => message,
+        },
+        Some(field) if message.starts_with("duplicate mapping key") => {
+            format!("{field}: given twice in its section (the last one would win unseen)")
+        }
+        Some(field) => format!("{field}: {message}"),
+        None => message,
     };
     ConfigError::Parse {
         path: path.to_owned(),
