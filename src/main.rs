@@ -94,9 +94,9 @@ enum Command {
         /// The rollout id (the hash salt).
         #[arg(long)]
         rollout: String,
-        /// Show the pool at this canary percent.
-        #[arg(long)]
-        percent: Option<f64>,
+        /// Show the pool at this canary percent (2.5 or 2.5%).
+        #[arg(long, allow_hyphen_values = true)]
+        percent: Option<String>,
         #[arg(required = true)]
         user_ids: Vec<OsString>,
     },
@@ -402,7 +402,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rollout,
             percent,
             user_ids,
-        } => bucket(&rollout, percent, &user_ids),
+        } => bucket(&rollout, percent.as_deref(), &user_ids),
         Command::DemoUpstream { name, listen } => {
             init_logs(LogFormat::Text);
             runtime(1)?.block_on(ramp::demo::upstream(&name, listen))?;
@@ -476,15 +476,18 @@ fn ctl(
     }
     Ok(if answer.ok() {
         ExitCode::SUCCESS
+    } else if answer.in_effect() {
+        // In force, not saved: told apart from a command that failed.
+        ExitCode::from(3)
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn bucket(rollout: &str, percent: Option<f64>, ids: &[OsString]) -> anyhow::Result<ExitCode> {
+fn bucket(rollout: &str, percent: Option<&str>, ids: &[OsString]) -> anyhow::Result<ExitCode> {
     let id = config::rollout_id(rollout).map_err(|e| anyhow::anyhow!("--rollout: {e}"))?;
     let ppm = percent
-        .map(config::percent_to_ppm)
+        .map(ramp::control::command::percent)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--percent: {e}"))?;
     let r = Rollout::new(&id, ppm.unwrap_or(0), State::Running);

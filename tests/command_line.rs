@@ -167,9 +167,13 @@ fn bucket_prints_the_documented_bucket_and_pool() {
     let (code, _, err) = ramp(&["bucket", "--rollout", "demo", "--percent", "100.5", "x"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("--percent: must be between 0 and 100"),
+        err.contains("--percent: bad percent \"100.5\": must be between 0 and 100"),
         "{err}"
     );
+    // Written as `ramp ctl set` takes it.
+    let (code, out, err) = ramp(&["bucket", "--rollout", "demo", "--percent", "10%", "user-2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).is_some_and(|l| l.ends_with("canary")), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,7 @@ async fn a_disk_that_stops_answering_holds_up_neither_a_halt_nor_status() {
     let frozen = disk.freeze();
     let halt = admin_within(&proxy.socket(), "halt", limit);
     assert_eq!(halt["ok"], false, "{halt}");
+    assert_eq!(halt["in_effect"], true, "{halt}");
     let why = halt["error"].as_str().unwrap_or_default();
     assert!(
         why.contains("halt is in effect") && why.contains("did not answer"),

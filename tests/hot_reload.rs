@@ -129,6 +129,19 @@ async fn an_invalid_edit_keeps_the_running_config_and_shows_in_status() {
     );
     let st = proxy.wait_status("the fix is picked up", |v| percent(v) == Some(0.0));
     assert_eq!(st["last_reload_error"], Value::Null);
+    // Broken again, then put back as it is in force: the log's last word is not the refusal.
+    replace_file(&proxy.config_path, &broken);
+    proxy.wait_status("the second bad edit is reported", |v| {
+        v["last_reload_error"].is_string()
+    });
+    replace_file(
+        &proxy.config_path,
+        &yaml(&[&s], &[&c], "id: bad\npercent: 0"),
+    );
+    proxy.wait_status("the file is valid again", |v| {
+        v["last_reload_error"].is_null()
+    });
+    proxy.wait_log("the file is valid again, and what it says is in force already");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

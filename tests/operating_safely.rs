@@ -812,3 +812,43 @@ async fn log_lines_a_full_disk_refuses_are_counted_and_cost_no_request() {
         .await;
     assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "stable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_that_cannot_be_saved_is_in_force_and_ctl_tells_it_from_a_failure() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("st");
+    std::fs::create_dir(&state_dir).expect("mkdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        &config(
+            &[&s],
+            &[&c],
+            "id: unsaved\npercent: 100",
+            "sticky:\n  header: x-user-id\nadmin:\n  socket: admin.sock\nstate:\n  file: st/state.json\n",
+        ),
+    );
+    let proxy = Proxy::start_in(dir, path);
+    // The state file's directory goes away (a volume unmounted, a clean-up script).
+    std::fs::remove_dir_all(&state_dir).expect("rm");
+    let (code, out, err) = proxy.ctl(&["halt"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.starts_with("not saved: halt is in effect"), "{out}");
+    let (code, out, _) = proxy.ctl(&["--json", "rollback"]);
+    assert_eq!(code, 3, "{out}");
+    let reply: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((&reply["ok"], &reply["in_effect"]), (&Value::Bool(false), &Value::Bool(true)));
+    assert_eq!(proxy.admin("status")["state"], "rolled_back");
+    let r = support::Client::http1()
+        .get(&proxy.url("/"), &[("x-user-id", "u")])
+        .await;
+    assert_eq!(r.body, "stable");
+    // A change that needs the save is refused, and that is a failure.
+    let (code, out, _) = proxy.ctl(&["resume"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("error: "), "{out}");
+}

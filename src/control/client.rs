@@ -88,7 +88,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn ok(&self) -> bool {
-        !matches!(self.reply, Decoded::Error(_))
+        !matches!(self.reply, Decoded::Error(_) | Decoded::InEffect(_))
+    }
+
+    /// A halt or rollback in force, though not saved where it should be.
+    pub fn in_effect(&self) -> bool {
+        matches!(self.reply, Decoded::InEffect(_))
     }
 }
 

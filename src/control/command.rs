@@ -147,7 +147,8 @@ pub enum ParseError {
     UserId(&'static str),
 }
 
-fn percent(word: &str) -> Result<u32, ParseError> {
+/// A percent as typed (`2.5`, `5%`), in parts per million.
+pub fn percent(word: &str) -> Result<u32, ParseError> {
     // `5%` as people write it.
     let value: f64 = word
         .strip_suffix('%')

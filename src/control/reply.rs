@@ -245,6 +245,10 @@ struct BucketLine {
 struct ErrorLine {
     ok: bool,
     error: String,
+    /// A halt or rollback in force here that could not be saved (the state file, the fleet):
+    /// not the command's failure, and told apart from one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    in_effect: bool,
 }
 
 /// The reply as one JSON line (with its newline).
@@ -273,6 +277,10 @@ pub fn encode(reply: &Reply) -> Vec<u8> {
         Err(e) => serde_json::to_vec(&ErrorLine {
             ok: false,
             error: e.to_string(),
+            in_effect: matches!(
+                e,
+                ControlError::Unsaved { .. } | ControlError::UnsavedInFleet { .. }
+            ),
         }),
     };
     let mut line = line.unwrap_or_else(|e| {
@@ -280,6 +288,7 @@ pub fn encode(reply: &Reply) -> Vec<u8> {
         let fallback = ErrorLine {
             ok: false,
             error: format!("internal: cannot encode the reply: {e}"),
+            in_effect: false,
         };
         serde_json::to_vec(&fallback).unwrap_or_default()
     });
@@ -298,6 +307,8 @@ pub enum Decoded {
     },
     Bucket(BucketInfo),
     Error(String),
+    /// In force, but not saved where it should be (`ramp ctl` exits 3).
+    InEffect(String),
 }
 
 #[derive(Deserialize)]
@@ -309,7 +320,14 @@ struct Head {
 pub fn decode(line: &str, bucket: bool) -> Result<Decoded, serde_json::Error> {
     let head: Head = serde_json::from_str(line)?;
     Ok(match (head.ok, bucket) {
-        (false, _) => Decoded::Error(serde_json::from_str::<ErrorLine>(line)?.error),
+        (false, _) => {
+            let e: ErrorLine = serde_json::from_str(line)?;
+            if e.in_effect {
+                Decoded::InEffect(e.error)
+            } else {
+                Decoded::Error(e.error)
+            }
+        }
         (true, true) => Decoded::Bucket(serde_json::from_str::<BucketLine>(line)?.bucket),
         (true, false) => {
             let s: StatusLine = serde_json::from_str(line)?;

@@ -385,6 +385,7 @@ fn analysis(a: &AnalysisView, schedule_runs: bool) -> String {
 pub fn human(reply: &Decoded) -> String {
     match reply {
         Decoded::Error(e) => format!("error: {e}"),
+        Decoded::InEffect(e) => format!("not saved: {e}"),
         Decoded::Bucket(b) => bucket(b),
         Decoded::Status {
             status: s,

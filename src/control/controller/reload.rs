@@ -175,7 +175,7 @@ impl Controller {
             self.notes.last_reload_error = Some(e.to_string());
         }
         committed?;
-        self.notes.last_reload_error = None;
+        let was_refused = self.notes.last_reload_error.take().is_some();
         self.notes.restart_required = restart_required;
         self.notes.state_file = self
             .config
@@ -189,6 +189,9 @@ impl Controller {
         }
         if differs {
             tracing::info!(trigger = trigger.kind(), effect = ?effect, applied = ?applied, "config reloaded");
+        } else if was_refused {
+            // Else the log's last word on the file would be its refusal.
+            tracing::info!(trigger = trigger.kind(), "config reloaded: the file is valid again, and what it says is in force already");
         }
         Ok(Outcome::Reloaded {
             effect,
