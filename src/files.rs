@@ -16,7 +16,15 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)?;
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // What open(2) says of a Unix socket: "no such device or address".
+            Some(nix::libc::ENXIO) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a socket)",
+            ),
+            _ => e,
+        })?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(std::io::Error::new(
@@ -52,6 +60,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let socket = dir.path().join("socket");
+        let _listening = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let e = read_regular(&socket, MAX_FILE).expect_err("a socket");
+        assert_eq!(e.to_string(), "not a regular file (a socket)");
         let e = read_regular(&fifo, MAX_FILE).expect_err("a FIFO");
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let e = read_regular(Path::new("/dev/zero"), MAX_FILE).expect_err("a device");

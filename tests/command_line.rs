@@ -173,7 +173,10 @@ fn bucket_prints_the_documented_bucket_and_pool() {
     // Written as `ramp ctl set` takes it.
     let (code, out, err) = ramp(&["bucket", "--rollout", "demo", "--percent", "10%", "user-2"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.lines().nth(1).is_some_and(|l| l.ends_with("canary")), "{out}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.ends_with("canary")),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

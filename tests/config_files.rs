@@ -259,6 +259,8 @@ fn a_state_file_that_would_overwrite_the_config_the_admin_socket_or_a_system_fil
         ("bad.yaml", "this config file"),
         ("./sub/../bad.yaml", "this config file"),
         ("admin.sock", "the admin socket"),
+        // Another spelling of a socket that does not exist yet.
+        ("./sub/../admin.sock", "the admin socket"),
         // A process's own files: ramp wrote its state over its log, stdout's file.
         ("/proc/self/fd/1", SYSTEM),
         ("/dev/stderr", SYSTEM),

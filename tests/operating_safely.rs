@@ -841,7 +841,10 @@ async fn a_halt_that_cannot_be_saved_is_in_force_and_ctl_tells_it_from_a_failure
     let (code, out, _) = proxy.ctl(&["--json", "rollback"]);
     assert_eq!(code, 3, "{out}");
     let reply: Value = serde_json::from_str(&out).expect("json");
-    assert_eq!((&reply["ok"], &reply["in_effect"]), (&Value::Bool(false), &Value::Bool(true)));
+    assert_eq!(
+        (&reply["ok"], &reply["in_effect"]),
+        (&Value::Bool(false), &Value::Bool(true))
+    );
     assert_eq!(proxy.admin("status")["state"], "rolled_back");
     let r = support::Client::http1()
         .get(&proxy.url("/"), &[("x-user-id", "u")])

@@ -37,7 +37,9 @@ async fn an_http1_download_nobody_reads_is_ended_after_the_body_idle_limit() {
         .expect("request");
     // The client reads nothing; the upstream keeps the download going until ramp gives up.
     eventually("the download reaches the upstream", || {
-        b.seen().iter().any(|r| r.uri.path().starts_with("/download/"))
+        b.seen()
+            .iter()
+            .any(|r| r.uri.path().starts_with("/download/"))
     })
     .await;
     eventually("ramp ends the stalled download", || {

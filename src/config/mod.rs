@@ -330,11 +330,21 @@ pub fn ppm_to_percent(ppm: u32) -> f64 {
 /// links.
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    // Two spellings of one path that does not exist yet (`./admin.sock`, `admin.sock`, a
+    // directory reached through a link): the same name in the same directory.
+    let place = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some((std::fs::canonicalize(dir).ok()?, p.file_name()?.to_owned()))
+    };
     a == b
         || matches!(
             (std::fs::metadata(a), std::fs::metadata(b)),
             (Ok(x), Ok(y)) if x.dev() == y.dev() && x.ino() == y.ino()
         )
+        || place(a).is_some_and(|x| place(b).is_some_and(|y| x == y))
 }
 
 impl Config {

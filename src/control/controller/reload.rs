@@ -191,7 +191,10 @@ impl Controller {
             tracing::info!(trigger = trigger.kind(), effect = ?effect, applied = ?applied, "config reloaded");
         } else if was_refused {
             // Else the log's last word on the file would be its refusal.
-            tracing::info!(trigger = trigger.kind(), "config reloaded: the file is valid again, and what it says is in force already");
+            tracing::info!(
+                trigger = trigger.kind(),
+                "config reloaded: the file is valid again, and what it says is in force already"
+            );
         }
         Ok(Outcome::Reloaded {
             effect,
