@@ -72,6 +72,34 @@ async fn the_fields_the_user_id_comes_in_reach_the_upstream_even_when_named_in_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_that_pass_for_ramp_s_own_with_an_underscore_do_not_reach_the_upstream() {
+    let (stable, proxy) = start("sticky: {header: x-user-id, cookie: uid}").await;
+    // CGI, WSGI, Rack and PHP read `X-Forwarded_For` as `X-Forwarded-For`: a forged address, a
+    // user other than the one ramp routed.
+    let request = "GET / HTTP/1.1\r\n\
+        Host: shop.example\r\n\
+        X-User-Id: u2\r\n\
+        X_User_Id: someone-else\r\n\
+        X-Forwarded_For: 6.6.6.6\r\n\
+        X_FORWARDED_PROTO: https\r\n\
+        Content_Length: 40\r\n\
+        Transfer_Encoding: chunked\r\n\
+        X-App_Setting: kept\r\n\
+        Connection: close\r\n\r\n";
+    let reply = raw(proxy.addr, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = stable.last();
+    let names: Vec<&str> = seen.headers.keys().map(|n| n.as_str()).collect();
+    assert!(
+        !names.iter().any(|n| n.contains('_') && *n != "x-app_setting"),
+        "{names:?}"
+    );
+    assert_eq!(seen.headers["x-app_setting"], "kept");
+    assert_eq!(seen.headers["x-user-id"], "u2");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_keeps_earlier_hops_and_appends_the_peer() {
     let (stable, proxy) = start("").await;
     let client = Client::http1();

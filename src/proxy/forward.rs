@@ -47,6 +47,9 @@ pub struct Scan {
     hide: bool,
     pub forwarded_for: bool,
     pub forwarded_proto: bool,
+    /// A field name with `_` (one that may pass for a field ramp sets or routes by, see
+    /// [`drop_lookalikes`]).
+    underscore: bool,
 }
 
 /// The bytes a `uri-host [ ":" port ]` may hold (RFC 9110 §7.2, RFC 3986 §3.2.2): those of a
@@ -123,11 +126,49 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
             s.hop |= 1 << i;
             s.transfer_encoding |= name == TRANSFER_ENCODING;
             s.upgrade |= name == UPGRADE;
-        } else if hide.contains(name) {
-            s.hide = true;
+        } else {
+            s.hide |= hide.contains(name);
+            s.underscore |= name.as_str().as_bytes().contains(&b'_');
         }
     }
     s
+}
+
+/// Removes every field whose name, with `_` read as `-`, is one ramp sets, frames by or routes
+/// by (`X_Forwarded_For`, `Content_Length`, `X_User_Id`): CGI, WSGI, Rack and PHP give both
+/// spellings one name (`HTTP_X_FORWARDED_FOR`), so the app could take the client's lookalike
+/// for ramp's field — a forged client address, another user than the one ramp routed.
+fn drop_lookalikes(headers: &mut HeaderMap, id_header: Option<&HeaderName>) {
+    let owned = |dashed: &[u8]| {
+        [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &HOST,
+            &CONTENT_LENGTH,
+            &COOKIE,
+        ]
+        .into_iter()
+        .chain(HOP_BY_HOP.iter())
+        .chain(id_header)
+        .any(|n| n.as_str().as_bytes() == dashed)
+    };
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().as_bytes();
+            name.contains(&b'_')
+                && owned(
+                    &name
+                        .iter()
+                        .map(|&b| if b == b'_' { b'-' } else { b })
+                        .collect::<Vec<u8>>(),
+                )
+        })
+        .cloned()
+        .collect();
+    for name in &lookalikes {
+        headers.remove(name);
+    }
 }
 
 /// Removes the hop-by-hop fields `scan` found, every field the Connection header names (but Host,
@@ -196,6 +237,9 @@ pub fn request_head(
     id_header: Option<&HeaderName>,
 ) {
     strip(&mut parts.headers, scan, &[], id_header);
+    if scan.underscore {
+        drop_lookalikes(&mut parts.headers, id_header);
+    }
     if scan.cookies > 1 {
         join_cookies(&mut parts.headers);
     }
