@@ -91,7 +91,9 @@ async fn fields_that_pass_for_ramp_s_own_with_an_underscore_do_not_reach_the_ups
     let seen = stable.last();
     let names: Vec<&str> = seen.headers.keys().map(|n| n.as_str()).collect();
     assert!(
-        !names.iter().any(|n| n.contains('_') && *n != "x-app_setting"),
+        !names
+            .iter()
+            .any(|n| n.contains('_') && *n != "x-app_setting"),
         "{names:?}"
     );
     assert_eq!(seen.headers["x-app_setting"], "kept");

@@ -340,7 +340,7 @@ async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_s
     let stable = Backend::start("stable").await;
     let dead = dead_addr().to_string();
     let extra = format!(
-        "passive_health: {{eject_after: 1, backoff: 1m}}\n{}",
+        "passive_health: {{eject_after: 1, backoff: 1m}}\nanalysis: {{goals: [{{name: bought, path: /done}}]}}\n{}",
         support::CONTROL
     );
     let proxy = Proxy::start(&yaml(
@@ -351,15 +351,20 @@ async fn the_comparison_says_when_the_canary_pool_is_down_and_its_users_are_on_s
     ));
     let answers = bodies(&proxy, 20, "/").await;
     assert!(all_from(&answers, "stable"), "{answers:?}");
-    let st = proxy.wait_status("the comparison says why no canary figures come", |v| {
-        v["analysis"]["errors"]["text"]
-            .as_str()
+    let down = |t: &serde_json::Value| {
+        t.as_str()
             .is_some_and(|t| t.contains("the canary pool has no healthy upstream"))
+    };
+    let st = proxy.wait_status("the comparison says why no canary figures come", |v| {
+        down(&v["analysis"]["errors"]["text"])
     });
     assert_eq!(
         st["analysis"]["errors"]["verdict"], "not_enough_data",
         "{st}"
     );
+    // Every row says so, a goal's too, rather than count requests that cannot come.
+    let goal = &st["analysis"]["goals"][0];
+    assert!(down(&goal["text"]), "{goal}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,7 +345,11 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
             one_side
         };
         if let Some(why) = why {
-            for verdict in [&mut view.errors.verdict, &mut view.latency.verdict] {
+            let goals = view.goals.iter_mut().map(|g| &mut g.verdict);
+            for verdict in [&mut view.errors.verdict, &mut view.latency.verdict]
+                .into_iter()
+                .chain(goals)
+            {
                 if verdict.verdict == "not_enough_data" {
                     verdict.more = None;
                     verdict.text = format!("not enough data: {why}");
