@@ -332,10 +332,16 @@ async fn connection(
                 Ok(cmd) => handle.send(cmd, source.clone()).await,
             },
         };
-        if !write_reply(&mut write, &reply).await {
+        // The command is done: waiting for the peer to take its reply, the connection may be
+        // closed for its uid's newcomer (a peer that reads no replies holds no place).
+        slot.idle();
+        let written = tokio::select! {
+            written = write_reply(&mut write, &reply) => written,
+            () = slot.close.notified() => false,
+        };
+        if !written {
             return;
         }
-        slot.idle();
     }
 }
 

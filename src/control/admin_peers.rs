@@ -3,8 +3,11 @@
 //! that closes the uid's longest-idle connection. A peer that opens many connections and sends
 //! nothing therefore only ever crowds out itself, an operator's `halt` always gets in, and a burst
 //! of clients that connect at once and send their command right away is not cut. A uid never
-//! holds more than [`MOST_PER_UID`] connections: beyond, a newcomer that finds none idle to
-//! replace is refused, so that no burst can take the process's descriptors.
+//! holds more than [`MOST_PER_UID`] connections: at that many, a newcomer closes the uid's
+//! longest-idle one however briefly idle (one whose reply waits for its peer to read it counts),
+//! so that a peer keeping its connections busy with commands cannot keep a `halt` out either, and
+//! is refused only while every one of them has a command running, so that no burst can take the
+//! process's descriptors.
 
 use crate::logs::EverySecond;
 use std::collections::HashMap;
@@ -61,7 +64,8 @@ impl Peers {
     }
 
     /// Registers a connection of `uid`, closing the uid's longest-idle one (idle for
-    /// [`EVICTABLE_AFTER`] at least) if it is at its limit; `None` (refused) if none is.
+    /// [`EVICTABLE_AFTER`] at least; at [`MOST_PER_UID`], idle at all) if it is at its limit;
+    /// `None` (refused) if none is.
     pub fn register(self: &Arc<Self>, uid: u32) -> Option<Slot> {
         let now = Instant::now();
         let mut inner = self.inner();
@@ -69,14 +73,16 @@ impl Peers {
         let id = inner.next;
         let list = inner.by_uid.entry(uid).or_default();
         if list.len() >= PER_UID {
+            let full = list.len() >= MOST_PER_UID;
             let oldest = list
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| e.idle_since.map(|t| (t, i)))
-                .filter(|(t, _)| now.duration_since(*t) >= EVICTABLE_AFTER)
+                // Of two idle since the same moment, the one opened first.
+                .filter_map(|(i, e)| e.idle_since.map(|t| (t, e.id, i)))
+                .filter(|(t, _, _)| full || now.duration_since(*t) >= EVICTABLE_AFTER)
                 .min();
             match oldest {
-                Some((_, i)) => {
+                Some((_, _, i)) => {
                     let evicted = list.swap_remove(i);
                     evicted.close.notify_one();
                     if let Some(unlogged) = self.evictions.admit_now() {
@@ -87,7 +93,7 @@ impl Peers {
                         );
                     }
                 }
-                None if list.len() >= MOST_PER_UID => return None,
+                None if full => return None,
                 None => {}
             }
         }
@@ -148,14 +154,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_never_holds_more_than_the_most_per_uid() {
         let peers = Arc::new(Peers::default());
-        let held: Vec<Slot> = (0..3 * MOST_PER_UID)
+        let closed = |s: &Slot| {
+            let notified = s.close.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable()
+        };
+        // A burst that sends nothing: each newcomer past the most closes the longest idle.
+        let burst: Vec<Slot> = (0..3 * MOST_PER_UID)
             .flat_map(|_| peers.register(65534))
             .collect();
-        assert_eq!(held.len(), MOST_PER_UID, "the rest were refused");
+        assert_eq!(peers.inner().by_uid[&65534].len(), MOST_PER_UID);
+        // (Told once: a look takes the notice.)
+        let held: Vec<&Slot> = burst.iter().filter(|s| !closed(s)).collect();
+        assert_eq!(held.len(), MOST_PER_UID, "the oldest were told to close");
+        assert!(std::ptr::eq(held[0], &burst[2 * MOST_PER_UID]));
+        for h in &held {
+            h.busy();
+        }
+        assert!(
+            peers.register(65534).is_none(),
+            "every one has a command running"
+        );
         assert!(peers.register(0).is_some(), "root still gets in");
-        // Once they have been idle a while, a newcomer of that uid replaces one.
-        tokio::time::advance(std::time::Duration::from_secs(2)).await;
-        assert!(peers.register(65534).is_some());
+        // One of them done with its command, however briefly: a newcomer replaces it.
+        held[7].idle();
+        let newcomer = peers.register(65534).expect("it replaces the idle one");
+        assert!(closed(held[7]));
+        newcomer.busy();
+        assert!(peers.register(65534).is_none(), "none idle any more");
     }
 
     #[tokio::test(start_paused = true)]
