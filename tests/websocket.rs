@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// A WebSocket server on 127.0.0.1:0: greets each connection with its name, then answers every
-/// message with a message of the same length (binary, its bytes reversed).
+/// message with a message of the same length (binary, its bytes reversed); a plain request gets
+/// a page with the name.
 struct WsBackend {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
@@ -43,6 +44,20 @@ impl WsBackend {
             while let Ok((stream, _)) = listener.accept().await {
                 let open = Arc::clone(&o);
                 let conn = tokio::spawn(async move {
+                    // A plain request (no upgrade) gets a plain page with the name.
+                    let mut head = [0u8; 2048];
+                    let n = stream.peek(&mut head).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+                    if n > 0 && !head.contains("upgrade: websocket") {
+                        let page = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                            name.len()
+                        );
+                        let mut stream = stream;
+                        let _ =
+                            tokio::io::AsyncWriteExt::write_all(&mut stream, page.as_bytes()).await;
+                        return;
+                    }
                     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
                     };
@@ -554,7 +569,11 @@ async fn one_client_s_websockets_over_http2_cannot_take_every_upstream_connectio
         WsBackend::start("stable").await,
         WsBackend::start("canary").await,
     );
-    let proxy = Proxy::start(&yaml(&s, &c, "upstream: {max_connections: 40}\n"));
+    let proxy = Proxy::start(&yaml(
+        &s,
+        &c,
+        "upstream: {max_connections: 40}\nlimits: {max_tunnels: 40}\n",
+    ));
     let mut held = Vec::new();
     for n in 0..3 {
         let sender = http2_client(&proxy).await;
@@ -587,6 +606,71 @@ async fn one_client_s_websockets_over_http2_cannot_take_every_upstream_connectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_tunnels_cannot_take_the_places_requests_need() {
+    // Tunnels last an hour: ten quiet ones took every upstream connection of ten, and every
+    // other user got 503. By default they may hold half.
+    let (s, c) = (
+        WsBackend::start("stable").await,
+        WsBackend::start("canary").await,
+    );
+    let proxy = Proxy::start(&yaml(&s, &c, "upstream: {max_connections: 10}\n"));
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(connect(&proxy, &format!("quiet-{i}")).await);
+    }
+    // The sixth handshake is refused, and says nothing of the pools.
+    let mut req = format!("ws://{}/chat", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("x-user-id", "sixth".parse().expect("header"));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+        }
+        other => panic!("the sixth tunnel: {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("limits.max_tunnels tunnels are open")),
+        "the refusal is logged"
+    );
+    // Requests still get through, several at once.
+    let client = support::Client::http1();
+    let gets = (0..4).map(|i| {
+        let (client, url) = (client.clone(), format!("http://{}/page", proxy.addr));
+        tokio::spawn(async move {
+            let id = format!("reader-{i}");
+            client.get(&url, &[("x-user-id", id.as_str())]).await.status
+        })
+    });
+    for g in gets {
+        assert_eq!(g.await.expect("task"), 200);
+    }
+    // A tunnel that ends gives its place back.
+    drop(held.pop());
+    let mut ws = None;
+    for _ in 0..100 {
+        let mut req = format!("ws://{}/chat", proxy.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-user-id", "seventh".parse().expect("header"));
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        if let Ok((w, _)) = tokio_tungstenite::client_async(req, tcp).await {
+            ws = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ws = ws.expect("a place came free");
+    assert_eq!(exchange(&mut ws).await, pool_of("seventh"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_websocket_s_answer_keeps_its_place_under_the_cap() {
     // The upstream refuses the upgrade with a long answer that stalls: its connection is open
     // while the answer is read, and was not counted under `upstream.max_connections` — twenty
@@ -598,7 +682,7 @@ async fn a_refused_websocket_s_answer_keeps_its_place_under_the_cap() {
     .await;
     let proxy = Proxy::start(&support::single(
         up.addr,
-        "upstream: {max_connections: 5}\nlimits: {body_idle_timeout: 30s}\n",
+        "upstream: {max_connections: 5}\nlimits: {body_idle_timeout: 30s, max_tunnels: 20}\n",
     ));
     let sender = http2_client(&proxy).await;
     let mut answers = Vec::new();

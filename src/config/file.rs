@@ -134,6 +134,8 @@ pub struct LimitsFile {
     #[serde(default)]
     pub max_connections: Option<S<u64>>,
     #[serde(default)]
+    pub max_tunnels: Option<S<u64>>,
+    #[serde(default)]
     pub h2_max_concurrent_streams: Option<S<u64>>,
 }
 

@@ -194,7 +194,19 @@ pub struct Limits {
     pub tunnel_idle_timeout: Duration,
     /// Client connections served at once; beyond, the longest-idle one is closed to make room.
     pub max_connections: usize,
+    /// WebSocket tunnels open at once (beyond: 503); `None`: [`Limits::most_tunnels`]'s default.
+    pub max_tunnels: Option<usize>,
     pub h2_max_concurrent_streams: u32,
+}
+
+impl Limits {
+    /// The most WebSocket tunnels open at once: `max_tunnels`, else half of what the client and
+    /// the upstream connection limits allow (`upstream_max`), so that tunnels, which last, never
+    /// take the places requests need.
+    pub fn most_tunnels(&self, upstream_max: usize) -> usize {
+        self.max_tunnels
+            .unwrap_or((self.max_connections.min(upstream_max) / 2).max(1))
+    }
 }
 
 /// The admin socket.

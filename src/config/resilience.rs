@@ -124,6 +124,9 @@ pub(super) fn limits(c: &mut Checker, l: Option<&LimitsFile>) -> Limits {
             1_000_000,
             10_000,
         ) as usize,
+        max_tunnels: l
+            .and_then(|l| l.max_tunnels.as_ref())
+            .map(|s| c.int(Some(s), "limits.max_tunnels", 1, 1_000_000, 1) as usize),
         h2_max_concurrent_streams: c.int(
             l.and_then(|l| l.h2_max_concurrent_streams.as_ref()),
             "limits.h2_max_concurrent_streams",

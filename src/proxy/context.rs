@@ -30,6 +30,20 @@ pub struct Proxy {
     pub(super) host: HeaderValue,
     pub(super) draining: AtomicBool,
     canary_down: AtomicBool,
+    /// WebSocket tunnels open, and opening (see [`Proxy::tunnel_place`]).
+    tunnels: std::sync::atomic::AtomicUsize,
+}
+
+/// A WebSocket tunnel's place under `limits.max_tunnels`, held from its handshake to its end.
+#[derive(Debug)]
+pub struct TunnelPlace(Arc<Proxy>);
+
+impl Drop for TunnelPlace {
+    fn drop(&mut self) {
+        self.0
+            .tunnels
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
@@ -48,7 +62,17 @@ impl Proxy {
                 .unwrap_or(HeaderValue::from_static("localhost")),
             draining: AtomicBool::new(false),
             canary_down: AtomicBool::new(false),
+            tunnels: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A place for one more WebSocket tunnel, if fewer than `most` are open.
+    pub fn tunnel_place(self: &Arc<Self>, most: usize) -> Option<TunnelPlace> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tunnels
+            .fetch_update(Relaxed, Relaxed, |n| (n < most).then_some(n + 1))
+            .ok()
+            .map(|_| TunnelPlace(Arc::clone(self)))
     }
 
     /// Where a canary request goes when the canary pool cannot take it: a stable upstream, with

@@ -19,6 +19,9 @@ pub enum ProxyError {
     /// on, it would tell the client its tunnel is open.
     #[error("the upstream answered a WebSocket handshake {0} without switching protocols")]
     UpgradeNotTaken(http::StatusCode),
+    /// ramp's own limit on WebSocket tunnels open at once.
+    #[error("{0} WebSocket tunnels are open (limits.max_tunnels)")]
+    TooManyTunnels(usize),
 }
 
 impl ProxyError {
@@ -30,7 +33,9 @@ impl ProxyError {
             ProxyError::UnaskedUpgrade => Some(UpstreamError::Protocol),
             // The upstream answered as HTTP/1.1 allows (it need not switch); the client asked for
             // a WebSocket where there is none.
-            ProxyError::NoUpstream(_) | ProxyError::UpgradeNotTaken(_) => None,
+            ProxyError::NoUpstream(_)
+            | ProxyError::UpgradeNotTaken(_)
+            | ProxyError::TooManyTunnels(_) => None,
         }
     }
 
@@ -39,6 +44,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::Send(SendError::ClientBody(_) | SendError::Local(_))
+                | ProxyError::TooManyTunnels(_)
         )
     }
 }
@@ -77,9 +83,9 @@ impl From<&ProxyError> for StatusCode {
                 StatusCode::REQUEST_TIMEOUT
             }
             ProxyError::Send(SendError::ClientBody(_)) => StatusCode::BAD_REQUEST,
-            ProxyError::NoUpstream(_) | ProxyError::Send(SendError::Local(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoUpstream(_)
+            | ProxyError::Send(SendError::Local(_))
+            | ProxyError::TooManyTunnels(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Send(
                 SendError::ConnectTimeout
                 | SendError::Timeout(_)

@@ -140,6 +140,22 @@ pub async fn open(
     scan: &Scan,
     to: Target<'_>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, PoolName) {
+    // Tunnels last: past their share, they would take the places requests need.
+    let most = snap
+        .config
+        .limits
+        .most_tunnels(snap.config.upstream.max_connections);
+    let Some(place) = conn.proxy.tunnel_place(most) else {
+        static SAID: EverySecond = EverySecond::new();
+        if let Some(unlogged) = SAID.admit_now() {
+            tracing::warn!(
+                most,
+                unlogged,
+                "a WebSocket handshake refused with 503: limits.max_tunnels tunnels are open"
+            );
+        }
+        return (Err(ProxyError::TooManyTunnels(most)), to.pool);
+    };
     let (mut sender, slot, up, pool) = match connect(&conn.proxy, snap, &to).await {
         Ok(connected) => connected,
         Err((e, pool)) => return (Err(e), pool),
@@ -263,7 +279,7 @@ pub async fn open(
         pool,
     };
     tokio::spawn(async move {
-        let (_permit, _slot, _share) = (permit, slot, share);
+        let (_permit, _slot, _share, _place) = (permit, slot, share, place);
         let Ok(upstream) = upstream.await else {
             return;
         };

@@ -4,8 +4,7 @@
 //! takes nothing of the answers it is being sent for `body_idle_timeout` is closed.
 //!
 //! hyper can do this itself, but it arms a fresh boxed timer for every request; here a request
-//! costs a few atomic updates and the connection's one timer is re-armed once per period (an
-//! idle connection's longer; the first answer after it wakes the watchdog).
+//! costs two atomic updates and the connection's one timer is re-armed once per period.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -109,11 +108,6 @@ pub struct Activity {
     sending: AtomicU32,
     /// Body frames handed to the client so far (progress, not a clock).
     frames: AtomicU64,
-    /// Set while the watchdog sleeps longer than a stall takes to judge (an idle connection):
-    /// the next answer to start sending wakes it ([`Activity::sending`]), so a stall is judged
-    /// from then on, not once the idle sleep ends.
-    dozing: AtomicBool,
-    wake: Notify,
 }
 
 impl Default for Activity {
@@ -124,8 +118,6 @@ impl Default for Activity {
             http2: AtomicBool::new(false),
             sending: AtomicU32::new(0),
             frames: AtomicU64::new(0),
-            dozing: AtomicBool::new(false),
-            wake: Notify::new(),
         }
     }
 }
@@ -161,12 +153,7 @@ impl Activity {
     /// An answer's body starts going out. Pair with [`Activity::sent`].
     #[inline]
     pub fn sending(&self) {
-        // Sequentially consistent, with the watchdog's store of `dozing` and load of `sending`:
-        // either it sees this answer before it sleeps, or this sees it dozing and wakes it.
-        self.sending.fetch_add(1, Ordering::SeqCst);
-        if self.dozing.load(Ordering::SeqCst) && self.dozing.swap(false, Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
+        self.sending.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An answer's body is done (or abandoned).
@@ -196,7 +183,6 @@ impl Activity {
         // The last progress seen, and when (ms); a stall is judged to a quarter of the limit.
         let mut last = (u64::MAX, now_ms());
         let body_ms = body_limit.as_millis() as u64;
-        let mut woken = false;
         loop {
             let http2 = self.http2.load(Ordering::Relaxed);
             let limit = if http2 { idle_limit } else { head_limit };
@@ -215,7 +201,7 @@ impl Activity {
                 body_limit / 4
             } else if self.active.load(Ordering::Relaxed) > 0 {
                 // Waiting for an upstream's answer; its body may start going out any moment.
-                limit.min(body_limit / 4)
+                limit
             } else {
                 let idle = now_ms().saturating_sub(self.idle_since.load(Ordering::Relaxed));
                 if idle >= limit_ms {
@@ -227,22 +213,10 @@ impl Activity {
                 }
                 Duration::from_millis(limit_ms - idle)
             };
-            let wait = wait.min(longest_sleep);
-            // Woken by an answer, it sleeps short once before it dozes again: on a busy
-            // connection a wake per period, not one per request.
-            if wait <= body_limit / 4 || woken {
-                woken = false;
-                tokio::time::sleep(wait.min(body_limit / 4)).await;
-                continue;
-            }
-            self.dozing.store(true, Ordering::SeqCst);
-            if self.sending.load(Ordering::SeqCst) == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = self.wake.notified() => woken = true,
-                }
-            }
-            self.dozing.store(false, Ordering::SeqCst);
+            // Never longer than a quarter of the body limit, idle or not: a download that
+            // begins on a connection idle until then is judged from within that quarter, not
+            // once a longer idle wait ends (a stall is then called within 1.5× the limit).
+            tokio::time::sleep(wait.min(longest_sleep).min(body_limit / 4)).await;
         }
     }
 }
