@@ -661,6 +661,58 @@ async fn an_edit_at_an_instance_that_also_stopped_the_rollout_applies_when_etcd_
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_edit_of_the_pools_and_the_percent_during_an_outage_moves_the_pools_at_once() {
+    let mut etcd = Etcd::start().await;
+    let (s, c, moved) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+        Backend::start("stable2").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: pools\npercent: 10");
+    fleet.lose(&mut etcd).await;
+    // At `b`, the stable pool moves to another upstream (the old one is failing, say) in the
+    // same edit as a new percent, which needs the fleet.
+    let b = &fleet.proxies[1];
+    let text = std::fs::read_to_string(&b.config_path).expect("read config");
+    let edited = text
+        .replace(&s.addr.to_string(), &moved.addr.to_string())
+        .replace("percent: 10", "percent: 50");
+    support::replace_file(&b.config_path, &edited);
+    let st = b.wait_status("the rollout's part waits for etcd", |v| {
+        v["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("applied but for the rollout"))
+    });
+    assert_eq!(st["percent"].as_f64(), Some(10.0), "{st}");
+    // The pools are in force already: a stable user of `b` reaches the new upstream.
+    let stable_user = (0..)
+        .map(|i| format!("u{i}"))
+        .find(|u| {
+            let r = ramp::routing::Rollout::new("pools", 500_000, ramp::routing::State::Running);
+            ramp::routing::assign(&r, u.as_bytes()) == ramp::routing::PoolName::Stable
+        })
+        .expect("a user on stable at 50%");
+    let r = Client::http1()
+        .get(&b.url("/"), &[("x-user-id", stable_user.as_str())])
+        .await;
+    assert_eq!(r.body, "stable2");
+    etcd.run().await;
+    fleet
+        .all("the percent reaches the fleet", |v| {
+            v["percent"].as_f64() == Some(50.0) && v["last_reload_error"].is_null()
+        })
+        .await;
+    let r = Client::http1()
+        .get(&b.url("/"), &[("x-user-id", stable_user.as_str())])
+        .await;
+    assert_eq!(r.body, "stable2");
+}
+
 /// A port that takes connections and never answers: an etcd member that hangs.
 async fn hung() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -176,6 +176,10 @@ pub enum ControlError {
     ReloadTask(String),
     #[error("reload not applied yet: {0}; the config file is read again when etcd answers again")]
     ReloadAwaitsEtcd(StoreError),
+    #[error(
+        "reload applied but for the rollout, whose change waits for etcd: {0}; the config file is read again when etcd answers again"
+    )]
+    RolloutAwaitsEtcd(StoreError),
     #[error("a restart could not start from this config: {0}")]
     Unstartable(String),
     #[error(

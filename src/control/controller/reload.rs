@@ -161,17 +161,59 @@ impl Controller {
             } => ControlError::ReloadAwaitsEtcd(error),
             other => other,
         });
+        // The rollout's change waits for etcd; the file's other settings (a pool's upstreams, the
+        // guard, limits) need no one's agreement and apply now.
+        let committed = match committed {
+            Err(ControlError::ReloadAwaitsEtcd(error))
+                if applied.iter().any(|&part| part != "rollout") =>
+            {
+                let config = NewConfig {
+                    config: Arc::clone(&new),
+                    tls: tls.clone(),
+                    differs,
+                };
+                let unchanged = self.rollout.clone();
+                match self
+                    .change(
+                        unchanged,
+                        Some(config),
+                        Source::File,
+                        "reload",
+                        Durability::Required,
+                    )
+                    .await
+                {
+                    Ok(_) => Err(ControlError::RolloutAwaitsEtcd(error)),
+                    Err(_) => Err(ControlError::ReloadAwaitsEtcd(error)),
+                }
+            }
+            other => other,
+        };
         self.reloads[usize::from(committed.is_err())].increment(1);
         if let Err(e) = &committed {
-            self.reload_awaits_etcd = matches!(e, ControlError::ReloadAwaitsEtcd(_));
-            // Not in force: the state goes back where the config in force keeps it.
-            if moved
-                && let Some(from) = &self.config.state_file
-                && let Err(e) = self.store.move_file(from, &self.rollout).await
-            {
-                tracing::error!(error = %e, "cannot write the state file back where the config in force keeps it");
+            self.reload_awaits_etcd = matches!(
+                e,
+                ControlError::ReloadAwaitsEtcd(_) | ControlError::RolloutAwaitsEtcd(_)
+            );
+            if let ControlError::RolloutAwaitsEtcd(_) = e {
+                // In force but for the rollout: the file's other settings are the config's now.
+                self.notes.restart_required.clone_from(&restart_required);
+                self.notes.state_file = self
+                    .config
+                    .state_file
+                    .as_ref()
+                    .map(|p| p.display().to_string());
+                tracing::warn!(trigger = trigger.kind(), error = %e, "config reloaded but for the rollout, which waits for etcd");
+            } else {
+                // Not in force: the state goes back where the config in force keeps it.
+                if moved
+                    && let Some(from) = &self.config.state_file
+                    && let Err(e) = self.store.move_file(from, &self.rollout).await
+                {
+                    tracing::error!(error = %e, "cannot write the state file back where the config in force keeps it");
+                }
+                tracing::error!(trigger = trigger.kind(), error = %e, "reload not applied: the running config stays");
             }
-            tracing::error!(trigger = trigger.kind(), error = %e, "reload not applied: the running config stays");
             self.notes.last_reload_error = Some(e.to_string());
         }
         committed?;
