@@ -713,6 +713,55 @@ async fn an_edit_of_the_pools_and_the_percent_during_an_outage_moves_the_pools_a
     assert_eq!(r.body, "stable2");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_halt_made_during_an_outage_that_finds_a_rollback_is_not_listed_as_rolling_back() {
+    let mut etcd = Etcd::start().await;
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: both\npercent: 10");
+    fleet.lose(&mut etcd).await;
+    let (a, b) = (&fleet.proxies[0], &fleet.proxies[1]);
+    b.admin("halt");
+    // `b` sleeps through etcd's return, and meanwhile `a` rolls the fleet back.
+    b.signal(19);
+    etcd.run().await;
+    a.wait_status("a reaches etcd again", |v| v["fleet"]["connected"] == true);
+    assert_eq!(a.admin("rollback")["ok"], true);
+    b.signal(18);
+    fleet
+        .all("rolled back everywhere, nothing pending", |v| {
+            v["state"] == "rolled_back" && v["fleet"]["pending"].is_null()
+        })
+        .await;
+    // At `b`, the rollback is the fleet's (a's), not its own halt's doing.
+    let st = b.admin("status");
+    let changes = st["changes"].as_array().expect("changes");
+    let latest = &changes[0];
+    assert_eq!(
+        (latest["to_state"].as_str(), latest["command"].as_str()),
+        (Some("rolled_back"), Some("fleet")),
+        "{changes:?}"
+    );
+    assert!(
+        !changes
+            .iter()
+            .any(|c| c["command"] == "halt" && c["to_state"] == "rolled_back"),
+        "{changes:?}"
+    );
+    assert!(
+        st["stopped"]["by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("admin")),
+        "{st}"
+    );
+}
+
 /// A port that takes connections and never answers: an etcd member that hangs.
 async fn hung() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,7 @@ mod handle;
 mod reload;
 mod start;
 
-pub(super) use commit::{Durability, generation_after};
+pub(super) use commit::{Durability, differs_in_substance, generation_after};
 use handle::Request;
 pub use handle::{Handle, Parsed};
 pub use start::{SOCKET_LINK, StartError};

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::fleet::{Etcd, Event, Kv, Watched, etcd};
 
 use super::command::{Command, Source};
-use super::controller::{Controller, Durability, Handle};
+use super::controller::{Controller, Durability, Handle, differs_in_substance};
 use super::persist;
 use super::state::RolloutState;
 
@@ -97,9 +97,21 @@ impl Controller {
         // A halt or rollback made here is still to be written: it goes on top of what the fleet
         // holds, whichever is later, and what the fleet holds is never put in force without it
         // (a halt made elsewhere meanwhile would otherwise lift this rollback for a moment).
-        if let (Some((what, source)), Ok((_, theirs))) = (link.pending.clone(), &opened) {
+        if let (Some((what, source)), Ok((instance, theirs))) = (link.pending.clone(), &opened) {
             link.revision = kv.mod_revision;
-            return Box::pin(self.put_stop_on(theirs, what, source)).await;
+            if differs_in_substance(
+                &stop_on(theirs, &self.rollout, what, Instant::now()),
+                theirs,
+            ) {
+                return Box::pin(self.put_stop_on(theirs, what, source)).await;
+            }
+            // The fleet stops the rollout as hard already (a rollback made elsewhere meanwhile):
+            // nothing of this one is left to write, and theirs is taken as the fleet's change.
+            link.pending = None;
+            self.pending_failed = None;
+            tracing::info!(command = what, by = %source, "the halt or rollback made here while etcd was away is not written: the fleet's state stops the rollout as hard already");
+            let (instance, theirs) = (instance.clone(), theirs.clone());
+            return Box::pin(self.take(instance, theirs, kv.mod_revision)).await;
         }
         match opened.as_ref().ok().map(|(_, s)| s.generation) {
             Some(g) if g < ours => return Box::pin(self.write_over(kv)).await,

@@ -53,7 +53,7 @@ pub(in crate::control) fn generation_after(previous: u64, now: SystemTime) -> u6
 }
 
 /// Whether `a` differs from `b` in more than who changed it, when, and the generation.
-fn differs_in_substance(a: &RolloutState, b: &RolloutState) -> bool {
+pub(in crate::control) fn differs_in_substance(a: &RolloutState, b: &RolloutState) -> bool {
     let mut a = a.clone();
     a.changed_at = b.changed_at;
     a.changed_by = b.changed_by.clone();
