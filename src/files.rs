@@ -17,13 +17,20 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            // What open(2) says of a Unix socket: "no such device or address".
-            Some(nix::libc::ENXIO) => std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file (a socket)",
-            ),
-            _ => e,
+        .map_err(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            // What open(2) says of a Unix socket: "no such device or address" (as of a device
+            // without its driver).
+            let socket = e.raw_os_error() == Some(nix::libc::ENXIO)
+                && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            if socket {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file (a socket)",
+                )
+            } else {
+                e
+            }
         })?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {

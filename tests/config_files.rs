@@ -150,6 +150,25 @@ fn shape_errors_name_the_key_and_position() {
             &format!("listen: 127.0.0.1:8080\nworkers: -3\n{GOOD_TAIL}") as &str,
             "2:10: workers: not a whole number of 0 or more",
         ),
+        // A list's item that is not a map, after one that is: the item, not the key before it.
+        (
+            "listen: 127.0.0.1:8080\npools: {stable: [a:1], canary: [b:1]}\nrollout:\n  id: r1\n  steps:\n    - {percent: 5, hold: 1h}\n    - 7\n",
+            "7:7: rollout.steps[]: ",
+        ),
+        // An alias's keys all begin at the alias: the setting it stands for is named.
+        (
+            "listen: 127.0.0.1:8080\npools: {stable: [a:1], canary: [b:1]}\nbase: &b {percent: abc, id: x}\nrollout: *b\n",
+            "4:10: rollout: not a number",
+        ),
+        // The same words beside an unknown key.
+        (
+            "listen: 127.0.0.1:8080\nbogus: 1\npools: {stable: [a:1], canary: [b:1]}\nrollout:\n  percent: 5\n",
+            "rollout: missing field `id`",
+        ),
+        (
+            "listen: 127.0.0.1:8080\nbogus: 1\npools: {stable: [a:1], canary: [b:1]}\nrollout:\n  id: a\n  id: b\n  percent: 5\n",
+            "rollout.id: given twice in its section",
+        ),
         (
             "",
             "1:1: the file holds no settings: it needs at least listen, pools and rollout",
@@ -159,7 +178,7 @@ fn shape_errors_name_the_key_and_position() {
             &format!(
                 "listen: 127.0.0.1:8080\n{GOOD_TAIL}admin: {{socket: a.sock, allowed_uids: [-1]}}\n"
             ) as &str,
-            "8:40: admin.allowed_uids: not a whole number from 0 to 4294967295",
+            "8:40: admin.allowed_uids[]: not a whole number from 0 to 4294967295",
         ),
         (
             &format!(

@@ -372,17 +372,13 @@ async fn a_burst_of_silent_admin_connections_holds_few_descriptors_and_a_halt_ge
     let burst: Vec<UnixStream> = (0..2000)
         .map(|_| UnixStream::connect(proxy.socket()).expect("connect"))
         .collect();
-    // Past the uid's most, each newcomer closed the longest idle: the first are gone.
-    let mut first = burst[0].try_clone().expect("clone");
-    first
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reply = String::new();
-    first.read_to_string(&mut reply).expect("closed");
-    assert_eq!(reply, "", "closed without a word");
+    // Past the uid's most, a newcomer is refused while the others have just connected (they
+    // are about to send their command), and later closes the longest idle: either way ramp
+    // holds no more than the most.
     let held = settles_at(proxy.pid(), before, 520);
     assert!(held <= 520, "ramp holds {held} descriptors for the burst");
-    // The operator's halt replaces one of them.
+    // Once they have sat idle a moment, the operator's halt replaces one of them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let halt = admin_within(&proxy.socket(), "halt", Duration::from_secs(10));
     assert_eq!(
         (halt["ok"].as_bool(), halt["state"].as_str()),

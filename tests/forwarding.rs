@@ -102,6 +102,25 @@ async fn fields_that_pass_for_ramp_s_own_with_an_underscore_do_not_reach_the_ups
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_header_named_with_underscores_has_its_dashed_lookalike_dropped() {
+    let (stable, proxy) = start("sticky: {header: x_user_id}").await;
+    let request = "GET / HTTP/1.1\r\n\
+        Host: shop.example\r\n\
+        x_user_id: alice\r\n\
+        X-User-Id: mallory\r\n\
+        Connection: close\r\n\r\n";
+    let reply = raw(proxy.addr, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = stable.last();
+    assert_eq!(seen.headers["x_user_id"], "alice");
+    assert!(
+        seen.headers.get("x-user-id").is_none(),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_keeps_earlier_hops_and_appends_the_peer() {
     let (stable, proxy) = start("").await;
     let client = Client::http1();

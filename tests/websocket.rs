@@ -631,12 +631,15 @@ async fn quiet_tunnels_cannot_take_the_places_requests_need() {
         }
         other => panic!("the sixth tunnel: {:?}", other.map(|(_, r)| r.status())),
     }
+    let logs = proxy.logs();
     assert!(
-        proxy
-            .logs()
-            .iter()
+        logs.iter()
             .any(|l| l.contains("limits.max_tunnels tunnels are open")),
         "the refusal is logged"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("upstream request failed")),
+        "ramp's own limit is no upstream's failure: {logs:?}"
     );
     // Requests still get through, several at once.
     let client = support::Client::http1();

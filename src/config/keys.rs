@@ -14,10 +14,10 @@ use super::file::{
     UpstreamFile,
 };
 
-/// The keys of a YAML document, with positions; other values are dropped.
+/// The keys of a YAML document, with the positions of keys and values; other values are dropped.
 enum Node {
-    Map(Vec<(S<String>, Node)>),
-    Seq(Vec<Node>),
+    Map(Vec<(S<String>, S<Node>)>),
+    Seq(Vec<S<Node>>),
     Leaf,
 }
 
@@ -60,14 +60,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut entries = Vec::new();
         while let Some(key) = map.next_key::<S<String>>()? {
-            entries.push((key, map.next_value::<Node>()?));
+            entries.push((key, map.next_value::<S<Node>>()?));
         }
         Ok(Node::Map(entries))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Node>()? {
+        while let Some(item) = seq.next_element::<S<Node>>()? {
             items.push(item);
         }
         Ok(Node::Seq(items))
@@ -141,23 +141,42 @@ pub fn unknown(text: &str) -> Vec<Problem> {
     out
 }
 
-/// The setting whose value is at `at` (or whose section holds it): the last key of `text` that
-/// begins at or before it, with its path (`rollout.steps[].hold`). `None` if `text` is not YAML
-/// or has no key before `at`.
-pub fn field_at(text: &str, at: Position) -> Option<String> {
+/// Where a key or a value of the file begins, and the setting it is (`rollout.steps[].hold`, a
+/// list's item `rollout.steps[]`).
+struct Place {
+    at: Position,
+    path: String,
+    key: bool,
+}
+
+/// The setting at `at`: the innermost key or value that begins at or before it (of several
+/// beginning there, the outermost: an alias's keys all begin at the alias). With `key_only`, the
+/// last key that begins at or before it. `None` if `text` is not YAML or nothing begins before.
+pub fn field_at(text: &str, at: Position, key_only: bool) -> Option<String> {
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
     };
     let root = serde_saphyr::from_str_with_options::<Node>(text, options).ok()?;
-    let mut keys = Vec::new();
-    every_key(&root, "", &mut keys);
-    keys.into_iter()
-        .filter(|(p, _)| (p.line, p.column) <= (at.line, at.column))
-        .max_by_key(|(p, _)| (p.line, p.column))
-        .map(|(_, path)| path)
+    let mut places = Vec::new();
+    every_place(&root, "", &mut places);
+    places
+        .into_iter()
+        .filter(|p| (!key_only || p.key) && (p.at.line, p.at.column) <= (at.line, at.column))
+        .max_by_key(|p| {
+            (
+                p.at.line,
+                p.at.column,
+                if key_only {
+                    p.path.len()
+                } else {
+                    usize::MAX - p.path.len()
+                },
+            )
+        })
+        .map(|p| p.path)
 }
 
-fn every_key(node: &Node, path: &str, out: &mut Vec<(Position, String)>) {
+fn every_place(node: &Node, path: &str, out: &mut Vec<Place>) {
     match node {
         Node::Map(entries) => {
             for (key, value) in entries {
@@ -165,14 +184,28 @@ fn every_key(node: &Node, path: &str, out: &mut Vec<(Position, String)>) {
                     "" => key.value.clone(),
                     p => format!("{p}.{}", key.value),
                 };
-                every_key(value, &full, out);
-                out.push((at(key), full));
+                out.push(Place {
+                    at: at(key),
+                    path: full.clone(),
+                    key: true,
+                });
+                out.push(Place {
+                    at: at(value),
+                    path: full.clone(),
+                    key: false,
+                });
+                every_place(&value.value, &full, out);
             }
         }
         Node::Seq(items) => {
             let inner = format!("{path}[]");
             for item in items {
-                every_key(item, &inner, out);
+                out.push(Place {
+                    at: at(item),
+                    path: inner.clone(),
+                    key: false,
+                });
+                every_place(&item.value, &inner, out);
             }
         }
         Node::Leaf => {}
@@ -190,7 +223,7 @@ fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Probl
                     p => format!("{p}.{}", key.value),
                 };
                 if known.contains(&key.value.as_str()) {
-                    walk(value, &full, schema, out);
+                    walk(&value.value, &full, schema, out);
                 } else {
                     out.push(Problem {
                         at: at(key),
@@ -203,7 +236,7 @@ fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Probl
         Node::Seq(items) => {
             let inner = format!("{path}[]");
             for item in items {
-                walk(item, &inner, schema, out);
+                walk(&item.value, &inner, schema, out);
             }
         }
         Node::Leaf => {}

@@ -54,13 +54,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Err(e) => {
             // Every unknown key, and what else stopped the parse.
             let mut problems = unknown;
-            if let ConfigError::Parse { at, message, .. } = parse_error(e, path, "") {
-                problems.push(Problem {
-                    at,
-                    field: keys::field_at(text, at).unwrap_or_else(|| "(file)".into()),
-                    reason: Reason::Shape(message),
-                });
-            }
+            let (at, field, message) = described(&e, text);
+            problems.push(Problem {
+                at,
+                field: field.unwrap_or_else(|| "(file)".into()),
+                reason: Reason::Shape(message),
+            });
             return Err(invalid(problems));
         }
     };
@@ -150,9 +149,23 @@ fn in_system_files(path: &Path) -> bool {
     system(path) || dir.as_deref().is_some_and(system)
 }
 
-/// The parser's error `e`, in words for the file's author; where `text` (the file's, or "" for
-/// none) shows which setting the position is in, the message begins with it.
+/// The parser's error `e`, in words for the file's author; where `text` (the file's) shows which
+/// setting the position is in, the message begins with it.
 pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path, text: &str) -> ConfigError {
+    let (at, field, message) = described(&e, text);
+    ConfigError::Parse {
+        path: path.to_owned(),
+        at,
+        message: match field {
+            Some(field) => format!("{field}: {message}"),
+            None => message,
+        },
+    }
+}
+
+/// Where the parser's error `e` is in `text`, the setting there (if `text` shows one), and what
+/// is wrong, in words for the file's author.
+fn described(e: &serde_saphyr::Error, text: &str) -> (Position, Option<String>, String) {
     let at = e.location().map_or(Position::default(), |l| Position {
         line: l.line(),
         column: l.column(),
@@ -205,21 +218,17 @@ pub(super) fn parse_error(e: serde_saphyr::Error, path: &Path, text: &str) -> Co
             .trim()
             .to_owned()
     };
-    let message = match super::keys::field_at(text, at) {
-        // A missing field is reported where its section begins: at that section's first key.
-        Some(field) if message.starts_with("missing field") => match field.rsplit_once('.') {
-            Some((section, _)) => format!("{section}: {message}"),
-            None => message,
-        },
-        Some(field) if message.starts_with("duplicate mapping key") => {
-            format!("{field}: given twice in its section (the last one would win unseen)")
-        }
-        Some(field) => format!("{field}: {message}"),
-        None => message,
-    };
-    ConfigError::Parse {
-        path: path.to_owned(),
-        at,
-        message,
+    if message.starts_with("missing field") {
+        // Reported at a key of the section it is missing from: named by that section.
+        let section = keys::field_at(text, at, true)
+            .and_then(|key| key.rsplit_once('.').map(|(section, _)| section.to_owned()));
+        return (at, section, message);
     }
+    let field = keys::field_at(text, at, false);
+    let message = if field.is_some() && message.starts_with("duplicate mapping key") {
+        "given twice in its section (a duplicate key: the last one would win unseen)".to_owned()
+    } else {
+        message
+    };
+    (at, field, message)
 }

@@ -329,12 +329,17 @@ async fn connection(
                 // A connection made before a restart with --takeover would change (or report) a
                 // rollout the new process, the one serving from now on, does not know of.
                 Ok(_) if another_socket(&admin.socket, owned) => Err(ControlError::TakenOver),
-                Ok(cmd) => handle.send(cmd, source.clone()).await,
+                Ok(cmd) => {
+                    if cmd.is_read_only() {
+                        slot.reading();
+                    }
+                    handle.send(cmd, source.clone()).await
+                }
             },
         };
-        // The command is done: waiting for the peer to take its reply, the connection may be
-        // closed for its uid's newcomer (a peer that reads no replies holds no place).
-        slot.idle();
+        // The command is done: a reply its peer has not taken for a while may be given up for
+        // the uid's newcomer (a peer that reads no replies holds no place for long).
+        slot.replying();
         let written = tokio::select! {
             written = write_reply(&mut write, &reply) => written,
             () = slot.close.notified() => false,
@@ -342,6 +347,7 @@ async fn connection(
         if !written {
             return;
         }
+        slot.idle();
     }
 }
 

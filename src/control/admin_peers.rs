@@ -4,10 +4,12 @@
 //! nothing therefore only ever crowds out itself, an operator's `halt` always gets in, and a burst
 //! of clients that connect at once and send their command right away is not cut. A uid never
 //! holds more than [`MOST_PER_UID`] connections: at that many, a newcomer closes the uid's
-//! longest-idle one however briefly idle (one whose reply waits for its peer to read it counts),
-//! so that a peer keeping its connections busy with commands cannot keep a `halt` out either, and
-//! is refused only while every one of them has a command running, so that no burst can take the
-//! process's descriptors.
+//! longest-idle one, or one running a command that only reads (`status`), once it has been open
+//! a moment ([`GRACE`]: one that has just connected is about to send its command), or one whose
+//! reply its peer has not read for [`EVICTABLE_AFTER`], so that a peer keeping its
+//! connections busy with such commands, or reading none of its replies, cannot keep a `halt` out
+//! either; else the newcomer is refused, so that no burst can take the process's descriptors. A
+//! command that changes something, and a reply being taken, are never cut.
 
 use crate::logs::EverySecond;
 use std::collections::HashMap;
@@ -22,15 +24,33 @@ pub const PER_UID: usize = 64;
 /// Connections one uid may hold at all; beyond, a newcomer with none idle to replace is refused.
 pub const MOST_PER_UID: usize = 512;
 
-/// A connection idle this long may be closed to make room for its uid's newest.
+/// A connection idle this long (or whose reply waits this long for its peer) may be closed to
+/// make room for its uid's newest.
 const EVICTABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At [`MOST_PER_UID`], a connection open this long may be closed for a newcomer while it waits
+/// for a command or runs one that only reads.
+const GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What a connection is doing, and since when.
+#[derive(Debug, Clone, Copy)]
+enum Doing {
+    /// Waiting for a command (since it opened, or answered the last one).
+    Idle(Instant),
+    /// Running a command that changes something: never cut.
+    Running,
+    /// Running a command that only reads (`status`, `bucket`), since then.
+    Reading(Instant),
+    /// Its reply is being written, for a peer that may not read it.
+    Replying(Instant),
+}
 
 #[derive(Debug)]
 struct Entry {
     id: u64,
     close: Arc<Notify>,
-    /// When it last finished a command (or opened); `None` while a command runs.
-    idle_since: Option<Instant>,
+    opened: Instant,
+    doing: Doing,
 }
 
 #[derive(Debug, Default)]
@@ -64,8 +84,8 @@ impl Peers {
     }
 
     /// Registers a connection of `uid`, closing the uid's longest-idle one (idle for
-    /// [`EVICTABLE_AFTER`] at least; at [`MOST_PER_UID`], idle at all) if it is at its limit;
-    /// `None` (refused) if none is.
+    /// [`EVICTABLE_AFTER`] at least; at [`MOST_PER_UID`], [`GRACE`], or its reply unread for
+    /// [`EVICTABLE_AFTER`]) if it is at its limit; `None` (refused) if none is.
     pub fn register(self: &Arc<Self>, uid: u32) -> Option<Slot> {
         let now = Instant::now();
         let mut inner = self.inner();
@@ -77,9 +97,17 @@ impl Peers {
             let oldest = list
                 .iter()
                 .enumerate()
-                // Of two idle since the same moment, the one opened first.
-                .filter_map(|(i, e)| e.idle_since.map(|t| (t, e.id, i)))
-                .filter(|(t, _, _)| full || now.duration_since(*t) >= EVICTABLE_AFTER)
+                .filter_map(|(i, e)| {
+                    let (since, from, after) = match e.doing {
+                        Doing::Idle(t) | Doing::Reading(t) if full => (t, e.opened, GRACE),
+                        Doing::Idle(t) => (t, t, EVICTABLE_AFTER),
+                        Doing::Reading(_) => return None,
+                        Doing::Replying(t) if full => (t, t, EVICTABLE_AFTER),
+                        Doing::Replying(_) | Doing::Running => return None,
+                    };
+                    // The longest idle; of two alike, the one opened first.
+                    (now.duration_since(from) >= after).then_some((since, e.id, i))
+                })
                 .min();
             match oldest {
                 Some((_, _, i)) => {
@@ -101,7 +129,8 @@ impl Peers {
         list.push(Entry {
             id,
             close: Arc::clone(&close),
-            idle_since: Some(Instant::now()),
+            opened: now,
+            doing: Doing::Idle(now),
         });
         Some(Slot {
             peers: Arc::clone(self),
@@ -111,14 +140,14 @@ impl Peers {
         })
     }
 
-    fn mark(&self, uid: u32, id: u64, idle: Option<Instant>) {
+    fn mark(&self, uid: u32, id: u64, doing: Doing) {
         let mut inner = self.inner();
         if let Some(e) = inner
             .by_uid
             .get_mut(&uid)
             .and_then(|l| l.iter_mut().find(|e| e.id == id))
         {
-            e.idle_since = idle;
+            e.doing = doing;
         }
     }
 }
@@ -126,12 +155,25 @@ impl Peers {
 impl Slot {
     /// A command is running: this connection is not idle.
     pub fn busy(&self) {
-        self.peers.mark(self.uid, self.id, None);
+        self.peers.mark(self.uid, self.id, Doing::Running);
     }
 
-    /// The command is answered: idle again from now.
+    /// The command running only reads: at its uid's most, it may be cut for a newcomer.
+    pub fn reading(&self) {
+        self.peers
+            .mark(self.uid, self.id, Doing::Reading(Instant::now()));
+    }
+
+    /// The command is done; its reply is being written.
+    pub fn replying(&self) {
+        self.peers
+            .mark(self.uid, self.id, Doing::Replying(Instant::now()));
+    }
+
+    /// The reply is written: idle again from now.
     pub fn idle(&self) {
-        self.peers.mark(self.uid, self.id, Some(Instant::now()));
+        self.peers
+            .mark(self.uid, self.id, Doing::Idle(Instant::now()));
     }
 }
 
@@ -159,29 +201,44 @@ mod tests {
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable()
         };
-        // A burst that sends nothing: each newcomer past the most closes the longest idle.
-        let burst: Vec<Slot> = (0..3 * MOST_PER_UID)
+        // A burst: all just connected, about to send their command. None is cut; past the most,
+        // newcomers are refused.
+        let held: Vec<Slot> = (0..3 * MOST_PER_UID)
             .flat_map(|_| peers.register(65534))
             .collect();
-        assert_eq!(peers.inner().by_uid[&65534].len(), MOST_PER_UID);
-        // (Told once: a look takes the notice.)
-        let held: Vec<&Slot> = burst.iter().filter(|s| !closed(s)).collect();
-        assert_eq!(held.len(), MOST_PER_UID, "the oldest were told to close");
-        assert!(std::ptr::eq(held[0], &burst[2 * MOST_PER_UID]));
-        for h in &held {
-            h.busy();
+        assert_eq!(held.len(), MOST_PER_UID, "the rest were refused");
+        assert!(!held.iter().any(closed));
+        assert!(peers.register(0).is_some(), "root still gets in");
+        // A moment later, the longest idle makes room, even though not idle for a second.
+        tokio::time::advance(GRACE).await;
+        let newcomer = peers.register(65534).expect("the longest idle makes room");
+        assert!(closed(&held[0]));
+        // Commands running, and replies just sent, are never cut.
+        newcomer.busy();
+        for h in &held[1..] {
+            h.replying();
         }
+        tokio::time::advance(GRACE).await;
         assert!(
             peers.register(65534).is_none(),
-            "every one has a command running"
+            "every one is busy or just replying"
         );
-        assert!(peers.register(0).is_some(), "root still gets in");
-        // One of them done with its command, however briefly: a newcomer replaces it.
-        held[7].idle();
-        let newcomer = peers.register(65534).expect("it replaces the idle one");
-        assert!(closed(held[7]));
-        newcomer.busy();
-        assert!(peers.register(65534).is_none(), "none idle any more");
+        // A reply its peer has not taken for a second may go.
+        tokio::time::advance(EVICTABLE_AFTER).await;
+        let late = peers.register(65534).expect("an unread reply makes room");
+        assert!(closed(&held[1]));
+        // A `status` running on a connection open a while may go; the command just begun on a
+        // connection just opened may not, nor a change (`newcomer`'s).
+        for h in &held[2..] {
+            h.busy();
+        }
+        late.reading();
+        held[3].reading();
+        let _next = peers
+            .register(65534)
+            .expect("a read-only command makes room");
+        assert!(closed(&held[3]));
+        assert!(!closed(&late) && !closed(&newcomer));
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,6 +21,8 @@ pub struct Notes {
     pub restart_required: Vec<&'static str>,
     /// Why the schedule's last step could not be saved (etcd away, say), until one is.
     pub step_unsaved: Option<String>,
+    /// The last reload refused the file itself (not a wait for etcd or the disk).
+    pub file_refused: bool,
 }
 
 /// A time as RFC 3339, or `None` when it cannot be one (before 1970 or after 9999).

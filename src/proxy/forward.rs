@@ -135,34 +135,38 @@ pub fn scan(headers: &HeaderMap, hide: &[HeaderName]) -> Scan {
 }
 
 /// Removes every field whose name, with `_` read as `-`, is one ramp sets, frames by or routes
-/// by (`X_Forwarded_For`, `Content_Length`, `X_User_Id`): CGI, WSGI, Rack and PHP give both
-/// spellings one name (`HTTP_X_FORWARDED_FOR`), so the app could take the client's lookalike
-/// for ramp's field — a forged client address, another user than the one ramp routed.
+/// by, under another spelling (`X_Forwarded_For`, `Content_Length`, `X_User_Id`; `X-User-Id`
+/// where the sticky header is `x_user_id`): CGI, WSGI, Rack and PHP give both spellings one name
+/// (`HTTP_X_FORWARDED_FOR`), so the app could take the client's lookalike for the real field —
+/// a forged client address, another user than the one ramp routed.
 fn drop_lookalikes(headers: &mut HeaderMap, id_header: Option<&HeaderName>) {
-    let owned = |dashed: &[u8]| {
-        [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &HOST,
-            &CONTENT_LENGTH,
-            &COOKIE,
-        ]
-        .into_iter()
-        .chain(HOP_BY_HOP.iter())
-        .chain(id_header)
-        .any(|n| n.as_str().as_bytes() == dashed)
+    let dashed = |name: &HeaderName| -> Vec<u8> {
+        name.as_str()
+            .bytes()
+            .map(|b| if b == b'_' { b'-' } else { b })
+            .collect()
     };
+    // (A rare path: a request with such a name, or a sticky header spelled with `_`.)
+    let owned: Vec<(HeaderName, Vec<u8>)> = [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        HOST,
+        CONTENT_LENGTH,
+        COOKIE,
+    ]
+    .into_iter()
+    .chain(HOP_BY_HOP)
+    .chain(id_header.cloned())
+    .map(|n| {
+        let d = dashed(&n);
+        (n, d)
+    })
+    .collect();
     let lookalikes: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            let name = name.as_str().as_bytes();
-            name.contains(&b'_')
-                && owned(
-                    &name
-                        .iter()
-                        .map(|&b| if b == b'_' { b'-' } else { b })
-                        .collect::<Vec<u8>>(),
-                )
+            let spelled = dashed(name);
+            owned.iter().any(|(n, d)| *d == spelled && n != *name)
         })
         .cloned()
         .collect();
@@ -237,7 +241,7 @@ pub fn request_head(
     id_header: Option<&HeaderName>,
 ) {
     strip(&mut parts.headers, scan, &[], id_header);
-    if scan.underscore {
+    if scan.underscore || id_header.is_some_and(|h| h.as_str().contains('_')) {
         drop_lookalikes(&mut parts.headers, id_header);
     }
     if scan.cookies > 1 {

@@ -281,6 +281,8 @@ pub fn handle(
                 tracing::debug!(peer = %info.peer, reason = %e, "websocket declined");
                 error_response(StatusCode::from(&e))
             }
+            // ramp's own limit, logged where it refuses: no upstream's failure.
+            Err(e @ ProxyError::TooManyTunnels(_)) => error_response(StatusCode::from(&e)),
             Err(e) => {
                 // During an outage every request fails: one line a second says so.
                 static FAILED: EverySecond = EverySecond::new();

@@ -37,6 +37,7 @@ impl Controller {
         self.reload_awaits_etcd = false;
         let failed = &self.reloads[1];
         let rejected = |notes: &mut Notes, e: ControlError| {
+            notes.file_refused = true;
             failed.increment(1);
             tracing::error!(trigger = trigger.kind(), error = %e, "reload rejected: the running config stays");
             notes.last_reload_error = Some(e.to_string());
@@ -217,7 +218,8 @@ impl Controller {
             self.notes.last_reload_error = Some(e.to_string());
         }
         committed?;
-        let was_refused = self.notes.last_reload_error.take().is_some();
+        self.notes.last_reload_error = None;
+        let was_refused = std::mem::take(&mut self.notes.file_refused);
         self.notes.restart_required = restart_required;
         self.notes.state_file = self
             .config
