@@ -148,12 +148,12 @@ fn shape_errors_name_the_key_and_position() {
         ),
         (
             &format!("listen: 127.0.0.1:8080\nworkers: -3\n{GOOD_TAIL}") as &str,
-            "2:10: workers: not a whole number of 0 or more",
+            "2:10: workers: not a whole number (like 5: no sign, no fraction)",
         ),
         // A list's item that is not a map, after one that is: the item, not the key before it.
         (
             "listen: 127.0.0.1:8080\npools: {stable: [a:1], canary: [b:1]}\nrollout:\n  id: r1\n  steps:\n    - {percent: 5, hold: 1h}\n    - 7\n",
-            "7:7: rollout.steps[]: ",
+            "7:7: rollout.steps[]: expected settings here",
         ),
         // An alias's keys all begin at the alias: the setting it stands for is named.
         (

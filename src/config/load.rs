@@ -201,7 +201,7 @@ fn described(e: &serde_saphyr::Error, text: &str) -> (Position, Option<String>, 
         }
     {
         if max == u64::MAX {
-            "not a whole number of 0 or more".to_owned()
+            "not a whole number (like 5: no sign, no fraction)".to_owned()
         } else {
             format!("not a whole number from 0 to {max}")
         }
@@ -209,6 +209,8 @@ fn described(e: &serde_saphyr::Error, text: &str) -> (Position, Option<String>, 
         "not a number (like 5, 0.5 or 0.01)".to_owned()
     } else if what.starts_with("expected string scalar") {
         "expected one value here (text or a number), not a list or a map".to_owned()
+    } else if what.starts_with("expected mapping start") {
+        "expected settings here (`key: value`, or `{key: value}`)".to_owned()
     } else if what.starts_with("expected sequence start") {
         "expected a list here, like [a, b] or one `- item` per line".to_owned()
     } else {

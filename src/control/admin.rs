@@ -305,10 +305,15 @@ async fn connection(
     let mut line = Vec::new();
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)) => next,
+            biased;
             () = slot.close.notified() => return,
+            next = tokio::time::timeout(IDLE, read_line(&mut reader, &mut line)) => next,
         };
-        slot.busy();
+        // Closed for a newcomer while its command came in: not run (its peer sees the
+        // connection end without a reply, as for any command that did not run).
+        if !slot.busy() {
+            return;
+        }
         let reply = match next {
             Err(_) | Ok(Err(_)) | Ok(Ok(Line::Eof)) => return,
             Ok(Ok(Line::TooLong)) => Err(ParseError::TooLong.into()),
@@ -329,20 +334,26 @@ async fn connection(
                 // A connection made before a restart with --takeover would change (or report) a
                 // rollout the new process, the one serving from now on, does not know of.
                 Ok(_) if another_socket(&admin.socket, owned) => Err(ControlError::TakenOver),
-                Ok(cmd) => {
-                    if cmd.is_read_only() {
-                        slot.reading();
+                // A command that only reads may be given up for a newcomer: its connection ends
+                // at once, holding no descriptor past the uid's most.
+                Ok(cmd) if cmd.is_read_only() => {
+                    slot.reading();
+                    tokio::select! {
+                        biased;
+                        () = slot.close.notified() => return,
+                        reply = handle.send(cmd, source.clone()) => reply,
                     }
-                    handle.send(cmd, source.clone()).await
                 }
+                Ok(cmd) => handle.send(cmd, source.clone()).await,
             },
         };
         // The command is done: a reply its peer has not taken for a while may be given up for
         // the uid's newcomer (a peer that reads no replies holds no place for long).
         slot.replying();
         let written = tokio::select! {
-            written = write_reply(&mut write, &reply) => written,
+            biased;
             () = slot.close.notified() => false,
+            written = write_reply(&mut write, &reply) => written,
         };
         if !written {
             return;

@@ -1,7 +1,7 @@
 //! Who holds admin connections, so that no one can lock the socket. Accepting never waits, and
 //! each uid may keep only so many connections that have sent nothing for a while: a new one beyond
 //! that closes the uid's longest-idle connection. A peer that opens many connections and sends
-//! nothing therefore only ever crowds out itself, an operator's `halt` always gets in, and a burst
+//! nothing therefore only ever crowds out itself, an operator's `halt` gets in, and a burst
 //! of clients that connect at once and send their command right away is not cut. A uid never
 //! holds more than [`MOST_PER_UID`] connections: at that many, a newcomer closes the uid's
 //! longest-idle one, or one running a command that only reads (`status`), once it has been open
@@ -140,22 +140,29 @@ impl Peers {
         })
     }
 
-    fn mark(&self, uid: u32, id: u64, doing: Doing) {
+    /// Whether the connection is still registered (not closed for a newcomer).
+    fn mark(&self, uid: u32, id: u64, doing: Doing) -> bool {
         let mut inner = self.inner();
-        if let Some(e) = inner
+        match inner
             .by_uid
             .get_mut(&uid)
             .and_then(|l| l.iter_mut().find(|e| e.id == id))
         {
-            e.doing = doing;
+            Some(e) => {
+                e.doing = doing;
+                true
+            }
+            None => false,
         }
     }
 }
 
 impl Slot {
-    /// A command is running: this connection is not idle.
-    pub fn busy(&self) {
-        self.peers.mark(self.uid, self.id, Doing::Running);
+    /// A command is running: this connection is not idle. `false` if it was closed for a
+    /// newcomer meanwhile: the command must not run.
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        self.peers.mark(self.uid, self.id, Doing::Running)
     }
 
     /// The command running only reads: at its uid's most, it may be cut for a newcomer.
@@ -213,8 +220,12 @@ mod tests {
         tokio::time::advance(GRACE).await;
         let newcomer = peers.register(65534).expect("the longest idle makes room");
         assert!(closed(&held[0]));
+        assert!(
+            !held[0].busy(),
+            "closed: a command it reads now must not run"
+        );
         // Commands running, and replies just sent, are never cut.
-        newcomer.busy();
+        assert!(newcomer.busy());
         for h in &held[1..] {
             h.replying();
         }
@@ -230,7 +241,7 @@ mod tests {
         // A `status` running on a connection open a while may go; the command just begun on a
         // connection just opened may not, nor a change (`newcomer`'s).
         for h in &held[2..] {
-            h.busy();
+            assert!(h.busy());
         }
         late.reading();
         held[3].reading();
@@ -255,7 +266,7 @@ mod tests {
         };
         assert!(!slots.iter().any(closed), "fresh connections are kept");
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
-        slots[0].busy();
+        assert!(slots[0].busy());
         // Another uid is not affected by uid 1000's connections.
         let root = peers.register(0).expect("another uid has its own room");
         assert!(!slots.iter().any(closed));

@@ -172,6 +172,23 @@ pub fn command_line(words: &[String]) -> Result<String, ClientError> {
 
 /// Sends `line` and reads the reply, waiting for it at most `wait` (not zero).
 pub fn request(socket: &Path, line: &str, wait: Duration) -> Result<Answer, ClientError> {
+    // A uid's connections crowded (a script of the operator's user flooding the socket): the
+    // refusal comes before the command is read, so it is sent again, within `wait`.
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let answer = request_once(socket, line, wait)?;
+        let crowded = matches!(&answer.reply,
+            Decoded::Error(e) if e.starts_with("too many admin connections"));
+        if !crowded || start.elapsed() + pause >= wait {
+            return Ok(answer);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn request_once(socket: &Path, line: &str, wait: Duration) -> Result<Answer, ClientError> {
     let path = socket.display().to_string();
     let io = |error| ClientError::Io {
         path: path.clone(),
