@@ -84,8 +84,9 @@ impl Peers {
     }
 
     /// Registers a connection of `uid`, closing the uid's longest-idle one (idle for
-    /// [`EVICTABLE_AFTER`] at least; at [`MOST_PER_UID`], [`GRACE`], or its reply unread for
-    /// [`EVICTABLE_AFTER`]) if it is at its limit; `None` (refused) if none is.
+    /// [`EVICTABLE_AFTER`] at least; at [`MOST_PER_UID`], idle or running a read-only command
+    /// once open [`GRACE`], or with its reply unread for [`EVICTABLE_AFTER`]) if it is at its
+    /// limit; `None` (refused) if none is.
     pub fn register(self: &Arc<Self>, uid: u32) -> Option<Slot> {
         let now = Instant::now();
         let mut inner = self.inner();
