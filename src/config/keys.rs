@@ -176,14 +176,19 @@ pub fn field_at(text: &str, at: Position, key_only: bool) -> Option<String> {
         .map(|p| p.path)
 }
 
+/// The path of `key` in the section at `path` (`""`: the top).
+fn child(path: &str, key: &str) -> String {
+    match path {
+        "" => key.to_owned(),
+        p => format!("{p}.{key}"),
+    }
+}
+
 fn every_place(node: &Node, path: &str, out: &mut Vec<Place>) {
     match node {
         Node::Map(entries) => {
             for (key, value) in entries {
-                let full = match path {
-                    "" => key.value.clone(),
-                    p => format!("{p}.{}", key.value),
-                };
+                let full = child(path, &key.value);
                 out.push(Place {
                     at: at(key),
                     path: full.clone(),
@@ -218,10 +223,7 @@ fn walk(node: &Node, path: &str, schema: &[(&str, &[&str])], out: &mut Vec<Probl
         Node::Map(entries) => {
             let Some(known) = known else { return };
             for (key, value) in entries {
-                let full = match path {
-                    "" => key.value.clone(),
-                    p => format!("{p}.{}", key.value),
-                };
+                let full = child(path, &key.value);
                 if known.contains(&key.value.as_str()) {
                     walk(&value.value, &full, schema, out);
                 } else {

@@ -192,19 +192,15 @@ fn described(e: &serde_saphyr::Error, text: &str) -> (Position, Option<String>, 
     } else if what.starts_with("cannot deserialize null") {
         "empty (null) where a value is needed".to_owned()
     } else if let Some(kind) = what.strip_prefix("invalid ")
-        && let Some(max) = match kind.trim() {
-            "u8" => Some(u64::from(u8::MAX)),
-            "u16" => Some(u64::from(u16::MAX)),
-            "u32" => Some(u64::from(u32::MAX)),
-            "u64" | "usize" => Some(u64::MAX),
+        && let Some(whole) = match kind.trim() {
+            "u8" => Some(format!("not a whole number from 0 to {}", u8::MAX)),
+            "u16" => Some(format!("not a whole number from 0 to {}", u16::MAX)),
+            "u32" => Some(format!("not a whole number from 0 to {}", u32::MAX)),
+            "u64" | "usize" => Some("not a whole number (like 5: no sign, no fraction)".to_owned()),
             _ => None,
         }
     {
-        if max == u64::MAX {
-            "not a whole number (like 5: no sign, no fraction)".to_owned()
-        } else {
-            format!("not a whole number from 0 to {max}")
-        }
+        whole
     } else if what.starts_with("invalid floating point") {
         "not a number (like 5, 0.5 or 0.01)".to_owned()
     } else if what.starts_with("expected string scalar") {

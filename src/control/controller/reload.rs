@@ -198,12 +198,7 @@ impl Controller {
             );
             if let ControlError::RolloutAwaitsEtcd(_) = e {
                 // In force but for the rollout: the file's other settings are the config's now.
-                self.notes.restart_required.clone_from(&restart_required);
-                self.notes.state_file = self
-                    .config
-                    .state_file
-                    .as_ref()
-                    .map(|p| p.display().to_string());
+                self.noted_in_force(restart_required.clone());
                 tracing::warn!(trigger = trigger.kind(), error = %e, "config reloaded but for the rollout, which waits for etcd");
             } else {
                 // Not in force: the state goes back where the config in force keeps it.
@@ -220,12 +215,7 @@ impl Controller {
         committed?;
         self.notes.last_reload_error = None;
         let was_refused = std::mem::take(&mut self.notes.file_refused);
-        self.notes.restart_required = restart_required;
-        self.notes.state_file = self
-            .config
-            .state_file
-            .as_ref()
-            .map(|p| p.display().to_string());
+        self.noted_in_force(restart_required);
         // The state file's path may lead somewhere new (a `current` link switched between
         // release directories): the state is written there too.
         if self.ours().is_ok() {
@@ -245,6 +235,17 @@ impl Controller {
             applied: applied.into_iter().map(str::to_owned).collect(),
             status: self.status(),
         })
+    }
+
+    /// Status notes of the config just put in force: what waits for a restart, where the state
+    /// file is.
+    fn noted_in_force(&mut self, restart_required: Vec<&'static str>) {
+        self.notes.restart_required = restart_required;
+        self.notes.state_file = self
+            .config
+            .state_file
+            .as_ref()
+            .map(|p| p.display().to_string());
     }
 }
 
