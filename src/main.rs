@@ -20,6 +20,25 @@ use ramp::shown;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `arena_eager_commit` (index 4 of v3's `mi_option_e`; the crate names only the stable
+/// options). Committing arenas lazily held 9,800 idle connections in 48.6 MiB instead of 66.5, with
+/// no CPU cost measured (README, performance).
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Runs before `main`, after mimalloc has read its environment and before Rust's first allocation
+/// reserves an arena (later would be too late for that arena). `set_default` leaves an option the
+/// environment set alone, so `MIMALLOC_ARENA_EAGER_COMMIT=1` still turns eager commit on.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static COMMIT_LAZILY: extern "C" fn() = commit_lazily;
+
+#[cfg(target_os = "linux")]
+extern "C" fn commit_lazily() {
+    // SAFETY: a plain store into mimalloc's option table; only this thread runs before main.
+    unsafe { libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0) }
+}
+
 #[derive(Parser)]
 #[command(name = "ramp", version, about = "A staged-rollout reverse proxy")]
 struct Cli {
@@ -525,5 +544,21 @@ fn bucket(rollout: &str, percent: Option<&str>, ids: &[OsString]) -> anyhow::Res
             anyhow::bail!("cannot write the buckets: {e}")
         }
         _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::ARENA_EAGER_COMMIT;
+
+    #[test]
+    fn arenas_are_committed_lazily_unless_the_environment_says_otherwise() {
+        // SAFETY: reads mimalloc's option table.
+        let value = unsafe { libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) };
+        match std::env::var("MIMALLOC_ARENA_EAGER_COMMIT") {
+            Err(_) => assert_eq!(value, 0),
+            Ok(set) if set == "1" => assert_eq!(value, 1),
+            Ok(_) => {}
+        }
     }
 }
