@@ -118,6 +118,15 @@ impl Drop for Etcd {
     }
 }
 
+/// A fresh etcd, and a stable and a canary backend.
+async fn etcd_and_backends() -> (Etcd, Backend, Backend) {
+    (
+        Etcd::start().await,
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    )
+}
+
 fn yaml(s: &Backend, c: &Backend, etcd: &str, name: &str, rollout: &str, cache: bool) -> String {
     let cache = if cache { "  file: cache.json\n" } else { "" };
     format!(
@@ -193,11 +202,7 @@ impl Fleet {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_change_at_any_instance_reaches_every_instance_and_all_agree_on_every_user() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: fleet\npercent: 5");
     fleet
         .all("every instance sees the start", |v| {
@@ -277,11 +282,7 @@ async fn a_change_at_any_instance_reaches_every_instance_and_all_agree_on_every_
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn two_operators_racing_never_lose_an_update() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: race\npercent: 1");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -327,11 +328,7 @@ async fn two_operators_racing_never_lose_an_update() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_is_back() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: outage\npercent: 50");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -426,11 +423,7 @@ async fn with_etcd_gone_instances_serve_apply_a_halt_locally_and_resync_when_it_
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_schedule_step_is_applied_once_in_a_fleet() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(
         &s,
         &c,
@@ -459,11 +452,7 @@ async fn a_schedule_step_is_applied_once_in_a_fleet() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_config_edit_etcd_could_not_take_applies_when_etcd_answers_again() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: edits\npercent: 10");
     fleet.lose(&mut etcd).await;
     // The operator edits the file at one instance while etcd is away: the file watcher's reload
@@ -500,11 +489,7 @@ async fn a_config_edit_etcd_could_not_take_applies_when_etcd_answers_again() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_halt_typed_while_etcd_was_away_never_ends_at_an_edit_s_higher_percent() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: halted\npercent: 10");
     fleet.lose(&mut etcd).await;
     // At `a` the file is edited to 40%, which waits for etcd; at `b` an operator halts at 10%.
@@ -589,11 +574,7 @@ async fn the_same_edit_pushed_to_every_instance_applies_at_every_instance() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_edit_made_while_an_instance_and_etcd_were_down_applies_when_etcd_is_back() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: downtime\npercent: 10");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -628,11 +609,7 @@ async fn an_edit_made_while_an_instance_and_etcd_were_down_applies_when_etcd_is_
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_edit_at_an_instance_that_also_stopped_the_rollout_applies_when_etcd_is_back() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: both\npercent: 10");
     fleet.lose(&mut etcd).await;
     // At `b`: the file edited to 50%, then a halt; at `c`, a rollback.
@@ -719,11 +696,7 @@ async fn an_edit_of_the_pools_and_the_percent_during_an_outage_moves_the_pools_a
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_halt_made_during_an_outage_that_finds_a_rollback_is_not_listed_as_rolling_back() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: both\npercent: 10");
     fleet.lose(&mut etcd).await;
     let (a, b) = (&fleet.proxies[0], &fleet.proxies[1]);
@@ -783,11 +756,7 @@ async fn hung() -> std::net::SocketAddr {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_instance_starting_behind_a_hung_first_endpoint_reads_the_fleet_s_state() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let a = Proxy::start(&yaml(
         &s,
         &c,
@@ -840,11 +809,7 @@ async fn not_etcd() -> std::net::SocketAddr {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_endpoint_that_answers_but_is_not_etcd_is_passed_over() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let bad = not_etcd().await;
     let both = format!("http://{bad}', '{}", etcd.url());
     let a = Proxy::start(&yaml(&s, &c, &both, "a", "id: lb\npercent: 10", true));
@@ -876,11 +841,7 @@ async fn an_endpoint_that_answers_but_is_not_etcd_is_passed_over() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_step_due_while_etcd_is_away_says_why_it_waits() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let a = Proxy::start(&yaml(
         &s,
         &c,
@@ -958,11 +919,7 @@ async fn by_hand(etcd: &Etcd, value: Option<&str>) {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: hand\npercent: 10");
     fleet
         .all("every instance sees the start", |v| {
@@ -1031,11 +988,7 @@ async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_halt_waiting_for_a_hung_etcd_is_written_even_while_status_is_polled() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: hung\npercent: 50");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -1087,11 +1040,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_etcd_wiped_or_restored_from_an_older_copy_never_splits_or_locks_the_fleet() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let fleet = Fleet::start(&s, &c, &etcd.url(), "id: reset\npercent: 10");
     let at = |percent: f64| move |v: &Value| v["percent"].as_f64() == Some(percent);
     assert_eq!(fleet.proxies[0].admin("set 40")["ok"], true);
@@ -1204,11 +1153,7 @@ async fn relay(
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn an_instance_whose_watch_goes_silent_still_takes_the_fleet_s_changes() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let (via, silent) = relay(etcd.client).await;
     // `a` reaches etcd through the relay first, then directly; `b` directly.
     let both = format!("http://{via}', '{}", etcd.url());
@@ -1244,11 +1189,7 @@ async fn an_instance_whose_watch_goes_silent_still_takes_the_fleet_s_changes() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cached_state() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: keep\npercent: 30");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -1327,11 +1268,7 @@ async fn a_restart_keeps_a_halt_etcd_never_took_and_gives_a_wiped_etcd_the_cache
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_stale_cache_written_back_never_undoes_a_later_change() {
-    let mut etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (mut etcd, s, c) = etcd_and_backends().await;
     let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: stale\npercent: 10");
     assert_eq!(fleet.proxies[0].admin("set 24")["ok"], true);
     fleet.all("24% everywhere", |v| v["percent"] == 24.0).await;
@@ -1394,11 +1331,7 @@ async fn a_stale_cache_written_back_never_undoes_a_later_change() {
     ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
 )]
 async fn a_rollback_goes_before_a_change_waiting_for_a_hung_etcd_and_survives_kill_9() {
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: hung2\npercent: 50");
     fleet
         .all("connected", |v| v["fleet"]["connected"] == true)
@@ -1491,11 +1424,7 @@ async fn gateway(etcd: &Etcd, path: &str, body: &str, token: Option<&str>) -> Va
 async fn credentials_work_before_etcd_s_auth_is_turned_on_and_after_it_is_turned_off() {
     // The order a migration takes: every instance given its credentials first, then etcd's
     // auth turned on; and back.
-    let etcd = Etcd::start().await;
-    let (s, c) = (
-        Backend::start("stable").await,
-        Backend::start("canary").await,
-    );
+    let (etcd, s, c) = etcd_and_backends().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let password = dir.path().join("password");
     std::fs::write(&password, "pw\n").expect("write");
