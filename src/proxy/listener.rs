@@ -22,6 +22,17 @@ use super::context::Proxy;
 /// learns to reconnect (to the new process) instead of racing a close.
 pub const LINGER: Duration = Duration::from_secs(1);
 
+/// The most a request's header list may take by HPACK's count before the h2 layer refuses it
+/// itself: room for every request the request check takes, so that the limits are the same for
+/// both protocols and every 431 is ramp's own, counted and logged. HPACK counts 32 more bytes per
+/// field than the check's 4 (and each cookie crumb is a field), and the pseudo-fields, the target
+/// among them; as for an HTTP/1.1 head, a target up to 64 KiB fits, so that it gets 414.
+fn max_header_list(limits: &Limits) -> usize {
+    4 * limits.max_header_bytes
+        + limits.max_uri_bytes.max(64 * 1024)
+        + 32 * (limits.max_headers + 8)
+}
+
 fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
@@ -31,7 +42,7 @@ fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
         // WebSocket over HTTP/2 (RFC 8441).
         .enable_connect_protocol()
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(max_header_list(limits)).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(20)))
