@@ -927,8 +927,10 @@ async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
         })
         .await;
     // Something unreadable: the state in force stays, status says why, and the next change
-    // (any command, not only a halt) replaces it for every instance.
+    // (any command, not only a halt; even one that changes nothing) replaces it for every
+    // instance.
     for (garbage, command, check) in [
+        ("garbage{", "set 20", ("running", 20.0)),
         ("garbage{", "set 20", ("running", 20.0)),
         (
             r#"{"instance":"z","state":{"version":3}}"#,
@@ -1471,4 +1473,106 @@ async fn credentials_work_before_etcd_s_auth_is_turned_on_and_after_it_is_turned
     set(40);
     let st = proxy.admin("status");
     assert_eq!(st["fleet"]["connected"], true, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn an_instance_moved_to_another_fleet_s_key_never_writes_its_old_fleet_s_state_there() {
+    let (etcd, s, c) = etcd_and_backends().await;
+    // One fleet, on /ramp/rollouts/other, has pay-v3 halted at 5%...
+    let other = |name, rollout| {
+        yaml(&s, &c, &etcd.url(), name, rollout, true)
+            .replace("/ramp/rollouts/test", "/ramp/rollouts/other")
+    };
+    let d = Proxy::start(&other("d", "id: pay-v3\npercent: 5"));
+    d.wait_status("d connected", |v| v["fleet"]["connected"] == true);
+    assert_eq!(d.admin("halt")["ok"], true);
+    let changes = d.admin("status")["changes"].clone();
+    // ...while `a` serves the fleet of /ramp/rollouts/test, where its cache comes to hold 35%, a
+    // change made later than that halt.
+    let a = Proxy::start(&yaml(&s, &c, &etcd.url(), "a", "id: r1\npercent: 5", true));
+    assert_eq!(a.admin("set 35")["ok"], true);
+    let cache = a.dir.path().join("cache.json");
+    support::eventually("a's cache holds 35%", || {
+        std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("\"percent_ppm\": 350000"))
+    })
+    .await;
+    // `a` is moved to the other fleet (given its config) and restarted.
+    let (dir, path) = a.kill9();
+    std::fs::write(&path, other("a", "id: pay-v3\npercent: 5")).expect("config");
+    let a = Proxy::start_in(dir, path);
+    let st = a.wait_status("a connected", |v| v["fleet"]["connected"] == true);
+    let got = |st: &Value| {
+        (
+            st["rollout"].as_str().map(str::to_owned),
+            st["state"].as_str().map(str::to_owned),
+            st["percent"].as_f64(),
+        )
+    };
+    let halted = (Some("pay-v3".into()), Some("halted".into()), Some(5.0));
+    assert_eq!(got(&st), halted, "{st}");
+    a.wait_log("the local cache holds the state of another fleet's key");
+    // The other fleet's rollout is as it was, never changed by `a`; `a`'s cache is now of it.
+    let st = d.admin("status");
+    assert_eq!(got(&st), halted, "{st}");
+    assert_eq!(st["changes"], changes, "{st}");
+    support::eventually("a's cache holds the other fleet's state", || {
+        std::fs::read_to_string(&cache)
+            .is_ok_and(|t| t.contains("pay-v3") && t.contains("/ramp/rollouts/other"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_with_etcd),
+    ignore = "needs etcd at /usr/bin/etcd (apt-get install etcd-server; .ci/run installs it)"
+)]
+async fn a_guard_s_rollback_made_during_an_outage_never_stops_a_rollout_begun_meanwhile() {
+    let (mut etcd, s, c) = etcd_and_backends().await;
+    c.set_failing(100);
+    let fleet = Fleet::start(
+        &s,
+        &c,
+        &etcd.url(),
+        "id: r1\npercent: 50\nguard: {action: rollback}",
+    );
+    fleet.lose(&mut etcd).await;
+    let (a, b) = (&fleet.proxies[0], &fleet.proxies[1]);
+    // At `b`, the canary of r1 fails every request: its guard rolls r1 back there, to be
+    // written when etcd answers.
+    let client = Client::http1();
+    for i in 0..1_500 {
+        client
+            .get(&b.url("/"), &[("x-user-id", &format!("u{i}"))])
+            .await;
+    }
+    b.wait_status("b's guard acts", |v| {
+        v["state"] == "rolled_back" && v["fleet"]["pending"] == "rollback"
+    });
+    // `b` sleeps through etcd's return, and meanwhile a fixed canary is started as r9 at `a`.
+    b.signal(19);
+    etcd.run().await;
+    a.wait_status("a reaches etcd again", |v| v["fleet"]["connected"] == true);
+    c.set_failing(0);
+    assert_eq!(a.admin("start r9 5")["ok"], true);
+    b.signal(18);
+    // The verdict on r1 says nothing of r9: the fleet runs r9, `b` too.
+    fleet
+        .all("r9 runs everywhere, nothing pending", |v| {
+            v["rollout"] == "r9" && v["fleet"]["pending"].is_null()
+        })
+        .await;
+    for p in &fleet.proxies {
+        let st = p.admin("status");
+        assert_eq!(
+            (st["state"].as_str(), st["percent"].as_f64()),
+            (Some("running"), Some(5.0)),
+            "{st}"
+        );
+    }
+    b.wait_log("the guard's halt or rollback made here while etcd was away is not written");
 }

@@ -99,6 +99,18 @@ impl Controller {
         // (a halt made elsewhere meanwhile would otherwise lift this rollback for a moment).
         if let (Some((what, source)), Ok((instance, theirs))) = (link.pending.clone(), &opened) {
             link.revision = kv.mod_revision;
+            // The guard judged one rollout's figures; the fleet began another meanwhile (a
+            // `start` elsewhere), which its verdict says nothing of.
+            if let Source::Guard { rollout, .. } = &source
+                && !rollout.is_empty()
+                && *rollout != theirs.id
+            {
+                link.pending = None;
+                self.pending_failed = None;
+                tracing::warn!(command = what, judged = %rollout, fleet = %theirs.id, "the guard's halt or rollback made here while etcd was away is not written: the fleet began another rollout meanwhile, which the guard did not judge");
+                let (instance, theirs) = (instance.clone(), theirs.clone());
+                return Box::pin(self.take(instance, theirs, kv.mod_revision)).await;
+            }
             if differs_in_substance(
                 &stop_on(theirs, &self.rollout, what, Instant::now()),
                 theirs,
@@ -134,6 +146,16 @@ impl Controller {
                 );
                 tracing::error!("{why}");
                 self.notes.state_file_error = Some(why);
+                // Even a command that changes nothing writes it; unless the state in force is the
+                // stop ramp made at start for want of a readable state, no state of the fleet's.
+                if self
+                    .rollout
+                    .stopped
+                    .as_ref()
+                    .is_none_or(|s| s.by != Source::Startup)
+                {
+                    self.unsaved = true;
+                }
             }
         }
     }

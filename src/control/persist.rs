@@ -125,14 +125,25 @@ impl Store {
     /// etcd never took, from the local cache.
     pub async fn restore(&mut self, now: Instant) -> Restored {
         let wall = SystemTime::now();
+        // The local cache, unless it holds another key's state (the instance moved to another
+        // fleet, or its key was mistyped before): that is no state of this fleet's, nor a stop
+        // made in it, and would otherwise be written over this fleet's key.
+        let mut cache = None;
         if let Store::Fleet(link) = self
-            && let Some(pending) = link
-                .cache
-                .as_ref()
-                .and_then(|(p, _)| store::cached_pending(p))
+            && let Some((path, _)) = &link.cache
         {
-            link.pending = Some(pending);
+            let notes = store::cache_notes(path);
+            match notes.key {
+                Some(k) if k != link.key => {
+                    tracing::warn!(cache = %path.display(), of = %crate::shown::escaped(&k), key = %link.key, "the local cache holds the state of another fleet's key: not used, and replaced by this fleet's state");
+                }
+                _ => {
+                    link.pending = notes.pending;
+                    cache = Some(path.clone());
+                }
+            }
         }
+        let cached = |now, wall| cache.as_deref().map(|p| store::read(p, now, wall));
         match self {
             Store::Nothing => Restored::Nothing,
             Store::File(path, _) => match store::read(path, now, wall) {
@@ -152,7 +163,7 @@ impl Store {
                         link.connected = true;
                         // The key is gone (deleted, or etcd's data wiped): this instance's cache is
                         // the last state the fleet held, and goes back into the key.
-                        match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
+                        match cached(now, wall) {
                             Some(Ok(Some(s))) => Restored::Cached(s),
                             _ => Restored::Nothing,
                         }
@@ -162,11 +173,7 @@ impl Store {
                         match open(&kv, now) {
                             Ok((_, s)) => {
                                 link.revision = kv.mod_revision;
-                                let cached = link
-                                    .cache
-                                    .as_ref()
-                                    .and_then(|(p, _)| store::read(p, now, wall).ok().flatten());
-                                match cached {
+                                match cached(now, wall).and_then(|r| r.ok().flatten()) {
                                     // More changes along than the key (written back after a wipe by
                                     // an instance with an older cache, or an older copy restored):
                                     // the cache's state, written over the key.
@@ -191,7 +198,7 @@ impl Store {
                         link.error = Some(e.to_string());
                         tracing::error!(error = %e, "etcd is unreachable at start: serving the last known state");
                         // The cache of the last known state, else everyone on stable.
-                        match link.cache.as_ref().map(|(p, _)| store::read(p, now, wall)) {
+                        match cached(now, wall) {
                             Some(Ok(Some(s))) => Restored::Found(s),
                             Some(Ok(None)) | None => {
                                 Restored::Unusable(format!("etcd unreachable and no cache: {e}"))
@@ -326,6 +333,7 @@ impl Store {
                 &link.cache,
                 store::encode_cache(
                     next,
+                    &link.key,
                     Some((what, &source)),
                     Instant::now(),
                     SystemTime::now(),
@@ -345,7 +353,7 @@ impl Link {
         let pending = self.pending.as_ref().map(|(what, by)| (*what, by));
         if let (Some((cache, writer)), Ok(bytes)) = (
             &self.cache,
-            store::encode_cache(state, pending, Instant::now(), SystemTime::now()),
+            store::encode_cache(state, &self.key, pending, Instant::now(), SystemTime::now()),
         ) {
             writer.write_quietly(cache.clone(), bytes);
         }

@@ -100,6 +100,10 @@ struct FileV2 {
     /// Who made the pending halt or rollback, so that the fleet is told after a restart too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fleet_pending_by: Option<Source>,
+    /// In a fleet's local cache only: the key whose state it holds (absent: written by an older
+    /// ramp, or a state file before the instance joined a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_key: Option<String>,
     /// New in version 2: while halted or rolled back, who stopped it and when (see
     /// [`RolloutState::stopped`]). Absent (running, or written by an older ramp): unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,43 +145,63 @@ fn ms(d: Duration) -> u64 {
 
 /// The file's text for `s`, taken at (`now`, `wall`).
 pub fn encode(s: &RolloutState, now: Instant, wall: SystemTime) -> Result<Vec<u8>, StoreError> {
-    encode_file(s, None, now, wall)
+    encode_file(s, None, None, now, wall)
 }
 
-/// A fleet's local cache: the state, and the halt or rollback (`pending`, with who made it) still
-/// to be written to the fleet, so that a restart keeps it.
+/// A fleet's local cache: the state of the fleet's `key`, and the halt or rollback (`pending`,
+/// with who made it) still to be written to the fleet, so that a restart keeps it.
 pub fn encode_cache(
     s: &RolloutState,
+    key: &str,
     pending: Option<(&str, &Source)>,
     now: Instant,
     wall: SystemTime,
 ) -> Result<Vec<u8>, StoreError> {
-    encode_file(s, pending, now, wall)
+    encode_file(s, Some(key), pending, now, wall)
 }
 
-/// What a fleet's local cache at `path` holds still to be written to the fleet: `halt` or
-/// `rollback` and who made it (`startup` in a cache written by an older ramp), or nothing (also
-/// when it cannot be read).
-pub fn cached_pending(path: &Path) -> Option<(&'static str, Source)> {
+/// What a fleet's local cache says beside the state.
+#[derive(Debug, Default, PartialEq)]
+pub struct CacheNotes {
+    /// The key whose state it holds (`None`: not said, as by an older ramp).
+    pub key: Option<String>,
+    /// The halt or rollback still to be written to the fleet, and who made it (`startup` in a
+    /// cache written by an older ramp).
+    pub pending: Option<(&'static str, Source)>,
+}
+
+/// What the fleet's local cache at `path` says beside the state (nothing when it cannot be read).
+pub fn cache_notes(path: &Path) -> CacheNotes {
     #[derive(Deserialize)]
-    struct Pending {
+    struct Notes {
+        #[serde(default)]
+        fleet_key: Option<String>,
         #[serde(default)]
         fleet_pending: Option<String>,
         #[serde(default)]
         fleet_pending_by: Option<Source>,
     }
-    let text = resolve(path).and_then(|p| read_trusted(&p)).ok()?;
-    let p: Pending = serde_json::from_slice(&text).ok()?;
-    let what = match p.fleet_pending.as_deref() {
-        Some("halt") => "halt",
-        Some("rollback") => "rollback",
-        _ => return None,
+    let Some(n) = resolve(path)
+        .and_then(|p| read_trusted(&p))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Notes>(&text).ok())
+    else {
+        return CacheNotes::default();
     };
-    Some((what, p.fleet_pending_by.unwrap_or(Source::Startup)))
+    let what = match n.fleet_pending.as_deref() {
+        Some("halt") => Some("halt"),
+        Some("rollback") => Some("rollback"),
+        _ => None,
+    };
+    CacheNotes {
+        key: n.fleet_key,
+        pending: what.map(|w| (w, n.fleet_pending_by.unwrap_or(Source::Startup))),
+    }
 }
 
 fn encode_file(
     s: &RolloutState,
+    key: Option<&str>,
     pending: Option<(&str, &Source)>,
     now: Instant,
     wall: SystemTime,
@@ -234,6 +258,7 @@ fn encode_file(
         completed_before: s.completed_before && s.state == State::RolledBack,
         fleet_pending: pending.map(|(what, _)| what.to_owned()),
         fleet_pending_by: pending.map(|(_, by)| by.clone()),
+        fleet_key: key.map(str::to_owned),
         stopped_by: s.stopped.as_ref().map(|st| st.by.clone()),
         stopped_at_unix_ms: s.stopped.as_ref().map(|st| unix_ms(st.at)),
     };

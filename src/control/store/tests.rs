@@ -93,17 +93,34 @@ fn a_cache_keeps_a_pending_halt_and_who_made_it() {
         uid: 1000,
         pid: Some(42),
     };
-    let text = encode_cache(&s, Some(("rollback", &by)), now, wall).expect("encode");
+    let text = encode_cache(&s, "/ramp/a", Some(("rollback", &by)), now, wall).expect("encode");
     std::fs::write(&path, &text).expect("write");
-    assert_eq!(cached_pending(&path), Some(("rollback", by)));
+    assert_eq!(
+        cache_notes(&path),
+        CacheNotes {
+            key: Some("/ramp/a".into()),
+            pending: Some(("rollback", by))
+        }
+    );
     // A cache written by a ramp that did not keep who made it.
     let old = String::from_utf8(text)
         .expect("utf8")
-        .replace("\"fleet_pending_by\"", "\"ignored\"");
+        .replace("\"fleet_pending_by\"", "\"ignored\"")
+        .replace("\"fleet_key\"", "\"ignored_too\"");
     std::fs::write(&path, old).expect("write");
-    assert_eq!(cached_pending(&path), Some(("rollback", Source::Startup)));
-    std::fs::write(&path, encode_cache(&s, None, now, wall).expect("encode")).expect("write");
-    assert_eq!(cached_pending(&path), None);
+    assert_eq!(
+        cache_notes(&path),
+        CacheNotes {
+            key: None,
+            pending: Some(("rollback", Source::Startup))
+        }
+    );
+    std::fs::write(
+        &path,
+        encode_cache(&s, "/k", None, now, wall).expect("encode"),
+    )
+    .expect("write");
+    assert_eq!(cache_notes(&path).pending, None);
 }
 
 #[test]
