@@ -349,6 +349,20 @@ fn decode(
         ),
         _ => return Err(invalid("file_plan needs percent_ppm or steps")),
     };
+    // As the config file's steps are (the key may have been written by hand): rising, and each
+    // but the last held for at least a millisecond; else a schedule would bounce users between
+    // the versions.
+    if let Plan::Steps(steps) = &plan {
+        if steps.windows(2).any(|w| w[1].ppm <= w[0].ppm) {
+            return Err(invalid("steps whose percents do not rise"));
+        }
+        if steps[..steps.len() - 1]
+            .iter()
+            .any(|s| s.hold.is_none_or(|h| h < Duration::from_millis(1)))
+        {
+            return Err(invalid("a step other than the last without a hold"));
+        }
+    }
     let step_count = match &plan {
         Plan::Steps(steps) => steps.len(),
         Plan::Percent(_) => 0,

@@ -146,6 +146,45 @@ fn damaged_files_are_refused_with_a_reason() {
 }
 
 #[test]
+fn steps_that_fall_or_are_not_held_are_refused_as_the_config_file_s_are() {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let p = Path::new("the fleet's key");
+    let with = |steps: &str| {
+        format!(
+            r#"{{"version":2,"rollout":"r","state":"running","percent_ppm":900000,
+            "schedule":{{"step":0,"deadline_unix_ms":1,"remaining_ms":null}},
+            "file_plan":{{"id":"r","percent_ppm":null,"steps":{steps}}},"plan_pending":false,
+            "changed_at_unix_ms":0,"changed_by":{{"kind":"file"}}}}"#
+        )
+    };
+    for (steps, why) in [
+        (
+            r#"[{"percent_ppm":900000,"hold_ms":1000},{"percent_ppm":0,"hold_ms":1000},{"percent_ppm":500000}]"#,
+            "steps whose percents do not rise",
+        ),
+        (
+            r#"[{"percent_ppm":10000,"hold_ms":1000},{"percent_ppm":10000}]"#,
+            "steps whose percents do not rise",
+        ),
+        (
+            r#"[{"percent_ppm":10000,"hold_ms":0},{"percent_ppm":500000}]"#,
+            "a step other than the last without a hold",
+        ),
+        (
+            r#"[{"percent_ppm":10000},{"percent_ppm":500000}]"#,
+            "a step other than the last without a hold",
+        ),
+    ] {
+        match decode(with(steps).as_bytes(), p, now, wall) {
+            Err(StoreError::Invalid { what, .. }) => assert_eq!(what, why, "{steps}"),
+            other => panic!("{steps}: {other:?}"),
+        }
+    }
+    let fine = r#"[{"percent_ppm":10000,"hold_ms":1},{"percent_ppm":500000}]"#;
+    assert!(decode(with(fine).as_bytes(), p, now, wall).is_ok());
+}
+
+#[test]
 fn a_generation_is_read_back_or_taken_from_when_the_state_changed() {
     let (now, wall) = (Instant::now(), SystemTime::now());
     let p = Path::new("state.json");
