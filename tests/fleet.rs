@@ -920,7 +920,7 @@ async fn by_hand(etcd: &Etcd, value: Option<&str>) {
 )]
 async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
     let (etcd, s, c) = etcd_and_backends().await;
-    let fleet = Fleet::start(&s, &c, &etcd.url(), "id: hand\npercent: 10");
+    let mut fleet = Fleet::start(&s, &c, &etcd.url(), "id: hand\npercent: 10");
     fleet
         .all("every instance sees the start", |v| {
             v["fleet"]["connected"] == true && v["fleet"]["revision"].as_i64() > Some(0)
@@ -963,9 +963,26 @@ async fn a_key_written_by_hand_or_deleted_never_locks_the_fleet() {
     fleet
         .all("resume reaches every instance", |v| v["state"] == "running")
         .await;
-    // A restart on the unreadable key starts on stable (it cannot know better), and an operator's
-    // command there is not stuck behind it either.
+    // A restart on an unreadable key serves the state the local cache holds, the last the fleet
+    // held, as the instances that kept running do: the fleet does not split.
     by_hand(&etcd, Some("garbage{")).await;
+    let (dir, path) = fleet.proxies.pop().expect("c").kill9();
+    let c_again = Proxy::start_in(dir, path);
+    let st = c_again.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), st["state"].as_str()),
+        (Some("hand"), Some("running")),
+        "{st}"
+    );
+    assert!(
+        st["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/ramp/rollouts/test")),
+        "{st}"
+    );
+    fleet.proxies.push(c_again);
+    // Without a cache, a restart on the unreadable key starts on stable (it cannot know better),
+    // and an operator's command there is not stuck behind it either.
     let restarted = Proxy::start(&yaml(
         &s,
         &c,

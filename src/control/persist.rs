@@ -75,6 +75,9 @@ pub enum Restored {
     Nothing,
     /// The fleet's key is missing: the local cache's state, to be written back to it.
     Cached(RolloutState),
+    /// The fleet's key is unreadable: the local cache's state, the last the fleet held that this
+    /// instance knows of (as the instances that were running keep it in force), and why.
+    Stale(RolloutState, String),
     /// Unreadable (or unreachable with no cache): everyone on stable, and why.
     Unusable(String),
 }
@@ -189,7 +192,11 @@ impl Store {
                             Err(e) => {
                                 // The next change made here replaces it.
                                 link.revision = kv.mod_revision;
-                                Restored::Unusable(format!("{}: {e}", link.key))
+                                let why = format!("{}: {e}", link.key);
+                                match cached(now, wall) {
+                                    Some(Ok(Some(s))) => Restored::Stale(s, why),
+                                    _ => Restored::Unusable(why),
+                                }
                             }
                         }
                     }

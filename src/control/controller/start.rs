@@ -156,6 +156,11 @@ impl Controller {
                 tracing::warn!(rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "the fleet's key is missing, or holds a state fewer changes along than the local cache (etcd's data wiped or restored from an older copy): state restored from the local cache, and written back");
                 (saved, true)
             }
+            Restored::Stale(saved, e) => {
+                tracing::error!(error = %e, rollout = %saved.id, state = saved.state.as_str(), percent = ppm_to_percent(saved.ppm), "the fleet's key is unreadable: serving the local cache's state, the last the fleet held, until the next change replaces the key");
+                notes.state_file_error = Some(e);
+                (saved, false)
+            }
             Restored::Unusable(e) => {
                 if matches!(store, Store::Fleet(_)) {
                     tracing::error!(error = %e, "FLEET STATE UNAVAILABLE: serving everyone from stable (rolled_back) until etcd answers or an operator acts");
