@@ -100,7 +100,14 @@ async fn the_guard_rolls_back_a_failing_canary_and_no_request_reaches_it_after()
             .await,
         1.0
     );
-    // From then on, no request reaches the canary.
+    // From then on, no request reaches the canary...
+    let next_look = |proxy: &Proxy| {
+        let at = proxy.admin("status")["analysis"]["at"].clone();
+        proxy.wait_status("the analysis looks again", |v| v["analysis"]["at"] != at)["analysis"]
+            .clone()
+    };
+    next_look(&proxy);
+    let frozen = next_look(&proxy);
     let before = c.seen().len();
     let (_, canary) = traffic(&proxy, 1_000, "after", 1, "/").await;
     assert_eq!(canary, 0);
@@ -109,6 +116,14 @@ async fn the_guard_rolls_back_a_failing_canary_and_no_request_reaches_it_after()
         before,
         "a request reached the canary after the rollback"
     );
+    // ...and the comparison stands as it was: stable's answers alone, from a later time, neither
+    // count nor move the verdict the guard acted on.
+    let later = next_look(&proxy);
+    assert_eq!(
+        later["pools"]["stable"]["requests"], frozen["pools"]["stable"]["requests"],
+        "{later}"
+    );
+    assert_eq!(later["errors"]["verdict"], "regressed", "{later}");
     // The rollback was persisted like any change.
     let text = std::fs::read_to_string(proxy.state_file()).expect("state file");
     assert!(
@@ -1144,4 +1159,26 @@ async fn answers_to_requests_without_an_id_are_none_of_the_comparison_s() {
     let counted = p["stable"]["requests"].as_u64().unwrap_or(0)
         + p["canary"]["requests"].as_u64().unwrap_or(0);
     assert_eq!(counted, 40, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_what_counts_as_an_error_starts_the_comparison_again() {
+    let s = Backend::start("stable").await;
+    s.set_failing(50);
+    let proxy = Proxy::start(&single(s.addr, CONTROL));
+    for _ in 0..20 {
+        Client::http1().get(&proxy.url("/"), &[]).await;
+    }
+    assert_eq!(stable_after(&proxy, 20, "errors"), 10);
+    // 500 is no longer an error: the 10 counted by the old definition go, not to be mixed with
+    // the answers counted by the new one.
+    let edited = std::fs::read_to_string(&proxy.config_path).expect("config")
+        + "analysis: {error_statuses: [502]}\n";
+    support::replace_file(&proxy.config_path, &edited);
+    proxy.wait_log("config reloaded");
+    stable_after(&proxy, 0, "requests");
+    for _ in 0..20 {
+        Client::http1().get(&proxy.url("/"), &[]).await;
+    }
+    assert_eq!(stable_after(&proxy, 20, "errors"), 0);
 }

@@ -624,12 +624,13 @@ fn a_sticky_header_or_cookie_age_that_would_lose_the_user_is_refused() {
 #[test]
 fn check_warns_of_settings_that_are_valid_but_likely_mistakes() {
     let (code, lines) = check(
-        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9101]}\nrollout: {id: r, percent: 5}\npassive_health: {backoff: 2m, max_backoff: 1m}\n",
+        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9101]}\nrollout: {id: r, percent: 5}\npassive_health: {backoff: 2m, max_backoff: 1m}\nanalysis: {error_statuses: []}\n",
     );
     assert_eq!(code, 0, "{lines:?}");
     for says in [
         " warning: pools: 127.0.0.1:9101 is in both stable and canary",
         " warning: passive_health.backoff (2m) is longer than max_backoff (1m)",
+        " warning: analysis.error_statuses is empty: no answer counts as an error",
     ] {
         assert!(lines.iter().any(|l| l.contains(says)), "{says}: {lines:?}");
     }
@@ -729,4 +730,24 @@ fn certificates_in_a_directory_ramp_may_not_list_are_served_and_said_unwatched()
         "{seen:#?}"
     );
     assert!(seen.iter().any(|l| l.contains("listening")), "{seen:#?}");
+}
+
+#[test]
+fn the_guard_s_least_p99_increase_may_be_written_as_its_default_of_zero() {
+    for zero in ["0", "0s", "0ms"] {
+        let (code, lines) = check(&format!(
+            "listen: 127.0.0.1:8080\npools: {{stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}}\nrollout:\n  id: r\n  percent: 5\n  guard: {{action: halt, min_p99_increase: {zero}}}\n"
+        ));
+        assert_eq!(code, 0, "{zero}: {lines:?}");
+    }
+    let (code, lines) = check(
+        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}\nrollout:\n  id: r\n  percent: 5\n  guard: {action: halt, min_p99_increase: 5 parsecs}\n",
+    );
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("rollout.guard.min_p99_increase")),
+        "{lines:?}"
+    );
 }

@@ -125,6 +125,8 @@ struct Books {
     restarts: u64,
     /// What the slow threshold is set from, for `since`.
     reference: Reference,
+    /// The answers counted as errors, as defined.
+    error_statuses: crate::config::StatusSet,
 }
 
 impl Books {
@@ -142,7 +144,27 @@ impl Books {
             acted: None,
             restarts: 0,
             reference: Reference::default(),
+            error_statuses: config.analysis.error_statuses,
         }
+    }
+
+    /// The comparison starts again: what the guard judges, from now on.
+    fn afresh(&mut self) {
+        self.since.stable.clear();
+        self.since.canary.clear();
+        self.reference.clear();
+        self.converted = PerPool::default();
+        self.since_at = SystemTime::now();
+        self.acted = None;
+    }
+
+    /// Whether both pools serve users, so that their answers compare: not while everyone is on
+    /// one side (rolled back, completed), when the other side's figures would go on from a later
+    /// time alone and move the comparison with nothing compared.
+    fn comparing(&self) -> bool {
+        self.seen
+            .as_ref()
+            .is_none_or(|s| matches!(s.state, State::Running | State::Halted))
     }
 
     /// Starts counts afresh where the rollout changed: a new rollout resets everything; a resume
@@ -155,15 +177,11 @@ impl Books {
             c.stable.clear();
             c.canary.clear();
         };
-        if let Some(before) = &self.seen {
+        if let Some(before) = self.seen.take() {
             let new_rollout = before.id != now.id;
             // A resume is told by the controller (it may come and go within this second).
             if new_rollout || told || before.ppm != now.ppm {
-                clear(&mut self.since);
-                self.reference.clear();
-                self.converted = PerPool::default();
-                self.since_at = SystemTime::now();
-                self.acted = None;
+                self.afresh();
             }
             if new_rollout {
                 self.window.clear();
@@ -184,6 +202,14 @@ impl Books {
             self.converted = PerPool::default();
             self.window.clear();
             self.goals = goals.clone();
+        }
+        if config.analysis.error_statuses != self.error_statuses {
+            // Errors by another definition from now on: counted with those by the old one, the
+            // rates would be neither's.
+            self.afresh();
+            clear(&mut self.step);
+            self.window.clear();
+            self.error_statuses = config.analysis.error_statuses;
         }
         if self.window.shape() != Window::new(config.analysis.window).shape() {
             self.window = Window::new(config.analysis.window);
@@ -211,9 +237,12 @@ pub async fn run(analysis: Arc<Analysis>, current: Arc<Current>, act: mpsc::Send
         let unix = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        let comparing = books.comparing();
         for pool in crate::routing::PoolName::BOTH {
             let tick = &books.tick[pool];
-            books.since[pool].add(tick);
+            if comparing {
+                books.since[pool].add(tick);
+            }
             books.step[pool].add(tick);
             books.lifetime[pool].add(tick);
         }

@@ -141,11 +141,15 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
         100.0,
         1.5,
     );
-    let min_p99_increase = c.duration(
-        g.min_p99_increase.as_ref(),
-        "rollout.guard.min_p99_increase",
-        std::time::Duration::ZERO,
-    );
+    let min_p99_increase = g
+        .min_p99_increase
+        .as_ref()
+        .and_then(|s| {
+            c.check(s, "rollout.guard.min_p99_increase", |t| {
+                super::checker::parse_duration_or_zero(t)
+            })
+        })
+        .unwrap_or_default();
     let min_requests = c.int(
         g.min_requests.as_ref(),
         "rollout.guard.min_requests",

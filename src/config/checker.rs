@@ -54,6 +54,14 @@ impl Checker {
     }
 }
 
+/// Like [`parse_duration`], and zero (`0`, `0s`, `0ms`) too: for a setting whose default is 0.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, Reason> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, Reason> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| Reason::Duration(format!("{text:?} ({e})")))?;

@@ -374,6 +374,9 @@ impl Config {
                 "pools: {shared} is in both stable and canary: the pools share its health, and the comparison compares it with itself"
             ));
         }
+        if self.analysis.error_statuses.is_empty() {
+            out.push("analysis.error_statuses is empty: no answer counts as an error, so the comparison shows no errors and the guard never acts on them".to_owned());
+        }
         let p = &self.passive_health;
         if p.backoff > p.max_backoff {
             out.push(format!(

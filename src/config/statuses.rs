@@ -27,6 +27,10 @@ impl StatusSet {
     }
 
     #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&b| b == 0)
+    }
+
     pub fn contains(&self, code: u16) -> bool {
         code < 640 && self.bits[usize::from(code / 64)] & (1 << (code % 64)) != 0
     }
