@@ -177,6 +177,12 @@ pub const SAMPLE_RATIO_P: f64 = 0.001;
 /// With fewer users than this in both pools together, the check reports no mismatch.
 pub const SAMPLE_RATIO_MIN_USERS: f64 = 100.0;
 
+/// The weight, in users, of the mixture's prior on the canary's share: Beta(k·e, k·(1−e)),
+/// centred on the share asked for. Light, so that a canary that gets nobody (or several times
+/// its share) is called within a few hundred users; heavy enough that 4% against 5% is called
+/// at 10,000.
+const SAMPLE_RATIO_PRIOR_USERS: f64 = 10.0;
+
 /// The result of the sample-ratio check.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleRatio {
@@ -184,21 +190,27 @@ pub struct SampleRatio {
     pub observed_share: f64,
     /// The share the rollout asks for.
     pub expected_share: f64,
-    /// The chi-square statistic (1 degree of freedom); 0 when there is not enough data.
-    pub chi_square: f64,
-    /// P(chi-square ≥ observed) if the split were right; 1 when there is not enough data.
+    /// The likelihood ratio against the split asked for (1 when there is not enough data).
+    pub evidence: f64,
+    /// 1 / `evidence`, at most 1: below α with probability at most α at any look, however
+    /// often the check looks.
     pub p_value: f64,
     /// True when p_value < [`SAMPLE_RATIO_P`]: the split is not what was asked for.
     pub mismatch: bool,
 }
 
 /// Checks that the canary's share of users is the share the rollout asks for (sample-ratio
-/// mismatch). The user counts are estimates (HyperLogLog) with relative standard error
-/// `estimator_rel_error` each, e.g. 1.04/sqrt(4096) ≈ 0.016. The share s = c/(c + s_users) is
-/// compared with the expected share e by a chi-square test with 1 degree of freedom whose
-/// variance is the binomial one, e(1−e)/N, PLUS what the estimators' independent errors add to
-/// the share, e²(1−e)²·2σ² (from ds = s(1−s)(dc/c − dS/S)). Without that second term a
-/// 1.6% estimator error alone flags healthy splits once N is in the tens of thousands.
+/// mismatch), at every look at once: each user goes to the canary with probability e, and the
+/// mixture likelihood ratio of the counts (a beta-binomial with the prior above, against the
+/// binomial at e) is a martingale under a true split, so by Ville's inequality it ever reaches
+/// 1/α with probability at most α however often it is looked at. Exact at small counts, where a
+/// chi-square's normal tails are not (one canary user among 300 at 0.01% gave it p = 3e-8,
+/// though 3% of healthy splits show that). The user counts are estimates (HyperLogLog) with
+/// relative standard error `estimator_rel_error` each (1.04/√4096 ≈ 0.016), an error that does
+/// not shrink with more users: the counts are weighed as if there were only as many users as
+/// give the share the variance it has with that error added, e(1−e)/N + e²(1−e)²·2σ² — fewer
+/// users, the same share — so that the sketches' error alone never flags a healthy split of
+/// millions (and weighs next to nothing at a few hundred).
 /// Fewer than [`SAMPLE_RATIO_MIN_USERS`] users, negative or NaN counts, or an expected share
 /// outside (0, 1) give "not enough data": p_value 1, no mismatch.
 pub fn sample_ratio(
@@ -212,44 +224,42 @@ pub fn sample_ratio(
     let mut out = SampleRatio {
         observed_share: 0.0,
         expected_share: e,
-        chi_square: 0.0,
+        evidence: 1.0,
         p_value: 1.0,
         mismatch: false,
     };
     let counts_ok = canary_users >= 0.0 && stable_users >= 0.0 && total.is_finite();
+    if counts_ok && total > 0.0 {
+        out.observed_share = canary_users / total;
+    }
     if !counts_ok || total < SAMPLE_RATIO_MIN_USERS || !(e > 0.0 && e < 1.0) {
-        if counts_ok && total > 0.0 {
-            out.observed_share = canary_users / total;
-        }
         return out;
     }
-    let s = canary_users / total;
     let sigma = if estimator_rel_error.is_finite() {
         estimator_rel_error.abs()
     } else {
         0.0
     };
     let spread = e * (1.0 - e);
-    let variance = spread / total + spread * spread * 2.0 * sigma * sigma;
-    let chi_square = (s - e) * (s - e) / variance;
-    let p_value = chi_square_1_p(chi_square);
-    SampleRatio {
-        observed_share: s,
-        expected_share: e,
-        chi_square,
-        p_value,
-        mismatch: p_value < SAMPLE_RATIO_P,
-    }
+    let as_many = 1.0 / (1.0 / total + spread * 2.0 * sigma * sigma) / total;
+    let log_ratio = mixture_log_ratio(
+        canary_users * as_many,
+        stable_users * as_many,
+        e,
+        SAMPLE_RATIO_PRIOR_USERS,
+    );
+    out.evidence = log_ratio.exp();
+    out.p_value = (-log_ratio).exp().min(1.0);
+    out.mismatch = out.p_value < SAMPLE_RATIO_P;
+    out
 }
 
-/// P(X ≥ x) for a chi-square variable with 1 degree of freedom: erfc(sqrt(x/2)).
-/// 1 for x ≤ 0 or NaN.
-pub fn chi_square_1_p(x: f64) -> f64 {
-    if x.is_nan() || x <= 0.0 {
-        1.0
-    } else {
-        erfc((x / 2.0).sqrt())
-    }
+/// ln of the beta-binomial mixture's likelihood of `c` canary and `s` stable users (prior
+/// Beta(k·e, k·(1−e))) over the binomial's at share `e`.
+fn mixture_log_ratio(c: f64, s: f64, e: f64, k: f64) -> f64 {
+    let (a, b) = (k * e, k * (1.0 - e));
+    let ln_beta = |x: f64, y: f64| libm::lgamma(x) + libm::lgamma(y) - libm::lgamma(x + y);
+    ln_beta(a + c, b + s) - ln_beta(a, b) - c * e.ln() - s * (1.0 - e).ln()
 }
 
 /// The complementary error function, erfc(x) = 1 − erf(x), by the Chebyshev fit of Numerical
@@ -295,8 +305,6 @@ mod tests {
                 "erfc({x}) = {got}, want {want}"
             );
         }
-        assert!((chi_square_1_p(3.841_458_820_694_124) - 0.05).abs() < 1e-8);
-        assert!((chi_square_1_p(10.827_566_170_662_733) - 0.001).abs() < 1e-9);
         assert!((normal_cdf(1.959_963_984_540_054) - 0.975).abs() < 1e-8);
     }
 
@@ -352,24 +360,77 @@ mod tests {
         let r = sample_ratio(1_000.0 * 1.016, 19_000.0 * 0.984, 0.05, 0.016);
         assert!(!r.mismatch, "{r:?}");
         assert!(r.p_value > 0.01, "{r:?}");
-        // The same counts without the estimator term would look suspicious.
-        let naive = sample_ratio(1_000.0 * 1.016, 19_000.0 * 0.984, 0.05, 0.0);
-        assert!(naive.p_value < r.p_value);
         // With a million users the estimator's error dominates: two standard errors each way
-        // would be a certain "mismatch" without the estimator term, and is not one with it.
+        // would be a certain "mismatch" taken as exact, and is not one with it.
         let big = sample_ratio(50_000.0 * 1.032, 950_000.0 * 0.968, 0.05, 0.016);
         assert!(!big.mismatch, "{big:?}");
         let big_naive = sample_ratio(50_000.0 * 1.032, 950_000.0 * 0.968, 0.05, 0.0);
         assert!(big_naive.mismatch, "{big_naive:?}");
         let exact = sample_ratio(1_000.0, 19_000.0, 0.05, 0.016);
-        assert!(exact.chi_square < 1e-9 && !exact.mismatch);
+        assert!(exact.p_value == 1.0 && !exact.mismatch, "{exact:?}");
+        // One canary user among 300 at 0.01%: a chi-square's normal tails called it p = 3e-8,
+        // though one healthy split in 33 shows it.
+        let one = sample_ratio(1.0, 299.0, 0.0001, 0.016);
+        assert!(!one.mismatch && one.p_value > 0.01, "{one:?}");
     }
 
     #[test]
     fn a_wrong_split_is_flagged() {
-        let r = sample_ratio(600.0, 19_400.0, 0.05, 0.016);
-        assert!((r.observed_share - 0.03).abs() < 1e-12);
-        assert!(r.mismatch && r.p_value < 1e-6, "{r:?}");
+        for (canary, stable, share) in [
+            // 3% of users where 5% was asked for.
+            (600.0, 19_400.0, 0.05),
+            // 4% of 20,000 where 5%.
+            (800.0, 19_200.0, 0.05),
+            // Nobody on the canary: at 5% among 200 users, at 1% among 1,000, at 0.1% among
+            // 10,000.
+            (0.0, 200.0, 0.05),
+            (0.0, 1_000.0, 0.01),
+            (0.0, 10_000.0, 0.001),
+            // 12.8% where 5% (users of an earlier, higher share counted at this one).
+            (128.0, 872.0, 0.05),
+            // 45% where 50%, among 4,000.
+            (1_800.0, 2_200.0, 0.5),
+        ] {
+            let r = sample_ratio(canary, stable, share, 0.016);
+            assert!(
+                (r.observed_share - canary / (canary + stable)).abs() < 1e-12,
+                "{r:?}"
+            );
+            assert!(
+                r.mismatch,
+                "{canary} of {} at {share}: {r:?}",
+                canary + stable
+            );
+        }
+    }
+
+    /// Healthy splits, looked at every 10 users up to 5,000 (as the analysis looks every
+    /// second): the share of runs ever flagged stays within α = 0.1%, at every share.
+    #[test]
+    fn healthy_splits_looked_at_again_and_again_are_flagged_within_alpha() {
+        let runs = 2_000;
+        for (stream, share) in [0.0001, 0.001, 0.01, 0.05, 0.5].into_iter().enumerate() {
+            let mut rng = crate::analysis::sim::Rng::new(20_261_208, stream as u64);
+            let flagged = (0..runs)
+                .filter(|_| {
+                    let (mut canary, mut stable) = (0u32, 0u32);
+                    (1..=5_000).any(|n| {
+                        if rng.bernoulli(share) {
+                            canary += 1;
+                        } else {
+                            stable += 1;
+                        }
+                        n % 10 == 0
+                            && sample_ratio(f64::from(canary), f64::from(stable), share, 0.016)
+                                .mismatch
+                    })
+                })
+                .count();
+            assert!(
+                flagged <= 4,
+                "{flagged} of {runs} healthy runs at {share} flagged"
+            );
+        }
     }
 
     #[test]
