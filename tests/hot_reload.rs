@@ -573,3 +573,42 @@ async fn raising_upstream_max_connections_past_the_open_files_limit_is_said_as_a
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_briefly_missing_behind_a_linked_directory_is_still_watched_after() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let text = |percent: u32| {
+        yaml(&[&s], &[&c], &format!("id: gone\npercent: {percent}"))
+            .replace(
+                "socket: admin.sock",
+                &format!("socket: {}", d.join("admin.sock").display()),
+            )
+            .replace(
+                "file: state.json",
+                &format!("file: {}", d.join("state.json").display()),
+            )
+    };
+    // The config read through a linked directory: one directory under two names.
+    std::fs::create_dir(d.join("conf")).expect("mkdir");
+    std::fs::write(d.join("conf/ramp.yaml"), text(1)).expect("write");
+    std::os::unix::fs::symlink("conf", d.join("current")).expect("link");
+    let proxy = Proxy::start_in(dir, d.join("current/ramp.yaml"));
+    // The file goes for a moment (a deploy that removes, then writes it)...
+    std::fs::remove_file(d.join("conf/ramp.yaml")).expect("rm");
+    proxy.wait_status("the missing file is said", |v| {
+        v["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No such file"))
+    });
+    std::fs::write(d.join("conf/ramp.yaml"), text(2)).expect("write");
+    proxy.wait_status("the file back is read", |v| percent(v) == Some(2.0));
+    // ...and edits are seen from then on.
+    replace_file(&d.join("conf/ramp.yaml"), &text(3));
+    let st = proxy.wait_status("the edit is read", |v| percent(v) == Some(3.0));
+    assert_eq!(st["last_reload_error"], Value::Null, "{st}");
+}

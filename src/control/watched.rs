@@ -66,13 +66,25 @@ impl Dirs {
     /// a Kubernetes `..data` target replaced, a certificate's old directory).
     pub fn follow(&mut self, now: &[PathBuf]) {
         let w = &self.w;
+        let mut dropped = Vec::new();
         self.list.retain(|d| {
             let kept = now.contains(&d.path);
             if !kept && d.watched {
                 let _ = lock(w).unwatch(&d.path);
+                dropped.push(d.identity);
             }
             kept
         });
+        // One directory under two names (as given, relative or through a link, and as it
+        // resolves) has one kernel watch: unwatching one name took it from the other, which is
+        // watched again.
+        for d in &mut self.list {
+            if d.watched && d.identity.is_some() && dropped.contains(&d.identity) {
+                let mut w = lock(w);
+                let _ = w.unwatch(&d.path);
+                d.watched = w.watch(&d.path, RecursiveMode::NonRecursive).is_ok();
+            }
+        }
         for dir in now {
             if !self.list.iter().any(|d| d.path == *dir) {
                 self.add(dir.clone());
