@@ -751,3 +751,52 @@ fn the_guard_s_least_p99_increase_may_be_written_as_its_default_of_zero() {
         "{lines:?}"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(ramp_tests_as_root),
+    ignore = "needs root: runs ramp serve as another user"
+)]
+fn serve_never_replaces_an_admin_socket_another_user_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // Root's process serves the socket, 0600: nobody cannot connect to it.
+    let served = std::os::unix::net::UnixListener::bind(d.join("admin.sock")).expect("bind");
+    std::fs::set_permissions(d.join("admin.sock"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let path = write(
+        d,
+        "ramp.yaml",
+        &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\n"),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut child = as_nobody("serve", &path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve took the socket over and ran");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("exists and cannot be tried") && err.contains("refusing to replace it"),
+        "{err}"
+    );
+    // Root's socket is still the one at the path.
+    std::os::unix::net::UnixStream::connect(d.join("admin.sock")).expect("still served");
+    assert!(served.accept().is_ok());
+}

@@ -29,6 +29,10 @@ pub enum AdminError {
     Live { path: String },
     #[error("admin socket {path}: exists and is not a socket; refusing to replace it")]
     NotASocket { path: String },
+    #[error(
+        "admin socket {path}: exists and cannot be tried ({error}): another user's process may serve it; refusing to replace it"
+    )]
+    Untried { path: String, error: std::io::Error },
     #[error("admin socket {path}: {}", super::controller::SOCKET_LINK)]
     Link { path: String },
     #[error("admin socket {path}: {error}")]
@@ -92,14 +96,18 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned, Takeb
             if !meta.file_type().is_socket() {
                 return Err(AdminError::NotASocket { path: shown });
             }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                if !takeover {
-                    return Err(AdminError::Live { path: shown });
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) if !takeover => return Err(AdminError::Live { path: shown }),
+                Ok(_) => {
+                    tracing::info!(path = %shown, "taking the admin socket over from the running ramp");
+                    live = true;
                 }
-                tracing::info!(path = %shown, "taking the admin socket over from the running ramp");
-                live = true;
-            } else {
-                tracing::info!(path = %shown, "replacing a stale admin socket");
+                // Nobody listens: left by a process that is gone.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %shown, "replacing a stale admin socket");
+                }
+                // Not ours to try (another user's, 0600): it may well be served.
+                Err(error) => return Err(AdminError::Untried { path: shown, error }),
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
