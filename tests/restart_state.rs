@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{Backend, CONTROL, Client, Proxy, config};
+use support::{Backend, CONTROL, Client, Proxy, config, single};
 
 const STEPS: &str = "id: checkout-v2\nsteps:\n  - {percent: 0.01, hold: 10m}\n  - {percent: 2.5, hold: 1h}\n  - {percent: 100}";
 
@@ -436,5 +436,27 @@ async fn a_state_file_whose_file_plan_names_no_valid_rollout_is_unreadable() {
             .as_str()
             .is_some_and(|e| e.contains("the file plan's rollout id")),
         "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_turned_into_a_link_to_the_config_never_overwrites_the_config() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&single(b.addr, CONTROL));
+    let config = std::fs::read_to_string(&proxy.config_path).expect("config");
+    // Someone replaces the state file with a link to the config file ramp reads.
+    let state = proxy.state_file();
+    std::fs::remove_file(&state).expect("rm");
+    std::os::unix::fs::symlink(&proxy.config_path, &state).expect("link");
+    let (code, out, err) = proxy.ctl(&["set", "20"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("this config file"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&proxy.config_path).expect("config"),
+        config,
+        "the config file was written over"
     );
 }

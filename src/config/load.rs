@@ -1,10 +1,35 @@
 //! Reading the config: the file's bytes, the YAML's shape, then its values; every error with its position.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, Position, Problem, Reason, file, keys, same_file, validate};
 
 /// Reads and validates the file at `path`.
+/// The files `config` (read from `path`) has ramp read or serve, with what each is: never to be
+/// written over with the state, at start, at a reload, or at a write through a link made since.
+pub fn files_read(config: &Config, path: &Path) -> Vec<(PathBuf, &'static str)> {
+    let tls = config.tls.as_ref();
+    let fleet = config.fleet.as_ref();
+    [
+        (Some(path), "this config file"),
+        (tls.map(|t| t.cert.as_path()), "the TLS certificate"),
+        (tls.map(|t| t.key.as_path()), "the TLS key"),
+        (config.upstream_ca.as_deref(), "the upstream CA file"),
+        (fleet.and_then(|f| f.ca.as_deref()), "fleet.ca"),
+        (
+            fleet.and_then(|f| f.password_file.as_deref()),
+            "fleet.password_file",
+        ),
+        (
+            config.admin.as_ref().map(|a| a.socket.as_path()),
+            "the admin socket",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(p, what)| p.map(|p| (p.to_path_buf(), what)))
+    .collect()
+}
+
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_bytes(&read(path)?, path)
 }
@@ -98,27 +123,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         *p = base.join(&*p);
     }
     if let Some(state) = &config.state_file {
-        let tls = config.tls.as_ref();
-        let fleet = config.fleet.as_ref();
-        let read = [
-            (Some(path), "this config file"),
-            (tls.map(|t| t.cert.as_path()), "the TLS certificate"),
-            (tls.map(|t| t.key.as_path()), "the TLS key"),
-            (config.upstream_ca.as_deref(), "the upstream CA file"),
-            (fleet.and_then(|f| f.ca.as_deref()), "fleet.ca"),
-            (
-                fleet.and_then(|f| f.password_file.as_deref()),
-                "fleet.password_file",
-            ),
-            (
-                config.admin.as_ref().map(|a| a.socket.as_path()),
-                "the admin socket",
-            ),
-        ];
-        for (other, what) in read {
-            if let Some(other) = other
-                && same_file(state, other)
-            {
+        for (other, what) in files_read(&config, path) {
+            if same_file(state, &other) {
                 return Err(ConfigError::StateFileClash {
                     path: path.to_owned(),
                     state: state.clone(),

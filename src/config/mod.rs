@@ -22,7 +22,7 @@ pub use checker::parse_duration;
 pub use error::{ConfigError, Position, Problem, Reason};
 pub use lenient::admin_socket;
 use load::parse_error;
-pub use load::{load, parse, parse_bytes, read};
+pub use load::{files_read, load, parse, parse_bytes, read};
 pub use statuses::StatusSet;
 pub use validate::{rollout_id, upstream_addr};
 
@@ -340,7 +340,7 @@ pub fn ppm_to_percent(ppm: u32) -> f64 {
 
 /// Whether two paths name one file: the same path, or (where both exist) the same file through
 /// links.
-fn same_file(a: &Path, b: &Path) -> bool {
+pub fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     // Two spellings of one path that does not exist yet (`./admin.sock`, `admin.sock`, a
     // directory reached through a link): the same name in the same directory.

@@ -103,6 +103,19 @@ impl Store {
         })
     }
 
+    /// The files the config in force (read from `path`) has ramp read: the state is never
+    /// written over one, even through a link made after the config was checked.
+    pub fn reads(&self, config: &Config, path: &Path) {
+        let writer = match self {
+            Store::File(_, w) => Some(w),
+            Store::Fleet(l) => l.cache.as_ref().map(|(_, w)| w),
+            Store::Nothing => None,
+        };
+        if let Some(w) = writer {
+            w.reads(crate::config::files_read(config, path));
+        }
+    }
+
     pub fn link(&mut self) -> Option<&mut Link> {
         match self {
             Store::Fleet(l) => Some(l),

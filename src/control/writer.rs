@@ -53,7 +53,12 @@ pub struct Writer {
     /// Once set, every write takes the handover lock and is dropped if a successor has taken
     /// the admin socket over ([`handover`]).
     owner: Arc<OnceLock<handover::Owner>>,
+    /// The files the config in force has ramp read, and what each is: a write that would land
+    /// on one (through a link made since the config was checked) is refused.
+    reads: Reads,
 }
+
+type Reads = Arc<Mutex<Vec<(PathBuf, &'static str)>>>;
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,14 +75,26 @@ impl Writer {
         let busy = Arc::clone(&started);
         let owner = Arc::new(OnceLock::new());
         let owns = Arc::clone(&owner);
+        let reads = Reads::default();
+        let read = Arc::clone(&reads);
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("ramp-state-writer".into())
             .spawn(move || {
                 store::remove_stale_temporaries(&path);
-                run(&rx, &busy, &owns);
+                run(&rx, &busy, &owns, &read);
             })?;
-        Ok(Writer { tx, started, owner })
+        Ok(Writer {
+            tx,
+            started,
+            owner,
+            reads,
+        })
+    }
+
+    /// The files the config in force has ramp read ([`crate::config::files_read`]).
+    pub fn reads(&self, files: Vec<(PathBuf, &'static str)>) {
+        *self.reads.lock().unwrap_or_else(|e| e.into_inner()) = files;
     }
 
     /// From now on, writes only while the rollout state is this process's ([`handover`]). The
@@ -165,8 +182,26 @@ fn write(
     path: &Path,
     bytes: &[u8],
     owner: &OnceLock<handover::Owner>,
+    reads: &Reads,
     abandoned: impl Fn() -> bool,
 ) -> Result<(), StoreError> {
+    let clash = reads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(f, _)| crate::config::same_file(path, f))
+        .map(|(f, what)| {
+            format!(
+                "it is {what} ({}), which ramp reads: refusing to write the state over it",
+                f.display()
+            )
+        });
+    if let Some(why) = clash {
+        return Err(StoreError::Write {
+            path: path.to_path_buf(),
+            error: std::io::Error::other(why),
+        });
+    }
     let _held = match owner.get().map(|o| o.lock_if_ours(path)) {
         Some(None) => {
             return Err(StoreError::Write {
@@ -186,13 +221,14 @@ fn run(
     rx: &mpsc::Receiver<Job>,
     started: &Mutex<Option<std::time::Instant>>,
     owner: &OnceLock<handover::Owner>,
+    reads: &Reads,
 ) {
     let mut written: HashMap<PathBuf, Written> = HashMap::new();
     loop {
         let first = match rx.recv_timeout(LOOK_EVERY) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                write_deleted_again(&mut written, started, owner);
+                write_deleted_again(&mut written, started, owner, reads);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -214,7 +250,7 @@ fn run(
         }
         for job in jobs {
             *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-            let result = write(&job.path, &job.bytes, owner, || job.abandoned());
+            let result = write(&job.path, &job.bytes, owner, reads, || job.abandoned());
             *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if result.is_ok() {
                 written.insert(
@@ -246,6 +282,7 @@ fn write_deleted_again(
     written: &mut HashMap<PathBuf, Written>,
     started: &Mutex<Option<std::time::Instant>>,
     owner: &OnceLock<handover::Owner>,
+    reads: &Reads,
 ) {
     for (path, last) in written.iter_mut() {
         // Followed: a link whose file is gone counts as deleted too.
@@ -255,7 +292,7 @@ fn write_deleted_again(
             continue;
         }
         *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-        let result = write(path, &last.bytes, owner, || false);
+        let result = write(path, &last.bytes, owner, reads, || false);
         *started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match result {
             Ok(()) => {

@@ -229,6 +229,7 @@ impl Controller {
         self.unsaved = saved.is_err();
         let config_changed = match config {
             Some(new) => {
+                self.store.reads(&new.config, &self.config_path);
                 self.config = new.config;
                 self.tls = new.tls;
                 new.differs

@@ -138,6 +138,7 @@ impl Controller {
         };
         let fresh = || RolloutState::fresh(config.rollout.clone(), now, Source::Startup);
         let mut store = Store::new(&config)?;
+        store.reads(&config, &config_path);
         // What was in force before, and whether it still needs saving.
         let (rollout, unsaved) = match store.restore(now).await {
             Restored::Nothing => {
