@@ -31,8 +31,13 @@ pub fn write_atomic(
         }
         // Another user's plant: replaced by a file of ramp's own, as a first file would be.
         Ok(meta) if foreign(&target, meta.uid()) => (std::fs::Permissions::from_mode(0o644), None),
-        // The new file keeps the old one's mode and owner.
-        Ok(meta) => (meta.permissions(), Some((meta.uid(), meta.gid()))),
+        // The new file keeps the old one's mode and owner, with its owner's read and write added:
+        // a file its owner may not read (chmod 000) would be a change acknowledged and then lost
+        // at the next start.
+        Ok(meta) => (
+            std::fs::Permissions::from_mode(meta.permissions().mode() | 0o600),
+            Some((meta.uid(), meta.gid())),
+        ),
         Err(_) => (std::fs::Permissions::from_mode(0o644), None),
     };
     let dir = parent(&target);

@@ -242,3 +242,16 @@ fn a_hold_that_ended_while_ramp_was_down_moves_the_schedule_on_at_start() {
     let left = read.schedule.and_then(|s| s.left(now)).unwrap_or_default();
     assert!((119..=120).contains(&left.as_secs()), "{left:?}");
 }
+
+#[test]
+fn a_state_file_its_owner_may_not_read_is_replaced_by_one_it_may() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "{}").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o040)).expect("chmod");
+    write_atomic(&path, b"{\"version\":2}", || false).expect("write");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    // The group's read kept, the owner's read and write added.
+    assert_eq!(mode, 0o640);
+}
