@@ -800,3 +800,34 @@ fn serve_never_replaces_an_admin_socket_another_user_serves() {
     std::os::unix::net::UnixStream::connect(d.join("admin.sock")).expect("still served");
     assert!(served.accept().is_ok());
 }
+
+#[test]
+fn a_config_in_a_directory_whose_name_could_forge_log_lines_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let forged = dir
+        .path()
+        .join("p 1\n2026-12-08T00:00:00Z  INFO ramp::app: FORGED");
+    std::fs::create_dir(&forged).expect("mkdir");
+    let path = write(
+        &forged,
+        "ramp.yaml",
+        &format!("listen: 127.0.0.1:0\n{GOOD_TAIL}admin:\n  socket: admin.sock\n"),
+    );
+    for command in ["check", "serve"] {
+        let out = std::process::Command::new(support::RAMP)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .expect("ramp");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("holds a control character"),
+            "{command}: {err}"
+        );
+        assert!(
+            !err.lines().any(|l| l.starts_with("2026-12-08T00:00:00Z")),
+            "{command}: a forged line: {err}"
+        );
+    }
+}

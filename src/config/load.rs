@@ -36,6 +36,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// The config file's bytes (a regular file of at most 4 MiB).
 pub fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    // The paths the config names are relative to its directory, and are logged: a line break
+    // in that directory's name would forge log lines (as one in a value of the file would,
+    // which validation refuses).
+    let control = |p: &Path| {
+        p.as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|b| b.is_ascii_control())
+    };
+    if control(path) || std::fs::canonicalize(path).is_ok_and(|p| control(&p)) {
+        return Err(ConfigError::Read {
+            path: PathBuf::from(crate::shown::escaped(&path.to_string_lossy()).into_owned()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path holds a control character (a line break there would forge log lines): move the file",
+            ),
+        });
+    }
     crate::files::read_regular(path, crate::files::MAX_FILE).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
