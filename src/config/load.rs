@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, Position, Problem, Reason, file, keys, same_file, validate};
 
-/// Reads and validates the file at `path`.
 /// The files `config` (read from `path`) has ramp read or serve, with what each is: never to be
 /// written over with the state, at start, at a reload, or at a write through a link made since.
 pub fn files_read(config: &Config, path: &Path) -> Vec<(PathBuf, &'static str)> {
@@ -30,6 +29,7 @@ pub fn files_read(config: &Config, path: &Path) -> Vec<(PathBuf, &'static str)> 
     .collect()
 }
 
+/// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_bytes(&read(path)?, path)
 }
