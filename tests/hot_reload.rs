@@ -15,6 +15,20 @@ fn yaml(stable: &[&Backend], canary: &[&Backend], rollout: &str) -> String {
     )
 }
 
+/// [`yaml`] for rollout `id` at `percent`, with the admin socket and state file in `dir` (the
+/// config itself elsewhere: a release directory, a linked one).
+fn yaml_in(s: &Backend, c: &Backend, dir: &std::path::Path, id: &str, percent: u32) -> String {
+    yaml(&[s], &[c], &format!("id: {id}\npercent: {percent}"))
+        .replace(
+            "socket: admin.sock",
+            &format!("socket: {}", dir.join("admin.sock").display()),
+        )
+        .replace(
+            "file: state.json",
+            &format!("file: {}", dir.join("state.json").display()),
+        )
+}
+
 async fn bodies(proxy: &Proxy, n: usize) -> Vec<String> {
     let client = Client::http1();
     let mut out = Vec::new();
@@ -399,17 +413,7 @@ async fn a_release_directory_link_switched_is_followed_and_edits_there_are_seen(
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
     let d = root.as_path();
-    let text = |percent: u32| {
-        yaml(&[&s], &[&c], &format!("id: rel\npercent: {percent}"))
-            .replace(
-                "socket: admin.sock",
-                &format!("socket: {}", d.join("admin.sock").display()),
-            )
-            .replace(
-                "file: state.json",
-                &format!("file: {}", d.join("state.json").display()),
-            )
-    };
+    let text = |percent: u32| yaml_in(&s, &c, d, "rel", percent);
     for (release, percent) in [("v1", 1), ("v2", 2)] {
         std::fs::create_dir_all(d.join("releases").join(release)).expect("mkdir");
         std::fs::write(
@@ -524,17 +528,7 @@ async fn a_config_directory_removed_and_made_again_is_watched_again() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_path_buf();
-    let text = |percent: u32| {
-        yaml(&[&s], &[&c], &format!("id: again\npercent: {percent}"))
-            .replace(
-                "socket: admin.sock",
-                &format!("socket: {}", d.join("admin.sock").display()),
-            )
-            .replace(
-                "file: state.json",
-                &format!("file: {}", d.join("state.json").display()),
-            )
-    };
+    let text = |percent: u32| yaml_in(&s, &c, &d, "again", percent);
     std::fs::create_dir(d.join("conf")).expect("mkdir");
     std::fs::write(d.join("conf/ramp.yaml"), text(1)).expect("write");
     let proxy = Proxy::start_in(dir, d.join("conf/ramp.yaml"));
@@ -582,17 +576,7 @@ async fn a_config_briefly_missing_behind_a_linked_directory_is_still_watched_aft
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_path_buf();
-    let text = |percent: u32| {
-        yaml(&[&s], &[&c], &format!("id: gone\npercent: {percent}"))
-            .replace(
-                "socket: admin.sock",
-                &format!("socket: {}", d.join("admin.sock").display()),
-            )
-            .replace(
-                "file: state.json",
-                &format!("file: {}", d.join("state.json").display()),
-            )
-    };
+    let text = |percent: u32| yaml_in(&s, &c, &d, "gone", percent);
     // The config read through a linked directory: one directory under two names.
     std::fs::create_dir(d.join("conf")).expect("mkdir");
     std::fs::write(d.join("conf/ramp.yaml"), text(1)).expect("write");
