@@ -157,7 +157,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     if let Some((_, owned, _)) = &admin_bound
         && let Some(admin) = &admin_config
     {
-        controller.own(admin.socket.clone(), *owned);
+        controller.own(admin.socket.clone(), owned.clone());
     }
     if let Some((etcd, key)) = controller.fleet() {
         tokio::spawn(crate::control::watch_fleet(etcd, key, handle.clone()));
@@ -222,7 +222,12 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     let mut takeback = None;
     let admin_task = match (admin_bound, admin_config.clone()) {
         (Some((listener, owned, back)), Some(admin)) => {
-            let task = tokio::spawn(admin::serve(listener, admin.clone(), owned, handle.clone()));
+            let task = tokio::spawn(admin::serve(
+                listener,
+                admin.clone(),
+                owned.clone(),
+                handle.clone(),
+            ));
             takeback = Some(back);
             Some((task, admin, owned))
         }
@@ -256,7 +261,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             drop(back);
             // The socket made here goes too (unless the running ramp's was given back over it).
             if let Some((_, admin, owned)) = &admin_task {
-                admin::remove(&admin.socket, *owned);
+                admin::remove(&admin.socket, owned);
             }
             return Err(AppError::AdminSilent(admin.socket.display().to_string()));
         }
@@ -268,7 +273,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         // stops changing it (a schedule step or a guard action written over a change made at the
         // successor) and serves with the state it has until its SIGTERM. (Every change checks
         // first, and the state file's writer again as it writes: this ends the rest.)
-        let (path, owned) = (admin.socket.clone(), *owned);
+        let (path, owned) = (admin.socket.clone(), owned.clone());
         let handed_over = handed_over.clone();
         tokio::spawn(async move {
             admin::taken_over(path, owned).await;
@@ -313,7 +318,7 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         controller_task.abort();
         if let Some((task, admin, owned)) = admin_task {
             task.abort();
-            admin::remove(&admin.socket, owned);
+            admin::remove(&admin.socket, &owned);
         }
         drop(handle);
         // A second SIGTERM or SIGINT while draining: stop now.

@@ -233,3 +233,26 @@ async fn peers_are_checked_by_uid() {
         "{lines} refusal lines for 200 refusals in {seconds} s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_socket_is_made_again_with_its_mode_and_still_halts_the_rollout() {
+    let (_b, proxy) = start("  mode: \"0660\"\n").await;
+    std::fs::remove_file(proxy.socket()).expect("delete the socket");
+    support::eventually("the socket is made again", || proxy.socket().exists()).await;
+    let meta = std::fs::metadata(proxy.socket()).expect("socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    proxy.wait_log("the admin socket was deleted: it is made again");
+    // The process still owns the rollout state: a halt is made and written, not refused as if a
+    // successor had taken the socket over.
+    let (code, out, err) = proxy.ctl(&["halt"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(proxy.admin("status")["state"], "halted");
+    let saved = std::fs::read_to_string(proxy.state_file()).expect("state file");
+    assert!(saved.contains("halted"), "{saved}");
+    // And it keeps doing so however often the socket goes.
+    std::fs::remove_file(proxy.socket()).expect("delete the socket again");
+    support::eventually("the socket is made again", || proxy.socket().exists()).await;
+    let (code, out, err) = proxy.ctl(&["resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(proxy.admin("status")["state"], "running");
+}

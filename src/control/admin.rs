@@ -4,7 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -39,11 +42,38 @@ pub enum AdminError {
     Io { path: String, error: std::io::Error },
 }
 
-/// The socket file this process created, to remove it at exit only if it is still ours.
+/// The socket file this process created, to remove it at exit only if it is still ours: shared
+/// by every part that asks, since a socket file deleted by someone is made again (a new file).
+#[derive(Debug, Clone)]
+pub struct Owned(Arc<Bound>);
+
+#[derive(Debug)]
+struct Bound {
+    file: ArcSwap<File>,
+    /// Set once a successor has taken the socket over: its path is the successor's.
+    given_up: AtomicBool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owned {
+struct File {
     dev: u64,
     ino: u64,
+}
+
+impl File {
+    fn at(path: &Path) -> std::io::Result<File> {
+        let meta = std::fs::metadata(path)?;
+        Ok(File {
+            dev: std::os::unix::fs::MetadataExt::dev(&meta),
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
+        })
+    }
+}
+
+impl Owned {
+    fn is(&self, file: File) -> bool {
+        **self.0.file.load() == file
+    }
 }
 
 /// Binds the socket: replaces a stale socket file left by a dead process, refuses a live one
@@ -168,26 +198,22 @@ pub fn bind(admin: &Admin, takeover: bool) -> Result<(UnixListener, Owned, Takeb
         }
         return Err(io(e));
     }
-    let meta = std::fs::metadata(path).map_err(io)?;
-    let owned = Owned {
-        dev: std::os::unix::fs::MetadataExt::dev(&meta),
-        ino: std::os::unix::fs::MetadataExt::ino(&meta),
-    };
+    let owned = Owned(Arc::new(Bound {
+        file: ArcSwap::from_pointee(File::at(path).map_err(io)?),
+        given_up: AtomicBool::new(false),
+    }));
     Ok((listener, owned, takeback))
 }
 
 /// Whether the socket file is still the one this process bound (no newer ramp has taken the
 /// path over).
-pub fn still_ours(path: &Path, owned: Owned) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| {
-        std::os::unix::fs::MetadataExt::dev(&m) == owned.dev
-            && std::os::unix::fs::MetadataExt::ino(&m) == owned.ino
-    })
+pub fn still_ours(path: &Path, owned: &Owned) -> bool {
+    File::at(path).is_ok_and(|file| owned.is(file))
 }
 
 /// Another socket than the one this process bound is at `path` (a successor's): not a socket
 /// file merely deleted, nor some other kind of file put there.
-pub fn another_socket(path: &Path, owned: Owned) -> bool {
+pub fn another_socket(path: &Path, owned: &Owned) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
         && !still_ours(path, owned)
@@ -196,16 +222,20 @@ pub fn another_socket(path: &Path, owned: Owned) -> bool {
 /// Waits until a newer ramp has taken the socket's path over (`--takeover`): a socket other than
 /// the one this process bound is there, and answers a command — a successor that took the path
 /// and then could not start gives the socket back, and answers nothing meanwhile. A socket file
-/// merely deleted is no takeover.
+/// merely deleted is no takeover (it is made again: see [`serve`]). From then on this process
+/// no longer makes the socket again.
 pub async fn taken_over(path: PathBuf, owned: Owned) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let path = path.clone();
-        let other =
-            tokio::task::spawn_blocking(move || another_socket(&path, owned) && answers(&path))
-                .await
-                .unwrap_or(false);
+        let (path, asked) = (path.clone(), owned.clone());
+        // Asked again after the answer: a socket this process made again meanwhile answers too.
+        let other = tokio::task::spawn_blocking(move || {
+            another_socket(&path, &asked) && answers(&path) && another_socket(&path, &asked)
+        })
+        .await
+        .unwrap_or(false);
         if other {
+            owned.0.given_up.store(true, Ordering::Relaxed);
             return;
         }
     }
@@ -218,7 +248,7 @@ pub fn answers(path: &Path) -> bool {
 }
 
 /// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
-pub fn remove(path: &Path, owned: Owned) {
+pub fn remove(path: &Path, owned: &Owned) {
     if still_ours(path, owned) {
         let _ = std::fs::remove_file(path);
     }
@@ -231,12 +261,27 @@ enum Role {
 }
 
 /// Accepts admin connections until the task is dropped. Accepting never waits for room: each
-/// peer is identified at once and held to its uid's share (see [`Peers`]).
-pub async fn serve(listener: UnixListener, admin: Admin, owned: Owned, handle: Handle) {
+/// peer is identified at once and held to its uid's share (see [`Peers`]). A socket file
+/// deleted (by hand, or by a cleaner of old files in `/tmp`) is made again, so that `ramp ctl`
+/// can still halt: once its path has been found empty twice, a second apart (a successor that
+/// binds in place removes the path for no longer than a moment).
+pub async fn serve(mut listener: UnixListener, admin: Admin, owned: Owned, handle: Handle) {
     let admin = Arc::new(admin);
     let peers = Arc::new(Peers::default());
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gone = Gone::default();
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = check.tick() => {
+                if let Some(made) = gone.check(&admin, &owned) {
+                    listener = made;
+                }
+                continue;
+            }
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 static FAILED: crate::logs::EverySecond = crate::logs::EverySecond::new();
@@ -248,7 +293,50 @@ pub async fn serve(listener: UnixListener, admin: Admin, owned: Owned, handle: H
             }
         };
         let (admin, handle, peers) = (Arc::clone(&admin), handle.clone(), Arc::clone(&peers));
-        tokio::spawn(async move { connection(stream, &admin, owned, &handle, &peers).await });
+        let owned = owned.clone();
+        tokio::spawn(async move { connection(stream, &admin, &owned, &handle, &peers).await });
+    }
+}
+
+/// How often the admin socket's path was found empty in a row, and whether making the socket
+/// again failed last time (logged once until it is made).
+#[derive(Default)]
+struct Gone {
+    times: u32,
+    failing: bool,
+}
+
+impl Gone {
+    /// A new listener at the socket's path, made when the path has been empty twice in a row.
+    fn check(&mut self, admin: &Admin, owned: &Owned) -> Option<UnixListener> {
+        let empty = matches!(
+            std::fs::symlink_metadata(&admin.socket),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if !empty || owned.0.given_up.load(Ordering::Relaxed) {
+            self.times = 0;
+            return None;
+        }
+        self.times += 1;
+        if self.times < 2 {
+            return None;
+        }
+        match bind(admin, false) {
+            Ok((listener, made, takeback)) => {
+                takeback.done();
+                owned.0.file.store(made.0.file.load_full());
+                tracing::warn!(path = %admin.socket.display(), "the admin socket was deleted: it is made again");
+                (self.times, self.failing) = (0, false);
+                Some(listener)
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(error = %e, "the admin socket was deleted and cannot be made again: `ramp ctl` cannot reach this ramp; trying every second");
+                    self.failing = true;
+                }
+                None
+            }
+        }
     }
 }
 
@@ -268,7 +356,7 @@ async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> bool
 async fn connection(
     stream: UnixStream,
     admin: &Admin,
-    owned: Owned,
+    owned: &Owned,
     handle: &Handle,
     peers: &Arc<Peers>,
 ) {

@@ -113,7 +113,7 @@ impl Owner {
     /// No successor has taken the admin socket over: the socket file there is still this
     /// process's, or there is none (a socket file merely deleted is no takeover).
     pub fn ours(&self) -> bool {
-        !admin::another_socket(&self.socket, self.owned)
+        !admin::another_socket(&self.socket, &self.owned)
     }
 
     /// The lock of the state file at `state` (where it is now: a reload may have moved it from
