@@ -362,6 +362,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 if !config_only {
                     problems = ramp::control::Controller::check(&c);
                     warnings.extend(config::names::warnings(&c));
+                    warnings.extend(ramp::tls::TlsConfigs::warnings(&c));
                     warnings.extend(
                         ramp::control::watcher::unwatchable(&config, &c)
                             .into_iter()

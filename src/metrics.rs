@@ -181,6 +181,10 @@ fn describe() {
         "ramp_rollout_state",
         "1 for the rollout's state, 0 for the others."
     );
+    gauge!(
+        "ramp_tls_certificate_expiry_timestamp_seconds",
+        "With tls: when the listener's certificate expires (Unix time)."
+    );
     gauge!("ramp_tunnels_open", "WebSocket tunnels open, by pool.");
     gauge!(
         "ramp_users",

@@ -436,3 +436,64 @@ async fn tls_turned_off_waits_for_a_restart_and_its_retired_certificates_block_n
     assert_eq!(st["last_reload_error"], serde_json::Value::Null, "{st}");
     assert_eq!(st["restart_required"], serde_json::json!(["tls"]), "{st}");
 }
+
+/// A certificate for localhost valid from `not_before` to `not_after` (seconds since 1970).
+fn cert_valid(not_before: u64, not_after: u64) -> Cert {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + Duration::from_secs(not_before);
+    params.not_after = epoch + Duration::from_secs(not_after);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let c = params.self_signed(&key).expect("cert");
+    Cert {
+        cert: c.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_or_expiring_certificate_is_warned_of_and_its_expiry_is_a_metric() {
+    // Expired at 2021-01-01T00:00:00Z.
+    let expired = cert_valid(1_577_836_800, 1_609_459_200);
+    let (b, dir, path) = tls_config(&expired).await;
+    let mut yaml = std::fs::read_to_string(&path).expect("config");
+    yaml.push_str("metrics:\n  listen: 127.0.0.1:0\n");
+    std::fs::write(&path, &yaml).expect("config");
+    let (code, _, err) = support::ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: tls.cert: the certificate expired at 2021-01-01T00:00:00Z"),
+        "{err}"
+    );
+    let proxy = Proxy::start_in(dir, path);
+    proxy.wait_log("tls.cert: the certificate expired at 2021-01-01T00:00:00Z");
+    assert_eq!(
+        proxy
+            .metric("ramp_tls_certificate_expiry_timestamp_seconds")
+            .await,
+        1_609_459_200.0
+    );
+    // Rotated to one that expires in three days (and a few minutes).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let not_after = now + 3 * 24 * 3600 - 600;
+    let soon = cert_valid(now - 3600, not_after);
+    let d = proxy.dir.path();
+    support::replace_file(&d.join("key.pem"), &soon.key);
+    support::replace_file(&d.join("cert.pem"), &soon.cert);
+    proxy.wait_log("in 3 days");
+    support::eventually("the metric has the new expiry", || {
+        let addr = proxy.metrics_addr();
+        let body = support::raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        body.contains(&format!(
+            "ramp_tls_certificate_expiry_timestamp_seconds {not_after}"
+        ))
+    })
+    .await;
+    drop(b);
+}

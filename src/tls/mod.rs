@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -47,6 +48,9 @@ impl TlsError {
 }
 
 mod hkdf;
+mod validity;
+
+pub use validity::Validity;
 
 /// aws-lc-rs with its TLS 1.3 suites on the cheaper HKDF of [`hkdf`].
 fn provider() -> Arc<CryptoProvider> {
@@ -121,11 +125,20 @@ fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
 /// What a TLS setting was built from, to tell when the files changed.
 pub type Fingerprint = Vec<u8>;
 
+/// The listener's config, what it was built from, and when its certificate is valid.
+#[derive(Debug, Clone)]
+struct Served {
+    config: Arc<ServerConfig>,
+    fingerprint: Fingerprint,
+    valid: Option<Validity>,
+}
+
 /// The listener's TLS config from PEM files: ALPN h2, http/1.1 and http/1.0.
-fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), TlsError> {
+fn server(cert: &Path, key: &Path) -> Result<Served, TlsError> {
     let cert_pem = read(cert).map_err(|e| e.of("tls.cert"))?;
     let key_pem = read(key).map_err(|e| e.of("tls.key"))?;
     let chain = certs(&cert_pem, cert).map_err(|e| e.of("tls.cert"))?;
+    let valid = chain.first().and_then(Validity::of);
     let private = private_key(&key_pem, key).map_err(|e| e.of("tls.key"))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -138,7 +151,11 @@ fn server(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Fingerprint), T
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     let mut fingerprint = cert_pem;
     fingerprint.extend_from_slice(&key_pem);
-    Ok((Arc::new(config), fingerprint))
+    Ok(Served {
+        config: Arc::new(config),
+        fingerprint,
+        valid,
+    })
 }
 
 /// The client config for `https://` upstreams: roots from `ca` (PEM), or the system's.
@@ -175,7 +192,7 @@ fn client(ca: Option<&Path>) -> Result<(Arc<ClientConfig>, Fingerprint), TlsErro
 /// The TLS configs in force, with what each was built from (to tell when the files change).
 #[derive(Debug, Default, Clone)]
 pub struct TlsConfigs {
-    server: Option<(Arc<ServerConfig>, Fingerprint)>,
+    server: Option<Served>,
     client: Option<(Arc<ClientConfig>, Fingerprint)>,
 }
 
@@ -184,10 +201,10 @@ impl TlsConfigs {
     pub fn load(config: &Config, prev: &TlsConfigs) -> Result<TlsConfigs, TlsError> {
         let server = match &config.tls {
             Some(t) => {
-                let (fresh, fp) = server(&t.cert, &t.key)?;
+                let fresh = server(&t.cert, &t.key)?;
                 Some(match &prev.server {
-                    Some((old, old_fp)) if *old_fp == fp => (Arc::clone(old), fp),
-                    _ => (fresh, fp),
+                    Some(old) if old.fingerprint == fresh.fingerprint => old.clone(),
+                    _ => fresh,
                 })
             }
             None => None,
@@ -263,7 +280,8 @@ impl TlsConfigs {
 
     /// Whether the listener's certificates differ.
     pub fn server_differs(&self, other: &TlsConfigs) -> bool {
-        self.server.as_ref().map(|s| &s.1) != other.server.as_ref().map(|s| &s.1)
+        self.server.as_ref().map(|s| &s.fingerprint)
+            != other.server.as_ref().map(|s| &s.fingerprint)
     }
 
     /// Whether the roots trusted for `https://` upstreams differ.
@@ -273,7 +291,41 @@ impl TlsConfigs {
 
     /// The listener's config, if it serves HTTPS.
     pub fn server(&self) -> Option<Arc<ServerConfig>> {
-        self.server.as_ref().map(|s| Arc::clone(&s.0))
+        self.server.as_ref().map(|s| Arc::clone(&s.config))
+    }
+
+    /// Logs a warning of a listener's certificate clients refuse (or will within 14 days), and
+    /// sets `ramp_tls_certificate_expiry_timestamp_seconds`: at start, and when a reload brings
+    /// another certificate.
+    pub fn note_certificate(&self) {
+        let Some(valid) = self.server.as_ref().and_then(|s| s.valid) else {
+            return;
+        };
+        if let Some(warning) = valid.warning(SystemTime::now()) {
+            tracing::warn!("{warning}");
+        }
+        let expiry = valid
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("ramp_tls_certificate_expiry_timestamp_seconds").set(expiry);
+    }
+
+    /// Warnings of the listener's certificate that `config` names (`ramp check`): one that
+    /// clients refuse, or will within 14 days.
+    pub fn warnings(config: &Config) -> Vec<String> {
+        let Some(t) = &config.tls else {
+            return Vec::new();
+        };
+        let first = read(&t.cert)
+            .and_then(|pem| certs(&pem, &t.cert))
+            .ok()
+            .and_then(|chain| chain.into_iter().next());
+        first
+            .and_then(|cert| Validity::of(&cert))
+            .and_then(|v| v.warning(SystemTime::now()))
+            .into_iter()
+            .collect()
     }
 
     /// The client config for `https://` upstreams, if any pool has one.

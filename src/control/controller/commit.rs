@@ -231,6 +231,9 @@ impl Controller {
             Some(new) => {
                 self.store.reads(&new.config, &self.config_path);
                 self.config = new.config;
+                if new.tls.server_differs(&self.tls) {
+                    new.tls.note_certificate();
+                }
                 self.tls = new.tls;
                 new.differs
             }

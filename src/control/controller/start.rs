@@ -128,6 +128,7 @@ impl Controller {
         analysis: Arc<Analysis>,
     ) -> Result<(Controller, Arc<Current>, Handle), StartError> {
         let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
+        tls.note_certificate();
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
