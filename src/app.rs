@@ -271,14 +271,16 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     if let (Some((_, admin, owned)), Some(stop)) = (&admin_task, stop) {
         // A successor started with --takeover owns the rollout state from now on: this process
         // stops changing it (a schedule step or a guard action written over a change made at the
-        // successor) and serves with the state it has until its SIGTERM. (Every change checks
-        // first, and the state file's writer again as it writes: this ends the rest.)
+        // successor) and drains, as at a SIGTERM: serving on with the state it has, it would keep
+        // some users from every change made at the successor for as long as nobody stopped it.
+        // (Every change checks first, and the state file's writer again as it writes: this ends
+        // the rest.)
         let (path, owned) = (admin.socket.clone(), owned.clone());
         let handed_over = handed_over.clone();
         tokio::spawn(async move {
             admin::taken_over(path, owned).await;
             tracing::warn!(
-                "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write), leaves the metrics address to it, and serves with the state it has until its SIGTERM"
+                "a newer ramp has taken the admin socket over: this one makes no more changes (no schedule step, guard action or state file write), leaves the metrics address to it, and drains: it stops accepting, finishes the requests in flight and exits"
             );
             let _ = stop.send(());
             handed_over.send_replace(true);
@@ -309,11 +311,18 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
     drop(first);
     let proxy = Arc::new(Proxy::new(current, Metrics::new(), analysis, local));
 
+    let mut successor = handed_over.subscribe();
     let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
-            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
-        }
+        let taken_over = async {
+            if successor.wait_for(|&taken| taken).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let signalled = tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); true }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); true }
+            () = taken_over => false,
+        };
         // No more changes from this process: a successor may already own the rollout state.
         controller_task.abort();
         if let Some((task, admin, owned)) = admin_task {
@@ -321,8 +330,18 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
             admin::remove(&admin.socket, &owned);
         }
         drop(handle);
-        // A second SIGTERM or SIGINT while draining: stop now.
+        // A second SIGTERM or SIGINT while draining: stop now. After a takeover the first one
+        // is the operator's (or systemd's) stop, which the drain under way already does.
         tokio::spawn(async move {
+            if !signalled {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!(
+                    "draining already, since the takeover: a second signal exits at once"
+                );
+            }
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
