@@ -596,3 +596,72 @@ async fn a_config_briefly_missing_behind_a_linked_directory_is_still_watched_aft
     let st = proxy.wait_status("the edit is read", |v| percent(v) == Some(3.0));
     assert_eq!(st["last_reload_error"], Value::Null, "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_typed_just_after_an_edit_wins_over_it() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let with_metrics = |percent: u32| {
+        format!(
+            "{}metrics:\n  listen: 127.0.0.1:0\n",
+            yaml(&[&s], &[&c], &format!("id: r\npercent: {percent}"))
+        )
+    };
+    let proxy = Proxy::start(&with_metrics(5));
+    // A command with the file unchanged reads nothing again: no reload.
+    assert_eq!(proxy.admin("set 6")["ok"], true);
+    assert_eq!(
+        proxy
+            .metric("ramp_config_reloads_total{result=\"ok\"}")
+            .await,
+        0.0
+    );
+    // The file is edited, and `set` typed before the watcher has read the edit: the edit is
+    // applied first, then the command, and the watcher's read of the same edit changes nothing.
+    replace_file(&proxy.config_path, &with_metrics(12));
+    let r = proxy.admin("set 40");
+    assert_eq!(percent(&r), Some(40.0), "{r}");
+    reloads_reach(&proxy, 2.0).await;
+    let st = proxy.admin("status");
+    assert_eq!(percent(&st), Some(40.0), "{st}");
+    let commands: Vec<&str> = st["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["command"].as_str())
+        .collect();
+    assert_eq!(commands[..2], ["set", "reload"], "{st}");
+    // As with `start` of another rollout.
+    replace_file(&proxy.config_path, &with_metrics(14));
+    let r = proxy.admin("start v5 30");
+    assert_eq!(
+        (r["rollout"].as_str(), percent(&r)),
+        (Some("v5"), Some(30.0)),
+        "{r}"
+    );
+    reloads_reach(&proxy, 4.0).await;
+    let st = proxy.admin("status");
+    assert_eq!(
+        (st["rollout"].as_str(), percent(&st)),
+        (Some("v5"), Some(30.0)),
+        "{st}"
+    );
+}
+
+/// Waits (up to 20 s) until `proxy` has made `n` successful reloads (the watcher's read of an
+/// edit counts one, whether or not it changes anything).
+async fn reloads_reach(proxy: &Proxy, n: f64) {
+    for _ in 0..400 {
+        if proxy
+            .metric("ramp_config_reloads_total{result=\"ok\"}")
+            .await
+            >= n
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} reloads: {}", proxy.metrics().await);
+}

@@ -2,6 +2,7 @@
 //! read and parsed on the caller's side.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,9 +23,16 @@ pub struct Handle {
     /// The config file, read and parsed here (on a blocking thread) for a reload, so that the
     /// controller takes a halt or rollback while a large file is parsed.
     pub(super) config_path: Arc<std::path::Path>,
-    /// Reads of the config file so far: a parse that finishes after a later read's is not
-    /// applied over it.
-    pub(super) reads: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) reads: Arc<Reads>,
+}
+
+/// The config file's reads so far.
+#[derive(Debug)]
+pub(super) struct Reads {
+    /// How many: a parse that finishes after a later read's is not applied over it.
+    count: AtomicU64,
+    /// The xxh3 of the text read last, to tell whether the file changed since.
+    last: AtomicU64,
 }
 
 impl std::fmt::Debug for Request {
@@ -41,7 +49,7 @@ impl std::fmt::Debug for Request {
 pub(super) struct WeakHandle {
     tx: mpsc::WeakSender<Request>,
     config_path: Arc<std::path::Path>,
-    reads: Arc<std::sync::atomic::AtomicU64>,
+    reads: Arc<Reads>,
 }
 
 impl WeakHandle {
@@ -78,6 +86,18 @@ impl Handle {
                 self.deliver(parsed, source.clone()).await?;
                 start
             }
+            // The commands a file edit bears on (its plan is what `set` overrides, what a `start`
+            // with an id follows, what `resume` takes up): an edit saved just before is applied
+            // first, as by `reload`, and not after the command when the watcher reads it (last
+            // writer wins). A file that did not change since it was last read is not read again
+            // (its parse could take seconds); one that cannot be read or parsed is the watcher's
+            // to report, and stops nothing here.
+            Command::Set(_) | Command::Start { .. } | Command::Resume => {
+                if let Some(parsed) = self.parse_if_changed().await {
+                    let _ = self.deliver(parsed, source.clone()).await;
+                }
+                command
+            }
             other => other,
         };
         self.deliver(command, source).await
@@ -103,14 +123,53 @@ impl Handle {
         let reads = Arc::clone(&self.reads);
         tokio::task::spawn_blocking(move || {
             let text = text.map_or_else(|| config::read(&path), Ok);
-            // Numbered once the text is in hand: a later number means a later read.
-            let seq = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let loaded = text.and_then(|text| config::parse_bytes(&text, &path));
-            Command::Parsed(Arc::new(Parsed { seq, loaded }))
+            Command::Parsed(Arc::new(parsed(text, &path, &reads)))
         })
         .await
         .map_err(|e| ControlError::ReloadTask(e.to_string()))
     }
+
+    /// The config file parsed, if it reads and differs from the text read last.
+    async fn parse_if_changed(&self) -> Option<Command> {
+        let path = Arc::clone(&self.config_path);
+        let reads = Arc::clone(&self.reads);
+        tokio::task::spawn_blocking(move || {
+            let text = config::read(&path).ok()?;
+            let unchanged = xxhash_rust::xxh3::xxh3_64(&text) == reads.last.load(Ordering::Relaxed);
+            (!unchanged).then(|| Command::Parsed(Arc::new(parsed(Ok(text), &path, &reads))))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+impl Reads {
+    /// As the file at `path` is now: read at start, just after the config was loaded from it.
+    pub(super) fn of(path: &std::path::Path) -> Reads {
+        let last = config::read(path).map_or(0, |text| xxhash_rust::xxh3::xxh3_64(&text));
+        Reads {
+            count: AtomicU64::new(0),
+            last: AtomicU64::new(last),
+        }
+    }
+}
+
+/// `text` read from the config file at `path`, numbered and parsed.
+fn parsed(
+    text: Result<Vec<u8>, config::ConfigError>,
+    path: &std::path::Path,
+    reads: &Reads,
+) -> Parsed {
+    // Numbered once the text is in hand: a later number means a later read.
+    let seq = reads.count.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Ok(text) = &text {
+        reads
+            .last
+            .store(xxhash_rust::xxh3::xxh3_64(text), Ordering::Relaxed);
+    }
+    let loaded = text.and_then(|text| config::parse_bytes(&text, path));
+    Parsed { seq, loaded }
 }
 
 /// A config file read and parsed for a reload, numbered in the order of the reads.

@@ -256,7 +256,7 @@ impl Controller {
         let handle = Handle {
             tx,
             config_path: Arc::from(c.config_path.as_path()),
-            reads: Arc::default(),
+            reads: Arc::new(super::handle::Reads::of(&c.config_path)),
         };
         c.myself = Some(handle.downgrade());
         Ok((c, current, handle))
