@@ -753,6 +753,37 @@ fn the_guard_s_least_p99_increase_may_be_written_as_its_default_of_zero() {
 }
 
 #[test]
+fn an_error_margin_written_as_a_percent_is_refused_and_a_wide_one_warned_of() {
+    let guard = |margin: &str| {
+        check(&format!(
+            "listen: 127.0.0.1:8080\npools: {{stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}}\nrollout:\n  id: r\n  percent: 5\n  guard: {{action: halt, max_error_rate_increase: {margin}}}\n"
+        ))
+    };
+    // "1" meant as one point: 100 points, which no canary exceeds.
+    for percent in ["1", "5"] {
+        let (code, lines) = guard(percent);
+        assert_eq!(code, 1, "{percent}: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "rollout.guard.max_error_rate_increase: a fraction of answers, not a percent: 0.01 is one point"
+            )),
+            "{lines:?}"
+        );
+    }
+    let (code, lines) = guard("0.5");
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "warning: rollout.guard.max_error_rate_increase: 0.5 is 50.00 points over stable's error rate"
+        )),
+        "{lines:?}"
+    );
+    let (code, lines) = guard("0.02");
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("warning")), "{lines:?}");
+}
+
+#[test]
 #[cfg_attr(
     not(ramp_tests_as_root),
     ignore = "needs root: runs ramp serve as another user"

@@ -125,14 +125,23 @@ pub(super) fn guard(c: &mut Checker, g: Option<&GuardFile>) -> Option<Guard> {
                 })
                 .unwrap_or(default)
         };
-    let max_error_rate_increase = fraction(
-        c,
-        &g.max_error_rate_increase,
-        "rollout.guard.max_error_rate_increase",
-        0.0,
-        1.0,
-        0.01,
-    );
+    // A fraction, where `percent` is a percent: `1` meant as one point is 100 points, which no
+    // canary exceeds (its guard would never act on errors).
+    let max_error_rate_increase = g
+        .max_error_rate_increase
+        .as_ref()
+        .and_then(|v| {
+            c.check(v, "rollout.guard.max_error_rate_increase", |&x| match x {
+                x if x.is_finite() && (0.0..1.0).contains(&x) => Ok(x),
+                x if x >= 1.0 => Err(Reason::NotAFraction(x)),
+                x => Err(Reason::OutOfRange {
+                    min: 0.0,
+                    max: 1.0,
+                    got: x,
+                }),
+            })
+        })
+        .unwrap_or(0.01);
     let max_p99_ratio = fraction(
         c,
         &g.max_p99_ratio,

@@ -59,6 +59,10 @@ pub enum Reason {
     UnderMillisecond,
     #[error("must not be empty")]
     Empty,
+    #[error(
+        "a fraction of answers, not a percent: 0.01 is one point over stable's error rate; {0} could never be exceeded (from 0 to below 1)"
+    )]
+    NotAFraction(f64),
     #[error("must be at most {max} bytes, got {got}")]
     TooLong { max: usize, got: usize },
     #[error("not a valid HTTP header name: {0:?}")]

@@ -377,6 +377,17 @@ impl Config {
         if self.analysis.error_statuses.is_empty() {
             out.push("analysis.error_statuses is empty: no answer counts as an error, so the comparison shows no errors and the guard never acts on them".to_owned());
         }
+        if let Some(margin) = self
+            .guard
+            .as_ref()
+            .map(|g| g.max_error_rate_increase)
+            .filter(|&m| m >= 0.2)
+        {
+            out.push(format!(
+                "rollout.guard.max_error_rate_increase: {margin} is {:.2} points over stable's error rate: the guard acts only on a canary failing that much more often (it is a fraction: 0.01 is one point)",
+                margin * 100.0
+            ));
+        }
         let p = &self.passive_health;
         if p.backoff > p.max_backoff {
             out.push(format!(
