@@ -23,6 +23,8 @@ pub struct Metrics {
     pub retries: Counter,
     /// Requests rejected before routing (malformed, oversized).
     pub rejected: Counter,
+    /// Requests sent upstream whose client gave up before the answer's head, by pool.
+    pub abandoned: PerPool<Counter>,
     /// Ids minted for newcomers.
     pub ids_minted: Counter,
     /// Client connections open now.
@@ -50,6 +52,9 @@ impl Metrics {
             ),
             retries: metrics::counter!("ramp_retries_total"),
             rejected: metrics::counter!("ramp_rejected_requests_total"),
+            abandoned: PerPool::from_fn(
+                |p| metrics::counter!("ramp_abandoned_requests_total", "pool" => p.as_str()),
+            ),
             ids_minted: {
                 // Registered now so the series exist before the first event.
                 for p in PoolName::BOTH {
@@ -154,6 +159,10 @@ fn describe() {
     counter!(
         "ramp_rejected_requests_total",
         "Requests ramp answered itself, in no pool's ramp_responses_total: refused before routing (limits, malformed), a client's body that failed, or no upstream connection to be had (upstream.max_connections, descriptors)."
+    );
+    counter!(
+        "ramp_abandoned_requests_total",
+        "Requests sent upstream whose client gave up (closed its connection, reset its HTTP/2 stream) before the answer's head, by pool."
     );
     counter!(
         "ramp_upstream_ejections_total",

@@ -201,6 +201,74 @@ async fn an_http2_rapid_reset_flood_is_cut_off_and_others_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_resetting_streams_after_they_went_upstream_gets_a_goaway() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(
+        &[&b],
+        &[&b],
+        "id: l\npercent: 0",
+        "metrics: {listen: '127.0.0.1:0'}\n",
+    ));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    // Batches of 20 streams, each reset once its request has reached the upstream (past the
+    // rapid-reset guard, which counts streams reset before they are served).
+    let (mut reset, mut refused) = (0, false);
+    'flood: for _ in 0..15 {
+        let mut streams = Vec::new();
+        for _ in 0..20 {
+            let req = http::Request::get(proxy.url("/slow/10000"))
+                .body(())
+                .expect("req");
+            h2 = match h2.ready().await {
+                Ok(h) => h,
+                Err(_) => {
+                    refused = true;
+                    break 'flood;
+                }
+            };
+            match h2.send_request(req, true) {
+                Ok((_resp, stream)) => streams.push(stream),
+                Err(_) => {
+                    refused = true;
+                    break 'flood;
+                }
+            }
+        }
+        let before = b.seen().len();
+        support::eventually("the batch reaches the upstream", || {
+            b.seen().len() >= before + streams.len() || driver.is_finished()
+        })
+        .await;
+        for mut s in streams {
+            s.send_reset(h2::Reason::CANCEL);
+            reset += 1;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(
+        refused || matches!(ended, Ok(Ok(_))),
+        "after {reset} streams reset upstream, the connection is still open: {ended:?}"
+    );
+    assert!(
+        (100..=140).contains(&reset),
+        "a GOAWAY after {reset} resets"
+    );
+    proxy.wait_log("its connection gets a GOAWAY");
+    assert!(
+        proxy
+            .metric("ramp_abandoned_requests_total{pool=\"stable\"}")
+            .await
+            >= 100.0
+    );
+    let r = Client::http2().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200, "others are still served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_gets_a_goaway() {
     let b = Backend::start("stable").await;
     let proxy = Proxy::start(&config(

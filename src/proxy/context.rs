@@ -2,7 +2,7 @@
 //! what is known about each client connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
@@ -202,6 +202,35 @@ pub struct Conn {
     pub permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// Its HTTP/2 requests' share of the upstream connections (made at the first).
     shares: std::sync::OnceLock<Box<super::share::Shares>>,
+    /// Its requests the client gave up on after they went upstream.
+    pub abandons: Abandons,
+}
+
+/// Requests of one connection that the client gave up on (an HTTP/2 stream reset, a connection
+/// closed) after they went upstream, before the answer's head, lately.
+#[derive(Debug, Default)]
+pub struct Abandons {
+    /// When the current period began (ms, [`crate::clock::now_ms`]).
+    since: AtomicU64,
+    count: AtomicU32,
+}
+
+/// At most this many abandoned requests in [`ABANDONS_PERIOD_MS`] (a browser cancels a few as
+/// its user moves on; a flood that resets every stream as soon as it is sent, many a second).
+const ABANDONS_MOST: u32 = 100;
+const ABANDONS_PERIOD_MS: u64 = 10_000;
+
+impl Abandons {
+    /// Counts one; true once more than [`ABANDONS_MOST`] came in the period.
+    pub fn one(&self) -> bool {
+        let now = crate::clock::now_ms();
+        if now.saturating_sub(self.since.load(Ordering::Relaxed)) > ABANDONS_PERIOD_MS {
+            self.since.store(now, Ordering::Relaxed);
+            self.count.store(1, Ordering::Relaxed);
+            return false;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) + 1 > ABANDONS_MOST
+    }
 }
 
 impl Conn {
@@ -219,6 +248,7 @@ impl Conn {
             id,
             permit: Mutex::new(permit),
             shares: std::sync::OnceLock::new(),
+            abandons: Abandons::default(),
         }
     }
 

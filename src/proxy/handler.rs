@@ -157,7 +157,7 @@ pub fn handle(
                     forward::add_minted(&mut parts.headers, &snap.routing.sticky.cookie, id);
                 }
                 let mut unanswered = Unanswered {
-                    recorder: &proxy.analysis.recorder,
+                    conn: &busy.conn,
                     pool: served_by,
                     start,
                     body: body.times(),
@@ -352,7 +352,7 @@ const GAVE_UP_AFTER_US: u64 = 1_000_000;
 /// comparison. Not counted while its body was still coming (the client stopped its own upload),
 /// nor once answered.
 struct Unanswered<'a> {
-    recorder: &'a analysis::Recorder,
+    conn: &'a Conn,
     pool: PoolName,
     start: Instant,
     body: Option<Arc<BodyTimes>>,
@@ -365,13 +365,28 @@ impl Drop for Unanswered<'_> {
         if !self.armed {
             return;
         }
+        let proxy = &self.conn.proxy;
+        proxy.metrics.abandoned[self.pool].increment(1);
+        if self.conn.activity.is_http2() && self.conn.abandons.one() && !self.conn.signal.closing()
+        {
+            // Each stream reset after its request went upstream cost an upstream request (and,
+            // cut off, its connection), where a reset before costs nothing: hyper's guard
+            // against rapid resets counts only those.
+            static FLOOD: EverySecond = EverySecond::new();
+            if let Some(unlogged) = FLOOD.admit_now() {
+                tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client reset over 100 streams in 10 s after their requests went upstream: its connection gets a GOAWAY");
+            }
+            self.conn.signal.close(super::watchdog::FINISH);
+        }
         let whole = self
             .body
             .as_ref()
             .is_none_or(|t| t.done.load(Ordering::Relaxed) != 0);
         let waited = latency(self.start, self.body.as_deref());
         if whole && waited >= GAVE_UP_AFTER_US {
-            self.recorder
+            proxy
+                .analysis
+                .recorder
                 .record(self.pool, false, waited, self.user, None);
         }
     }
