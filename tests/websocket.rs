@@ -301,6 +301,50 @@ async fn a_websocket_over_http2_whose_upstream_accepts_another_key_gets_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_websocket_whose_upstream_accepts_another_key_gets_502_and_no_tunnel() {
+    // An upstream that answers 101 without answering the client's key (it took the handshake
+    // for something else) would get a raw tunnel: the client's next bytes would reach it as a
+    // request ramp never saw (its own X-Forwarded-For, another user's id).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let got = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let seen = Arc::clone(&got);
+    let upstream = support::raw_upstream(move |mut conn| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut buf = Vec::new();
+            if support::next_head(&mut conn, &mut buf).await.is_some() {
+                let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let mut more = [0u8; 1024];
+                while let Ok(n @ 1..) = conn.read(&mut more).await {
+                    seen.lock().expect("lock").extend_from_slice(&more[..n]);
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&support::single(upstream, ""));
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("handshake");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let _ = client
+        .write_all(b"GET /admin HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.read(&mut [0u8; 4096])).await;
+    let smuggled = String::from_utf8_lossy(&got.lock().expect("lock")).into_owned();
+    assert!(!smuggled.contains("6.6.6.6"), "{smuggled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_its_limit() {
     let (s, c) = (
         WsBackend::start("stable").await,

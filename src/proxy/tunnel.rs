@@ -184,17 +184,21 @@ pub async fn open(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, WEBSOCKET);
-    // A WebSocket over HTTP/2 carries no key; the HTTP/1.1 handshake needs one. ramp then checks
-    // the upstream's accept itself, as the client that made the key (RFC 6455 §4.1): the HTTP/2
-    // client, which never sees it, could not.
-    let mut made_key = None;
-    if !parts.headers.contains_key(SEC_WEBSOCKET_KEY) {
-        let key = STANDARD.encode(rand::random::<[u8; 16]>());
-        if let Ok(value) = HeaderValue::from_str(&key) {
-            parts.headers.insert(SEC_WEBSOCKET_KEY, value);
-            made_key = Some(key);
+    // A WebSocket over HTTP/2 carries no key; the HTTP/1.1 handshake needs one, which ramp makes.
+    // Either way ramp checks the upstream's accept itself (RFC 6455 §4.1): the HTTP/2 client never
+    // sees it, and a 101 an upstream gives without answering the client's key (one that took the
+    // handshake for something else) would open a raw tunnel to it, past ramp's handling of the
+    // requests that follow (smuggled through the tunnel).
+    let key = match parts.headers.get(SEC_WEBSOCKET_KEY) {
+        Some(key) => key.as_bytes().to_vec(),
+        None => {
+            let key = STANDARD.encode(rand::random::<[u8; 16]>());
+            if let Ok(value) = HeaderValue::from_str(&key) {
+                parts.headers.insert(SEC_WEBSOCKET_KEY, value);
+            }
+            key.into_bytes()
         }
-    }
+    };
     let req = Request::from_parts(parts, ReqBody::Empty);
     let limit = snap.connector.settings.response_timeout;
     let passive = &snap.config.passive_health;
@@ -232,12 +236,11 @@ pub async fn open(
         let answer = resp.map(|b| ProxyBody::upstream(UpstreamBody::unpooled(b, slot, limit)));
         return (Ok(answer), pool);
     }
-    if let Some(key) = &made_key
-        && resp
-            .headers()
-            .get(SEC_WEBSOCKET_ACCEPT)
-            .map(HeaderValue::as_bytes)
-            != Some(accept(key).as_bytes())
+    if resp
+        .headers()
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        != Some(accept(&key).as_bytes())
     {
         failed();
         let invalid = Exchange::Invalid(crate::upstream::InvalidAnswer(
@@ -406,10 +409,10 @@ async fn idle_for(last: &AtomicU64, idle: Duration) {
 }
 
 /// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2).
-fn accept(key: &str) -> String {
+fn accept(key: &[u8]) -> String {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.as_bytes());
+    ctx.update(key);
     ctx.update(GUID);
     STANDARD.encode(ctx.finish().as_ref())
 }
@@ -420,7 +423,7 @@ mod tests {
     fn the_accept_is_rfc_6455_s() {
         // RFC 6455 §1.3's example.
         assert_eq!(
-            super::accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            super::accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
