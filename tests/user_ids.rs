@@ -308,12 +308,14 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         let seen = upstream_of(&r);
         let sent = seen.headers.get("cookie").expect("a cookie");
         assert_eq!(sent, &format!("{pair}; theme=dark")[..], "{seen:?}");
-        assert_eq!(
-            r.headers.get("cache-control").map(|v| v.as_bytes()),
-            Some(&b"private"[..]),
-            "{:?}",
-            r.headers
-        );
+        for field in ["cache-control", "cdn-cache-control"] {
+            assert_eq!(
+                r.headers.get(field).map(|v| v.as_bytes()),
+                Some(&b"private"[..]),
+                "{field}: {:?}",
+                r.headers
+            );
+        }
         // An unusable id of that name (empty, here) gives way to the minted one.
         let r = client
             .get(&proxy.url("/"), &[("cookie", "uid=; theme=dark")])
@@ -328,6 +330,7 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         // A user with an id: nothing added either way.
         let r = client.get(&proxy.url("/"), &[("cookie", pair)]).await;
         assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
+        assert!(r.headers.get("cdn-cache-control").is_none(), "{:?}", r.headers);
         let seen = upstream_of(&r);
         assert_eq!(seen.headers.get("cookie").expect("cookie"), pair);
     }

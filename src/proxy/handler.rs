@@ -27,6 +27,7 @@ use super::{check, forward, tunnel};
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 const PRIVATE: HeaderValue = HeaderValue::from_static("private");
+const CDN_CACHE_CONTROL: http::HeaderName = http::HeaderName::from_static("cdn-cache-control");
 
 fn finish(
     mut resp: Response<ProxyBody>,
@@ -319,8 +320,10 @@ pub fn handle(
             && let Some(cookie) = routing::set_cookie(&snap.routing.sticky, &id, domain_fits)
         {
             resp.headers_mut().append(SET_COOKIE, cookie);
-            // A shared cache must not keep this answer: it would hand the id to everyone.
+            // A shared cache must not keep this answer: it would hand the id to everyone. A CDN
+            // reads its own field first (RFC 9213), which the app may have given a max-age.
             resp.headers_mut().append(CACHE_CONTROL, PRIVATE);
+            resp.headers_mut().append(CDN_CACHE_CONTROL, PRIVATE);
         }
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if h1 && !switching && proxy.draining.load(Ordering::Relaxed) {
