@@ -126,7 +126,7 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
         Backend::start("stable").await,
         Backend::start("canary").await,
     );
-    let extra = "health: {interval: 100ms, timeout: 300ms, unhealthy_after: 1, healthy_after: 1}\n";
+    let extra = "health: {interval: 100ms, timeout: 300ms, unhealthy_after: 1, healthy_after: 1}\nadmin: {socket: admin.sock}\n";
     let proxy = Proxy::start(&yaml(
         &[stable.addr.to_string()],
         &[canary.addr.to_string()],
@@ -155,6 +155,24 @@ async fn canary_users_fall_back_to_stable_when_no_canary_upstream_is_healthy() {
             .metric("ramp_responses_total{pool=\"stable\",class=\"2xx\"}")
             .await
             >= 20.0
+    );
+    // Status says so, beside the pools' configured sizes.
+    let addr = proxy.metrics_addr();
+    let reply = support::raw(
+        addr,
+        b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        reply.contains(
+            r#""upstreams":{"stable":1,"canary":1},"upstreams_available":{"stable":1,"canary":0}"#
+        ),
+        "{reply}"
+    );
+    let (code, out, err) = proxy.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("upstreams   stable 1, canary 0 of 1 available (canary down"),
+        "{out}"
     );
 }
 

@@ -53,6 +53,9 @@ pub struct Status {
     pub pid: u32,
     /// Upstreams configured per pool.
     pub upstreams: PerPool<usize>,
+    /// Upstreams per pool neither ejected by passive health nor failing active checks now.
+    #[serde(default)]
+    pub upstreams_available: Option<PerPool<usize>>,
     /// Canary and stable side by side, with verdicts (none in the first second).
     #[serde(default)]
     pub analysis: Option<AnalysisView>,
@@ -383,6 +386,10 @@ mod tests {
                 stable: 2,
                 canary: 1,
             },
+            upstreams_available: Some(PerPool {
+                stable: 2,
+                canary: 0,
+            }),
             analysis: None,
             changes: vec![Change {
                 at: Some("2026-11-26T10:00:00Z".into()),
@@ -406,7 +413,7 @@ mod tests {
             changed: true,
             status: status(),
         }));
-        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"on_resume":null,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","stopped":{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin"},"last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
+        let golden = r#"{"ok":true,"rollout":"checkout-v2","state":"halted","percent":2.5,"effective_percent":2.5,"schedule":{"step":2,"steps":3,"percent":2.5,"next_percent":100.0,"next_in_secs":540.0,"paused":true,"held":null},"file_plan_pending":false,"on_resume":null,"changed_at":"2026-11-26T10:00:00Z","changed_by":"admin (uid 0, pid 7)","source":"admin","stopped":{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin"},"last_reload_error":null,"state_file":"/var/lib/ramp/state.json","state_file_error":null,"restart_required":["listen"],"pid":4242,"upstreams":{"stable":2,"canary":1},"upstreams_available":{"stable":2,"canary":0},"analysis":null,"changes":[{"at":"2026-11-26T10:00:00Z","by":"admin (uid 0, pid 7)","source":"admin","command":"halt","rollout":"checkout-v2","from_state":"running","to_state":"halted","from_percent":2.5,"to_percent":2.5}],"fleet":null,"changed":true}"#;
         assert_eq!(String::from_utf8_lossy(&line), format!("{golden}\n"));
         let err = encode(&Err(ControlError::Refused(Refusal::Completed)));
         assert_eq!(

@@ -139,6 +139,13 @@ pub fn build(
             .collect(),
         pid: std::process::id(),
         upstreams: PerPool::from_fn(|p| snap.pools[p].upstreams().len()),
+        upstreams_available: Some(PerPool::from_fn(|p| {
+            snap.pools[p]
+                .upstreams()
+                .iter()
+                .filter(|u| u.health.is_available())
+                .count()
+        })),
         analysis: extra.analysis,
         changes: extra.changes,
         fleet: extra.fleet,

@@ -138,6 +138,21 @@ fn status(s: &Status, changed: Option<bool>) -> String {
         }
         rows.push(("fleet", v));
     }
+    if let Some(up) = &s.upstreams_available {
+        let pool = |name: &str, of: usize, up: usize| match (of, up) {
+            (of, up) if of == up => format!("{name} {of}"),
+            (of, up) => format!("{name} {up} of {of} available"),
+        };
+        let mut v = format!(
+            "{}, {}",
+            pool("stable", s.upstreams.stable, up.stable),
+            pool("canary", s.upstreams.canary, up.canary)
+        );
+        if up.canary == 0 && s.upstreams.canary > 0 {
+            v.push_str(" (canary down: its users are on stable, or get 503 with canary_unavailable: error)");
+        }
+        rows.push(("upstreams", v));
+    }
     if s.file_plan_pending {
         rows.push((
             "file plan",
