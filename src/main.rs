@@ -436,9 +436,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }),
         Command::Completions { shell } => {
+            use std::io::Write;
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "ramp", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            // Made in memory: clap_complete panics on a failed write, and a reader that went
+            // away (`| head`) is no reason to.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ramp", &mut script);
+            Ok(match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("ramp completions: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            })
         }
     }
 }

@@ -561,3 +561,36 @@ fn check_refuses_admin_and_path_settings_serve_could_not_use() {
     assert_ne!(code, 0);
     assert!(err.contains("symbolic link"), "{err}");
 }
+
+#[test]
+fn completions_piped_into_head_or_a_full_disk_end_without_a_panic() {
+    // A reader that goes at once (`| head -1`, before the script is written).
+    let mut child = Command::new(RAMP)
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // A disk that is full: a message, exit 1.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(RAMP)
+        .args(["completions", "bash"])
+        .stdout(full)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ramp completions: No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

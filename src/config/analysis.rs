@@ -56,7 +56,7 @@ pub(super) fn analysis(c: &mut Checker, a: Option<&AnalysisFile>) -> Analysis {
                 if n.is_empty() {
                     Err(Reason::Empty)
                 } else if n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) {
-                    Err(Reason::Printable(n.to_owned()))
+                    Err(Reason::GoalName(n.to_owned()))
                 } else {
                     Ok(n.to_owned())
                 }

@@ -81,6 +81,10 @@ pub enum Reason {
         "must not contain control characters, invisible or direction-changing characters, or whitespace: {0:?}"
     )]
     Printable(String),
+    #[error(
+        "a goal's name is 1 to 64 printable ASCII characters (letters, digits, punctuation; no spaces or accented letters): {0:?}"
+    )]
+    GoalName(String),
     #[error("give either `percent` or `steps`, not both")]
     PercentAndSteps,
     #[error("give `percent` or `steps`")]
