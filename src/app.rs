@@ -61,16 +61,13 @@ pub struct Options {
 
 /// The client connections ramp takes at most under `open_files`: beyond them the longest-idle
 /// connection makes room, where accepting would otherwise fail for want of descriptors, with no
-/// room left for the admin socket, the state file or upstream connections. Half of what is left
-/// after a reserve (half the limit, at most 256) goes to clients, half to upstreams (an HTTP/1.1
-/// client holds one upstream connection at a time).
+/// room left for the admin socket, the state file or upstream connections (which get the other
+/// half: see [`crate::config::fit_open_files`]).
 pub fn client_connections(max_connections: usize, open_files: Option<u64>) -> usize {
-    let Some(limit) = open_files else {
-        return max_connections;
-    };
-    let reserve = (limit / 2).min(256);
-    let fit = usize::try_from(limit.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
-    max_connections.min(fit.max(1))
+    match open_files {
+        Some(limit) => crate::config::fit_open_files(max_connections, limit),
+        None => max_connections,
+    }
 }
 
 /// How long a successor waits for the process it replaces to leave the metrics address: past
@@ -133,6 +130,9 @@ pub async fn serve(config_path: PathBuf, config: Config, options: Options) -> Re
         .map(|a| admin::bind(a, options.takeover))
         .transpose()?;
     let (mut limits, tls_on) = (config.limits, config.tls.is_some());
+    if let Some(limit) = options.open_files {
+        crate::config::run_under_open_files(limit);
+    }
     let fit = client_connections(limits.max_connections, options.open_files);
     if fit < limits.max_connections {
         tracing::warn!(

@@ -546,3 +546,52 @@ async fn idle_pooled_connections_do_not_hold_http2_clients_to_their_share() {
         assert_eq!(r.await.expect("page").status.as_u16(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_open_files_limit_http2_streams_leave_descriptors_for_others_and_halt() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start_with_open_files(
+        &config(&[&b], &[&b], "id: l\npercent: 0", support::CONTROL),
+        512,
+    );
+    proxy.wait_log(
+        "upstream.max_connections is lowered to what the open files limit leaves room for",
+    );
+    // Ten HTTP/2 connections of 100 slow streams each: once past half of the upstream
+    // connections the limit leaves, each connection's streams hold at most 8.
+    let mut clients = Vec::new();
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        for _ in 0..100 {
+            let h2 = h2.clone();
+            let url = proxy.url("/slow/4000");
+            all.spawn(async move {
+                if let Ok(mut h2) = h2.ready().await {
+                    let req = http::Request::get(url).body(()).expect("req");
+                    if let Ok((resp, _)) = h2.send_request(req, true) {
+                        let _ = resp.await;
+                    }
+                }
+            });
+        }
+        clients.push(h2);
+    }
+    support::eventually("the streams reach the upstream", || b.in_flight() >= 64).await;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(fds() < 400, "{} descriptors open of 512", fds());
+    // Another user is served, and a halt answers at once.
+    let r = Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+    let halt = support::admin_within(&proxy.socket(), "halt", Duration::from_secs(2));
+    assert_eq!(halt["state"], "halted", "{halt}");
+    all.abort_all();
+}

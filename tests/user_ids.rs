@@ -330,7 +330,11 @@ async fn the_app_sees_the_minted_id_and_no_shared_cache_keeps_its_cookie() {
         // A user with an id: nothing added either way.
         let r = client.get(&proxy.url("/"), &[("cookie", pair)]).await;
         assert!(r.headers.get("cache-control").is_none(), "{:?}", r.headers);
-        assert!(r.headers.get("cdn-cache-control").is_none(), "{:?}", r.headers);
+        assert!(
+            r.headers.get("cdn-cache-control").is_none(),
+            "{:?}",
+            r.headers
+        );
         let seen = upstream_of(&r);
         assert_eq!(seen.headers.get("cookie").expect("cookie"), pair);
     }

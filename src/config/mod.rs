@@ -410,5 +410,36 @@ pub fn open_files_short(limit: u64, max_connections: usize, max_upstream: usize)
     (limit < needed).then_some(needed)
 }
 
+/// The open files limit `serve` runs under, once known.
+static OPEN_FILES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Says the open files limit `serve` runs under: from then on [`Config::fit_upstreams`] lowers
+/// `upstream.max_connections` to what it leaves room for.
+pub fn run_under_open_files(limit: u64) {
+    let _ = OPEN_FILES.set(limit);
+}
+
+/// `max` connections, lowered to what the open files limit `limit` leaves them: half of what is
+/// left after a reserve (half the limit, at most 256) for the admin socket, the state file and
+/// ramp's own files. Client connections get one half, upstream connections the other (an
+/// HTTP/1.1 client holds one upstream connection at a time; an HTTP/2 one past half of the
+/// upstreams' share a few).
+pub fn fit_open_files(max: usize, limit: u64) -> usize {
+    let reserve = (limit / 2).min(256);
+    let fit = usize::try_from(limit.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
+    max.min(fit.max(1))
+}
+
+impl Config {
+    /// Lowers `upstream.max_connections` to what the open files limit leaves upstream
+    /// connections (see [`fit_open_files`]): the configured value when it was lowered.
+    pub fn fit_upstreams(&mut self) -> Option<usize> {
+        let limit = *OPEN_FILES.get()?;
+        let configured = self.upstream.max_connections;
+        self.upstream.max_connections = fit_open_files(configured, limit);
+        (self.upstream.max_connections < configured).then_some(configured)
+    }
+}
+
 /// The words for [`open_files_short`].
 pub const OPEN_FILES_SHORT: &str = "the open files limit is below limits.max_connections + upstream.max_connections + 256; raise it (LimitNOFILE=, ulimit -n) or lower those";

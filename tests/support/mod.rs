@@ -434,6 +434,15 @@ impl Proxy {
         Self::start_with(dir.into(), config_path, &["--default-logs-for-test"])
     }
 
+    /// As [`Proxy::start`], run under an open files limit of `limit` (soft and hard).
+    pub fn start_with_open_files(yaml: &str, limit: u64) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ramp.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let arg = format!("--open-files-for-test={limit}");
+        Self::start_with(dir.into(), path, &[&arg])
+    }
+
     /// A second ramp on this one's config and directory (the restart recipe: `--takeover`).
     pub fn start_successor(&self) -> Proxy {
         Self::start_with(
@@ -445,12 +454,30 @@ impl Proxy {
 
     fn start_with(dir: Arc<tempfile::TempDir>, config_path: PathBuf, extra: &[&str]) -> Proxy {
         let default_logs = extra.contains(&"--default-logs-for-test");
+        let open_files = extra
+            .iter()
+            .find_map(|a| a.strip_prefix("--open-files-for-test="))
+            .map(|n| n.parse::<u64>().expect("a number"));
         let extra: Vec<&str> = extra
             .iter()
             .copied()
-            .filter(|a| *a != "--default-logs-for-test")
+            .filter(|a| *a != "--default-logs-for-test" && !a.starts_with("--open-files-for-test="))
             .collect();
         let mut command = Command::new(RAMP);
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         command
             .args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)

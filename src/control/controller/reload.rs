@@ -47,6 +47,9 @@ impl Controller {
             Ok(c) => c,
             Err(e) => return rejected(&mut self.notes, e.into()),
         };
+        // As at start: what the open files limit leaves upstream connections (said below when
+        // the edit asks for more than is in force).
+        new.fit_upstreams();
         // Every file the new config names must be usable, those of parts that wait for a restart
         // too (a new TLS section, a fleet's password): a config a restart could not start from
         // is refused now, not at the restart.

@@ -124,9 +124,16 @@ impl Controller {
     /// and commits what start-up changed (a first state file, edits made while ramp was down).
     pub async fn start(
         config_path: PathBuf,
-        config: Config,
+        mut config: Config,
         analysis: Arc<Analysis>,
     ) -> Result<(Controller, Arc<Current>, Handle), StartError> {
+        if let Some(configured) = config.fit_upstreams() {
+            tracing::warn!(
+                configured,
+                in_force = config.upstream.max_connections,
+                "upstream.max_connections is lowered to what the open files limit leaves room for: beyond it a request gets 503, and an HTTP/2 connection's streams hold at most 8 upstream connections past half of it"
+            );
+        }
         let tls = TlsConfigs::load(&config, &TlsConfigs::default())?;
         tls.note_certificate();
         for warning in config.warnings() {
