@@ -644,3 +644,38 @@ async fn a_deleted_admin_socket_or_a_fifo_for_the_lock_file_stops_no_change() {
         proxy.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(ramp_tests_can_freeze),
+    ignore = "needs root, loop devices, mkfs.ext4 and fsfreeze: mounts a filesystem"
+)]
+async fn a_restart_on_a_state_file_remounted_read_only_serves_with_its_state() {
+    let (s, c) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
+    let disk = Disk::new();
+    let (_, control) = disk.control();
+    let first = Proxy::start(&yaml(&s, &c, "id: ro\npercent: 5", &control));
+    assert_eq!(first.admin("set 7")["ok"], true);
+    let (dir, path) = first.kill9();
+    // ext4's errors=remount-ro after a disk error, then a restart.
+    run(
+        "mount",
+        &["-o", "remount,ro", disk.mount.to_str().expect("utf-8")],
+    );
+    let again = Proxy::start_in(dir, path);
+    again.wait_log("state.file is on a read-only filesystem");
+    let st = again.admin("status");
+    assert_eq!(
+        (st["state"].as_str(), st["percent"].as_f64()),
+        (Some("running"), Some(7.0)),
+        "{st}"
+    );
+    // As while running: a change that must be saved is refused, a halt applies unsaved.
+    assert_eq!(again.admin("set 9")["ok"], false);
+    let (code, out, err) = again.ctl(&["halt"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(again.admin("status")["state"], "halted");
+}

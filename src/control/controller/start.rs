@@ -57,6 +57,19 @@ fn places(path: &std::path::Path, field: &str, socket: bool) -> Result<(), Start
             dir.display()
         )),
         Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        // A state file that reads, on a filesystem remounted read-only (ext4's
+        // `errors=remount-ro` after a disk error): a restart serves with the state it holds, as
+        // a running ramp does meanwhile (halt and rollback apply unsaved, other changes are
+        // refused), rather than leave the site without a proxy.
+        Ok(_)
+            if !socket
+                && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+                    == Err(nix::errno::Errno::EROFS)
+                && std::fs::metadata(path).is_ok_and(|m| m.is_file()) =>
+        {
+            tracing::warn!(path = %path.display(), "{field} is on a read-only filesystem: ramp serves with the state it holds, a halt or rollback applies unsaved and other changes are refused until it is writable again");
+            None
+        }
         // The state file is replaced whole by a new file made beside it, and the socket is made
         // there: either needs a directory ramp's user may make files in.
         Ok(_)
