@@ -161,6 +161,10 @@ fn describe() {
         "Requests ramp answered itself, in no pool's ramp_responses_total: refused before routing (limits, malformed), a client's body that failed, or no upstream connection to be had (upstream.max_connections, descriptors)."
     );
     counter!(
+        "ramp_connections_waited_total",
+        "New client connections that waited for a place: every connection under limits.max_connections was busy."
+    );
+    counter!(
         "ramp_abandoned_requests_total",
         "Requests sent upstream whose client gave up (closed its connection, reset its HTTP/2 stream) before the answer's head, by pool."
     );

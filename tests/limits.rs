@@ -65,7 +65,7 @@ async fn at_max_connections_the_longest_idle_connection_makes_room_and_busy_ones
         &[&b],
         &[&b],
         "id: l\npercent: 0",
-        "limits:\n  max_connections: 2\n  header_read_timeout: 60s\n",
+        "limits:\n  max_connections: 2\n  header_read_timeout: 60s\nmetrics: {listen: '127.0.0.1:0'}\n",
     ));
     let addr = proxy.addr;
     let answer = |s: &mut std::net::TcpStream, path: &str| {
@@ -119,6 +119,9 @@ async fn at_max_connections_the_longest_idle_connection_makes_room_and_busy_ones
     })
     .await
     .expect("clients");
+    // The wait is said, and counted.
+    proxy.wait_log("every connection under limits.max_connections is busy");
+    assert_eq!(proxy.metric("ramp_connections_waited_total").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

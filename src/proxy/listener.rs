@@ -144,11 +144,24 @@ const ROOM_RETRY: Duration = Duration::from_millis(100);
 /// `None` when the semaphore is closed.
 async fn room(permits: &Arc<Semaphore>, open: &Open) -> Option<OwnedSemaphorePermit> {
     let mut wait = std::pin::pin!(Arc::clone(permits).acquire_owned());
+    let mut said = false;
     loop {
         open.close_longest_idle();
         tokio::select! {
             p = wait.as_mut() => return p.ok(),
             () = tokio::time::sleep(ROOM_RETRY) => {}
+        }
+        // No idle one to close: every connection is busy (slow readers, long answers), and
+        // newcomers wait, which nothing else would show.
+        if !std::mem::replace(&mut said, true) {
+            metrics::counter!("ramp_connections_waited_total").increment(1);
+            static BUSY: crate::logs::EverySecond = crate::logs::EverySecond::new();
+            if let Some(unlogged) = BUSY.admit_now() {
+                tracing::warn!(
+                    unlogged,
+                    "every connection under limits.max_connections is busy: a newcomer waits for one to end"
+                );
+            }
         }
     }
 }
