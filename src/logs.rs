@@ -35,11 +35,14 @@ pub fn unwritten_lines() -> u64 {
 /// stderr for the log thread: a write that fails is counted ([`unwritten_lines`]) and dropped,
 /// not reported on stderr (which just failed) line by line.
 #[derive(Debug, Default)]
-pub struct Stderr;
+pub struct Stderr {
+    /// The last line was cut short (its disk filled mid-line).
+    torn: bool,
+}
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if std::io::stderr().write_all(buf).is_err() {
+        if !write_line(&mut std::io::stderr().lock(), &mut self.torn, buf) {
             // The lines of `buf` (one, from the log thread).
             let lines = buf.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
             UNWRITTEN.fetch_add(lines, Ordering::Relaxed);
@@ -51,6 +54,29 @@ impl Write for Stderr {
         let _ = std::io::stderr().flush();
         Ok(())
     }
+}
+
+/// Writes `line` to `out`, whole or not at all if the first byte fails; true if all of it went.
+/// After a line cut short (`torn`: a disk that filled mid-line), a line break goes first, so
+/// that the next line is not run into the cut one (one JSON line, where a collector reads two).
+fn write_line(out: &mut impl Write, torn: &mut bool, line: &[u8]) -> bool {
+    if *torn {
+        if out.write_all(b"\n").is_err() {
+            return false;
+        }
+        *torn = false;
+    }
+    let mut done = 0;
+    while done < line.len() {
+        match out.write(&line[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    *torn = done > 0 && done < line.len();
+    done == line.len()
 }
 
 /// One kind of line, logged at most once a second.
@@ -110,5 +136,43 @@ mod tests {
         assert_eq!(log.admit(8), Some(2));
         assert_eq!(log.admit(8), None);
         assert_eq!(log.admit(30), Some(1));
+    }
+
+    /// A disk with `room` bytes left, then full until `room` is given more.
+    struct Disk {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            let n = buf.len().min(self.room);
+            self.written.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_full_disk_is_ended_before_the_next() {
+        let mut disk = Disk {
+            written: Vec::new(),
+            room: 14,
+        };
+        let mut torn = false;
+        assert!(write_line(&mut disk, &mut torn, b"{\"a\":1}\n"));
+        assert!(!write_line(&mut disk, &mut torn, b"{\"b\":22}\n"));
+        assert!(!write_line(&mut disk, &mut torn, b"{\"c\":3}\n"));
+        disk.room = 100;
+        assert!(write_line(&mut disk, &mut torn, b"{\"d\":4}\n"));
+        // Every line the reader gets is whole or cut, never two run together.
+        assert_eq!(disk.written, b"{\"a\":1}\n{\"b\":2\n{\"d\":4}\n");
     }
 }

@@ -145,7 +145,7 @@ fn init_logs(format: LogFormat) -> ErrorCounter {
         .lossy(true)
         .buffered_lines_limit(LOG_LINES_WAITING)
         .thread_name("ramp-log")
-        .finish(ramp::logs::Stderr);
+        .finish(ramp::logs::Stderr::default());
     let dropped = writer.error_counter();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
