@@ -49,7 +49,7 @@ impl Controller {
         };
         // As at start: what the open files limit leaves upstream connections (said below when
         // the edit asks for more than is in force).
-        new.fit_upstreams();
+        let asked_upstreams = new.fit_upstreams().unwrap_or(new.upstream.max_connections);
         // Every file the new config names must be usable, those of parts that wait for a restart
         // too (a new TLS section, a fleet's password): a config a restart could not start from
         // is refused now, not at the restart.
@@ -96,14 +96,11 @@ impl Controller {
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
-        if new.upstream.max_connections > self.config.upstream.max_connections
+        if asked_upstreams > self.config.upstream.max_connections
             && let Ok((limit, _)) =
                 nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            && let Some(needed) = crate::config::open_files_short(
-                limit,
-                new.limits.max_connections,
-                new.upstream.max_connections,
-            )
+            && let Some(needed) =
+                crate::config::open_files_short(limit, new.limits.max_connections, asked_upstreams)
         {
             tracing::warn!(limit, needed, "{}", crate::config::OPEN_FILES_SHORT);
         }
