@@ -271,6 +271,89 @@ async fn an_http2_client_resetting_streams_after_they_went_upstream_gets_a_goawa
     assert_eq!(r.status, 200, "others are still served");
 }
 
+/// One HTTP/2 frame: its 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_heeds_no_goaway_and_resets_on_is_closed() {
+    let b = Backend::start("stable").await;
+    let proxy = Proxy::start(&config(&[&b], &[&b], "id: l\npercent: 0", ""));
+    let addr = proxy.addr;
+    let b = std::sync::Arc::new(b);
+    let upstream = std::sync::Arc::clone(&b);
+    // A raw client that never answers a PING (hyper's graceful close waits for that answer
+    // before its final GOAWAY), so the first GOAWAY stops none of its streams.
+    let (reset, closed) = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(4, 0, 0, &[]));
+        wire.extend(frame(4, 1, 0, &[]));
+        s.write_all(&wire).expect("preface");
+        let mut reader = s.try_clone().expect("clone");
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen_end = std::sync::Arc::clone(&ended);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while matches!(reader.read(&mut buf), Ok(1..)) {}
+            seen_end.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // GET /slow/10000, Host x: indexed :method GET and :scheme http, literal :path and
+        // :authority (not indexed).
+        let path = b"/slow/10000";
+        let mut block = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).expect("short")];
+        block.extend_from_slice(path);
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        let (mut stream, mut reset) = (1u32, 0);
+        for _ in 0..30 {
+            if ended.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let before = upstream.seen().len();
+            let first = stream;
+            let mut batch = Vec::new();
+            for _ in 0..20 {
+                batch.extend(frame(1, 0x5, stream, &block));
+                stream += 2;
+            }
+            if s.write_all(&batch).is_err() {
+                break;
+            }
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while upstream.seen().len() < before + 20
+                && std::time::Instant::now() < end
+                && !ended.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut resets = Vec::new();
+            for id in (first..stream).step_by(2) {
+                resets.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+            }
+            if s.write_all(&resets).is_err() {
+                break;
+            }
+            reset += 20;
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !ended.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (reset, ended.load(std::sync::atomic::Ordering::SeqCst))
+    })
+    .await
+    .expect("client");
+    assert!(closed, "the connection is still open after {reset} resets");
+    assert!(reset <= 260, "closed only after {reset} resets");
+    proxy.wait_log("went on resetting streams after its GOAWAY");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_gets_a_goaway() {
     let b = Backend::start("stable").await;

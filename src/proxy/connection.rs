@@ -244,10 +244,25 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
         tracing::debug!(peer = %peer, "closing: an answer not taken in time");
         return;
     }
-    // Idle, draining, or making room: finish what is in flight, then close.
+    // Idle, draining, or making room: finish what is in flight, then close — unless told
+    // meanwhile to close at once (a client that takes nothing, or heeds no GOAWAY).
     connection.as_mut().graceful_shutdown();
-    if let Err(e) = connection.await {
-        tracing::debug!(peer = %peer, error = %e, "client connection ended");
+    loop {
+        tokio::select! {
+            biased;
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(peer = %peer, error = %e, "client connection ended");
+                }
+                return;
+            }
+            () = conn.signal.to_connection.notified() => {
+                if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
+                    tracing::debug!(peer = %peer, "closing at once, while closing gracefully");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -220,16 +220,30 @@ pub struct Abandons {
 const ABANDONS_MOST: u32 = 100;
 const ABANDONS_PERIOD_MS: u64 = 10_000;
 
+/// What a connection that abandons too many requests gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooMany {
+    /// Past [`ABANDONS_MOST`]: a GOAWAY, its requests in flight finished.
+    GoAway,
+    /// Past twice as many: the GOAWAY was not heeded (a client that never answers the PING
+    /// hyper's graceful close waits for keeps opening streams): closed at once.
+    Close,
+}
+
 impl Abandons {
-    /// Counts one; true once more than [`ABANDONS_MOST`] came in the period.
-    pub fn one(&self) -> bool {
+    /// Counts one; what the connection gets once too many came in the period.
+    pub fn one(&self) -> Option<TooMany> {
         let now = crate::clock::now_ms();
         if now.saturating_sub(self.since.load(Ordering::Relaxed)) > ABANDONS_PERIOD_MS {
             self.since.store(now, Ordering::Relaxed);
             self.count.store(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
-        self.count.fetch_add(1, Ordering::Relaxed) + 1 > ABANDONS_MOST
+        match self.count.fetch_add(1, Ordering::Relaxed) + 1 {
+            n if n > 2 * ABANDONS_MOST => Some(TooMany::Close),
+            n if n > ABANDONS_MOST => Some(TooMany::GoAway),
+            _ => None,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::upstream::{
 };
 
 use super::body::{Busy, Moved, ProxyBody, error_response};
-use super::context::{Conn, ConnInfo, Proxy};
+use super::context::{Conn, ConnInfo, Proxy, TooMany};
 use super::error::ProxyError;
 use super::follow::{self, Follow};
 use super::share::Share;
@@ -370,16 +370,31 @@ impl Drop for Unanswered<'_> {
         }
         let proxy = &self.conn.proxy;
         proxy.metrics.abandoned[self.pool].increment(1);
-        if self.conn.activity.is_http2() && self.conn.abandons.one() && !self.conn.signal.closing()
+        // Each stream reset after its request went upstream cost an upstream request (and, cut
+        // off, its connection), where a reset before costs nothing: hyper's guard against rapid
+        // resets counts only those.
+        let signal = &self.conn.signal;
+        match self
+            .conn
+            .activity
+            .is_http2()
+            .then(|| self.conn.abandons.one())
         {
-            // Each stream reset after its request went upstream cost an upstream request (and,
-            // cut off, its connection), where a reset before costs nothing: hyper's guard
-            // against rapid resets counts only those.
-            static FLOOD: EverySecond = EverySecond::new();
-            if let Some(unlogged) = FLOOD.admit_now() {
-                tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client reset over 100 streams in 10 s after their requests went upstream: its connection gets a GOAWAY");
+            Some(Some(TooMany::GoAway)) if !signal.closing() => {
+                static FLOOD: EverySecond = EverySecond::new();
+                if let Some(unlogged) = FLOOD.admit_now() {
+                    tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client reset over 100 streams in 10 s after their requests went upstream: its connection gets a GOAWAY");
+                }
+                signal.close(super::watchdog::FINISH);
             }
-            self.conn.signal.close(super::watchdog::FINISH);
+            Some(Some(TooMany::Close)) if !signal.aborting() => {
+                static HEEDLESS: EverySecond = EverySecond::new();
+                if let Some(unlogged) = HEEDLESS.admit_now() {
+                    tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client went on resetting streams after its GOAWAY: its connection is closed");
+                }
+                signal.close(super::watchdog::ABORT);
+            }
+            _ => {}
         }
         let whole = self
             .body
