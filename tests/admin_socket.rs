@@ -241,7 +241,9 @@ async fn a_deleted_socket_is_made_again_with_its_mode_and_still_halts_the_rollou
     support::eventually("the socket is made again", || proxy.socket().exists()).await;
     let meta = std::fs::metadata(proxy.socket()).expect("socket");
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    proxy.wait_log("the admin socket was deleted: it is made again");
+    proxy.wait_log(
+        "the admin socket was deleted, or left to a process that is gone: it is made again",
+    );
     // The process still owns the rollout state: a halt is made and written, not refused as if a
     // successor had taken the socket over.
     let (code, out, err) = proxy.ctl(&["halt"]);
@@ -255,4 +257,97 @@ async fn a_deleted_socket_is_made_again_with_its_mode_and_still_halts_the_rollou
     let (code, out, err) = proxy.ctl(&["resume"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(proxy.admin("status")["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_is_not_ramp_at_the_path_takes_nothing_over() {
+    let (b, proxy) = start("").await;
+    std::fs::remove_file(proxy.socket()).expect("delete the socket");
+    // Something else serves the path (a script, a test server) and answers every line.
+    let rogue = std::os::unix::net::UnixListener::bind(proxy.socket()).expect("bind");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = std::sync::Arc::clone(&stop);
+    rogue.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            match rogue.accept() {
+                Ok((mut s, _)) => {
+                    let mut line = String::new();
+                    let _ = BufReader::new(s.try_clone().expect("clone")).read_line(&mut line);
+                    let _ = s.write_all(b"{\"ok\":false,\"error\":\"i am not ramp\"}\n");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    });
+    // Past several of ramp's one-second looks at the path: it still serves, changes nothing
+    // of its own accord, and makes no claim of a successor.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let r = support::Client::http1().get(&proxy.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("a newer ramp has taken the admin socket over")),
+        "{:?}",
+        proxy.logs()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join().expect("rogue");
+    std::fs::remove_file(proxy.socket()).expect("remove the rogue's socket");
+    support::eventually("the socket is made again", || proxy.socket().exists()).await;
+    assert_eq!(proxy.admin("halt")["state"], "halted");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_killed_after_taking_the_socket_leaves_the_running_ramp_reachable() {
+    use std::os::unix::fs::MetadataExt;
+    let b = Backend::start("stable").await;
+    let yaml = config(&[&b], &[&b], "id: k\npercent: 5", CONTROL);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ramp.yaml");
+    std::fs::write(&path, &yaml).expect("write");
+    let proxy = Proxy::start_in(dir, path.clone());
+    assert_eq!(proxy.admin("set 6")["ok"], true);
+    let ours = std::fs::metadata(proxy.socket()).expect("socket").ino();
+    // The state file's lock held: a successor takes the socket's path, then waits there.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(proxy.dir.path().join("state.json.lock"))
+        .expect("lock file");
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).expect("flock");
+    let mut successor = Command::new(RAMP)
+        .args(["serve", "--takeover", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("successor");
+    support::eventually("the successor takes the path", || {
+        std::fs::metadata(proxy.socket()).is_ok_and(|m| m.ino() != ours)
+    })
+    .await;
+    // Killed there (a SIGKILL, or a SIGTERM before its handlers are in place).
+    successor.kill().expect("kill");
+    successor.wait().expect("wait");
+    drop(held);
+    support::eventually("the running ramp answers at the path again", || {
+        std::os::unix::net::UnixStream::connect(proxy.socket()).is_ok()
+    })
+    .await;
+    let st = proxy.admin("halt");
+    assert_eq!(st["pid"].as_u64(), Some(u64::from(proxy.pid())), "{st}");
+    assert_eq!(st["state"], "halted", "{st}");
+    // The name the successor kept the running ramp's socket under is gone.
+    let kept: Vec<_> = std::fs::read_dir(proxy.dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".old.sock"))
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
 }

@@ -230,7 +230,7 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
         let (path, asked) = (path.clone(), owned.clone());
         // Asked again after the answer: a socket this process made again meanwhile answers too.
         let other = tokio::task::spawn_blocking(move || {
-            another_socket(&path, &asked) && answers(&path) && another_socket(&path, &asked)
+            another_socket(&path, &asked) && another_ramp(&path) && another_socket(&path, &asked)
         })
         .await
         .unwrap_or(false);
@@ -245,6 +245,19 @@ pub async fn taken_over(path: PathBuf, owned: Owned) {
 /// refusal is a reply too).
 pub fn answers(path: &Path) -> bool {
     super::client::request(path, "status", Duration::from_secs(2)).is_ok()
+}
+
+/// Whether another ramp serves the admin socket at `path`: its `status` names another pid, or
+/// it refuses this process's uid (a successor whose `admin.allowed_uids` leaves ramp's own user
+/// out). Anything else that answers (a test server, a script) takes nothing over: this process
+/// would drain and exit for it.
+fn another_ramp(path: &Path) -> bool {
+    use super::reply::Decoded;
+    match super::client::request(path, "status", Duration::from_secs(2)).map(|a| a.reply) {
+        Ok(Decoded::Status { status, .. }) => status.pid != std::process::id(),
+        Ok(Decoded::Error(e)) => e.starts_with("permission denied: uid "),
+        _ => false,
+    }
 }
 
 /// Removes the socket file at shutdown, unless a newer ramp has taken the path over.
@@ -298,6 +311,30 @@ pub async fn serve(mut listener: UnixListener, admin: Admin, owned: Owned, handl
     }
 }
 
+/// Removes the names beside `path` a successor kept this process's socket `file` under
+/// (`.ramp-<pid>.old.sock`), once this process has a socket of its own at `path` again.
+fn forget_kept(path: &Path, file: File) {
+    let Some(dir) = path.parent() else { return };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".ramp-")
+            && name.ends_with(".old.sock")
+            && File::at(&entry.path()).is_ok_and(|f| f == file)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// How often the admin socket's path was found empty in a row, and whether making the socket
 /// again failed last time (logged once until it is made).
 #[derive(Default)]
@@ -307,12 +344,24 @@ struct Gone {
 }
 
 impl Gone {
-    /// A new listener at the socket's path, made when the path has been empty twice in a row.
+    /// A new listener at the socket's path, made when the path has been empty twice in a row,
+    /// or held a socket nobody serves (a successor killed while it started, after it took the
+    /// path: this process's socket is left under the name it was kept by, which no `ramp ctl`
+    /// reaches).
     fn check(&mut self, admin: &Admin, owned: &Owned) -> Option<UnixListener> {
-        let empty = matches!(
-            std::fs::symlink_metadata(&admin.socket),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound
-        );
+        use std::os::unix::fs::FileTypeExt;
+        let path = &admin.socket;
+        let empty = match std::fs::symlink_metadata(path) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(m) => {
+                m.file_type().is_socket()
+                    && !still_ours(path, owned)
+                    && matches!(
+                        std::os::unix::net::UnixStream::connect(path),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    )
+            }
+        };
         if !empty || owned.0.given_up.load(Ordering::Relaxed) {
             self.times = 0;
             return None;
@@ -324,8 +373,9 @@ impl Gone {
         match bind(admin, false) {
             Ok((listener, made, takeback)) => {
                 takeback.done();
-                owned.0.file.store(made.0.file.load_full());
-                tracing::warn!(path = %admin.socket.display(), "the admin socket was deleted: it is made again");
+                let was = owned.0.file.swap(made.0.file.load_full());
+                forget_kept(path, *was);
+                tracing::warn!(path = %admin.socket.display(), "the admin socket was deleted, or left to a process that is gone: it is made again");
                 (self.times, self.failing) = (0, false);
                 Some(listener)
             }
