@@ -473,12 +473,12 @@ async fn an_expired_or_expiring_certificate_is_warned_of_and_its_expiry_is_a_met
             .await,
         1_609_459_200.0
     );
-    // Rotated to one that expires in three days (and a few minutes).
+    // Rotated to one that expires in three whole days (and a few minutes).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let not_after = now + 3 * 24 * 3600 - 600;
+    let not_after = now + 3 * 24 * 3600 + 600;
     let soon = cert_valid(now - 3600, not_after);
     let d = proxy.dir.path();
     support::replace_file(&d.join("key.pem"), &soon.key);
@@ -495,5 +495,39 @@ async fn an_expired_or_expiring_certificate_is_warned_of_and_its_expiry_is_a_met
         ))
     })
     .await;
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_whose_dates_cannot_be_read_is_said_and_its_expiry_metric_is_zero() {
+    // Valid from 1969 (a UTCTime before the epoch, which rustls takes and ramp cannot read).
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(1969, 6, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let old = Cert {
+        cert: params.self_signed(&key).expect("cert").pem(),
+        key: key.serialize_pem(),
+    };
+    let (b, dir, path) = tls_config(&old).await;
+    let mut yaml = std::fs::read_to_string(&path).expect("config");
+    yaml.push_str("metrics:\n  listen: 127.0.0.1:0\n");
+    std::fs::write(&path, &yaml).expect("config");
+    let (code, _, err) = support::ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("tls.cert: the certificate's dates cannot be read here"),
+        "{err}"
+    );
+    let proxy = Proxy::start_in(dir, path);
+    proxy.wait_log("the certificate's dates cannot be read here");
+    let series = "ramp_tls_certificate_expiry_timestamp_seconds";
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == format!("{series} 0"))
+    );
     drop(b);
 }

@@ -133,6 +133,9 @@ struct Served {
     valid: Option<Validity>,
 }
 
+/// Said of a certificate rustls takes whose dates ramp cannot read (one valid from before 1970).
+const UNREAD_VALIDITY: &str = "tls.cert: the certificate's dates cannot be read here, so its expiry is not watched (ramp_tls_certificate_expiry_timestamp_seconds is 0)";
+
 /// The listener's TLS config from PEM files: ALPN h2, http/1.1 and http/1.0.
 fn server(cert: &Path, key: &Path) -> Result<Served, TlsError> {
     let cert_pem = read(cert).map_err(|e| e.of("tls.cert"))?;
@@ -298,7 +301,14 @@ impl TlsConfigs {
     /// sets `ramp_tls_certificate_expiry_timestamp_seconds`: at start, and when a reload brings
     /// another certificate.
     pub fn note_certificate(&self) {
-        let Some(valid) = self.server.as_ref().and_then(|s| s.valid) else {
+        let Some(served) = &self.server else {
+            return;
+        };
+        let gauge = metrics::gauge!("ramp_tls_certificate_expiry_timestamp_seconds");
+        let Some(valid) = served.valid else {
+            // Not the last certificate's expiry: 0, which any alert on it calls due.
+            tracing::warn!("{UNREAD_VALIDITY}");
+            gauge.set(0.0);
             return;
         };
         if let Some(warning) = valid.warning(SystemTime::now()) {
@@ -308,7 +318,7 @@ impl TlsConfigs {
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!("ramp_tls_certificate_expiry_timestamp_seconds").set(expiry);
+        gauge.set(expiry);
     }
 
     /// Warnings of the listener's certificate that `config` names (`ramp check`): one that
@@ -321,11 +331,13 @@ impl TlsConfigs {
             .and_then(|pem| certs(&pem, &t.cert))
             .ok()
             .and_then(|chain| chain.into_iter().next());
-        first
-            .and_then(|cert| Validity::of(&cert))
-            .and_then(|v| v.warning(SystemTime::now()))
-            .into_iter()
-            .collect()
+        let Some(first) = first else {
+            return Vec::new();
+        };
+        match Validity::of(&first) {
+            Some(v) => v.warning(SystemTime::now()).into_iter().collect(),
+            None => vec![UNREAD_VALIDITY.to_owned()],
+        }
     }
 
     /// The client config for `https://` upstreams, if any pool has one.

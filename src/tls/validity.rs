@@ -61,11 +61,17 @@ impl Validity {
             ));
         }
         let left = self.not_after.duration_since(now).unwrap_or_default();
+        // Whole days left, counted down (13 days and 23 hours is 13 days).
+        let whole = left.as_secs() / (24 * 3600);
         (left < EXPIRES_SOON).then(|| {
+            let when = match whole {
+                0 => "within a day".to_owned(),
+                1 => "in 1 day".to_owned(),
+                n => format!("in {n} days"),
+            };
             format!(
-                "tls.cert: the certificate expires at {}, in {} days",
-                date(self.not_after),
-                days(left)
+                "tls.cert: the certificate expires at {}, {when}",
+                date(self.not_after)
             )
         })
     }
