@@ -148,6 +148,9 @@ fn status(s: &Status, changed: Option<bool>) -> String {
             pool("stable", s.upstreams.stable, up.stable),
             pool("canary", s.upstreams.canary, up.canary)
         );
+        if up.stable == 0 && s.upstreams.stable > 0 {
+            v.push_str(" (stable down: each request still tries one of its upstreams)");
+        }
         if up.canary == 0 && s.upstreams.canary > 0 {
             v.push_str(" (canary down: its users are on stable, or get 503 with canary_unavailable: error)");
         }
