@@ -1,6 +1,7 @@
 //! The control plane: everything that changes the rollout goes through the controller.
 
 pub mod admin;
+mod admin_path;
 mod admin_peers;
 pub mod client;
 pub mod command;

@@ -19,10 +19,11 @@ use crate::upstream::{
 };
 
 use super::body::{Busy, Moved, ProxyBody, error_response};
-use super::context::{Conn, ConnInfo, Proxy, TooMany};
+use super::context::{Conn, ConnInfo, Proxy};
 use super::error::ProxyError;
 use super::follow::{self, Follow};
 use super::share::Share;
+use super::unanswered::Unanswered;
 use super::{check, forward, tunnel};
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
@@ -336,77 +337,11 @@ pub fn handle(
 /// The latency the comparison judges: from when ramp had the whole request to the answer's head
 /// — from the request's head, or from the last move of its body (a data frame, its end) if that
 /// came later. A client's slow upload is its own, not the upstream's.
-fn latency(start: Instant, body: Option<&BodyTimes>) -> u64 {
+pub(super) fn latency(start: Instant, body: Option<&BodyTimes>) -> u64 {
     let since_head = start.elapsed().as_micros() as u64;
     match body.map(|t| t.moved.load(Ordering::Relaxed)) {
         Some(at) if at != 0 => since_head.min(crate::clock::now_us().saturating_sub(at)),
         _ => since_head,
-    }
-}
-
-/// How long a client must have waited before it gave up for its request to count: giving up
-/// sooner says nothing of the upstream (and would let anyone add fast "successes" by the
-/// thousand without an upstream ever seeing them).
-const GAVE_UP_AFTER_US: u64 = 1_000_000;
-
-/// A request sent upstream whose client went away before the answer's head (its future dropped)
-/// after waiting at least [`GAVE_UP_AFTER_US`]: still counted, with the time it had waited as its
-/// latency (a lower bound), so that a canary that hangs until clients give up shows in the
-/// comparison. Not counted while its body was still coming (the client stopped its own upload),
-/// nor once answered.
-struct Unanswered<'a> {
-    conn: &'a Conn,
-    pool: PoolName,
-    start: Instant,
-    body: Option<Arc<BodyTimes>>,
-    user: Option<u64>,
-    armed: bool,
-}
-
-impl Drop for Unanswered<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let proxy = &self.conn.proxy;
-        proxy.metrics.abandoned[self.pool].increment(1);
-        // Each stream reset after its request went upstream cost an upstream request (and, cut
-        // off, its connection), where a reset before costs nothing: hyper's guard against rapid
-        // resets counts only those.
-        let signal = &self.conn.signal;
-        match self
-            .conn
-            .activity
-            .is_http2()
-            .then(|| self.conn.abandons.one())
-        {
-            Some(Some(TooMany::GoAway)) if !signal.closing() => {
-                static FLOOD: EverySecond = EverySecond::new();
-                if let Some(unlogged) = FLOOD.admit_now() {
-                    tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client reset over 100 streams in 10 s after their requests went upstream: its connection gets a GOAWAY");
-                }
-                signal.close(super::watchdog::FINISH);
-            }
-            Some(Some(TooMany::Close)) if !signal.aborting() => {
-                static HEEDLESS: EverySecond = EverySecond::new();
-                if let Some(unlogged) = HEEDLESS.admit_now() {
-                    tracing::warn!(peer = %self.conn.info.peer, unlogged, "an HTTP/2 client went on resetting streams after its GOAWAY: its connection is closed");
-                }
-                signal.close(super::watchdog::ABORT);
-            }
-            _ => {}
-        }
-        let whole = self
-            .body
-            .as_ref()
-            .is_none_or(|t| t.done.load(Ordering::Relaxed) != 0);
-        let waited = latency(self.start, self.body.as_deref());
-        if whole && waited >= GAVE_UP_AFTER_US {
-            proxy
-                .analysis
-                .recorder
-                .record(self.pool, false, waited, self.user, None);
-        }
     }
 }
 

@@ -12,6 +12,7 @@ mod http1;
 mod listener;
 mod share;
 mod tunnel;
+mod unanswered;
 mod watchdog;
 
 pub use body::{ProxyBody, error_response};
