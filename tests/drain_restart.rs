@@ -9,6 +9,28 @@ use std::time::Duration;
 use support::load::{Ids, Load};
 use support::{Backend, CONTROL, Proxy, config, eventually};
 
+/// The old ramp of a restart drains and exits 0, the new one answers `after` more of `load`'s
+/// requests, and not one of them failed, before or after.
+async fn drained_and_nothing_failed(old: &mut Proxy, load: Load, after: usize) {
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the old ramp did not drain and exit"
+    );
+    load.mark_after();
+    load.wait("answers from the new ramp", |t| t.after.ok() >= after)
+        .await;
+    let tally = load.finish().await;
+    let mut failed = tally.before.failed();
+    failed.extend(tally.after.failed());
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during the restart: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let b = Backend::start("stable").await;
@@ -69,36 +91,14 @@ async fn a_restart_by_the_recipe_under_load_fails_no_request() {
     let b = Backend::start("stable").await;
     let extra = format!("sticky:\n  header: x-user-id\nshutdown_grace: 10s\n{CONTROL}");
     let mut old = Proxy::start(&config(&[&b], &[&b], "id: r\npercent: 0", &extra));
-    // Pin the port in the file, as an operator's config would have it.
-    let text = std::fs::read_to_string(&old.config_path).expect("config");
-    std::fs::write(
-        &old.config_path,
-        text.replace("127.0.0.1:0", &old.addr.to_string()),
-    )
-    .expect("pin port");
+    old.pin_port();
     let load = Load::start(old.url("/"), 16, Ids::Distinct);
     load.wait("500 answers", |t| t.before.ok() >= 500).await;
     // The recipe: start the new ramp on the same address, then SIGTERM the old one.
     let new = old.start_successor();
     assert_eq!(new.addr, old.addr);
     old.signal(15);
-    assert_eq!(
-        old.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "the old ramp did not drain and exit"
-    );
-    load.mark_after();
-    load.wait("1,000 answers from the new ramp", |t| t.after.ok() >= 1000)
-        .await;
-    let tally = load.finish().await;
-    let mut failed = tally.before.failed();
-    failed.extend(tally.after.failed());
-    assert!(
-        failed.is_empty(),
-        "{} failed requests during the restart: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
+    drained_and_nothing_failed(&mut old, load, 1000).await;
     let status = new.admin("status");
     assert_eq!(
         status["pid"].as_u64(),
@@ -116,12 +116,7 @@ async fn a_process_taken_over_drains_and_exits_by_itself_and_its_stop_cuts_nothi
     let b = Backend::start("stable").await;
     let extra = format!("sticky:\n  header: x-user-id\nshutdown_grace: 20s\n{CONTROL}");
     let mut old = Proxy::start(&config(&[&b], &[&b], "id: r\npercent: 0", &extra));
-    let text = std::fs::read_to_string(&old.config_path).expect("config");
-    std::fs::write(
-        &old.config_path,
-        text.replace("127.0.0.1:0", &old.addr.to_string()),
-    )
-    .expect("pin port");
+    old.pin_port();
     let load = Load::start(old.url("/"), 8, Ids::Distinct);
     load.wait("200 answers", |t| t.before.ok() >= 200).await;
     // A request in flight at the old process when it is taken over.
@@ -151,23 +146,7 @@ async fn a_process_taken_over_drains_and_exits_by_itself_and_its_stop_cuts_nothi
         reply.starts_with("HTTP/1.1 200"),
         "the in-flight request was cut: {reply:?}"
     );
-    assert_eq!(
-        old.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "the old ramp did not drain and exit"
-    );
-    load.mark_after();
-    load.wait("500 answers from the new ramp", |t| t.after.ok() >= 500)
-        .await;
-    let tally = load.finish().await;
-    let mut failed = tally.before.failed();
-    failed.extend(tally.after.failed());
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
+    drained_and_nothing_failed(&mut old, load, 500).await;
     assert_eq!(
         new.admin("status")["pid"].as_u64(),
         Some(u64::from(new.pid()))

@@ -29,6 +29,14 @@ fn yaml_in(s: &Backend, c: &Backend, dir: &std::path::Path, id: &str, percent: u
         )
 }
 
+/// [`yaml`] for rollout `id` at `percent`, with the metrics listener.
+fn yaml_with_metrics(s: &Backend, c: &Backend, id: &str, percent: u32) -> String {
+    format!(
+        "{}metrics:\n  listen: 127.0.0.1:0\n",
+        yaml(&[s], &[c], &format!("id: {id}\npercent: {percent}"))
+    )
+}
+
 async fn bodies(proxy: &Proxy, n: usize) -> Vec<String> {
     let client = Client::http1();
     let mut out = Vec::new();
@@ -371,12 +379,7 @@ async fn reading_the_config_file_reloads_nothing() {
         Backend::start("stable").await,
         Backend::start("canary").await,
     );
-    let with_metrics = |percent: u32| {
-        format!(
-            "{}metrics:\n  listen: 127.0.0.1:0\n",
-            yaml(&[&s], &[&c], &format!("id: rd\npercent: {percent}"))
-        )
-    };
+    let with_metrics = |percent: u32| yaml_with_metrics(&s, &c, "rd", percent);
     let proxy = Proxy::start(&with_metrics(1));
     let reloads = || proxy.metric("ramp_config_reloads_total{result=\"ok\"}");
     // Read as people and tools do: cat, an editor opening it, `ramp ctl --config`.
@@ -610,12 +613,7 @@ async fn a_command_typed_just_after_an_edit_wins_over_it() {
         Backend::start("stable").await,
         Backend::start("canary").await,
     );
-    let with_metrics = |percent: u32| {
-        format!(
-            "{}metrics:\n  listen: 127.0.0.1:0\n",
-            yaml(&[&s], &[&c], &format!("id: r\npercent: {percent}"))
-        )
-    };
+    let with_metrics = |percent: u32| yaml_with_metrics(&s, &c, "r", percent);
     let proxy = Proxy::start(&with_metrics(5));
     // A command with the file unchanged reads nothing again: no reload.
     assert_eq!(proxy.admin("set 6")["ok"], true);

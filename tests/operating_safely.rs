@@ -21,15 +21,6 @@ fn yaml(s: &Backend, c: &Backend, rollout: &str, extra: &str) -> String {
 }
 
 /// Pins `127.0.0.1:0` in the proxy's file to the address it got, as an operator's file has it.
-fn pin_port(proxy: &Proxy) {
-    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
-    std::fs::write(
-        &proxy.config_path,
-        text.replacen("127.0.0.1:0", &proxy.addr.to_string(), 1),
-    )
-    .expect("pin");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ramp_on_a_busy_port_is_an_error_unless_it_takes_over() {
     let (s, c) = (
@@ -66,7 +57,7 @@ async fn the_restart_recipe_works_with_metrics_on() {
         "id: m\npercent: 0",
         "metrics: {listen: '127.0.0.1:0'}\n",
     ));
-    pin_port(&old);
+    old.pin_port();
     // Pin the metrics port as well.
     let metrics = old.metrics_addr().to_string();
     let text = std::fs::read_to_string(&old.config_path).expect("config");
@@ -490,7 +481,7 @@ async fn after_a_takeover_the_old_process_changes_nothing_before_its_sigterm() {
         "id: t\nsteps:\n  - {percent: 1, hold: 2s}\n  - {percent: 50, hold: 2s}\n  - {percent: 100}",
         "",
     ));
-    pin_port(&old);
+    old.pin_port();
     let new = old.start_successor();
     new.wait_status("the successor answers", |v| {
         v["pid"].as_u64() == Some(u64::from(new.pid()))
@@ -520,7 +511,7 @@ async fn after_a_takeover_every_new_scrape_reaches_the_successor() {
         "id: m\npercent: 5",
         "metrics: {listen: '127.0.0.1:0'}\n",
     ));
-    pin_port(&old);
+    old.pin_port();
     let metrics = old.metrics_addr();
     let text = std::fs::read_to_string(&old.config_path).expect("config");
     std::fs::write(

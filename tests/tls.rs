@@ -437,6 +437,19 @@ async fn tls_turned_off_waits_for_a_restart_and_its_retired_certificates_block_n
     assert_eq!(st["restart_required"], serde_json::json!(["tls"]), "{st}");
 }
 
+/// [`tls_config`] with the metrics listener, and what `ramp check` of it says (it must pass).
+async fn checked_with_metrics(
+    c: &Cert,
+) -> (Backend, tempfile::TempDir, std::path::PathBuf, String) {
+    let (b, dir, path) = tls_config(c).await;
+    let mut yaml = std::fs::read_to_string(&path).expect("config");
+    yaml.push_str("metrics:\n  listen: 127.0.0.1:0\n");
+    std::fs::write(&path, &yaml).expect("config");
+    let (code, _, err) = support::ramp(&["check", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    (b, dir, path, err)
+}
+
 /// A certificate for localhost valid from `not_before` to `not_after` (seconds since 1970).
 fn cert_valid(not_before: u64, not_after: u64) -> Cert {
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
@@ -455,12 +468,7 @@ fn cert_valid(not_before: u64, not_after: u64) -> Cert {
 async fn an_expired_or_expiring_certificate_is_warned_of_and_its_expiry_is_a_metric() {
     // Expired at 2021-01-01T00:00:00Z.
     let expired = cert_valid(1_577_836_800, 1_609_459_200);
-    let (b, dir, path) = tls_config(&expired).await;
-    let mut yaml = std::fs::read_to_string(&path).expect("config");
-    yaml.push_str("metrics:\n  listen: 127.0.0.1:0\n");
-    std::fs::write(&path, &yaml).expect("config");
-    let (code, _, err) = support::ramp(&["check", "--config", path.to_str().expect("utf-8")]);
-    assert_eq!(code, 0, "{err}");
+    let (b, dir, path, err) = checked_with_metrics(&expired).await;
     assert!(
         err.contains("warning: tls.cert: the certificate expired at 2021-01-01T00:00:00Z"),
         "{err}"
@@ -509,12 +517,7 @@ async fn a_certificate_whose_dates_cannot_be_read_is_said_and_its_expiry_metric_
         cert: params.self_signed(&key).expect("cert").pem(),
         key: key.serialize_pem(),
     };
-    let (b, dir, path) = tls_config(&old).await;
-    let mut yaml = std::fs::read_to_string(&path).expect("config");
-    yaml.push_str("metrics:\n  listen: 127.0.0.1:0\n");
-    std::fs::write(&path, &yaml).expect("config");
-    let (code, _, err) = support::ramp(&["check", "--config", path.to_str().expect("utf-8")]);
-    assert_eq!(code, 0, "{err}");
+    let (b, dir, path, err) = checked_with_metrics(&old).await;
     assert!(
         err.contains("tls.cert: the certificate's dates cannot be read here"),
         "{err}"

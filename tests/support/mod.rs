@@ -754,6 +754,17 @@ impl Proxy {
         None
     }
 
+    /// Writes the port ramp listens on into its config file, as an operator's config has it (for
+    /// a successor started on the same file).
+    pub fn pin_port(&self) {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        std::fs::write(
+            &self.config_path,
+            text.replacen("127.0.0.1:0", &self.addr.to_string(), 1),
+        )
+        .expect("pin the port");
+    }
+
     /// Sends a signal to ramp (by number, e.g. 1 for SIGHUP).
     pub fn signal(&self, sig: i32) {
         let status = Command::new("kill")
