@@ -356,7 +356,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config_only,
         } => match config::load(&config) {
             Ok(c) => {
-                use std::io::Write;
                 let mut warnings = c.warnings();
                 let mut problems = Vec::new();
                 if !config_only {
@@ -381,16 +380,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
                 // A reader that went away (`| true`) is no reason to fail: the exit code says it.
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "{}: ok (listen {}, {} stable and {} canary upstreams, rollout {:?} from {}%)",
-                    config.display(),
-                    c.listen,
-                    c.pools.stable.len(),
-                    c.pools.canary.len(),
-                    c.rollout.id,
-                    ppm_to_percent(c.rollout.plan.first_ppm())
-                );
+                print_out(
+                    &format!(
+                        "{}: ok (listen {}, {} stable and {} canary upstreams, rollout {:?} from {}%)",
+                        config.display(),
+                        c.listen,
+                        c.pools.stable.len(),
+                        c.pools.canary.len(),
+                        c.rollout.id,
+                        ppm_to_percent(c.rollout.plan.first_ppm())
+                    ),
+                    "the result",
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -403,6 +404,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo { listen, log_format } => {
             init_logs(log_format);
             runtime(1)?.block_on(ramp::demo::run(listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // `ramp ctl help`: what a newcomer types first; here, not sent to a ramp as a command.
+        Command::Ctl { command, .. } if command == ["help"] => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Built, so that its usage line says `ramp ctl`.
+            cmd.build();
+            if let Some(ctl) = cmd.find_subcommand_mut("ctl") {
+                let help = ctl.render_long_help().to_string();
+                print_out(&help, "the help")?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl {
@@ -462,6 +474,19 @@ fn wait(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// Writes `text` and a line break to stdout: a reader that went away (`| head`, `| true`) is no
+/// error, a stdout that refuses it (a full disk) is, naming `what` could not be written.
+fn print_out(text: &str, what: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{}", text.trim_end()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            anyhow::bail!("cannot write {what}: {e}")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ctl(
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
@@ -497,13 +522,7 @@ fn ctl(
         shown::for_terminal(table.trim_end()).into_owned()
     };
     // A reader that stopped early (`ramp ctl status | head -1`) is no error of the command.
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        anyhow::bail!("cannot write the reply: {e}");
-    }
+    print_out(&text, "the reply")?;
     Ok(if answer.ok() {
         ExitCode::SUCCESS
     } else if answer.in_effect() {

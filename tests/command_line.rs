@@ -594,3 +594,37 @@ fn completions_piped_into_head_or_a_full_disk_end_without_a_panic() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn ctl_help_is_the_usage_and_check_says_when_its_result_cannot_be_written() {
+    // What a newcomer types first: the usage, without a socket, nothing sent.
+    let (code, out, err) = ramp(&["ctl", "help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Usage: ramp ctl [OPTIONS] <COMMAND>..."),
+        "{out}"
+    );
+    // `ramp check` to a full disk: exit 1, saying so (its result would otherwise be lost).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "ramp.yaml",
+        "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}\nrollout: {id: r, percent: 5}\n",
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(RAMP)
+        .args(["check", "--config"])
+        .arg(&path)
+        .stdout(full)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write the result: No space left on device"),
+        "{err}"
+    );
+}
