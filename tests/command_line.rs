@@ -562,6 +562,19 @@ fn check_refuses_admin_and_path_settings_serve_could_not_use() {
     assert!(err.contains("symbolic link"), "{err}");
 }
 
+/// Runs `command` with its stdout on a full disk (`/dev/full`): its exit code and stderr.
+fn onto_a_full_disk(mut command: Command) -> (Option<i32>, String) {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = command.stdout(full).output().expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn completions_piped_into_head_or_a_full_disk_end_without_a_panic() {
     // A reader that goes at once (`| head -1`, before the script is written).
@@ -577,17 +590,10 @@ fn completions_piped_into_head_or_a_full_disk_end_without_a_panic() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // A disk that is full: a message, exit 1.
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = Command::new(RAMP)
-        .args(["completions", "bash"])
-        .stdout(full)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut completions = Command::new(RAMP);
+    completions.args(["completions", "bash"]);
+    let (code, err) = onto_a_full_disk(completions);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("ramp completions: No space left on device"),
         "{err}"
@@ -611,18 +617,10 @@ fn ctl_help_is_the_usage_and_check_says_when_its_result_cannot_be_written() {
         "ramp.yaml",
         "listen: 127.0.0.1:8080\npools: {stable: [127.0.0.1:9101], canary: [127.0.0.1:9102]}\nrollout: {id: r, percent: 5}\n",
     );
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = Command::new(RAMP)
-        .args(["check", "--config"])
-        .arg(&path)
-        .stdout(full)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut check = Command::new(RAMP);
+    check.args(["check", "--config"]).arg(&path);
+    let (code, err) = onto_a_full_disk(check);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("cannot write the result: No space left on device"),
         "{err}"

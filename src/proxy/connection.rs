@@ -229,24 +229,7 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
         })
     };
     let mut connection = std::pin::pin!(a.h2.serve_connection(TokioIo::new(io), svc));
-    tokio::select! {
-        biased;
-        served = connection.as_mut() => {
-            if let Err(e) = served {
-                tracing::debug!(peer = %peer, error = %e, "client connection ended");
-            }
-            return;
-        }
-        () = conn.signal.to_connection.notified() => {}
-    }
-    if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
-        // A client that takes nothing: drop the connection, do not wait for it.
-        tracing::debug!(peer = %peer, "closing: an answer not taken in time");
-        return;
-    }
-    // Idle, draining, or making room: finish what is in flight, then close — unless told
-    // meanwhile to close at once (a client that takes nothing, or heeds no GOAWAY).
-    connection.as_mut().graceful_shutdown();
+    let mut closing = false;
     loop {
         tokio::select! {
             biased;
@@ -256,12 +239,17 @@ async fn serve_h2(conn: Arc<Conn>, io: http1::Handed, a: &Accepting) {
                 }
                 return;
             }
-            () = conn.signal.to_connection.notified() => {
-                if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
-                    tracing::debug!(peer = %peer, "closing at once, while closing gracefully");
-                    return;
-                }
-            }
+            () = conn.signal.to_connection.notified() => {}
+        }
+        if conn.signal.reason.load(Ordering::Relaxed) == ABORT {
+            // A client that takes nothing, or heeds no GOAWAY: drop the connection, do not wait
+            // for it (also while it closes gracefully).
+            tracing::debug!(peer = %peer, "closing at once");
+            return;
+        }
+        // Idle, draining, or making room: finish what is in flight, then close.
+        if !std::mem::replace(&mut closing, true) {
+            connection.as_mut().graceful_shutdown();
         }
     }
 }
